@@ -1,0 +1,15 @@
+# Every dependency comes from Debian's packages (see .ci/run for the list).
+find_package(Threads REQUIRED)
+find_package(absl REQUIRED)
+find_package(PkgConfig REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(CLI11 CONFIG QUIET)
+if(NOT CLI11_FOUND)
+  # Debian's libcli11-dev ships the header only.
+  add_library(CLI11::CLI11 INTERFACE IMPORTED)
+endif()
+find_package(nlohmann_json 3 REQUIRED)
+pkg_check_modules(ICU REQUIRED IMPORTED_TARGET icu-uc icu-i18n)
+if(CHORD_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
