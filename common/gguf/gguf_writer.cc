@@ -173,7 +173,7 @@ void PutPayload(std::vector<uint8_t>& out, const Value& value) {
   }
 }
 
-absl::Status ErrnoError(std::string_view what, const std::string& path) {
+absl::Status ErrnoError(const char* what, const std::string& path) {
   return absl::UnavailableError(absl::StrCat(what, " ", path, ": ", std::strerror(errno)));
 }
 

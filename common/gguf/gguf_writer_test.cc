@@ -242,7 +242,9 @@ TEST(GgufWriterTest, TensorInfosAndAlignedData) {
     std::fill(is_data.begin() + at, is_data.begin() + at + want.size(), true);
   }
   for (size_t i = data_start; i < bytes.size(); ++i) {
-    if (!is_data[i]) EXPECT_EQ(bytes[i], 0) << "padding byte " << i;
+    if (!is_data[i]) {
+      EXPECT_EQ(bytes[i], 0) << "padding byte " << i;
+    }
   }
   std::filesystem::remove(path);
 }
