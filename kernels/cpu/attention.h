@@ -1,0 +1,32 @@
+// Causal grouped-query attention for one query token over cached keys/values.
+//
+// Keys and values of positions 0..n_kv-1 are read from a cache laid out as one
+// row per position holding all kv heads (n_kv_heads * head_dim elements, F32 or
+// F16). Query head h uses kv head h / (n_heads / n_kv_heads). Scores are reduced
+// over positions in order, so the result for a token depends only on its query
+// and the cache contents, never on other tokens in the batch.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor/dtype.h"
+
+namespace chord::kernels {
+
+struct KvView {
+  DType type = DType::kF32;     // kF32 or kF16
+  const uint8_t* data = nullptr;  // row for position 0
+  int64_t row_bytes = 0;        // stride between positions
+};
+
+struct AttentionShape {
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+};
+
+// q: n_heads * head_dim floats; out: same size. scratch: at least n_kv floats.
+void AttendOneToken(const AttentionShape& shape, const float* q, const KvView& keys,
+                    const KvView& values, int64_t n_kv, int head, float* scores, float* out);
+
+}  // namespace chord::kernels

@@ -1,0 +1,103 @@
+#include "kernels/cpu/ops.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/attention.h"
+
+namespace chord::kernels {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+TEST(OpsTest, RmsNormMatchesDefinition) {
+  const std::vector<float> x = Random(96, 1), w = Random(96, 2);
+  std::vector<float> y(96);
+  RmsNorm(x.data(), w.data(), 96, 1e-5f, y.data());
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double scale = 1.0 / std::sqrt(ss / 96 + 1e-5);
+  for (size_t i = 0; i < 96; ++i) EXPECT_NEAR(y[i], x[i] * scale * w[i], 1e-5);
+}
+
+TEST(OpsTest, RopeRotatesPairsByPositionDependentAngles) {
+  const int heads = 2, dim = 8;
+  std::vector<float> x = Random(heads * dim, 3);
+  const std::vector<float> original = x;
+  const int64_t pos = 7;
+  RopeNormal(x.data(), heads, dim, dim, pos, 10000.0f, 1.0f, nullptr);
+  for (int h = 0; h < heads; ++h) {
+    for (int i = 0; i < dim; i += 2) {
+      const double theta = pos * std::pow(10000.0, -double(i) / dim);
+      const double a = original[h * dim + i], b = original[h * dim + i + 1];
+      EXPECT_NEAR(x[h * dim + i], a * std::cos(theta) - b * std::sin(theta), 1e-4);
+      EXPECT_NEAR(x[h * dim + i + 1], a * std::sin(theta) + b * std::cos(theta), 1e-4);
+    }
+  }
+}
+
+TEST(OpsTest, RopeAtPositionZeroIsIdentityAndPartialRotationKeepsTail) {
+  std::vector<float> x = Random(16, 4);
+  const std::vector<float> original = x;
+  RopeNormal(x.data(), 1, 16, 16, 0, 10000.0f, 1.0f, nullptr);
+  EXPECT_EQ(x, original);
+  RopeNormal(x.data(), 1, 16, 8, 5, 10000.0f, 1.0f, nullptr);
+  for (int i = 8; i < 16; ++i) EXPECT_EQ(x[i], original[i]);
+  EXPECT_NE(x[0], original[0]);
+}
+
+TEST(OpsTest, SoftmaxSumsToOneAndKeepsOrder) {
+  std::vector<float> x = Random(50, 5, 4.0f);
+  const std::vector<float> original = x;
+  Softmax(x.data(), 50);
+  double sum = 0;
+  for (float v : x) sum += v;
+  EXPECT_NEAR(sum, 1.0, 1e-6);
+  for (size_t i = 1; i < 50; ++i) EXPECT_EQ(x[i] > x[0], original[i] > original[0]);
+}
+
+TEST(OpsTest, SwiGluMatchesDefinition) {
+  std::vector<float> g = Random(20, 6);
+  const std::vector<float> gate = g, up = Random(20, 7);
+  SwiGlu(g.data(), up.data(), 20);
+  for (size_t i = 0; i < 20; ++i) EXPECT_NEAR(g[i], gate[i] / (1 + std::exp(-gate[i])) * up[i], 1e-6);
+}
+
+TEST(AttentionTest, MatchesNaiveGroupedQueryAttention) {
+  const AttentionShape shape{4, 2, 8};
+  const int64_t n_kv = 6, kv_width = shape.n_kv_heads * shape.head_dim;
+  const std::vector<float> q = Random(shape.n_heads * shape.head_dim, 8);
+  const std::vector<float> k = Random(n_kv * kv_width, 9), v = Random(n_kv * kv_width, 10);
+  const KvView keys{DType::kF32, reinterpret_cast<const uint8_t*>(k.data()), kv_width * 4};
+  const KvView values{DType::kF32, reinterpret_cast<const uint8_t*>(v.data()), kv_width * 4};
+  std::vector<float> out(q.size()), scores(n_kv);
+  for (int h = 0; h < shape.n_heads; ++h) {
+    AttendOneToken(shape, q.data(), keys, values, n_kv, h, scores.data(), out.data());
+    const int kvh = h / 2;
+    std::vector<double> s(n_kv);
+    double max = -1e30, total = 0;
+    for (int64_t p = 0; p < n_kv; ++p) {
+      double dot = 0;
+      for (int d = 0; d < 8; ++d) dot += double(q[h * 8 + d]) * k[p * kv_width + kvh * 8 + d];
+      s[p] = dot / std::sqrt(8.0);
+      max = std::max(max, s[p]);
+    }
+    for (double& x : s) total += (x = std::exp(x - max));
+    for (int d = 0; d < 8; ++d) {
+      double expected = 0;
+      for (int64_t p = 0; p < n_kv; ++p) expected += s[p] / total * v[p * kv_width + kvh * 8 + d];
+      EXPECT_NEAR(out[h * 8 + d], expected, 1e-5) << "head " << h << " dim " << d;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace chord::kernels

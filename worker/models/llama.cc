@@ -1,0 +1,179 @@
+#include "worker/models/llama.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "common/base/status.h"
+#include "common/gguf/gguf_file.h"
+#include "common/quant/quant.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+#include "worker/models/tensor_lookup.h"
+
+namespace chord {
+
+absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const gguf::GgufFile& file,
+                                                             const ModelConfig& config,
+                                                             LayerRange range, ThreadPool& pool) {
+  if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "layer range [%d, %d) is not within the model's %d layers", range.first, range.end,
+        config.n_layer));
+  }
+  std::unique_ptr<LlamaStage> stage(new LlamaStage(config, range, pool));
+  const int64_t n_embd = config.n_embd;
+  const int64_t n_kv = config.n_embd_kv();
+  for (int64_t l = range.first; l < range.end; ++l) {
+    Layer layer;
+    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(file, LayerTensorName(l, "attn_norm"), n_embd));
+    ASSIGN_OR_RETURN(layer.wq, LookupMatrix(file, LayerTensorName(l, "attn_q"), n_embd, n_embd));
+    ASSIGN_OR_RETURN(layer.wk, LookupMatrix(file, LayerTensorName(l, "attn_k"), n_embd, n_kv));
+    ASSIGN_OR_RETURN(layer.wv, LookupMatrix(file, LayerTensorName(l, "attn_v"), n_embd, n_kv));
+    ASSIGN_OR_RETURN(layer.wo, LookupMatrix(file, LayerTensorName(l, "attn_output"), n_embd, n_embd));
+    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(file, LayerTensorName(l, "ffn_norm"), n_embd));
+    ASSIGN_OR_RETURN(layer.gate, LookupMatrix(file, LayerTensorName(l, "ffn_gate"), n_embd, config.n_ff));
+    ASSIGN_OR_RETURN(layer.up, LookupMatrix(file, LayerTensorName(l, "ffn_up"), n_embd, config.n_ff));
+    ASSIGN_OR_RETURN(layer.down, LookupMatrix(file, LayerTensorName(l, "ffn_down"), config.n_ff, n_embd));
+    stage->layers_.push_back(std::move(layer));
+  }
+  if (config.has_rope_freq_factors) {
+    ASSIGN_OR_RETURN(stage->rope_freq_factors_,
+                     LoadVector(file, kRopeFreqsName, config.n_rot / 2));
+  }
+  if (stage->has_embedding() || (stage->has_output() && config.tied_embeddings)) {
+    ASSIGN_OR_RETURN(stage->token_embd_, LookupMatrix(file, kTokenEmbdName, n_embd, config.n_vocab));
+  }
+  if (stage->has_output()) {
+    ASSIGN_OR_RETURN(stage->output_norm_, LoadVector(file, kOutputNormName, n_embd));
+    if (config.tied_embeddings) {
+      stage->output_ = stage->token_embd_;
+    } else {
+      ASSIGN_OR_RETURN(stage->output_, LookupMatrix(file, kOutputName, n_embd, config.n_vocab));
+    }
+  }
+  return stage;
+}
+
+void LlamaStage::Reserve(int64_t n_tokens) {
+  const auto grow = [](std::vector<float>& buffer, int64_t size) {
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+  };
+  grow(norm_, n_tokens * config_.n_embd);
+  grow(q_, n_tokens * config_.n_embd);
+  grow(k_, n_tokens * config_.n_embd_kv());
+  grow(v_, n_tokens * config_.n_embd_kv());
+  grow(attn_, n_tokens * config_.n_embd);
+  grow(proj_, n_tokens * config_.n_embd);
+  grow(gate_, n_tokens * config_.n_ff);
+  grow(up_, n_tokens * config_.n_ff);
+}
+
+absl::Status LlamaStage::Embed(std::span<const int32_t> tokens, float* x) {
+  if (!has_embedding()) return absl::InternalError("this stage does not hold the embeddings");
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    if (tokens[t] < 0 || tokens[t] >= config_.n_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("token id %d is outside the vocabulary (%d tokens)", tokens[t], config_.n_vocab));
+    }
+  }
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    RETURN_IF_ERROR(quant::DequantizeRow(token_embd_.type, token_embd_.row(tokens[t]),
+                                         x + static_cast<int64_t>(t) * config_.n_embd, config_.n_embd));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStage::RunLayers(std::span<const BatchToken> batch, float* x, KvCache& cache) {
+  const int64_t n_tokens = static_cast<int64_t>(batch.size());
+  for (const BatchToken& token : batch) {
+    if (token.slot < 0 || token.slot >= cache.shape().n_slots || token.position < 0 ||
+        token.position >= cache.shape().n_ctx) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch token (slot %d, position %d) is outside the KV cache (%d slots of %d positions)",
+          token.slot, token.position, cache.shape().n_slots, cache.shape().n_ctx));
+    }
+  }
+  Reserve(n_tokens);
+  const int64_t n_embd = config_.n_embd;
+  for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
+    const Layer& layer = layers_[static_cast<size_t>(i)];
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      kernels::RmsNorm(x + t * n_embd, layer.attn_norm.data(), n_embd, config_.rms_eps,
+                       norm_.data() + t * n_embd);
+    }
+    RETURN_IF_ERROR(Attention(layer, i, batch, cache));
+    RETURN_IF_ERROR(matmul_.Run(layer.wo, attn_.data(), n_tokens, proj_.data()));
+    kernels::AddInPlace(x, proj_.data(), n_tokens * n_embd);
+    RETURN_IF_ERROR(FeedForward(layer, n_tokens, x));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
+                                   std::span<const BatchToken> batch, KvCache& cache) {
+  const int64_t n_tokens = static_cast<int64_t>(batch.size());
+  const int64_t n_embd = config_.n_embd;
+  const int64_t n_kv = config_.n_embd_kv();
+  RETURN_IF_ERROR(matmul_.Run(layer.wq, norm_.data(), n_tokens, q_.data()));
+  RETURN_IF_ERROR(matmul_.Run(layer.wk, norm_.data(), n_tokens, k_.data()));
+  RETURN_IF_ERROR(matmul_.Run(layer.wv, norm_.data(), n_tokens, v_.data()));
+  const float* freq_factors = rope_freq_factors_.empty() ? nullptr : rope_freq_factors_.data();
+  const auto head_dim = static_cast<int>(config_.head_dim);
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const BatchToken& token = batch[static_cast<size_t>(t)];
+    kernels::RopeNormal(q_.data() + t * n_embd, static_cast<int>(config_.n_head), head_dim,
+                        static_cast<int>(config_.n_rot), token.position, config_.rope_freq_base,
+                        config_.rope_freq_scale, freq_factors);
+    kernels::RopeNormal(k_.data() + t * n_kv, static_cast<int>(config_.n_head_kv), head_dim,
+                        static_cast<int>(config_.n_rot), token.position, config_.rope_freq_base,
+                        config_.rope_freq_scale, freq_factors);
+    cache.Store(layer_index, token.slot, token.position, k_.data() + t * n_kv, v_.data() + t * n_kv);
+  }
+  // Every (token, head) pair is one independent task; each thread has its own scores row.
+  const kernels::AttentionShape shape{static_cast<int>(config_.n_head),
+                                      static_cast<int>(config_.n_head_kv), head_dim};
+  const int64_t n_ctx = cache.shape().n_ctx;
+  if (static_cast<int64_t>(scores_.size()) < pool_.size() * n_ctx) {
+    scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
+  }
+  std::atomic<int> next_scratch{0};
+  pool_.ParallelFor(n_tokens * config_.n_head, 1, [&](int64_t begin, int64_t end) {
+    float* scores = scores_.data() + next_scratch.fetch_add(1) * n_ctx;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t t = task / config_.n_head;
+      const int head = static_cast<int>(task % config_.n_head);
+      const BatchToken& token = batch[static_cast<size_t>(t)];
+      kernels::AttendOneToken(shape, q_.data() + t * n_embd, cache.Keys(layer_index, token.slot),
+                              cache.Values(layer_index, token.slot), token.position + 1, head,
+                              scores, attn_.data() + t * n_embd);
+    }
+  });
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStage::FeedForward(const Layer& layer, int64_t n_tokens, float* x) {
+  const int64_t n_embd = config_.n_embd;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    kernels::RmsNorm(x + t * n_embd, layer.ffn_norm.data(), n_embd, config_.rms_eps,
+                     norm_.data() + t * n_embd);
+  }
+  RETURN_IF_ERROR(matmul_.Run(layer.gate, norm_.data(), n_tokens, gate_.data()));
+  RETURN_IF_ERROR(matmul_.Run(layer.up, norm_.data(), n_tokens, up_.data()));
+  kernels::SwiGlu(gate_.data(), up_.data(), n_tokens * config_.n_ff);
+  RETURN_IF_ERROR(matmul_.Run(layer.down, gate_.data(), n_tokens, proj_.data()));
+  kernels::AddInPlace(x, proj_.data(), n_tokens * n_embd);
+  return absl::OkStatus();
+}
+
+absl::Status LlamaStage::Logits(const float* x, int64_t n_rows, float* logits) {
+  if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
+  Reserve(n_rows);
+  const int64_t n_embd = config_.n_embd;
+  for (int64_t t = 0; t < n_rows; ++t) {
+    kernels::RmsNorm(x + t * n_embd, output_norm_.data(), n_embd, config_.rms_eps,
+                     norm_.data() + t * n_embd);
+  }
+  return matmul_.Run(output_, norm_.data(), n_rows, logits);
+}
+
+}  // namespace chord

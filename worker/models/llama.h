@@ -1,0 +1,99 @@
+// The Llama architecture (Llama 1/2/3, Mistral-style GQA): one pre-norm
+// decoder layer = RMSNorm -> Q/K/V -> RoPE -> causal GQA attention over the KV
+// cache -> output projection -> residual; RMSNorm -> SwiGLU FFN -> residual.
+//
+// A LlamaStage runs a contiguous range of layers [first_layer, end_layer) of a
+// model, so that a pipeline can split the layer stack across workers; the stage
+// holding layer 0 also embeds tokens, the one holding the last layer also
+// computes logits. Activations between stages are the float32 residual stream.
+//
+// Weights are views into memory owned by the caller (the mmap'd GGUF file)
+// which must outlive the stage.
+//
+// Thread-safety: one compute thread drives a stage; it parallelizes internally
+// on the ThreadPool it was given.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/model_config.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/weight_matrix.h"
+#include "worker/kv_cache.h"
+
+namespace chord::gguf {
+class GgufFile;
+}
+
+namespace chord {
+
+// One token of a micro-batch: which sequence slot of the KV cache it belongs
+// to and its position in that sequence. Tokens of one slot appear in position
+// order and positions continue from what the cache already holds.
+struct BatchToken {
+  int64_t slot = 0;
+  int64_t position = 0;
+};
+
+struct LayerRange {
+  int64_t first = 0;
+  int64_t end = 0;  // exclusive
+};
+
+class LlamaStage {
+ public:
+  static absl::StatusOr<std::unique_ptr<LlamaStage>> Load(const gguf::GgufFile& file,
+                                                          const ModelConfig& config,
+                                                          LayerRange range, ThreadPool& pool);
+
+  const ModelConfig& config() const { return config_; }
+  LayerRange range() const { return range_; }
+  bool has_embedding() const { return range_.first == 0; }
+  bool has_output() const { return range_.end == config_.n_layer; }
+
+  // Looks up token embeddings: x gets tokens.size() rows of n_embd floats.
+  // INVALID_ARGUMENT for an id outside the vocabulary.
+  absl::Status Embed(std::span<const int32_t> tokens, float* x);
+
+  // Runs this stage's layers over the residual stream x (batch.size() rows of
+  // n_embd floats, updated in place), reading and extending `cache`.
+  absl::Status RunLayers(std::span<const BatchToken> batch, float* x, KvCache& cache);
+
+  // Final norm and output projection of `n_rows` rows of x into n_vocab logits each.
+  absl::Status Logits(const float* x, int64_t n_rows, float* logits);
+
+ private:
+  struct Layer {
+    std::vector<float> attn_norm;
+    kernels::WeightMatrix wq, wk, wv, wo;
+    std::vector<float> ffn_norm;
+    kernels::WeightMatrix gate, up, down;
+  };
+
+  LlamaStage(const ModelConfig& config, LayerRange range, ThreadPool& pool)
+      : config_(config), range_(range), pool_(pool), matmul_(pool) {}
+  absl::Status Attention(const Layer& layer, int64_t layer_index, std::span<const BatchToken> batch,
+                         KvCache& cache);
+  absl::Status FeedForward(const Layer& layer, int64_t n_tokens, float* x);
+  void Reserve(int64_t n_tokens);
+
+  ModelConfig config_;
+  LayerRange range_;
+  ThreadPool& pool_;
+  kernels::MatMul matmul_;
+  std::vector<Layer> layers_;
+  kernels::WeightMatrix token_embd_{};
+  kernels::WeightMatrix output_{};
+  std::vector<float> output_norm_;
+  std::vector<float> rope_freq_factors_;
+
+  // Scratch, grown to the largest batch seen.
+  std::vector<float> norm_, q_, k_, v_, attn_, proj_, gate_, up_, scores_;
+};
+
+}  // namespace chord

@@ -1,0 +1,55 @@
+// Chooses a sequence's next token from its logits.
+//
+// Sampling is a pure function of (logits, parameters, seed, position, token
+// history): the random number is drawn from a counter-based generator keyed by
+// (seed, position), so replaying a sequence after a failure, or running it in
+// another batch or process, draws exactly the same numbers and tokens.
+//
+// Order, as llama.cpp's default chain: logit bias -> repetition/presence/frequency
+// penalties -> (greedy argmax if temperature is 0) -> top-k -> top-p -> min-p ->
+// temperature -> softmax -> draw.
+//
+// Thread-safety: a Sampler holds scratch buffers; use one per thread.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "common/generation/sampling_params.h"
+
+namespace chord {
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0.0f;
+};
+
+class Sampler {
+ public:
+  // `history` is the sequence's tokens so far (prompt and generated); the
+  // penalties look at its last penalty_last_n entries. `position` is the
+  // position of the token being chosen.
+  int32_t Sample(std::span<const float> logits, const SamplingParams& params,
+                 std::span<const int32_t> history, int64_t position);
+
+  // The n most likely tokens under the raw log-softmax of `logits`, most likely
+  // first (ties: lower id first).
+  static std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int n);
+
+  // Uniform double in [0, 1) for (seed, position): SplitMix64 over a mix of both.
+  static double UniformDraw(uint64_t seed, int64_t position);
+
+ private:
+  struct Candidate {
+    int32_t id;
+    float logit;
+  };
+  void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history);
+
+  std::vector<Candidate> candidates_;
+  std::vector<float> logits_;
+  std::vector<double> weights_;
+};
+
+}  // namespace chord
