@@ -379,8 +379,7 @@ absl::StatusOr<size_t> GgufWriter::AddTensor(std::string name, DType type,
 }
 
 std::vector<uint8_t> GgufWriter::SerializeHeader() const {
-  std::vector<uint8_t> out;
-  out.insert(out.end(), {'G', 'G', 'U', 'F'});
+  std::vector<uint8_t> out = {'G', 'G', 'U', 'F'};
   Put<uint32_t>(out, kGgufVersion);
   Put<uint64_t>(out, tensors_.size());
   Put<uint64_t>(out, metadata_.size());

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -253,7 +254,7 @@ TEST(GgufWriterTest, SameBytesForAnyThreadCount) {
   GgufWriter writer;
   ASSERT_TRUE(writer.AddUint32("x", 7).ok());
   for (int i = 0; i < 23; ++i) {
-    ASSERT_TRUE(writer.AddTensor("t" + std::to_string(i), DType::kF32, {i * 13 + 1, 3}).ok());
+    ASSERT_TRUE(writer.AddTensor(absl::StrCat("t", i), DType::kF32, {i * 13 + 1, 3}).ok());
   }
   auto producer = [](size_t i, std::span<uint8_t> out) {
     FillPattern(i, out);
