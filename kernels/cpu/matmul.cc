@@ -10,7 +10,7 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
   const VecDotFn dot = GetVecDot(w.type);
   if (dot == nullptr) {
     return absl::InvalidArgumentError(
-        absl::StrCat("no matrix product for weight type ", DTypeName(w.type)));
+        absl::StrCat("no matrix product for weight type ", std::string(DTypeName(w.type))));
   }
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   quantized_.resize(static_cast<size_t>(act_bytes * n_tokens));

@@ -29,7 +29,7 @@ absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const gguf::GgufFile& file,
   }
   if (kernels::GetVecDot(info->type) == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("model tensor ", name, " has type ",
-                                                   DTypeName(info->type),
+                                                   std::string(DTypeName(info->type)),
                                                    ", which chord cannot compute with"));
   }
   ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(info->type, cols));
