@@ -19,8 +19,8 @@ absl::Status WithPath(const absl::Status& status, const std::string& path) {
 }
 
 absl::Status WrongType(std::string_view key, std::string_view wanted, const Value& value) {
-  return absl::InvalidArgumentError(absl::StrFormat("metadata key '%s' is %s, not %s", key,
-                                                    ValueTypeName(value.type), wanted));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("metadata key '%s' is %s, not %s", key, ValueTypeName(value.type), wanted));
 }
 
 bool IsInteger(ValueType type) {
@@ -39,9 +39,7 @@ bool IsInteger(ValueType type) {
   }
 }
 
-bool IsFloat(ValueType type) {
-  return type == ValueType::kFloat32 || type == ValueType::kFloat64;
-}
+bool IsFloat(ValueType type) { return type == ValueType::kFloat32 || type == ValueType::kFloat64; }
 
 // Converts an integer value of any width to int64, when it fits.
 absl::StatusOr<int64_t> AsInt(const Value& value, std::string_view key) {
@@ -172,9 +170,9 @@ absl::StatusOr<const Array*> FindArray(const GgufFile& file, std::string_view ke
 }
 
 absl::Status WrongElementType(std::string_view key, std::string_view wanted, const Array& array) {
-  return absl::InvalidArgumentError(absl::StrFormat(
-      "metadata key '%s' is an array of %s, not of %s", key,
-      ValueTypeName(array.element_type), wanted));
+  return absl::InvalidArgumentError(
+      absl::StrFormat("metadata key '%s' is an array of %s, not of %s", key,
+                      ValueTypeName(array.element_type), wanted));
 }
 
 }  // namespace

@@ -189,8 +189,7 @@ TEST_P(ValidFileTest, ReadsBackEveryValueAndTensorExactly) {
   EXPECT_EQ(*file.GetUint("t.u64"), 18446744073709551615ull);
   EXPECT_EQ(*file.GetInt("t.i64"), -9000000000000ll);
   EXPECT_EQ(*file.GetFloat("t.f64"), -2.25e100);
-  EXPECT_THAT(*file.GetStringArray("t.strs"),
-              ::testing::ElementsAre("<s>", "", "\xe2\x96\x81the"));
+  EXPECT_THAT(*file.GetStringArray("t.strs"), ::testing::ElementsAre("<s>", "", "\xe2\x96\x81the"));
   EXPECT_THAT(*file.GetIntArray("t.i32s"), ::testing::ElementsAre(-1, 0, 123456));
   EXPECT_THAT(*file.GetFloatArray("t.f32s"), ::testing::ElementsAre(-0.25f, 3e7f));
   const Value* nested = file.Find("t.nested");
@@ -462,7 +461,8 @@ class TempFile {
              absl::StrCat("gguf_file_test_", ::getpid(), "_", counter_++, ".gguf"))
                 .string();
     std::ofstream out(path_, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    out.write(reinterpret_cast<const char*>(bytes.data()),
+              static_cast<std::streamsize>(bytes.size()));
   }
   ~TempFile() { std::filesystem::remove(path_); }
   const std::string& path() const { return path_; }

@@ -18,16 +18,15 @@ static_assert(std::endian::native == std::endian::little,
 
 // The fewest bytes any metadata entry or tensor info can occupy; a count beyond
 // remaining / minimum is corrupt, and rejecting it early bounds allocation.
-constexpr uint64_t kMinKvBytes = 8 + 4 + 1;                 // key length, type, u8
+constexpr uint64_t kMinKvBytes = 8 + 4 + 1;                  // key length, type, u8
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;  // name, n_dims, ne, type, offset
 
 absl::Status Corrupt(std::string message) { return absl::DataLossError(std::move(message)); }
 
 // Prefixes `context` to a failed status, keeping its code.
 absl::Status Annotate(const absl::Status& status, std::string_view context) {
-  return absl::Status(status.code(),
-                      absl::StrCat(absl::string_view(context.data(), context.size()), ": ",
-                                   status.message()));
+  return absl::Status(status.code(), absl::StrCat(absl::string_view(context.data(), context.size()),
+                                                  ": ", status.message()));
 }
 
 uint32_t ByteSwap(uint32_t v) {
@@ -79,8 +78,8 @@ class ByteReader {
 
   absl::Status Need(uint64_t n) const {
     if (n > remaining()) {
-      return Corrupt(absl::StrFormat("truncated at byte %d: needs %d bytes, %d left in the file", pos_,
-                                     n, remaining()));
+      return Corrupt(absl::StrFormat("truncated at byte %d: needs %d bytes, %d left in the file",
+                                     pos_, n, remaining()));
     }
     return absl::OkStatus();
   }
@@ -98,9 +97,9 @@ class ByteReader {
     const uint64_t at = pos_;
     ASSIGN_OR_RETURN(const uint64_t length, Read<uint64_t>());
     if (length > remaining()) {
-      return Corrupt(absl::StrFormat(
-          "string at byte %d claims %d bytes but only %d are left in the file", at, length,
-          remaining()));
+      return Corrupt(
+          absl::StrFormat("string at byte %d claims %d bytes but only %d are left in the file", at,
+                          length, remaining()));
     }
     std::string text(reinterpret_cast<const char*>(bytes_.data() + pos_), length);
     pos_ += length;
@@ -117,13 +116,12 @@ absl::StatusOr<Value> ReadValue(ByteReader& reader, ValueType type, int depth);
 absl::StatusOr<Array> ReadArray(ByteReader& reader, int depth) {
   const uint64_t at = reader.pos();
   if (depth >= kMaxArrayDepth) {
-    return Corrupt(absl::StrFormat("array at byte %d is nested deeper than %d levels", at,
-                                   kMaxArrayDepth));
+    return Corrupt(
+        absl::StrFormat("array at byte %d is nested deeper than %d levels", at, kMaxArrayDepth));
   }
   ASSIGN_OR_RETURN(const uint32_t element_id, reader.Read<uint32_t>());
   if (!IsKnownValueType(element_id)) {
-    return Corrupt(
-        absl::StrFormat("array at byte %d has unknown element type %d", at, element_id));
+    return Corrupt(absl::StrFormat("array at byte %d has unknown element type %d", at, element_id));
   }
   Array array;
   array.element_type = static_cast<ValueType>(element_id);
@@ -131,8 +129,8 @@ absl::StatusOr<Array> ReadArray(ByteReader& reader, int depth) {
   const uint64_t min_bytes = MinElementBytes(array.element_type);
   if (count > reader.remaining() / min_bytes) {
     return Corrupt(absl::StrFormat(
-        "array at byte %d claims %d %s elements, more than the %d bytes left could hold", at,
-        count, ValueTypeName(array.element_type), reader.remaining()));
+        "array at byte %d claims %d %s elements, more than the %d bytes left could hold", at, count,
+        ValueTypeName(array.element_type), reader.remaining()));
   }
   array.elements.reserve(count);
   for (uint64_t i = 0; i < count; ++i) {
@@ -215,8 +213,8 @@ absl::StatusOr<Value> ReadValue(ByteReader& reader, ValueType type, int depth) {
 absl::Status ReadHeader(ByteReader& reader, uint32_t& version, uint64_t& n_tensors,
                         uint64_t& n_kv) {
   if (reader.remaining() < 4) {
-    return Corrupt(absl::StrFormat("not a GGUF file: %d bytes, too short for the magic",
-                                   reader.remaining()));
+    return Corrupt(
+        absl::StrFormat("not a GGUF file: %d bytes, too short for the magic", reader.remaining()));
   }
   ASSIGN_OR_RETURN(const uint32_t magic, reader.Read<uint32_t>());
   char magic_text[4];
@@ -250,9 +248,9 @@ absl::Status ReadHeader(ByteReader& reader, uint32_t& version, uint64_t& n_tenso
         reader.remaining()));
   }
   if (n_tensors > reader.remaining() / kMinTensorInfoBytes) {
-    return Corrupt(absl::StrFormat(
-        "header claims %d tensors, more than the %d bytes after it could hold", n_tensors,
-        reader.remaining()));
+    return Corrupt(
+        absl::StrFormat("header claims %d tensors, more than the %d bytes after it could hold",
+                        n_tensors, reader.remaining()));
   }
   return absl::OkStatus();
 }
@@ -267,15 +265,15 @@ absl::Status ReadMetadata(ByteReader& reader, uint64_t n_kv,
     if (!key.ok()) {
       return Annotate(key.status(), absl::StrFormat("key of metadata entry #%d", i));
     }
-    const std::string context = absl::StrFormat("metadata key '%s' (entry #%d at byte %d)", *key,
-                                                i, at);
+    const std::string context =
+        absl::StrFormat("metadata key '%s' (entry #%d at byte %d)", *key, i, at);
     if (!seen.insert(*key).second) return Corrupt(absl::StrCat(context, ": duplicate key"));
     const uint64_t type_at = reader.pos();
     absl::StatusOr<uint32_t> type_id = reader.Read<uint32_t>();
     if (!type_id.ok()) return Annotate(type_id.status(), context);
     if (!IsKnownValueType(*type_id)) {
-      return Corrupt(absl::StrFormat("%s: unknown value type %d at byte %d", context, *type_id,
-                                     type_at));
+      return Corrupt(
+          absl::StrFormat("%s: unknown value type %d at byte %d", context, *type_id, type_at));
     }
     absl::StatusOr<Value> value = ReadValue(reader, static_cast<ValueType>(*type_id), 0);
     if (!value.ok()) return Annotate(value.status(), context);
@@ -293,8 +291,8 @@ absl::StatusOr<uint64_t> ReadAlignment(const std::vector<std::pair<std::string, 
     }
     const uint64_t alignment = std::get<uint64_t>(value.data);
     if (alignment == 0 || !std::has_single_bit(alignment)) {
-      return Corrupt(absl::StrFormat(
-          "metadata key '%s' is %d; it must be a non-zero power of two", key, alignment));
+      return Corrupt(absl::StrFormat("metadata key '%s' is %d; it must be a non-zero power of two",
+                                     key, alignment));
     }
     return alignment;
   }
@@ -307,8 +305,8 @@ absl::Status ReadDims(ByteReader& reader, TensorInfo& info) {
   const uint64_t at = reader.pos();
   ASSIGN_OR_RETURN(const uint32_t n_dims, reader.Read<uint32_t>());
   if (n_dims < 1 || n_dims > kMaxDims) {
-    return Corrupt(absl::StrFormat("n_dims is %d at byte %d; it must be 1..%d", n_dims, at,
-                                   kMaxDims));
+    return Corrupt(
+        absl::StrFormat("n_dims is %d at byte %d; it must be 1..%d", n_dims, at, kMaxDims));
   }
   int64_t n_elements = 1;
   for (uint32_t d = 0; d < n_dims; ++d) {
@@ -317,8 +315,8 @@ absl::Status ReadDims(ByteReader& reader, TensorInfo& info) {
     // ggml allows empty dims, but a model weight never has one; rejecting zero
     // keeps every tensor's byte range non-empty so overlap checks are exact.
     if (raw < 1 || raw > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return Corrupt(absl::StrFormat("ne[%d] is %d at byte %d; it must be 1..2^63-1", d, raw,
-                                     dim_at));
+      return Corrupt(
+          absl::StrFormat("ne[%d] is %d at byte %d; it must be 1..2^63-1", d, raw, dim_at));
     }
     const int64_t dim = static_cast<int64_t>(raw);
     if (__builtin_mul_overflow(n_elements, dim, &n_elements)) {
@@ -352,8 +350,9 @@ absl::Status ReadTypeAndOffset(ByteReader& reader, uint64_t alignment, TensorInf
   const uint64_t offset_at = reader.pos();
   ASSIGN_OR_RETURN(info.offset, reader.Read<uint64_t>());
   if (info.offset % alignment != 0) {
-    return Corrupt(absl::StrFormat("data offset %d (at byte %d) is not a multiple of the alignment %d",
-                                   info.offset, offset_at, alignment));
+    return Corrupt(
+        absl::StrFormat("data offset %d (at byte %d) is not a multiple of the alignment %d",
+                        info.offset, offset_at, alignment));
   }
   return absl::OkStatus();
 }
@@ -407,8 +406,8 @@ absl::Status PlaceTensorData(std::span<const uint8_t> bytes, uint64_t data_offse
     // Cannot overflow: both end within the file, checked above.
     if (prev.offset + prev.n_bytes > next.offset) {
       return Corrupt(absl::StrFormat(
-          "tensors '%s' (data offsets %d..%d) and '%s' (from %d) overlap", prev.name,
-          prev.offset, prev.offset + prev.n_bytes, next.name, next.offset));
+          "tensors '%s' (data offsets %d..%d) and '%s' (from %d) overlap", prev.name, prev.offset,
+          prev.offset + prev.n_bytes, next.name, next.offset));
     }
   }
   return absl::OkStatus();
