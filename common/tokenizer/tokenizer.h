@@ -61,6 +61,9 @@ class Tokenizer {
   TokenId eos_id() const { return eos_id_; }
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
+  // Whether a space is prefixed to the text before tokenizing (SPM), and so
+  // dropped again from the first piece when detokenizing.
+  bool add_space_prefix() const { return add_space_prefix_; }
   // End-of-generation tokens: EOS, EOT, and any control token marked as such.
   bool IsEndOfGeneration(TokenId id) const;
   const std::vector<TokenId>& end_of_generation_ids() const { return eog_ids_; }
@@ -72,7 +75,8 @@ class Tokenizer {
   TokenId eos_id_ = -1;
   bool add_bos_ = false;
   bool add_eos_ = false;
-  std::vector<TokenId> eog_ids_;
+  bool add_space_prefix_ = false;
+  std::vector<TokenId> eog_ids_;  // sorted
   std::vector<int32_t> token_types_;  // tokenizer.ggml.token_type; 1 normal, 3 control, 6 byte...
 };
 
