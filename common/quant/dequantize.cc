@@ -7,6 +7,7 @@
 #include "common/base/status.h"
 #include "common/quant/blocks.h"
 #include "common/quant/quant.h"
+#include "common/quant/quant_internal.h"
 
 namespace chord::quant {
 namespace {
@@ -16,7 +17,7 @@ void DequantizeF16(const void* src, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint16_t h;
     std::memcpy(&h, bytes + 2 * i, sizeof(h));
-    y[i] = HalfToFloat(h);
+    y[i] = internal::HalfToFloatInline(h);
   }
 }
 
@@ -31,7 +32,7 @@ void DequantizeBf16(const void* src, float* y, int64_t n) {
 
 void DequantizeQ4_0(const BlockQ4_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = HalfToFloat(x[i].d);
+    const float d = internal::HalfToFloatInline(x[i].d);
     for (int j = 0; j < kQK / 2; ++j) {
       const int lo = (x[i].qs[j] & 0x0f) - 8;
       const int hi = (x[i].qs[j] >> 4) - 8;
@@ -43,8 +44,8 @@ void DequantizeQ4_0(const BlockQ4_0* x, float* y, int64_t nb) {
 
 void DequantizeQ4_1(const BlockQ4_1* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = HalfToFloat(x[i].d);
-    const float m = HalfToFloat(x[i].m);
+    const float d = internal::HalfToFloatInline(x[i].d);
+    const float m = internal::HalfToFloatInline(x[i].m);
     for (int j = 0; j < kQK / 2; ++j) {
       const int lo = x[i].qs[j] & 0x0f;
       const int hi = x[i].qs[j] >> 4;
@@ -63,7 +64,7 @@ uint32_t LoadQh(const uint8_t qh[4]) {
 
 void DequantizeQ5_0(const BlockQ5_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = HalfToFloat(x[i].d);
+    const float d = internal::HalfToFloatInline(x[i].d);
     const uint32_t qh = LoadQh(x[i].qh);
     for (int j = 0; j < kQK / 2; ++j) {
       const int hb0 = static_cast<int>((qh >> j) << 4) & 0x10;
@@ -78,8 +79,8 @@ void DequantizeQ5_0(const BlockQ5_0* x, float* y, int64_t nb) {
 
 void DequantizeQ5_1(const BlockQ5_1* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = HalfToFloat(x[i].d);
-    const float m = HalfToFloat(x[i].m);
+    const float d = internal::HalfToFloatInline(x[i].d);
+    const float m = internal::HalfToFloatInline(x[i].m);
     const uint32_t qh = LoadQh(x[i].qh);
     for (int j = 0; j < kQK / 2; ++j) {
       const int hb0 = static_cast<int>((qh >> j) << 4) & 0x10;
@@ -94,15 +95,15 @@ void DequantizeQ5_1(const BlockQ5_1* x, float* y, int64_t nb) {
 
 void DequantizeQ8_0(const BlockQ8_0* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i, y += kQK) {
-    const float d = HalfToFloat(x[i].d);
+    const float d = internal::HalfToFloatInline(x[i].d);
     for (int j = 0; j < kQK; ++j) y[j] = static_cast<float>(x[i].qs[j]) * d;
   }
 }
 
 void DequantizeQ4_K(const BlockQ4_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
-    const float d = HalfToFloat(x[i].d);
-    const float dmin = HalfToFloat(x[i].dmin);
+    const float d = internal::HalfToFloatInline(x[i].d);
+    const float dmin = internal::HalfToFloatInline(x[i].dmin);
     const uint8_t* q = x[i].qs;
     for (int sub = 0; sub < 8; sub += 2, q += 32) {
       uint8_t sc;
@@ -121,8 +122,8 @@ void DequantizeQ4_K(const BlockQ4_K* x, float* y, int64_t nb) {
 
 void DequantizeQ5_K(const BlockQ5_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
-    const float d = HalfToFloat(x[i].d);
-    const float dmin = HalfToFloat(x[i].dmin);
+    const float d = internal::HalfToFloatInline(x[i].d);
+    const float dmin = internal::HalfToFloatInline(x[i].dmin);
     const uint8_t* ql = x[i].qs;
     const uint8_t* qh = x[i].qh;
     uint8_t bit_lo = 1;  // qh bit of sub-block `sub`; the next bit is sub + 1's
@@ -150,7 +151,7 @@ void DequantizeQ5_K(const BlockQ5_K* x, float* y, int64_t nb) {
 
 void DequantizeQ6_K(const BlockQ6_K* x, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
-    const float d = HalfToFloat(x[i].d);
+    const float d = internal::HalfToFloatInline(x[i].d);
     const uint8_t* ql = x[i].ql;
     const uint8_t* qh = x[i].qh;
     const int8_t* sc = x[i].scales;

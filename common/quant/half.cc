@@ -5,14 +5,14 @@
 #include <cstdint>
 
 #include "common/quant/quant.h"
+#include "common/quant/quant_internal.h"
 
 namespace chord::quant {
 namespace {
 
 constexpr uint32_t kF32ExpMask = 0x7f800000u;
 constexpr uint32_t kF32AbsMask = 0x7fffffffu;
-// Half and single exponent biases differ by 127 - 15.
-constexpr uint32_t kBiasDelta = 112u << 23;
+constexpr uint32_t kBiasDelta = internal::kHalfToFloatBiasDelta;
 // |f| at or above 65520 (halfway between 65504, the largest half, and 65536)
 // rounds to infinity under round-to-nearest-even.
 constexpr uint32_t kHalfOverflow = 0x477ff000u;
@@ -33,20 +33,7 @@ uint32_t ShiftRightRoundEven(uint32_t m, int shift) {
 
 }  // namespace
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu;
-  const uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1f) {  // inf or NaN; the payload moves to the top mantissa bits
-    return std::bit_cast<float>(sign | kF32ExpMask | (mant << 13));
-  }
-  if (exp != 0) {
-    return std::bit_cast<float>(sign | ((((exp << 10) | mant) << 13) + kBiasDelta));
-  }
-  // Zero or subnormal: mant * 2^-24, exact in binary32.
-  const float magnitude = static_cast<float>(mant) * 0x1p-24f;
-  return sign != 0 ? -magnitude : magnitude;
-}
+float HalfToFloat(uint16_t h) { return internal::HalfToFloatInline(h); }
 
 uint16_t FloatToHalf(float f) {
   const uint32_t bits = std::bit_cast<uint32_t>(f);

@@ -20,6 +20,25 @@ inline int NearestInt(float f) {
   return static_cast<int>(std::bit_cast<uint32_t>(shifted) & 0x007fffffu) - 0x00400000;
 }
 
+// Half and single exponent biases differ by 127 - 15.
+inline constexpr uint32_t kHalfToFloatBiasDelta = 112u << 23;
+
+// HalfToFloat(), inline for the decoders' inner loops. Branch-free selects so
+// that loops over it vectorize; no subnormal float is ever formed, so the
+// result does not depend on flush-to-zero modes.
+inline float HalfToFloatInline(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t mag = h & 0x7fffu;
+  // Normal: move exponent and mantissa into place and rebias. Inf/NaN
+  // (exponent 31) needs a second rebias to reach exponent 255.
+  uint32_t bits = (mag << 13) + kHalfToFloatBiasDelta;
+  bits += mag >= 0x7c00u ? kHalfToFloatBiasDelta : 0u;
+  // Zero or subnormal: mant * 2^-24, exact in binary32.
+  const float small = static_cast<float>(mag) * 0x1p-24f;
+  const uint32_t out = mag < 0x0400u ? std::bit_cast<uint32_t>(small) : bits;
+  return std::bit_cast<float>(sign | out);
+}
+
 void QuantizeQ8_0(const float* x, BlockQ8_0* y, int64_t nb);
 void QuantizeQ4_0(const float* x, BlockQ4_0* y, int64_t nb);
 void QuantizeQ4_K(const float* x, BlockQ4_K* y, int64_t nb);

@@ -31,7 +31,7 @@ std::vector<float> DecodeTensor(const gguf::TensorInfo& t) {
 }
 
 struct Comparison {
-  double err_ours = 0;   // relative RMS error against the F16 weights
+  double err_ours = 0;  // relative RMS error against the F16 weights
   double err_llama = 0;
   double same_values = 0;  // fraction of elements decoding identically
 };
