@@ -62,6 +62,7 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(
                    tokenizer_internal::PreTokenizerRegexes(options.pre));
   ASSIGN_OR_RETURN(auto pre_tokenizer, tokenizer_internal::PreTokenizer::Create(regexes));
   ASSIGN_OR_RETURN(Vocab vocab, Vocab::Create(std::move(tokens), {}, std::move(types)));
+  RETURN_IF_ERROR(tokenizer_internal::CheckSpecialTokens(vocab, options.special));
   std::unique_ptr<BpeTokenizer> tok(new BpeTokenizer(std::move(vocab)));
   tok->pre_ = options.pre;
   tok->ignore_merges_ = options.ignore_merges;

@@ -135,6 +135,7 @@ absl::StatusOr<std::unique_ptr<SpmTokenizer>> SpmTokenizer::Create(std::vector<s
                                                                     Options options) {
   ASSIGN_OR_RETURN(Vocab vocab, Vocab::Create(std::move(tokens), std::move(scores),
                                               std::move(types)));
+  RETURN_IF_ERROR(tokenizer_internal::CheckSpecialTokens(vocab, options.special));
   std::unique_ptr<SpmTokenizer> tok(new SpmTokenizer(std::move(vocab)));
   Vocab& v = tok->vocab_;
   tokenizer_internal::SpecialTokens& special = options.special;

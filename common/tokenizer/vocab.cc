@@ -154,6 +154,20 @@ std::vector<Fragment> Vocab::Partition(std::string_view text, bool parse_special
   return fragments;
 }
 
+absl::Status CheckSpecialTokens(const Vocab& vocab, const SpecialTokens& special) {
+  const std::pair<const char*, TokenId> ids[] = {
+      {"bos", special.bos}, {"eos", special.eos}, {"unknown", special.unk},
+      {"eot", special.eot}, {"eom", special.eom}};
+  for (const auto& [name, id] : ids) {
+    if (id != -1 && !vocab.IsValid(id)) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("tokenizer.ggml.%s_token_id: token id %d outside the vocabulary of %d",
+                          name, id, vocab.size()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 std::vector<TokenId> DetectEndOfGeneration(Vocab* vocab, SpecialTokens* special) {
   const auto detect = [&](TokenId* slot, std::initializer_list<std::string_view> texts) {
     if (*slot >= 0) return;

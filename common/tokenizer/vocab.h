@@ -106,6 +106,9 @@ struct SpecialTokens {
   bool add_eos = false;
 };
 
+// INVALID_ARGUMENT when a special id is neither -1 nor a token of `vocab`.
+absl::Status CheckSpecialTokens(const Vocab& vocab, const SpecialTokens& special);
+
 // Applies llama.cpp's text-based detection of EOT/EOM/FIM tokens (forcing them
 // to control) and returns the sorted end-of-generation ids.
 std::vector<TokenId> DetectEndOfGeneration(Vocab* vocab, SpecialTokens* special);
