@@ -105,9 +105,9 @@ void BpeTokenizer::EncodeWord(const std::string& word, std::vector<TokenId>* out
   std::vector<Symbol> symbols;
   size_t offset = 0;
   while (offset < word.size()) {
-    const size_t len = std::min(
-        tokenizer_internal::Utf8SequenceLength(static_cast<uint8_t>(word[offset])),
-        word.size() - offset);
+    const size_t len =
+        std::min(tokenizer_internal::Utf8SequenceLength(static_cast<uint8_t>(word[offset])),
+                 word.size() - offset);
     const int index = static_cast<int>(symbols.size());
     offset += len;
     symbols.push_back({index - 1, offset == word.size() ? -1 : index + 1, offset - len, len});

@@ -32,10 +32,9 @@ class BpeTokenizer final : public Tokenizer {
 
   // INVALID_ARGUMENT for an inconsistent vocabulary or special id out of range;
   // UNIMPLEMENTED for an unknown pre-tokenizer name.
-  static absl::StatusOr<std::unique_ptr<BpeTokenizer>> Create(std::vector<std::string> tokens,
-                                                              std::vector<int32_t> types,
-                                                              const std::vector<std::string>& merges,
-                                                              Options options);
+  static absl::StatusOr<std::unique_ptr<BpeTokenizer>> Create(
+      std::vector<std::string> tokens, std::vector<int32_t> types,
+      const std::vector<std::string>& merges, Options options);
 
   TokenizerKind kind() const override { return TokenizerKind::kBytePairEncoding; }
   std::string_view kind_name() const override { return "gpt2"; }

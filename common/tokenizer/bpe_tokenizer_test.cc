@@ -11,13 +11,21 @@ namespace {
 
 using ::testing::ElementsAre;
 
-constexpr TokenId kA = 0, kB = 1, kC = 2, kG = 3, kAB = 4, kGA = 5, kGAB = 6, kEnd = 7,
-                  kABC = 8;
+constexpr TokenId kA = 0, kB = 1, kC = 2, kG = 3, kAB = 4, kGA = 5, kGAB = 6, kEnd = 7, kABC = 8;
 
 std::unique_ptr<BpeTokenizer> Make(std::string pre, bool ignore_merges = false) {
   // Byte-level texts: "Ġ" (U+0120) is the space byte.
-  std::vector<std::string> tokens = {"a", "b", "c", "\xC4\xA0", "ab", "\xC4\xA0" "a",
-                                     "\xC4\xA0" "ab", "<|endoftext|>", "abc"};
+  std::vector<std::string> tokens = {"a",
+                                     "b",
+                                     "c",
+                                     "\xC4\xA0",
+                                     "ab",
+                                     "\xC4\xA0"
+                                     "a",
+                                     "\xC4\xA0"
+                                     "ab",
+                                     "<|endoftext|>",
+                                     "abc"};
   std::vector<int32_t> types = {1, 1, 1, 1, 1, 1, 1, 3, 1};
   std::vector<std::string> merges = {"a b", "\xC4\xA0 a", "\xC4\xA0 ab", "a b"};
   BpeTokenizer::Options options;

@@ -59,8 +59,7 @@ absl::StatusOr<std::vector<std::string>> PreTokenizerRegexes(std::string_view pr
   }
   if (pre == "gpt-2" || pre == "phi-2" || pre == "mpt" || pre == "olmo" || pre == "jais" ||
       pre == "jina-es" || pre == "jina-de" || pre == "gigachat" || pre == "jina-v1-en" ||
-      pre == "jina-v2-es" || pre == "jina-v2-de" || pre == "jina-v2-code" ||
-      pre == "roberta-bpe") {
+      pre == "jina-v2-es" || pre == "jina-v2-de" || pre == "jina-v2-code" || pre == "roberta-bpe") {
     return std::vector<std::string>{kGpt2};
   }
   if (pre == "llama3" || pre == "llama-v3" || pre == "llama-bpe" || pre == "falcon3" ||

@@ -48,8 +48,7 @@ TEST(PreTokenizerTest, Llama3GroupsDigitsByThree) {
   EXPECT_THAT(SplitWith("llama-bpe", "Hello 12345 world\n\n"),
               ElementsAre("Hello", " ", "123", "45", " world", "\n\n"));
   EXPECT_THAT(SplitWith("llama3", "I'M ok"), ElementsAre("I", "'M", " ok"));
-  EXPECT_THAT(SplitWith("llama-bpe", "x = (y);\n"),
-              ElementsAre("x", " =", " (", "y", ");\n"));
+  EXPECT_THAT(SplitWith("llama-bpe", "x = (y);\n"), ElementsAre("x", " =", " (", "y", ");\n"));
 }
 
 TEST(PreTokenizerTest, Qwen2SplitsSingleDigits) {

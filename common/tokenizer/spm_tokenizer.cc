@@ -51,9 +51,9 @@ class SpmSession {
   void Merge() {
     size_t offset = 0;
     while (offset < text_.size()) {
-      const size_t len = std::min(tokenizer_internal::Utf8SequenceLength(
-                                      static_cast<uint8_t>(text_[offset])),
-                                  text_.size() - offset);
+      const size_t len =
+          std::min(tokenizer_internal::Utf8SequenceLength(static_cast<uint8_t>(text_[offset])),
+                   text_.size() - offset);
       const int index = static_cast<int>(symbols_.size());
       offset += len;
       symbols_.push_back({index - 1, offset == text_.size() ? -1 : index + 1, offset - len, len});
@@ -130,11 +130,11 @@ bool ContainsAny(const std::string& haystack, std::initializer_list<std::string_
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<SpmTokenizer>> SpmTokenizer::Create(std::vector<std::string> tokens,
-                                                                    std::vector<float> scores,
-                                                                    std::vector<int32_t> types,
-                                                                    Options options) {
-  ASSIGN_OR_RETURN(Vocab vocab, Vocab::Create(std::move(tokens), std::move(scores),
-                                              std::move(types)));
+                                                                   std::vector<float> scores,
+                                                                   std::vector<int32_t> types,
+                                                                   Options options) {
+  ASSIGN_OR_RETURN(Vocab vocab,
+                   Vocab::Create(std::move(tokens), std::move(scores), std::move(types)));
   RETURN_IF_ERROR(tokenizer_internal::CheckSpecialTokens(vocab, options.special));
   std::unique_ptr<SpmTokenizer> tok(new SpmTokenizer(std::move(vocab)));
   Vocab& v = tok->vocab_;

@@ -17,8 +17,8 @@ using tokenizer_internal::kTypeNormal;
 using tokenizer_internal::kTypeUnknown;
 
 constexpr TokenId kByte0 = 3;  // <0x00>; byte b is kByte0 + b
-constexpr TokenId kSpace = 259, kA = 260, kB = 261, kC = 262, kSpaceA = 263, kAB = 264,
-                  kBC = 265, kSpaceAB = 266, kX = 267, kY = 268;
+constexpr TokenId kSpace = 259, kA = 260, kB = 261, kC = 262, kSpaceA = 263, kAB = 264, kBC = 265,
+                  kSpaceAB = 266, kX = 267, kY = 268;
 
 struct VocabSpec {
   std::vector<std::string> tokens;
@@ -42,14 +42,20 @@ VocabSpec TestVocab(bool with_bytes = true) {
     v.Add(with_bytes ? absl::StrFormat("<0x%02X>", b) : absl::StrFormat("filler%d", b), 0,
           with_bytes ? kTypeByte : kTypeNormal);
   }
-  v.Add("\xE2\x96\x81", -10, kTypeNormal);         // ▁
+  v.Add("\xE2\x96\x81", -10, kTypeNormal);  // ▁
   v.Add("a", -10, kTypeNormal);
   v.Add("b", -10, kTypeNormal);
   v.Add("c", -10, kTypeNormal);
-  v.Add("\xE2\x96\x81" "a", -1, kTypeNormal);      // ▁a
+  v.Add(
+      "\xE2\x96\x81"
+      "a",
+      -1, kTypeNormal);  // ▁a
   v.Add("ab", -2, kTypeNormal);
   v.Add("bc", -0.5, kTypeNormal);
-  v.Add("\xE2\x96\x81" "ab", -3, kTypeNormal);     // ▁ab
+  v.Add(
+      "\xE2\x96\x81"
+      "ab",
+      -3, kTypeNormal);  // ▁ab
   v.Add("x", -10, kTypeNormal);
   v.Add("y", -10, kTypeNormal);
   v.Add("xy", -4, kTypeNormal);
@@ -87,8 +93,7 @@ TEST(SpmTokenizerTest, EqualScoresMergeLeftmostFirst) {
 TEST(SpmTokenizerTest, ByteFallbackAndUnknown) {
   auto tok = Make(TestVocab());
   ASSERT_NE(tok, nullptr);
-  EXPECT_THAT(tok->Encode("\xC3\xA9", false),
-              ElementsAre(kSpace, kByte0 + 0xC3, kByte0 + 0xA9));
+  EXPECT_THAT(tok->Encode("\xC3\xA9", false), ElementsAre(kSpace, kByte0 + 0xC3, kByte0 + 0xA9));
   auto no_bytes = Make(TestVocab(/*with_bytes=*/false));
   ASSERT_NE(no_bytes, nullptr);
   EXPECT_THAT(no_bytes->Encode("\xC3\xA9", false), ElementsAre(kSpace, 0, 0));
@@ -107,8 +112,8 @@ TEST(SpmTokenizerTest, SpecialTokensAndFlags) {
   const std::vector<TokenId> plain = tok->Encode("</s>", false);
   EXPECT_THAT(plain, ElementsAre(kSpace, kByte0 + '<', kByte0 + '/', kByte0 + 's', kByte0 + '>'));
 
-  auto with_eos = Make(TestVocab(), {.special = {.bos = 1, .eos = 2, .unk = 0, .add_bos = true,
-                                                 .add_eos = true}});
+  auto with_eos = Make(
+      TestVocab(), {.special = {.bos = 1, .eos = 2, .unk = 0, .add_bos = true, .add_eos = true}});
   ASSERT_NE(with_eos, nullptr);
   EXPECT_THAT(with_eos->Encode("ab", true), ElementsAre(1, kSpaceAB, 2));
   EXPECT_TRUE(with_eos->IsEndOfGeneration(2));
@@ -128,7 +133,9 @@ TEST(SpmTokenizerTest, TokenToPiece) {
   EXPECT_EQ(tok->TokenToPiece(0), "");
   EXPECT_EQ(tok->TokenToPiece(-1), "");
   EXPECT_EQ(tok->TokenToPiece(100000), "");
-  EXPECT_EQ(tok->TokenText(kSpaceAB), "\xE2\x96\x81" "ab");
+  EXPECT_EQ(tok->TokenText(kSpaceAB),
+            "\xE2\x96\x81"
+            "ab");
 }
 
 TEST(SpmTokenizerTest, BadMetadataIsInvalidArgument) {
@@ -170,10 +177,9 @@ TEST(StreamingDetokenizerTest, EmojiSplitOverByteTokens) {
   ASSERT_NE(tok, nullptr);
   std::vector<std::string> chunks;
   // 🍎 = F0 9F 8D 8E, one byte token each, after " ab" (first piece: space dropped).
-  const std::string text = Stream(*tok,
-                                  {kSpaceAB, kByte0 + 0xF0, kByte0 + 0x9F, kByte0 + 0x8D,
-                                   kByte0 + 0x8E, kSpaceA},
-                                  &chunks);
+  const std::string text =
+      Stream(*tok, {kSpaceAB, kByte0 + 0xF0, kByte0 + 0x9F, kByte0 + 0x8D, kByte0 + 0x8E, kSpaceA},
+             &chunks);
   EXPECT_THAT(chunks, ElementsAre("ab", "", "", "", "\xF0\x9F\x8D\x8E", " a", ""));
   EXPECT_EQ(text, "ab\xF0\x9F\x8D\x8E a");
 }
@@ -188,8 +194,11 @@ TEST(StreamingDetokenizerTest, InvalidBytesAndFlush) {
   EXPECT_THAT(chunks, ElementsAre("a", "\xEF\xBF\xBD", "b", "", "", "\xEF\xBF\xBD"));
   // A code point interrupted by a complete one: the broken part becomes U+FFFD.
   EXPECT_EQ(Detokenize(*tok, std::vector<TokenId>{kByte0 + 0xF0, kByte0 + 0x9F, kA}),
-            "\xEF\xBF\xBD" "a");
-  EXPECT_EQ(text, "a\xEF\xBF\xBD" "b\xEF\xBF\xBD");
+            "\xEF\xBF\xBD"
+            "a");
+  EXPECT_EQ(text,
+            "a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD");
 }
 
 TEST(StreamingDetokenizerTest, LeadingSpaceOnlyFromTheFirstPiece) {

@@ -41,7 +41,7 @@ class Tokenizer {
   virtual ~Tokenizer() = default;
 
   virtual TokenizerKind kind() const = 0;
-  virtual std::string_view kind_name() const = 0;  // "llama" / "gpt2"
+  virtual std::string_view kind_name() const = 0;      // "llama" / "gpt2"
   virtual std::string_view pre_tokenizer() const = 0;  // e.g. "gpt-2"; "default" for SPM
   virtual int32_t vocab_size() const = 0;
 
@@ -76,7 +76,7 @@ class Tokenizer {
   bool add_bos_ = false;
   bool add_eos_ = false;
   bool add_space_prefix_ = false;
-  std::vector<TokenId> eog_ids_;  // sorted
+  std::vector<TokenId> eog_ids_;      // sorted
   std::vector<int32_t> token_types_;  // tokenizer.ggml.token_type; 1 normal, 3 control, 6 byte...
 };
 

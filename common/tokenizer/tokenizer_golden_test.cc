@@ -1,7 +1,9 @@
 // Tokenization checked against llama.cpp's own outputs: the vocab test files
 // (`.gguf.inp` strings, `.gguf.out` ids) and the reference prompts.
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -126,6 +128,37 @@ TEST(TokenizerGoldenTest, SpmRoundTripsTestStrings) {
     // llama.cpp's SPM encoding is lossless for valid UTF-8 with byte fallback.
     EXPECT_EQ(Detokenize(*tok, ids), s);
   }
+}
+
+// Loading a 32k/50k vocabulary and encoding 256 KiB must stay fast: the merge
+// loops use priority queues, so the cost grows about linearly with the text.
+TEST(TokenizerGoldenTest, LargeVocabsLoadAndEncodeQuickly) {
+  const fs::path dir = kShared / "tokenizer";
+  int checked = 0;
+  for (const char* name : {"ggml-vocab-llama-spm.gguf", "ggml-vocab-gpt-2.gguf"}) {
+    if (!fs::exists(dir / name)) continue;
+    SCOPED_TRACE(name);
+    const auto t0 = std::chrono::steady_clock::now();
+    auto tok = Load(dir / name);
+    ASSERT_NE(tok, nullptr);
+    const double load_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_LT(load_s, 1.0);
+    std::string text;
+    for (const std::string& s : ReadInputs(dir / (std::string(name) + ".inp"))) text += s + "\n";
+    std::string big;
+    while (big.size() < (1u << 18)) big += text;
+    const auto t1 = std::chrono::steady_clock::now();
+    const std::vector<TokenId> ids = tok->Encode(big, false);
+    const double encode_s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    EXPECT_GT(ids.size(), big.size() / 16);
+    EXPECT_LT(encode_s, 5.0);
+    std::cout << name << ": load " << load_s << " s, encode " << big.size() << " bytes in "
+              << encode_s << " s\n";
+    ++checked;
+  }
+  if (checked == 0) GTEST_SKIP() << "no large vocab files under " << dir;
 }
 
 TEST(TokenizerGoldenTest, ReferencePromptsAndGeneratedText) {

@@ -92,7 +92,10 @@ class GgufImage {
   uint64_t n_kv_ = 0;
 };
 
-const std::vector<std::string> kSpmTokens = {"<unk>", "<s>", "</s>", "\xE2\x96\x81" "a", "a"};
+const std::vector<std::string> kSpmTokens = {"<unk>", "<s>", "</s>",
+                                             "\xE2\x96\x81"
+                                             "a",
+                                             "a"};
 
 GgufImage SpmImage() {
   GgufImage image;

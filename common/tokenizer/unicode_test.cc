@@ -18,13 +18,16 @@ TEST(UnicodeTest, ByteTableIsGpt2sAndReversible) {
     EXPECT_EQ(ByteFromUnicode(ByteToUnicode(static_cast<uint8_t>(b))), b);
   }
   EXPECT_EQ(ByteFromUnicode(0x4E00), -1);
-  EXPECT_EQ(ByteEncode("a b\n"), "a\xC4\xA0" "b\xC4\x8A");
+  EXPECT_EQ(ByteEncode("a b\n"),
+            "a\xC4\xA0"
+            "b\xC4\x8A");
 }
 
 TEST(UnicodeTest, DecodeReplacesBadBytesOneEach) {
   EXPECT_EQ(DecodeUtf8("a\xC3\xA9"), (std::vector<uint32_t>{'a', 0xE9}));
   EXPECT_EQ(DecodeUtf8("\xF0\x9F\x8D\x8E"), (std::vector<uint32_t>{0x1F34E}));
-  EXPECT_EQ(DecodeUtf8("\xFF" "a\xE2\x82"),
+  EXPECT_EQ(DecodeUtf8("\xFF"
+                       "a\xE2\x82"),
             (std::vector<uint32_t>{0xFFFD, 'a', 0xFFFD, 0xFFFD}));
 }
 
@@ -42,9 +45,15 @@ TEST(UnicodeTest, TakeValidUtf8ReplacesMaximalSubparts) {
   std::string pending;
   // Same results as Python's bytes.decode("utf-8", errors="replace").
   EXPECT_EQ(TakeValidUtf8(&pending, "\xFF"), kFffd);
-  EXPECT_EQ(TakeValidUtf8(&pending, "a\x80" "b"), std::string("a") + kFffd + "b");
+  EXPECT_EQ(TakeValidUtf8(&pending,
+                          "a\x80"
+                          "b"),
+            std::string("a") + kFffd + "b");
   EXPECT_EQ(TakeValidUtf8(&pending, "\xE0\x80"), std::string(kFffd) + kFffd);
-  EXPECT_EQ(TakeValidUtf8(&pending, "\xF0\x9F\x8D" "A"), std::string(kFffd) + "A");
+  EXPECT_EQ(TakeValidUtf8(&pending,
+                          "\xF0\x9F\x8D"
+                          "A"),
+            std::string(kFffd) + "A");
   EXPECT_EQ(TakeValidUtf8(&pending, "\xED\xA0\x80"), std::string(kFffd) + kFffd + kFffd);
   EXPECT_EQ(TakeValidUtf8(&pending, "\xE2\x82"), "");
   EXPECT_EQ(FlushUtf8(&pending), kFffd);

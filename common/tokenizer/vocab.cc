@@ -53,14 +53,12 @@ absl::StatusOr<Vocab> Vocab::Create(std::vector<std::string> tokens, std::vector
     return absl::InvalidArgumentError("tokenizer.ggml.tokens: too many tokens");
   }
   if (!scores.empty() && scores.size() != tokens.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("tokenizer.ggml.scores: %d entries for %d tokens", scores.size(),
-                        tokens.size()));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tokenizer.ggml.scores: %d entries for %d tokens", scores.size(), tokens.size()));
   }
   if (!types.empty() && types.size() != tokens.size()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("tokenizer.ggml.token_type: %d entries for %d tokens", types.size(),
-                        tokens.size()));
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "tokenizer.ggml.token_type: %d entries for %d tokens", types.size(), tokens.size()));
   }
   Vocab v;
   const size_t n = tokens.size();
@@ -100,9 +98,8 @@ void Vocab::BuildSpecialCache() {
   for (TokenId id = 0; id < size(); ++id) {
     if (attrs_[id] & (kAttrControl | kAttrUserDefined | kAttrUnknown)) special_cache_.push_back(id);
   }
-  std::stable_sort(special_cache_.begin(), special_cache_.end(), [&](TokenId a, TokenId b) {
-    return texts_[a].size() > texts_[b].size();
-  });
+  std::stable_sort(special_cache_.begin(), special_cache_.end(),
+                   [&](TokenId a, TokenId b) { return texts_[a].size() > texts_[b].size(); });
 }
 
 void Vocab::CutOut(std::string_view text, TokenId id, const Fragment& fragment,
@@ -155,9 +152,11 @@ std::vector<Fragment> Vocab::Partition(std::string_view text, bool parse_special
 }
 
 absl::Status CheckSpecialTokens(const Vocab& vocab, const SpecialTokens& special) {
-  const std::pair<const char*, TokenId> ids[] = {
-      {"bos", special.bos}, {"eos", special.eos}, {"unknown", special.unk},
-      {"eot", special.eot}, {"eom", special.eom}};
+  const std::pair<const char*, TokenId> ids[] = {{"bos", special.bos},
+                                                 {"eos", special.eos},
+                                                 {"unknown", special.unk},
+                                                 {"eot", special.eot},
+                                                 {"eom", special.eom}};
   for (const auto& [name, id] : ids) {
     if (id != -1 && !vocab.IsValid(id)) {
       return absl::InvalidArgumentError(
@@ -174,8 +173,10 @@ std::vector<TokenId> DetectEndOfGeneration(Vocab* vocab, SpecialTokens* special)
     *slot = FindAny(*vocab, texts);
     vocab->ForceControl(*slot);
   };
-  detect(&special->eot, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-                         "<EOT>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"});
+  detect(&special->eot,
+         {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<EOT>",
+          "<\xEF\xBD\x9C"
+          "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"});
   detect(&special->eom, {"<|eom_id|>"});
   TokenId fim_pad = -1;
   TokenId fim_rep = -1;
