@@ -141,72 +141,59 @@ absl::StatusOr<Array> ReadArray(ByteReader& reader, int depth) {
   return array;
 }
 
+using Payload = decltype(Value::data);
+
+// Reads a T and keeps it in the variant's widest matching alternative.
 template <typename T, typename Wide>
-absl::StatusOr<Wide> ReadWidened(ByteReader& reader) {
+absl::StatusOr<Payload> ReadWidened(ByteReader& reader) {
   ASSIGN_OR_RETURN(const T value, reader.Read<T>());
-  return static_cast<Wide>(value);
+  return Payload(std::in_place_type<Wide>, static_cast<Wide>(value));
 }
 
-// Reads one value of a type already known to be valid.
-absl::StatusOr<Value> ReadValue(ByteReader& reader, ValueType type, int depth) {
-  Value value;
-  value.type = type;
+// Reads one payload of a type already known to be valid.
+absl::StatusOr<Payload> ReadPayload(ByteReader& reader, ValueType type, int depth) {
   switch (type) {
-    case ValueType::kUint8: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<uint8_t, uint64_t>(reader)));
-      break;
-    }
-    case ValueType::kUint16: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<uint16_t, uint64_t>(reader)));
-      break;
-    }
-    case ValueType::kUint32: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<uint32_t, uint64_t>(reader)));
-      break;
-    }
-    case ValueType::kUint64: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<uint64_t, uint64_t>(reader)));
-      break;
-    }
-    case ValueType::kInt8: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<int8_t, int64_t>(reader)));
-      break;
-    }
-    case ValueType::kInt16: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<int16_t, int64_t>(reader)));
-      break;
-    }
-    case ValueType::kInt32: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<int32_t, int64_t>(reader)));
-      break;
-    }
-    case ValueType::kInt64: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<int64_t, int64_t>(reader)));
-      break;
-    }
-    case ValueType::kFloat32: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<float, double>(reader)));
-      break;
-    }
-    case ValueType::kFloat64: {
-      ASSIGN_OR_RETURN(value.data, (ReadWidened<double, double>(reader)));
-      break;
-    }
+    case ValueType::kUint8:
+      return ReadWidened<uint8_t, uint64_t>(reader);
+    case ValueType::kUint16:
+      return ReadWidened<uint16_t, uint64_t>(reader);
+    case ValueType::kUint32:
+      return ReadWidened<uint32_t, uint64_t>(reader);
+    case ValueType::kUint64:
+      return ReadWidened<uint64_t, uint64_t>(reader);
+    case ValueType::kInt8:
+      return ReadWidened<int8_t, int64_t>(reader);
+    case ValueType::kInt16:
+      return ReadWidened<int16_t, int64_t>(reader);
+    case ValueType::kInt32:
+      return ReadWidened<int32_t, int64_t>(reader);
+    case ValueType::kInt64:
+      return ReadWidened<int64_t, int64_t>(reader);
+    case ValueType::kFloat32:
+      return ReadWidened<float, double>(reader);
+    case ValueType::kFloat64:
+      return ReadWidened<double, double>(reader);
     case ValueType::kBool: {
       // Any non-zero byte is true, as llama.cpp reads it.
       ASSIGN_OR_RETURN(const uint8_t byte, reader.Read<uint8_t>());
-      value.data = byte != 0;
-      break;
+      return Payload(std::in_place_type<bool>, byte != 0);
     }
     case ValueType::kString: {
-      ASSIGN_OR_RETURN(value.data, reader.ReadString());
-      break;
+      ASSIGN_OR_RETURN(std::string text, reader.ReadString());
+      return Payload(std::in_place_type<std::string>, std::move(text));
     }
     case ValueType::kArray: {
-      ASSIGN_OR_RETURN(value.data, ReadArray(reader, depth));
-      break;
+      ASSIGN_OR_RETURN(Array array, ReadArray(reader, depth));
+      return Payload(std::in_place_type<Array>, std::move(array));
     }
   }
+  return absl::InternalError("value type not validated before ReadPayload");
+}
+
+absl::StatusOr<Value> ReadValue(ByteReader& reader, ValueType type, int depth) {
+  Value value;
+  value.type = type;
+  ASSIGN_OR_RETURN(value.data, ReadPayload(reader, type, depth));
   return value;
 }
 
