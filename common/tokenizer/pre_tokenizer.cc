@@ -19,8 +19,8 @@ constexpr char kLlama3[] =
 constexpr char kQwen2[] =
     R"((?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-// ICU's \s omits some White_Space code points (e.g. U+0085 in some versions);
-// spell the property out so the split matches llama.cpp's.
+// llama.cpp's \s is exactly Unicode White_Space; spell the property out so the
+// split does not depend on how an ICU version defines \s.
 std::string ToIcuSyntax(std::string_view regex) {
   std::string out;
   out.reserve(regex.size() + 32);

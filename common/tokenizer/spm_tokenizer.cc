@@ -46,8 +46,8 @@ class SpmSession {
  public:
   SpmSession(const Vocab& vocab, const std::string& text) : vocab_(vocab), text_(text) {}
 
-  // Returns the symbols left after merging, in order; `rev_merge` records how
-  // each merged text was formed, for resegmenting texts that are not tokens.
+  // Splits the text into UTF-8 symbols and merges them; `rev_merge_` records
+  // how each merged text was formed, for resegmenting texts that are not tokens.
   void Merge() {
     size_t offset = 0;
     while (offset < text_.size()) {
