@@ -1,5 +1,7 @@
 #include "kernels/cpu/matmul.h"
 
+#include <algorithm>
+
 #include "common/base/status.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/vec_dot.h"
@@ -15,13 +17,17 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   quantized_.resize(static_cast<size_t>(act_bytes * n_tokens));
   uint8_t* act = quantized_.data();
-  pool_.ParallelFor(n_tokens, 1, [&](int64_t begin, int64_t end) {
+  pool_.ParallelFor(n_tokens, std::max<int64_t>(1, 16384 / std::max<int64_t>(w.cols, 1)),
+                    [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       QuantizeActivations(w.type, x + t * w.cols, w.cols, act + t * act_bytes);
     }
   });
-  // Rows in chunks of 16 keep each thread's share of the weights contiguous.
-  pool_.ParallelFor(w.rows, 16, [&](int64_t begin, int64_t end) {
+  // Waking a thread costs microseconds: hand each at least ~64 KiB of weight
+  // rows (times the tokens that reuse them), so tiny matrices stay on one thread.
+  const int64_t work_per_row = static_cast<int64_t>(w.row_bytes) * n_tokens;
+  const int64_t grain = std::max<int64_t>(16, (int64_t{64} << 10) / std::max<int64_t>(work_per_row, 1));
+  pool_.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const uint8_t* row = w.row(r);
       for (int64_t t = 0; t < n_tokens; ++t) {

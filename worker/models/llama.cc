@@ -137,7 +137,11 @@ absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
     scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
   }
   std::atomic<int> next_scratch{0};
-  pool_.ParallelFor(n_tokens * config_.n_head, 1, [&](int64_t begin, int64_t end) {
+  // A (token, head) task reads about position * head_dim cache elements; group
+  // small tasks so that waking a thread is worth it.
+  const int64_t work = std::max<int64_t>(1, (batch.back().position + 1) * config_.head_dim);
+  const int64_t grain = std::max<int64_t>(1, 16384 / work);
+  pool_.ParallelFor(n_tokens * config_.n_head, grain, [&](int64_t begin, int64_t end) {
     float* scores = scores_.data() + next_scratch.fetch_add(1) * n_ctx;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / config_.n_head;
