@@ -130,14 +130,14 @@ std::optional<mkmodel::ModelShape> ResolveShape(CLI::App* app, const MkmodelFlag
 }
 
 int RunMkmodel(CLI::App* app, const MkmodelFlags& f) {
-  std::string error;
-  std::optional<mkmodel::ModelShape> shape = ResolveShape(app, f, &error);
-  if (!shape) return UsageError(error);
   std::optional<mkmodel::FileType> type = mkmodel::ParseFileType(f.type);
   if (!type) {
     return UsageError(absl::StrCat("unknown --type '", f.type, "' (choose from ",
                                    Join(mkmodel::FileTypeNames()), ")"));
   }
+  std::string error;
+  std::optional<mkmodel::ModelShape> shape = ResolveShape(app, f, &error);
+  if (!shape) return UsageError(error);
   if (!f.vocab_from.empty() && app->count("--n-vocab")) {
     return UsageError("--n-vocab and --vocab-from exclude each other (the source sets n_vocab)");
   }

@@ -295,6 +295,59 @@ TEST(GgufWriterTest, ProducerErrorNamesTensorAndLeavesNoFile) {
   EXPECT_FALSE(std::filesystem::exists(path + ".partial"));
 }
 
+// The reader (an independent implementation of the format) accepts what the
+// writer produces and sees the same values and tensor bytes.
+TEST(GgufWriterTest, RoundTripThroughReader) {
+  GgufWriter writer;
+  ASSERT_TRUE(writer.AddString("general.architecture", "llama").ok());
+  ASSERT_TRUE(writer.AddUint32("general.alignment", 16).ok());
+  ASSERT_TRUE(writer.AddInt8("i8", -5).ok());
+  ASSERT_TRUE(writer.AddUint16("u16", 65535).ok());
+  ASSERT_TRUE(writer.AddInt64("i64", -(int64_t{1} << 40)).ok());
+  ASSERT_TRUE(writer.AddFloat64("f64", 0.125).ok());
+  ASSERT_TRUE(writer.AddBool("flag", false).ok());
+  ASSERT_TRUE(writer.AddStringArray("words", {"a", "▁bc", ""}).ok());
+  ASSERT_TRUE(writer.AddFloat32Array("scores", {-1.5f, 2.0f}).ok());
+  ASSERT_TRUE(writer.AddInt32Array("ids", {7, -8}).ok());
+  ASSERT_TRUE(writer.AddTensor("w", DType::kQ4_0, {64, 5}).ok());
+  ASSERT_TRUE(writer.AddTensor("b", DType::kF32, {7}).ok());
+  const std::string path = TempPath("roundtrip");
+  ASSERT_TRUE(writer.Write(path, [](size_t i, std::span<uint8_t> out) {
+    FillPattern(i, out);
+    return absl::OkStatus();
+  }, 2).ok());
+  const std::vector<uint8_t> bytes = ReadFile(path);
+  absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Parse(bytes);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const GgufFile& f = **file;
+  EXPECT_EQ(f.version(), 3u);
+  EXPECT_EQ(f.alignment(), 16u);
+  ASSERT_EQ(f.metadata().size(), writer.metadata().size());
+  for (size_t i = 0; i < f.metadata().size(); ++i) {
+    EXPECT_EQ(f.metadata()[i].first, writer.metadata()[i].first);
+  }
+  EXPECT_EQ(*f.GetInt("i8"), -5);
+  EXPECT_EQ(*f.GetUint("u16"), 65535u);
+  EXPECT_EQ(*f.GetInt("i64"), -(int64_t{1} << 40));
+  EXPECT_EQ(*f.GetFloat("f64"), 0.125);
+  EXPECT_EQ(*f.GetBool("flag"), false);
+  EXPECT_EQ(*f.GetStringArray("words"), (std::vector<std::string>{"a", "▁bc", ""}));
+  EXPECT_EQ(*f.GetFloatArray("scores"), (std::vector<float>{-1.5f, 2.0f}));
+  EXPECT_EQ(*f.GetIntArray("ids"), (std::vector<int64_t>{7, -8}));
+  ASSERT_EQ(f.tensors().size(), 2u);
+  for (size_t t = 0; t < 2; ++t) {
+    const TensorInfo& info = f.tensors()[t];
+    EXPECT_EQ(info.name, writer.tensors()[t].name);
+    EXPECT_EQ(info.dims, writer.tensors()[t].dims);
+    EXPECT_EQ(info.type, writer.tensors()[t].type);
+    ASSERT_EQ(info.n_bytes, writer.tensors()[t].n_bytes);
+    std::vector<uint8_t> want(info.n_bytes);
+    FillPattern(t, want);
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), info.data)) << info.name;
+  }
+  std::filesystem::remove(path);
+}
+
 TEST(GgufWriterTest, IoErrorNamesPath) {
   GgufWriter writer;
   ASSERT_TRUE(writer.AddTensor("t", DType::kF32, {8}).ok());
