@@ -15,6 +15,7 @@
 #include "cli/mkmodel/vocab.h"
 #include "common/gguf/gguf_file.h"
 #include "common/quant/quant.h"
+#include "common/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -331,6 +332,37 @@ TEST(MkmodelTest, SameBytesForAnyThreadCountAndSeedMatters) {
   EXPECT_EQ(a, ReadFile(four));
   EXPECT_NE(a, ReadFile(other_seed));
   for (const std::string& p : {one, four, other_seed}) std::filesystem::remove(p);
+}
+
+// chord's own SPM tokenizer loads the synthetic vocabulary, merges text into
+// multi-character pieces, falls back to bytes for what it lacks, and decodes
+// back to the same text.
+TEST(MkmodelTest, SyntheticTokenizerLoadsAndRoundTrips) {
+  MkmodelOptions options = TinyOptions(FileType::kQ8_0);
+  const std::string path = TempPath("tokenizer");
+  ASSERT_TRUE(WriteModel(options, path).ok());
+  absl::StatusOr<std::unique_ptr<gguf::GgufFile>> file = gguf::GgufFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromGguf(**file);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  const Tokenizer& tok = **tokenizer;
+  EXPECT_EQ(tok.kind(), TokenizerKind::kSentencePiece);
+  EXPECT_EQ(tok.vocab_size(), options.shape.n_vocab);
+  EXPECT_EQ(tok.bos_id(), 1);
+  EXPECT_EQ(tok.eos_id(), 2);
+  const std::string text = "the little dog played with a red ball, caf\xC3\xA9 42!";
+  const std::vector<TokenId> ids = tok.Encode(text, /*add_special=*/true);
+  ASSERT_GE(ids.size(), 2u);
+  EXPECT_EQ(ids[0], 1);
+  size_t multi_char = 0;
+  for (TokenId id : ids) {
+    EXPECT_TRUE(tok.IsValid(id));
+    if (tok.TokenText(id).size() > 4) ++multi_char;
+  }
+  EXPECT_GT(multi_char, 3u);
+  EXPECT_LT(ids.size(), text.size() / 2);
+  EXPECT_EQ(Detokenize(tok, std::span<const TokenId>(ids).subspan(1)), text);
+  std::filesystem::remove(path);
 }
 
 TEST(MkmodelTest, AlignmentAndTiedModel) {
