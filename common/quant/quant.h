@@ -3,6 +3,10 @@
 // Block layouts are ggml's, byte for byte (see blocks.h): what these functions
 // write, llama.cpp reads, and the reverse. Rows are independent: a row's
 // result never depends on other rows, so callers may split work across threads.
+// Thread-safety: every function here is pure (no shared state; no allocation
+// except for an error message).
+// Quantized buffers hold ggml blocks, whose half fields need 2-byte alignment
+// (true of any tensor in a GGUF file); plain F32/F16/BF16 buffers may be unaligned.
 #pragma once
 
 #include <cstdint>
@@ -23,11 +27,14 @@ bool CanQuantize(DType type);
 // Encodes `n_rows` rows of `n_per_row` floats (row-major) into `dst`, which must
 // hold n_rows * RowBytes(type, n_per_row) bytes. The K-quants search per-block
 // scales and mins that minimise squared error, as llama.cpp's reference
-// quantizers do (without an importance matrix).
+// quantizers do (without an importance matrix). INVALID_ARGUMENT for a type
+// CanQuantize() rejects, a bad shape, a null buffer, or (for the block types
+// only) a NaN or infinite input, which would otherwise poison a block's scales.
 absl::Status QuantizeRows(DType type, const float* src, int64_t n_rows, int64_t n_per_row,
                           void* dst);
 
-// IEEE half and bfloat16 conversions (round to nearest even; NaN stays NaN).
+// IEEE half and bfloat16 conversions (round to nearest even; NaN stays NaN and
+// is quieted; subnormals and infinities are exact). Independent of the FPU mode.
 float HalfToFloat(uint16_t h);
 uint16_t FloatToHalf(float f);
 float Bf16ToFloat(uint16_t b);
