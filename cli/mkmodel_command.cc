@@ -43,9 +43,10 @@ class ProgressReporter {
       last_draw_ = now;
       constexpr int kWidth = 40;
       const int filled = static_cast<int>(fraction * kWidth);
-      std::fprintf(stderr, "\r[%s%s] %3d%% %7.1f/%.1f MB %6.1f MB/s", std::string(filled, '#').c_str(),
-                   std::string(kWidth - filled, ' ').c_str(), static_cast<int>(fraction * 100),
-                   done / 1e6, total / 1e6, seconds > 0 ? done / 1e6 / seconds : 0.0);
+      std::fprintf(stderr, "\r[%s%s] %3d%% %7.1f/%.1f MB %6.1f MB/s",
+                   std::string(filled, '#').c_str(), std::string(kWidth - filled, ' ').c_str(),
+                   static_cast<int>(fraction * 100), done / 1e6, total / 1e6,
+                   seconds > 0 ? done / 1e6 / seconds : 0.0);
       if (done == total) std::fprintf(stderr, "\n");
       return;
     }
@@ -95,9 +96,9 @@ void AddShapeFlags(CLI::App* app, MkmodelFlags& f) {
 // Applies the preset, then every shape flag that was given.
 std::optional<mkmodel::ModelShape> ResolveShape(CLI::App* app, const MkmodelFlags& f,
                                                 std::string* error) {
-  static constexpr const char* kShapeFlags[] = {"--n-embd", "--n-layer", "--n-head",
-                                                "--n-head-kv", "--n-ff", "--n-vocab",
-                                                "--n-ctx", "--rope-base", "--rms-eps", "--tied"};
+  static constexpr const char* kShapeFlags[] = {"--n-embd",  "--n-layer", "--n-head", "--n-head-kv",
+                                                "--n-ff",    "--n-vocab", "--n-ctx",  "--rope-base",
+                                                "--rms-eps", "--tied"};
   bool any_shape_flag = false;
   for (const char* flag : kShapeFlags) any_shape_flag |= app->count(flag) > 0;
   if (f.preset.empty() && !any_shape_flag) {
@@ -156,8 +157,9 @@ int RunMkmodel(CLI::App* app, const MkmodelFlags& f) {
   options.shape = *shape;
   options.file_type = *type;
   options.seed = f.seed;
-  options.threads =
-      f.threads > 0 ? f.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  options.threads = f.threads > 0
+                        ? f.threads
+                        : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   options.alignment = f.alignment;
   options.vocab_from = f.vocab_from;
 

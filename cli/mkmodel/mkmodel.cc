@@ -65,8 +65,7 @@ absl::Status AddModelMetadata(const ModelShape& s, const MkmodelOptions& options
   RETURN_IF_ERROR(w.AddUint32("llama.block_count", static_cast<uint32_t>(s.n_layer)));
   RETURN_IF_ERROR(w.AddUint32("llama.feed_forward_length", static_cast<uint32_t>(s.n_ff)));
   RETURN_IF_ERROR(w.AddUint32("llama.attention.head_count", static_cast<uint32_t>(s.n_head)));
-  RETURN_IF_ERROR(
-      w.AddUint32("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv)));
+  RETURN_IF_ERROR(w.AddUint32("llama.attention.head_count_kv", static_cast<uint32_t>(s.n_head_kv)));
   RETURN_IF_ERROR(w.AddUint32("llama.rope.dimension_count", static_cast<uint32_t>(s.head_dim())));
   RETURN_IF_ERROR(w.AddFloat32("llama.attention.layer_norm_rms_epsilon", s.rms_eps));
   RETURN_IF_ERROR(w.AddFloat32("llama.rope.freq_base", s.rope_base));
@@ -111,8 +110,8 @@ absl::StatusOr<PreparedModel> PrepareModel(const MkmodelOptions& options) {
   return model;
 }
 
-void GenerateRows(const TensorPlan& tensor, size_t tensor_index, uint64_t seed,
-                  int64_t row_begin, int64_t n_rows, float* out) {
+void GenerateRows(const TensorPlan& tensor, size_t tensor_index, uint64_t seed, int64_t row_begin,
+                  int64_t n_rows, float* out) {
   const int64_t n = tensor.dims[0];
   double stddev = 1.0 / std::sqrt(static_cast<double>(n));
   if (tensor.role == TensorRole::kTokenEmbd) stddev = kTokenEmbdStd;
@@ -138,8 +137,8 @@ absl::Status ProduceTensor(const TensorPlan& tensor, size_t tensor_index, uint64
   for (size_t i = 1; i < tensor.dims.size(); ++i) rows *= tensor.dims[i];
   ASSIGN_OR_RETURN(const uint64_t row_bytes, RowBytes(tensor.type, n));
   if (out.size() != row_bytes * static_cast<uint64_t>(rows)) {
-    return absl::InternalError(absl::StrFormat("%s: buffer of %d bytes, expected %d",
-                                               tensor.name, out.size(), row_bytes * rows));
+    return absl::InternalError(absl::StrFormat("%s: buffer of %d bytes, expected %d", tensor.name,
+                                               out.size(), row_bytes * rows));
   }
   const int64_t chunk = std::max<int64_t>(1, kStagingFloats / n);
   std::vector<float> staging(static_cast<size_t>(std::min(chunk, rows) * n));

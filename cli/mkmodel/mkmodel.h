@@ -27,9 +27,9 @@ struct MkmodelOptions {
   ModelShape shape;
   FileType file_type = FileType::kQ4_K_M;
   uint64_t seed = 0;
-  int threads = 1;                 // producer threads for Write (at least 1)
-  uint32_t alignment = 32;         // written as general.alignment only when not 32
-  std::string vocab_from;          // GGUF whose tokenizer.* keys are copied; empty: synthetic
+  int threads = 1;          // producer threads for Write (at least 1)
+  uint32_t alignment = 32;  // written as general.alignment only when not 32
+  std::string vocab_from;   // GGUF whose tokenizer.* keys are copied; empty: synthetic
 };
 
 // The declared file (metadata and tensor list) and the plan behind it.
@@ -43,8 +43,8 @@ absl::StatusOr<PreparedModel> PrepareModel(const MkmodelOptions& options);
 
 // The float values of rows [row_begin, row_begin + n_rows) of tensor
 // `tensor_index` (rows of dims[0] elements), written to `out`.
-void GenerateRows(const TensorPlan& tensor, size_t tensor_index, uint64_t seed,
-                  int64_t row_begin, int64_t n_rows, float* out);
+void GenerateRows(const TensorPlan& tensor, size_t tensor_index, uint64_t seed, int64_t row_begin,
+                  int64_t n_rows, float* out);
 
 // Fills `out` with the stored bytes of a tensor: GenerateRows then QuantizeRows.
 absl::Status ProduceTensor(const TensorPlan& tensor, size_t tensor_index, uint64_t seed,

@@ -256,9 +256,8 @@ void CheckTensor(const gguf::TensorInfo& info, const TensorPlan& plan, size_t in
   std::vector<float> decoded(info.n_elements);
   const uint64_t row_bytes = info.n_bytes / static_cast<uint64_t>(rows);
   for (int64_t r = 0; r < rows; ++r) {
-    ASSERT_TRUE(quant::DequantizeRow(info.type, info.data + r * row_bytes,
-                                     decoded.data() + r * n, n)
-                    .ok());
+    ASSERT_TRUE(
+        quant::DequantizeRow(info.type, info.data + r * row_bytes, decoded.data() + r * n, n).ok());
   }
   EXPECT_LE(RelativeRmsError(generated, decoded), Tolerance(info.type)) << plan.name;
 }
@@ -312,9 +311,11 @@ TEST_P(RoundTripTest, ReadsBackMetadataAndTensors) {
 
 INSTANTIATE_TEST_SUITE_P(AllTypes, RoundTripTest,
                          ::testing::Values(FileType::kF32, FileType::kF16, FileType::kQ8_0,
-                                           FileType::kQ4_0, FileType::kQ4_K_M,
-                                           FileType::kQ5_K_M, FileType::kQ6_K),
-                         [](const auto& param_info) { return std::string(FileTypeName(param_info.param)); });
+                                           FileType::kQ4_0, FileType::kQ4_K_M, FileType::kQ5_K_M,
+                                           FileType::kQ6_K),
+                         [](const auto& param_info) {
+                           return std::string(FileTypeName(param_info.param));
+                         });
 
 TEST(MkmodelTest, SameBytesForAnyThreadCountAndSeedMatters) {
   MkmodelOptions options = TinyOptions(FileType::kQ4_K_M);

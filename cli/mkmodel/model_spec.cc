@@ -91,9 +91,9 @@ absl::StatusOr<DType> FallbackType(DType type, int64_t ne0) {
       fallback = DType::kQ8_0;
       break;
     default:
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "a row of %d elements is not a multiple of %s's block of %d", ne0, DTypeName(type),
-          BlockSize(type)));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("a row of %d elements is not a multiple of %s's block of %d", ne0,
+                          DTypeName(type), BlockSize(type)));
   }
   if (ne0 % BlockSize(fallback) != 0) fallback = DType::kF16;
   if (!quant::CanQuantize(fallback)) {
@@ -133,12 +133,12 @@ absl::Status ValidateShape(const ModelShape& s) {
   RETURN_IF_ERROR(positive("n_vocab", s.n_vocab));
   RETURN_IF_ERROR(positive("n_ctx", s.n_ctx));
   if (s.n_embd % s.n_head != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "n_embd (%d) is not divisible by n_head (%d)", s.n_embd, s.n_head));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("n_embd (%d) is not divisible by n_head (%d)", s.n_embd, s.n_head));
   }
   if (s.n_head % s.n_head_kv != 0) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "n_head (%d) is not divisible by n_head_kv (%d)", s.n_head, s.n_head_kv));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("n_head (%d) is not divisible by n_head_kv (%d)", s.n_head, s.n_head_kv));
   }
   if (s.head_dim() % 2 != 0) {
     return absl::InvalidArgumentError(
@@ -178,8 +178,8 @@ bool UseMoreBits(int layer, int n_layer) {
   return layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2;
 }
 
-absl::StatusOr<DType> ChooseTensorType(FileType file_type, TensorRole role, int layer,
-                                       int n_layer, int64_t ne0, bool has_output) {
+absl::StatusOr<DType> ChooseTensorType(FileType file_type, TensorRole role, int layer, int n_layer,
+                                       int64_t ne0, bool has_output) {
   if (IsNorm(role)) return DType::kF32;  // llama-quantize leaves 1-D tensors alone
   DType type = Info(file_type).base;
   // F32/F16 files are not quantized, so llama_tensor_get_type never runs.

@@ -72,8 +72,8 @@ bool IsNorm(TensorRole role);
 struct TensorPlan {
   std::string name;
   TensorRole role = TensorRole::kTokenEmbd;
-  int layer = -1;              // -1 outside the blocks
-  std::vector<int64_t> dims;   // ne[0] first
+  int layer = -1;             // -1 outside the blocks
+  std::vector<int64_t> dims;  // ne[0] first
   DType type = DType::kF32;
 };
 
@@ -87,8 +87,8 @@ bool UseMoreBits(int layer, int n_layer);
 // not a whole number of blocks falls back as llama.cpp does (Q6_K -> Q8_0,
 // Q4_K -> Q5_0, Q5_K -> Q5_1); fallbacks chord cannot encode (Q5_0, Q5_1) are
 // INVALID_ARGUMENT.
-absl::StatusOr<DType> ChooseTensorType(FileType file_type, TensorRole role, int layer,
-                                       int n_layer, int64_t ne0, bool has_output);
+absl::StatusOr<DType> ChooseTensorType(FileType file_type, TensorRole role, int layer, int n_layer,
+                                       int64_t ne0, bool has_output);
 
 // Every tensor of the model, in llama.cpp's converter order.
 absl::StatusOr<std::vector<TensorPlan>> PlanTensors(const ModelShape& shape, FileType file_type);

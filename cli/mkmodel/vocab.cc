@@ -12,22 +12,22 @@ constexpr std::string_view kWordStart = "\xE2\x96\x81";  // U+2581 "▁"
 
 // Common English words and fragments the pieces are built from.
 constexpr std::string_view kFragments[] = {
-    "the",   "and",   "ing",   "ion",    "er",    "ed",     "es",    "re",    "in",    "on",
-    "at",    "en",    "an",    "or",     "to",    "of",     "it",    "is",    "was",   "he",
-    "she",   "they",  "we",    "you",    "for",   "with",   "that",  "this",  "have",  "had",
-    "not",   "but",   "be",    "are",    "his",   "her",    "from",  "one",   "all",   "there",
-    "what",  "so",    "up",    "out",    "if",    "about",  "who",   "get",   "which", "go",
-    "me",    "when",  "make",  "can",    "like",  "time",   "no",    "just",  "him",   "know",
-    "take",  "people", "into", "year",   "your",  "good",   "some",  "could", "them",  "see",
-    "other", "than",  "then",  "now",    "look",  "only",   "come",  "its",   "over",  "think",
-    "also",  "back",  "after", "use",    "two",   "how",    "our",   "work",  "first", "well",
-    "way",   "even",  "new",   "want",   "because", "any",  "these", "give",  "day",   "most",
-    "us",    "little", "big",  "red",    "ball",  "dog",    "cat",   "park",  "play",  "happy",
-    "said",  "once",  "upon",  "friend", "tree",  "sun",    "girl",  "boy",   "mom",   "dad",
-    "ness",  "ment",  "able",  "tion",   "ly",    "est",    "ful",   "less",  "pre",   "un",
-    "dis",   "ch",    "sh",    "th",     "qu",    "st",     "tr",    "pl",    "gr",    "br",
-    "cl",    "fl",    "sp",    "wh",     "ou",    "ea",     "oo",    "ee",    "ai",    "ay",
-    "ow",    "al",    "ar",    "ic",     "le",    "se",     "ve",    "ce",    "de",    "ge",
+    "the",   "and",    "ing",   "ion",    "er",      "ed",    "es",    "re",    "in",    "on",
+    "at",    "en",     "an",    "or",     "to",      "of",    "it",    "is",    "was",   "he",
+    "she",   "they",   "we",    "you",    "for",     "with",  "that",  "this",  "have",  "had",
+    "not",   "but",    "be",    "are",    "his",     "her",   "from",  "one",   "all",   "there",
+    "what",  "so",     "up",    "out",    "if",      "about", "who",   "get",   "which", "go",
+    "me",    "when",   "make",  "can",    "like",    "time",  "no",    "just",  "him",   "know",
+    "take",  "people", "into",  "year",   "your",    "good",  "some",  "could", "them",  "see",
+    "other", "than",   "then",  "now",    "look",    "only",  "come",  "its",   "over",  "think",
+    "also",  "back",   "after", "use",    "two",     "how",   "our",   "work",  "first", "well",
+    "way",   "even",   "new",   "want",   "because", "any",   "these", "give",  "day",   "most",
+    "us",    "little", "big",   "red",    "ball",    "dog",   "cat",   "park",  "play",  "happy",
+    "said",  "once",   "upon",  "friend", "tree",    "sun",   "girl",  "boy",   "mom",   "dad",
+    "ness",  "ment",   "able",  "tion",   "ly",      "est",   "ful",   "less",  "pre",   "un",
+    "dis",   "ch",     "sh",    "th",     "qu",      "st",    "tr",    "pl",    "gr",    "br",
+    "cl",    "fl",     "sp",    "wh",     "ou",      "ea",    "oo",    "ee",    "ai",    "ay",
+    "ow",    "al",     "ar",    "ic",     "le",      "se",    "ve",    "ce",    "de",    "ge",
 };
 
 constexpr std::string_view kPunctuation = ".,!?'\"-:;()";
@@ -96,9 +96,9 @@ absl::StatusOr<Vocab> MakeSyntheticVocab(int64_t n_vocab) {
   const size_t n_pieces = static_cast<size_t>(n_vocab) - vocab.tokens.size();
   std::vector<std::string> pieces = MakePieces(n_pieces);
   if (pieces.size() < n_pieces) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "a synthetic vocabulary can have at most %d tokens, asked for %d",
-        vocab.tokens.size() + pieces.size(), n_vocab));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a synthetic vocabulary can have at most %d tokens, asked for %d",
+                        vocab.tokens.size() + pieces.size(), n_vocab));
   }
   for (size_t i = 0; i < pieces.size(); ++i) {
     vocab.tokens.push_back(std::move(pieces[i]));

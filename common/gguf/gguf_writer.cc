@@ -63,7 +63,8 @@ absl::Status CheckScalar(const Value& value) {
   const uint32_t id = static_cast<uint32_t>(value.type);
   if (IsUnsigned(value.type)) {
     const auto* v = std::get_if<uint64_t>(&value.data);
-    if (v == nullptr) return absl::InvalidArgumentError("unsigned value without a uint64_t payload");
+    if (v == nullptr)
+      return absl::InvalidArgumentError("unsigned value without a uint64_t payload");
     if (*v > UnsignedMax(value.type)) {
       return absl::InvalidArgumentError(absl::StrFormat("%d does not fit type %d", *v, id));
     }
@@ -110,15 +111,13 @@ absl::Status CheckValue(const Value& value) {
   for (size_t i = 0; i < array->elements.size(); ++i) {
     const Value& element = array->elements[i];
     if (element.type != array->element_type) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("array element %d has type %d, the array declares %d", i,
-                          static_cast<uint32_t>(element.type),
-                          static_cast<uint32_t>(array->element_type)));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "array element %d has type %d, the array declares %d", i,
+          static_cast<uint32_t>(element.type), static_cast<uint32_t>(array->element_type)));
     }
     absl::Status status = CheckScalar(element);
     if (!status.ok()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("array element ", i, ": ", status.message()));
+      return absl::InvalidArgumentError(absl::StrCat("array element ", i, ": ", status.message()));
     }
   }
   return absl::OkStatus();
@@ -201,7 +200,7 @@ struct WriteJob {
   const TensorProducer* producer = nullptr;
   const WriteProgress* progress = nullptr;
   const std::vector<GgufWriter::TensorEntry>* tensors = nullptr;
-  std::vector<size_t> order;         // tensor indices, largest first
+  std::vector<size_t> order;           // tensor indices, largest first
   std::vector<uint64_t> file_offsets;  // absolute, per tensor index
   uint64_t total_bytes = 0;
   std::atomic<size_t> next{0};
@@ -340,8 +339,8 @@ absl::Status GgufWriter::AddInt32Array(std::string key, const std::vector<int32_
 absl::StatusOr<size_t> GgufWriter::AddTensor(std::string name, DType type,
                                              std::vector<int64_t> dims) {
   if (name.empty() || name.size() > kMaxTensorNameLength) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "tensor name '%s' must have 1 to %d bytes", name, kMaxTensorNameLength));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("tensor name '%s' must have 1 to %d bytes", name, kMaxTensorNameLength));
   }
   if (tensor_names_.contains(name)) {
     return absl::InvalidArgumentError(absl::StrCat("duplicate tensor name '", name, "'"));

@@ -161,8 +161,8 @@ TEST(GgufWriterTest, RejectsBadMetadata) {
   EXPECT_FALSE(writer.AddValue("mismatch", Value{ValueType::kFloat32, uint64_t{1}}).ok());
   Array nested{ValueType::kArray, {}};
   EXPECT_FALSE(writer.AddValue("nested", Value{ValueType::kArray, nested}).ok());
-  Array mixed{ValueType::kInt32, {Value{ValueType::kInt32, int64_t{1}},
-                                  Value{ValueType::kUint32, uint64_t{1}}}};
+  Array mixed{ValueType::kInt32,
+              {Value{ValueType::kInt32, int64_t{1}}, Value{ValueType::kUint32, uint64_t{1}}}};
   EXPECT_FALSE(writer.AddValue("mixed", Value{ValueType::kArray, mixed}).ok());
   EXPECT_FALSE(writer.AddUint32("general.alignment", 48).ok());
   EXPECT_FALSE(writer.AddUint64("general.alignment", 64).ok());
@@ -193,14 +193,19 @@ TEST(GgufWriterTest, TensorInfosAndAlignedData) {
   GgufWriter writer;
   ASSERT_TRUE(writer.AddString("general.architecture", "llama").ok());
   ASSERT_TRUE(writer.AddUint32("general.alignment", 64).ok());
-  ASSERT_TRUE(writer.AddTensor("first", DType::kF32, {3}).ok());         // 12 bytes
-  ASSERT_TRUE(writer.AddTensor("second", DType::kQ8_0, {64, 3}).ok());   // 204 bytes
-  ASSERT_TRUE(writer.AddTensor("third", DType::kF16, {5, 2, 3}).ok());   // 60 bytes
+  ASSERT_TRUE(writer.AddTensor("first", DType::kF32, {3}).ok());        // 12 bytes
+  ASSERT_TRUE(writer.AddTensor("second", DType::kQ8_0, {64, 3}).ok());  // 204 bytes
+  ASSERT_TRUE(writer.AddTensor("third", DType::kF16, {5, 2, 3}).ok());  // 60 bytes
   const std::string path = TempPath("aligned");
-  ASSERT_TRUE(writer.Write(path, [](size_t i, std::span<uint8_t> out) {
-    FillPattern(i, out);
-    return absl::OkStatus();
-  }, 2).ok());
+  ASSERT_TRUE(writer
+                  .Write(
+                      path,
+                      [](size_t i, std::span<uint8_t> out) {
+                        FillPattern(i, out);
+                        return absl::OkStatus();
+                      },
+                      2)
+                  .ok());
 
   const std::vector<uint8_t> bytes = ReadFile(path);
   Cursor c(bytes);
@@ -221,9 +226,8 @@ TEST(GgufWriterTest, TensorInfosAndAlignedData) {
     uint64_t offset;
     uint64_t n_bytes;
   };
-  const std::vector<Expected> expected = {{"first", {3}, 0, 0, 12},
-                                          {"second", {64, 3}, 8, 64, 204},
-                                          {"third", {5, 2, 3}, 1, 320, 60}};
+  const std::vector<Expected> expected = {
+      {"first", {3}, 0, 0, 12}, {"second", {64, 3}, 8, 64, 204}, {"third", {5, 2, 3}, 1, 320, 60}};
   for (const Expected& e : expected) {
     EXPECT_EQ(c.GetString(), e.name);
     ASSERT_EQ(c.Get<uint32_t>(), e.dims.size());
@@ -264,10 +268,13 @@ TEST(GgufWriterTest, SameBytesForAnyThreadCount) {
   const std::string four = TempPath("threads4");
   ASSERT_TRUE(writer.Write(one, producer, 1).ok());
   std::vector<uint64_t> progress;
-  ASSERT_TRUE(writer.Write(four, producer, 4, [&](uint64_t done, uint64_t total) {
-    progress.push_back(done);
-    EXPECT_LE(done, total);
-  }).ok());
+  ASSERT_TRUE(writer
+                  .Write(four, producer, 4,
+                         [&](uint64_t done, uint64_t total) {
+                           progress.push_back(done);
+                           EXPECT_LE(done, total);
+                         })
+                  .ok());
   const std::vector<uint8_t> a = ReadFile(one);
   EXPECT_EQ(a.size(), writer.SerializeHeader().size() + writer.DataSectionBytes());
   EXPECT_EQ(a, ReadFile(four));
@@ -284,11 +291,14 @@ TEST(GgufWriterTest, ProducerErrorNamesTensorAndLeavesNoFile) {
   ASSERT_TRUE(writer.AddTensor("good", DType::kF32, {8}).ok());
   ASSERT_TRUE(writer.AddTensor("bad", DType::kF32, {8}).ok());
   const std::string path = TempPath("fails");
-  absl::Status status = writer.Write(path, [](size_t i, std::span<uint8_t> out) {
-    if (i == 1) return absl::InvalidArgumentError("no data");
-    FillPattern(i, out);
-    return absl::OkStatus();
-  }, 2);
+  absl::Status status = writer.Write(
+      path,
+      [](size_t i, std::span<uint8_t> out) {
+        if (i == 1) return absl::InvalidArgumentError("no data");
+        FillPattern(i, out);
+        return absl::OkStatus();
+      },
+      2);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(status.message(), HasSubstr("bad"));
   EXPECT_FALSE(std::filesystem::exists(path));
@@ -312,10 +322,15 @@ TEST(GgufWriterTest, RoundTripThroughReader) {
   ASSERT_TRUE(writer.AddTensor("w", DType::kQ4_0, {64, 5}).ok());
   ASSERT_TRUE(writer.AddTensor("b", DType::kF32, {7}).ok());
   const std::string path = TempPath("roundtrip");
-  ASSERT_TRUE(writer.Write(path, [](size_t i, std::span<uint8_t> out) {
-    FillPattern(i, out);
-    return absl::OkStatus();
-  }, 2).ok());
+  ASSERT_TRUE(writer
+                  .Write(
+                      path,
+                      [](size_t i, std::span<uint8_t> out) {
+                        FillPattern(i, out);
+                        return absl::OkStatus();
+                      },
+                      2)
+                  .ok());
   const std::vector<uint8_t> bytes = ReadFile(path);
   absl::StatusOr<std::unique_ptr<GgufFile>> file = GgufFile::Parse(bytes);
   ASSERT_TRUE(file.ok()) << file.status();
@@ -351,9 +366,8 @@ TEST(GgufWriterTest, RoundTripThroughReader) {
 TEST(GgufWriterTest, IoErrorNamesPath) {
   GgufWriter writer;
   ASSERT_TRUE(writer.AddTensor("t", DType::kF32, {8}).ok());
-  absl::Status status = writer.Write("/nonexistent-dir/x.gguf", [](size_t, std::span<uint8_t>) {
-    return absl::OkStatus();
-  }, 1);
+  absl::Status status = writer.Write(
+      "/nonexistent-dir/x.gguf", [](size_t, std::span<uint8_t>) { return absl::OkStatus(); }, 1);
   EXPECT_FALSE(status.ok());
   EXPECT_THAT(status.message(), HasSubstr("/nonexistent-dir/x.gguf"));
 }
