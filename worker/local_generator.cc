@@ -6,6 +6,7 @@
 #include "common/base/status.h"
 #include "common/generation/stop_matcher.h"
 #include "common/gguf/gguf_file.h"
+#include "worker/models/tensor_source.h"
 
 namespace chord {
 namespace {
@@ -30,8 +31,8 @@ absl::StatusOr<std::unique_ptr<LocalGenerator>> LocalGenerator::Create(
   auto pool = std::make_unique<ThreadPool>(options.n_threads);
   std::unique_ptr<LocalGenerator> generator(
       new LocalGenerator(config, std::move(pool), std::move(cache)));
-  ASSIGN_OR_RETURN(generator->stage_,
-                   LlamaStage::Load(file, config, LayerRange{0, config.n_layer}, *generator->pool_));
+  ASSIGN_OR_RETURN(generator->stage_, LlamaStage::Load(GgufTensorSource(file), config,
+                                                       LayerRange{0, config.n_layer}, *generator->pool_));
   return generator;
 }
 

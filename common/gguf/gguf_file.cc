@@ -134,6 +134,15 @@ absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::Parse(std::span<const uint8_
   return file;
 }
 
+absl::StatusOr<std::unique_ptr<GgufFile>> GgufFile::ParseHeader(std::string bytes) {
+  std::unique_ptr<GgufFile> file(new GgufFile());
+  file->owned_bytes_ = std::move(bytes);
+  file->bytes_ = std::span<const uint8_t>(
+      reinterpret_cast<const uint8_t*>(file->owned_bytes_.data()), file->owned_bytes_.size());
+  RETURN_IF_ERROR(GgufParser::Parse(*file, /*with_data=*/false));
+  return file;
+}
+
 GgufFile::~GgufFile() {
   if (mapping_ != nullptr) ::munmap(mapping_, mapping_size_);
 }

@@ -83,6 +83,11 @@ class GgufFile {
   // Parses bytes held by the caller, who must keep them alive (tests, fuzzing).
   static absl::StatusOr<std::unique_ptr<GgufFile>> Parse(std::span<const uint8_t> bytes);
 
+  // Parses only the header, metadata and tensor infos (e.g. the first
+  // data_offset() bytes of a file, as the loader sends them to the coordinator):
+  // every TensorInfo has data == nullptr. The GgufFile owns `bytes`.
+  static absl::StatusOr<std::unique_ptr<GgufFile>> ParseHeader(std::string bytes);
+
   ~GgufFile();
   GgufFile(const GgufFile&) = delete;
   GgufFile& operator=(const GgufFile&) = delete;
@@ -121,6 +126,7 @@ class GgufFile {
   std::span<const uint8_t> bytes_;
   void* mapping_ = nullptr;  // owned mmap, or null when parsing caller-held bytes
   size_t mapping_size_ = 0;
+  std::string owned_bytes_;  // ParseHeader's copy
   std::vector<std::pair<std::string, Value>> metadata_;
   std::vector<TensorInfo> tensors_;
 };

@@ -532,5 +532,24 @@ TEST(GgufFileTest, Stories260KFacts) {
   EXPECT_EQ((*file)->GetStringArray("tokenizer.ggml.tokens")->size(), 512u);
 }
 
+TEST(GgufFileTest, ParseHeaderReadsMetadataAndTensorTableWithoutData) {
+  const std::string path = std::string(CHORD_DEFAULT_MODEL);
+  absl::StatusOr<std::unique_ptr<GgufFile>> full = GgufFile::Open(path);
+  ASSERT_TRUE(full.ok()) << full.status();
+  const auto header_bytes = (*full)->bytes().first((*full)->data_offset());
+  absl::StatusOr<std::unique_ptr<GgufFile>> header =
+      GgufFile::ParseHeader(std::string(header_bytes.begin(), header_bytes.end()));
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ((*header)->metadata().size(), (*full)->metadata().size());
+  ASSERT_EQ((*header)->tensors().size(), (*full)->tensors().size());
+  for (size_t i = 0; i < (*full)->tensors().size(); ++i) {
+    EXPECT_EQ((*header)->tensors()[i].name, (*full)->tensors()[i].name);
+    EXPECT_EQ((*header)->tensors()[i].n_bytes, (*full)->tensors()[i].n_bytes);
+    EXPECT_EQ((*header)->tensors()[i].data, nullptr);
+  }
+  // A header cut inside the tensor table is still an error.
+  EXPECT_FALSE(GgufFile::ParseHeader(std::string(header_bytes.begin(), header_bytes.end() - 40)).ok());
+}
+
 }  // namespace
 }  // namespace chord::gguf

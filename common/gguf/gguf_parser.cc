@@ -402,7 +402,7 @@ absl::Status PlaceTensorData(std::span<const uint8_t> bytes, uint64_t data_offse
 
 }  // namespace
 
-absl::Status GgufParser::Parse(GgufFile& file) {
+absl::Status GgufParser::Parse(GgufFile& file, bool with_data) {
   ByteReader reader(file.bytes_);
   uint64_t n_tensors = 0;
   uint64_t n_kv = 0;
@@ -412,6 +412,7 @@ absl::Status GgufParser::Parse(GgufFile& file) {
   RETURN_IF_ERROR(ReadTensorInfos(reader, n_tensors, file.alignment_, file.tensors_));
   // Cannot overflow: pos <= file size and alignment <= 2^31.
   file.data_offset_ = (reader.pos() + file.alignment_ - 1) / file.alignment_ * file.alignment_;
+  if (!with_data) return absl::OkStatus();
   return PlaceTensorData(file.bytes_, file.data_offset_, file.tensors_);
 }
 

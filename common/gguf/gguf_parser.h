@@ -26,8 +26,9 @@ class GgufParser {
  public:
   // Fills `file`'s version, metadata, alignment, tensors and data offset from
   // `file.bytes_`, which must already be set. On error `file` is left partly
-  // filled and must be discarded.
-  static absl::Status Parse(GgufFile& file);
+  // filled and must be discarded. Without `with_data` the bytes end at (or
+  // after) the tensor infos: tensor data is neither located nor checked.
+  static absl::Status Parse(GgufFile& file, bool with_data = true);
 };
 
 }  // namespace chord::gguf

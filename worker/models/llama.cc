@@ -9,10 +9,34 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
 #include "worker/models/tensor_lookup.h"
+#include "worker/models/tensor_source.h"
 
 namespace chord {
 
-absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const gguf::GgufFile& file,
+namespace {
+
+constexpr const char* kLayerTensors[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
+                                         "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+
+}  // namespace
+
+std::vector<std::string> LlamaStage::TensorNames(const ModelConfig& config, LayerRange range) {
+  std::vector<std::string> names;
+  const bool first = range.first == 0;
+  const bool last = range.end == config.n_layer;
+  if (first || (last && config.tied_embeddings)) names.push_back(kTokenEmbdName);
+  if (config.has_rope_freq_factors) names.push_back(kRopeFreqsName);
+  for (int64_t l = range.first; l < range.end; ++l) {
+    for (const char* suffix : kLayerTensors) names.push_back(LayerTensorName(l, suffix));
+  }
+  if (last) {
+    names.push_back(kOutputNormName);
+    if (!config.tied_embeddings) names.push_back(kOutputName);
+  }
+  return names;
+}
+
+absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const TensorSource& source,
                                                              const ModelConfig& config,
                                                              LayerRange range, ThreadPool& pool) {
   if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
@@ -25,30 +49,30 @@ absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const gguf::GgufFil
   const int64_t n_kv = config.n_embd_kv();
   for (int64_t l = range.first; l < range.end; ++l) {
     Layer layer;
-    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(file, LayerTensorName(l, "attn_norm"), n_embd));
-    ASSIGN_OR_RETURN(layer.wq, LookupMatrix(file, LayerTensorName(l, "attn_q"), n_embd, n_embd));
-    ASSIGN_OR_RETURN(layer.wk, LookupMatrix(file, LayerTensorName(l, "attn_k"), n_embd, n_kv));
-    ASSIGN_OR_RETURN(layer.wv, LookupMatrix(file, LayerTensorName(l, "attn_v"), n_embd, n_kv));
-    ASSIGN_OR_RETURN(layer.wo, LookupMatrix(file, LayerTensorName(l, "attn_output"), n_embd, n_embd));
-    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(file, LayerTensorName(l, "ffn_norm"), n_embd));
-    ASSIGN_OR_RETURN(layer.gate, LookupMatrix(file, LayerTensorName(l, "ffn_gate"), n_embd, config.n_ff));
-    ASSIGN_OR_RETURN(layer.up, LookupMatrix(file, LayerTensorName(l, "ffn_up"), n_embd, config.n_ff));
-    ASSIGN_OR_RETURN(layer.down, LookupMatrix(file, LayerTensorName(l, "ffn_down"), config.n_ff, n_embd));
+    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(source, LayerTensorName(l, "attn_norm"), n_embd));
+    ASSIGN_OR_RETURN(layer.wq, LookupMatrix(source, LayerTensorName(l, "attn_q"), n_embd, n_embd));
+    ASSIGN_OR_RETURN(layer.wk, LookupMatrix(source, LayerTensorName(l, "attn_k"), n_embd, n_kv));
+    ASSIGN_OR_RETURN(layer.wv, LookupMatrix(source, LayerTensorName(l, "attn_v"), n_embd, n_kv));
+    ASSIGN_OR_RETURN(layer.wo, LookupMatrix(source, LayerTensorName(l, "attn_output"), n_embd, n_embd));
+    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(source, LayerTensorName(l, "ffn_norm"), n_embd));
+    ASSIGN_OR_RETURN(layer.gate, LookupMatrix(source, LayerTensorName(l, "ffn_gate"), n_embd, config.n_ff));
+    ASSIGN_OR_RETURN(layer.up, LookupMatrix(source, LayerTensorName(l, "ffn_up"), n_embd, config.n_ff));
+    ASSIGN_OR_RETURN(layer.down, LookupMatrix(source, LayerTensorName(l, "ffn_down"), config.n_ff, n_embd));
     stage->layers_.push_back(std::move(layer));
   }
   if (config.has_rope_freq_factors) {
     ASSIGN_OR_RETURN(stage->rope_freq_factors_,
-                     LoadVector(file, kRopeFreqsName, config.n_rot / 2));
+                     LoadVector(source, kRopeFreqsName, config.n_rot / 2));
   }
   if (stage->has_embedding() || (stage->has_output() && config.tied_embeddings)) {
-    ASSIGN_OR_RETURN(stage->token_embd_, LookupMatrix(file, kTokenEmbdName, n_embd, config.n_vocab));
+    ASSIGN_OR_RETURN(stage->token_embd_, LookupMatrix(source, kTokenEmbdName, n_embd, config.n_vocab));
   }
   if (stage->has_output()) {
-    ASSIGN_OR_RETURN(stage->output_norm_, LoadVector(file, kOutputNormName, n_embd));
+    ASSIGN_OR_RETURN(stage->output_norm_, LoadVector(source, kOutputNormName, n_embd));
     if (config.tied_embeddings) {
       stage->output_ = stage->token_embd_;
     } else {
-      ASSIGN_OR_RETURN(stage->output_, LookupMatrix(file, kOutputName, n_embd, config.n_vocab));
+      ASSIGN_OR_RETURN(stage->output_, LookupMatrix(source, kOutputName, n_embd, config.n_vocab));
     }
   }
   return stage;

@@ -7,8 +7,8 @@
 // holding layer 0 also embeds tokens, the one holding the last layer also
 // computes logits. Activations between stages are the float32 residual stream.
 //
-// Weights are views into memory owned by the caller (the mmap'd GGUF file)
-// which must outlive the stage.
+// Weights are views into memory owned by the TensorSource (an mmap'd GGUF file
+// or tensors fetched from a loader), which must outlive the stage.
 //
 // Thread-safety: one compute thread drives a stage; it parallelizes internally
 // on the ThreadPool it was given.
@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -26,11 +27,9 @@
 #include "kernels/weight_matrix.h"
 #include "worker/kv_cache.h"
 
-namespace chord::gguf {
-class GgufFile;
-}
-
 namespace chord {
+
+class TensorSource;
 
 // One token of a micro-batch: which sequence slot of the KV cache it belongs
 // to and its position in that sequence. Tokens of one slot appear in position
@@ -47,7 +46,11 @@ struct LayerRange {
 
 class LlamaStage {
  public:
-  static absl::StatusOr<std::unique_ptr<LlamaStage>> Load(const gguf::GgufFile& file,
+  // The tensors the range needs: its layers, plus token_embd for the first
+  // stage (and a tied output), output_norm and output for the last.
+  static std::vector<std::string> TensorNames(const ModelConfig& config, LayerRange range);
+
+  static absl::StatusOr<std::unique_ptr<LlamaStage>> Load(const TensorSource& source,
                                                           const ModelConfig& config,
                                                           LayerRange range, ThreadPool& pool);
 

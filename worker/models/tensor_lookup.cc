@@ -2,24 +2,25 @@
 
 #include "common/base/status.h"
 #include "common/gguf/gguf_file.h"
+#include "worker/models/tensor_source.h"
 #include "common/quant/quant.h"
 #include "kernels/cpu/vec_dot.h"
 
 namespace chord {
 namespace {
 
-absl::StatusOr<const gguf::TensorInfo*> Find(const gguf::GgufFile& file, const std::string& name) {
-  const gguf::TensorInfo* info = file.FindTensor(name);
-  if (info == nullptr) return absl::NotFoundError(absl::StrCat("model tensor ", name, " is missing"));
+absl::StatusOr<const gguf::TensorInfo*> Find(const TensorSource& source, const std::string& name) {
+  const gguf::TensorInfo* info = source.Find(name);
+  if (info == nullptr || info->data == nullptr) return absl::NotFoundError(absl::StrCat("model tensor ", name, " is missing"));
   return info;
 }
 
 }  // namespace
 
-absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const gguf::GgufFile& file,
+absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const TensorSource& source,
                                                    const std::string& name, int64_t cols,
                                                    int64_t rows) {
-  ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(file, name));
+  ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(source, name));
   if (info->dims.size() != 2 || info->dims[0] != cols || info->dims[1] != rows) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "model tensor %s has shape %s, expected {%d, %d}", name,
@@ -36,9 +37,9 @@ absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const gguf::GgufFile& file,
   return kernels::WeightMatrix{info->type, rows, cols, row_bytes, info->data};
 }
 
-absl::StatusOr<std::vector<float>> LoadVector(const gguf::GgufFile& file, const std::string& name,
+absl::StatusOr<std::vector<float>> LoadVector(const TensorSource& source, const std::string& name,
                                               int64_t n) {
-  ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(file, name));
+  ASSIGN_OR_RETURN(const gguf::TensorInfo* info, Find(source, name));
   if (info->dims.size() != 1 || info->dims[0] != n) {
     return absl::InvalidArgumentError(
         absl::StrFormat("model tensor %s should be a vector of %d elements", name, n));

@@ -10,18 +10,16 @@
 #include "absl/status/statusor.h"
 #include "kernels/weight_matrix.h"
 
-namespace chord::gguf {
-class GgufFile;
-}
-
 namespace chord {
 
+class TensorSource;
+
 // A matrix with dims {cols, rows} whose type has a matrix product.
-absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const gguf::GgufFile& file,
+absl::StatusOr<kernels::WeightMatrix> LookupMatrix(const TensorSource& source,
                                                    const std::string& name, int64_t cols,
                                                    int64_t rows);
 // A vector of n elements, converted to float (norm weights are small).
-absl::StatusOr<std::vector<float>> LoadVector(const gguf::GgufFile& file, const std::string& name,
+absl::StatusOr<std::vector<float>> LoadVector(const TensorSource& source, const std::string& name,
                                               int64_t n);
 
 }  // namespace chord

@@ -1,0 +1,82 @@
+// The cluster config: one YAML file describing the coordinator, the loader and
+// the workers, read by every chord process (each picks its own section) and by
+// `chord serve`. Flags given on a command line override the file's fields.
+//
+// Example (every field optional unless marked):
+//   coordinator:
+//     host: 127.0.0.1          # where the gRPC API and the control socket bind
+//     grpc_port: 50051
+//     control_port: 5555
+//     kv_slots: 16             # sequences live at once (per worker KV cache)
+//     ctx_size: 0              # positions per sequence; 0: the model's
+//     kv_type: f32             # f32 or f16
+//     max_queue: 256
+//     min_workers: 1           # workers that must register before the first plan
+//   loader:
+//     host: 127.0.0.1
+//     port: 5556
+//     model: models/stories260K.gguf   # required for the loader
+//   workers:
+//     - id: w0                 # required, unique
+//       host: 127.0.0.1
+//       data_port: 5600
+//       memory_budget: 2G      # bytes; K/M/G/T suffixes are powers of 1024; 0 = unlimited
+//       backend: cpu           # cpu or cuda
+//       device: 0
+//       threads: 0             # 0: one per core
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace chord {
+
+struct CoordinatorSection {
+  std::string host = "127.0.0.1";
+  int grpc_port = 50051;
+  int control_port = 5555;
+  int kv_slots = 16;
+  int64_t ctx_size = 0;
+  std::string kv_type = "f32";
+  int max_queue = 256;
+  int min_workers = 1;
+};
+
+struct LoaderSection {
+  std::string host = "127.0.0.1";
+  int port = 5556;
+  std::string model;
+};
+
+struct WorkerSection {
+  std::string id;
+  std::string host = "127.0.0.1";
+  int data_port = 0;
+  uint64_t memory_budget = 0;
+  std::string backend = "cpu";
+  int device = 0;
+  int threads = 0;
+};
+
+struct ClusterConfig {
+  CoordinatorSection coordinator;
+  LoaderSection loader;
+  std::vector<WorkerSection> workers;
+
+  const WorkerSection* FindWorker(std::string_view id) const;
+  std::string ToYaml() const;  // the effective config, as processes print it at start
+};
+
+// INVALID_ARGUMENT naming the field (and line) for bad YAML, unknown keys,
+// wrong types, out-of-range ports, duplicate worker ids, a bad size or backend.
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+absl::StatusOr<ClusterConfig> ParseClusterConfig(std::string_view yaml);
+
+// "4096", "4K", "2M", "2G", "1T" (powers of 1024) -> bytes.
+absl::StatusOr<uint64_t> ParseByteSize(std::string_view text);
+
+}  // namespace chord

@@ -1,0 +1,62 @@
+// Client side of the loader's weight service (see proto/chord/internal/v1/internal.proto):
+// used by the coordinator (model metadata, tokenizer, identity) and by workers
+// (metadata plus the tensors of their layer range).
+//
+// Tensors are fetched in chunks with a bounded number of requests outstanding
+// (the credit window), each chunk's XXH3-64 is verified, and a chunk that fails
+// its checksum or times out is asked for again, with backoff, up to a limit.
+//
+// Thread-safety: not thread-safe (it owns one ZeroMQ DEALER socket); use one
+// client per thread. Errors: UNAVAILABLE when the loader cannot be reached or
+// keeps failing, DATA_LOSS when data keeps failing its checksum,
+// FAILED_PRECONDITION on a protocol or model mismatch, NOT_FOUND for an unknown tensor.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/gguf/gguf_file.h"
+#include "zmq.hpp"
+
+namespace chord {
+
+struct LoaderClientOptions {
+  std::string node_id;                  // how the loader logs this peer
+  uint64_t chunk_bytes = 4ull << 20;    // bytes asked for per request
+  int max_outstanding = 4;              // credit window: requests in flight
+  std::chrono::milliseconds timeout{5000};  // per reply before a retry
+  int max_attempts = 5;                 // per chunk, with exponential backoff
+};
+
+struct LoaderModelInfo {
+  std::string model_sha256;
+  std::string file_name;
+  // Metadata and tensor table of the model file, parsed with GgufFile::ParseHeader
+  // (tensor data pointers are null).
+  std::unique_ptr<gguf::GgufFile> header;
+};
+
+class LoaderClient {
+ public:
+  // Connects and exchanges Hellos. `expected_model_sha256` may be empty (the
+  // coordinator learns it from the loader); otherwise a loader serving another
+  // model is refused.
+  static absl::StatusOr<std::unique_ptr<LoaderClient>> Connect(
+      zmq::context_t& context, const std::string& endpoint,
+      const std::string& expected_model_sha256, const LoaderClientOptions& options);
+
+  virtual ~LoaderClient() = default;
+
+  virtual absl::StatusOr<LoaderModelInfo> FetchModelInfo() = 0;
+
+  // Fills out[0, info.n_bytes) with the tensor's bytes, as they are in the file.
+  virtual absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) = 0;
+
+  // Bytes received (payload only) since construction.
+  virtual uint64_t bytes_received() const = 0;
+};
+
+}  // namespace chord
