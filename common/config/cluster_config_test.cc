@@ -1,0 +1,166 @@
+#include "common/config/cluster_config.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace chord {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kFull[] = R"(coordinator:
+  host: 127.0.0.1
+  grpc_port: 6000
+  control_port: 6001
+  kv_slots: 4
+  ctx_size: 512
+  kv_type: f16
+  max_queue: 32
+  min_workers: 2
+loader:
+  host: 127.0.0.1
+  port: 6002
+  model: models/stories260K.gguf
+workers:
+  - id: w0
+    data_port: 6100
+    memory_budget: 2G
+    threads: 3
+  - id: w1
+    host: 127.0.0.2
+    memory_budget: 512M
+    backend: cuda
+    device: 1
+)";
+
+TEST(ClusterConfigTest, ParsesEveryField) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->coordinator.grpc_port, 6000);
+  EXPECT_EQ(config->coordinator.control_port, 6001);
+  EXPECT_EQ(config->coordinator.kv_slots, 4);
+  EXPECT_EQ(config->coordinator.ctx_size, 512);
+  EXPECT_EQ(config->coordinator.kv_type, "f16");
+  EXPECT_EQ(config->coordinator.max_queue, 32);
+  EXPECT_EQ(config->coordinator.min_workers, 2);
+  EXPECT_EQ(config->loader.port, 6002);
+  EXPECT_EQ(config->loader.model, "models/stories260K.gguf");
+  ASSERT_EQ(config->workers.size(), 2u);
+  EXPECT_EQ(config->workers[0].id, "w0");
+  EXPECT_EQ(config->workers[0].host, "127.0.0.1");
+  EXPECT_EQ(config->workers[0].data_port, 6100);
+  EXPECT_EQ(config->workers[0].memory_budget, 2ull << 30);
+  EXPECT_EQ(config->workers[0].threads, 3);
+  EXPECT_EQ(config->workers[0].backend, "cpu");
+  EXPECT_EQ(config->workers[1].host, "127.0.0.2");
+  EXPECT_EQ(config->workers[1].memory_budget, 512ull << 20);
+  EXPECT_EQ(config->workers[1].backend, "cuda");
+  EXPECT_EQ(config->workers[1].device, 1);
+  ASSERT_NE(config->FindWorker("w1"), nullptr);
+  EXPECT_EQ(config->FindWorker("w1")->device, 1);
+  EXPECT_EQ(config->FindWorker("w2"), nullptr);
+}
+
+TEST(ClusterConfigTest, EmptyDocumentGivesDefaults) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig("");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->coordinator.grpc_port, 50051);
+  EXPECT_EQ(config->coordinator.kv_slots, 16);
+  EXPECT_EQ(config->loader.port, 5556);
+  EXPECT_TRUE(config->workers.empty());
+}
+
+TEST(ClusterConfigTest, ToYamlRoundTrips) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  std::string yaml = config->ToYaml();
+  absl::StatusOr<ClusterConfig> again = ParseClusterConfig(yaml);
+  ASSERT_TRUE(again.ok()) << again.status() << "\n" << yaml;
+  EXPECT_EQ(again->ToYaml(), yaml);
+  EXPECT_EQ(again->workers[1].memory_budget, 512ull << 20);
+  EXPECT_EQ(again->coordinator.kv_type, "f16");
+  // Defaults print too, so the effective config is complete.
+  absl::StatusOr<ClusterConfig> defaults = ParseClusterConfig("");
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_THAT(defaults->ToYaml(), HasSubstr("grpc_port: 50051"));
+  EXPECT_THAT(defaults->ToYaml(), HasSubstr("workers: []"));
+}
+
+struct BadCase {
+  const char* yaml;
+  const char* expect;  // substring of the error message
+};
+
+TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
+  const BadCase cases[] = {
+      {"coordinator:\n  grpc_prot: 1\n", "coordinator.grpc_prot (line 2): unknown key"},
+      {"coordinator:\n  kv_slots: many\n", "coordinator.kv_slots (line 2): expected an integer"},
+      {"coordinator:\n  kv_slots: 0\n", "coordinator.kv_slots (line 2)"},
+      {"coordinator:\n  grpc_port: 70000\n", "coordinator.grpc_port (line 2): 70000 is out of range"},
+      {"coordinator:\n  kv_type: q8\n", "coordinator.kv_type (line 2): 'q8' is not one of"},
+      {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},
+      {"coordinator: 3\n", "coordinator (line 1): expected a mapping"},
+      {"loader:\n  port: -1\n", "loader.port (line 2)"},
+      {"loader:\n  model:\n", "loader.model (line 2): missing value"},
+      {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
+      {"workers:\n  - host: x\n", "workers[0].id (line 2): required"},
+      {"workers:\n  - id: a\n    memory_budget: 2Q\n", "workers[0].memory_budget (line 3): bad size"},
+      {"workers:\n  - id: a\n    backend: tpu\n", "workers[0].backend (line 3)"},
+      {"workers:\n  - id: a\n    colour: red\n", "workers[0].colour (line 3): unknown key"},
+      {"workers: {id: a}\n", "workers (line 1): expected a list"},
+      {"scheduler:\n  x: 1\n", "scheduler (line 1): unknown key"},
+      {"coordinator:\n  host: [unclosed\n", "line"},
+      {"- a\n- b\n", "expected a mapping"},
+  };
+  for (const BadCase& c : cases) {
+    absl::StatusOr<ClusterConfig> config = ParseClusterConfig(c.yaml);
+    ASSERT_FALSE(config.ok()) << c.yaml;
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << c.yaml;
+    EXPECT_THAT(std::string(config.status().message()), HasSubstr(c.expect)) << c.yaml;
+  }
+}
+
+TEST(ClusterConfigTest, LoadsFromFileAndReportsPath) {
+  std::filesystem::path dir = std::filesystem::temp_directory_path();
+  std::filesystem::path good = dir / ("chord_cfg_good_" + std::to_string(::getpid()) + ".yaml");
+  std::filesystem::path bad = dir / ("chord_cfg_bad_" + std::to_string(::getpid()) + ".yaml");
+  std::ofstream(good) << kFull;
+  std::ofstream(bad) << "coordinator:\n  kv_slots: 1\n  oops: 2\n";
+  absl::StatusOr<ClusterConfig> config = LoadClusterConfig(good.string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->workers.size(), 2u);
+  absl::StatusOr<ClusterConfig> broken = LoadClusterConfig(bad.string());
+  ASSERT_FALSE(broken.ok());
+  EXPECT_THAT(std::string(broken.status().message()), HasSubstr(bad.string()));
+  EXPECT_THAT(std::string(broken.status().message()), HasSubstr("coordinator.oops (line 3)"));
+  EXPECT_EQ(LoadClusterConfig((dir / "no_such_chord_config.yaml").string()).status().code(),
+            absl::StatusCode::kNotFound);
+  std::filesystem::remove(good);
+  std::filesystem::remove(bad);
+}
+
+TEST(ParseByteSizeTest, AcceptsSuffixesAsPowersOf1024) {
+  EXPECT_EQ(*ParseByteSize("4096"), 4096u);
+  EXPECT_EQ(*ParseByteSize("0"), 0u);
+  EXPECT_EQ(*ParseByteSize("4K"), 4096u);
+  EXPECT_EQ(*ParseByteSize("4k"), 4096u);
+  EXPECT_EQ(*ParseByteSize("2M"), 2u << 20);
+  EXPECT_EQ(*ParseByteSize("2G"), 2ull << 30);
+  EXPECT_EQ(*ParseByteSize("1T"), 1ull << 40);
+  EXPECT_EQ(*ParseByteSize(" 3G "), 3ull << 30);
+}
+
+TEST(ParseByteSizeTest, RejectsGarbageAndOverflow) {
+  for (const char* text : {"", "G", "-1", "1.5G", "2GB", "abc", "1 G", "99999999999999999999"}) {
+    EXPECT_FALSE(ParseByteSize(text).ok()) << text;
+  }
+  EXPECT_FALSE(ParseByteSize("17179869184T").ok());
+  EXPECT_TRUE(ParseByteSize("16777215T").ok());
+}
+
+}  // namespace
+}  // namespace chord
