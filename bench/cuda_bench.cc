@@ -1,0 +1,181 @@
+// Benchmark of the CUDA stage on one GPU: batch-1 decode (tok/s and the
+// weight bytes streamed per second against a device-to-device copy measured in
+// the same run), prefill of a long prompt, and aggregate decode of several
+// sequences at once. With --make-model the model is generated first through
+// the mkmodel library (seeded random weights, e.g. the llama2-7b preset).
+//
+//   cuda_bench --model /tmp/l7.gguf --make-model --preset llama2-7b --type Q4_K_M
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "cli/mkmodel/mkmodel.h"
+#include "common/gguf/gguf_file.h"
+#include "common/model/model_config.h"
+#include "kernels/cuda/cuda_util.h"
+#include "worker/cuda_stage.h"
+#include "worker/models/tensor_source.h"
+
+namespace chord {
+namespace {
+
+double Seconds(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+#define BENCH_CHECK(expr)                                                           \
+  do {                                                                              \
+    const absl::Status status_ = (expr);                                            \
+    if (!status_.ok()) {                                                            \
+      std::fprintf(stderr, "%s: %s\n", #expr, std::string(status_.message()).c_str()); \
+      return 1;                                                                     \
+    }                                                                               \
+  } while (0)
+
+// Device-to-device copy bandwidth, counting bytes read plus bytes written.
+absl::StatusOr<double> CopyBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::Allocate(bytes));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Allocate(bytes));
+  CHORD_CUDA_RETURN(cudaMemset(a.data(), 1, bytes));
+  cudaEvent_t start, stop;
+  CHORD_CUDA_RETURN(cudaEventCreate(&start));
+  CHORD_CUDA_RETURN(cudaEventCreate(&stop));
+  CHORD_CUDA_RETURN(cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+  const int reps = 10;
+  CHORD_CUDA_RETURN(cudaEventRecord(start));
+  for (int i = 0; i < reps; ++i) {
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+  }
+  CHORD_CUDA_RETURN(cudaEventRecord(stop));
+  CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
+}
+
+std::vector<int32_t> Prompt(int64_t n, int64_t n_vocab, int64_t seed) {
+  std::vector<int32_t> tokens(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + seed * 104729 + 1) % n_vocab);
+  return tokens;
+}
+
+// Prefills `slots` sequences with `prompt_len` tokens each, then decodes
+// `steps` tokens for all of them in one batch per step; returns decode seconds.
+absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prompt_len, int64_t steps) {
+  const int64_t n_vocab = stage.config().n_vocab;
+  std::vector<float> logits(static_cast<size_t>(slots * n_vocab));
+  for (int64_t s = 0; s < slots; ++s) {
+    std::vector<BatchToken> batch;
+    for (int64_t p = 0; p < prompt_len; ++p) batch.push_back({s, p});
+    RETURN_IF_ERROR(stage.Forward(Prompt(prompt_len, n_vocab, s), batch, 1, logits.data()));
+  }
+  std::vector<int32_t> tokens(static_cast<size_t>(slots));
+  std::vector<BatchToken> batch(static_cast<size_t>(slots));
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t step = 0; step < steps; ++step) {
+    for (int64_t s = 0; s < slots; ++s) {
+      tokens[s] = static_cast<int32_t>((step * 31 + s) % n_vocab);
+      batch[s] = {s, prompt_len + step};
+    }
+    RETURN_IF_ERROR(stage.Forward(tokens, batch, slots, logits.data()));
+  }
+  return Seconds(start);
+}
+
+int Run(int argc, char** argv) {
+  CLI::App app{"chord CUDA stage benchmark"};
+  std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
+  bool make_model = false;
+  int64_t decode_steps = 128, prefill_len = 512, prompt_len = 128;
+  app.add_option("--model", model_path, "GGUF model")->required();
+  app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
+  app.add_option("--preset", preset, "mkmodel preset for --make-model");
+  app.add_option("--type", type, "mkmodel file type for --make-model");
+  app.add_option("--decode-steps", decode_steps);
+  app.add_option("--prefill", prefill_len);
+  app.add_option("--prompt", prompt_len, "prompt tokens per sequence for batched decode");
+  app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
+  CLI11_PARSE(app, argc, argv);
+
+  if (make_model && !std::filesystem::exists(model_path)) {
+    mkmodel::MkmodelOptions options;
+    const auto shape = mkmodel::FindPreset(preset);
+    const auto file_type = mkmodel::ParseFileType(type);
+    if (!shape || !file_type) {
+      std::fprintf(stderr, "unknown preset or type\n");
+      return 1;
+    }
+    options.shape = *shape;
+    options.file_type = *file_type;
+    options.seed = 1;
+    options.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const auto start = std::chrono::steady_clock::now();
+    BENCH_CHECK(mkmodel::WriteModel(options, model_path));
+    std::printf("generated %s in %.1f s\n", model_path.c_str(), Seconds(start));
+  }
+  auto file = gguf::GgufFile::Open(model_path);
+  BENCH_CHECK(file.status());
+  auto config = ReadModelConfig(**file);
+  BENCH_CHECK(config.status());
+  std::vector<int64_t> batch_sizes;
+  for (const auto& part : CLI::detail::split(batches, ',')) batch_sizes.push_back(std::stoll(part));
+  const int64_t max_slots = std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
+
+  auto copy = CopyBandwidth();
+  BENCH_CHECK(copy.status());
+  CudaStageOptions options;
+  options.n_slots = max_slots;
+  options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
+  auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
+  BENCH_CHECK(stage.status());
+  const double weight_gb = static_cast<double>((*stage)->weight_bytes()) / 1e9;
+  std::printf("model %s: %.3f GB of weights on the GPU, KV cache %.2f GB\n", model_path.c_str(),
+              weight_gb, static_cast<double>((*stage)->kv_bytes()) / 1e9);
+  std::printf("device-to-device copy: %.0f GB/s (read + write)\n", *copy / 1e9);
+
+  // Batch-1 decode after a 16-token prompt; the first steps warm up.
+  auto one = DecodeBatch(**stage, 1, 16, 8);
+  BENCH_CHECK(one.status());
+  one = DecodeBatch(**stage, 1, 16, decode_steps);
+  BENCH_CHECK(one.status());
+  const double tps = static_cast<double>(decode_steps) / *one;
+  const double achieved = weight_gb * 1e9 * tps;
+  std::printf("decode batch 1: %.1f tok/s, %.3f ms/token, %.0f GB/s weights = %.1f%% of copy (copy bound %.0f tok/s)\n",
+              tps, 1e3 / tps, achieved / 1e9, 100.0 * achieved / *copy, *copy / (weight_gb * 1e9));
+
+  // Prefill: one prompt of prefill_len tokens, logits of the last.
+  const int64_t n_vocab = config->n_vocab;
+  std::vector<float> logits(static_cast<size_t>(n_vocab));
+  std::vector<BatchToken> batch;
+  for (int64_t p = 0; p < prefill_len; ++p) batch.push_back({0, p});
+  const std::vector<int32_t> prompt = Prompt(prefill_len, n_vocab, 99);
+  BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
+  const auto start = std::chrono::steady_clock::now();
+  const int reps = 5;
+  for (int i = 0; i < reps; ++i) BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
+  const double prefill_s = Seconds(start) / reps;
+  std::printf("prefill %ld tokens: %.1f ms, %.0f tok/s\n", static_cast<long>(prefill_len),
+              prefill_s * 1e3, static_cast<double>(prefill_len) / prefill_s);
+
+  for (const int64_t b : batch_sizes) {
+    auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps);
+    BENCH_CHECK(seconds.status());
+    std::printf("aggregate decode %ld sequences (%ld-token prompts, %ld new): %.0f tok/s, %.2f ms/step\n",
+                static_cast<long>(b), static_cast<long>(prompt_len), static_cast<long>(decode_steps),
+                static_cast<double>(b * decode_steps) / *seconds, 1e3 * *seconds / static_cast<double>(decode_steps));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace chord
+
+int main(int argc, char** argv) { return chord::Run(argc, argv); }

@@ -1,0 +1,285 @@
+#include "kernels/cuda/matvec.h"
+
+#include <cuda_fp16.h>
+
+namespace chord::cuda {
+namespace {
+
+// GGUF type codes (chord::DType values) of the types read here.
+constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14;
+constexpr int kUnit = 32;       // elements one lane handles per step
+constexpr int kWarpsPerBlock = 4;
+
+__device__ __forceinline__ float Half(const uint8_t* p) {
+  return __half2float(*reinterpret_cast<const __half*>(p));
+}
+
+// 16 bytes from a 16-byte-aligned address, bypassing L1 allocation: weights
+// are read once per pass.
+__device__ __forceinline__ uint4 Load16(const uint8_t* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+
+// n (even) bytes from a 2-byte-aligned address into out.
+template <int kN>
+__device__ __forceinline__ void LoadAligned2(const uint8_t* p, uint8_t (&out)[kN]) {
+  const auto* h = reinterpret_cast<const uint16_t*>(p);
+#pragma unroll
+  for (int i = 0; i < kN / 2; ++i) {
+    const uint16_t v = __ldg(h + i);
+    out[2 * i] = static_cast<uint8_t>(v & 0xff);
+    out[2 * i + 1] = static_cast<uint8_t>(v >> 8);
+  }
+}
+
+__device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* q, float* scale, float* min) {
+  if (j < 4) {
+    *scale = static_cast<float>(q[j] & 63);
+    *min = static_cast<float>(q[j + 4] & 63);
+  } else {
+    *scale = static_cast<float>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+    *min = static_cast<float>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+  }
+}
+
+// Visits the 32 elements of unit `u` of a row: f(element index, value).
+// Units are ordered so that neighbouring lanes read neighbouring bytes.
+template <uint32_t kType, typename F>
+__device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
+  if constexpr (kType == kF32) {
+    const uint8_t* p = row + u * 128;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const float4 v = __ldg(reinterpret_cast<const float4*>(p) + c);
+      f(u * 32 + 4 * c + 0, v.x);
+      f(u * 32 + 4 * c + 1, v.y);
+      f(u * 32 + 4 * c + 2, v.z);
+      f(u * 32 + 4 * c + 3, v.w);
+    }
+  } else if constexpr (kType == kF16) {
+    const uint8_t* p = row + u * 64;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const uint4 v = Load16(p + 16 * c);
+      const auto* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float2 pair = __half22float2(h[k]);
+        f(u * 32 + 8 * c + 2 * k, pair.x);
+        f(u * 32 + 8 * c + 2 * k + 1, pair.y);
+      }
+    }
+  } else if constexpr (kType == kQ4_0) {
+    const uint8_t* block = row + u * 18;
+    const float d = Half(block);
+    uint8_t qs[16];
+    LoadAligned2(block + 2, qs);
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      f(u * 32 + k, static_cast<float>((qs[k] & 0xF) - 8) * d);
+      f(u * 32 + k + 16, static_cast<float>((qs[k] >> 4) - 8) * d);
+    }
+  } else if constexpr (kType == kQ8_0) {
+    const uint8_t* block = row + u * 34;
+    const float d = Half(block);
+    uint8_t qs[32];
+    LoadAligned2(block + 2, qs);
+#pragma unroll
+    for (int k = 0; k < 32; ++k) f(u * 32 + k, static_cast<float>(static_cast<int8_t>(qs[k])) * d);
+  } else if constexpr (kType == kQ4_K || kType == kQ5_K) {
+    constexpr int kBlockBytes = kType == kQ4_K ? 144 : 176;
+    constexpr int kQsOffset = kType == kQ4_K ? 16 : 48;
+    const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
+    const uint8_t* block = row + blk * kBlockBytes;
+    const float d = Half(block), dmin = Half(block + 2);
+    float sc, m;
+    ScaleMinK4(2 * i, block + 4, &sc, &m);
+    const float d1 = d * sc, m1 = dmin * m;
+    ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
+    const float d2 = d * sc, m2 = dmin * m;
+    const uint4 qv = Load16(block + kQsOffset + 32 * i + 16 * h);
+    const auto* q = reinterpret_cast<const uint8_t*>(&qv);
+    uint4 hv = make_uint4(0, 0, 0, 0);
+    if constexpr (kType == kQ5_K) hv = Load16(block + 16 + 16 * h);
+    const auto* qh = reinterpret_cast<const uint8_t*>(&hv);
+    const int base = blk * 256 + 64 * i + 16 * h;
+#pragma unroll
+    for (int k = 0; k < 16; ++k) {
+      int lo = q[k] & 0xF, hi = q[k] >> 4;
+      if constexpr (kType == kQ5_K) {
+        lo += ((qh[k] >> (2 * i)) & 1) << 4;
+        hi += ((qh[k] >> (2 * i + 1)) & 1) << 4;
+      }
+      f(base + k, d1 * static_cast<float>(lo) - m1);
+      f(base + 32 + k, d2 * static_cast<float>(hi) - m2);
+    }
+  } else if constexpr (kType == kQ6_K) {
+    const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
+    const uint8_t* block = row + blk * 210;
+    const float d = Half(block + 208);
+    uint8_t ql0[8], ql1[8], qh[8];
+    LoadAligned2(block + 64 * half + 8 * g, ql0);
+    LoadAligned2(block + 64 * half + 32 + 8 * g, ql1);
+    LoadAligned2(block + 128 + 32 * half + 8 * g, qh);
+    const auto* scales = reinterpret_cast<const int8_t*>(block + 192 + 8 * half);
+    const int is = g >> 1;
+    const float s0 = d * static_cast<float>(scales[is]), s1 = d * static_cast<float>(scales[is + 2]);
+    const float s2 = d * static_cast<float>(scales[is + 4]), s3 = d * static_cast<float>(scales[is + 6]);
+    const int base = blk * 256 + 128 * half + 8 * g;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      f(base + k, s0 * static_cast<float>(((ql0[k] & 0xF) | ((qh[k] & 3) << 4)) - 32));
+      f(base + k + 32, s1 * static_cast<float>(((ql1[k] & 0xF) | (((qh[k] >> 2) & 3) << 4)) - 32));
+      f(base + k + 64, s2 * static_cast<float>(((ql0[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) - 32));
+      f(base + k + 96, s3 * static_cast<float>(((ql1[k] >> 4) | (((qh[k] >> 6) & 3) << 4)) - 32));
+    }
+  }
+}
+
+// One warp per row; lanes stride over the row's 32-element units, so a warp's
+// loads of one step cover contiguous bytes. B tokens share each weight read.
+template <uint32_t kType, int B>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    MatVecKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows, int64_t cols,
+                 const float* __restrict__ x, float* __restrict__ y, int64_t y_stride,
+                 bool accumulate) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const uint8_t* r = w + row * row_bytes;
+  const int units = static_cast<int>(cols / kUnit);
+  float acc[B];
+#pragma unroll
+  for (int b = 0; b < B; ++b) acc[b] = 0.0f;
+#pragma unroll 2
+  for (int u = lane; u < units; u += 32) {
+    VisitUnit<kType>(r, u, [&](int index, float value) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) acc[b] += value * __ldg(x + b * cols + index);
+    });
+  }
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float v = acc[b];
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) {
+      float* out = y + b * y_stride + row;
+      *out = accumulate ? *out + v : v;
+    }
+  }
+}
+
+template <uint32_t kType>
+__global__ void DequantRowsKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t cols,
+                                  const int32_t* __restrict__ row_ids, float* __restrict__ out) {
+  const int units = static_cast<int>(cols / kUnit);
+  const int u = blockIdx.x * blockDim.x + threadIdx.x;
+  if (u >= units) return;
+  const int64_t i = blockIdx.y;
+  const uint8_t* r = w + static_cast<int64_t>(row_ids[i]) * row_bytes;
+  float* o = out + i * cols;
+  VisitUnit<kType>(r, u, [&](int index, float value) { o[index] = value; });
+}
+
+template <uint32_t kType>
+__global__ void DequantHalfKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows,
+                                  int64_t cols, __half* __restrict__ out) {
+  const int64_t units = cols / kUnit;
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= rows * units) return;
+  const int64_t row = id / units;
+  const int u = static_cast<int>(id % units);
+  __half* o = out + row * cols;
+  VisitUnit<kType>(w + row * row_bytes, u, [&](int index, float value) { o[index] = __float2half(value); });
+}
+
+template <uint32_t kType, int B>
+void LaunchMatVecTyped(const DeviceMatrix& w, const float* x, float* y, bool accumulate,
+                       cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  MatVecKernel<kType, B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+      static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, w.cols, x, y, w.rows, accumulate);
+}
+
+template <uint32_t kType>
+void LaunchMatVecBatch(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
+                       bool accumulate, cudaStream_t stream) {
+  int done = 0;
+  while (done < n_tokens) {
+    const int left = n_tokens - done;
+    const float* xs = x + static_cast<int64_t>(done) * w.cols;
+    float* ys = y + static_cast<int64_t>(done) * w.rows;
+    if (left >= 8) {
+      LaunchMatVecTyped<kType, 8>(w, xs, ys, accumulate, stream);
+      done += 8;
+    } else if (left >= 4) {
+      LaunchMatVecTyped<kType, 4>(w, xs, ys, accumulate, stream);
+      done += 4;
+    } else if (left >= 2) {
+      LaunchMatVecTyped<kType, 2>(w, xs, ys, accumulate, stream);
+      done += 2;
+    } else {
+      LaunchMatVecTyped<kType, 1>(w, xs, ys, accumulate, stream);
+      done += 1;
+    }
+  }
+}
+
+// Calls fn.template operator()<kType>() for the matrix's type.
+template <typename Fn>
+cudaError_t DispatchType(uint32_t type, Fn&& fn) {
+  switch (type) {
+    case kF32: fn.template operator()<kF32>(); break;
+    case kF16: fn.template operator()<kF16>(); break;
+    case kQ4_0: fn.template operator()<kQ4_0>(); break;
+    case kQ8_0: fn.template operator()<kQ8_0>(); break;
+    case kQ4_K: fn.template operator()<kQ4_K>(); break;
+    case kQ5_K: fn.template operator()<kQ5_K>(); break;
+    case kQ6_K: fn.template operator()<kQ6_K>(); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool MatVecSupports(uint32_t type, int64_t cols) {
+  switch (type) {
+    case kF32: case kF16: case kQ4_0: case kQ8_0: return cols > 0 && cols % 32 == 0;
+    case kQ4_K: case kQ5_K: case kQ6_K: return cols > 0 && cols % 256 == 0;
+    default: return false;
+  }
+}
+
+cudaError_t LaunchMatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
+                         bool accumulate, cudaStream_t stream) {
+  if (!MatVecSupports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
+  return DispatchType(w.type, [&]<uint32_t kType>() {
+    LaunchMatVecBatch<kType>(w, x, n_tokens, y, accumulate, stream);
+  });
+}
+
+cudaError_t LaunchDequantizeRows(const DeviceMatrix& w, const int32_t* row_ids, int n, float* out,
+                                 cudaStream_t stream) {
+  if (!MatVecSupports(w.type, w.cols) || n <= 0) return cudaErrorInvalidValue;
+  const int units = static_cast<int>(w.cols / kUnit);
+  const dim3 grid((units + 127) / 128, static_cast<unsigned>(n));
+  return DispatchType(w.type, [&]<uint32_t kType>() {
+    DequantRowsKernel<kType><<<grid, 128, 0, stream>>>(static_cast<const uint8_t*>(w.data),
+                                                       w.row_bytes, w.cols, row_ids, out);
+  });
+}
+
+cudaError_t LaunchDequantizeToHalf(const DeviceMatrix& w, uint16_t* out, cudaStream_t stream) {
+  if (!MatVecSupports(w.type, w.cols)) return cudaErrorInvalidValue;
+  const int64_t total = w.rows * (w.cols / kUnit);
+  const auto blocks = static_cast<unsigned>((total + 255) / 256);
+  return DispatchType(w.type, [&]<uint32_t kType>() {
+    DequantHalfKernel<kType><<<blocks, 256, 0, stream>>>(static_cast<const uint8_t*>(w.data),
+                                                         w.row_bytes, w.rows, w.cols,
+                                                         reinterpret_cast<__half*>(out));
+  });
+}
+
+}  // namespace chord::cuda

@@ -1,0 +1,56 @@
+// Element-wise and row-wise kernels of a Llama layer on the GPU, following
+// kernels/cpu/ops.h's arithmetic (double sums in RMSNorm, RoPE angles advanced
+// by repeated multiplication) so that results stay within float rounding of
+// the CPU path. Launchers return the launch's error and never synchronize.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace chord::cuda {
+
+// Per token of a batch: its KV-cache slot and position (device array entries).
+struct TokenSlot {
+  int32_t slot;
+  int32_t position;
+};
+
+// y = x / sqrt(mean(x^2) + eps) * weight for n_rows rows of n.
+cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_rows, float eps,
+                          float* y, cudaStream_t stream);
+
+// RoPE in place on n_tokens rows of n_heads * head_dim (the "normal" pair
+// layout); freq_factors may be null.
+struct RopeParams {
+  int n_heads = 0;
+  int head_dim = 0;
+  int n_rot = 0;
+  float freq_base = 10000.0f;
+  float freq_scale = 1.0f;
+  const float* freq_factors = nullptr;
+};
+cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,
+                       cudaStream_t stream);
+
+// gate = silu(gate) * up, n values.
+cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t stream);
+
+// out = half(x), n values.
+cudaError_t LaunchFloatToHalf(const float* x, int64_t n, uint16_t* out, cudaStream_t stream);
+
+// The K/V cache of one layer: n_slots * n_ctx rows of n_embd_kv elements
+// (F32 when !half, else F16), slot-major.
+struct KvLayer {
+  void* keys = nullptr;
+  void* values = nullptr;
+  int64_t n_ctx = 0;
+  int n_embd_kv = 0;
+  bool half = false;
+};
+
+// Stores each token's k and v rows (n_embd_kv floats) at its slot/position.
+cudaError_t LaunchStoreKv(const KvLayer& layer, const float* k, const float* v, int n_tokens,
+                          const TokenSlot* tokens, cudaStream_t stream);
+
+}  // namespace chord::cuda

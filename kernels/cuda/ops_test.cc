@@ -1,0 +1,132 @@
+#include "kernels/cuda/ops.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "common/quant/quant.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/test_util.h"
+
+namespace chord::cuda {
+namespace {
+
+using testing::Poisoned;
+using testing::RandomFloats;
+using testing::ToDevice;
+using testing::ToHost;
+
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override { CHORD_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_F(CudaOpsTest, RmsNormMatchesCpu) {
+  for (const int64_t n : {64, 4096, 5120}) {
+    const int rows = 5;
+    const std::vector<float> x = RandomFloats(static_cast<size_t>(rows * n), 1 + n, 3.0f);
+    const std::vector<float> w = RandomFloats(static_cast<size_t>(n), 2 + n);
+    DeviceBuffer dx = ToDevice(x), dw = ToDevice(w), dy = Poisoned<float>(x.size());
+    ASSERT_EQ(LaunchRmsNorm(dx.as<float>(), dw.as<float>(), n, rows, 1e-5f, dy.as<float>(), nullptr),
+              cudaSuccess);
+    const std::vector<float> y = ToHost<float>(dy, x.size());
+    std::vector<float> ref(x.size());
+    for (int r = 0; r < rows; ++r) kernels::RmsNorm(&x[r * n], w.data(), n, 1e-5f, &ref[r * n]);
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-5f * std::abs(ref[i]) + 1e-7f);
+  }
+}
+
+TEST_F(CudaOpsTest, RopeMatchesCpuWithAndWithoutFreqFactors) {
+  const int n_heads = 6, head_dim = 64, n_tokens = 4;
+  const std::vector<TokenSlot> tokens = {{0, 0}, {1, 5}, {0, 1000}, {2, 4095}};
+  const std::vector<float> factors = RandomFloats(head_dim / 4, 5);
+  std::vector<float> pos_factors(factors.size());
+  for (size_t i = 0; i < factors.size(); ++i) pos_factors[i] = 1.0f + std::abs(factors[i]);
+  DeviceBuffer d_factors = ToDevice(pos_factors), d_tokens = ToDevice(tokens);
+  for (const bool with_factors : {false, true}) {
+    const int n_rot = with_factors ? head_dim / 2 : head_dim;
+    const std::vector<float> x = RandomFloats(static_cast<size_t>(n_tokens * n_heads * head_dim), 9);
+    DeviceBuffer dx = ToDevice(x);
+    const RopeParams params{n_heads, head_dim, n_rot, 10000.0f, 0.5f,
+                            with_factors ? d_factors.as<float>() : nullptr};
+    ASSERT_EQ(LaunchRope(dx.as<float>(), n_tokens, d_tokens.as<TokenSlot>(), params, nullptr),
+              cudaSuccess);
+    const std::vector<float> y = ToHost<float>(dx, x.size());
+    std::vector<float> ref = x;
+    for (int t = 0; t < n_tokens; ++t) {
+      kernels::RopeNormal(&ref[t * n_heads * head_dim], n_heads, head_dim, n_rot, tokens[t].position,
+                          10000.0f, 0.5f, with_factors ? pos_factors.data() : nullptr);
+    }
+    for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(y[i], ref[i], 2e-5f) << i;
+  }
+}
+
+TEST_F(CudaOpsTest, SwiGluMatchesCpu) {
+  const int64_t n = 10001;
+  std::vector<float> gate = RandomFloats(n, 11, 4.0f);
+  const std::vector<float> up = RandomFloats(n, 12);
+  DeviceBuffer dg = ToDevice(gate), du = ToDevice(up);
+  ASSERT_EQ(LaunchSwiGlu(dg.as<float>(), du.as<float>(), n, nullptr), cudaSuccess);
+  const std::vector<float> y = ToHost<float>(dg, n);
+  kernels::SwiGlu(gate.data(), up.data(), n);
+  for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(y[i], gate[i], 1e-6f * std::abs(gate[i]) + 1e-7f);
+}
+
+// Stores random K/V for several slots, then checks attention of a mixed batch
+// (decode and prefill-like tokens) against the CPU kernel over the same cache.
+TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
+  for (const bool half : {false, true}) {
+    const int n_heads = 8, n_kv_heads = 2, head_dim = 128, n_slots = 3, n_ctx = 700;
+    const int n_embd_kv = n_kv_heads * head_dim;
+    const size_t elem = half ? 2 : 4;
+    const size_t cache_elems = static_cast<size_t>(n_slots) * n_ctx * n_embd_kv;
+    DeviceBuffer keys = Poisoned<uint8_t>(cache_elems * elem);
+    DeviceBuffer values = Poisoned<uint8_t>(cache_elems * elem);
+    const KvLayer layer{keys.data(), values.data(), n_ctx, n_embd_kv, half};
+    // Fill positions 0..fill[s]-1 of each slot.
+    const int fill[n_slots] = {1, 650, 129};
+    for (int s = 0; s < n_slots; ++s) {
+      std::vector<TokenSlot> tokens;
+      for (int p = 0; p < fill[s]; ++p) tokens.push_back({s, p});
+      const auto n = static_cast<int>(tokens.size());
+      DeviceBuffer dk = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 20 + s));
+      DeviceBuffer dv = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 30 + s));
+      DeviceBuffer dt = ToDevice(tokens);
+      ASSERT_EQ(LaunchStoreKv(layer, dk.as<float>(), dv.as<float>(), n, dt.as<TokenSlot>(), nullptr),
+                cudaSuccess);
+    }
+    const std::vector<TokenSlot> batch = {{0, 0}, {1, 649}, {2, 5}, {2, 128}, {1, 300}};
+    const auto n_tokens = static_cast<int>(batch.size());
+    const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens) * n_heads * head_dim, 40);
+    DeviceBuffer dq = ToDevice(q), db = ToDevice(batch);
+    DeviceBuffer dout = Poisoned<float>(q.size());
+    const AttentionParams params{n_heads, n_kv_heads, head_dim};
+    ASSERT_EQ(LaunchAttention(params, layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                              dout.as<float>(), nullptr),
+              cudaSuccess);
+    const std::vector<float> out = ToHost<float>(dout, q.size());
+    const std::vector<uint8_t> hk = ToHost<uint8_t>(keys, cache_elems * elem);
+    const std::vector<uint8_t> hv = ToHost<uint8_t>(values, cache_elems * elem);
+    const kernels::AttentionShape shape{n_heads, n_kv_heads, head_dim};
+    std::vector<float> scores(n_ctx), ref(static_cast<size_t>(n_heads) * head_dim);
+    const auto row_bytes = static_cast<int64_t>(n_embd_kv * elem);
+    for (int t = 0; t < n_tokens; ++t) {
+      const size_t base = static_cast<size_t>(batch[t].slot) * n_ctx * row_bytes;
+      const DType type = half ? DType::kF16 : DType::kF32;
+      const kernels::KvView kv{type, hk.data() + base, row_bytes};
+      const kernels::KvView vv{type, hv.data() + base, row_bytes};
+      for (int h = 0; h < n_heads; ++h) {
+        kernels::AttendOneToken(shape, &q[t * n_heads * head_dim], kv, vv, batch[t].position + 1, h,
+                                scores.data(), ref.data());
+      }
+      for (int i = 0; i < n_heads * head_dim; ++i) {
+        ASSERT_NEAR(out[t * n_heads * head_dim + i], ref[i], 1e-5f) << "half=" << half << " t=" << t;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace chord::cuda

@@ -1,0 +1,56 @@
+// Helpers for the GPU tests: skip without a device, copy vectors to and from
+// device memory, draw random data. Test-only.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda/cuda_util.h"
+
+namespace chord::cuda::testing {
+
+#define CHORD_SKIP_WITHOUT_GPU()                                                    \
+  do {                                                                              \
+    if (!::chord::cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present"; \
+  } while (0)
+
+template <typename T>
+DeviceBuffer ToDevice(const std::vector<T>& host) {
+  auto buffer = DeviceBuffer::Allocate(host.size() * sizeof(T));
+  EXPECT_TRUE(buffer.ok()) << buffer.status();
+  EXPECT_EQ(cudaMemcpy(buffer->data(), host.data(), buffer->bytes(), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  return std::move(*buffer);
+}
+
+// A device buffer of n elements, filled with NaN bytes so that unwritten
+// outputs show.
+template <typename T>
+DeviceBuffer Poisoned(size_t n) {
+  auto buffer = DeviceBuffer::Allocate(n * sizeof(T));
+  EXPECT_TRUE(buffer.ok()) << buffer.status();
+  EXPECT_EQ(cudaMemset(buffer->data(), 0xff, buffer->bytes()), cudaSuccess);
+  return std::move(*buffer);
+}
+
+template <typename T>
+std::vector<T> ToHost(const DeviceBuffer& buffer, size_t n) {
+  std::vector<T> host(n);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(host.data(), buffer.data(), n * sizeof(T), cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  return host;
+}
+
+inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<float> values(n);
+  for (float& v : values) v = dist(rng);
+  return values;
+}
+
+}  // namespace chord::cuda::testing

@@ -1,0 +1,347 @@
+#include "worker/cuda_stage.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_format.h"
+#include "common/base/status.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/matvec.h"
+#include "kernels/cuda/ops.h"
+#include "worker/models/tensor_lookup.h"
+#include "worker/models/tensor_source.h"
+
+namespace chord {
+
+using cuda::DeviceBuffer;
+using cuda::DeviceMatrix;
+
+namespace {
+
+struct GpuMatrix {
+  DeviceMatrix view;
+  DeviceBuffer storage;
+};
+
+struct GpuLayer {
+  DeviceBuffer attn_norm, ffn_norm;
+  GpuMatrix wq, wk, wv, wo, gate, up, down;
+};
+
+absl::StatusOr<GpuMatrix> UploadMatrix(const TensorSource& source, const std::string& name,
+                                       int64_t cols, int64_t rows, uint64_t* total) {
+  ASSIGN_OR_RETURN(kernels::WeightMatrix host, LookupMatrix(source, name, cols, rows));
+  const auto type = static_cast<uint32_t>(host.type);
+  if (!cuda::MatVecSupports(type, host.cols)) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "%s: the CUDA kernels do not read type %d with %d columns", name, type, host.cols));
+  }
+  GpuMatrix m;
+  const uint64_t bytes = host.row_bytes * static_cast<uint64_t>(host.rows);
+  ASSIGN_OR_RETURN(m.storage, DeviceBuffer::Allocate(bytes));
+  CHORD_CUDA_RETURN(cudaMemcpy(m.storage.data(), host.data, bytes, cudaMemcpyHostToDevice));
+  m.view = DeviceMatrix{type, host.rows, host.cols, host.row_bytes, m.storage.data()};
+  *total += bytes;
+  return m;
+}
+
+absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& values, uint64_t* total) {
+  ASSIGN_OR_RETURN(DeviceBuffer buffer, DeviceBuffer::Allocate(values.size() * sizeof(float)));
+  CHORD_CUDA_RETURN(cudaMemcpy(buffer.data(), values.data(), buffer.bytes(), cudaMemcpyHostToDevice));
+  *total += buffer.bytes();
+  return buffer;
+}
+
+// Grows a device buffer to at least `bytes` (contents are not kept).
+absl::Status Ensure(DeviceBuffer& buffer, size_t bytes) {
+  if (buffer.bytes() >= bytes) return absl::OkStatus();
+  buffer = DeviceBuffer();
+  ASSIGN_OR_RETURN(buffer, DeviceBuffer::Allocate(bytes));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+struct CudaStage::Impl {
+  ModelConfig config;
+  LayerRange range;
+  CudaStageOptions options;
+  cuda::Stream stream;
+  std::unique_ptr<cuda::BlasHandle> blas;
+  std::vector<GpuLayer> layers;
+  GpuMatrix token_embd, output;  // output.view aliases token_embd when tied
+  DeviceBuffer output_norm, rope_freq_factors;
+  DeviceBuffer kv_keys, kv_values;
+  uint64_t weight_bytes = 0;
+  int64_t n_ctx = 0;
+
+  // Scratch, grown to the largest batch seen.
+  int64_t capacity = 0;
+  DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
+  std::vector<cuda::TokenSlot> host_tokens;
+
+  cudaStream_t s() const { return stream.get(); }
+  bool has_output_layer() const { return range.end == config.n_layer; }
+  absl::Status Reserve(int64_t n_tokens);
+  absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out, bool accumulate);
+  absl::Status UploadBatch(std::span<const BatchToken> batch);
+  absl::Status EmbedDevice(std::span<const int32_t> tokens);
+  absl::Status LayersDevice(int64_t n_tokens);
+  absl::Status LogitsDevice(const float* rows, int64_t n_rows);
+  cuda::KvLayer KvFor(int64_t layer) const;
+};
+
+absl::Status CudaStage::Impl::Reserve(int64_t n) {
+  if (n <= capacity) return absl::OkStatus();
+  const int64_t e = config.n_embd, kv = config.n_embd_kv(), ff = config.n_ff;
+  const auto f = [n](int64_t per) { return static_cast<size_t>(n * per) * sizeof(float); };
+  RETURN_IF_ERROR(Ensure(x, f(e)));
+  RETURN_IF_ERROR(Ensure(norm, f(e)));
+  RETURN_IF_ERROR(Ensure(q, f(e)));
+  RETURN_IF_ERROR(Ensure(k, f(kv)));
+  RETURN_IF_ERROR(Ensure(v, f(kv)));
+  RETURN_IF_ERROR(Ensure(attn, f(e)));
+  RETURN_IF_ERROR(Ensure(gate, f(ff)));
+  RETURN_IF_ERROR(Ensure(up, f(ff)));
+  RETURN_IF_ERROR(Ensure(tokens, static_cast<size_t>(n) * sizeof(cuda::TokenSlot)));
+  RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
+  if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
+  capacity = n;
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
+                                     bool accumulate) {
+  if (n < options.gemm_min_tokens) {
+    return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),
+                            "LaunchMatVec");
+  }
+  RETURN_IF_ERROR(Ensure(half_w, static_cast<size_t>(w.rows * w.cols) * 2));
+  RETURN_IF_ERROR(Ensure(half_x, static_cast<size_t>(n * w.cols) * 2));
+  if (blas == nullptr) {
+    ASSIGN_OR_RETURN(cuda::BlasHandle handle, cuda::BlasHandle::Create(s()));
+    blas = std::make_unique<cuda::BlasHandle>(std::move(handle));
+  }
+  RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchDequantizeToHalf(w, half_w.as<uint16_t>(), s()),
+                                   "LaunchDequantizeToHalf"));
+  RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchFloatToHalf(in, n * w.cols, half_x.as<uint16_t>(), s()),
+                                   "LaunchFloatToHalf"));
+  return blas->GemmHalf(half_w.as<uint16_t>(), w.rows, w.cols, half_x.as<uint16_t>(), n, out,
+                        accumulate);
+}
+
+cuda::KvLayer CudaStage::Impl::KvFor(int64_t layer) const {
+  const bool half = options.kv_type == DType::kF16;
+  const size_t elem = half ? 2 : 4;
+  const size_t layer_bytes =
+      static_cast<size_t>(options.n_slots * n_ctx * config.n_embd_kv()) * elem;
+  return cuda::KvLayer{kv_keys.as<uint8_t>() + layer * layer_bytes,
+                       kv_values.as<uint8_t>() + layer * layer_bytes, n_ctx,
+                       static_cast<int>(config.n_embd_kv()), half};
+}
+
+absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
+  host_tokens.resize(batch.size());
+  for (size_t t = 0; t < batch.size(); ++t) {
+    const BatchToken& token = batch[t];
+    if (token.slot < 0 || token.slot >= options.n_slots || token.position < 0 ||
+        token.position >= n_ctx) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "batch token (slot %d, position %d) is outside the KV cache (%d slots of %d positions)",
+          token.slot, token.position, options.n_slots, n_ctx));
+    }
+    host_tokens[t] = {static_cast<int32_t>(token.slot), static_cast<int32_t>(token.position)};
+  }
+  RETURN_IF_ERROR(Reserve(static_cast<int64_t>(batch.size())));
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(tokens.data(), host_tokens.data(),
+                                    host_tokens.size() * sizeof(cuda::TokenSlot),
+                                    cudaMemcpyHostToDevice, s()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
+  for (const int32_t id : token_ids) {
+    if (id < 0 || id >= config.n_vocab) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("token id %d is outside the vocabulary (%d tokens)", id, config.n_vocab));
+    }
+  }
+  const auto n = static_cast<int64_t>(token_ids.size());
+  RETURN_IF_ERROR(Reserve(n));
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(ids.data(), token_ids.data(), token_ids.size() * sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, s()));
+  return cuda::CudaStatus(cuda::LaunchDequantizeRows(token_embd.view, ids.as<int32_t>(),
+                                                     static_cast<int>(n), x.as<float>(), s()),
+                          "LaunchDequantizeRows");
+}
+
+absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
+  const int64_t e = config.n_embd;
+  const auto nt = static_cast<int>(n);
+  const auto* slots = tokens.as<cuda::TokenSlot>();
+  cuda::RopeParams rope{static_cast<int>(config.n_head), static_cast<int>(config.head_dim),
+                        static_cast<int>(config.n_rot), config.rope_freq_base, config.rope_freq_scale,
+                        config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
+  cuda::RopeParams rope_k = rope;
+  rope_k.n_heads = static_cast<int>(config.n_head_kv);
+  const cuda::AttentionParams attention{static_cast<int>(config.n_head),
+                                        static_cast<int>(config.n_head_kv),
+                                        static_cast<int>(config.head_dim)};
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const GpuLayer& layer = layers[i];
+    CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm.as<float>(), e, nt,
+                                          config.rms_eps, norm.as<float>(), s()));
+    RETURN_IF_ERROR(MatMul(layer.wq.view, norm.as<float>(), n, q.as<float>(), false));
+    RETURN_IF_ERROR(MatMul(layer.wk.view, norm.as<float>(), n, k.as<float>(), false));
+    RETURN_IF_ERROR(MatMul(layer.wv.view, norm.as<float>(), n, v.as<float>(), false));
+    CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), nt, slots, rope, s()));
+    CHORD_CUDA_RETURN(cuda::LaunchRope(k.as<float>(), nt, slots, rope_k, s()));
+    const cuda::KvLayer kv = KvFor(static_cast<int64_t>(i));
+    CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
+    CHORD_CUDA_RETURN(
+        cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+    RETURN_IF_ERROR(MatMul(layer.wo.view, attn.as<float>(), n, x.as<float>(), true));
+    CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm.as<float>(), e, nt,
+                                          config.rms_eps, norm.as<float>(), s()));
+    RETURN_IF_ERROR(MatMul(layer.gate.view, norm.as<float>(), n, gate.as<float>(), false));
+    RETURN_IF_ERROR(MatMul(layer.up.view, norm.as<float>(), n, up.as<float>(), false));
+    CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
+    RETURN_IF_ERROR(MatMul(layer.down.view, gate.as<float>(), n, x.as<float>(), true));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
+  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, output_norm.as<float>(), config.n_embd,
+                                        static_cast<int>(n_rows), config.rms_eps, norm.as<float>(),
+                                        s()));
+  return MatMul(output.view, norm.as<float>(), n_rows, logits.as<float>(), false);
+}
+
+CudaStage::CudaStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaStage::~CudaStage() = default;
+
+const ModelConfig& CudaStage::config() const { return impl_->config; }
+LayerRange CudaStage::range() const { return impl_->range; }
+uint64_t CudaStage::weight_bytes() const { return impl_->weight_bytes; }
+uint64_t CudaStage::kv_bytes() const { return impl_->kv_keys.bytes() + impl_->kv_values.bytes(); }
+
+absl::Status CudaStage::Synchronize() { return impl_->stream.Synchronize(); }
+
+absl::Status CudaStage::Embed(std::span<const int32_t> tokens, float* x) {
+  if (!has_embedding()) return absl::InternalError("this stage does not hold the embeddings");
+  RETURN_IF_ERROR(impl_->EmbedDevice(tokens));
+  const size_t bytes = tokens.size() * static_cast<size_t>(impl_->config.n_embd) * sizeof(float);
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
+  return Synchronize();
+}
+
+absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x) {
+  if (batch.empty()) return absl::InvalidArgumentError("RunLayers: empty batch");
+  RETURN_IF_ERROR(impl_->UploadBatch(batch));
+  const size_t bytes = batch.size() * static_cast<size_t>(impl_->config.n_embd) * sizeof(float);
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+  RETURN_IF_ERROR(impl_->LayersDevice(static_cast<int64_t>(batch.size())));
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
+  return Synchronize();
+}
+
+absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
+  if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
+  if (n_rows <= 0) return absl::InvalidArgumentError("Logits: no rows");
+  RETURN_IF_ERROR(impl_->Reserve(n_rows));
+  const size_t bytes = static_cast<size_t>(n_rows * impl_->config.n_embd) * sizeof(float);
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+  RETURN_IF_ERROR(impl_->LogitsDevice(impl_->x.as<float>(), n_rows));
+  const size_t out = static_cast<size_t>(n_rows * impl_->config.n_vocab) * sizeof(float);
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
+  return Synchronize();
+}
+
+absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                                int64_t n_logit_rows, float* logits) {
+  if (!has_embedding() || !has_output()) {
+    return absl::InternalError("Forward needs a stage holding the whole model");
+  }
+  if (tokens.size() != batch.size() || batch.empty() || n_logit_rows < 0 ||
+      n_logit_rows > static_cast<int64_t>(batch.size())) {
+    return absl::InvalidArgumentError("Forward: tokens and batch sizes disagree");
+  }
+  const auto n = static_cast<int64_t>(batch.size());
+  RETURN_IF_ERROR(impl_->UploadBatch(batch));
+  RETURN_IF_ERROR(impl_->EmbedDevice(tokens));
+  RETURN_IF_ERROR(impl_->LayersDevice(n));
+  if (n_logit_rows == 0) return Synchronize();
+  const float* last = impl_->x.as<float>() + (n - n_logit_rows) * impl_->config.n_embd;
+  RETURN_IF_ERROR(impl_->LogitsDevice(last, n_logit_rows));
+  const size_t out = static_cast<size_t>(n_logit_rows * impl_->config.n_vocab) * sizeof(float);
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
+  return Synchronize();
+}
+
+absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& source,
+                                                           const ModelConfig& config,
+                                                           LayerRange range,
+                                                           const CudaStageOptions& options) {
+  if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "layer range [%d, %d) is not within the model's %d layers", range.first, range.end,
+        config.n_layer));
+  }
+  if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
+      options.n_ctx < 0 || options.gemm_min_tokens < 1) {
+    return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
+  }
+  if (!cuda::HasCudaDevice()) return absl::UnavailableError("no usable CUDA device");
+  CHORD_CUDA_RETURN(cudaSetDevice(options.device));
+  auto impl = std::make_unique<Impl>();
+  impl->config = config;
+  impl->range = range;
+  impl->options = options;
+  impl->n_ctx = options.n_ctx > 0 ? options.n_ctx : config.n_ctx_train;
+  ASSIGN_OR_RETURN(impl->stream, cuda::Stream::Create());
+  const int64_t e = config.n_embd, kv = config.n_embd_kv();
+  uint64_t* total = &impl->weight_bytes;
+  for (int64_t l = range.first; l < range.end; ++l) {
+    GpuLayer layer;
+    const auto name = [l](const char* suffix) { return LayerTensorName(l, suffix); };
+    ASSIGN_OR_RETURN(std::vector<float> attn_norm, LoadVector(source, name("attn_norm"), e));
+    ASSIGN_OR_RETURN(layer.attn_norm, UploadFloats(attn_norm, total));
+    ASSIGN_OR_RETURN(std::vector<float> ffn_norm, LoadVector(source, name("ffn_norm"), e));
+    ASSIGN_OR_RETURN(layer.ffn_norm, UploadFloats(ffn_norm, total));
+    ASSIGN_OR_RETURN(layer.wq, UploadMatrix(source, name("attn_q"), e, e, total));
+    ASSIGN_OR_RETURN(layer.wk, UploadMatrix(source, name("attn_k"), e, kv, total));
+    ASSIGN_OR_RETURN(layer.wv, UploadMatrix(source, name("attn_v"), e, kv, total));
+    ASSIGN_OR_RETURN(layer.wo, UploadMatrix(source, name("attn_output"), e, e, total));
+    ASSIGN_OR_RETURN(layer.gate, UploadMatrix(source, name("ffn_gate"), e, config.n_ff, total));
+    ASSIGN_OR_RETURN(layer.up, UploadMatrix(source, name("ffn_up"), e, config.n_ff, total));
+    ASSIGN_OR_RETURN(layer.down, UploadMatrix(source, name("ffn_down"), config.n_ff, e, total));
+    impl->layers.push_back(std::move(layer));
+  }
+  if (config.has_rope_freq_factors) {
+    ASSIGN_OR_RETURN(std::vector<float> factors, LoadVector(source, kRopeFreqsName, config.n_rot / 2));
+    ASSIGN_OR_RETURN(impl->rope_freq_factors, UploadFloats(factors, total));
+  }
+  const bool last = range.end == config.n_layer;
+  if (range.first == 0 || (last && config.tied_embeddings)) {
+    ASSIGN_OR_RETURN(impl->token_embd, UploadMatrix(source, kTokenEmbdName, e, config.n_vocab, total));
+  }
+  if (last) {
+    ASSIGN_OR_RETURN(std::vector<float> norm, LoadVector(source, kOutputNormName, e));
+    ASSIGN_OR_RETURN(impl->output_norm, UploadFloats(norm, total));
+    if (config.tied_embeddings) {
+      impl->output.view = impl->token_embd.view;
+    } else {
+      ASSIGN_OR_RETURN(impl->output, UploadMatrix(source, kOutputName, e, config.n_vocab, total));
+    }
+  }
+  const size_t kv_bytes = static_cast<size_t>((range.end - range.first) * options.n_slots *
+                                              impl->n_ctx * kv) *
+                          (options.kv_type == DType::kF16 ? 2 : 4);
+  ASSIGN_OR_RETURN(impl->kv_keys, DeviceBuffer::Allocate(kv_bytes));
+  ASSIGN_OR_RETURN(impl->kv_values, DeviceBuffer::Allocate(kv_bytes));
+  return std::unique_ptr<CudaStage>(new CudaStage(std::move(impl)));
+}
+
+}  // namespace chord

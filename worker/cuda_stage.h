@@ -1,0 +1,87 @@
+// A pipeline stage on an NVIDIA GPU: the CUDA counterpart of LlamaStage
+// (worker/models/llama.h). It runs a contiguous layer range [first, end) of a
+// Llama model with weights copied once into GPU memory in their GGUF block
+// layouts (no dequantized copy), and owns its KV cache in GPU memory.
+//
+// Decode batches (fewer than `gemm_min_tokens` tokens) use quantized
+// matrix-vector kernels that read each weight once per step for up to eight
+// tokens; larger batches (prefill) dequantize each weight matrix to half
+// precision and multiply on tensor cores (cuBLAS), accumulating in float32.
+// Activations crossing the stage boundary are the float32 residual stream in
+// host memory, as with LlamaStage.
+//
+// Thread-safety: one thread drives a stage at a time. Errors: CUDA failures
+// become statuses naming the call; UNAVAILABLE means the device context is
+// lost (the caller should report it and exit). The TensorSource need not
+// outlive Load: weights are copied to the GPU.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/model_config.h"
+#include "common/tensor/dtype.h"
+#include "worker/models/llama.h"
+
+namespace chord {
+
+class TensorSource;
+
+struct CudaStageOptions {
+  int device = 0;
+  int64_t n_slots = 1;     // sequences live at once
+  int64_t n_ctx = 0;       // positions per sequence; 0: the model's training context
+  DType kv_type = DType::kF16;  // kF16 or kF32
+  // Batches of at least this many tokens take the dequantize + GEMM path.
+  int64_t gemm_min_tokens = 16;
+};
+
+class CudaStage {
+ public:
+  // INVALID_ARGUMENT for a bad range or options, UNIMPLEMENTED for a weight
+  // type the GPU kernels do not read, UNAVAILABLE without a usable device,
+  // RESOURCE_EXHAUSTED when GPU memory runs out.
+  static absl::StatusOr<std::unique_ptr<CudaStage>> Load(const TensorSource& source,
+                                                         const ModelConfig& config,
+                                                         LayerRange range,
+                                                         const CudaStageOptions& options);
+  ~CudaStage();
+  CudaStage(const CudaStage&) = delete;
+  CudaStage& operator=(const CudaStage&) = delete;
+
+  const ModelConfig& config() const;
+  LayerRange range() const;
+  bool has_embedding() const { return range().first == 0; }
+  bool has_output() const { return range().end == config().n_layer; }
+  uint64_t weight_bytes() const;  // GPU memory held by weights
+  uint64_t kv_bytes() const;      // GPU memory held by the KV cache
+
+  // As LlamaStage, with host buffers: x gets tokens.size() rows of n_embd floats.
+  absl::Status Embed(std::span<const int32_t> tokens, float* x);
+  // Runs the layers over x (batch.size() rows, host memory, updated in place),
+  // reading and extending this stage's KV cache.
+  absl::Status RunLayers(std::span<const BatchToken> batch, float* x);
+  // Final norm and output projection of n_rows rows of x into n_vocab logits each.
+  absl::Status Logits(const float* x, int64_t n_rows, float* logits);
+
+  // A whole-model step with activations kept on the GPU (needs both the
+  // embeddings and the output layer): embeds `tokens`, runs the layers and
+  // writes n_vocab logits for each of the last `n_logit_rows` tokens into
+  // `logits` (host).
+  absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                       int64_t n_logit_rows, float* logits);
+
+  // Waits for the device and reports any asynchronous error.
+  absl::Status Synchronize();
+
+  struct Impl;
+
+ private:
+  explicit CudaStage(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chord

@@ -1,0 +1,221 @@
+// The GPU stage against the CPU LlamaStage on the shared reference models:
+// logits of a prefill and of greedy decode steps within the tolerances of
+// tests/e2e/reference_test.cc, and equal greedy tokens where the top-1/top-2
+// margin exceeds twice the tolerance. Needs a GPU and CHORD_SHARED_DIR (the
+// environment variable of that name overrides the built-in path).
+#include "worker/cuda_stage.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+
+#include "common/gguf/gguf_file.h"
+#include "common/model/model_config.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/cuda/cuda_util.h"
+#include "worker/kv_cache.h"
+#include "worker/models/llama.h"
+#include "worker/models/tensor_source.h"
+
+namespace chord {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path SharedDir() {
+  const char* env = std::getenv("CHORD_SHARED_DIR");
+  return env != nullptr ? fs::path(env) : fs::path(CHORD_SHARED_DIR);
+}
+
+// Absolute logit tolerance: the CPU path quantizes activations for quantized
+// weights (Q8), the GPU path keeps them in float32; GEMM batches round
+// activations and weights to half.
+double ToleranceFor(const std::string& model, bool gemm) {
+  double tol = 1.0;
+  if (model == "stories260K") {
+    tol = 1e-3;
+  } else if (model.find("f16") != std::string::npos || model == "llama-2-tiny-random") {
+    tol = 0.05;
+  }
+  return gemm ? std::max(tol, 2e-2) : tol;
+}
+
+struct Case {
+  std::string model;
+  int64_t gemm_min_tokens;
+};
+
+class CudaStageTest : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    if (!cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present";
+    path_ = SharedDir() / "models" / (GetParam().model + ".gguf");
+    if (!fs::exists(path_)) GTEST_SKIP() << path_ << " not found (set CHORD_SHARED_DIR)";
+  }
+  fs::path path_;
+};
+
+int64_t Argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
+
+double Margin(const float* v, int64_t n) {
+  std::vector<float> copy(v, v + n);
+  std::partial_sort(copy.begin(), copy.begin() + 2, copy.end(), std::greater<>());
+  return copy[0] - copy[1];
+}
+
+TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
+  auto file = gguf::GgufFile::Open(path_.string());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const int64_t n_ctx = 64, n_vocab = config->n_vocab, n_embd = config->n_embd;
+  const GgufTensorSource source(**file);
+  ThreadPool pool(2);
+  auto cpu = LlamaStage::Load(source, *config, LayerRange{0, config->n_layer}, pool);
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  auto cache = KvCache::Create({config->n_layer, 1, n_ctx, config->n_embd_kv(), DType::kF32});
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  // Two GPU stages splitting the layers, as a pipeline would.
+  const int64_t mid = config->n_layer / 2;
+  CudaStageOptions options;
+  options.n_ctx = n_ctx;
+  options.kv_type = DType::kF32;
+  options.gemm_min_tokens = GetParam().gemm_min_tokens;
+  std::vector<std::unique_ptr<CudaStage>> gpu;
+  for (const LayerRange range : {LayerRange{0, mid}, LayerRange{mid, config->n_layer}}) {
+    if (range.first == range.end) continue;
+    auto stage = CudaStage::Load(source, *config, range, options);
+    ASSERT_TRUE(stage.ok()) << stage.status();
+    gpu.push_back(std::move(*stage));
+  }
+  const double tol = ToleranceFor(GetParam().model, options.gemm_min_tokens <= 12);
+
+  std::mt19937 rng(42);
+  std::vector<int32_t> tokens(12);
+  for (int32_t& t : tokens) t = static_cast<int32_t>(rng() % static_cast<uint32_t>(n_vocab));
+  int64_t position = 0;
+  int agreed = 0;
+  for (int step = 0; step < 8; ++step) {
+    const auto n = static_cast<int64_t>(tokens.size());
+    std::vector<BatchToken> batch;
+    for (int64_t t = 0; t < n; ++t) batch.push_back({0, position + t});
+    std::vector<float> x_cpu(static_cast<size_t>(n * n_embd)), x_gpu(x_cpu.size());
+    std::vector<float> l_cpu(static_cast<size_t>(n_vocab)), l_gpu(l_cpu.size());
+    ASSERT_TRUE((*cpu)->Embed(tokens, x_cpu.data()).ok());
+    ASSERT_TRUE((*cpu)->RunLayers(batch, x_cpu.data(), *cache).ok());
+    ASSERT_TRUE((*cpu)->Logits(x_cpu.data() + (n - 1) * n_embd, 1, l_cpu.data()).ok());
+    ASSERT_TRUE(gpu.front()->Embed(tokens, x_gpu.data()).ok());
+    for (auto& stage : gpu) ASSERT_TRUE(stage->RunLayers(batch, x_gpu.data()).ok());
+    ASSERT_TRUE(gpu.back()->Logits(x_gpu.data() + (n - 1) * n_embd, 1, l_gpu.data()).ok());
+    double max_diff = 0.0;
+    for (int64_t i = 0; i < n_vocab; ++i) {
+      ASSERT_FALSE(std::isnan(l_gpu[i]));
+      max_diff = std::max(max_diff, static_cast<double>(std::abs(l_gpu[i] - l_cpu[i])));
+    }
+    EXPECT_LE(max_diff, tol) << "step " << step;
+    const int64_t top = Argmax(l_cpu.data(), n_vocab);
+    if (Margin(l_cpu.data(), n_vocab) > 2 * tol) {
+      EXPECT_EQ(Argmax(l_gpu.data(), n_vocab), top) << "step " << step;
+      ++agreed;
+    }
+    position += n;
+    tokens = {static_cast<int32_t>(top)};
+  }
+  RecordProperty("greedy_steps_checked", agreed);
+}
+
+TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
+  auto file = gguf::GgufFile::Open(path_.string());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  CudaStageOptions options;
+  options.n_ctx = 32;
+  options.n_slots = 3;
+  options.gemm_min_tokens = GetParam().gemm_min_tokens;
+  const GgufTensorSource source(**file);
+  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const int64_t n_vocab = config->n_vocab;
+  // Prefill each slot with a different prompt, then decode one token for all
+  // three in one batch and compare with single-slot decode steps.
+  std::vector<std::vector<float>> single(3, std::vector<float>(static_cast<size_t>(n_vocab)));
+  for (int round = 0; round < 2; ++round) {
+    for (int64_t s = 0; s < 3; ++s) {
+      std::vector<int32_t> prompt;
+      std::vector<BatchToken> batch;
+      for (int64_t p = 0; p < 5 + s; ++p) {
+        prompt.push_back(static_cast<int32_t>((7 * p + 13 * s + 1) % n_vocab));
+        batch.push_back({s, p});
+      }
+      std::vector<float> logits(static_cast<size_t>(n_vocab));
+      ASSERT_TRUE((*stage)->Forward(prompt, batch, 1, logits.data()).ok());
+      if (round == 0) {
+        const int32_t next = static_cast<int32_t>((3 * s + 2) % n_vocab);
+        const BatchToken token{s, 5 + s};
+        ASSERT_TRUE((*stage)->Forward({&next, 1}, {&token, 1}, 1, single[s].data()).ok());
+      }
+    }
+  }
+  std::vector<int32_t> next;
+  std::vector<BatchToken> batch;
+  for (int64_t s = 0; s < 3; ++s) {
+    next.push_back(static_cast<int32_t>((3 * s + 2) % n_vocab));
+    batch.push_back({s, 5 + s});
+  }
+  std::vector<float> logits(static_cast<size_t>(3 * n_vocab));
+  ASSERT_TRUE((*stage)->Forward(next, batch, 3, logits.data()).ok());
+  for (int64_t s = 0; s < 3; ++s) {
+    for (int64_t i = 0; i < n_vocab; ++i) {
+      ASSERT_NEAR(logits[s * n_vocab + i], single[s][i], 1e-4 * (1 + std::abs(single[s][i])))
+          << "slot " << s << " logit " << i;
+    }
+  }
+}
+
+TEST(CudaStageErrors, RejectsBadRangesAndBatches) {
+  if (!cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present";
+  const fs::path path = SharedDir() / "models" / "stories260K.gguf";
+  if (!fs::exists(path)) GTEST_SKIP() << path << " not found (set CHORD_SHARED_DIR)";
+  auto file = gguf::GgufFile::Open(path.string());
+  ASSERT_TRUE(file.ok());
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok());
+  const GgufTensorSource source(**file);
+  EXPECT_EQ(CudaStage::Load(source, *config, LayerRange{1, 1}, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  CudaStageOptions options;
+  options.n_ctx = 8;
+  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  std::vector<float> x(static_cast<size_t>(config->n_embd));
+  const BatchToken outside{0, 8};
+  EXPECT_EQ((*stage)->RunLayers({&outside, 1}, x.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  const int32_t bad = static_cast<int32_t>(config->n_vocab);
+  EXPECT_EQ((*stage)->Embed({&bad, 1}, x.data()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+std::vector<Case> Cases() {
+  std::vector<Case> cases;
+  for (const char* model : {"stories260K", "llama-2-tiny-random", "synth-llama-256x4v512-f16",
+                            "synth-llama-256x4v512-q4_0", "synth-llama-256x4v512-q4_k_m",
+                            "synth-llama-256x4v512-q6_k", "synth-llama-256x4v512-q8_0"}) {
+    cases.push_back({model, 1000});  // every batch on the matrix-vector kernels
+    cases.push_back({model, 4});     // prompts through dequantize + GEMM
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()), [](const auto& info) {
+  std::string name = info.param.model + (info.param.gemm_min_tokens > 12 ? "_matvec" : "_gemm");
+  std::replace(name.begin(), name.end(), '-', '_');
+  return name;
+});
+
+}  // namespace
+}  // namespace chord
