@@ -7,6 +7,42 @@
 #include "kernels/cpu/vec_dot.h"
 
 namespace chord::kernels {
+namespace {
+
+// Weight bytes per tile: re-read from L2 by every token group of a batch.
+constexpr int64_t kTileBytes = 96 << 10;
+
+struct Product {
+  const WeightMatrix& w;
+  const uint8_t* act;
+  int64_t act_bytes;
+  int64_t n_tokens;
+  float* y;
+};
+
+// Rows [begin, end) of one thread, tiled for cache reuse across token groups.
+void RunRows(const Product& p, MultiDotFn multi, VecDotFn dot, int64_t begin, int64_t end) {
+  const int64_t tile = std::max<int64_t>(1, kTileBytes / static_cast<int64_t>(p.w.row_bytes));
+  for (int64_t r0 = begin; r0 < end; r0 += tile) {
+    const int64_t r1 = std::min(end, r0 + tile);
+    for (int64_t t0 = 0; t0 < p.n_tokens; t0 += kMaxDotGroup) {
+      const int group = static_cast<int>(std::min<int64_t>(kMaxDotGroup, p.n_tokens - t0));
+      const void* acts[kMaxDotGroup];
+      for (int g = 0; g < group; ++g) acts[g] = p.act + (t0 + g) * p.act_bytes;
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kMaxDotGroup];
+        if (multi != nullptr) {
+          multi(p.w.row(r), acts, group, p.w.cols, out);
+        } else {
+          for (int g = 0; g < group; ++g) out[g] = dot(p.w.row(r), acts[g], p.w.cols);
+        }
+        for (int g = 0; g < group; ++g) p.y[(t0 + g) * p.w.rows + r] = out[g];
+      }
+    }
+  }
+}
+
+}  // namespace
 
 absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens, float* y) {
   const VecDotFn dot = GetVecDot(w.type);
@@ -14,27 +50,25 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
     return absl::InvalidArgumentError(
         absl::StrCat("no matrix product for weight type ", std::string(DTypeName(w.type))));
   }
+  const MultiDotFn multi = GetMultiDot(w.type, isa_);
   const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
-  quantized_.resize(static_cast<size_t>(act_bytes * n_tokens));
-  uint8_t* act = quantized_.data();
-  pool_.ParallelFor(n_tokens, std::max<int64_t>(1, 16384 / std::max<int64_t>(w.cols, 1)),
-                    [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      QuantizeActivations(w.type, x + t * w.cols, w.cols, act + t * act_bytes);
-    }
-  });
+  const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
+  if (ActivationTypeFor(w.type) != DType::kF32) {
+    quantized_.resize(static_cast<size_t>(act_bytes * n_tokens));
+    uint8_t* out = quantized_.data();
+    const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(w.cols, 1));
+    pool_.ParallelFor(n_tokens, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) QuantizeActivations(w.type, x + t * w.cols, w.cols, out + t * act_bytes);
+    });
+    act = out;
+  }
   // Waking a thread costs microseconds: hand each at least ~64 KiB of weight
   // rows (times the tokens that reuse them), so tiny matrices stay on one thread.
   const int64_t work_per_row = static_cast<int64_t>(w.row_bytes) * n_tokens;
   const int64_t grain = std::max<int64_t>(16, (int64_t{64} << 10) / std::max<int64_t>(work_per_row, 1));
-  pool_.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const uint8_t* row = w.row(r);
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        y[t * w.rows + r] = dot(row, act + t * act_bytes, w.cols);
-      }
-    }
-  });
+  const Product product{w, act, act_bytes, n_tokens, y};
+  pool_.ParallelFor(w.rows, grain,
+                    [&](int64_t begin, int64_t end) { RunRows(product, multi, dot, begin, end); });
   return absl::OkStatus();
 }
 

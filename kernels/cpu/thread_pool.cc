@@ -1,6 +1,7 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 
 namespace chord {
 namespace {
@@ -10,6 +11,26 @@ void ChunkBounds(int64_t n, int chunks, int index, int64_t* begin, int64_t* end)
   const int64_t extra = n % chunks;
   *begin = index * base + std::min<int64_t>(index, extra);
   *end = *begin + base + (index < extra ? 1 : 0);
+}
+
+// How long an idle thread polls before it sleeps.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+// Polls `done` until it returns true or kSpin has passed; returns its last value.
+template <typename Done>
+bool SpinUntil(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpin;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    CpuRelax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return done();
+  }
 }
 
 }  // namespace
@@ -26,7 +47,7 @@ ThreadPool::ThreadPool(int n_threads)
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = true;
+    stopping_.store(true);
   }
   start_cv_.notify_all();
   for (std::thread& thread : threads_) thread.join();
@@ -46,16 +67,17 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     job_ = &fn;
     job_n_ = n;
     job_chunks_ = chunks;
-    pending_ = chunks - 1;
-    ++generation_;
+    pending_.store(chunks - 1);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   start_cv_.notify_all();
   int64_t begin, end;
   ChunkBounds(n, chunks, 0, &begin, &end);
   fn(begin, end);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_cv_.wait(lock, [this] { return pending_ == 0; });
-  job_ = nullptr;
+  if (!SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [this] { return pending_.load() == 0; });
+  }
 }
 
 void ThreadPool::WorkerLoop(int index) {
@@ -64,11 +86,12 @@ void ThreadPool::WorkerLoop(int index) {
     const std::function<void(int64_t, int64_t)>* job;
     int64_t n;
     int chunks;
+    SpinUntil([&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      start_cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-      if (stopping_) return;
-      seen = generation_;
+      start_cv_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
+      if (stopping_.load()) return;
+      seen = generation_.load();
       job = job_;
       n = job_n_;
       chunks = job_chunks_;
@@ -77,8 +100,11 @@ void ThreadPool::WorkerLoop(int index) {
       int64_t begin, end;
       ChunkBounds(n, chunks, index, &begin, &end);
       (*job)(begin, end);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_cv_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // Taking the lock orders this notify after a waiter's predicate check.
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_cv_.notify_one();
+      }
     }
   }
 }

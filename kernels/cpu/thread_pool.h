@@ -1,7 +1,9 @@
 // A persistent pool of worker threads for data-parallel loops.
 //
-// Threads are created once (never per token) and sleep on a condition variable
-// between jobs. ParallelFor splits [0, n) into contiguous chunks, one per
+// Threads are created once (never per token). Between jobs a worker first
+// spins briefly (a decode step issues hundreds of short jobs back to back, and
+// a condition-variable wake-up costs several microseconds each), then sleeps
+// on a condition variable. ParallelFor splits [0, n) into contiguous chunks, one per
 // thread, so each index is processed by exactly one thread: results that are
 // reduced inside one index do not depend on the thread count (chord's
 // thread-count invariance contract).
@@ -10,6 +12,7 @@
 // owner's compute thread); it blocks until every chunk has finished.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -42,13 +45,14 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable start_cv_;
   std::condition_variable done_cv_;
-  // Guarded by mutex_:
+  // Written under mutex_ before generation_ is bumped:
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
   int job_chunks_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stopping_ = false;
+  // Read without the lock while spinning; changed under mutex_.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 }  // namespace chord

@@ -1,0 +1,48 @@
+// Dot products of one weight row with a small group of activation rows, the
+// building block of MatMul: a weight block is loaded and unpacked once and
+// applied to every activation row of the group, so a batch (prefill, batched
+// decode) reads the weights once per group instead of once per token.
+//
+// Batch invariance: each activation row has its own accumulators and goes
+// through exactly the same sequence of operations whatever the group size, so
+// out[t] is bit-identical to a call with that row alone (SIMD files are built
+// with -ffp-contract=off so the compiler cannot fuse differently per group
+// size). Different instruction sets (AVX2 vs portable) may differ in the last
+// bits; one process uses one of them for every product.
+//
+// Weights are read in their GGUF layout (no repacking, no extra memory).
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <cstdint>
+
+#include "common/tensor/dtype.h"
+
+namespace chord::kernels {
+
+// Largest group a MultiDotFn accepts.
+inline constexpr int kMaxDotGroup = 4;
+
+// out[t] = dot(weights, acts[t]) for t < n_acts (1..kMaxDotGroup); `weights` is
+// one row of `n` elements in the weight type's layout, each acts[t] one row in
+// ActivationTypeFor(type) (activation_quant.h).
+using MultiDotFn = void (*)(const void* weights, const void* const* acts, int n_acts, int64_t n,
+                            float* out);
+
+enum class KernelIsa { kPortable, kAvx2 };
+
+// The best instruction set this CPU supports (CPUID, once); the environment
+// variable CHORD_KERNEL_ISA=portable forces the portable kernels.
+KernelIsa BestKernelIsa();
+const char* KernelIsaName(KernelIsa isa);
+
+// nullptr when `isa` has no kernel for the type (the caller then uses the
+// portable row dot product of vec_dot.h once per activation row).
+MultiDotFn GetMultiDot(DType weight_type, KernelIsa isa);
+
+// Defined in x86/multi_dot_avx2.cc (built for AVX2+FMA+F16C); call only when
+// BestKernelIsa() says so.
+MultiDotFn GetMultiDotAvx2(DType weight_type);
+
+}  // namespace chord::kernels

@@ -1,0 +1,137 @@
+// Checks every SIMD group kernel against the portable scalar row dot product
+// (vec_dot.h, the reference) on fresh random data, and the bit-identity that
+// batch invariance needs: a row's result is the same whatever group, batch
+// size or thread count it is computed in.
+#include "kernels/cpu/multi_dot.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/test_data.h"
+#include "kernels/cpu/vec_dot.h"
+
+namespace chord::kernels {
+namespace {
+
+const DType kSimdTypes[] = {DType::kF32,  DType::kF16,  DType::kQ4_0, DType::kQ8_0,
+                            DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+
+bool HaveAvx2() { return BestKernelIsa() == KernelIsa::kAvx2; }
+
+std::vector<uint8_t> Quantized(DType type, const std::vector<float>& x, int64_t rows, int64_t cols) {
+  const int64_t bytes = ActivationRowBytes(type, cols);
+  std::vector<uint8_t> out(static_cast<size_t>(bytes * rows));
+  for (int64_t t = 0; t < rows; ++t) {
+    QuantizeActivations(type, x.data() + t * cols, cols, out.data() + t * bytes);
+  }
+  return out;
+}
+
+// Shapes: columns for one block up to several thousand, for each type.
+std::vector<int64_t> ColumnsFor(DType type) {
+  const int64_t block = GetDTypeInfo(type).block_size;
+  if (block == 1) return {1, 7, 16, 33, 256, 2051};
+  return {block, 3 * block, 8 * block, 11 * block};
+}
+
+TEST(MultiDotTest, Avx2MatchesPortableReference) {
+  if (!HaveAvx2()) GTEST_SKIP() << "this CPU has no AVX2+FMA+F16C; only the portable kernels run";
+  std::mt19937 rng(20261129);
+  for (DType type : kSimdTypes) {
+    const MultiDotFn multi = GetMultiDot(type, KernelIsa::kAvx2);
+    const VecDotFn reference = GetVecDot(type);
+    ASSERT_NE(multi, nullptr) << DTypeName(type);
+    for (int64_t cols : ColumnsFor(type)) {
+      const int64_t rows = 7;
+      std::vector<uint8_t> w = RandomWeights(type, rows, cols, rng);
+      std::vector<float> x = RandomActivations(kMaxDotGroup * cols, rng);
+      std::vector<uint8_t> act = Quantized(type, x, kMaxDotGroup, cols);
+      const int64_t act_bytes = ActivationRowBytes(type, cols);
+      const uint64_t row_bytes = RowBytes(type, cols).value();
+      for (int64_t r = 0; r < rows; ++r) {
+        const uint8_t* row = w.data() + r * row_bytes;
+        const void* acts[kMaxDotGroup];
+        for (int g = 0; g < kMaxDotGroup; ++g) acts[g] = act.data() + g * act_bytes;
+        float out[kMaxDotGroup];
+        multi(row, acts, kMaxDotGroup, cols, out);
+        for (int g = 0; g < kMaxDotGroup; ++g) {
+          const float expected = reference(row, acts[g], cols);
+          // Both sum exact per-block integers (or float products) in float, in
+          // different orders: allow float rounding of the magnitudes involved.
+          std::vector<float> abs_x(x.begin() + g * cols, x.begin() + (g + 1) * cols);
+          for (float& v : abs_x) v = std::fabs(v);
+          std::vector<float> deq(static_cast<size_t>(cols));
+          ASSERT_TRUE(quant::DequantizeRow(type, row, deq.data(), cols).ok());
+          double magnitude = 0.0;
+          for (int64_t i = 0; i < cols; ++i) magnitude += std::fabs(deq[static_cast<size_t>(i)]) * abs_x[static_cast<size_t>(i)];
+          EXPECT_NEAR(out[g], expected, 1e-5 * magnitude + 1e-6)
+              << DTypeName(type) << " cols " << cols << " row " << r << " act " << g;
+          float alone;
+          multi(row, &acts[g], 1, cols, &alone);
+          EXPECT_EQ(0, std::memcmp(&alone, &out[g], sizeof(float)))
+              << DTypeName(type) << " cols " << cols << ": group of 4 differs from alone";
+        }
+      }
+    }
+  }
+}
+
+// Every kernel set (portable and the CPU's best), every type: one token alone
+// on one thread vs the whole batch on three, at odd row counts and batch sizes
+// that leave partial groups.
+TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
+  std::mt19937 rng(5);
+  const DType all[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
+                       DType::kQ5_1, DType::kQ8_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  ThreadPool pool_one(1);
+  ThreadPool pool_three(3);
+  for (KernelIsa isa : {KernelIsa::kPortable, BestKernelIsa()}) {
+    MatMul single(pool_one, isa);
+    MatMul multi(pool_three, isa);
+    for (DType type : all) {
+      const int64_t cols = GetDTypeInfo(type).block_size == 1 ? 300 : 2 * GetDTypeInfo(type).block_size * 4;
+      for (int64_t rows : {1, 13, 301}) {
+        const int64_t n_tokens = 9;
+        std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
+        const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
+        std::vector<float> x = RandomActivations(n_tokens * cols, rng);
+        std::vector<float> batched(static_cast<size_t>(n_tokens * rows));
+        ASSERT_TRUE(multi.Run(w, x.data(), n_tokens, batched.data()).ok());
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          std::vector<float> alone(static_cast<size_t>(rows));
+          ASSERT_TRUE(single.Run(w, x.data() + t * cols, 1, alone.data()).ok());
+          ASSERT_EQ(0, std::memcmp(alone.data(), batched.data() + t * rows, alone.size() * sizeof(float)))
+              << KernelIsaName(isa) << " " << DTypeName(type) << " rows " << rows << " token " << t;
+        }
+      }
+    }
+  }
+}
+
+TEST(MultiDotTest, MatMulBestIsaCloseToPortable) {
+  std::mt19937 rng(77);
+  ThreadPool pool(2);
+  MatMul portable(pool, KernelIsa::kPortable);
+  MatMul best(pool);
+  for (DType type : kSimdTypes) {
+    const int64_t cols = GetDTypeInfo(type).block_size == 1 ? 1000 : 2048;
+    const int64_t rows = 65, n_tokens = 6;
+    std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
+    const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
+    std::vector<float> x = RandomActivations(n_tokens * cols, rng);
+    std::vector<float> y_ref(static_cast<size_t>(n_tokens * rows)), y(y_ref.size());
+    ASSERT_TRUE(portable.Run(w, x.data(), n_tokens, y_ref.data()).ok());
+    ASSERT_TRUE(best.Run(w, x.data(), n_tokens, y.data()).ok());
+    for (size_t i = 0; i < y.size(); ++i) {
+      EXPECT_NEAR(y[i], y_ref[i], 1e-4 * (1.0 + std::fabs(y_ref[i]))) << DTypeName(type) << " index " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace chord::kernels

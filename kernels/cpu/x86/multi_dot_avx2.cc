@@ -1,0 +1,301 @@
+// AVX2 + FMA + F16C group dot products (see multi_dot.h). Built with those
+// target flags and -ffp-contract=off; only reached after a CPUID check.
+//
+// Integer parts follow the usual scheme for 8-bit activations: maddubs
+// (unsigned weight byte x signed activation byte -> int16 pairs, which cannot
+// saturate for these ranges: |sum| <= 2 * 63 * 128), madd to int32, one int32
+// sum per block, then one float FMA per block into a per-row accumulator.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "common/quant/blocks.h"
+#include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/multi_dot.h"
+
+namespace chord::kernels {
+namespace {
+
+using quant::BlockQ4_0;
+using quant::BlockQ4_K;
+using quant::BlockQ5_K;
+using quant::BlockQ6_K;
+using quant::BlockQ8_0;
+using quant::BlockQ8_K;
+using quant::kQK;
+using quant::kQKK;
+
+inline float Half(uint16_t h) { return _cvtsh_ss(h); }
+
+inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float Hsum128(__m128 s) {
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// Sum of signed x * signed y over 32 bytes, as 8 int32 lanes (x != -128 or y
+// small enough: |x| * |y| * 2 <= 32512 for activations in [-127, 127]).
+inline __m256i DotSigned(__m256i abs_x, __m256i x, __m256i y) {
+  const __m256i prod16 = _mm256_maddubs_epi16(abs_x, _mm256_sign_epi8(y, x));
+  return _mm256_madd_epi16(prod16, _mm256_set1_epi16(1));
+}
+
+template <int NT>
+void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
+  const BlockQ8_0* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const BlockQ8_0*>(acts[t]);
+    acc[t] = _mm256_setzero_ps();
+  }
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m256i qx = Load256(x[b].qs);
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const float dx = Half(x[b].d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i dot = DotSigned(ax, qx, Load256(y[t][b].qs));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
+}
+
+template <int NT>
+void DotQ4_0(const void* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ4_0* x = static_cast<const BlockQ4_0*>(w);
+  const BlockQ8_0* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const BlockQ8_0*>(acts[t]);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const __m256i eight = _mm256_set1_epi8(8);
+  for (int64_t b = 0; b < n / kQK; ++b) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].qs));
+    const __m256i nibbles =
+        _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), m4);
+    const __m256i qx = _mm256_sub_epi8(nibbles, eight);
+    const __m256i ax = _mm256_sign_epi8(qx, qx);
+    const float dx = Half(x[b].d);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i dot = DotSigned(ax, qx, Load256(y[t][b].qs));
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
+}
+
+// The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K/Q5_K block.
+inline __m256i UnpackScalesMins(const uint8_t* packed) {
+  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
+  uint32_t u[4];
+  std::memcpy(u, packed, 12);
+  u[3] = ((u[2] >> 4) & kLow4) | (((u[1] >> 6) & kLow2) << 4);
+  const uint32_t mins_lo = u[1] & kLow6;
+  u[1] = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
+  u[2] = mins_lo;
+  u[0] &= kLow6;
+  // u[0], u[1]: scales 0..7; u[2], u[3]: mins 0..7.
+  return _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(u[3]), static_cast<int>(u[2]),
+                                            static_cast<int>(u[1]), static_cast<int>(u[0])));
+}
+
+// Broadcasts int16 lane k (0..7) of each 128-bit half.
+inline __m256i ScaleShuffle(int k) { return _mm256_set1_epi16(static_cast<int16_t>((2 * k) | ((2 * k + 1) << 8))); }
+
+// Shared by Q4_K and Q5_K: the min term -dmin * sum_j m_j * (sum of sub-block j's activations).
+inline __m128 MinTerm(__m256i scales_mins, const BlockQ8_K& y, float dmin, __m128 acc) {
+  const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
+  const __m256i bsums = Load256(y.bsums);
+  const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+  const __m128i prod = _mm_madd_epi16(mins, q8s);
+  return _mm_fmadd_ps(_mm_set1_ps(-dmin * y.d), _mm_cvtepi32_ps(prod), acc);
+}
+
+template <int NT, bool kFiveBit>
+void DotQ45_K(const void* w, const void* const* acts, int64_t n, float* out) {
+  using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
+  const Block* x = static_cast<const Block*>(w);
+  const BlockQ8_K* y[NT];
+  __m256 acc[NT];
+  __m128 acc_min[NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const BlockQ8_K*>(acts[t]);
+    acc[t] = _mm256_setzero_ps();
+    acc_min[t] = _mm_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const __m256i bit = _mm256_set1_epi8(1);
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    const __m256i scales_mins = UnpackScalesMins(x[b].scales);
+    const float d = Half(x[b].d);
+    const float dmin = Half(x[b].dmin);
+    for (int t = 0; t < NT; ++t) acc_min[t] = MinTerm(scales_mins, y[t][b], dmin, acc_min[t]);
+    const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(scales_mins));
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
+    __m256i high_bits = _mm256_setzero_si256();
+    if constexpr (kFiveBit) high_bits = Load256(x[b].qh);
+    for (int j = 0; j < kQKK / 64; ++j) {
+      const __m256i scale_lo = _mm256_shuffle_epi8(scales, ScaleShuffle(2 * j));
+      const __m256i scale_hi = _mm256_shuffle_epi8(scales, ScaleShuffle(2 * j + 1));
+      const __m256i q4 = Load256(x[b].qs + 32 * j);
+      __m256i lo = _mm256_and_si256(q4, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+      if constexpr (kFiveBit) {
+        lo = _mm256_add_epi8(lo, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
+        high_bits = _mm256_srli_epi16(high_bits, 1);
+        hi = _mm256_add_epi8(hi, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
+        high_bits = _mm256_srli_epi16(high_bits, 1);
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* q8 = y[t][b].qs + 64 * j;
+        const __m256i p_lo = _mm256_madd_epi16(scale_lo, _mm256_maddubs_epi16(lo, Load256(q8)));
+        const __m256i p_hi = _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(hi, Load256(q8 + 32)));
+        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_lo, p_hi));
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]) + Hsum128(acc_min[t]);
+}
+
+template <int NT>
+void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
+  const BlockQ6_K* x = static_cast<const BlockQ6_K*>(w);
+  const BlockQ8_K* y[NT];
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const BlockQ8_K*>(acts[t]);
+    acc[t] = _mm256_setzero_ps();
+  }
+  const __m256i m4 = _mm256_set1_epi8(0xF);
+  const __m256i m2 = _mm256_set1_epi8(3);
+  const __m256i m32 = _mm256_set1_epi8(32);
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales));
+    __m256i sumi[NT];
+    for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
+    for (int half = 0; half < 2; ++half) {
+      const __m256i ql0 = Load256(x[b].ql + 64 * half);
+      const __m256i ql1 = Load256(x[b].ql + 64 * half + 32);
+      const __m256i qh = Load256(x[b].qh + 32 * half);
+      __m256i q[4];
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      __m256i sc[4];
+      for (int i = 0; i < 4; ++i) {
+        // int16 lanes 0..7: scale of group 8*half + 2i, lanes 8..15: group 8*half + 2i + 1.
+        const int g = 8 * half + 2 * i;
+        const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (g + 1), 0x0101010101010101LL * g);
+        sc[i] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
+      }
+      for (int t = 0; t < NT; ++t) {
+        const int8_t* q8 = y[t][b].qs + 128 * half;
+        for (int i = 0; i < 4; ++i) {
+          const __m256i a = Load256(q8 + 32 * i);
+          // (q - 32) * a = q * a - 32 * a; both maddubs stay within int16.
+          const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), _mm256_maddubs_epi16(m32, a));
+          sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc[i], p));
+        }
+      }
+    }
+    const float d = Half(x[b].d);
+    for (int t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * y[t][b].d), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
+}
+
+// Float weights (F32 or F16) with float activations: 16 elements per step in
+// two accumulators, the remainder in scalar order after the vector sum.
+template <int NT, bool kHalf>
+void DotFloat(const void* w, const void* const* acts, int64_t n, float* out) {
+  const float* a[NT];
+  __m256 acc0[NT], acc1[NT];
+  for (int t = 0; t < NT; ++t) {
+    a[t] = static_cast<const float*>(acts[t]);
+    acc0[t] = _mm256_setzero_ps();
+    acc1[t] = _mm256_setzero_ps();
+  }
+  auto load = [w](int64_t i) {
+    if constexpr (kHalf) {
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i)));
+    } else {
+      return _mm256_loadu_ps(static_cast<const float*>(w) + i);
+    }
+  };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 w0 = load(i);
+    const __m256 w1 = load(i + 8);
+    for (int t = 0; t < NT; ++t) {
+      acc0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a[t] + i), acc0[t]);
+      acc1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a[t] + i + 8), acc1[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    float sum = Hsum(_mm256_add_ps(acc0[t], acc1[t]));
+    for (int64_t k = i; k < n; ++k) {
+      const float wk = kHalf ? Half(static_cast<const uint16_t*>(w)[k]) : static_cast<const float*>(w)[k];
+      sum += wk * a[t][k];
+    }
+    out[t] = sum;
+  }
+}
+
+template <template <int> class Kernel>
+void Dispatch(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
+  switch (n_acts) {
+    case 1: Kernel<1>::Run(w, acts, n, out); return;
+    case 2: Kernel<2>::Run(w, acts, n, out); return;
+    case 3: Kernel<3>::Run(w, acts, n, out); return;
+    default: Kernel<4>::Run(w, acts, n, out); return;
+  }
+}
+
+template <int NT> struct Q8_0K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ8_0<NT>(w, a, n, o); } };
+template <int NT> struct Q4_0K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ4_0<NT>(w, a, n, o); } };
+template <int NT> struct Q4_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ45_K<NT, false>(w, a, n, o); } };
+template <int NT> struct Q5_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ45_K<NT, true>(w, a, n, o); } };
+template <int NT> struct Q6_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ6_K<NT>(w, a, n, o); } };
+template <int NT> struct F32K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotFloat<NT, false>(w, a, n, o); } };
+template <int NT> struct F16K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotFloat<NT, true>(w, a, n, o); } };
+
+static_assert(kMaxDotGroup == 4, "Dispatch covers groups of 1..4");
+
+}  // namespace
+
+MultiDotFn GetMultiDotAvx2(DType weight_type) {
+  switch (weight_type) {
+    case DType::kF32: return Dispatch<F32K>;
+    case DType::kF16: return Dispatch<F16K>;
+    case DType::kQ4_0: return Dispatch<Q4_0K>;
+    case DType::kQ8_0: return Dispatch<Q8_0K>;
+    case DType::kQ4_K: return Dispatch<Q4_KK>;
+    case DType::kQ5_K: return Dispatch<Q5_KK>;
+    case DType::kQ6_K: return Dispatch<Q6_KK>;
+    default: return nullptr;
+  }
+}
+
+}  // namespace chord::kernels
