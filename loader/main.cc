@@ -1,0 +1,99 @@
+// `chord-loader`: maps one GGUF model and serves its metadata and tensor bytes
+// to the coordinator and the workers (proto/PROTOCOL.md, "Loader").
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "common/base/log.h"
+#include "common/gguf/gguf_file.h"
+#include "loader/weight_service.h"
+#include "zmq.hpp"
+
+namespace {
+
+struct Flags {
+  std::string model;
+  std::string bind = "tcp://127.0.0.1:5556";
+  std::string config;
+  std::string log_level = "info";
+  bool log_json = false;
+};
+
+int Fail(const std::string& message) {
+  chord::log::Error("chord-loader: %s", message);
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"chord-loader: serves a GGUF model's weights to chord's coordinator and workers"};
+  Flags flags;
+  app.add_option("--model", flags.model, "GGUF model file to serve");
+  app.add_option("--bind", flags.bind, "ROUTER endpoint; port 0 or * lets the OS pick")
+      ->capture_default_str();
+  app.add_option("--config", flags.config, "cluster YAML (its loader: section)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
+      ->capture_default_str();
+  app.add_flag("--log-json", flags.log_json, "write log lines as JSON objects");
+  CLI11_PARSE(app, argc, argv);
+
+  chord::log::Level level;
+  if (!chord::log::ParseLevel(flags.log_level, &level)) {
+    std::fprintf(stderr, "chord-loader: unknown --log-level '%s'\n", flags.log_level.c_str());
+    return 2;
+  }
+  chord::log::Init(level, flags.log_json);
+  if (flags.model.empty()) {
+    std::fprintf(stderr, "chord-loader: --model is required\n");
+    return 2;
+  }
+  chord::log::Info("chord-loader: model %s, bind %s", flags.model, flags.bind);
+
+  absl::StatusOr<std::unique_ptr<chord::gguf::GgufFile>> file =
+      chord::gguf::GgufFile::Open(flags.model);
+  if (!file.ok()) return Fail(std::string(file.status().message()));
+  const auto started = std::chrono::steady_clock::now();
+  absl::StatusOr<std::string> sha256 = chord::loader::Sha256Hex((*file)->bytes());
+  if (!sha256.ok()) return Fail(std::string(sha256.status().message()));
+  chord::log::Info("chord-loader: sha256 %s of %d bytes in %.3f s", *sha256, (*file)->file_size(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+
+  // Signals are taken by one thread (sigwait), so block them before ZeroMQ starts its threads.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Declared after the file: payload frames borrow its mapping until the context closes.
+  zmq::context_t context(1);
+  chord::loader::WeightServiceOptions options;
+  options.bind = flags.bind;
+  absl::StatusOr<std::unique_ptr<chord::loader::WeightService>> service =
+      chord::loader::WeightService::Create(context, **file, *sha256,
+                                           std::filesystem::path(flags.model).filename().string(),
+                                           options);
+  if (!service.ok()) return Fail(std::string(service.status().message()));
+  std::printf("chord-loader listening on %s\n", (*service)->endpoint().c_str());
+  std::fflush(stdout);
+
+  std::thread signal_thread([&signals, &service] {
+    int received = 0;
+    sigwait(&signals, &received);
+    (*service)->RequestStop();
+  });
+  const absl::Status served = (*service)->Run();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes it if no signal came
+  signal_thread.join();
+  if (!served.ok()) return Fail(std::string(served.message()));
+  chord::log::Info("chord-loader: stopped");
+  return 0;
+}

@@ -1,0 +1,103 @@
+// The loader's weight service: serves one mapped GGUF file to many peers over a
+// ZeroMQ ROUTER socket, as proto/PROTOCOL.md ("Loader") describes: Hello,
+// ModelInfoRequest -> ModelInfoReply, TensorRequest -> TensorChunk + payload.
+//
+// Payload frames point straight into the file's mapping (zero copy), so the
+// GgufFile must outlive the ZeroMQ context the service's socket belongs to:
+// ZeroMQ may still hold those frames in its queues until the context is closed.
+//
+// Every message is untrusted. A frame that does not parse, a body the loader
+// does not serve, or a request from a peer that has not said Hello is logged
+// with the peer's identity and dropped (or answered with a status); nothing a
+// peer sends can crash the process. Sends never block: a peer whose queue is
+// full (high-water mark) loses that reply and re-asks after its timeout.
+//
+// Threading: one thread runs Run(); the socket is used by that thread only.
+// RequestStop() and Stats() may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "common/gguf/gguf_file.h"
+#include "common/wire/wire.h"
+#include "loader/client/loader_client.h"
+#include "zmq.hpp"
+
+namespace chord::loader {
+
+// Lowercase hex SHA-256 of `bytes` (OpenSSL EVP). INTERNAL if OpenSSL fails.
+absl::StatusOr<std::string> Sha256Hex(std::span<const uint8_t> bytes);
+
+struct WeightServiceOptions {
+  std::string bind = "tcp://127.0.0.1:5556";  // port 0 or "*": the OS picks one
+  std::string node_id = "loader";
+  int send_hwm = 1000;     // messages queued per peer before replies are dropped
+  int receive_hwm = 1000;  // requests queued per peer before ZeroMQ stops reading
+  int64_t max_message_bytes = 1 << 20;  // inbound messages are small; larger ones disconnect the peer
+};
+
+// What the service has done for one peer (keyed by its ROUTER identity, in hex).
+struct PeerStats {
+  std::string node_id;  // from the peer's Hello; empty before it
+  uint64_t requests = 0;
+  uint64_t bytes_sent = 0;  // payload bytes
+  uint64_t dropped = 0;     // malformed or refused messages
+};
+
+class WeightService {
+ public:
+  // Binds the socket. `file` must be opened with GgufFile::Open (tensor data
+  // mapped) and outlive `context`. `model_sha256` is the file's identity.
+  static absl::StatusOr<std::unique_ptr<WeightService>> Create(
+      zmq::context_t& context, const gguf::GgufFile& file, std::string model_sha256,
+      std::string file_name, const WeightServiceOptions& options);
+
+  // The bound endpoint, with the port the OS picked (e.g. "tcp://127.0.0.1:41234").
+  const std::string& endpoint() const { return endpoint_; }
+
+  // Serves until RequestStop(). Returns an error only when the socket fails.
+  absl::Status Run();
+  void RequestStop() { stop_.store(true); }
+
+  std::map<std::string, PeerStats> Stats() const;
+
+ private:
+  WeightService(const gguf::GgufFile& file, std::string model_sha256, std::string file_name,
+                std::string node_id, zmq::socket_t socket);
+
+  void Handle(wire::Message& message);
+  void HandleHello(const std::string& identity, const wire::pb::Hello& hello);
+  void HandleModelInfo(const std::string& identity);
+  void HandleTensorRequest(const std::string& identity, const wire::pb::TensorRequest& request);
+  // Checks a request against the file; returns the tensor on success.
+  absl::StatusOr<const gguf::TensorInfo*> Validate(const wire::pb::TensorRequest& request) const;
+  void SendChunk(const std::string& identity, const wire::pb::TensorChunk& chunk,
+                 std::span<const uint8_t> payload);
+  void Reply(const std::string& identity, const wire::pb::Envelope& envelope);
+  void Drop(const std::string& identity, absl::string_view why);
+  void LogTotals();
+
+  const gguf::GgufFile& file_;
+  const std::string model_sha256_;
+  const std::string file_name_;
+  const std::string node_id_;
+  zmq::socket_t socket_;
+  std::string endpoint_;
+  std::atomic<bool> stop_{false};
+
+  // Peers that completed a Hello; refused ones are remembered and ignored.
+  std::map<std::string, bool> accepted_;
+  mutable std::mutex stats_mutex_;
+  std::map<std::string, PeerStats> stats_;  // guarded by stats_mutex_
+  uint64_t logged_bytes_ = 0;
+};
+
+}  // namespace chord::loader
