@@ -1,0 +1,102 @@
+#include "coordinator/api_service.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/grpc_status.h"
+
+namespace chord::coordinator {
+namespace {
+
+uint64_t RandomSeed() {
+  thread_local std::mt19937_64 engine{std::random_device{}()};
+  return engine();
+}
+
+}  // namespace
+
+InferenceService::InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits)
+    : model_(model), scheduler_(scheduler), limits_(limits) {}
+
+grpc::Status InferenceService::Generate(grpc::ServerContext* context,
+                                        const chord::v1::GenerateRequest* request,
+                                        grpc::ServerWriter<chord::v1::GenerateResponse>* writer) {
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateGenerateRequest(*request, *model_.tokenizer, limits_, RandomSeed());
+  if (!validated.ok()) return ToGrpcStatus(validated.status());
+  if (validated->request_id.empty()) {
+    validated->request_id = absl::StrCat("req-", next_request_number_.fetch_add(1), "-", RandomSeed() % 1000000);
+  }
+  const std::string request_id = validated->request_id;
+  absl::StatusOr<std::shared_ptr<RequestStream>> stream = scheduler_.Submit(*std::move(validated));
+  if (!stream.ok()) return ToGrpcStatus(stream.status());
+  for (;;) {
+    // Deadlines and client cancellation both show up as IsCancelled().
+    if (context->IsCancelled()) {
+      scheduler_.Abort(request_id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled or ran past its deadline");
+    }
+    std::optional<StreamEvent> event = (*stream)->Pop(std::chrono::milliseconds(50));
+    if (!event.has_value()) continue;
+    if (!event->status.ok()) return ToGrpcStatus(event->status);
+    if (!writer->Write(event->response)) {
+      scheduler_.Abort(request_id);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    if (event->last()) return grpc::Status::OK;
+  }
+}
+
+grpc::Status InferenceService::Abort(grpc::ServerContext*, const chord::v1::AbortRequest* request,
+                                     chord::v1::AbortResponse* response) {
+  response->set_found(scheduler_.Abort(request->request_id()));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const chord::v1::TokenizeRequest* request,
+                                        chord::v1::TokenizeResponse* response) {
+  for (const TokenId id : model_.tokenizer->Encode(request->text(), request->add_special())) {
+    response->add_token_ids(static_cast<uint32_t>(id));
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const chord::v1::DetokenizeRequest* request,
+                                          chord::v1::DetokenizeResponse* response) {
+  std::vector<TokenId> ids;
+  for (const uint32_t id : request->token_ids()) {
+    if (id >= static_cast<uint32_t>(model_.tokenizer->vocab_size())) {
+      return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("token id ", id, " is outside the vocabulary")));
+    }
+    ids.push_back(static_cast<TokenId>(id));
+  }
+  response->set_text(chord::Detokenize(*model_.tokenizer, ids));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const chord::v1::GetModelInfoRequest*,
+                                            chord::v1::ModelInfo* response) {
+  response->set_name(model_.config.name.empty() ? model_.file_name : model_.config.name);
+  response->set_architecture(model_.config.architecture);
+  response->set_sha256(model_.sha256);
+  response->set_vocab_size(static_cast<uint32_t>(model_.tokenizer->vocab_size()));
+  response->set_max_context(static_cast<uint32_t>(limits_.n_ctx));
+  response->set_n_layer(static_cast<uint32_t>(model_.config.n_layer));
+  response->set_n_embd(static_cast<uint32_t>(model_.config.n_embd));
+  response->set_bos_id(model_.tokenizer->bos_id());
+  for (const TokenId id : model_.tokenizer->end_of_generation_ids()) {
+    response->add_eos_ids(static_cast<uint32_t>(id));
+  }
+  response->set_max_tokens_limit(static_cast<uint32_t>(limits_.max_tokens_limit));
+  response->set_tokenizer(std::string(model_.tokenizer->kind_name()));
+  return grpc::Status::OK;
+}
+
+grpc::Status InferenceService::GetServerInfo(grpc::ServerContext*, const chord::v1::GetServerInfoRequest*,
+                                             chord::v1::ServerInfo* response) {
+  *response = scheduler_.ServerInfo();
+  response->set_version(CHORD_VERSION);
+  return grpc::Status::OK;
+}
+
+}  // namespace chord::coordinator

@@ -1,0 +1,108 @@
+// `chord-coordinator`: the gRPC front end. Learns the model from the loader,
+// plans layer ranges over the workers that register, schedules requests.
+#include <signal.h>
+
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "common/base/log.h"
+#include "common/config/cluster_config.h"
+#include "coordinator/server.h"
+#include "loader/client/loader_client.h"
+
+namespace {
+
+int Fail(const absl::Status& status) {
+  chord::log::Error("chord-coordinator: %s", status.ToString());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"chord-coordinator: serves chord.v1.Inference over gRPC"};
+  std::string loader, config_path, control_bind, log_level = "info";
+  bool log_json = false;
+  int prefill_chunk = 256, grace_ms = 10000;
+  chord::CoordinatorSection c;
+  app.add_option("--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556")->required();
+  app.add_option("--config", config_path, "cluster YAML (its coordinator: section)")->check(CLI::ExistingFile);
+  auto* grpc_port = app.add_option("--grpc-port", c.grpc_port, "gRPC port; 0 lets the OS pick");
+  auto* control = app.add_option("--control-bind", control_bind, "control ROUTER endpoint (port 0: OS pick)");
+  auto* min_workers = app.add_option("--min-workers", c.min_workers, "workers needed before the first plan");
+  auto* kv_slots = app.add_option("--kv-slots", c.kv_slots, "sequences held at once")->check(CLI::Range(1, 4096));
+  auto* ctx_size = app.add_option("--ctx-size", c.ctx_size, "positions per sequence; 0: the model's");
+  auto* kv_type = app.add_option("--kv-type", c.kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
+  auto* max_queue = app.add_option("--max-queue", c.max_queue, "queued requests before RESOURCE_EXHAUSTED");
+  app.add_option("--prefill-chunk", prefill_chunk, "prompt tokens per sequence per step")->check(CLI::Range(1, 65536));
+  app.add_option("--grace-ms", grace_ms, "time in-flight requests get on SIGTERM");
+  app.add_option("--log-level", log_level, "debug, info, warn or error");
+  app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  CLI11_PARSE(app, argc, argv);
+  chord::log::Level level;
+  if (!chord::log::ParseLevel(log_level, &level)) {
+    std::fprintf(stderr, "chord-coordinator: unknown --log-level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  chord::log::Init(level, log_json);
+
+  chord::CoordinatorSection s;  // the file's values, then the flags given
+  if (!config_path.empty()) {
+    absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(config_path);
+    if (!config.ok()) return Fail(config.status());
+    s = config->coordinator;
+  }
+  if (grpc_port->count()) s.grpc_port = c.grpc_port;
+  if (min_workers->count()) s.min_workers = c.min_workers;
+  if (kv_slots->count()) s.kv_slots = c.kv_slots;
+  if (ctx_size->count()) s.ctx_size = c.ctx_size;
+  if (kv_type->count()) s.kv_type = c.kv_type;
+  if (max_queue->count()) s.max_queue = c.max_queue;
+  if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
+  chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
+                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d",
+                   loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
+                   s.kv_type, s.max_queue, prefill_chunk);
+
+  sigset_t signals;  // taken by sigwait below; blocked before any thread starts
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  zmq::context_t context(1);
+  chord::LoaderClientOptions loader_options;
+  loader_options.node_id = "coordinator";
+  loader_options.role = "coordinator";
+  auto client = chord::LoaderClient::Connect(context, loader, "", loader_options);
+  if (!client.ok()) return Fail(client.status());
+  auto info = (*client)->FetchModelInfo();
+  if (!info.ok()) return Fail(info.status());
+  auto model = chord::coordinator::MakeModelContext(info->model_sha256, info->file_name, std::move(info->header));
+  if (!model.ok()) return Fail(model.status());
+  const int64_t n_ctx = s.ctx_size > 0 ? s.ctx_size : (*model)->config.n_ctx_train;
+  chord::log::Info("model %s (%s), %d layers, context %d", (*model)->file_name, (*model)->sha256,
+                   (*model)->config.n_layer, n_ctx);
+
+  chord::coordinator::ServerOptions options;
+  options.grpc_host = s.host;
+  options.grpc_port = s.grpc_port;
+  options.scheduler.control_bind = control_bind;
+  options.scheduler.max_queue = s.max_queue;
+  options.scheduler.prefill_chunk = prefill_chunk;
+  options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
+  options.limits.n_ctx = static_cast<int>(n_ctx);
+  options.limits.max_tokens_limit = static_cast<int>(n_ctx);
+  auto server = chord::coordinator::CoordinatorServer::Start(context, options, **model);
+  if (!server.ok()) return Fail(server.status());
+  std::printf("chord-coordinator serving gRPC on %s\n", (*server)->grpc_address().c_str());
+  std::printf("chord-coordinator control on %s\n", (*server)->control_endpoint().c_str());
+  std::fflush(stdout);
+
+  int received = 0;
+  sigwait(&signals, &received);
+  chord::log::Info("chord-coordinator: signal %d, draining", received);
+  (*server)->Shutdown(std::chrono::milliseconds(grace_ms));
+  return 0;
+}

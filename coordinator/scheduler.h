@@ -1,0 +1,108 @@
+// The coordinator's scheduler: one thread that owns the ZeroMQ sockets (the
+// control ROUTER the workers connect to, and a PUSH to stage 0) and every
+// running sequence.
+//
+// gRPC handler threads Submit() validated requests and Abort()/Cancel() them;
+// those calls only post commands to the scheduler thread (waking it through an
+// eventfd in its poll set) and return at once. Each accepted request gets a
+// RequestStream the handler reads events from.
+//
+// Continuous batching: requests are admitted while KV slots are free (slot ids
+// 0..kv_slots-1, the same on every worker). Each micro-batch holds every
+// sequence that has tokens to feed and is not already in flight: a prompt in
+// chunks of at most prefill_chunk tokens (sampling after the last one), then
+// one token per decode step. Up to n_stages micro-batches are in flight. A
+// failed step or a lost stage fails its sequences with UNAVAILABLE.
+//
+// Thread-safety: the public methods are thread-safe.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <set>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "chord/v1/inference.pb.h"
+#include "coordinator/model_context.h"
+#include "coordinator/request_stream.h"
+#include "coordinator/request_validation.h"
+#include "coordinator/worker_pool.h"
+#include "zmq.hpp"
+
+namespace chord::coordinator {
+
+struct SchedulerOptions {
+  WorkerPoolOptions pool;
+  std::string control_bind = "tcp://127.0.0.1:0";
+  int max_queue = 256;
+  int prefill_chunk = 256;
+  std::chrono::milliseconds tick{20};  // liveness / heartbeat resolution
+};
+
+class SchedulerCore;
+
+class Scheduler {
+ public:
+  // Binds the control socket and starts the thread. UNAVAILABLE when the
+  // endpoint cannot be bound. `model` must outlive the scheduler.
+  static absl::StatusOr<std::unique_ptr<Scheduler>> Start(zmq::context_t& context,
+                                                          SchedulerOptions options,
+                                                          const ModelContext& model);
+  ~Scheduler();  // stops the thread (running requests end with UNAVAILABLE)
+
+  const std::string& control_endpoint() const { return control_endpoint_; }
+
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE when not serving or
+  // draining, ALREADY_EXISTS for a request id that is still running.
+  absl::StatusOr<std::shared_ptr<RequestStream>> Submit(ValidatedRequest request);
+  // Ends the request with finish reason ABORT; false when it is not known.
+  bool Abort(const std::string& request_id);
+
+  bool serving() const { return serving_.load(); }
+  // Called on the scheduler thread whenever serving() changes.
+  void SetServingCallback(std::function<void(bool)> callback);
+  chord::v1::ServerInfo ServerInfo() const;
+
+  // Stops admitting, lets in-flight requests finish within `grace`, aborts the
+  // rest, sends Shutdown to every worker and stops the thread.
+  void Drain(std::chrono::milliseconds grace);
+
+ private:
+  friend class SchedulerCore;
+  Scheduler() = default;
+
+  struct Command {
+    enum class Kind { kSubmit, kAbort, kShutdown } kind;
+    std::string request_id;
+    std::shared_ptr<RequestStream> stream;
+    ValidatedRequest request;
+    Clock::time_point accepted;
+  };
+  void Post(Command command);
+  std::vector<Command> TakeCommands();
+
+  std::string control_endpoint_;
+  int wake_fd_ = -1;
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<int> queued_{0};
+  std::atomic<int> running_{0};
+  int max_queue_ = 0;
+
+  mutable std::mutex mutex_;  // guards the members below
+  std::vector<Command> commands_;
+  std::set<std::string> live_ids_;  // accepted and not yet ended
+  chord::v1::ServerInfo info_;
+  std::function<void(bool)> serving_callback_;
+
+  std::unique_ptr<SchedulerCore> core_;
+  std::thread thread_;
+};
+
+}  // namespace chord::coordinator

@@ -1,0 +1,380 @@
+#include "coordinator/scheduler_core.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/base/log.h"
+
+namespace chord::coordinator {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+wire::pb::Sampling ToWire(const SamplingParams& in) {
+  wire::pb::Sampling out;
+  out.set_temperature(in.temperature);
+  out.set_top_k(in.top_k);
+  out.set_top_p(in.top_p);
+  out.set_min_p(in.min_p);
+  out.set_repetition_penalty(in.repetition_penalty);
+  out.set_presence_penalty(in.presence_penalty);
+  out.set_frequency_penalty(in.frequency_penalty);
+  out.set_penalty_last_n(in.penalty_last_n);
+  out.set_seed(in.seed);
+  for (const auto& [id, bias] : in.logit_bias) (*out.mutable_logit_bias())[static_cast<uint32_t>(id)] = bias;
+  return out;
+}
+
+}  // namespace
+
+SchedulerCore::SchedulerCore(zmq::context_t& context, SchedulerOptions options, const ModelContext& model,
+                             Scheduler& owner)
+    : context_(context),
+      options_(std::move(options)),
+      model_(model),
+      owner_(owner),
+      pool_(options_.pool, model),
+      control_(context, zmq::socket_type::router) {
+  for (int slot = 0; slot < options_.pool.kv_slots; ++slot) free_slots_.push_back(slot);
+}
+
+absl::Status SchedulerCore::Bind(std::string* endpoint) {
+  try {
+    control_.set(zmq::sockopt::linger, 0);
+    control_.set(zmq::sockopt::sndhwm, 10000);
+    control_.set(zmq::sockopt::rcvhwm, 10000);
+    control_.bind(options_.control_bind);
+    *endpoint = control_.get(zmq::sockopt::last_endpoint);
+  } catch (const zmq::error_t& error) {
+    return absl::UnavailableError(absl::StrCat("cannot bind ", options_.control_bind, ": ", error.what()));
+  }
+  return absl::OkStatus();
+}
+
+void SchedulerCore::Run() {
+  bool stop = false;
+  Clock::time_point next_tick = Clock::now();
+  while (!stop) {
+    zmq::pollitem_t items[] = {{control_.handle(), 0, ZMQ_POLLIN, 0},
+                               {nullptr, owner_.wake_fd_, ZMQ_POLLIN, 0}};
+    const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now());
+    try {
+      zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
+    } catch (const zmq::error_t& error) {
+      log::Warn("poll: %s", error.what());
+    }
+    HandleCommands(&stop);
+    const Clock::time_point now = Clock::now();
+    ReceiveControl(now);
+    if (now >= next_tick) {
+      SendControl(pool_.Tick(now));
+      next_tick = now + options_.tick;
+    }
+    CheckPlan();
+    Admit();
+    LaunchSteps();
+    ReleaseEnded();
+    FlushFreeSlots();
+    Publish();
+  }
+  FailAll(absl::UnavailableError("the server is shutting down"));
+  wire::pb::Envelope shutdown;
+  shutdown.mutable_shutdown()->set_reason("coordinator shutting down");
+  SendControl(pool_.Broadcast(shutdown));
+  Publish();
+}
+
+void SchedulerCore::HandleCommands(bool* stop) {
+  for (Scheduler::Command& command : owner_.TakeCommands()) {
+    switch (command.kind) {
+      case Scheduler::Command::Kind::kSubmit: {
+        auto sequence = std::make_unique<Sequence>();
+        sequence->id = next_sequence_id_++;
+        sequence->journal = Journal(command.request.prompt);
+        sequence->request = std::move(command.request);
+        sequence->stream = std::move(command.stream);
+        sequence->accepted = command.accepted;
+        sequence->detokenizer = std::make_unique<StreamingDetokenizer>(*model_.tokenizer);
+        sequence->stop = std::make_unique<StopMatcher>(sequence->request.stop);
+        queue_.push_back(std::move(sequence));
+        break;
+      }
+      case Scheduler::Command::Kind::kAbort: {
+        for (auto it = queue_.begin(); it != queue_.end(); ++it) {
+          if ((*it)->request.request_id != command.request_id) continue;
+          std::unique_ptr<Sequence> sequence = std::move(*it);
+          queue_.erase(it);
+          owner_.queued_.fetch_sub(1);
+          ++owner_.running_;  // Finish() counts it out again
+          Finish(*sequence, chord::v1::FINISH_REASON_ABORT);
+          break;
+        }
+        for (auto& [id, sequence] : running_) {
+          if (sequence->request.request_id == command.request_id && !sequence->ended) {
+            Finish(*sequence, chord::v1::FINISH_REASON_ABORT);
+          }
+        }
+        break;
+      }
+      case Scheduler::Command::Kind::kShutdown:
+        *stop = true;
+        break;
+    }
+  }
+}
+
+void SchedulerCore::ReceiveControl(Clock::time_point now) {
+  for (;;) {
+    absl::StatusOr<std::optional<wire::Message>> message = wire::Receive(control_, /*router=*/true, true);
+    if (!message.ok()) {
+      log::Warn("dropping a bad control message: %s", message.status().ToString());
+      continue;
+    }
+    if (!message->has_value()) return;
+    const wire::Message& m = **message;
+    if (m.envelope.has_step_result()) {
+      OnStepResult(m.envelope.step_result());
+      SendControl(pool_.OnMessage(m.identity, wire::pb::Envelope(), now));  // counts as a sign of life
+    } else {
+      SendControl(pool_.OnMessage(m.identity, m.envelope, now));
+    }
+  }
+}
+
+void SchedulerCore::SendControl(const std::vector<OutgoingControl>& messages) {
+  for (const OutgoingControl& message : messages) {
+    const absl::Status sent = wire::Send(control_, message.envelope, {}, message.identity, true);
+    if (!sent.ok()) log::Warn("control message to %s not sent: %s", message.identity, sent.ToString());
+  }
+}
+
+void SchedulerCore::CheckPlan() {
+  if (pool_.TakePlanDisrupted()) FailAll(absl::UnavailableError("a pipeline stage was lost or replaced"));
+  if (pool_.plan_version() != data_plan_version_ && !pool_.stage0_endpoint().empty()) {
+    data_ = zmq::socket_t(context_, zmq::socket_type::push);
+    data_.set(zmq::sockopt::linger, 0);
+    data_.set(zmq::sockopt::sndhwm, 1000);
+    try {
+      data_.connect(pool_.stage0_endpoint());
+    } catch (const zmq::error_t& error) {
+      log::Error("cannot connect to stage 0 at %s: %s", pool_.stage0_endpoint(), error.what());
+    }
+    data_plan_version_ = pool_.plan_version();
+  }
+  const bool serving = pool_.serving();
+  if (serving != was_serving_) {
+    was_serving_ = serving;
+    owner_.serving_.store(serving);
+    log::Info("health: %s", serving ? "SERVING" : "NOT_SERVING");
+    std::function<void(bool)> callback;
+    {
+      std::lock_guard lock(owner_.mutex_);
+      callback = owner_.serving_callback_;
+    }
+    if (callback) callback(serving);
+  }
+  if (!serving) FailAll(absl::UnavailableError("a pipeline stage is not ready"));
+}
+
+void SchedulerCore::Admit() {
+  while (!queue_.empty() && !free_slots_.empty() && was_serving_) {
+    std::unique_ptr<Sequence> sequence = std::move(queue_.front());
+    queue_.pop_front();
+    sequence->slot = free_slots_.front();
+    free_slots_.erase(free_slots_.begin());
+    sequence->scheduled = Clock::now();
+    owner_.queued_.fetch_sub(1);
+    ++owner_.running_;
+    const uint64_t id = sequence->id;
+    running_.emplace(id, std::move(sequence));
+  }
+}
+
+void SchedulerCore::LaunchSteps() {
+  while (was_serving_ && static_cast<int>(steps_.size()) < pool_.n_stages() && LaunchOneStep()) {
+  }
+}
+
+bool SchedulerCore::LaunchOneStep() {
+  wire::pb::Envelope envelope;
+  wire::pb::StepHeader& header = *envelope.mutable_step();
+  header.set_plan_version(pool_.plan_version());
+  header.set_n_embd(static_cast<uint32_t>(model_.config.n_embd));
+  Step step{pool_.plan_version(), {}};
+  for (auto& [id, sequence] : running_) {
+    if (sequence->in_flight || sequence->ended || sequence->fed >= sequence->journal.size()) continue;
+    const size_t count = std::min(sequence->journal.size() - sequence->fed,
+                                  static_cast<size_t>(options_.prefill_chunk));
+    const bool sample = sequence->fed + count == sequence->journal.size();
+    wire::pb::SequenceChunk& chunk = *header.add_sequences();
+    chunk.set_sequence_id(id);
+    chunk.set_slot(static_cast<uint32_t>(sequence->slot));
+    chunk.set_first_position(static_cast<uint32_t>(sequence->fed));
+    for (const TokenId token : sequence->journal.Range(sequence->fed, count)) {
+      chunk.add_token_ids(static_cast<uint32_t>(token));
+    }
+    chunk.set_sample(sample);
+    if (sample) {
+      *chunk.mutable_sampling() = ToWire(sequence->request.sampling);
+      chunk.set_logprobs(sequence->request.logprobs);
+    }
+    step.entries.push_back({id, count, sample});
+  }
+  if (step.entries.empty()) return false;
+  const uint64_t step_id = next_step_id_++;
+  header.set_step_id(step_id);
+  if (const absl::Status sent = wire::Send(data_, envelope, {}, {}, true); !sent.ok()) {
+    return false;  // stage 0 is busy: try again on the next round
+  }
+  for (const StepEntry& entry : step.entries) running_[entry.sequence_id]->in_flight = true;
+  steps_.emplace(step_id, std::move(step));
+  return true;
+}
+
+void SchedulerCore::OnStepResult(const wire::pb::StepResult& result) {
+  auto it = steps_.find(result.step_id());
+  if (it == steps_.end() || result.plan_version() != it->second.plan_version) return;  // stale
+  Step step = std::move(it->second);
+  steps_.erase(it);
+  const bool failed = result.has_status() && result.status().code() != 0;
+  if (failed) log::Warn("step %d failed: %s", result.step_id(), result.status().message());
+  for (const StepEntry& entry : step.entries) {
+    auto seq_it = running_.find(entry.sequence_id);
+    if (seq_it == running_.end()) continue;
+    Sequence& sequence = *seq_it->second;
+    sequence.in_flight = false;
+    if (sequence.ended) continue;
+    if (failed) {
+      Fail(sequence, absl::UnavailableError("a pipeline stage failed the step: " + result.status().message()));
+      continue;
+    }
+    sequence.fed += entry.n_tokens;
+    if (!entry.sample) continue;
+    const wire::pb::SampledToken* token = nullptr;
+    for (const wire::pb::SampledToken& t : result.tokens()) {
+      if (t.sequence_id() == entry.sequence_id) token = &t;
+    }
+    if (token == nullptr || token->token_id() >= static_cast<uint32_t>(model_.tokenizer->vocab_size())) {
+      Fail(sequence, absl::UnavailableError("the last stage returned no valid token"));
+      continue;
+    }
+    OnToken(sequence, *token);
+  }
+}
+
+void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {
+  const TokenId token = static_cast<TokenId>(sampled.token_id());
+  const ValidatedRequest& request = sequence.request;
+  if (sequence.journal.generated() == 0) sequence.first_token = Clock::now();
+  const bool stop_token =
+      std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token) !=
+          request.stop_token_ids.end() ||
+      (!request.ignore_eos && model_.tokenizer->IsEndOfGeneration(token));
+  sequence.journal.Append(token);
+  if (stop_token) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
+  StreamEvent event;
+  event.response.set_request_id(request.request_id);
+  event.response.add_token_ids(sampled.token_id());
+  event.response.set_text(sequence.stop->Feed(sequence.detokenizer->Push(token)));
+  if (request.logprobs > 0) {
+    chord::v1::TopLogprobs& top = *event.response.add_logprobs();
+    for (const wire::pb::TokenLogprob& entry : sampled.top_logprobs()) {
+      chord::v1::TokenLogprob& out = *top.add_entries();
+      out.set_id(entry.id());
+      out.set_logprob(entry.logprob());
+    }
+  }
+  sequence.stream->Push(std::move(event));
+  if (sequence.stop->stopped()) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
+  if (static_cast<int>(sequence.journal.generated()) >= request.max_tokens ||
+      static_cast<int64_t>(sequence.journal.size()) >= options_.pool.n_ctx) {
+    Finish(sequence, chord::v1::FINISH_REASON_LENGTH);
+  }
+}
+
+void SchedulerCore::Finish(Sequence& sequence, chord::v1::FinishReason reason) {
+  StreamEvent event;
+  event.response.set_request_id(sequence.request.request_id);
+  if (!sequence.stop->stopped()) {
+    std::string tail = sequence.stop->Feed(sequence.detokenizer->Flush());
+    tail += sequence.stop->Finish();
+    event.response.set_text(std::move(tail));
+  }
+  chord::v1::FinalInfo& final = *event.response.mutable_final();
+  final.set_finish_reason(reason);
+  final.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(sequence.journal.prompt_size()));
+  final.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(sequence.journal.generated()));
+  const Clock::time_point now = Clock::now();
+  const Clock::time_point scheduled = sequence.slot >= 0 ? sequence.scheduled : now;
+  final.mutable_timings()->set_queue_seconds(Seconds(scheduled - sequence.accepted));
+  if (sequence.journal.generated() > 0) {
+    final.mutable_timings()->set_time_to_first_token_seconds(Seconds(sequence.first_token - sequence.accepted));
+  }
+  final.mutable_timings()->set_total_seconds(Seconds(now - sequence.accepted));
+  final.set_seed(sequence.request.sampling.seed);
+  final.set_stop_reason_text(sequence.stop->matched());
+  sequence.stream->Push(std::move(event));
+  Release(sequence);
+}
+
+void SchedulerCore::Fail(Sequence& sequence, const absl::Status& status) {
+  StreamEvent event;
+  event.status = status;
+  sequence.stream->Push(std::move(event));
+  Release(sequence);
+}
+
+void SchedulerCore::Release(Sequence& sequence) {
+  sequence.ended = true;
+  --owner_.running_;
+  std::lock_guard lock(owner_.mutex_);
+  owner_.live_ids_.erase(sequence.request.request_id);
+}
+
+void SchedulerCore::FailAll(const absl::Status& status) {
+  for (auto& [id, sequence] : running_) {
+    if (!sequence->ended) Fail(*sequence, status);
+    sequence->in_flight = false;  // the old plan's steps will never be answered
+  }
+  steps_.clear();
+  while (!queue_.empty()) {
+    std::unique_ptr<Sequence> sequence = std::move(queue_.front());
+    queue_.pop_front();
+    owner_.queued_.fetch_sub(1);
+    ++owner_.running_;
+    Fail(*sequence, status);
+  }
+}
+
+void SchedulerCore::ReleaseEnded() {
+  for (auto it = running_.begin(); it != running_.end();) {
+    Sequence& sequence = *it->second;
+    if (!sequence.ended || sequence.in_flight) {
+      ++it;
+      continue;
+    }
+    to_free_.push_back(static_cast<uint32_t>(sequence.slot));
+    free_slots_.insert(std::lower_bound(free_slots_.begin(), free_slots_.end(), sequence.slot), sequence.slot);
+    it = running_.erase(it);
+  }
+}
+
+void SchedulerCore::FlushFreeSlots() {
+  if (to_free_.empty()) return;
+  wire::pb::Envelope envelope;
+  for (const uint32_t slot : to_free_) envelope.mutable_free_slots()->add_slots(slot);
+  to_free_.clear();
+  SendControl(pool_.Broadcast(envelope));
+}
+
+void SchedulerCore::Publish() {
+  chord::v1::ServerInfo info;
+  pool_.FillServerInfo(&info);
+  info.set_running_requests(static_cast<uint32_t>(owner_.running_.load()));
+  info.set_queued_requests(static_cast<uint32_t>(owner_.queued_.load()));
+  info.set_kv_slots(static_cast<uint32_t>(options_.pool.kv_slots));
+  std::lock_guard lock(owner_.mutex_);
+  owner_.info_ = std::move(info);
+}
+
+}  // namespace chord::coordinator

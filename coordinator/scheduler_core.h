@@ -1,0 +1,89 @@
+// The scheduler thread's state: sockets, worker pool, queue, running
+// sequences and in-flight micro-batches. Used only by Scheduler (scheduler.h)
+// on its own thread; not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/generation/stop_matcher.h"
+#include "common/wire/wire.h"
+#include "coordinator/journal.h"
+#include "coordinator/scheduler.h"
+
+namespace chord::coordinator {
+
+class SchedulerCore {
+ public:
+  SchedulerCore(zmq::context_t& context, SchedulerOptions options, const ModelContext& model,
+                Scheduler& owner);
+
+  absl::Status Bind(std::string* endpoint);
+  // The thread's body: returns after a kShutdown command.
+  void Run();
+
+ private:
+  struct Sequence {
+    uint64_t id = 0;
+    ValidatedRequest request;
+    std::shared_ptr<RequestStream> stream;
+    Journal journal{{}};
+    int slot = -1;
+    size_t fed = 0;          // journal positions sent to the workers
+    bool in_flight = false;
+    bool ended = false;      // the client has its final event; waiting for the step to return
+    std::unique_ptr<StreamingDetokenizer> detokenizer;
+    std::unique_ptr<StopMatcher> stop;
+    Clock::time_point accepted, scheduled, first_token;
+  };
+  struct StepEntry {
+    uint64_t sequence_id;
+    size_t n_tokens;
+    bool sample;
+  };
+  struct Step {
+    uint64_t plan_version;
+    std::vector<StepEntry> entries;
+  };
+
+  void HandleCommands(bool* stop);
+  void ReceiveControl(Clock::time_point now);
+  void SendControl(const std::vector<OutgoingControl>& messages);
+  void CheckPlan();
+  void Admit();
+  void LaunchSteps();
+  bool LaunchOneStep();
+  void OnStepResult(const wire::pb::StepResult& result);
+  void OnToken(Sequence& sequence, const wire::pb::SampledToken& token);
+  void Finish(Sequence& sequence, chord::v1::FinishReason reason);
+  void Fail(Sequence& sequence, const absl::Status& status);
+  void FailAll(const absl::Status& status);
+  void Release(Sequence& sequence);
+  void ReleaseEnded();
+  void FlushFreeSlots();
+  void Publish();
+
+  zmq::context_t& context_;
+  SchedulerOptions options_;
+  const ModelContext& model_;
+  Scheduler& owner_;
+  WorkerPool pool_;
+  zmq::socket_t control_;
+  zmq::socket_t data_;
+  uint64_t data_plan_version_ = 0;
+  bool was_serving_ = false;
+
+  std::deque<std::unique_ptr<Sequence>> queue_;
+  std::map<uint64_t, std::unique_ptr<Sequence>> running_;  // by sequence id: admission order
+  std::vector<int> free_slots_;      // available for admission, lowest first
+  std::vector<uint32_t> to_free_;    // slots to announce in the next FreeSlots
+  std::map<uint64_t, Step> steps_;   // in flight, by step id
+  uint64_t next_sequence_id_ = 1;
+  uint64_t next_step_id_ = 1;
+};
+
+}  // namespace chord::coordinator

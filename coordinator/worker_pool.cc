@@ -1,0 +1,233 @@
+#include "coordinator/worker_pool.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/base/log.h"
+#include "coordinator/planner.h"
+
+namespace chord::coordinator {
+namespace {
+
+wire::pb::Envelope ReplyHello(const std::string& model_sha256, const absl::Status& status) {
+  wire::pb::Envelope envelope;
+  *envelope.mutable_hello() = wire::MakeHello("coordinator", "coordinator", model_sha256);
+  if (!status.ok()) *envelope.mutable_hello()->mutable_status() = wire::ToProto(status, "coordinator");
+  return envelope;
+}
+
+wire::pb::Envelope RegisterReply(const absl::Status& status) {
+  wire::pb::Envelope envelope;
+  if (!status.ok()) {
+    *envelope.mutable_register_reply()->mutable_status() = wire::ToProto(status, "coordinator");
+  } else {
+    envelope.mutable_register_reply();
+  }
+  return envelope;
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(WorkerPoolOptions options, const ModelContext& model)
+    : options_(std::move(options)), model_(model) {}
+
+std::vector<OutgoingControl> WorkerPool::OnMessage(const std::string& identity,
+                                                   const wire::pb::Envelope& envelope,
+                                                   Clock::time_point now) {
+  std::vector<OutgoingControl> out;
+  switch (envelope.body_case()) {
+    case wire::pb::Envelope::kHello: {
+      const absl::Status status = wire::CheckHello(envelope.hello(), model_.sha256);
+      if (!status.ok()) log::Warn("refusing peer %s: %s", identity, status.ToString());
+      out.push_back({identity, ReplyHello(model_.sha256, status)});
+      if (status.ok()) {
+        Worker& worker = workers_[identity];
+        worker.hello = true;
+        worker.last_seen = now;
+      }
+      break;
+    }
+    case wire::pb::Envelope::kRegisterWorker:
+      OnRegister(identity, envelope.register_worker(), now, &out);
+      break;
+    case wire::pb::Envelope::kStageReady:
+      OnStageReady(identity, envelope.stage_ready());
+      break;
+    case wire::pb::Envelope::kHeartbeat:
+    case wire::pb::Envelope::kStatus:
+    case wire::pb::Envelope::BODY_NOT_SET:  // a StepResult, handled by the scheduler
+      break;
+    default:
+      log::Warn("unexpected control message %d from %s", static_cast<int>(envelope.body_case()), identity);
+      break;
+  }
+  auto it = workers_.find(identity);
+  if (it != workers_.end() && it->second.alive) it->second.last_seen = now;
+  return out;
+}
+
+void WorkerPool::OnRegister(const std::string& identity, const wire::pb::RegisterWorker& registration,
+                            Clock::time_point now, std::vector<OutgoingControl>* out) {
+  auto it = workers_.find(identity);
+  if (it == workers_.end() || !it->second.hello) {
+    out->push_back({identity, RegisterReply(absl::FailedPreconditionError("send Hello first"))});
+    return;
+  }
+  for (const auto& [other_identity, other] : workers_) {
+    if (other_identity != identity && other.alive &&
+        other.registration.worker_id() == registration.worker_id()) {
+      out->push_back({identity, RegisterReply(absl::AlreadyExistsError(
+                                    "a live worker with id " + registration.worker_id() + " exists"))});
+      return;
+    }
+  }
+  Worker& worker = it->second;
+  if (worker.alive && worker.registered) {
+    out->push_back({identity, RegisterReply(absl::AlreadyExistsError("already registered"))});
+    return;
+  }
+  worker.registered = worker.alive = true;
+  worker.ready = false;
+  worker.registration = registration;
+  worker.last_seen = now;
+  log::Info("worker %s registered (data %s, %.3g bytes/s)", registration.worker_id(),
+            registration.data_endpoint(), registration.weight_bytes_per_second());
+  out->push_back({identity, RegisterReply(absl::OkStatus())});
+  Replan(out);
+}
+
+void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::StageReady& ready) {
+  auto it = workers_.find(identity);
+  if (it == workers_.end() || !it->second.alive || ready.plan_version() != plan_version_) return;
+  if (ready.has_status() && ready.status().code() != 0) {
+    log::Error("worker %s failed to load its stage: %s", identity, ready.status().message());
+    return;
+  }
+  it->second.ready = true;
+  log::Info("worker %s ready for plan %d (%d weight bytes)", identity, plan_version_, ready.weight_bytes());
+}
+
+void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
+  std::vector<PlannerWorker> planned;
+  std::vector<std::string> identities;
+  for (const auto& [identity, worker] : workers_) {
+    if (!worker.alive) continue;
+    planned.push_back({worker.registration.worker_id(), worker.registration.weight_bytes_per_second()});
+    identities.push_back(identity);
+  }
+  if (static_cast<int>(planned.size()) < options_.min_workers || planned.empty()) return;
+  auto plan = PlanLayers(model_.layer_bytes, model_.head_bytes, planned);
+  if (!plan.ok()) {
+    log::Error("cannot plan: %s", plan.status().ToString());
+    return;
+  }
+  ++plan_version_;
+  disrupted_ = true;
+  n_stages_ = plan->n_stages();
+  // Stages in pipeline order: by first layer.
+  std::vector<size_t> order;
+  for (size_t i = 0; i < identities.size(); ++i) {
+    if (plan->ranges[i].end_layer > plan->ranges[i].first_layer) order.push_back(i);
+  }
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return plan->ranges[a].first_layer < plan->ranges[b].first_layer; });
+  for (auto& [identity, worker] : workers_) {
+    worker.first_layer = worker.end_layer = 0;
+    worker.stage_index = -1;
+    worker.ready = false;
+  }
+  for (size_t i = 0; i < identities.size(); ++i) {
+    Worker& worker = workers_[identities[i]];
+    worker.first_layer = plan->ranges[i].first_layer;
+    worker.end_layer = plan->ranges[i].end_layer;
+  }
+  for (size_t s = 0; s < order.size(); ++s) workers_[identities[order[s]]].stage_index = static_cast<int>(s);
+  stage0_endpoint_ = workers_[identities[order.front()]].registration.data_endpoint();
+  for (size_t i = 0; i < identities.size(); ++i) {
+    const Worker& worker = workers_[identities[i]];
+    wire::pb::Envelope envelope;
+    wire::pb::AssignLayers& assign = *envelope.mutable_assign_layers();
+    assign.set_plan_version(plan_version_);
+    assign.set_stage_index(worker.stage_index < 0 ? 0 : static_cast<uint32_t>(worker.stage_index));
+    assign.set_n_stages(static_cast<uint32_t>(n_stages_));
+    assign.set_first_layer(static_cast<uint32_t>(worker.first_layer));
+    assign.set_end_layer(static_cast<uint32_t>(worker.end_layer));
+    const size_t next = static_cast<size_t>(worker.stage_index + 1);
+    if (worker.stage_index >= 0 && next < order.size()) {
+      assign.set_next_data_endpoint(workers_[identities[order[next]]].registration.data_endpoint());
+    }
+    assign.set_loader_endpoint(options_.loader_endpoint);
+    assign.set_kv_slots(static_cast<uint32_t>(options_.kv_slots));
+    assign.set_n_ctx(static_cast<uint32_t>(options_.n_ctx));
+    assign.set_kv_type(options_.kv_type);
+    log::Info("plan %d: %s holds layers [%d, %d)", plan_version_, identities[i], worker.first_layer,
+              worker.end_layer);
+    out->push_back({identities[i], std::move(envelope)});
+  }
+}
+
+std::vector<OutgoingControl> WorkerPool::Tick(Clock::time_point now) {
+  std::vector<OutgoingControl> out;
+  bool lost = false;
+  for (auto& [identity, worker] : workers_) {
+    if (worker.alive && now - worker.last_seen > options_.worker_timeout) {
+      log::Warn("worker %s lost (silent for %d ms)", identity, options_.worker_timeout.count());
+      worker.alive = worker.ready = false;
+      lost = true;
+    }
+  }
+  if (lost) {
+    disrupted_ = true;
+    Replan(&out);
+  }
+  if (now - last_heartbeat_ >= options_.heartbeat_interval) {
+    last_heartbeat_ = now;
+    wire::pb::Envelope envelope;
+    envelope.mutable_heartbeat()->set_plan_version(plan_version_);
+    envelope.mutable_heartbeat()->set_sent_unix_micros(static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(
+            std::chrono::system_clock::now().time_since_epoch())
+            .count()));
+    std::vector<OutgoingControl> beats = Broadcast(envelope);
+    out.insert(out.end(), beats.begin(), beats.end());
+  }
+  return out;
+}
+
+std::vector<OutgoingControl> WorkerPool::Broadcast(const wire::pb::Envelope& envelope) const {
+  std::vector<OutgoingControl> out;
+  for (const auto& [identity, worker] : workers_) {
+    if (worker.alive && worker.registered) out.push_back({identity, envelope});
+  }
+  return out;
+}
+
+bool WorkerPool::serving() const {
+  if (plan_version_ == 0 || n_stages_ == 0) return false;
+  int ready_stages = 0;
+  for (const auto& [identity, worker] : workers_) {
+    if (worker.stage_index < 0) continue;
+    if (!worker.alive || !worker.ready) return false;
+    ++ready_stages;
+  }
+  return ready_stages == n_stages_;
+}
+
+bool WorkerPool::TakePlanDisrupted() { return std::exchange(disrupted_, false); }
+
+void WorkerPool::FillServerInfo(chord::v1::ServerInfo* info) const {
+  info->set_plan_version(plan_version_);
+  for (const auto& [identity, worker] : workers_) {
+    if (!worker.registered) continue;
+    chord::v1::WorkerInfo& out = *info->add_workers();
+    out.set_worker_id(worker.registration.worker_id());
+    out.set_address(worker.registration.data_endpoint());
+    out.set_first_layer(static_cast<uint32_t>(worker.first_layer));
+    out.set_end_layer(static_cast<uint32_t>(worker.end_layer));
+    out.set_backend(worker.registration.backend());
+    out.set_memory_budget_bytes(worker.registration.memory_budget_bytes());
+    out.set_alive(worker.alive);
+  }
+}
+
+}  // namespace chord::coordinator

@@ -1,0 +1,89 @@
+// The coordinator's view of its workers: the Hello/RegisterWorker handshake,
+// the layer plan (made once min_workers have registered, remade when a worker
+// joins or is lost), StageReady tracking, heartbeats and liveness.
+//
+// A state machine without sockets: every call returns the control messages to
+// send (to a ROUTER identity), so it is tested without ZeroMQ. Not thread-safe:
+// owned by the scheduler thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "chord/v1/inference.pb.h"
+#include "common/wire/wire.h"
+#include "coordinator/model_context.h"
+
+namespace chord::coordinator {
+
+using Clock = std::chrono::steady_clock;
+
+struct WorkerPoolOptions {
+  int min_workers = 1;
+  int kv_slots = 16;
+  int n_ctx = 0;
+  std::string kv_type = "f32";
+  std::string loader_endpoint;
+  std::chrono::milliseconds heartbeat_interval{500};
+  std::chrono::milliseconds worker_timeout{2000};
+};
+
+struct OutgoingControl {
+  std::string identity;
+  wire::pb::Envelope envelope;
+};
+
+class WorkerPool {
+ public:
+  WorkerPool(WorkerPoolOptions options, const ModelContext& model);
+
+  // A control message (other than StepResult) from the peer `identity`.
+  std::vector<OutgoingControl> OnMessage(const std::string& identity, const wire::pb::Envelope& envelope,
+                                         Clock::time_point now);
+  // Heartbeats when due; declares silent workers lost (and re-plans).
+  std::vector<OutgoingControl> Tick(Clock::time_point now);
+  // The same message to every registered live worker.
+  std::vector<OutgoingControl> Broadcast(const wire::pb::Envelope& envelope) const;
+
+  // Every stage of the current plan is held by a live, ready worker.
+  bool serving() const;
+  uint64_t plan_version() const { return plan_version_; }
+  int n_stages() const { return n_stages_; }
+  const std::string& stage0_endpoint() const { return stage0_endpoint_; }
+  // True once after the plan changed or a stage's worker was lost: sequences in
+  // flight on the old plan cannot continue.
+  bool TakePlanDisrupted();
+  void FillServerInfo(chord::v1::ServerInfo* info) const;
+
+ private:
+  struct Worker {
+    bool hello = false;
+    bool registered = false;
+    bool alive = false;
+    bool ready = false;
+    wire::pb::RegisterWorker registration;
+    int first_layer = 0;
+    int end_layer = 0;
+    int stage_index = -1;
+    Clock::time_point last_seen;
+  };
+
+  void OnRegister(const std::string& identity, const wire::pb::RegisterWorker& registration,
+                  Clock::time_point now, std::vector<OutgoingControl>* out);
+  void OnStageReady(const std::string& identity, const wire::pb::StageReady& ready);
+  void Replan(std::vector<OutgoingControl>* out);
+
+  WorkerPoolOptions options_;
+  const ModelContext& model_;
+  std::map<std::string, Worker> workers_;  // by ROUTER identity; ordered for deterministic plans
+  uint64_t plan_version_ = 0;
+  int n_stages_ = 0;
+  std::string stage0_endpoint_;
+  bool disrupted_ = false;
+  Clock::time_point last_heartbeat_{};
+};
+
+}  // namespace chord::coordinator
