@@ -1,0 +1,61 @@
+// A TensorSource whose tensors live in the worker's own memory: the bytes of
+// the stage's tensors, fetched from the loader (or any byte source), each at a
+// 64-byte aligned address in one allocation, so the kernels' block loads are
+// aligned and the memory the stage holds is known up front.
+//
+// Thread-safety: immutable once built; Find() may be called from any thread.
+// Ownership: owns the bytes; the TensorInfo pointers it returns live as long
+// as the FetchedTensors.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/gguf/gguf_file.h"
+#include "worker/models/tensor_source.h"
+
+namespace chord {
+
+class FetchedTensors final : public TensorSource {
+ public:
+  static constexpr uint64_t kAlignment = 64;
+
+  // Fills `out` with all of the tensor's bytes (info.n_bytes), as stored in the file.
+  using FetchFn = std::function<absl::Status(const gguf::TensorInfo& info, uint8_t* out)>;
+
+  // Bytes the named tensors of `header` take here (each rounded up to the
+  // alignment). NOT_FOUND naming a tensor the header does not have.
+  static absl::StatusOr<uint64_t> BytesNeeded(const gguf::GgufFile& header,
+                                              std::span<const std::string> names);
+
+  // Allocates BytesNeeded() and fetches every named tensor into it. Returns
+  // NOT_FOUND for an unknown name, RESOURCE_EXHAUSTED when the allocation
+  // fails, or the first error `fetch` returns.
+  static absl::StatusOr<std::unique_ptr<FetchedTensors>> Fetch(const gguf::GgufFile& header,
+                                                               std::span<const std::string> names,
+                                                               const FetchFn& fetch);
+
+  const gguf::TensorInfo* Find(std::string_view name) const override;
+  uint64_t bytes() const { return size_; }
+  size_t size() const { return tensors_.size(); }
+
+ private:
+  struct Free {
+    void operator()(uint8_t* p) const;
+  };
+  FetchedTensors() = default;
+
+  std::unique_ptr<uint8_t, Free> memory_;
+  uint64_t size_ = 0;
+  std::vector<gguf::TensorInfo> tensors_;
+  std::map<std::string, size_t, std::less<>> index_;
+};
+
+}  // namespace chord

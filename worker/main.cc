@@ -1,0 +1,108 @@
+// `chord-worker`: one pipeline stage. Registers with the coordinator, loads
+// the layer range it is assigned from the loader, runs steps until Shutdown,
+// SIGTERM or SIGINT (exit 0).
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "common/base/log.h"
+#include "common/config/cluster_config.h"
+#include "loader/client/loader_client.h"
+#include "worker/worker_service.h"
+
+namespace {
+
+chord::WorkerService* g_service = nullptr;
+
+void OnSignal(int) {
+  if (g_service != nullptr) g_service->Stop();  // an atomic store: async-signal-safe
+}
+
+int Fail(const absl::Status& status) {
+  chord::log::Error("chord-worker: %s", status.ToString());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"chord-worker: runs a range of a model's layers for the coordinator"};
+  chord::WorkerOptions o;
+  std::string config_path, budget, log_level = "info";
+  int threads = 0;
+  bool log_json = false;
+  auto* coordinator =
+      app.add_option("--coordinator", o.coordinator_endpoint, "e.g. tcp://127.0.0.1:5555");
+  app.add_option("--id", o.worker_id, "this worker's unique id")->required();
+  auto* data_bind =
+      app.add_option("--data-bind", o.data_bind, "data PULL endpoint (port 0 or *: OS pick)");
+  auto* memory =
+      app.add_option("--memory-budget", budget, "bytes for weights, e.g. 2G; 0: unlimited");
+  auto* threads_flag = app.add_option("--threads", threads, "compute threads; 0: one per core");
+  auto* backend =
+      app.add_option("--backend", o.backend, "compute backend")->check(CLI::IsMember({"cpu"}));
+  app.add_option("--max-kv-slots", o.max_kv_slots, "largest kv_slots accepted; 0: no limit");
+  app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
+  app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--log-level", log_level, "debug, info, warn or error");
+  app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  CLI11_PARSE(app, argc, argv);
+  chord::log::Level level;
+  if (!chord::log::ParseLevel(log_level, &level)) {
+    std::fprintf(stderr, "chord-worker: unknown --log-level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  chord::log::Init(level, log_json);
+
+  // The file's values first, then the flags given.
+  if (!config_path.empty()) {
+    absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(config_path);
+    if (!config.ok()) return Fail(config.status());
+    const chord::CoordinatorSection& c = config->coordinator;
+    if (!coordinator->count())
+      o.coordinator_endpoint = "tcp://" + c.host + ":" + std::to_string(c.control_port);
+    if (const chord::WorkerSection* w = config->FindWorker(o.worker_id); w != nullptr) {
+      if (!data_bind->count())
+        o.data_bind = "tcp://" + w->host + ":" + std::to_string(w->data_port);
+      if (!memory->count()) o.memory_budget_bytes = w->memory_budget;
+      if (!threads_flag->count()) threads = w->threads;
+      if (!backend->count()) o.backend = w->backend;
+      o.device = w->device;
+    }
+  }
+  if (memory->count()) {
+    absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(budget);
+    if (!bytes.ok())
+      return Fail(
+          absl::InvalidArgumentError(absl::StrCat("--memory-budget: ", bytes.status().message())));
+    o.memory_budget_bytes = *bytes;
+  }
+  if (o.coordinator_endpoint.empty())
+    return Fail(absl::InvalidArgumentError("--coordinator (or --config) is required"));
+  if (o.backend != "cpu")
+    return Fail(absl::UnimplementedError("chord-worker runs the cpu backend only"));
+  chord::log::Info(
+      "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, backend %s, threads "
+      "%d",
+      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.backend, threads);
+
+  zmq::context_t context(1);
+  chord::ThreadPool pool(threads);
+  chord::LoaderClientOptions loader_options;
+  loader_options.node_id = o.worker_id;
+  chord::LoaderConnector connect =
+      [loader_options](zmq::context_t& ctx, const std::string& endpoint, const std::string& sha) {
+        return chord::LoaderClient::Connect(ctx, endpoint, sha, loader_options);
+      };
+  absl::StatusOr<std::unique_ptr<chord::WorkerService>> service =
+      chord::WorkerService::Create(context, o, pool, connect);
+  if (!service.ok()) return Fail(service.status());
+  g_service = service->get();
+  std::signal(SIGTERM, OnSignal);
+  std::signal(SIGINT, OnSignal);
+  const absl::Status status = (*service)->Run();
+  g_service = nullptr;
+  return status.ok() ? 0 : Fail(status);
+}

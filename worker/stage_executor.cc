@@ -1,0 +1,177 @@
+#include "worker/stage_executor.h"
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+
+#include "common/base/status.h"
+#include "common/quant/quant.h"
+#include "kernels/cpu/matmul.h"
+
+namespace chord {
+namespace {
+
+namespace pb = wire::pb;
+
+}  // namespace
+
+SamplingParams ToSamplingParams(const pb::Sampling& sampling) {
+  SamplingParams params;
+  params.temperature = sampling.temperature();
+  params.top_k = sampling.top_k();
+  params.top_p = sampling.top_p();
+  params.min_p = sampling.min_p();
+  params.repetition_penalty =
+      sampling.repetition_penalty() == 0.0f ? 1.0f : sampling.repetition_penalty();
+  params.presence_penalty = sampling.presence_penalty();
+  params.frequency_penalty = sampling.frequency_penalty();
+  params.penalty_last_n = sampling.penalty_last_n();
+  params.seed = sampling.seed();
+  params.logit_bias.clear();
+  for (const auto& [id, bias] : sampling.logit_bias()) {
+    params.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
+  }
+  // Map order is unspecified; the sum per token does not depend on it, but keep it stable.
+  std::sort(params.logit_bias.begin(), params.logit_bias.end());
+  return params;
+}
+
+absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool) {
+  constexpr int64_t kCols = 2048;
+  constexpr int64_t kRows = 2048;  // 2048 x 2176 bytes: about 4.25 MiB of Q8_0
+  std::mt19937 rng(1234);
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  std::vector<float> values(static_cast<size_t>(kRows * kCols));
+  for (float& v : values) v = uniform(rng);
+  ASSIGN_OR_RETURN(const uint64_t row_bytes, RowBytes(DType::kQ8_0, kCols));
+  std::vector<uint8_t> weights(static_cast<size_t>(row_bytes * kRows));
+  RETURN_IF_ERROR(quant::QuantizeRows(DType::kQ8_0, values.data(), kRows, kCols, weights.data()));
+  const kernels::WeightMatrix w{DType::kQ8_0, kRows, kCols, row_bytes, weights.data()};
+  std::vector<float> x(values.begin(), values.begin() + kCols);
+  std::vector<float> y(static_cast<size_t>(kRows));
+  kernels::MatMul matmul(pool);
+  double best = 0.0;
+  for (int i = 0; i < 3; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(matmul.Run(w, x.data(), 1, y.data()));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (seconds > 0.0) best = std::max(best, static_cast<double>(weights.size()) / seconds);
+  }
+  return best;
+}
+
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
+    const ModelConfig& config, const StagePlan& plan, std::unique_ptr<TensorSource> weights,
+    uint64_t weight_bytes, ThreadPool& pool) {
+  if (plan.kv_slots <= 0 || plan.n_ctx <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a stage needs kv_slots > 0 and n_ctx > 0, the plan has %d and %d",
+                        plan.kv_slots, plan.n_ctx));
+  }
+  KvCacheShape shape;
+  shape.n_layers = plan.range.end - plan.range.first;
+  shape.n_slots = plan.kv_slots;
+  shape.n_ctx = plan.n_ctx;
+  shape.n_embd_kv = config.n_embd_kv();
+  shape.type = plan.kv_type;
+  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
+  std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan, std::move(cache)));
+  ASSIGN_OR_RETURN(executor->stage_, LlamaStage::Load(*weights, config, plan.range, pool));
+  executor->weights_ = std::move(weights);
+  executor->weight_bytes_ = weight_bytes;
+  executor->lengths_.assign(static_cast<size_t>(plan.kv_slots), 0);
+  if (executor->is_last()) executor->histories_.resize(static_cast<size_t>(plan.kv_slots));
+  return executor;
+}
+
+StepLimits StageExecutor::Limits() const {
+  StepLimits limits;
+  limits.plan_version = plan_.plan_version;
+  limits.stage_ready = true;
+  limits.first_stage = stage_->has_embedding();
+  limits.n_embd = config_.n_embd;
+  limits.n_vocab = config_.n_vocab;
+  limits.kv_slots = plan_.kv_slots;
+  limits.n_ctx = plan_.n_ctx;
+  return limits;
+}
+
+absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>* activations,
+                                pb::StepResult* result) {
+  const pb::StepHeader& step = message.envelope.step();
+  const StepLimits limits = Limits();
+  ASSIGN_OR_RETURN(const int64_t total, ValidateStep(step, limits, lengths_));
+  RETURN_IF_ERROR(ReadStepPayload(message, limits, total, activations));
+  batch_.clear();
+  token_ids_.clear();
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    for (int i = 0; i < chunk.token_ids_size(); ++i) {
+      batch_.push_back({chunk.slot(), static_cast<int64_t>(chunk.first_position()) + i});
+      token_ids_.push_back(static_cast<int32_t>(chunk.token_ids(i)));
+    }
+  }
+  if (limits.first_stage) {
+    activations->resize(static_cast<size_t>(total * config_.n_embd));
+    RETURN_IF_ERROR(stage_->Embed(token_ids_, activations->data()));
+  }
+  RETURN_IF_ERROR(stage_->RunLayers(batch_, activations->data(), cache_));
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+  }
+  result->set_plan_version(plan_.plan_version);
+  result->set_step_id(step.step_id());
+  if (!is_last()) return absl::OkStatus();
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    std::vector<int32_t>& history = histories_[chunk.slot()];
+    if (chunk.first_position() == 0) history.clear();
+    for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
+  }
+  return Sample(step, *activations, result);
+}
+
+absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector<float>& x,
+                                   pb::StepResult* result) {
+  const auto n_embd = static_cast<size_t>(config_.n_embd);
+  const auto n_vocab = static_cast<size_t>(config_.n_vocab);
+  rows_.clear();
+  size_t row = 0;
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    row += static_cast<size_t>(chunk.token_ids_size());
+    if (chunk.sample())
+      rows_.insert(rows_.end(), x.begin() + (row - 1) * n_embd, x.begin() + row * n_embd);
+  }
+  const size_t n_sample = rows_.size() / n_embd;
+  if (n_sample == 0) return absl::OkStatus();
+  logits_.resize(n_sample * n_vocab);
+  RETURN_IF_ERROR(stage_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
+  size_t j = 0;
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    if (!chunk.sample()) continue;
+    const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
+    ++j;
+    const int64_t position = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+    pb::SampledToken* token = result->add_tokens();
+    token->set_sequence_id(chunk.sequence_id());
+    token->set_token_id(static_cast<uint32_t>(sampler_.Sample(
+        logits, ToSamplingParams(chunk.sampling()), histories_[chunk.slot()], position)));
+    if (chunk.logprobs() == 0) continue;
+    for (const TokenLogprob& top :
+         Sampler::TopLogprobs(logits, static_cast<int>(chunk.logprobs()))) {
+      pb::TokenLogprob* out = token->add_top_logprobs();
+      out->set_id(static_cast<uint32_t>(top.id));
+      out->set_logprob(top.logprob);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void StageExecutor::FreeSlots(std::span<const uint32_t> slots) {
+  for (uint32_t slot : slots) {
+    if (slot >= lengths_.size()) continue;
+    lengths_[slot] = 0;
+    if (!histories_.empty()) histories_[slot].clear();
+  }
+}
+
+}  // namespace chord

@@ -1,0 +1,93 @@
+// One pipeline stage of a plan: the LlamaStage over the weights it was given,
+// its KV cache, and what the stage knows of each slot (positions held; on the
+// last stage, the token history the sampler's penalties read). Runs one
+// micro-batch step at a time: validate, embed (first stage), run the layers,
+// and on the last stage sample one token per chunk that asks for it.
+//
+// Thread-safety: one thread drives an executor (the worker's control loop);
+// the layers parallelize on the ThreadPool, which must outlive the executor.
+// Errors: a rejected step (see step_validation.h) leaves every slot as it was.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/generation/sampling_params.h"
+#include "common/model/model_config.h"
+#include "common/wire/wire.h"
+#include "kernels/cpu/thread_pool.h"
+#include "worker/kv_cache.h"
+#include "worker/models/llama.h"
+#include "worker/models/tensor_source.h"
+#include "worker/sampler.h"
+#include "worker/step_validation.h"
+
+namespace chord {
+
+struct StagePlan {
+  uint64_t plan_version = 0;
+  LayerRange range;
+  int64_t kv_slots = 0;
+  int64_t n_ctx = 0;
+  DType kv_type = DType::kF32;
+};
+
+// The proto's sampling parameters as the Sampler takes them. A
+// repetition_penalty of 0 (proto3's unset) means off.
+SamplingParams ToSamplingParams(const wire::pb::Sampling& sampling);
+
+// Matrix-vector throughput of this machine's CPU kernels in weight bytes per
+// second (best of 3 products over a random ~4 MiB Q8_0 matrix): what the
+// coordinator balances layer ranges by.
+absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool);
+
+class StageExecutor {
+ public:
+  // Builds the stage over `weights` (kept alive here; `weight_bytes` is what
+  // they take) and allocates the KV cache. INVALID_ARGUMENT for a bad plan.
+  static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(
+      const ModelConfig& config, const StagePlan& plan, std::unique_ptr<TensorSource> weights,
+      uint64_t weight_bytes, ThreadPool& pool);
+
+  // Validates and runs the step in `message`. On success `activations` holds
+  // the residual stream to forward to the next stage and, on the last stage,
+  // `result` gets one SampledToken per chunk with sample = true.
+  absl::Status Run(const wire::Message& message, std::vector<float>* activations,
+                   wire::pb::StepResult* result);
+
+  // Forgets these slots (out-of-range ids are ignored).
+  void FreeSlots(std::span<const uint32_t> slots);
+
+  const StagePlan& plan() const { return plan_; }
+  const ModelConfig& config() const { return config_; }
+  bool is_last() const { return stage_->has_output(); }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+  uint64_t kv_cache_bytes() const { return cache_.bytes(); }
+  int64_t slot_length(int64_t slot) const { return lengths_[static_cast<size_t>(slot)]; }
+
+ private:
+  StageExecutor(const ModelConfig& config, const StagePlan& plan, KvCache cache)
+      : config_(config), plan_(plan), cache_(std::move(cache)) {}
+  StepLimits Limits() const;
+  absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
+                      wire::pb::StepResult* result);
+
+  ModelConfig config_;
+  StagePlan plan_;
+  std::unique_ptr<TensorSource> weights_;
+  uint64_t weight_bytes_ = 0;
+  std::unique_ptr<LlamaStage> stage_;
+  KvCache cache_;
+  Sampler sampler_;
+  std::vector<int64_t> lengths_;                 // positions each slot holds
+  std::vector<std::vector<int32_t>> histories_;  // last stage only
+  std::vector<BatchToken> batch_;
+  std::vector<int32_t> token_ids_;
+  std::vector<float> rows_;
+  std::vector<float> logits_;
+};
+
+}  // namespace chord

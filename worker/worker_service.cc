@@ -1,0 +1,423 @@
+#include "worker/worker_service.h"
+
+#include <cerrno>
+#include <span>
+
+#include "common/base/log.h"
+#include "common/base/status.h"
+#include "common/model/model_config.h"
+#include "worker/fetched_tensors.h"
+#include "worker/models/llama.h"
+
+namespace chord {
+namespace {
+
+namespace pb = wire::pb;
+
+// zmq binds "port 0" as "*".
+std::string BindAddress(const std::string& endpoint) {
+  if (endpoint.size() > 2 && endpoint.ends_with(":0"))
+    return endpoint.substr(0, endpoint.size() - 1) + "*";
+  return endpoint;
+}
+
+absl::StatusOr<DType> ParseKvType(const std::string& name) {
+  if (name.empty() || name == "f32") return DType::kF32;
+  if (name == "f16") return DType::kF16;
+  return absl::InvalidArgumentError(absl::StrCat("kv_type must be f32 or f16, not '", name, "'"));
+}
+
+struct LoadContext {
+  zmq::context_t& context;
+  const LoaderConnector& connect;
+  const WorkerOptions& options;
+  std::string model_sha256;
+  ThreadPool& pool;
+};
+
+absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig& config,
+                                   const WorkerOptions& options) {
+  StagePlan plan;
+  plan.plan_version = a.plan_version();
+  plan.range = {a.first_layer(), a.end_layer()};
+  if (plan.range.first >= plan.range.end || plan.range.end > config.n_layer) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layers [%d, %d) are not a range of the model's %d", plan.range.first,
+                        plan.range.end, config.n_layer));
+  }
+  if (plan.range.end == config.n_layer && !a.next_data_endpoint().empty()) {
+    return absl::InvalidArgumentError("the stage holding the last layer cannot have a next stage");
+  }
+  if (plan.range.end < config.n_layer && a.next_data_endpoint().empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layers [%d, %d) need a next stage for layer %d", plan.range.first,
+                        plan.range.end, plan.range.end));
+  }
+  plan.kv_slots = a.kv_slots();
+  plan.n_ctx = a.n_ctx() > 0 ? a.n_ctx() : config.n_ctx_train;
+  if ((options.max_kv_slots > 0 && plan.kv_slots > options.max_kv_slots) ||
+      (options.max_n_ctx > 0 && plan.n_ctx > options.max_n_ctx)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kv_slots %d x n_ctx %d exceed what this worker registered (%d x %d)",
+                        plan.kv_slots, plan.n_ctx, options.max_kv_slots, options.max_n_ctx));
+  }
+  ASSIGN_OR_RETURN(plan.kv_type, ParseKvType(a.kv_type()));
+  return plan;
+}
+
+// Runs on the loading thread: everything it touches is its own or immutable.
+absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
+                                                         const pb::AssignLayers& a) {
+  ASSIGN_OR_RETURN(std::unique_ptr<LoaderClient> client,
+                   ctx.connect(ctx.context, a.loader_endpoint(), ctx.model_sha256));
+  ASSIGN_OR_RETURN(LoaderModelInfo info, client->FetchModelInfo());
+  if (!ctx.model_sha256.empty() && info.model_sha256 != ctx.model_sha256) {
+    return absl::FailedPreconditionError(absl::StrCat("the loader serves model ", info.model_sha256,
+                                                      ", the coordinator's is ", ctx.model_sha256));
+  }
+  if (info.header == nullptr) return absl::DataLossError("the loader sent no model header");
+  ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*info.header));
+  ASSIGN_OR_RETURN(const StagePlan plan, MakePlan(a, config, ctx.options));
+  const std::vector<std::string> names = LlamaStage::TensorNames(config, plan.range);
+  ASSIGN_OR_RETURN(const uint64_t needed, FetchedTensors::BytesNeeded(*info.header, names));
+  if (ctx.options.memory_budget_bytes > 0 && needed > ctx.options.memory_budget_bytes) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "layers [%d, %d) need at least %d bytes of weights; the memory budget is %d bytes",
+        plan.range.first, plan.range.end, needed, ctx.options.memory_budget_bytes));
+  }
+  log::Info("worker %s: fetching %d tensors (%d bytes) for layers [%d, %d) from %s",
+            ctx.options.worker_id, names.size(), needed, plan.range.first, plan.range.end,
+            a.loader_endpoint());
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<FetchedTensors> weights,
+      FetchedTensors::Fetch(*info.header, names, [&](const gguf::TensorInfo& t, uint8_t* out) {
+        return client->FetchTensor(t, out);
+      }));
+  const uint64_t weight_bytes = weights->bytes();
+  return StageExecutor::Create(config, plan, std::move(weights), weight_bytes, ctx.pool);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Create(
+    zmq::context_t& context, const WorkerOptions& options, ThreadPool& pool,
+    LoaderConnector connect_loader) {
+  if (options.worker_id.empty()) return absl::InvalidArgumentError("a worker needs an id");
+  if (options.coordinator_endpoint.empty()) {
+    return absl::InvalidArgumentError("a worker needs the coordinator's endpoint");
+  }
+  std::unique_ptr<WorkerService> service(
+      new WorkerService(context, options, pool, std::move(connect_loader)));
+  try {
+    service->data_.emplace(context, zmq::socket_type::pull);
+    service->data_->set(zmq::sockopt::linger, 0);
+    service->data_->set(zmq::sockopt::rcvhwm, options.high_water_mark);
+    service->data_->bind(BindAddress(options.data_bind));
+    service->data_endpoint_ = service->data_->get(zmq::sockopt::last_endpoint);
+  } catch (const zmq::error_t& error) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot bind the data socket to ", options.data_bind, ": ", error.what()));
+  }
+  if (service->options_.weight_bytes_per_second <= 0.0) {
+    ASSIGN_OR_RETURN(service->options_.weight_bytes_per_second, MeasureWeightThroughput(pool));
+  }
+  log::Info("worker %s: data socket bound at %s; %.3g weight bytes/s", options.worker_id,
+            service->data_endpoint_, service->options_.weight_bytes_per_second);
+  return service;
+}
+
+WorkerService::~WorkerService() {
+  if (loading_.valid()) loading_.wait();
+}
+
+void WorkerService::ConnectControl() {
+  control_.reset();
+  control_.emplace(context_, zmq::socket_type::dealer);
+  control_->set(zmq::sockopt::routing_id, options_.worker_id);
+  control_->set(zmq::sockopt::linger, 0);
+  control_->set(zmq::sockopt::immediate, 1);  // nothing queues for a coordinator that is not there
+  control_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
+  control_->set(zmq::sockopt::rcvhwm, options_.high_water_mark);
+  control_->connect(options_.coordinator_endpoint);
+  link_ = Link::kHello;
+  last_sent_ = Clock::time_point{};  // say Hello at once
+}
+
+void WorkerService::SendControl(const pb::Envelope& envelope) {
+  const absl::Status status = wire::Send(*control_, envelope, {}, {}, /*dont_wait=*/true);
+  if (!status.ok())
+    log::Debug("worker %s: control message not sent: %s", options_.worker_id, status.ToString());
+}
+
+// Says Hello until the coordinator answers, and starts over when it goes silent.
+void WorkerService::KeepLink() {
+  const Clock::time_point now = Clock::now();
+  if (link_ == Link::kRegistered) {
+    if (now - last_heard_ <= options_.coordinator_timeout) return;
+    // The socket stays: ZeroMQ reconnects it to a restarted coordinator by
+    // itself, and a new socket with the same identity could be refused by a
+    // ROUTER that still holds the old connection.
+    log::Warn("worker %s: coordinator silent for %d ms; registering again", options_.worker_id,
+              std::chrono::duration_cast<std::chrono::milliseconds>(now - last_heard_).count());
+    link_ = Link::kHello;
+    last_sent_ = Clock::time_point{};
+  }
+  if (now - last_sent_ < options_.hello_retry) return;
+  link_ = Link::kHello;
+  pb::Envelope envelope;
+  *envelope.mutable_hello() = wire::MakeHello("worker", options_.worker_id, model_sha256_);
+  SendControl(envelope);
+  last_sent_ = now;
+}
+
+void WorkerService::HandleHello(const pb::Hello& hello) {
+  if (link_ != Link::kHello) return;  // an answer to a repeated Hello
+  const absl::Status status = wire::CheckHello(hello, "");
+  if (!status.ok()) {
+    log::Error("worker %s: the coordinator refused the connection: %s", options_.worker_id,
+               status.ToString());
+    return;
+  }
+  model_sha256_ = hello.model_sha256();
+  pb::Envelope envelope;
+  pb::RegisterWorker* r = envelope.mutable_register_worker();
+  r->set_worker_id(options_.worker_id);
+  r->set_data_endpoint(data_endpoint_);
+  r->set_memory_budget_bytes(options_.memory_budget_bytes);
+  r->set_backend(options_.backend);
+  r->set_device(options_.device);
+  r->set_weight_bytes_per_second(options_.weight_bytes_per_second);
+  r->set_kv_slots(options_.max_kv_slots);
+  r->set_n_ctx(options_.max_n_ctx);
+  SendControl(envelope);
+  link_ = Link::kRegister;
+  last_sent_ = Clock::now();
+}
+
+void WorkerService::HandleRegisterReply(const pb::RegisterReply& reply) {
+  const absl::Status status = wire::FromProto(reply.status());
+  // The identity is the worker id, so ALREADY_EXISTS means this very worker
+  // is still registered (the coordinator was slow, not gone).
+  if (status.ok() || absl::IsAlreadyExists(status)) {
+    log::Info("worker %s: registered with %s", options_.worker_id, options_.coordinator_endpoint);
+    link_ = Link::kRegistered;
+    return;
+  }
+  log::Error("worker %s: registration refused: %s", options_.worker_id, status.ToString());
+  link_ = Link::kHello;  // try again after hello_retry
+}
+
+void WorkerService::HandleControl(const wire::Message& message) {
+  last_heard_ = Clock::now();
+  const pb::Envelope& e = message.envelope;
+  switch (e.body_case()) {
+    case pb::Envelope::kHello:
+      HandleHello(e.hello());
+      break;
+    case pb::Envelope::kRegisterReply:
+      if (link_ == Link::kRegister) HandleRegisterReply(e.register_reply());
+      break;
+    case pb::Envelope::kHeartbeat: {
+      pb::Envelope reply;
+      reply.mutable_heartbeat()->set_plan_version(executor_ != nullptr ? plan_version_ : 0);
+      reply.mutable_heartbeat()->set_sent_unix_micros(e.heartbeat().sent_unix_micros());
+      SendControl(reply);
+      break;
+    }
+    case pb::Envelope::kAssignLayers:
+      HandleAssign(e.assign_layers());
+      break;
+    case pb::Envelope::kFreeSlots:
+      if (executor_ != nullptr) {
+        executor_->FreeSlots(
+            std::span<const uint32_t>(e.free_slots().slots().data(), e.free_slots().slots_size()));
+      }
+      break;
+    case pb::Envelope::kShutdown:
+      log::Info("worker %s: shutdown asked: %s", options_.worker_id, e.shutdown().reason());
+      shutdown_ = true;
+      break;
+    default:
+      log::Warn("worker %s: unexpected control message (body %d) ignored", options_.worker_id,
+                static_cast<int>(e.body_case()));
+  }
+}
+
+void WorkerService::HandleAssign(const pb::AssignLayers& a) {
+  log::Info("worker %s: plan %d assigns layers [%d, %d) (stage %d of %d), next %s",
+            options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(), a.stage_index(),
+            a.n_stages(), a.next_data_endpoint().empty() ? "coordinator" : a.next_data_endpoint());
+  // The old stage goes first: its memory is needed for the new one, and its KV state is void.
+  executor_.reset();
+  next_.reset();
+  plan_version_ = a.plan_version();
+  if (loading_.valid()) {
+    queued_ = a;  // started when the current load finishes
+    return;
+  }
+  if (a.first_layer() == a.end_layer()) {
+    SendStageReady(a.plan_version(), absl::OkStatus());  // a spare holds nothing
+    return;
+  }
+  StartLoad(a);
+}
+
+void WorkerService::StartLoad(const pb::AssignLayers& a) {
+  LoadContext ctx{context_, connect_loader_, options_, model_sha256_, pool_};
+  loading_ = std::async(std::launch::async, [ctx, a]() {
+    Loaded loaded{a, absl::InternalError("not loaded")};
+    try {
+      loaded.executor = LoadStage(ctx, a);
+    } catch (const std::exception& error) {
+      loaded.executor =
+          absl::InternalError(absl::StrCat("loading the stage failed: ", error.what()));
+    }
+    return loaded;
+  });
+}
+
+void WorkerService::FinishLoad() {
+  if (!loading_.valid() || loading_.wait_for(std::chrono::seconds(0)) != std::future_status::ready)
+    return;
+  Loaded loaded = loading_.get();
+  if (queued_.has_value()) {  // superseded while loading
+    const pb::AssignLayers next = *std::move(queued_);
+    queued_.reset();
+    HandleAssign(next);
+    return;
+  }
+  absl::Status status = loaded.executor.status();
+  if (status.ok()) status = InstallStage(loaded.assignment, *std::move(loaded.executor));
+  if (!status.ok()) {
+    log::Error("worker %s: plan %d: cannot load layers [%d, %d): %s", options_.worker_id,
+               loaded.assignment.plan_version(), loaded.assignment.first_layer(),
+               loaded.assignment.end_layer(), status.ToString());
+  }
+  SendStageReady(loaded.assignment.plan_version(), status);
+}
+
+absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
+                                         std::unique_ptr<StageExecutor> executor) {
+  if (!a.next_data_endpoint().empty()) {
+    try {
+      next_.emplace(context_, zmq::socket_type::push);
+      next_->set(zmq::sockopt::linger, 0);
+      next_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
+      next_->set(zmq::sockopt::immediate, 1);
+      next_->connect(a.next_data_endpoint());
+    } catch (const zmq::error_t& error) {
+      next_.reset();
+      return absl::InvalidArgumentError(absl::StrCat("cannot connect to the next stage at ",
+                                                     a.next_data_endpoint(), ": ", error.what()));
+    }
+  }
+  executor_ = std::move(executor);
+  log::Info("worker %s: plan %d: layers [%d, %d) ready: %d weight bytes, %d KV cache bytes",
+            options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(),
+            executor_->weight_bytes(), executor_->kv_cache_bytes());
+  return absl::OkStatus();
+}
+
+void WorkerService::SendStageReady(uint64_t plan_version, const absl::Status& status) {
+  pb::Envelope envelope;
+  pb::StageReady* ready = envelope.mutable_stage_ready();
+  ready->set_plan_version(plan_version);
+  if (!status.ok()) *ready->mutable_status() = wire::ToProto(status, options_.worker_id);
+  if (executor_ != nullptr) {
+    ready->set_weight_bytes(executor_->weight_bytes());
+    ready->set_kv_cache_bytes(executor_->kv_cache_bytes());
+  }
+  SendControl(envelope);
+}
+
+void WorkerService::SendStepError(uint64_t plan_version, uint64_t step_id,
+                                  const absl::Status& status) {
+  log::Warn("worker %s: step %d dropped: %s", options_.worker_id, step_id, status.ToString());
+  pb::Envelope envelope;
+  pb::StepResult* result = envelope.mutable_step_result();
+  result->set_plan_version(plan_version);
+  result->set_step_id(step_id);
+  *result->mutable_status() = wire::ToProto(status, options_.worker_id);
+  SendControl(envelope);
+}
+
+void WorkerService::HandleData() {
+  absl::StatusOr<std::optional<wire::Message>> received =
+      wire::Receive(*data_, /*router=*/false, true);
+  if (!received.ok()) {
+    SendStepError(plan_version_, 0, absl::InvalidArgumentError(received.status().message()));
+    return;
+  }
+  if (!received->has_value()) return;
+  const wire::Message& message = **received;
+  if (!message.envelope.has_step()) {
+    SendStepError(plan_version_, 0,
+                  absl::InvalidArgumentError(
+                      absl::StrFormat("the data socket got a message that is not a step "
+                                      "(body %d)",
+                                      static_cast<int>(message.envelope.body_case()))));
+    return;
+  }
+  const absl::Status status = RunStep(message);
+  const pb::StepHeader& step = message.envelope.step();
+  if (!status.ok()) SendStepError(step.plan_version(), step.step_id(), status);
+}
+
+absl::Status WorkerService::RunStep(const wire::Message& message) {
+  if (executor_ == nullptr) {
+    return ValidateStep(message.envelope.step(), StepLimits{}, {})
+        .status();  // names the missing stage
+  }
+  pb::Envelope envelope;
+  pb::StepResult* result = envelope.mutable_step_result();
+  RETURN_IF_ERROR(executor_->Run(message, &activations_, result));
+  if (!executor_->is_last()) return Forward(message);
+  SendControl(envelope);
+  return absl::OkStatus();
+}
+
+absl::Status WorkerService::Forward(const wire::Message& message) {
+  zmq::pollitem_t item{next_->handle(), 0, ZMQ_POLLOUT, 0};
+  if (zmq::poll(&item, 1, options_.forward_timeout) == 0) {
+    return absl::UnavailableError(
+        absl::StrFormat("the next stage took no step for %d ms", options_.forward_timeout.count()));
+  }
+  const auto* bytes = reinterpret_cast<const uint8_t*>(activations_.data());
+  return wire::Send(*next_, message.envelope,
+                    std::span<const uint8_t>(bytes, activations_.size() * sizeof(float)), {},
+                    /*dont_wait=*/true);
+}
+
+absl::Status WorkerService::Run() {
+  ConnectControl();
+  while (!stop_.load(std::memory_order_relaxed) && !shutdown_) {
+    zmq::pollitem_t items[] = {{control_->handle(), 0, ZMQ_POLLIN, 0},
+                               {data_->handle(), 0, ZMQ_POLLIN, 0}};
+    try {
+      zmq::poll(items, 2, std::chrono::milliseconds(loading_.valid() ? 10 : 50));
+      for (int i = 0; i < 64 && (items[0].revents & ZMQ_POLLIN) != 0; ++i) {
+        absl::StatusOr<std::optional<wire::Message>> message =
+            wire::Receive(*control_, false, true);
+        if (!message.ok()) {
+          log::Warn("worker %s: bad control message: %s", options_.worker_id,
+                    message.status().ToString());
+          continue;
+        }
+        if (!message->has_value()) break;
+        HandleControl(**message);
+      }
+      if ((items[1].revents & ZMQ_POLLIN) != 0) HandleData();
+      FinishLoad();
+      KeepLink();
+    } catch (const zmq::error_t& error) {
+      if (error.num() == EINTR) continue;  // a signal; the loop condition decides
+      return absl::UnavailableError(absl::StrCat("zmq: ", error.what()));
+    } catch (const std::exception& error) {  // e.g. bad_alloc on a huge step: drop it, keep serving
+      log::Error("worker %s: %s", options_.worker_id, error.what());
+    }
+  }
+  log::Info("worker %s: stopped", options_.worker_id);
+  return absl::OkStatus();
+}
+
+}  // namespace chord

@@ -1,0 +1,135 @@
+// The worker process's service: one pipeline stage, driven by the coordinator
+// (proto/PROTOCOL.md). It binds a PULL data socket, keeps a DEALER to the
+// coordinator's control socket (Hello, RegisterWorker, heartbeats; it says
+// Hello and registers again whenever the coordinator has been silent for
+// `coordinator_timeout`, e.g. after a coordinator restart), loads the layer
+// range it is assigned from the loader, and runs micro-batch steps inline,
+// forwarding activations to the next stage or, on the last stage, sending the
+// sampled tokens to the coordinator.
+//
+// Concurrency: Run() is one thread that polls the control and data sockets
+// together and computes steps inline on the ThreadPool. Loading a stage runs
+// on a second thread (one per assignment, never per step) so that heartbeats
+// are answered while weights arrive; it owns its loader connection and hands
+// the built stage back to Run()'s thread.
+//
+// Errors: nothing a peer sends crashes the worker. A step that cannot run is
+// answered with StepResult{step_id, status} on the control socket and dropped;
+// a failed assignment is answered with StageReady{status}.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/wire/wire.h"
+#include "kernels/cpu/thread_pool.h"
+#include "loader/client/loader_client.h"
+#include "worker/stage_executor.h"
+
+namespace chord {
+
+struct WorkerOptions {
+  std::string worker_id;                        // required; also the DEALER identity
+  std::string coordinator_endpoint;             // required, e.g. tcp://127.0.0.1:5555
+  std::string data_bind = "tcp://127.0.0.1:0";  // port 0 or *: the OS picks one
+  uint64_t memory_budget_bytes = 0;             // for weights; 0: unlimited
+  std::string backend = "cpu";
+  int device = 0;
+  uint32_t max_kv_slots = 0;             // largest kv_slots accepted; 0: no limit
+  uint32_t max_n_ctx = 0;                // largest n_ctx accepted; 0: no limit
+  double weight_bytes_per_second = 0.0;  // 0: measured at start-up
+  std::chrono::milliseconds hello_retry{500};
+  std::chrono::milliseconds coordinator_timeout{2000};
+  std::chrono::milliseconds forward_timeout{2000};  // waiting for the next stage to take a step
+  int high_water_mark = 64;                         // messages queued per socket
+};
+
+// Connects to a loader; LoaderClient::Connect in production, a fake in tests.
+using LoaderConnector = std::function<absl::StatusOr<std::unique_ptr<LoaderClient>>(
+    zmq::context_t& context, const std::string& endpoint,
+    const std::string& expected_model_sha256)>;
+
+class WorkerService {
+ public:
+  // Binds the data socket. INVALID_ARGUMENT for missing options,
+  // UNAVAILABLE when the data endpoint cannot be bound.
+  static absl::StatusOr<std::unique_ptr<WorkerService>> Create(zmq::context_t& context,
+                                                               const WorkerOptions& options,
+                                                               ThreadPool& pool,
+                                                               LoaderConnector connect_loader);
+  ~WorkerService();
+
+  // The endpoint the data socket is bound to (the port the OS chose).
+  const std::string& data_endpoint() const { return data_endpoint_; }
+  double weight_bytes_per_second() const { return options_.weight_bytes_per_second; }
+
+  // Runs until a Shutdown message or Stop(). OK on a clean stop.
+  absl::Status Run();
+
+  // Asks Run() to return; callable from any thread and from a signal handler.
+  void Stop() { stop_.store(true, std::memory_order_relaxed); }
+
+ private:
+  enum class Link { kHello, kRegister, kRegistered };
+  using Clock = std::chrono::steady_clock;
+  struct Loaded {
+    wire::pb::AssignLayers assignment;
+    absl::StatusOr<std::unique_ptr<StageExecutor>> executor;
+  };
+
+  WorkerService(zmq::context_t& context, const WorkerOptions& options, ThreadPool& pool,
+                LoaderConnector connect_loader)
+      : context_(context),
+        options_(options),
+        pool_(pool),
+        connect_loader_(std::move(connect_loader)) {}
+
+  void ConnectControl();
+  void SendControl(const wire::pb::Envelope& envelope);
+  void KeepLink();
+  void HandleControl(const wire::Message& message);
+  void HandleHello(const wire::pb::Hello& hello);
+  void HandleRegisterReply(const wire::pb::RegisterReply& reply);
+  void HandleAssign(const wire::pb::AssignLayers& assignment);
+  void StartLoad(const wire::pb::AssignLayers& assignment);
+  void FinishLoad();
+  absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
+                            std::unique_ptr<StageExecutor> executor);
+  void SendStageReady(uint64_t plan_version, const absl::Status& status);
+  void HandleData();
+  absl::Status RunStep(const wire::Message& message);
+  absl::Status Forward(const wire::Message& message);
+  void SendStepError(uint64_t plan_version, uint64_t step_id, const absl::Status& status);
+
+  zmq::context_t& context_;
+  WorkerOptions options_;
+  ThreadPool& pool_;
+  LoaderConnector connect_loader_;
+  std::atomic<bool> stop_{false};
+  bool shutdown_ = false;
+
+  std::optional<zmq::socket_t> control_;
+  std::optional<zmq::socket_t> data_;
+  std::optional<zmq::socket_t> next_;  // PUSH to the next stage
+  std::string data_endpoint_;
+  Link link_ = Link::kHello;
+  Clock::time_point last_sent_{};
+  Clock::time_point last_heard_{};
+  std::string model_sha256_;  // from the coordinator's Hello
+
+  std::unique_ptr<StageExecutor> executor_;
+  uint64_t plan_version_ = 0;  // of the stage held (or being loaded)
+  std::future<Loaded> loading_;
+  std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
+  std::vector<float> activations_;
+};
+
+}  // namespace chord

@@ -1,0 +1,420 @@
+// Runs WorkerServices in this process against a coordinator written here over
+// real ZeroMQ sockets on loopback, with weights served from the bundled model
+// by an in-process LoaderClient.
+#include "worker/worker_service.h"
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "worker/local_generator.h"
+#include "worker/models/llama.h"
+
+namespace chord {
+namespace {
+
+namespace pb = wire::pb;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+constexpr char kModelSha[] = "5a17e0c0ffee";
+constexpr char kLoaderEndpoint[] = "tcp://127.0.0.1:1";  // never dialled: the fake serves the bytes
+
+class FileLoaderClient final : public LoaderClient {
+ public:
+  explicit FileLoaderClient(const gguf::GgufFile& file) : file_(file) {}
+  absl::StatusOr<LoaderModelInfo> FetchModelInfo() override {
+    LoaderModelInfo info;
+    info.model_sha256 = kModelSha;
+    info.file_name = "stories260K.gguf";
+    const auto bytes = file_.bytes().first(file_.data_offset());
+    auto header = gguf::GgufFile::ParseHeader(std::string(bytes.begin(), bytes.end()));
+    if (!header.ok()) return header.status();
+    info.header = *std::move(header);
+    return info;
+  }
+  absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) override {
+    const gguf::TensorInfo* stored = file_.FindTensor(info.name);
+    if (stored == nullptr || stored->n_bytes != info.n_bytes) return absl::NotFoundError(info.name);
+    std::memcpy(out, stored->data, stored->n_bytes);
+    received_ += stored->n_bytes;
+    return absl::OkStatus();
+  }
+  uint64_t bytes_received() const override { return received_; }
+
+ private:
+  const gguf::GgufFile& file_;
+  uint64_t received_ = 0;
+};
+
+struct RunningWorker {
+  std::unique_ptr<ThreadPool> pool;
+  std::unique_ptr<WorkerService> service;
+  std::thread thread;
+  absl::Status result;
+};
+
+class WorkerServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!std::filesystem::exists(CHORD_DEFAULT_MODEL))
+      GTEST_SKIP() << "no model at " << CHORD_DEFAULT_MODEL;
+    auto file = gguf::GgufFile::Open(CHORD_DEFAULT_MODEL);
+    ASSERT_TRUE(file.ok()) << file.status();
+    file_ = *std::move(file);
+    auto config = ReadModelConfig(*file_);
+    ASSERT_TRUE(config.ok());
+    config_ = *config;
+    ASSERT_EQ(config_.n_layer, 5);
+    router_.set(zmq::sockopt::linger, 0);
+    router_.bind("tcp://127.0.0.1:*");
+    control_endpoint_ = router_.get(zmq::sockopt::last_endpoint);
+  }
+
+  void TearDown() override {
+    for (auto& [id, worker] : workers_) {
+      worker->service->Stop();
+      if (worker->thread.joinable()) worker->thread.join();
+    }
+  }
+
+  WorkerOptions Options(const std::string& id) {
+    WorkerOptions options;
+    options.worker_id = id;
+    options.coordinator_endpoint = control_endpoint_;
+    options.weight_bytes_per_second = 1e9;  // keeps start-up quick; measured in its own test
+    options.coordinator_timeout = 60s;      // this coordinator sends no heartbeats
+    return options;
+  }
+
+  WorkerService& Start(const WorkerOptions& options) {
+    auto worker = std::make_unique<RunningWorker>();
+    worker->pool = std::make_unique<ThreadPool>(1);
+    LoaderConnector connect =
+        [this](zmq::context_t&, const std::string& endpoint,
+               const std::string& sha) -> absl::StatusOr<std::unique_ptr<LoaderClient>> {
+      if (endpoint != kLoaderEndpoint)
+        return absl::InvalidArgumentError("wrong loader endpoint " + endpoint);
+      if (sha != kModelSha) return absl::InvalidArgumentError("wrong expected model " + sha);
+      return std::make_unique<FileLoaderClient>(*file_);
+    };
+    auto service = WorkerService::Create(context_, options, *worker->pool, connect);
+    EXPECT_TRUE(service.ok()) << service.status();
+    worker->service = *std::move(service);
+    RunningWorker* raw = worker.get();
+    worker->thread = std::thread([raw] { raw->result = raw->service->Run(); });
+    WorkerService& ref = *worker->service;
+    workers_[options.worker_id] = std::move(worker);
+    return ref;
+  }
+
+  // The next message of kind `body` (others, e.g. heartbeat replies, are skipped).
+  wire::Message Expect(pb::Envelope::BodyCase body, std::chrono::milliseconds timeout = 20s) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      zmq::pollitem_t item{router_.handle(), 0, ZMQ_POLLIN, 0};
+      if (zmq::poll(&item, 1, 100ms) == 0) continue;
+      auto message = wire::Receive(router_, /*router=*/true);
+      EXPECT_TRUE(message.ok()) << message.status();
+      if (!message.ok() || !message->has_value()) continue;
+      if ((*message)->envelope.body_case() == body) return **std::move(message);
+    }
+    ADD_FAILURE() << "no message of body " << static_cast<int>(body);
+    return wire::Message{};
+  }
+
+  void SendTo(const std::string& id, const pb::Envelope& envelope) {
+    ASSERT_TRUE(wire::Send(router_, envelope, {}, id).ok());
+  }
+
+  // Answers one worker's Hello and RegisterWorker; returns its data endpoint.
+  std::string Register(const std::string& id) {
+    const wire::Message hello = Expect(pb::Envelope::kHello);
+    EXPECT_EQ(hello.identity, id);
+    EXPECT_EQ(hello.envelope.hello().role(), "worker");
+    pb::Envelope reply;
+    *reply.mutable_hello() = wire::MakeHello("coordinator", "coord", kModelSha);
+    SendTo(id, reply);
+    const wire::Message reg = Expect(pb::Envelope::kRegisterWorker);
+    EXPECT_EQ(reg.identity, id);
+    EXPECT_EQ(reg.envelope.register_worker().worker_id(), id);
+    EXPECT_GT(reg.envelope.register_worker().weight_bytes_per_second(), 0.0);
+    pb::Envelope ok;
+    ok.mutable_register_reply();
+    SendTo(id, ok);
+    return reg.envelope.register_worker().data_endpoint();
+  }
+
+  void Assign(const std::string& id, uint64_t plan, uint32_t first, uint32_t end,
+              const std::string& next) {
+    pb::Envelope envelope;
+    pb::AssignLayers* a = envelope.mutable_assign_layers();
+    a->set_plan_version(plan);
+    a->set_first_layer(first);
+    a->set_end_layer(end);
+    a->set_next_data_endpoint(next);
+    a->set_loader_endpoint(kLoaderEndpoint);
+    a->set_kv_slots(kSlots);
+    a->set_n_ctx(kCtx);
+    a->set_kv_type("f32");
+    SendTo(id, envelope);
+  }
+
+  static constexpr uint32_t kSlots = 3;
+  static constexpr uint32_t kCtx = 64;
+
+  zmq::context_t context_;
+  zmq::socket_t router_{context_, zmq::socket_type::router};
+  std::string control_endpoint_;
+  std::unique_ptr<gguf::GgufFile> file_;
+  ModelConfig config_;
+  std::map<std::string, std::unique_ptr<RunningWorker>> workers_;
+};
+
+struct Sequence {
+  uint32_t slot;
+  std::vector<int32_t> prompt;
+  pb::Sampling sampling;
+  std::vector<int32_t> generated;
+  std::vector<std::vector<TokenLogprob>> top;
+};
+
+pb::Sampling Greedy() {
+  pb::Sampling s;
+  s.set_temperature(0.0f);
+  return s;
+}
+
+pb::Sampling Random(uint64_t seed) {
+  pb::Sampling s;
+  s.set_temperature(0.9f);
+  s.set_top_k(40);
+  s.set_top_p(0.95f);
+  s.set_min_p(0.05f);
+  s.set_repetition_penalty(1.1f);
+  s.set_penalty_last_n(64);
+  s.set_seed(seed);
+  (*s.mutable_logit_bias())[2] = -1.5f;
+  return s;
+}
+
+// What `chord generate` computes for the sequence, in one process.
+void GenerateLocally(const gguf::GgufFile& file, int n_tokens, Sequence* seq) {
+  LocalGeneratorOptions options;
+  options.n_ctx = 64;
+  options.n_threads = 1;
+  auto generator = LocalGenerator::Create(file, options);
+  ASSERT_TRUE(generator.ok()) << generator.status();
+  Sampler sampler;
+  std::vector<int32_t> history = seq->prompt;
+  auto logits = (*generator)->Feed(seq->prompt);
+  for (int i = 0; i < n_tokens; ++i) {
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    seq->top.push_back(Sampler::TopLogprobs(*logits, 3));
+    const int32_t token =
+        sampler.Sample(*logits, ToSamplingParams(seq->sampling), history, (*generator)->n_past());
+    seq->generated.push_back(token);
+    history.push_back(token);
+    const int32_t next[1] = {token};
+    logits = (*generator)->Feed(next);
+  }
+}
+
+pb::Envelope Step(uint64_t plan, uint64_t step_id, const std::vector<const Sequence*>& seqs,
+                  const std::vector<std::vector<int32_t>>& tokens,
+                  const std::vector<uint32_t>& first) {
+  pb::Envelope envelope;
+  pb::StepHeader* step = envelope.mutable_step();
+  step->set_plan_version(plan);
+  step->set_step_id(step_id);
+  step->set_n_embd(8);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    pb::SequenceChunk* chunk = step->add_sequences();
+    chunk->set_sequence_id(seqs[i]->slot + 1000);
+    chunk->set_slot(seqs[i]->slot);
+    chunk->set_first_position(first[i]);
+    for (int32_t t : tokens[i]) chunk->add_token_ids(static_cast<uint32_t>(t));
+    chunk->set_sample(true);
+    *chunk->mutable_sampling() = seqs[i]->sampling;
+    chunk->set_logprobs(3);
+  }
+  return envelope;
+}
+
+void ExpectStepError(const wire::Message& m, uint64_t step_id, absl::StatusCode code,
+                     const std::string& origin, const std::string& words) {
+  ASSERT_TRUE(m.envelope.has_step_result());
+  const pb::StepResult& r = m.envelope.step_result();
+  EXPECT_EQ(r.step_id(), step_id);
+  EXPECT_EQ(r.status().code(), static_cast<int>(code)) << r.status().message();
+  EXPECT_EQ(r.status().origin_node(), origin);
+  EXPECT_THAT(r.status().message(), HasSubstr(words));
+  EXPECT_EQ(r.tokens_size(), 0);
+}
+
+// The model split [0, 2) + [2, 5) over two workers samples exactly the tokens
+// (and log-probabilities) that one process does, for two sequences batched
+// together, one greedy and one sampled; malformed steps in between are
+// answered with errors and change nothing.
+TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
+  ASSERT_EQ(config_.n_embd, 8);  // Step() writes the bundled model's width
+  constexpr int kTokens = 12;
+  Sequence a{0, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
+  Sequence b{2, {1, 89, 7, 150}, Random(77), {}, {}};
+  GenerateLocally(*file_, kTokens, &a);
+  GenerateLocally(*file_, kTokens, &b);
+
+  Start(Options("w0"));
+  const std::string w0_data = Register("w0");
+  Start(Options("w1"));
+  const std::string w1_data = Register("w1");
+  Assign("w0", 3, 0, 2, w1_data);
+  Assign("w1", 3, 2, 5, "");
+  const uint64_t kv_per_layer = uint64_t{kSlots} * kCtx * 2 * config_.n_embd_kv() * sizeof(float);
+  for (int i = 0; i < 2; ++i) {
+    const wire::Message ready = Expect(pb::Envelope::kStageReady);
+    const pb::StageReady& r = ready.envelope.stage_ready();
+    EXPECT_EQ(r.status().code(), 0) << ready.identity << ": " << r.status().message();
+    EXPECT_EQ(r.plan_version(), 3u);
+    EXPECT_GT(r.weight_bytes(), 0u);
+    EXPECT_EQ(r.kv_cache_bytes(), kv_per_layer * (ready.identity == "w0" ? 2 : 3))
+        << ready.identity;
+  }
+  zmq::socket_t push0(context_, zmq::socket_type::push), push1(context_, zmq::socket_type::push);
+  push0.set(zmq::sockopt::linger, 0);
+  push1.set(zmq::sockopt::linger, 0);
+  push0.connect(w0_data);
+  push1.connect(w1_data);
+
+  const auto run_step = [&](uint64_t step_id, bool prefill) {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<uint32_t> first;
+    for (const Sequence* s : {&a, &b}) {
+      const size_t done = step_id - 1;  // tokens generated before this step
+      tokens.push_back(prefill ? s->prompt : std::vector<int32_t>{s->generated[done - 1]});
+      first.push_back(prefill ? 0 : static_cast<uint32_t>(s->prompt.size() + done - 1));
+    }
+    ASSERT_TRUE(wire::Send(push0, Step(3, step_id, {&a, &b}, tokens, first)).ok());
+    const wire::Message m = Expect(pb::Envelope::kStepResult);
+    EXPECT_EQ(m.identity, "w1");
+    const pb::StepResult& r = m.envelope.step_result();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    EXPECT_EQ(r.step_id(), step_id);
+    ASSERT_EQ(r.tokens_size(), 2);
+    for (int i = 0; i < 2; ++i) {
+      const Sequence& s = i == 0 ? a : b;
+      const size_t k = step_id - 1;
+      EXPECT_EQ(r.tokens(i).sequence_id(), s.slot + 1000u);
+      EXPECT_EQ(static_cast<int32_t>(r.tokens(i).token_id()), s.generated[k])
+          << "step " << step_id << " seq " << i;
+      ASSERT_EQ(r.tokens(i).top_logprobs_size(), 3);
+      for (int j = 0; j < 3; ++j) {
+        EXPECT_EQ(static_cast<int32_t>(r.tokens(i).top_logprobs(j).id), s.top[k][j].id);
+        EXPECT_EQ(r.tokens(i).top_logprobs(j).logprob, s.top[k][j].logprob);  // same bits
+      }
+    }
+  };
+
+  run_step(1, true);
+  run_step(2, false);
+  run_step(3, false);
+
+  // Malformed steps: each answered by the stage that saw it, nothing else changes.
+  ASSERT_TRUE(push0.send(zmq::str_buffer("not an envelope"), zmq::send_flags::none).has_value());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 0, absl::StatusCode::kInvalidArgument, "w0",
+                  "envelope does not parse");
+  const uint32_t next_a = static_cast<uint32_t>(a.prompt.size() + 2);
+  pb::Envelope bad = Step(3, 900, {&a}, {{a.generated[2]}}, {next_a});
+  std::vector<float> short_payload(7, 0.5f);
+  ASSERT_TRUE(wire::Send(push1, bad,
+                         std::span<const uint8_t>(
+                             reinterpret_cast<const uint8_t*>(short_payload.data()), 28))
+                  .ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 900, absl::StatusCode::kInvalidArgument, "w1",
+                  "activation frame holds 28 bytes");
+  bad.mutable_step()->set_step_id(901);
+  bad.mutable_step()->mutable_sequences(0)->set_slot(kSlots);
+  ASSERT_TRUE(wire::Send(push0, bad).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 901, absl::StatusCode::kInvalidArgument, "w0",
+                  "slot 3 is out of range");
+  bad = Step(3, 902, {&a}, {{a.generated[2]}}, {next_a + 1});
+  ASSERT_TRUE(wire::Send(push0, bad).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 902, absl::StatusCode::kFailedPrecondition,
+                  "w0", "does not continue slot 0");
+  bad = Step(2, 903, {&a}, {{a.generated[2]}}, {next_a});
+  ASSERT_TRUE(wire::Send(push0, bad).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 903, absl::StatusCode::kFailedPrecondition,
+                  "w0", "is for plan 2");
+
+  for (uint64_t step = 4; step <= kTokens; ++step) run_step(step, false);
+
+  pb::Envelope shutdown;
+  shutdown.mutable_shutdown()->set_reason("test over");
+  SendTo("w0", shutdown);
+  SendTo("w1", shutdown);
+  for (auto& [id, worker] : workers_) {
+    worker->thread.join();
+    EXPECT_TRUE(worker->result.ok()) << id << ": " << worker->result;
+  }
+}
+
+TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {
+  WorkerOptions options = Options("small");
+  options.memory_budget_bytes = 4096;
+  Start(options);
+  Register("small");
+  Assign("small", 1, 0, 5, "");
+  const wire::Message refused = Expect(pb::Envelope::kStageReady);
+  const pb::StageReady& r = refused.envelope.stage_ready();
+  EXPECT_EQ(r.status().code(), static_cast<int>(absl::StatusCode::kResourceExhausted));
+  EXPECT_THAT(r.status().message(), HasSubstr("layers [0, 5) need at least"));
+  EXPECT_THAT(r.status().message(), HasSubstr("the memory budget is 4096 bytes"));
+
+  Assign("small", 2, 5, 5, "");  // a spare
+  const wire::Message spare = Expect(pb::Envelope::kStageReady);
+  EXPECT_EQ(spare.envelope.stage_ready().status().code(), 0);
+  EXPECT_EQ(spare.envelope.stage_ready().plan_version(), 2u);
+  EXPECT_EQ(spare.envelope.stage_ready().weight_bytes(), 0u);
+
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(workers_["small"]->service->data_endpoint());
+  Sequence a{0, {1, 2}, Greedy(), {}, {}};
+  ASSERT_TRUE(wire::Send(push, Step(2, 5, {&a}, {a.prompt}, {0})).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 5, absl::StatusCode::kFailedPrecondition,
+                  "small", "holds no ready stage");
+
+  pb::Envelope heartbeat;
+  heartbeat.mutable_heartbeat()->set_plan_version(2);
+  heartbeat.mutable_heartbeat()->set_sent_unix_micros(123456);
+  SendTo("small", heartbeat);
+  const wire::Message beat = Expect(pb::Envelope::kHeartbeat);
+  EXPECT_EQ(beat.envelope.heartbeat().sent_unix_micros(), 123456u);
+}
+
+// A worker says Hello again when the coordinator falls silent (e.g. restarts),
+// and keeps saying it while nobody answers.
+TEST_F(WorkerServiceTest, RegistersAgainAfterCoordinatorSilence) {
+  WorkerOptions options = Options("w");
+  options.coordinator_timeout = 300ms;
+  options.hello_retry = 100ms;
+  Start(options);
+  const std::string endpoint = Register("w");
+  EXPECT_EQ(endpoint, workers_["w"]->service->data_endpoint());
+  EXPECT_THAT(endpoint, HasSubstr("tcp://127.0.0.1:"));
+  EXPECT_EQ(Register("w"), endpoint);  // after 300 ms of silence: Hello and RegisterWorker again
+}
+
+TEST(WeightThroughputTest, MeasuresAPositiveRate) {
+  ThreadPool pool(1);
+  auto rate = MeasureWeightThroughput(pool);
+  ASSERT_TRUE(rate.ok()) << rate.status();
+  EXPECT_GT(*rate, 1e6);  // any CPU reads more than 1 MB/s
+  EXPECT_LT(*rate, 1e13);
+}
+
+}  // namespace
+}  // namespace chord
