@@ -1,0 +1,170 @@
+#include "worker/sampler.h"
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace chord {
+namespace {
+
+std::vector<float> RandomLogits(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::vector<float> logits(static_cast<size_t>(n));
+  for (float& v : logits) v = normal(rng);
+  return logits;
+}
+
+SamplingParams Plain(float temperature) {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = 0;
+  p.top_p = 1.0f;
+  p.min_p = 0.0f;
+  return p;
+}
+
+int Argmax(const std::vector<float>& v) {
+  return static_cast<int>(std::max_element(v.begin(), v.end()) - v.begin());
+}
+
+TEST(SamplerTest, GreedyPicksArgmaxAndLowestIdOnTies) {
+  Sampler sampler;
+  const std::vector<float> logits = RandomLogits(100, 1);
+  EXPECT_EQ(sampler.Sample(logits, Plain(0.0f), {}, 0), Argmax(logits));
+  const std::vector<float> tied = {1.0f, 3.0f, 0.5f, 3.0f};
+  EXPECT_EQ(sampler.Sample(tied, Plain(0.0f), {}, 0), 1);
+}
+
+TEST(SamplerTest, SameSeedAndPositionSameToken_DifferentPositionsVary) {
+  Sampler a, b;
+  const std::vector<float> logits = RandomLogits(50, 2);
+  SamplingParams p = Plain(1.0f);
+  p.seed = 42;
+  std::map<int, int> seen;
+  for (int64_t pos = 0; pos < 200; ++pos) {
+    const int32_t x = a.Sample(logits, p, {}, pos);
+    EXPECT_EQ(x, b.Sample(logits, p, {}, pos));
+    ++seen[x];
+  }
+  EXPECT_GT(seen.size(), 5u);  // a flat-ish distribution gives many different tokens
+}
+
+TEST(SamplerTest, DrawsFollowTheSoftmaxDistribution) {
+  Sampler sampler;
+  const std::vector<float> logits = {0.0f, 1.0f, 2.0f};
+  SamplingParams p = Plain(1.0f);
+  std::vector<int> counts(3);
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    p.seed = static_cast<uint64_t>(i);
+    ++counts[static_cast<size_t>(sampler.Sample(logits, p, {}, 7))];
+  }
+  const double z = 1 + std::exp(1.0) + std::exp(2.0);
+  EXPECT_NEAR(counts[0] / double(n), 1 / z, 0.015);
+  EXPECT_NEAR(counts[1] / double(n), std::exp(1.0) / z, 0.015);
+  EXPECT_NEAR(counts[2] / double(n), std::exp(2.0) / z, 0.015);
+}
+
+TEST(SamplerTest, LowTemperatureConcentratesOnArgmax) {
+  Sampler sampler;
+  const std::vector<float> logits = RandomLogits(30, 3);
+  SamplingParams p = Plain(0.01f);
+  for (int64_t pos = 0; pos < 50; ++pos) EXPECT_EQ(sampler.Sample(logits, p, {}, pos), Argmax(logits));
+}
+
+TEST(SamplerTest, TopKKeepsOnlyTheKMostLikely) {
+  Sampler sampler;
+  const std::vector<float> logits = {5.0f, 4.0f, 3.0f, 2.9f, 1.0f};
+  SamplingParams p = Plain(100.0f);  // nearly uniform over what survives
+  p.top_k = 2;
+  for (int64_t pos = 0; pos < 300; ++pos) EXPECT_LT(sampler.Sample(logits, p, {}, pos), 2);
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestSetAboveP) {
+  Sampler sampler;
+  // probabilities ~ 0.64, 0.24, 0.09, 0.03
+  const std::vector<float> logits = {3.0f, 2.0f, 1.0f, 0.0f};
+  SamplingParams p = Plain(1.0f);
+  p.top_p = 0.8f;
+  std::map<int, int> seen;
+  for (int64_t pos = 0; pos < 2000; ++pos) ++seen[sampler.Sample(logits, p, {}, pos)];
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_TRUE(seen.count(0) && seen.count(1));
+}
+
+TEST(SamplerTest, MinPDropsTokensFarBelowTheTop) {
+  Sampler sampler;
+  const std::vector<float> logits = {3.0f, 2.5f, 0.0f, -1.0f};
+  SamplingParams p = Plain(1.0f);
+  p.min_p = 0.2f;  // keeps p >= 0.2 * p_max: exp(-0.5) = 0.61 survives, exp(-3) = 0.05 does not
+  std::map<int, int> seen;
+  for (int64_t pos = 0; pos < 2000; ++pos) ++seen[sampler.Sample(logits, p, {}, pos)];
+  EXPECT_EQ(seen.size(), 2u);
+}
+
+TEST(SamplerTest, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
+  Sampler sampler;
+  SamplingParams p = Plain(0.0f);
+  p.repetition_penalty = 2.0f;
+  // Token 0 (4.0) seen: 4/2 = 2 < 3 so token 1 wins.
+  EXPECT_EQ(sampler.Sample(std::vector<float>{4.0f, 3.0f}, p, std::vector<int32_t>{0}, 1), 1);
+  // Negative logit seen: -1 * 2 = -2 < -1.5.
+  EXPECT_EQ(sampler.Sample(std::vector<float>{-1.0f, -1.5f}, p, std::vector<int32_t>{0}, 1), 1);
+  // Outside the window: no penalty.
+  p.penalty_last_n = 1;
+  EXPECT_EQ(sampler.Sample(std::vector<float>{4.0f, 3.0f}, p, std::vector<int32_t>{0, 1}, 2), 0);
+}
+
+TEST(SamplerTest, PresenceAndFrequencyPenaltiesSubtract) {
+  Sampler sampler;
+  SamplingParams p = Plain(0.0f);
+  p.presence_penalty = 0.5f;
+  const std::vector<float> logits = {2.0f, 1.6f};
+  EXPECT_EQ(sampler.Sample(logits, p, std::vector<int32_t>{0}, 1), 1);  // 1.5 < 1.6
+  p.presence_penalty = 0.0f;
+  p.frequency_penalty = 0.15f;
+  EXPECT_EQ(sampler.Sample(logits, p, std::vector<int32_t>{0, 0}, 2), 0);     // 1.7 > 1.6
+  EXPECT_EQ(sampler.Sample(logits, p, std::vector<int32_t>{0, 0, 0}, 3), 1);  // 1.55 < 1.6
+}
+
+TEST(SamplerTest, LogitBiasIsAddedFirst) {
+  Sampler sampler;
+  SamplingParams p = Plain(0.0f);
+  p.logit_bias = {{2, 10.0f}, {99, 5.0f}};  // out-of-range ids are ignored
+  EXPECT_EQ(sampler.Sample(std::vector<float>{1.0f, 2.0f, 0.0f}, p, {}, 0), 2);
+}
+
+TEST(SamplerTest, TopLogprobsAreSortedLogSoftmax) {
+  const std::vector<float> logits = RandomLogits(64, 9);
+  const std::vector<TokenLogprob> top = Sampler::TopLogprobs(logits, 5);
+  ASSERT_EQ(top.size(), 5u);
+  double z = 0;
+  for (float v : logits) z += std::exp(double(v));
+  EXPECT_EQ(top[0].id, Argmax(logits));
+  for (size_t i = 0; i < top.size(); ++i) {
+    EXPECT_NEAR(top[i].logprob, logits[static_cast<size_t>(top[i].id)] - std::log(z), 1e-5);
+    if (i > 0) EXPECT_GE(top[i - 1].logprob, top[i].logprob);
+  }
+  EXPECT_TRUE(Sampler::TopLogprobs(logits, 0).empty());
+}
+
+TEST(SamplerTest, UniformDrawIsInUnitIntervalAndKeyedByBoth) {
+  EXPECT_EQ(Sampler::UniformDraw(1, 2), Sampler::UniformDraw(1, 2));
+  EXPECT_NE(Sampler::UniformDraw(1, 2), Sampler::UniformDraw(2, 1));
+  EXPECT_NE(Sampler::UniformDraw(1, 2), Sampler::UniformDraw(1, 3));
+  double sum = 0;
+  for (int i = 0; i < 10000; ++i) {
+    const double u = Sampler::UniformDraw(5, i);
+    ASSERT_GE(u, 0.0);
+    ASSERT_LT(u, 1.0);
+    sum += u;
+  }
+  EXPECT_NEAR(sum / 10000, 0.5, 0.02);
+}
+
+}  // namespace
+}  // namespace chord
