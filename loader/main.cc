@@ -11,6 +11,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
+#include "common/config/cluster_config.h"
 #include "common/gguf/gguf_file.h"
 #include "loader/weight_service.h"
 #include "zmq.hpp"
@@ -28,6 +29,21 @@ struct Flags {
 int Fail(const std::string& message) {
   chord::log::Error("chord-loader: %s", message);
   return 1;
+}
+
+// The file's loader: section fills what the command line left unset.
+bool ApplyConfig(const CLI::App& app, Flags& flags) {
+  if (flags.config.empty()) return true;
+  absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(flags.config);
+  if (!config.ok()) {
+    std::fprintf(stderr, "chord-loader: %s\n", std::string(config.status().message()).c_str());
+    return false;
+  }
+  if (app.count("--model") == 0) flags.model = config->loader.model;
+  if (app.count("--bind") == 0) {
+    flags.bind = "tcp://" + config->loader.host + ":" + std::to_string(config->loader.port);
+  }
+  return true;
 }
 
 }  // namespace
@@ -51,11 +67,13 @@ int main(int argc, char** argv) {
     return 2;
   }
   chord::log::Init(level, flags.log_json);
+  if (!ApplyConfig(app, flags)) return 2;
   if (flags.model.empty()) {
-    std::fprintf(stderr, "chord-loader: --model is required\n");
+    std::fprintf(stderr, "chord-loader: --model (or loader.model in --config) is required\n");
     return 2;
   }
-  chord::log::Info("chord-loader: model %s, bind %s", flags.model, flags.bind);
+  chord::log::Info("chord-loader: model %s, bind %s, config %s", flags.model, flags.bind,
+                   flags.config.empty() ? "(none)" : flags.config);
 
   absl::StatusOr<std::unique_ptr<chord::gguf::GgufFile>> file =
       chord::gguf::GgufFile::Open(flags.model);

@@ -1,0 +1,354 @@
+#include "loader/weight_service.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "cli/mkmodel/mkmodel.h"
+#include "gtest/gtest.h"
+#include "loader/client/loader_client.h"
+
+namespace chord::loader {
+namespace {
+
+namespace pb = wire::pb;
+
+// sha256sum's answer, computed outside chord.
+std::string Sha256Sum(const std::string& path) {
+  std::string command = "sha256sum '" + path + "'";
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return "";
+  char line[256] = {};
+  const bool read = std::fgets(line, sizeof(line), pipe) != nullptr;
+  pclose(pipe);
+  if (!read) return "";
+  return std::string(line).substr(0, 64);
+}
+
+// The service on a loopback port picked by the OS, run on its own thread.
+class Served {
+ public:
+  explicit Served(const std::string& path) {
+    auto file = gguf::GgufFile::Open(path);
+    EXPECT_TRUE(file.ok()) << file.status();
+    if (!file.ok()) return;
+    file_ = *std::move(file);
+    auto sha = Sha256Hex(file_->bytes());
+    EXPECT_TRUE(sha.ok());
+    sha256_ = *sha;
+    WeightServiceOptions options;
+    options.bind = "tcp://127.0.0.1:0";
+    auto service = WeightService::Create(context_, *file_, sha256_,
+                                         std::filesystem::path(path).filename().string(), options);
+    EXPECT_TRUE(service.ok()) << service.status();
+    if (!service.ok()) return;
+    service_ = *std::move(service);
+    thread_ = std::thread([this] { EXPECT_TRUE(service_->Run().ok()); });
+  }
+  ~Served() {
+    if (service_) service_->RequestStop();
+    if (thread_.joinable()) thread_.join();
+  }
+
+  bool ok() const { return service_ != nullptr; }
+  const gguf::GgufFile& file() const { return *file_; }
+  const std::string& sha256() const { return sha256_; }
+  const std::string& endpoint() const { return service_->endpoint(); }
+  WeightService& service() { return *service_; }
+  zmq::context_t& context() { return context_; }
+
+  absl::StatusOr<std::unique_ptr<LoaderClient>> Connect(LoaderClientOptions options = {}) {
+    if (options.node_id.empty()) options.node_id = "test";
+    return LoaderClient::Connect(context_, endpoint(), sha256_, options);
+  }
+
+ private:
+  std::unique_ptr<gguf::GgufFile> file_;  // outlives the context (payloads borrow its mapping)
+  std::string sha256_;
+  zmq::context_t context_{1};
+  std::unique_ptr<WeightService> service_;
+  std::thread thread_;
+};
+
+// Fetches every tensor and compares it with the file's own bytes.
+void ExpectAllTensorsMatch(LoaderClient& client, const gguf::GgufFile& file) {
+  uint64_t total = 0;
+  for (const gguf::TensorInfo& tensor : file.tensors()) {
+    std::vector<uint8_t> bytes(tensor.n_bytes, 0xA5);
+    ASSERT_TRUE(client.FetchTensor(tensor, bytes.data()).ok()) << tensor.name;
+    ASSERT_EQ(0, std::memcmp(bytes.data(), tensor.data, tensor.n_bytes)) << tensor.name;
+    total += tensor.n_bytes;
+  }
+  EXPECT_EQ(client.bytes_received(), total);
+}
+
+// A raw DEALER, for messages a LoaderClient would never send.
+class RawPeer {
+ public:
+  RawPeer(zmq::context_t& context, const std::string& endpoint)
+      : socket_(context, zmq::socket_type::dealer) {
+    socket_.set(zmq::sockopt::linger, 0);
+    socket_.connect(endpoint);
+  }
+  void SendFrames(const std::vector<std::string>& frames) {
+    for (size_t i = 0; i < frames.size(); ++i) {
+      socket_.send(zmq::buffer(frames[i]),
+                   i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+    }
+  }
+  void Send(const pb::Envelope& envelope) { ASSERT_TRUE(wire::Send(socket_, envelope).ok()); }
+  void Hello(uint32_t version = wire::kProtocolVersion, const std::string& sha = "") {
+    pb::Envelope envelope;
+    *envelope.mutable_hello() = wire::MakeHello("worker", "raw", sha);
+    envelope.mutable_hello()->set_protocol_version(version);
+    Send(envelope);
+  }
+  // The next message, or nullopt after `wait`.
+  std::optional<wire::Message> Receive(std::chrono::milliseconds wait = std::chrono::seconds(5)) {
+    zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 1, wait);
+    if (!(items[0].revents & ZMQ_POLLIN)) return std::nullopt;
+    auto message = wire::Receive(socket_, false);
+    EXPECT_TRUE(message.ok()) << message.status();
+    if (!message.ok()) return std::nullopt;
+    return std::move(*message);
+  }
+  std::optional<wire::Message> Request(const std::string& name, uint64_t offset, uint64_t length) {
+    pb::Envelope envelope;
+    pb::TensorRequest* request = envelope.mutable_tensor_request();
+    request->set_request_id(77);
+    request->set_name(name);
+    request->set_offset(offset);
+    request->set_length(length);
+    Send(envelope);
+    return Receive();
+  }
+
+ private:
+  zmq::socket_t socket_;
+};
+
+TEST(WeightServiceTest, ModelInfoMatchesTheFile) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  EXPECT_EQ(served.sha256(), Sha256Sum(CHORD_DEFAULT_MODEL));
+  auto client = served.Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto info = (*client)->FetchModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->model_sha256, Sha256Sum(CHORD_DEFAULT_MODEL));
+  EXPECT_EQ(info->file_name, "stories260K.gguf");
+  const gguf::GgufFile& file = served.file();
+  EXPECT_EQ(info->header->data_offset(), file.data_offset());
+  EXPECT_EQ(info->header->metadata().size(), file.metadata().size());
+  ASSERT_EQ(info->header->tensors().size(), file.tensors().size());
+  for (size_t i = 0; i < file.tensors().size(); ++i) {
+    const gguf::TensorInfo& got = info->header->tensors()[i];
+    const gguf::TensorInfo& want = file.tensors()[i];
+    EXPECT_EQ(got.name, want.name);
+    EXPECT_EQ(got.type, want.type);
+    EXPECT_EQ(got.dims, want.dims);
+    EXPECT_EQ(got.offset, want.offset);
+    EXPECT_EQ(got.n_bytes, want.n_bytes);
+    EXPECT_EQ(got.data, nullptr);
+  }
+  EXPECT_EQ(info->header->GetString("general.architecture").value_or(""), "llama");
+}
+
+TEST(WeightServiceTest, FetchesEveryTensorOfTheDefaultModel) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  auto client = served.Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  ExpectAllTensorsMatch(**client, served.file());
+  uint64_t sent = 0;
+  for (const auto& [peer, stats] : served.service().Stats()) {
+    if (stats.node_id == "test") sent += stats.bytes_sent;
+  }
+  EXPECT_EQ(sent, (*client)->bytes_received());
+}
+
+TEST(WeightServiceTest, FetchesEveryTensorOfAGeneratedModel) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("loader_test_" + std::to_string(getpid()) + ".gguf"))
+          .string();
+  mkmodel::MkmodelOptions options;
+  options.seed = 11;
+  options.file_type = mkmodel::FileType::kQ4_K_M;
+  ASSERT_TRUE(mkmodel::WriteModel(options, path).ok());
+  {
+    Served served(path);
+    ASSERT_TRUE(served.ok());
+    EXPECT_EQ(served.sha256(), Sha256Sum(path));
+    LoaderClientOptions client_options;
+    client_options.chunk_bytes = 64 << 10;
+    auto client = served.Connect(client_options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    ASSERT_TRUE((*client)->FetchModelInfo().ok());
+    ExpectAllTensorsMatch(**client, served.file());
+  }
+  std::filesystem::remove(path);
+}
+
+TEST(WeightServiceTest, SmallChunksWithWindowsOfOneAndEight) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  for (int window : {1, 8}) {
+    LoaderClientOptions options;
+    options.chunk_bytes = 1000;  // not a divisor of any tensor size: short last chunks
+    options.max_outstanding = window;
+    auto client = served.Connect(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    ExpectAllTensorsMatch(**client, served.file());
+  }
+}
+
+TEST(WeightServiceTest, UnknownTensorIsNotFound) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  auto client = served.Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  gguf::TensorInfo missing;
+  missing.name = "blk.99.attn_q.weight";
+  missing.n_bytes = 64;
+  std::vector<uint8_t> out(64);
+  EXPECT_EQ((*client)->FetchTensor(missing, out.data()).code(), absl::StatusCode::kNotFound);
+}
+
+TEST(WeightServiceTest, RangesOutsideTheTensorAreRejected) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  const gguf::TensorInfo& tensor = served.file().tensors().front();
+  RawPeer peer(served.context(), served.endpoint());
+  peer.Hello();
+  ASSERT_TRUE(peer.Receive().has_value());
+  const std::vector<std::pair<uint64_t, uint64_t>> bad = {
+      {0, 0}, {tensor.n_bytes, 1}, {1, tensor.n_bytes}, {~uint64_t{0}, 2},
+      {0, kMaxTensorChunkBytes + 1}};
+  for (const auto& [offset, length] : bad) {
+    auto reply = peer.Request(tensor.name, offset, length);
+    ASSERT_TRUE(reply.has_value());
+    ASSERT_TRUE(reply->envelope.has_tensor_chunk());
+    EXPECT_EQ(reply->envelope.tensor_chunk().request_id(), 77u);
+    EXPECT_EQ(reply->envelope.tensor_chunk().status().code(),
+              static_cast<int>(absl::StatusCode::kInvalidArgument))
+        << offset << "+" << length;
+    EXPECT_FALSE(reply->has_payload);
+  }
+  // The last byte alone is inside.
+  auto reply = peer.Request(tensor.name, tensor.n_bytes - 1, 1);
+  ASSERT_TRUE(reply.has_value() && reply->has_payload);
+  EXPECT_EQ(*static_cast<const uint8_t*>(reply->payload.data()), tensor.data[tensor.n_bytes - 1]);
+
+  // Through the client: a tensor claimed larger than the loader's.
+  auto client = served.Connect();
+  ASSERT_TRUE(client.ok());
+  gguf::TensorInfo larger = tensor;
+  larger.n_bytes += 1;
+  std::vector<uint8_t> out(larger.n_bytes);
+  EXPECT_EQ((*client)->FetchTensor(larger, out.data()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(WeightServiceTest, MalformedMessagesAreDroppedAndServiceContinues) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  RawPeer peer(served.context(), served.endpoint());
+  peer.SendFrames({"\xff\xff\xff garbage"});
+  peer.SendFrames({""});
+  peer.SendFrames({"a", "b", "c"});
+  pb::Envelope step;
+  step.mutable_step()->set_step_id(3);
+  peer.Send(step);  // a body the loader does not serve
+  {
+    pb::Envelope hello;
+    *hello.mutable_hello() = wire::MakeHello("worker", "raw", "");
+    std::string bytes;
+    hello.SerializeToString(&bytes);
+    peer.SendFrames({bytes, "unexpected payload"});
+  }
+  EXPECT_FALSE(peer.Receive(std::chrono::milliseconds(200)).has_value());
+
+  // The same peer still gets served once it says Hello properly.
+  peer.Hello();
+  auto hello = peer.Receive();
+  ASSERT_TRUE(hello.has_value() && hello->envelope.has_hello());
+  EXPECT_FALSE(hello->envelope.hello().has_status());
+  const gguf::TensorInfo& tensor = served.file().tensors().back();
+  auto chunk = peer.Request(tensor.name, 0, tensor.n_bytes);
+  ASSERT_TRUE(chunk.has_value() && chunk->has_payload);
+  EXPECT_EQ(0, std::memcmp(chunk->payload.data(), tensor.data, tensor.n_bytes));
+
+  uint64_t dropped = 0;
+  for (const auto& [name, stats] : served.service().Stats()) dropped += stats.dropped;
+  EXPECT_EQ(dropped, 5u);  // the empty frame parses as an envelope with no body
+
+  auto client = served.Connect();
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_TRUE((*client)->FetchModelInfo().ok());
+}
+
+TEST(WeightServiceTest, RequestsBeforeHelloAreRefused) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  RawPeer peer(served.context(), served.endpoint());
+  auto reply = peer.Request(served.file().tensors().front().name, 0, 16);
+  ASSERT_TRUE(reply.has_value() && reply->envelope.has_tensor_chunk());
+  EXPECT_EQ(reply->envelope.tensor_chunk().status().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  EXPECT_FALSE(reply->has_payload);
+}
+
+TEST(WeightServiceTest, ProtocolOrModelMismatchIsRefused) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  RawPeer peer(served.context(), served.endpoint());
+  peer.Hello(/*version=*/wire::kProtocolVersion + 1);
+  auto hello = peer.Receive();
+  ASSERT_TRUE(hello.has_value() && hello->envelope.has_hello());
+  EXPECT_EQ(hello->envelope.hello().status().code(),
+            static_cast<int>(absl::StatusCode::kFailedPrecondition));
+  // Ignored from then on, even a correct Hello.
+  peer.Hello();
+  EXPECT_FALSE(peer.Receive(std::chrono::milliseconds(300)).has_value());
+
+  LoaderClientOptions options;
+  options.node_id = "other-model";
+  auto client = LoaderClient::Connect(served.context(), served.endpoint(),
+                                      std::string(64, '0'), options);
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(WeightServiceTest, ServesSeveralClientsAtOnce) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  constexpr int kClients = 4;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kClients; ++i) {
+    threads.emplace_back([&served, i] {
+      LoaderClientOptions options;
+      options.node_id = "client" + std::to_string(i);
+      options.chunk_bytes = 4096 << i;
+      options.max_outstanding = 1 + i * 2;
+      auto client = served.Connect(options);
+      ASSERT_TRUE(client.ok()) << client.status();
+      ExpectAllTensorsMatch(**client, served.file());
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  int peers_served = 0;
+  for (const auto& [name, stats] : served.service().Stats()) {
+    if (stats.bytes_sent > 0) ++peers_served;
+  }
+  EXPECT_EQ(peers_served, kClients);
+}
+
+TEST(Sha256HexTest, KnownDigests) {
+  EXPECT_EQ(*Sha256Hex({}), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  const std::string abc = "abc";
+  EXPECT_EQ(*Sha256Hex(std::span(reinterpret_cast<const uint8_t*>(abc.data()), abc.size())),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+}  // namespace
+}  // namespace chord::loader
