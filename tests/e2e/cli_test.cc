@@ -95,6 +95,22 @@ TEST(CliTest, InspectJsonDescribesTheBundledModel) {
   EXPECT_NE(r.out.find("token_embd.weight"), std::string::npos);
 }
 
+TEST(CliTest, InspectReadsEverySharedModelAndTokenizer) {
+  const std::filesystem::path shared(CHORD_SHARED_DIR);
+  int inspected = 0;
+  for (const char* folder : {"models", "tokenizer"}) {
+    if (!std::filesystem::exists(shared / folder)) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(shared / folder)) {
+      if (entry.path().extension() != ".gguf") continue;
+      const CommandResult r = RunChord("inspect --json '" + entry.path().string() + "'");
+      EXPECT_EQ(r.exit_code, 0) << entry.path();
+      EXPECT_NO_THROW((void)nlohmann::json::parse(r.out)) << entry.path();
+      ++inspected;
+    }
+  }
+  if (inspected == 0) GTEST_SKIP() << "no GGUF files under " << shared << " (needs ../shared)";
+}
+
 TEST(CliTest, MkmodelWritesAModelThatGenerates) {
   const std::string path = std::filesystem::temp_directory_path() / "chord_cli_test_tiny.gguf";
   ASSERT_EQ(RunChord("mkmodel --out " + path + " --preset tiny --type Q4_K_M --seed 3 2>/dev/null").exit_code, 0);
