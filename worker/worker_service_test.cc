@@ -21,6 +21,7 @@ using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
 constexpr char kModelSha[] = "5a17e0c0ffee";
+constexpr uint32_t kModelEmbd = 64;  // the bundled model's width, which Step() writes
 constexpr char kLoaderEndpoint[] = "tcp://127.0.0.1:1";  // never dialled: the fake serves the bytes
 
 class FileLoaderClient final : public LoaderClient {
@@ -230,7 +231,7 @@ pb::Envelope Step(uint64_t plan, uint64_t step_id, const std::vector<const Seque
   pb::StepHeader* step = envelope.mutable_step();
   step->set_plan_version(plan);
   step->set_step_id(step_id);
-  step->set_n_embd(8);
+  step->set_n_embd(kModelEmbd);
   for (size_t i = 0; i < seqs.size(); ++i) {
     pb::SequenceChunk* chunk = step->add_sequences();
     chunk->set_sequence_id(seqs[i]->slot + 1000);
@@ -260,7 +261,7 @@ void ExpectStepError(const wire::Message& m, uint64_t step_id, absl::StatusCode 
 // together, one greedy and one sampled; malformed steps in between are
 // answered with errors and change nothing.
 TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
-  ASSERT_EQ(config_.n_embd, 8);  // Step() writes the bundled model's width
+  ASSERT_EQ(config_.n_embd, kModelEmbd);
   constexpr int kTokens = 12;
   Sequence a{0, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
   Sequence b{2, {1, 89, 7, 150}, Random(77), {}, {}};
@@ -312,8 +313,8 @@ TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
           << "step " << step_id << " seq " << i;
       ASSERT_EQ(r.tokens(i).top_logprobs_size(), 3);
       for (int j = 0; j < 3; ++j) {
-        EXPECT_EQ(static_cast<int32_t>(r.tokens(i).top_logprobs(j).id), s.top[k][j].id);
-        EXPECT_EQ(r.tokens(i).top_logprobs(j).logprob, s.top[k][j].logprob);  // same bits
+        EXPECT_EQ(static_cast<int32_t>(r.tokens(i).top_logprobs(j).id()), s.top[k][j].id);
+        EXPECT_EQ(r.tokens(i).top_logprobs(j).logprob(), s.top[k][j].logprob);  // same bits
       }
     }
   };
