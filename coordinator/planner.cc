@@ -1,6 +1,7 @@
 #include "coordinator/planner.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace chord::coordinator {
@@ -10,6 +11,7 @@ struct Cost {
   double max = std::numeric_limits<double>::infinity();
   double sum_squares = std::numeric_limits<double>::infinity();
   bool operator<(const Cost& other) const {
+    if (std::isinf(max) || std::isinf(other.max)) return max < other.max;
     // Relative tolerance so that float noise does not decide ties.
     const double eps = 1e-12 * std::max(1.0, std::max(max, other.max));
     if (max < other.max - eps) return true;
