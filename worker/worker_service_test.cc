@@ -10,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "loader/weight_service.h"
 #include "worker/local_generator.h"
 #include "worker/models/llama.h"
 
@@ -95,8 +96,10 @@ class WorkerServiceTest : public ::testing::Test {
     auto worker = std::make_unique<RunningWorker>();
     worker->pool = std::make_unique<ThreadPool>(1);
     LoaderConnector connect =
-        [this](zmq::context_t&, const std::string& endpoint,
-               const std::string& sha) -> absl::StatusOr<std::unique_ptr<LoaderClient>> {
+        connector_
+            ? connector_
+            : [this](zmq::context_t&, const std::string& endpoint,
+                     const std::string& sha) -> absl::StatusOr<std::unique_ptr<LoaderClient>> {
       if (endpoint != kLoaderEndpoint)
         return absl::InvalidArgumentError("wrong loader endpoint " + endpoint);
       if (sha != kModelSha) return absl::InvalidArgumentError("wrong expected model " + sha);
@@ -137,7 +140,7 @@ class WorkerServiceTest : public ::testing::Test {
     EXPECT_EQ(hello.identity, id);
     EXPECT_EQ(hello.envelope.hello().role(), "worker");
     pb::Envelope reply;
-    *reply.mutable_hello() = wire::MakeHello("coordinator", "coord", kModelSha);
+    *reply.mutable_hello() = wire::MakeHello("coordinator", "coord", model_sha_);
     SendTo(id, reply);
     const wire::Message reg = Expect(pb::Envelope::kRegisterWorker);
     EXPECT_EQ(reg.identity, id);
@@ -157,7 +160,7 @@ class WorkerServiceTest : public ::testing::Test {
     a->set_first_layer(first);
     a->set_end_layer(end);
     a->set_next_data_endpoint(next);
-    a->set_loader_endpoint(kLoaderEndpoint);
+    a->set_loader_endpoint(loader_endpoint_);
     a->set_kv_slots(kSlots);
     a->set_n_ctx(kCtx);
     a->set_kv_type("f32");
@@ -172,6 +175,9 @@ class WorkerServiceTest : public ::testing::Test {
   std::string control_endpoint_;
   std::unique_ptr<gguf::GgufFile> file_;
   ModelConfig config_;
+  std::string model_sha_ = kModelSha;
+  std::string loader_endpoint_ = kLoaderEndpoint;
+  LoaderConnector connector_;  // empty: weights from the file, in this process
   std::map<std::string, std::unique_ptr<RunningWorker>> workers_;
 };
 
@@ -407,6 +413,53 @@ TEST_F(WorkerServiceTest, RegistersAgainAfterCoordinatorSilence) {
   EXPECT_EQ(endpoint, workers_["w"]->service->data_endpoint());
   EXPECT_THAT(endpoint, HasSubstr("tcp://127.0.0.1:"));
   EXPECT_EQ(Register("w"), endpoint);  // after 300 ms of silence: Hello and RegisterWorker again
+}
+
+// The same split with the real loader: weights travel over ZeroMQ from the
+// loader's weight service through LoaderClient, checksummed, and the model
+// identity the coordinator announces is checked against the loader's.
+TEST_F(WorkerServiceTest, FetchesItsLayersFromTheLoader) {
+  zmq::context_t loader_context;
+  auto sha = loader::Sha256Hex(file_->bytes());
+  ASSERT_TRUE(sha.ok()) << sha.status();
+  loader::WeightServiceOptions loader_options;
+  loader_options.bind = "tcp://127.0.0.1:*";
+  auto loader = loader::WeightService::Create(loader_context, *file_, *sha, "stories260K.gguf",
+                                              loader_options);
+  ASSERT_TRUE(loader.ok()) << loader.status();
+  std::thread loader_thread([&] { EXPECT_TRUE((*loader)->Run().ok()); });
+  model_sha_ = *sha;
+  loader_endpoint_ = (*loader)->endpoint();
+  connector_ = [](zmq::context_t& context, const std::string& endpoint,
+                  const std::string& expected) {
+    LoaderClientOptions options;
+    options.node_id = "worker";
+    return LoaderClient::Connect(context, endpoint, expected, options);
+  };
+  Sequence a{1, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
+  GenerateLocally(*file_, 1, &a);
+  Start(Options("w0"));
+  const std::string w0_data = Register("w0");
+  Start(Options("w1"));
+  const std::string w1_data = Register("w1");
+  Assign("w0", 1, 0, 3, w1_data);
+  Assign("w1", 1, 3, 5, "");
+  for (int i = 0; i < 2; ++i) {
+    const wire::Message ready = Expect(pb::Envelope::kStageReady);
+    EXPECT_EQ(ready.envelope.stage_ready().status().code(), 0)
+        << ready.envelope.stage_ready().status().message();
+    EXPECT_GT(ready.envelope.stage_ready().weight_bytes(), 0u);
+  }
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(w0_data);
+  ASSERT_TRUE(wire::Send(push, Step(1, 1, {&a}, {a.prompt}, {0})).ok());
+  const wire::Message m = Expect(pb::Envelope::kStepResult);
+  ASSERT_EQ(m.envelope.step_result().tokens_size(), 1)
+      << m.envelope.step_result().status().message();
+  EXPECT_EQ(static_cast<int32_t>(m.envelope.step_result().tokens(0).token_id()), a.generated[0]);
+  (*loader)->RequestStop();
+  loader_thread.join();
 }
 
 TEST(WeightThroughputTest, MeasuresAPositiveRate) {
