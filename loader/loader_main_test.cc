@@ -83,8 +83,9 @@ void ServeAndStop(const std::vector<std::string>& args) {
   const std::string line = ReadLine(child.stdout_fd, 30);
   const std::string prefix = "chord-loader listening on tcp://127.0.0.1:";
   ASSERT_EQ(line.rfind(prefix, 0), 0u) << line;
-  const std::string endpoint = line.substr(std::string("chord-loader listening on ").size(),
-                                           line.size() - 1 - std::string("chord-loader listening on ").size());
+  const std::string endpoint =
+      line.substr(std::string("chord-loader listening on ").size(),
+                  line.size() - 1 - std::string("chord-loader listening on ").size());
   EXPECT_NE(endpoint, "tcp://127.0.0.1:0");
   {
     zmq::context_t context(1);
@@ -122,7 +123,8 @@ TEST_F(LoaderMainTest, TakesTheModelFromTheClusterConfig) {
 
 TEST_F(LoaderMainTest, FailsClearlyOnBadInput) {
   for (const std::vector<std::string>& args :
-       {std::vector<std::string>{}, {"--model", "/nonexistent/model.gguf"},
+       {std::vector<std::string>{},
+        {"--model", "/nonexistent/model.gguf"},
         {"--model", CHORD_DEFAULT_MODEL, "--bind", "not-an-endpoint"},
         {"--model", CHORD_DEFAULT_MODEL, "--log-level", "loud"}}) {
     Child child = Spawn(args);

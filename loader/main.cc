@@ -31,6 +31,29 @@ int Fail(const std::string& message) {
   return 1;
 }
 
+// SIGTERM/SIGINT are taken by one thread (sigwait): blocked here, before ZeroMQ
+// starts its threads, which inherit the mask.
+sigset_t BlockStopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+absl::Status ServeUntilSignal(chord::loader::WeightService& service, const sigset_t& signals) {
+  std::thread signal_thread([&signals, &service] {
+    int received = 0;
+    sigwait(&signals, &received);
+    service.RequestStop();
+  });
+  const absl::Status served = service.Run();
+  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes it if no signal came
+  signal_thread.join();
+  return served;
+}
+
 // The file's loader: section fills what the command line left unset.
 bool ApplyConfig(const CLI::App& app, Flags& flags) {
   if (flags.config.empty()) return true;
@@ -81,15 +104,11 @@ int main(int argc, char** argv) {
   const auto started = std::chrono::steady_clock::now();
   absl::StatusOr<std::string> sha256 = chord::loader::Sha256Hex((*file)->bytes());
   if (!sha256.ok()) return Fail(std::string(sha256.status().message()));
-  chord::log::Info("chord-loader: sha256 %s of %d bytes in %.3f s", *sha256, (*file)->file_size(),
-                   std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  chord::log::Info(
+      "chord-loader: sha256 %s of %d bytes in %.3f s", *sha256, (*file)->file_size(),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
 
-  // Signals are taken by one thread (sigwait), so block them before ZeroMQ starts its threads.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = BlockStopSignals();
 
   // Declared after the file: payload frames borrow its mapping until the context closes.
   zmq::context_t context(1);
@@ -103,14 +122,7 @@ int main(int argc, char** argv) {
   std::printf("chord-loader listening on %s\n", (*service)->endpoint().c_str());
   std::fflush(stdout);
 
-  std::thread signal_thread([&signals, &service] {
-    int received = 0;
-    sigwait(&signals, &received);
-    (*service)->RequestStop();
-  });
-  const absl::Status served = (*service)->Run();
-  pthread_kill(signal_thread.native_handle(), SIGTERM);  // wakes it if no signal came
-  signal_thread.join();
+  const absl::Status served = ServeUntilSignal(**service, signals);
   if (!served.ok()) return Fail(std::string(served.message()));
   chord::log::Info("chord-loader: stopped");
   return 0;

@@ -45,8 +45,7 @@ absl::StatusOr<std::string> Sha256Hex(std::span<const uint8_t> bytes) {
   if (EVP_DigestFinal_ex(context.get(), digest, &length) != 1) {
     return absl::InternalError("SHA-256 final failed");
   }
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(digest), length));
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), length));
 }
 
 absl::StatusOr<std::unique_ptr<WeightService>> WeightService::Create(
@@ -215,13 +214,14 @@ absl::StatusOr<const gguf::TensorInfo*> WeightService::Validate(
   const gguf::TensorInfo* tensor = file_.FindTensor(request.name());
   if (tensor == nullptr) return absl::NotFoundError(absl::StrCat("no tensor ", request.name()));
   if (request.length() == 0 || request.length() > kMaxTensorChunkBytes) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "length %d of %s is not in [1, %d]", request.length(), request.name(), kMaxTensorChunkBytes));
+    return absl::InvalidArgumentError(absl::StrFormat("length %d of %s is not in [1, %d]",
+                                                      request.length(), request.name(),
+                                                      kMaxTensorChunkBytes));
   }
   if (request.offset() > tensor->n_bytes || request.length() > tensor->n_bytes - request.offset()) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("range [%d, +%d) is outside %s (%d bytes)", request.offset(),
-                        request.length(), request.name(), tensor->n_bytes));
+    return absl::InvalidArgumentError(absl::StrFormat("range [%d, +%d) is outside %s (%d bytes)",
+                                                      request.offset(), request.length(),
+                                                      request.name(), tensor->n_bytes));
   }
   return tensor;
 }
@@ -297,8 +297,8 @@ void WeightService::LogTotals() {
   if (total == logged_bytes_) return;
   logged_bytes_ = total;
   for (const auto& [peer, stats] : stats_) {
-    log::Info("loader: peer %s (%s): %d requests, %d bytes sent, %d dropped", peer,
-              stats.node_id, stats.requests, stats.bytes_sent, stats.dropped);
+    log::Info("loader: peer %s (%s): %d requests, %d bytes sent, %d dropped", peer, stats.node_id,
+              stats.requests, stats.bytes_sent, stats.dropped);
   }
 }
 

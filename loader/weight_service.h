@@ -41,7 +41,8 @@ struct WeightServiceOptions {
   std::string node_id = "loader";
   int send_hwm = 1000;     // messages queued per peer before replies are dropped
   int receive_hwm = 1000;  // requests queued per peer before ZeroMQ stops reading
-  int64_t max_message_bytes = 1 << 20;  // inbound messages are small; larger ones disconnect the peer
+  int64_t max_message_bytes =
+      1 << 20;  // inbound messages are small; larger ones disconnect the peer
 };
 
 // What the service has done for one peer (keyed by its ROUTER identity, in hex).
@@ -56,9 +57,11 @@ class WeightService {
  public:
   // Binds the socket. `file` must be opened with GgufFile::Open (tensor data
   // mapped) and outlive `context`. `model_sha256` is the file's identity.
-  static absl::StatusOr<std::unique_ptr<WeightService>> Create(
-      zmq::context_t& context, const gguf::GgufFile& file, std::string model_sha256,
-      std::string file_name, const WeightServiceOptions& options);
+  static absl::StatusOr<std::unique_ptr<WeightService>> Create(zmq::context_t& context,
+                                                               const gguf::GgufFile& file,
+                                                               std::string model_sha256,
+                                                               std::string file_name,
+                                                               const WeightServiceOptions& options);
 
   // The bound endpoint, with the port the OS picked (e.g. "tcp://127.0.0.1:41234").
   const std::string& endpoint() const { return endpoint_; }

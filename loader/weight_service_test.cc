@@ -170,9 +170,9 @@ TEST(WeightServiceTest, FetchesEveryTensorOfTheDefaultModel) {
 }
 
 TEST(WeightServiceTest, FetchesEveryTensorOfAGeneratedModel) {
-  const std::string path =
-      (std::filesystem::temp_directory_path() / ("loader_test_" + std::to_string(getpid()) + ".gguf"))
-          .string();
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("loader_test_" + std::to_string(getpid()) + ".gguf"))
+                               .string();
   mkmodel::MkmodelOptions options;
   options.seed = 11;
   options.file_type = mkmodel::FileType::kQ4_K_M;
@@ -223,9 +223,11 @@ TEST(WeightServiceTest, RangesOutsideTheTensorAreRejected) {
   RawPeer peer(served.context(), served.endpoint());
   peer.Hello();
   ASSERT_TRUE(peer.Receive().has_value());
-  const std::vector<std::pair<uint64_t, uint64_t>> bad = {
-      {0, 0}, {tensor.n_bytes, 1}, {1, tensor.n_bytes}, {~uint64_t{0}, 2},
-      {0, kMaxTensorChunkBytes + 1}};
+  const std::vector<std::pair<uint64_t, uint64_t>> bad = {{0, 0},
+                                                          {tensor.n_bytes, 1},
+                                                          {1, tensor.n_bytes},
+                                                          {~uint64_t{0}, 2},
+                                                          {0, kMaxTensorChunkBytes + 1}};
   for (const auto& [offset, length] : bad) {
     auto reply = peer.Request(tensor.name, offset, length);
     ASSERT_TRUE(reply.has_value());
@@ -314,8 +316,8 @@ TEST(WeightServiceTest, ProtocolOrModelMismatchIsRefused) {
 
   LoaderClientOptions options;
   options.node_id = "other-model";
-  auto client = LoaderClient::Connect(served.context(), served.endpoint(),
-                                      std::string(64, '0'), options);
+  auto client =
+      LoaderClient::Connect(served.context(), served.endpoint(), std::string(64, '0'), options);
   EXPECT_EQ(client.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 

@@ -34,8 +34,7 @@ absl::Status ValidateOptions(const LoaderClientOptions& options) {
                                                       options.chunk_bytes, kMaxTensorChunkBytes));
   }
   if (options.max_outstanding < 1 || options.max_attempts < 1 || options.timeout.count() <= 0) {
-    return absl::InvalidArgumentError(
-        "max_outstanding, max_attempts and timeout must be positive");
+    return absl::InvalidArgumentError("max_outstanding, max_attempts and timeout must be positive");
   }
   return absl::OkStatus();
 }
@@ -113,8 +112,7 @@ class LoaderClientImpl final : public LoaderClient {
 absl::StatusOr<std::optional<wire::Message>> LoaderClientImpl::ReceiveUntil(
     Clock::time_point deadline) {
   while (true) {
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
     if (left.count() < 0) return std::optional<wire::Message>();
     zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
     try {
@@ -157,8 +155,8 @@ absl::Status LoaderClientImpl::Handshake(const std::string& expected_model_sha25
     const pb::Hello& reply = message->envelope.hello();
     RETURN_IF_ERROR(wire::CheckHello(reply, expected_model_sha256));
     if (reply.role() != "loader" || reply.model_sha256().empty()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          endpoint_, " is a '", reply.role(), "', not a loader serving a model"));
+      return absl::FailedPreconditionError(
+          absl::StrCat(endpoint_, " is a '", reply.role(), "', not a loader serving a model"));
     }
     model_sha256_ = reply.model_sha256();
     return absl::OkStatus();
@@ -167,8 +165,7 @@ absl::Status LoaderClientImpl::Handshake(const std::string& expected_model_sha25
 
 Clock::duration LoaderClientImpl::Backoff(int attempts) const {
   const int shift = std::clamp(attempts - 1, 0, 20);
-  return std::min<Clock::duration>(std::chrono::milliseconds(10) * (1 << shift),
-                                   options_.timeout);
+  return std::min<Clock::duration>(std::chrono::milliseconds(10) * (1 << shift), options_.timeout);
 }
 
 absl::StatusOr<LoaderModelInfo> LoaderClientImpl::FetchModelInfo() {
@@ -227,7 +224,8 @@ void LoaderClientImpl::SendChunkRequest(const gguf::TensorInfo& info, size_t ind
   in_flight[id] = InFlight{index, Clock::now() + options_.timeout};
   // A send the socket cannot take now is left to time out like a lost reply.
   const absl::Status sent = SendEnvelope(envelope);
-  if (!sent.ok()) log::Warn("loader client: request for %s not sent: %s", info.name, sent.message());
+  if (!sent.ok())
+    log::Warn("loader client: request for %s not sent: %s", info.name, sent.message());
 }
 
 absl::Status LoaderClientImpl::AcceptChunk(const gguf::TensorInfo& info, const Chunk& chunk,
@@ -237,10 +235,10 @@ absl::Status LoaderClientImpl::AcceptChunk(const gguf::TensorInfo& info, const C
   if (reply.name() != info.name || reply.offset() != chunk.offset ||
       reply.length() != chunk.length || !message.has_payload ||
       message.payload.size() != chunk.length) {
-    return absl::DataLossError(absl::StrFormat(
-        "chunk of %s: asked for [%d, +%d), got %s [%d, +%d) with %d payload bytes", info.name,
-        chunk.offset, chunk.length, reply.name(), reply.offset(), reply.length(),
-        message.has_payload ? message.payload.size() : 0));
+    return absl::DataLossError(
+        absl::StrFormat("chunk of %s: asked for [%d, +%d), got %s [%d, +%d) with %d payload bytes",
+                        info.name, chunk.offset, chunk.length, reply.name(), reply.offset(),
+                        reply.length(), message.has_payload ? message.payload.size() : 0));
   }
   if (XXH3_64bits(message.payload.data(), message.payload.size()) != reply.xxh3_64()) {
     return absl::DataLossError(absl::StrFormat("chunk [%d, +%d) of %s fails its checksum",
@@ -250,12 +248,11 @@ absl::Status LoaderClientImpl::AcceptChunk(const gguf::TensorInfo& info, const C
   return absl::OkStatus();
 }
 
-absl::Status LoaderClientImpl::Retry(size_t index, const Chunk& chunk,
-                                     const absl::Status& error, RetryQueue& retries) const {
+absl::Status LoaderClientImpl::Retry(size_t index, const Chunk& chunk, const absl::Status& error,
+                                     RetryQueue& retries) const {
   if (chunk.attempts >= options_.max_attempts) {
-    return absl::Status(error.code(),
-                        absl::StrFormat("%s (gave up after %d attempts)", error.message(),
-                                        chunk.attempts));
+    return absl::Status(error.code(), absl::StrFormat("%s (gave up after %d attempts)",
+                                                      error.message(), chunk.attempts));
   }
   log::Warn("loader client: %s; asking again (attempt %d of %d)", error.message(),
             chunk.attempts + 1, options_.max_attempts);
@@ -325,8 +322,8 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<LoaderClient>> LoaderClient::Connect(
-    zmq::context_t& context, const std::string& endpoint,
-    const std::string& expected_model_sha256, const LoaderClientOptions& options) {
+    zmq::context_t& context, const std::string& endpoint, const std::string& expected_model_sha256,
+    const LoaderClientOptions& options) {
   RETURN_IF_ERROR(ValidateOptions(options));
   zmq::socket_t socket(context, zmq::socket_type::dealer);
   try {

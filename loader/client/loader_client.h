@@ -27,12 +27,12 @@ namespace chord {
 inline constexpr uint64_t kMaxTensorChunkBytes = 16ull << 20;
 
 struct LoaderClientOptions {
-  std::string node_id;                  // how the loader logs this peer
-  std::string role = "worker";          // Hello role: "worker" or "coordinator"
-  uint64_t chunk_bytes = 4ull << 20;    // bytes asked for per request, at most kMaxTensorChunkBytes
-  int max_outstanding = 4;              // credit window: requests in flight
+  std::string node_id;                // how the loader logs this peer
+  std::string role = "worker";        // Hello role: "worker" or "coordinator"
+  uint64_t chunk_bytes = 4ull << 20;  // bytes asked for per request, at most kMaxTensorChunkBytes
+  int max_outstanding = 4;            // credit window: requests in flight
   std::chrono::milliseconds timeout{5000};  // per reply before a retry
-  int max_attempts = 5;                 // per chunk, with exponential backoff
+  int max_attempts = 5;                     // per chunk, with exponential backoff
 };
 
 struct LoaderModelInfo {

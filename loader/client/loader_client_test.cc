@@ -22,7 +22,7 @@ struct FakeBehaviour {
   bool answer_hello = true;
   std::string role = "loader";
   bool answer_requests = true;
-  int corrupt_replies = 0;          // how many replies get one byte flipped; -1: all
+  int corrupt_replies = 0;           // how many replies get one byte flipped; -1: all
   bool duplicate_and_stray = false;  // each reply twice, plus one for an unknown request id
 };
 
