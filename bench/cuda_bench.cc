@@ -18,6 +18,9 @@
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/matvec.h"
+#include "common/tensor/dtype.h"
+#include <random>
 #include "worker/cuda_stage.h"
 #include "worker/models/tensor_source.h"
 
@@ -90,11 +93,54 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
   return Seconds(start);
 }
 
+// Time of one matrix-vector launch over an 11008 x 4096 matrix of random
+// bytes in each type (timing only: the values are meaningless), as GB/s of
+// weights read, for 1 and 8 tokens.
+absl::Status MatVecMicrobench() {
+  const int64_t rows = 11008, cols = 4096;
+  for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
+    ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
+    const size_t bytes = row_bytes * static_cast<size_t>(rows);
+    std::vector<uint8_t> host(bytes);
+    std::mt19937 rng(5);
+    for (auto& b : host) b = static_cast<uint8_t>(rng() & 0x3b);  // keeps halves finite
+    ASSIGN_OR_RETURN(cuda::DeviceBuffer w, cuda::DeviceBuffer::Allocate(bytes));
+    ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(8 * cols * sizeof(float)));
+    ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(8 * rows * sizeof(float)));
+    CHORD_CUDA_RETURN(cudaMemcpy(w.data(), host.data(), bytes, cudaMemcpyHostToDevice));
+    CHORD_CUDA_RETURN(cudaMemset(x.data(), 0x3c, x.bytes()));
+    const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes, w.data()};
+    for (const int n : {1, 8}) {
+      cudaEvent_t start, stop;
+      CHORD_CUDA_RETURN(cudaEventCreate(&start));
+      CHORD_CUDA_RETURN(cudaEventCreate(&stop));
+      CHORD_CUDA_RETURN(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr));
+      const int reps = 50;
+      CHORD_CUDA_RETURN(cudaEventRecord(start));
+      for (int i = 0; i < reps; ++i) {
+        CHORD_CUDA_RETURN(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr));
+      }
+      CHORD_CUDA_RETURN(cudaEventRecord(stop));
+      CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
+      float ms = 0;
+      CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      const double us = 1e3 * ms / reps;
+      std::printf("matvec %s %ldx%ld, %d token(s): %.1f us, %.0f GB/s of weights\n",
+                  std::string(DTypeName(type)).c_str(), static_cast<long>(rows), static_cast<long>(cols),
+                  n, us, static_cast<double>(bytes) / (us * 1e3));
+    }
+  }
+  return absl::OkStatus();
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{"chord CUDA stage benchmark"};
   std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
   bool make_model = false;
   int64_t decode_steps = 128, prefill_len = 512, prompt_len = 128;
+  int64_t gemm_min_tokens = CudaStageOptions{}.gemm_min_tokens;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -102,6 +148,7 @@ int Run(int argc, char** argv) {
   app.add_option("--decode-steps", decode_steps);
   app.add_option("--prefill", prefill_len);
   app.add_option("--prompt", prompt_len, "prompt tokens per sequence for batched decode");
+  app.add_option("--gemm-min-tokens", gemm_min_tokens, "batches this large use dequantize + GEMM");
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
 
@@ -131,8 +178,10 @@ int Run(int argc, char** argv) {
 
   auto copy = CopyBandwidth();
   BENCH_CHECK(copy.status());
+  BENCH_CHECK(MatVecMicrobench());
   CudaStageOptions options;
   options.n_slots = max_slots;
+  options.gemm_min_tokens = gemm_min_tokens;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -36,7 +36,7 @@ struct CudaStageOptions {
   int64_t n_ctx = 0;       // positions per sequence; 0: the model's training context
   DType kv_type = DType::kF16;  // kF16 or kF32
   // Batches of at least this many tokens take the dequantize + GEMM path.
-  int64_t gemm_min_tokens = 16;
+  int64_t gemm_min_tokens = 4;
 };
 
 class CudaStage {

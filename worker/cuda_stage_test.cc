@@ -211,8 +211,8 @@ std::vector<Case> Cases() {
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()), [](const auto& info) {
-  std::string name = info.param.model + (info.param.gemm_min_tokens > 12 ? "_matvec" : "_gemm");
+INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()), [](const auto& param_info) {
+  std::string name = param_info.param.model + (param_info.param.gemm_min_tokens > 12 ? "_matvec" : "_gemm");
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });

@@ -40,11 +40,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   const T* keys = static_cast<const T*>(cache.keys) + row0 * cache.n_embd_kv + kv_offset;
   const T* values = static_cast<const T*>(cache.values) + row0 * cache.n_embd_kv + kv_offset;
   const float* qh = q + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
-  const int dims = p.head_dim / 32;
 
   float qreg[kMaxDimsPerLane];
 #pragma unroll
-  for (int j = 0; j < kMaxDimsPerLane; ++j) qreg[j] = j < dims ? qh[lane + 32 * j] : 0.0f;
+  for (int j = 0; j < kMaxDimsPerLane; ++j) qreg[j] = lane + 32 * j < p.head_dim ? qh[lane + 32 * j] : 0.0f;
 
   float local_max = -INFINITY;
   for (int pos = warp; pos < n_kv; pos += kWarps) {
@@ -52,7 +51,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     float dot = 0.0f;
 #pragma unroll
     for (int j = 0; j < kMaxDimsPerLane; ++j) {
-      if (j < dims) dot += qreg[j] * ToFloat(k[lane + 32 * j]);
+      if (lane + 32 * j < p.head_dim) dot += qreg[j] * ToFloat(k[lane + 32 * j]);
     }
     for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
     dot *= scale;
@@ -87,12 +86,12 @@ __global__ void __launch_bounds__(kWarps * 32)
     const float weight = scores[pos] * inv;
 #pragma unroll
     for (int j = 0; j < kMaxDimsPerLane; ++j) {
-      if (j < dims) acc[j] += weight * ToFloat(v[lane + 32 * j]);
+      if (lane + 32 * j < p.head_dim) acc[j] += weight * ToFloat(v[lane + 32 * j]);
     }
   }
 #pragma unroll
   for (int j = 0; j < kMaxDimsPerLane; ++j) {
-    if (j < dims) partial_out[warp][lane + 32 * j] = acc[j];
+    if (lane + 32 * j < p.head_dim) partial_out[warp][lane + 32 * j] = acc[j];
   }
   __syncthreads();
   float* oh = out + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
@@ -107,7 +106,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
                             int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream) {
-  if (n_tokens <= 0 || params.head_dim % 32 != 0 || params.head_dim > 32 * kMaxDimsPerLane ||
+  if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > 32 * kMaxDimsPerLane ||
       params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0) {
     return cudaErrorInvalidValue;
   }

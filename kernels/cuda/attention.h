@@ -17,7 +17,7 @@ namespace chord::cuda {
 struct AttentionParams {
   int n_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;  // a multiple of 32, at most 256
+  int head_dim = 0;  // at most 256
 };
 
 // q and out: n_tokens rows of n_heads * head_dim floats.

@@ -42,20 +42,25 @@ __device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* q, float* scale
   }
 }
 
-// Visits the 32 elements of unit `u` of a row: f(element index, value).
-// Units are ordered so that neighbouring lanes read neighbouring bytes.
-template <uint32_t kType, typename F>
-__device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
+// Unit `u` of a row (32 elements) decoded into w: kRuns runs of 32 / kRuns
+// contiguous elements, run r starting at element *base + r * kStride. Units are
+// ordered so that neighbouring lanes read neighbouring bytes.
+template <uint32_t kType>
+struct UnitShape {
+  static constexpr int kRuns = kType == kQ6_K ? 4 : (kType == kF32 || kType == kF16 || kType == kQ8_0) ? 1 : 2;
+  static constexpr int kStride = kType == kQ4_0 ? 16 : 32;
+};
+
+template <uint32_t kType>
+__device__ __forceinline__ void DequantUnit(const uint8_t* row, int u, float (&w)[32], int* base) {
   if constexpr (kType == kF32) {
     const uint8_t* p = row + u * 128;
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       const float4 v = __ldg(reinterpret_cast<const float4*>(p) + c);
-      f(u * 32 + 4 * c + 0, v.x);
-      f(u * 32 + 4 * c + 1, v.y);
-      f(u * 32 + 4 * c + 2, v.z);
-      f(u * 32 + 4 * c + 3, v.w);
+      w[4 * c] = v.x, w[4 * c + 1] = v.y, w[4 * c + 2] = v.z, w[4 * c + 3] = v.w;
     }
+    *base = u * 32;
   } else if constexpr (kType == kF16) {
     const uint8_t* p = row + u * 64;
 #pragma unroll
@@ -65,10 +70,11 @@ __device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const float2 pair = __half22float2(h[k]);
-        f(u * 32 + 8 * c + 2 * k, pair.x);
-        f(u * 32 + 8 * c + 2 * k + 1, pair.y);
+        w[8 * c + 2 * k] = pair.x;
+        w[8 * c + 2 * k + 1] = pair.y;
       }
     }
+    *base = u * 32;
   } else if constexpr (kType == kQ4_0) {
     const uint8_t* block = row + u * 18;
     const float d = Half(block);
@@ -76,16 +82,18 @@ __device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
     LoadAligned2(block + 2, qs);
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
-      f(u * 32 + k, static_cast<float>((qs[k] & 0xF) - 8) * d);
-      f(u * 32 + k + 16, static_cast<float>((qs[k] >> 4) - 8) * d);
+      w[k] = static_cast<float>((qs[k] & 0xF) - 8) * d;
+      w[k + 16] = static_cast<float>((qs[k] >> 4) - 8) * d;
     }
+    *base = u * 32;
   } else if constexpr (kType == kQ8_0) {
     const uint8_t* block = row + u * 34;
     const float d = Half(block);
     uint8_t qs[32];
     LoadAligned2(block + 2, qs);
 #pragma unroll
-    for (int k = 0; k < 32; ++k) f(u * 32 + k, static_cast<float>(static_cast<int8_t>(qs[k])) * d);
+    for (int k = 0; k < 32; ++k) w[k] = static_cast<float>(static_cast<int8_t>(qs[k])) * d;
+    *base = u * 32;
   } else if constexpr (kType == kQ4_K || kType == kQ5_K) {
     constexpr int kBlockBytes = kType == kQ4_K ? 144 : 176;
     constexpr int kQsOffset = kType == kQ4_K ? 16 : 48;
@@ -102,7 +110,6 @@ __device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
     uint4 hv = make_uint4(0, 0, 0, 0);
     if constexpr (kType == kQ5_K) hv = Load16(block + 16 + 16 * h);
     const auto* qh = reinterpret_cast<const uint8_t*>(&hv);
-    const int base = blk * 256 + 64 * i + 16 * h;
 #pragma unroll
     for (int k = 0; k < 16; ++k) {
       int lo = q[k] & 0xF, hi = q[k] >> 4;
@@ -110,9 +117,10 @@ __device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
         lo += ((qh[k] >> (2 * i)) & 1) << 4;
         hi += ((qh[k] >> (2 * i + 1)) & 1) << 4;
       }
-      f(base + k, d1 * static_cast<float>(lo) - m1);
-      f(base + 32 + k, d2 * static_cast<float>(hi) - m2);
+      w[k] = d1 * static_cast<float>(lo) - m1;
+      w[16 + k] = d2 * static_cast<float>(hi) - m2;
     }
+    *base = blk * 256 + 64 * i + 16 * h;
   } else if constexpr (kType == kQ6_K) {
     const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
     const uint8_t* block = row + blk * 210;
@@ -125,14 +133,55 @@ __device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
     const int is = g >> 1;
     const float s0 = d * static_cast<float>(scales[is]), s1 = d * static_cast<float>(scales[is + 2]);
     const float s2 = d * static_cast<float>(scales[is + 4]), s3 = d * static_cast<float>(scales[is + 6]);
-    const int base = blk * 256 + 128 * half + 8 * g;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      f(base + k, s0 * static_cast<float>(((ql0[k] & 0xF) | ((qh[k] & 3) << 4)) - 32));
-      f(base + k + 32, s1 * static_cast<float>(((ql1[k] & 0xF) | (((qh[k] >> 2) & 3) << 4)) - 32));
-      f(base + k + 64, s2 * static_cast<float>(((ql0[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) - 32));
-      f(base + k + 96, s3 * static_cast<float>(((ql1[k] >> 4) | (((qh[k] >> 6) & 3) << 4)) - 32));
+      w[k] = s0 * static_cast<float>(((ql0[k] & 0xF) | ((qh[k] & 3) << 4)) - 32);
+      w[8 + k] = s1 * static_cast<float>(((ql1[k] & 0xF) | (((qh[k] >> 2) & 3) << 4)) - 32);
+      w[16 + k] = s2 * static_cast<float>(((ql0[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) - 32);
+      w[24 + k] = s3 * static_cast<float>(((ql1[k] >> 4) | (((qh[k] >> 6) & 3) << 4)) - 32);
     }
+    *base = blk * 256 + 128 * half + 8 * g;
+  }
+}
+
+// Calls f(element index, value) for the 32 elements of unit u.
+template <uint32_t kType, typename F>
+__device__ __forceinline__ void VisitUnit(const uint8_t* row, int u, F&& f) {
+  using Shape = UnitShape<kType>;
+  constexpr int kLen = 32 / Shape::kRuns;
+  float w[32];
+  int base;
+  DequantUnit<kType>(row, u, w, &base);
+#pragma unroll
+  for (int r = 0; r < Shape::kRuns; ++r) {
+#pragma unroll
+    for (int k = 0; k < kLen; ++k) f(base + r * Shape::kStride + k, w[r * kLen + k]);
+  }
+}
+
+// acc[b] += dot(unit u's 32 weights, the matching x of token b), x read as float4.
+template <uint32_t kType, int B>
+__device__ __forceinline__ void DotUnit(const uint8_t* row, int u, const float* __restrict__ x,
+                                        int64_t cols, float (&acc)[B]) {
+  using Shape = UnitShape<kType>;
+  constexpr int kLen = 32 / Shape::kRuns;
+  float w[32];
+  int base;
+  DequantUnit<kType>(row, u, w, &base);
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const float* xb = x + b * cols + base;
+    float sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < Shape::kRuns; ++r) {
+#pragma unroll
+      for (int k = 0; k < kLen; k += 4) {
+        const float4 xv = __ldg(reinterpret_cast<const float4*>(xb + r * Shape::kStride + k));
+        const float* wr = w + r * kLen + k;
+        sum += wr[0] * xv.x + wr[1] * xv.y + wr[2] * xv.z + wr[3] * xv.w;
+      }
+    }
+    acc[b] += sum;
   }
 }
 
@@ -153,10 +202,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   for (int b = 0; b < B; ++b) acc[b] = 0.0f;
 #pragma unroll 2
   for (int u = lane; u < units; u += 32) {
-    VisitUnit<kType>(r, u, [&](int index, float value) {
-#pragma unroll
-      for (int b = 0; b < B; ++b) acc[b] += value * __ldg(x + b * cols + index);
-    });
+    DotUnit<kType, B>(r, u, x, cols, acc);
   }
 #pragma unroll
   for (int b = 0; b < B; ++b) {
@@ -182,16 +228,106 @@ __global__ void DequantRowsKernel(const uint8_t* __restrict__ w, uint64_t row_by
   VisitUnit<kType>(r, u, [&](int index, float value) { o[index] = value; });
 }
 
+// One thread per unit; each run of 8 or 16 halves leaves as 16-byte stores
+// (2-byte stores at a 64-byte lane stride would touch a sector each).
 template <uint32_t kType>
 __global__ void DequantHalfKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows,
                                   int64_t cols, __half* __restrict__ out) {
+  using Shape = UnitShape<kType>;
+  constexpr int kLen = 32 / Shape::kRuns;
   const int64_t units = cols / kUnit;
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= rows * units) return;
   const int64_t row = id / units;
   const int u = static_cast<int>(id % units);
-  __half* o = out + row * cols;
-  VisitUnit<kType>(w + row * row_bytes, u, [&](int index, float value) { o[index] = __float2half(value); });
+  float v[32];
+  int base;
+  DequantUnit<kType>(w + row * row_bytes, u, v, &base);
+  __half* o = out + row * cols + base;
+#pragma unroll
+  for (int r = 0; r < Shape::kRuns; ++r) {
+#pragma unroll
+    for (int k = 0; k < kLen; k += 8) {
+      uint4 packed;
+      auto* h = reinterpret_cast<__half2*>(&packed);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        h[j] = __floats2half2_rn(v[r * kLen + k + 2 * j], v[r * kLen + k + 2 * j + 1]);
+      }
+      *reinterpret_cast<uint4*>(o + r * Shape::kStride + k) = packed;
+    }
+  }
+}
+
+// Rows whose length is not a multiple of 32 (tiny models' F32/F16 tensors):
+// one warp per row, one element per lane and step.
+template <uint32_t kType>
+__device__ __forceinline__ float Element(const uint8_t* row, int64_t c) {
+  if constexpr (kType == kF32) {
+    return __ldg(reinterpret_cast<const float*>(row) + c);
+  } else {
+    return __half2float(reinterpret_cast<const __half*>(row)[c]);
+  }
+}
+
+template <uint32_t kType>
+__global__ void ScalarMatVecKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows,
+                                   int64_t cols, const float* __restrict__ x, int n_tokens,
+                                   float* __restrict__ y, bool accumulate) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % 32;
+  const uint8_t* r = w + row * row_bytes;
+  for (int t = 0; t < n_tokens; ++t) {
+    float v = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) v += Element<kType>(r, c) * x[t * cols + c];
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) {
+      float* out = y + t * rows + row;
+      *out = accumulate ? *out + v : v;
+    }
+  }
+}
+
+// out row i = row row_ids[i] (as float) when row_ids is set, else row i as half.
+template <uint32_t kType>
+__global__ void ScalarDequantKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t n_rows,
+                                    int64_t cols, const int32_t* __restrict__ row_ids,
+                                    float* __restrict__ out_f, __half* __restrict__ out_h) {
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= n_rows * cols) return;
+  const int64_t i = id / cols, c = id % cols;
+  const int64_t src = row_ids != nullptr ? row_ids[i] : i;
+  const float value = Element<kType>(w + src * row_bytes, c);
+  if (out_f != nullptr) {
+    out_f[id] = value;
+  } else {
+    out_h[id] = __float2half(value);
+  }
+}
+
+bool Scalar(const DeviceMatrix& w) { return w.cols % kUnit != 0; }
+
+cudaError_t LaunchScalar(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
+                         bool accumulate, const int32_t* row_ids, int64_t n_rows, float* out_f,
+                         __half* out_h, cudaStream_t stream) {
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  const auto mv_blocks = static_cast<unsigned>((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const auto dq_blocks = static_cast<unsigned>((n_rows * w.cols + 255) / 256);
+  if (w.type == kF32) {
+    if (x != nullptr) {
+      ScalarMatVecKernel<kF32><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
+    } else {
+      ScalarDequantKernel<kF32><<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
+    }
+  } else {
+    if (x != nullptr) {
+      ScalarMatVecKernel<kF16><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
+    } else {
+      ScalarDequantKernel<kF16><<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
+    }
+  }
+  return cudaGetLastError();
 }
 
 template <uint32_t kType, int B>
@@ -246,7 +382,8 @@ cudaError_t DispatchType(uint32_t type, Fn&& fn) {
 
 bool MatVecSupports(uint32_t type, int64_t cols) {
   switch (type) {
-    case kF32: case kF16: case kQ4_0: case kQ8_0: return cols > 0 && cols % 32 == 0;
+    case kF32: case kF16: return cols > 0;
+    case kQ4_0: case kQ8_0: return cols > 0 && cols % 32 == 0;
     case kQ4_K: case kQ5_K: case kQ6_K: return cols > 0 && cols % 256 == 0;
     default: return false;
   }
@@ -255,6 +392,7 @@ bool MatVecSupports(uint32_t type, int64_t cols) {
 cudaError_t LaunchMatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
                          bool accumulate, cudaStream_t stream) {
   if (!MatVecSupports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
+  if (Scalar(w)) return LaunchScalar(w, x, n_tokens, y, accumulate, nullptr, 0, nullptr, nullptr, stream);
   return DispatchType(w.type, [&]<uint32_t kType>() {
     LaunchMatVecBatch<kType>(w, x, n_tokens, y, accumulate, stream);
   });
@@ -263,6 +401,7 @@ cudaError_t LaunchMatVec(const DeviceMatrix& w, const float* x, int n_tokens, fl
 cudaError_t LaunchDequantizeRows(const DeviceMatrix& w, const int32_t* row_ids, int n, float* out,
                                  cudaStream_t stream) {
   if (!MatVecSupports(w.type, w.cols) || n <= 0) return cudaErrorInvalidValue;
+  if (Scalar(w)) return LaunchScalar(w, nullptr, 0, nullptr, false, row_ids, n, out, nullptr, stream);
   const int units = static_cast<int>(w.cols / kUnit);
   const dim3 grid((units + 127) / 128, static_cast<unsigned>(n));
   return DispatchType(w.type, [&]<uint32_t kType>() {
@@ -273,6 +412,10 @@ cudaError_t LaunchDequantizeRows(const DeviceMatrix& w, const int32_t* row_ids, 
 
 cudaError_t LaunchDequantizeToHalf(const DeviceMatrix& w, uint16_t* out, cudaStream_t stream) {
   if (!MatVecSupports(w.type, w.cols)) return cudaErrorInvalidValue;
+  if (Scalar(w)) {
+    return LaunchScalar(w, nullptr, 0, nullptr, false, nullptr, w.rows, nullptr,
+                        reinterpret_cast<__half*>(out), stream);
+  }
   const int64_t total = w.rows * (w.cols / kUnit);
   const auto blocks = static_cast<unsigned>((total + 255) / 256);
   return DispatchType(w.type, [&]<uint32_t kType>() {

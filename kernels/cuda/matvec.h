@@ -3,8 +3,8 @@
 // row dequantization (embedding lookup) and whole-matrix dequantization to
 // half precision (the prefill path feeds that to a tensor-core GEMM).
 //
-// Supported types: F32, F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K, with `cols` a
-// multiple of the type's block (and of 32). Launchers return the launch's
+// Supported types: F32, F16 (any `cols`; a slower path when it is not a
+// multiple of 32), Q4_0, Q8_0, Q4_K, Q5_K, Q6_K (`cols` a multiple of the block). Launchers return the launch's
 // cudaError_t; they never synchronize. Thread-safety: launchers are reentrant.
 #pragma once
 
