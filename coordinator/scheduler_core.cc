@@ -149,7 +149,6 @@ void SchedulerCore::SendControl(const std::vector<OutgoingControl>& messages) {
 }
 
 void SchedulerCore::CheckPlan() {
-  if (pool_.TakePlanDisrupted()) FailAll(absl::UnavailableError("a pipeline stage was lost or replaced"));
   if (pool_.plan_version() != data_plan_version_ && !pool_.stage0_endpoint().empty()) {
     data_ = zmq::socket_t(context_, zmq::socket_type::push);
     data_.set(zmq::sockopt::linger, 0);
@@ -173,6 +172,8 @@ void SchedulerCore::CheckPlan() {
     }
     if (callback) callback(serving);
   }
+  // After the serving flag, so a failed client sees the server as not serving.
+  if (pool_.TakePlanDisrupted()) FailAll(absl::UnavailableError("a pipeline stage was lost or replaced"));
   if (!serving) FailAll(absl::UnavailableError("a pipeline stage is not ready"));
 }
 

@@ -1,0 +1,149 @@
+#include "coordinator/fake_worker.h"
+
+#include <filesystem>
+
+#include "common/gguf/gguf_file.h"
+
+namespace chord::coordinator::testing {
+
+absl::StatusOr<std::unique_ptr<ModelContext>> LoadTestModel() {
+  if (!std::filesystem::exists(CHORD_DEFAULT_MODEL)) return absl::NotFoundError(CHORD_DEFAULT_MODEL);
+  auto file = gguf::GgufFile::Open(CHORD_DEFAULT_MODEL);
+  if (!file.ok()) return file.status();
+  return MakeModelContext("test-sha", "stories260K.gguf", *std::move(file));
+}
+
+FakeWorker::FakeWorker(zmq::context_t& context, std::string control_endpoint, FakeWorkerOptions options)
+    : context_(context),
+      control_endpoint_(std::move(control_endpoint)),
+      options_(std::move(options)),
+      control_(context, zmq::socket_type::dealer),
+      data_(context, zmq::socket_type::pull) {
+  control_.set(zmq::sockopt::linger, 0);
+  control_.set(zmq::sockopt::routing_id, options_.id);
+  data_.set(zmq::sockopt::linger, 0);
+  data_.bind("tcp://127.0.0.1:0");
+  data_endpoint_ = data_.get(zmq::sockopt::last_endpoint);
+  control_.connect(control_endpoint_);
+  thread_ = std::thread([this] { Run(); });
+}
+
+FakeWorker::~FakeWorker() {
+  stop_ = true;
+  thread_.join();
+}
+
+void FakeWorker::Run() {
+  wire::pb::Envelope hello;
+  *hello.mutable_hello() = wire::MakeHello("worker", options_.id, "");
+  (void)wire::Send(control_, hello);
+  wire::pb::Envelope reg;
+  wire::pb::RegisterWorker& r = *reg.mutable_register_worker();
+  r.set_worker_id(options_.id);
+  r.set_data_endpoint(data_endpoint_);
+  r.set_backend("cpu");
+  r.set_weight_bytes_per_second(options_.weight_bytes_per_second);
+  (void)wire::Send(control_, reg);
+  while (!stop_) {
+    zmq::pollitem_t items[] = {{control_.handle(), 0, ZMQ_POLLIN, 0}, {data_.handle(), 0, ZMQ_POLLIN, 0}};
+    zmq::poll(items, 2, std::chrono::milliseconds(10));
+    if (silent_) continue;
+    for (;;) {
+      auto message = wire::Receive(control_, false, true);
+      if (!message.ok() || !message->has_value()) break;
+      OnControl((*message)->envelope);
+    }
+    for (;;) {
+      auto message = wire::Receive(data_, false, true);
+      if (!message.ok() || !message->has_value()) break;
+      if ((*message)->envelope.has_step()) OnStep((*message)->envelope.step());
+    }
+  }
+}
+
+void FakeWorker::OnControl(const wire::pb::Envelope& envelope) {
+  if (envelope.has_heartbeat()) {
+    (void)wire::Send(control_, envelope);
+  } else if (envelope.has_assign_layers()) {
+    const wire::pb::AssignLayers& assign = envelope.assign_layers();
+    {
+      std::lock_guard lock(mutex_);
+      assignments_.push_back(assign);
+    }
+    last_stage_ = assign.next_data_endpoint().empty();
+    stage_index_ = static_cast<int>(assign.stage_index());
+    if (!last_stage_) {
+      next_ = zmq::socket_t(context_, zmq::socket_type::push);
+      next_.set(zmq::sockopt::linger, 0);
+      next_.connect(assign.next_data_endpoint());
+    }
+    wire::pb::Envelope ready;
+    ready.mutable_stage_ready()->set_plan_version(assign.plan_version());
+    (void)wire::Send(control_, ready);
+  } else if (envelope.has_free_slots()) {
+    std::lock_guard lock(mutex_);
+    for (const uint32_t slot : envelope.free_slots().slots()) freed_.insert(slot);
+  } else if (envelope.has_shutdown()) {
+    got_shutdown_ = true;
+  }
+}
+
+void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
+  {
+    std::lock_guard lock(mutex_);
+    steps_.push_back(header);
+  }
+  if (stage_index_ == 0 && options_.in_flight != nullptr) {
+    const int now = ++*options_.in_flight;
+    int seen = options_.max_in_flight->load();
+    while (now > seen && !options_.max_in_flight->compare_exchange_weak(seen, now)) {
+    }
+  }
+  std::this_thread::sleep_for(options_.step_delay);
+  wire::pb::Envelope out;
+  if (!last_stage_) {
+    *out.mutable_step() = header;
+    (void)wire::Send(next_, out);
+    return;
+  }
+  wire::pb::StepResult& result = *out.mutable_step_result();
+  result.set_plan_version(header.plan_version());
+  result.set_step_id(header.step_id());
+  if (fail_steps_) {
+    *result.mutable_status() = wire::ToProto(absl::InternalError("injected failure"), options_.id);
+  } else {
+    for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
+      if (!chunk.sample()) continue;
+      const uint32_t position = chunk.first_position() + static_cast<uint32_t>(chunk.token_ids_size());
+      wire::pb::SampledToken& token = *result.add_tokens();
+      token.set_sequence_id(chunk.sequence_id());
+      const bool eos = options_.eos_after >= 0 && position >= static_cast<uint32_t>(options_.eos_after);
+      token.set_token_id(eos ? options_.eos_id : FakeToken(position));
+      for (uint32_t i = 0; i < chunk.logprobs(); ++i) {
+        wire::pb::TokenLogprob& entry = *token.add_top_logprobs();
+        entry.set_id(FakeToken(position) + i);
+        entry.set_logprob(-0.5f * static_cast<float>(i + 1));
+      }
+    }
+  }
+  ++answered_;
+  if (options_.in_flight != nullptr) --*options_.in_flight;
+  (void)wire::Send(control_, out);
+}
+
+std::vector<wire::pb::StepHeader> FakeWorker::steps() const {
+  std::lock_guard lock(mutex_);
+  return steps_;
+}
+
+std::vector<wire::pb::AssignLayers> FakeWorker::assignments() const {
+  std::lock_guard lock(mutex_);
+  return assignments_;
+}
+
+std::set<uint32_t> FakeWorker::freed_slots() const {
+  std::lock_guard lock(mutex_);
+  return freed_;
+}
+
+}  // namespace chord::coordinator::testing

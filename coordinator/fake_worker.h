@@ -1,0 +1,78 @@
+// A worker for tests: speaks proto/PROTOCOL.md over real ZeroMQ sockets but
+// computes nothing. The last stage "samples" a deterministic token from the
+// position (FakeToken), so tests know every stream in advance.
+// Thread-safety: the accessors are thread-safe; the worker runs its own thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/wire/wire.h"
+#include "coordinator/model_context.h"
+
+namespace chord::coordinator::testing {
+
+// The token the fake last stage returns after `position` tokens.
+inline uint32_t FakeToken(uint32_t position) { return 100 + position % 50; }
+
+// The model's metadata from CHORD_DEFAULT_MODEL (NOT_FOUND when absent).
+absl::StatusOr<std::unique_ptr<ModelContext>> LoadTestModel();
+
+struct FakeWorkerOptions {
+  std::string id = "w0";
+  double weight_bytes_per_second = 1e9;
+  std::chrono::milliseconds step_delay{0};  // per step, before answering
+  int eos_after = -1;                       // return eos_id once the position reaches this
+  uint32_t eos_id = 2;
+  // Shared by the stages of one pipeline: steps between stage 0 and the last
+  // stage's answer, and the most ever seen at once.
+  std::shared_ptr<std::atomic<int>> in_flight, max_in_flight;
+};
+
+class FakeWorker {
+ public:
+  FakeWorker(zmq::context_t& context, std::string control_endpoint, FakeWorkerOptions options);
+  ~FakeWorker();
+
+  // Stop answering anything (as a hung or dead worker would).
+  void GoSilent() { silent_ = true; }
+  // Answer the next steps with a failed StepResult.
+  void FailSteps() { fail_steps_ = true; }
+
+  std::vector<wire::pb::StepHeader> steps() const;
+  std::vector<wire::pb::AssignLayers> assignments() const;
+  std::set<uint32_t> freed_slots() const;
+  bool got_shutdown() const { return got_shutdown_; }
+  int steps_answered() const { return answered_; }
+
+ private:
+  void Run();
+  void OnControl(const wire::pb::Envelope& envelope);
+  void OnStep(const wire::pb::StepHeader& header);
+
+  zmq::context_t& context_;
+  std::string control_endpoint_;
+  FakeWorkerOptions options_;
+  zmq::socket_t control_;
+  zmq::socket_t data_;
+  zmq::socket_t next_;
+  std::string data_endpoint_;
+  bool last_stage_ = true;
+  int stage_index_ = 0;
+  std::atomic<bool> stop_{false}, silent_{false}, fail_steps_{false}, got_shutdown_{false};
+  std::atomic<int> answered_{0};
+  mutable std::mutex mutex_;
+  std::vector<wire::pb::StepHeader> steps_;
+  std::vector<wire::pb::AssignLayers> assignments_;
+  std::set<uint32_t> freed_;
+  std::thread thread_;
+};
+
+}  // namespace chord::coordinator::testing

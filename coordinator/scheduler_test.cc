@@ -1,0 +1,328 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+#include <functional>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/fake_worker.h"
+#include "gtest/gtest.h"
+
+namespace chord::coordinator {
+namespace {
+
+using testing::FakeToken;
+using testing::FakeWorker;
+using testing::FakeWorkerOptions;
+
+bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+  const auto until = Clock::now() + timeout;
+  while (Clock::now() < until) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return condition();
+}
+
+struct Collected {
+  std::vector<uint32_t> tokens;
+  std::string text;
+  std::vector<StreamEvent> events;
+  absl::Status status;
+  chord::v1::FinalInfo final;
+};
+
+Collected Collect(RequestStream& stream) {
+  Collected out;
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (Clock::now() < until) {
+    std::optional<StreamEvent> event = stream.Pop(std::chrono::milliseconds(50));
+    if (!event) continue;
+    out.events.push_back(*event);
+    out.status = event->status;
+    for (uint32_t t : event->response.token_ids()) out.tokens.push_back(t);
+    out.text += event->response.text();
+    if (event->response.has_final()) out.final = event->response.final();
+    if (event->last()) return out;
+  }
+  out.status = absl::DeadlineExceededError("the stream did not end");
+  return out;
+}
+
+class SchedulerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = testing::LoadTestModel();
+    if (!model.ok()) GTEST_SKIP() << "no test model: " << model.status();
+    model_ = *std::move(model);
+    options_.pool.kv_slots = 4;
+    options_.pool.n_ctx = 64;
+    options_.pool.worker_timeout = std::chrono::milliseconds(400);
+    options_.pool.heartbeat_interval = std::chrono::milliseconds(50);
+    options_.max_queue = 8;
+  }
+  void TearDown() override {
+    scheduler_.reset();
+    workers_.clear();
+  }
+
+  void StartScheduler() {
+    auto scheduler = Scheduler::Start(context_, options_, *model_);
+    ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+    scheduler_ = *std::move(scheduler);
+  }
+  FakeWorker& AddWorker(FakeWorkerOptions options) {
+    workers_.push_back(std::make_unique<FakeWorker>(context_, scheduler_->control_endpoint(), options));
+    return *workers_.back();
+  }
+  void StartServing(int n_workers = 1, FakeWorkerOptions options = {}) {
+    options_.pool.min_workers = n_workers;
+    StartScheduler();
+    for (int i = 0; i < n_workers; ++i) {
+      options.id = absl::StrCat("w", i);
+      AddWorker(options);
+    }
+    ASSERT_TRUE(WaitFor([&] { return scheduler_->serving(); }));
+  }
+  ValidatedRequest Request(std::string id, std::vector<TokenId> prompt, int max_tokens) {
+    ValidatedRequest r;
+    r.request_id = std::move(id);
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    r.sampling.seed = 5;
+    return r;
+  }
+  std::vector<uint32_t> Expected(size_t prompt_size, int count) {
+    std::vector<uint32_t> out;
+    for (int i = 0; i < count; ++i) out.push_back(FakeToken(static_cast<uint32_t>(prompt_size + i)));
+    return out;
+  }
+
+  zmq::context_t context_{1};
+  std::unique_ptr<ModelContext> model_;
+  SchedulerOptions options_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::vector<std::unique_ptr<FakeWorker>> workers_;
+};
+
+TEST_F(SchedulerTest, RefusesRequestsUntilEveryStageIsReady) {
+  options_.pool.min_workers = 1;
+  StartScheduler();
+  EXPECT_FALSE(scheduler_->serving());
+  EXPECT_EQ(scheduler_->Submit(Request("a", {1, 2}, 3)).status().code(), absl::StatusCode::kUnavailable);
+  AddWorker({});
+  EXPECT_TRUE(WaitFor([&] { return scheduler_->serving(); }));
+  const auto assignments = workers_[0]->assignments();
+  ASSERT_EQ(assignments.size(), 1u);
+  EXPECT_EQ(assignments[0].first_layer(), 0u);
+  EXPECT_EQ(assignments[0].end_layer(), static_cast<uint32_t>(model_->config.n_layer));
+  EXPECT_EQ(assignments[0].kv_slots(), 4u);
+  EXPECT_EQ(assignments[0].n_ctx(), 64u);
+}
+
+TEST_F(SchedulerTest, StreamsTokensTextAndFinalInfo) {
+  StartServing();
+  auto stream = scheduler_->Submit(Request("a", {1, 300, 301}, 5));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Collected got = Collect(**stream);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.tokens, Expected(3, 5));
+  std::vector<TokenId> ids(got.tokens.begin(), got.tokens.end());
+  EXPECT_EQ(got.text, Detokenize(*model_->tokenizer, ids));
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(got.final.usage().prompt_tokens(), 3u);
+  EXPECT_EQ(got.final.usage().completion_tokens(), 5u);
+  EXPECT_EQ(got.final.seed(), 5u);
+  EXPECT_GT(got.final.timings().total_seconds(), 0);
+  // Its slot is given back to every worker.
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
+  // First step: the whole prompt with sampling; then one token per step.
+  const auto steps = workers_[0]->steps();
+  ASSERT_GE(steps.size(), 5u);
+  EXPECT_EQ(steps[0].sequences(0).token_ids_size(), 3);
+  EXPECT_TRUE(steps[0].sequences(0).sample());
+  EXPECT_EQ(steps[1].sequences(0).first_position(), 3u);
+  EXPECT_EQ(steps[1].sequences(0).token_ids(0), FakeToken(3));
+}
+
+TEST_F(SchedulerTest, ConcurrentRequestsShareMicroBatches) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartServing(1, slow);
+  auto a = scheduler_->Submit(Request("a", {1, 300}, 6));
+  auto b = scheduler_->Submit(Request("b", {1, 301, 302}, 6));
+  ASSERT_TRUE(a.ok() && b.ok());
+  Collected got_a = Collect(**a), got_b = Collect(**b);
+  EXPECT_EQ(got_a.tokens, Expected(2, 6));
+  EXPECT_EQ(got_b.tokens, Expected(3, 6));
+  bool shared = false;
+  for (const auto& step : workers_[0]->steps()) {
+    if (step.sequences_size() == 2) {
+      shared = true;
+      EXPECT_NE(step.sequences(0).slot(), step.sequences(1).slot());
+    }
+  }
+  EXPECT_TRUE(shared) << "no micro-batch held both sequences";
+}
+
+TEST_F(SchedulerTest, LongPromptsArePrefilledInChunks) {
+  options_.prefill_chunk = 4;
+  StartServing();
+  std::vector<TokenId> prompt = {1};
+  for (int i = 0; i < 9; ++i) prompt.push_back(300 + i);
+  auto stream = scheduler_->Submit(Request("a", prompt, 2));
+  ASSERT_TRUE(stream.ok());
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.tokens, Expected(10, 2));
+  const auto steps = workers_[0]->steps();
+  ASSERT_GE(steps.size(), 4u);
+  const std::vector<std::pair<uint32_t, int>> expected = {{0, 4}, {4, 4}, {8, 2}, {10, 1}};
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const auto& chunk = steps[i].sequences(0);
+    EXPECT_EQ(chunk.first_position(), expected[i].first) << "step " << i;
+    EXPECT_EQ(chunk.token_ids_size(), expected[i].second) << "step " << i;
+    EXPECT_EQ(chunk.sample(), i >= 2) << "step " << i;
+  }
+  EXPECT_EQ(steps[1].sequences(0).token_ids(0), 303u);
+}
+
+TEST_F(SchedulerTest, TwoStagePipelineKeepsTwoMicroBatchesInFlight) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(30);
+  slow.in_flight = std::make_shared<std::atomic<int>>(0);
+  slow.max_in_flight = std::make_shared<std::atomic<int>>(0);
+  StartServing(2, slow);
+  const auto a0 = workers_[0]->assignments().back(), a1 = workers_[1]->assignments().back();
+  EXPECT_EQ(a0.n_stages(), 2u);
+  EXPECT_EQ(std::min(a0.first_layer(), a1.first_layer()), 0u);
+  EXPECT_EQ(std::max(a0.end_layer(), a1.end_layer()), static_cast<uint32_t>(model_->config.n_layer));
+  EXPECT_EQ(std::min(a0.end_layer(), a1.end_layer()), std::max(a0.first_layer(), a1.first_layer()));
+  FakeWorker& first = a0.stage_index() == 0 ? *workers_[0] : *workers_[1];
+  FakeWorker& last = a0.stage_index() == 0 ? *workers_[1] : *workers_[0];
+  auto a = scheduler_->Submit(Request("a", {1, 300}, 4));
+  auto b = scheduler_->Submit(Request("b", {1, 301}, 4));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(Collect(**a).tokens, Expected(2, 4));
+  EXPECT_EQ(Collect(**b).tokens, Expected(2, 4));
+  EXPECT_EQ(first.steps().size(), last.steps().size());
+  // Both stages worked at once, each on its own micro-batch, and never more than n_stages.
+  EXPECT_EQ(slow.max_in_flight->load(), 2);
+  for (const auto& step : first.steps()) EXPECT_EQ(step.sequences_size(), 1);
+}
+
+TEST_F(SchedulerTest, StopStringIsHeldBackAndNotSent) {
+  StartServing();
+  std::vector<TokenId> ids;
+  for (uint32_t t : Expected(2, 12)) ids.push_back(static_cast<TokenId>(t));
+  const std::string full = Detokenize(*model_->tokenizer, ids);
+  ASSERT_GT(full.size(), 8u);
+  const std::string stop = full.substr(full.size() / 2, 3);
+  const std::string before = full.substr(0, full.find(stop));
+  ValidatedRequest request = Request("a", {1, 300}, 12);
+  request.stop = {stop};
+  auto stream = scheduler_->Submit(request);
+  ASSERT_TRUE(stream.ok());
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.text, before);
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_STOP);
+  EXPECT_EQ(got.final.stop_reason_text(), stop);
+}
+
+TEST_F(SchedulerTest, EndOfGenerationStopsUnlessIgnored) {
+  FakeWorkerOptions eos;
+  eos.eos_after = 5;
+  eos.eos_id = static_cast<uint32_t>(model_->tokenizer->eos_id());
+  StartServing(1, eos);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 10));
+  ASSERT_TRUE(stream.ok());
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.tokens, Expected(2, 3));  // positions 2, 3, 4; the EOS is not sent
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_STOP);
+  ValidatedRequest ignoring = Request("b", {1, 300}, 6);
+  ignoring.ignore_eos = true;
+  stream = scheduler_->Submit(ignoring);
+  ASSERT_TRUE(stream.ok());
+  got = Collect(**stream);
+  EXPECT_EQ(got.tokens.size(), 6u);
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+}
+
+TEST_F(SchedulerTest, AbortEndsTheStreamAndFreesTheSlot) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartServing(1, slow);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 50));
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 2; }));
+  EXPECT_TRUE(scheduler_->Abort("a"));
+  EXPECT_FALSE(scheduler_->Abort("nobody"));
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_ABORT);
+  EXPECT_LT(got.tokens.size(), 50u);
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
+  EXPECT_TRUE(WaitFor([&] { return scheduler_->ServerInfo().running_requests() == 0; }));
+  // Never scheduled again.
+  const size_t steps = workers_[0]->steps().size();
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  EXPECT_EQ(workers_[0]->steps().size(), steps);
+}
+
+TEST_F(SchedulerTest, FullQueueIsResourceExhausted) {
+  options_.pool.kv_slots = 1;
+  options_.max_queue = 1;
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartServing(1, slow);
+  auto a = scheduler_->Submit(Request("a", {1, 300}, 30));
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(WaitFor([&] { return scheduler_->ServerInfo().running_requests() == 1 &&
+                                   scheduler_->ServerInfo().queued_requests() == 0; }));
+  EXPECT_EQ(scheduler_->Submit(Request("a", {1, 300}, 2)).status().code(), absl::StatusCode::kAlreadyExists);
+  auto b = scheduler_->Submit(Request("b", {1, 300}, 2));
+  ASSERT_TRUE(b.ok());  // waits for the slot
+  EXPECT_EQ(scheduler_->Submit(Request("c", {1, 300}, 2)).status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(Collect(**a).status.ok());
+  Collected got_b = Collect(**b);
+  EXPECT_EQ(got_b.tokens, Expected(2, 2));
+}
+
+TEST_F(SchedulerTest, FailedStepFailsItsSequencesWithUnavailable) {
+  StartServing();
+  workers_[0]->FailSteps();
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 5));
+  ASSERT_TRUE(stream.ok());
+  EXPECT_EQ(Collect(**stream).status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
+}
+
+TEST_F(SchedulerTest, LostWorkerFailsRequestsAndStopsServing) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartServing(1, slow);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 60));
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 1; }));
+  workers_[0]->GoSilent();
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_FALSE(scheduler_->serving());
+  EXPECT_EQ(scheduler_->Submit(Request("b", {1, 300}, 2)).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(WaitFor([&] {
+    const auto info = scheduler_->ServerInfo();
+    return info.workers_size() == 1 && !info.workers(0).alive();
+  }));
+}
+
+TEST_F(SchedulerTest, DrainLetsRunningRequestsFinishAndShutsWorkersDown) {
+  StartServing();
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 5));
+  ASSERT_TRUE(stream.ok());
+  scheduler_->Drain(std::chrono::seconds(5));
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->got_shutdown(); }));
+  EXPECT_EQ(scheduler_->Submit(Request("b", {1, 300}, 2)).status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace chord::coordinator
