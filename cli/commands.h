@@ -17,5 +17,6 @@ struct Subcommand {
 Subcommand AddInspectCommand(CLI::App& parent);
 Subcommand AddMkmodelCommand(CLI::App& parent);
 Subcommand AddGenerateCommand(CLI::App& parent);
+Subcommand AddKeygenCommand(CLI::App& parent);
 
 }  // namespace chord::cli

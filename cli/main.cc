@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
       chord::cli::AddInspectCommand(app),
       chord::cli::AddMkmodelCommand(app),
       chord::cli::AddGenerateCommand(app),
+      chord::cli::AddKeygenCommand(app),
   };
 
   CLI11_PARSE(app, argc, argv);
