@@ -199,6 +199,8 @@ TEST_F(SchedulerTest, TwoStagePipelineKeepsTwoMicroBatchesInFlight) {
   FakeWorker& first = a0.stage_index() == 0 ? *workers_[0] : *workers_[1];
   FakeWorker& last = a0.stage_index() == 0 ? *workers_[1] : *workers_[0];
   auto a = scheduler_->Submit(Request("a", {1, 300}, 4));
+  // b arrives while a's first micro-batch is in the pipeline.
+  ASSERT_TRUE(WaitFor([&] { return !first.steps().empty(); }));
   auto b = scheduler_->Submit(Request("b", {1, 301}, 4));
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(Collect(**a).tokens, Expected(2, 4));
