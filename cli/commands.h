@@ -18,5 +18,6 @@ Subcommand AddInspectCommand(CLI::App& parent);
 Subcommand AddMkmodelCommand(CLI::App& parent);
 Subcommand AddGenerateCommand(CLI::App& parent);
 Subcommand AddKeygenCommand(CLI::App& parent);
+Subcommand AddServeCommand(CLI::App& parent);
 
 }  // namespace chord::cli

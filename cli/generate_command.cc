@@ -5,45 +5,19 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/generate_common.h"
 #include "cli/default_model.h"
+#include "cli/remote_generate.h"
 #include "common/gguf/gguf_file.h"
 #include "common/tensor/dtype.h"
 #include "common/tokenizer/tokenizer.h"
-#include "nlohmann/json.hpp"
 #include "worker/local_generator.h"
 
 namespace chord::cli {
 namespace {
 
-struct GenerateFlags {
-  std::string model;
-  std::string prompt;
-  int64_t max_tokens = 128;
-  SamplingParams sampling;
-  std::vector<std::string> stop;
-  bool ignore_eos = false;
-  int logprobs = 0;
-  std::string kv_type = "f32";
-  int64_t n_ctx = 0;
-  int threads = 0;
-  bool json = false;
-};
-
-nlohmann::json ResultJson(const std::vector<int32_t>& prompt_ids, const GenerationResult& result) {
-  nlohmann::json top = nlohmann::json::array();
-  for (const auto& step : result.top_logprobs) {
-    nlohmann::json entries = nlohmann::json::array();
-    for (const TokenLogprob& entry : step) entries.push_back({{"id", entry.id}, {"logprob", entry.logprob}});
-    top.push_back(std::move(entries));
-  }
-  return {{"prompt_token_ids", prompt_ids},
-          {"token_ids", result.token_ids},
-          {"text", result.text},
-          {"top_logprobs", std::move(top)},
-          {"finish_reason", result.finish_reason == FinishReason::kStop ? "stop" : "length"}};
-}
-
 int RunGenerate(const GenerateFlags& flags) {
+  if (!flags.server.empty()) return RunRemoteGenerate(flags);
   const std::string model_path = flags.model.empty() ? DefaultModelPath() : flags.model;
   absl::StatusOr<std::unique_ptr<gguf::GgufFile>> file = gguf::GgufFile::Open(model_path);
   if (!file.ok()) {
@@ -87,8 +61,9 @@ int RunGenerate(const GenerateFlags& flags) {
     return 1;
   }
   if (flags.json) {
-    std::printf("%s\n", ResultJson(request.prompt_ids, *result)
-                            .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+    const char* finish = result->finish_reason == FinishReason::kStop ? "stop" : "length";
+    std::printf("%s\n", JsonLine(GenerationJson(request.prompt_ids, result->token_ids, result->text,
+                                                 result->top_logprobs, finish))
                             .c_str());
   } else {
     std::printf("\n");
@@ -107,6 +82,8 @@ Subcommand AddGenerateCommand(CLI::App& parent) {
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* app = parent.add_subcommand("generate", "Generate text from a prompt in this process");
   app->add_option("--model", flags->model, "GGUF model (default: the bundled stories260K)");
+  app->add_option("--server", flags->server, "HOST:PORT of a chord server: generate there instead of here")
+      ->excludes("--model");
   app->add_option("--prompt", flags->prompt, "prompt text (may be empty)")->required();
   app->add_option("--max-tokens", flags->max_tokens, "most tokens to generate")
       ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 30));

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
       chord::cli::AddMkmodelCommand(app),
       chord::cli::AddGenerateCommand(app),
       chord::cli::AddKeygenCommand(app),
+      chord::cli::AddServeCommand(app),
   };
 
   CLI11_PARSE(app, argc, argv);

@@ -1,0 +1,173 @@
+// `chord serve`: a whole deployment on this machine. Starts chord-loader,
+// chord-coordinator and N chord-worker processes (from the directory of the
+// `chord` binary) on loopback, waits for SERVING, restarts a child that dies,
+// and stops everything on SIGINT/SIGTERM.
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/default_model.h"
+#include "cli/serve/local_cluster.h"
+#include "common/config/cluster_config.h"
+
+namespace chord::cli {
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+
+void OnStopSignal(int) { g_stop_requested.store(true); }
+
+struct ServeFlags {
+  std::string model;
+  int workers = 2;
+  int port = 50051;
+  int kv_slots = 0;
+  int64_t ctx_size = -1;
+  int threads = 0;
+  std::string config;
+  bool quiet = false;
+};
+
+// Restart backoff per child: doubles from 0.5 s up to 10 s, and starts over
+// once a child has stayed up for a minute.
+struct Backoff {
+  std::chrono::milliseconds delay{500};
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+};
+
+void InstallStopHandlers() {
+  struct sigaction action = {};
+  action.sa_handler = OnStopSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
+
+void SleepUnlessStopped(std::chrono::milliseconds duration) {
+  const auto until = std::chrono::steady_clock::now() + duration;
+  while (!g_stop_requested.load() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+// Watches the children until a stop signal; returns true if any died on its own.
+bool Supervise(serve::LocalCluster& cluster) {
+  bool any_died = false;
+  std::vector<Backoff> backoff(cluster.size());
+  while (!g_stop_requested.load()) {
+    SleepUnlessStopped(std::chrono::milliseconds(200));
+    for (size_t i = 0; i < cluster.size() && !g_stop_requested.load(); ++i) {
+      std::optional<int> status = cluster.child(i).Poll();
+      if (!status.has_value()) continue;
+      any_died = true;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - backoff[i].started > std::chrono::minutes(1)) backoff[i].delay = std::chrono::milliseconds(500);
+      std::fprintf(stderr, "chord serve: %s %s; restarting in %lld ms\n", cluster.child(i).name().c_str(),
+                   serve::DescribeWaitStatus(*status).c_str(), static_cast<long long>(backoff[i].delay.count()));
+      SleepUnlessStopped(backoff[i].delay);
+      if (g_stop_requested.load()) break;
+      backoff[i].delay = std::min<std::chrono::milliseconds>(backoff[i].delay * 2, std::chrono::seconds(10));
+      backoff[i].started = std::chrono::steady_clock::now();
+      absl::Status restarted = cluster.Restart(i);
+      if (!restarted.ok()) {
+        std::fprintf(stderr, "chord serve: restarting %s: %s\n", cluster.child(i).name().c_str(),
+                     restarted.ToString().c_str());
+      }
+    }
+  }
+  return any_died;
+}
+
+// Fills what the flags left unset from the cluster file, then the defaults.
+absl::Status ResolveFlags(const CLI::App& app, ServeFlags& flags) {
+  if (!flags.config.empty()) {
+    absl::StatusOr<ClusterConfig> config = LoadClusterConfig(flags.config);
+    if (!config.ok()) return config.status();
+    if (flags.model.empty()) flags.model = config->loader.model;
+    if (app.count("--port") == 0) flags.port = config->coordinator.grpc_port;
+    if (app.count("--workers") == 0 && !config->workers.empty()) {
+      flags.workers = static_cast<int>(config->workers.size());
+    }
+  }
+  if (flags.model.empty()) flags.model = DefaultModelPath();
+  if (flags.threads == 0) {
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    flags.threads = std::max(1, cores / flags.workers);
+  }
+  return absl::OkStatus();
+}
+
+int RunServe(const CLI::App& app, ServeFlags flags) {
+  if (absl::Status resolved = ResolveFlags(app, flags); !resolved.ok()) {
+    std::fprintf(stderr, "chord serve: %s\n", resolved.ToString().c_str());
+    return 2;
+  }
+  InstallStopHandlers();
+  auto output_mu = std::make_shared<std::mutex>();
+  serve::LocalClusterOptions options;
+  options.model = flags.model;
+  options.config_path = flags.config;
+  options.workers = flags.workers;
+  options.grpc_port = flags.port;
+  options.kv_slots = flags.kv_slots;
+  options.ctx_size = flags.ctx_size;
+  options.threads_per_worker = flags.threads;
+  if (!flags.quiet) {
+    options.on_line = [output_mu](const std::string& child, std::string_view line) {
+      std::lock_guard<std::mutex> lock(*output_mu);
+      std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
+    };
+  }
+  absl::StatusOr<std::unique_ptr<serve::LocalCluster>> cluster = serve::LocalCluster::Start(options);
+  if (!cluster.ok()) {
+    std::fprintf(stderr, "chord serve: %s\n", cluster.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("chord serve: loader on %s, coordinator control on %s, %d workers x %d threads\n",
+              (*cluster)->loader_endpoint().c_str(), (*cluster)->control_endpoint().c_str(), flags.workers,
+              flags.threads);
+  std::printf("chord serve: serving %s on %s\n", flags.model.c_str(), (*cluster)->grpc_address().c_str());
+  std::fflush(stdout);
+
+  const bool any_died = Supervise(**cluster);
+  std::printf("chord serve: stopping\n");
+  std::fflush(stdout);
+  std::vector<std::string> unclean = (*cluster)->Stop(std::chrono::seconds(10));
+  for (const std::string& line : unclean) std::fprintf(stderr, "chord serve: %s\n", line.c_str());
+  std::printf("chord serve: stopped\n");
+  std::fflush(stdout);
+  return any_died || !unclean.empty() ? 1 : 0;
+}
+
+}  // namespace
+
+Subcommand AddServeCommand(CLI::App& parent) {
+  auto flags = std::make_shared<ServeFlags>();
+  CLI::App* app = parent.add_subcommand(
+      "serve", "Serve a model on this machine: loader, coordinator and workers as child processes");
+  app->add_option("--model", flags->model, "GGUF model (default: the cluster file's, else the bundled stories260K)");
+  app->add_option("--workers", flags->workers, "worker processes (pipeline stages)")
+      ->capture_default_str()->check(CLI::Range(1, 64));
+  app->add_option("--port", flags->port, "gRPC port on 127.0.0.1 (0: a free one)")
+      ->capture_default_str()->check(CLI::Range(0, 65535));
+  app->add_option("--kv-slots", flags->kv_slots, "sequences live at once (0: the coordinator's default)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--ctx-size", flags->ctx_size, "positions per sequence (0: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--threads", flags->threads, "compute threads per worker (0: cores / workers)")
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--config", flags->config, "cluster YAML, also given to every child")->check(CLI::ExistingFile);
+  app->add_flag("--quiet", flags->quiet, "do not copy the children's log lines to stderr");
+  return {app, [flags, app] { return RunServe(*app, *flags); }};
+}
+
+}  // namespace chord::cli
