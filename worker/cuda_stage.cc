@@ -81,12 +81,21 @@ struct CudaStage::Impl {
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
   std::vector<cuda::TokenSlot> host_tokens;
 
+  // The captured one-token decode step (embedding, layers, logits); it bakes
+  // in buffer addresses, so it is recaptured whenever Reserve reallocates.
+  cuda::Graph decode_graph;
+  int64_t epoch = 0, graph_epoch = -1;
+  bool graph_failed = false;
+
   cudaStream_t s() const { return stream.get(); }
   bool has_output_layer() const { return range.end == config.n_layer; }
   absl::Status Reserve(int64_t n_tokens);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out, bool accumulate);
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
+  absl::Status CheckIds(std::span<const int32_t> tokens) const;
+  absl::Status EmbedKernel(int64_t n);
+  absl::Status DecodeStepGraph();
   absl::Status LayersDevice(int64_t n_tokens);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
   cuda::KvLayer KvFor(int64_t layer) const;
@@ -108,6 +117,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
   capacity = n;
+  ++epoch;
   return absl::OkStatus();
 }
 
@@ -160,20 +170,54 @@ absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
   return absl::OkStatus();
 }
 
-absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
+absl::Status CudaStage::Impl::CheckIds(std::span<const int32_t> token_ids) const {
   for (const int32_t id : token_ids) {
     if (id < 0 || id >= config.n_vocab) {
       return absl::InvalidArgumentError(
           absl::StrFormat("token id %d is outside the vocabulary (%d tokens)", id, config.n_vocab));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status CudaStage::Impl::EmbedKernel(int64_t n) {
+  return cuda::CudaStatus(cuda::LaunchDequantizeRows(token_embd.view, ids.as<int32_t>(),
+                                                     static_cast<int>(n), x.as<float>(), s()),
+                          "LaunchDequantizeRows");
+}
+
+absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
+  RETURN_IF_ERROR(CheckIds(token_ids));
   const auto n = static_cast<int64_t>(token_ids.size());
   RETURN_IF_ERROR(Reserve(n));
   CHORD_CUDA_RETURN(cudaMemcpyAsync(ids.data(), token_ids.data(), token_ids.size() * sizeof(int32_t),
                                     cudaMemcpyHostToDevice, s()));
-  return cuda::CudaStatus(cuda::LaunchDequantizeRows(token_embd.view, ids.as<int32_t>(),
-                                                     static_cast<int>(n), x.as<float>(), s()),
-                          "LaunchDequantizeRows");
+  return EmbedKernel(n);
+}
+
+// Replays (capturing first if needed) embedding, layers and logits of one
+// token whose id and slot/position are already in `ids` and `tokens`. A
+// failed capture turns the graph off and runs the kernels directly.
+absl::Status CudaStage::Impl::DecodeStepGraph() {
+  const auto issue = [this]() -> absl::Status {
+    RETURN_IF_ERROR(EmbedKernel(1));
+    RETURN_IF_ERROR(LayersDevice(1));
+    return LogitsDevice(x.as<float>(), 1);
+  };
+  if (graph_failed) return issue();
+  if (graph_epoch != epoch || !decode_graph.valid()) {
+    RETURN_IF_ERROR(cuda::Graph::BeginCapture(s()));
+    const absl::Status issued = issue();
+    absl::StatusOr<cuda::Graph> graph = cuda::Graph::EndCapture(s());
+    if (!issued.ok() || !graph.ok()) {
+      (void)cudaGetLastError();
+      graph_failed = true;
+      return issue();
+    }
+    decode_graph = std::move(*graph);
+    graph_epoch = epoch;
+  }
+  return decode_graph.Launch(s());
 }
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
@@ -270,6 +314,16 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
   }
   const auto n = static_cast<int64_t>(batch.size());
   RETURN_IF_ERROR(impl_->UploadBatch(batch));
+  if (n == 1 && n_logit_rows == 1 && impl_->options.use_graph && impl_->options.gemm_min_tokens > 1) {
+    RETURN_IF_ERROR(impl_->CheckIds(tokens));
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->ids.data(), tokens.data(), sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, impl_->s()));
+    RETURN_IF_ERROR(impl_->DecodeStepGraph());
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(),
+                                      static_cast<size_t>(impl_->config.n_vocab) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, impl_->s()));
+    return Synchronize();
+  }
   RETURN_IF_ERROR(impl_->EmbedDevice(tokens));
   RETURN_IF_ERROR(impl_->LayersDevice(n));
   if (n_logit_rows == 0) return Synchronize();

@@ -177,6 +177,35 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
   }
 }
 
+TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
+  auto file = gguf::GgufFile::Open(path_.string());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const GgufTensorSource source(**file);
+  const int64_t n_vocab = config->n_vocab;
+  std::vector<std::vector<float>> runs;
+  for (const bool graph : {false, true}) {
+    CudaStageOptions options;
+    options.n_ctx = 16;
+    options.use_graph = graph;
+    options.gemm_min_tokens = GetParam().gemm_min_tokens;
+    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+    ASSERT_TRUE(stage.ok()) << stage.status();
+    std::vector<float> all;
+    for (int64_t p = 0; p < 6; ++p) {
+      const int32_t token = static_cast<int32_t>((11 * p + 5) % n_vocab);
+      const BatchToken slot{0, p};
+      std::vector<float> logits(static_cast<size_t>(n_vocab));
+      ASSERT_TRUE((*stage)->Forward({&token, 1}, {&slot, 1}, 1, logits.data()).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    runs.push_back(std::move(all));
+  }
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << i;
+}
+
 TEST(CudaStageErrors, RejectsBadRangesAndBatches) {
   if (!cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present";
   const fs::path path = SharedDir() / "models" / "stories260K.gguf";
