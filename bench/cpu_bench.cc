@@ -50,7 +50,8 @@ class CopiedTensorSource final : public TensorSource {
   CopiedTensorSource(const gguf::GgufFile& file, const std::vector<std::string>& names) {
     uint64_t total = 0;
     for (const std::string& name : names) {
-      if (const gguf::TensorInfo* info = file.FindTensor(name)) total += (info->n_bytes + 63) & ~uint64_t{63};
+      if (const gguf::TensorInfo* info = file.FindTensor(name))
+        total += (info->n_bytes + 63) & ~uint64_t{63};
     }
     size_ = std::max<uint64_t>(total, 1);
     void* p = mmap(nullptr, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -94,7 +95,8 @@ double MeasureReadBandwidth(ThreadPool& pool, int runs) {
     const auto start = Clock::now();
     pool.ParallelFor(pool.size(), 1, [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
-        const int64_t lo = n / pool.size() * c, hi = c + 1 == pool.size() ? n : n / pool.size() * (c + 1);
+        const int64_t lo = n / pool.size() * c,
+                      hi = c + 1 == pool.size() ? n : n / pool.size() * (c + 1);
         uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (int64_t i = lo; i + 4 <= hi; i += 4) {
           s0 += buffer[static_cast<size_t>(i)];
@@ -112,7 +114,8 @@ double MeasureReadBandwidth(ThreadPool& pool, int runs) {
 
 struct Row {
   std::string model, weights;
-  double model_mib = 0, decode = 0, prefill64 = 0, prefill512 = 0, batch4 = 0, batch16 = 0, bandwidth = 0;
+  double model_mib = 0, decode = 0, prefill64 = 0, prefill512 = 0, batch4 = 0, batch16 = 0,
+         bandwidth = 0;
 };
 
 class Runner {
@@ -217,7 +220,8 @@ int Main(int argc, char** argv) {
   std::string weights = "copy", kv = "f32";
   app.add_option("models", models, "GGUF model files")->required()->check(CLI::ExistingFile);
   app.add_option("--threads", threads, "compute threads");
-  app.add_option("--runs", runs, "runs per measurement (median reported)")->check(CLI::Range(1, 100));
+  app.add_option("--runs", runs, "runs per measurement (median reported)")
+      ->check(CLI::Range(1, 100));
   app.add_option("--weights", weights, "hold weights copied in memory, mmap'd, or both")
       ->check(CLI::IsMember({"copy", "mmap", "both"}));
   app.add_option("--kv-type", kv, "KV cache type")->check(CLI::IsMember({"f32", "f16"}));
@@ -226,18 +230,21 @@ int Main(int argc, char** argv) {
   ThreadPool pool(threads);
   const double read_bw = MeasureReadBandwidth(pool, 5);
   std::printf("kernels: %s, threads: %d, kv: %s, runs: %d, memory read bandwidth: %.1f GB/s\n\n",
-              kernels::KernelIsaName(kernels::BestKernelIsa()), threads, kv.c_str(), runs, read_bw / 1e9);
-  std::printf("| model | weights | MiB | decode tok/s | prefill 64 tok/s | prefill 512 tok/s | "
-              "batch 4 tok/s | batch 16 tok/s | decode GB/s | of read bw |\n");
+              kernels::KernelIsaName(kernels::BestKernelIsa()), threads, kv.c_str(), runs,
+              read_bw / 1e9);
+  std::printf(
+      "| model | weights | MiB | decode tok/s | prefill 64 tok/s | prefill 512 tok/s | "
+      "batch 4 tok/s | batch 16 tok/s | decode GB/s | of read bw |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   const DType kv_type = kv == "f16" ? DType::kF16 : DType::kF32;
   for (const std::string& model : models) {
     for (bool copy : {true, false}) {
       if ((copy && weights == "mmap") || (!copy && weights == "copy")) continue;
       const Row r = Measure(model, copy, kv_type, pool, runs);
-      std::printf("| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n", r.model.c_str(),
-                  r.weights.c_str(), r.model_mib, r.decode, r.prefill64, r.prefill512, r.batch4, r.batch16,
-                  r.bandwidth / 1e9, 100.0 * r.bandwidth / read_bw);
+      std::printf("| %s | %s | %.0f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n",
+                  r.model.c_str(), r.weights.c_str(), r.model_mib, r.decode, r.prefill64,
+                  r.prefill512, r.batch4, r.batch16, r.bandwidth / 1e9,
+                  100.0 * r.bandwidth / read_bw);
       std::fflush(stdout);
     }
   }

@@ -58,14 +58,16 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
     uint8_t* out = quantized_.data();
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(w.cols, 1));
     pool_.ParallelFor(n_tokens, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) QuantizeActivations(w.type, x + t * w.cols, w.cols, out + t * act_bytes);
+      for (int64_t t = begin; t < end; ++t)
+        QuantizeActivations(w.type, x + t * w.cols, w.cols, out + t * act_bytes);
     });
     act = out;
   }
   // Waking a thread costs microseconds: hand each at least ~64 KiB of weight
   // rows (times the tokens that reuse them), so tiny matrices stay on one thread.
   const int64_t work_per_row = static_cast<int64_t>(w.row_bytes) * n_tokens;
-  const int64_t grain = std::max<int64_t>(16, (int64_t{64} << 10) / std::max<int64_t>(work_per_row, 1));
+  const int64_t grain =
+      std::max<int64_t>(16, (int64_t{64} << 10) / std::max<int64_t>(work_per_row, 1));
   const Product product{w, act, act_bytes, n_tokens, y};
   pool_.ParallelFor(w.rows, grain,
                     [&](int64_t begin, int64_t end) { RunRows(product, multi, dot, begin, end); });

@@ -37,7 +37,8 @@ double ReferenceDot(DType type, const uint8_t* row, const float* x, int64_t n) {
     }
   }
   double sum = 0.0;
-  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(w[static_cast<size_t>(i)]) * a[static_cast<size_t>(i)];
+  for (int64_t i = 0; i < n; ++i)
+    sum += static_cast<double>(w[static_cast<size_t>(i)]) * a[static_cast<size_t>(i)];
   return sum;
 }
 
@@ -54,7 +55,8 @@ double Q8_1RoundingBound(DType type, const uint8_t* row, const float* x, int64_t
   for (int64_t b = 0; b < blocks; ++b) {
     uint16_t m;
     std::memcpy(&m, row + b * block_bytes + 2, 2);
-    bound += std::fabs(quant::HalfToFloat(m) * quant::HalfToFloat(act[static_cast<size_t>(b)].s)) * 0x1p-11;
+    bound += std::fabs(quant::HalfToFloat(m) * quant::HalfToFloat(act[static_cast<size_t>(b)].s)) *
+             0x1p-11;
   }
   return bound;
 }
@@ -78,8 +80,7 @@ TEST_P(MatMulTypeTest, MatchesDoublePrecisionReference) {
       const double got = y[static_cast<size_t>(t * rows + r)];
       const double bound = 1e-4 * (1.0 + std::fabs(expected)) +
                            Q8_1RoundingBound(type, w.row(r), x.data() + t * cols, cols);
-      EXPECT_NEAR(got, expected, bound)
-          << DTypeName(type) << " token " << t << " row " << r;
+      EXPECT_NEAR(got, expected, bound) << DTypeName(type) << " token " << t << " row " << r;
     }
   }
 }
@@ -110,7 +111,9 @@ INSTANTIATE_TEST_SUITE_P(AllComputableTypes, MatMulTypeTest,
                          ::testing::Values(DType::kF32, DType::kF16, DType::kBF16, DType::kQ4_0,
                                            DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
                                            DType::kQ4_K, DType::kQ5_K, DType::kQ6_K),
-                         [](const auto& param_info) { return std::string(DTypeName(param_info.param)); });
+                         [](const auto& param_info) {
+                           return std::string(DTypeName(param_info.param));
+                         });
 
 TEST(MatMulTest, RejectsTypeWithoutProduct) {
   ThreadPool pool(1);
@@ -133,7 +136,8 @@ TEST(ActivationQuantTest, Q8KRoundsHalfToEvenAndKeepsBlockSums) {
     for (int j = 0; j < 16; ++j) sum += block.qs[g * 16 + j];
     EXPECT_EQ(sum, block.bsums[g]);
   }
-  for (int j = 0; j < 256; ++j) EXPECT_NEAR(block.d * block.qs[j], x[static_cast<size_t>(j)], std::fabs(block.d) * 0.5001f);
+  for (int j = 0; j < 256; ++j)
+    EXPECT_NEAR(block.d * block.qs[j], x[static_cast<size_t>(j)], std::fabs(block.d) * 0.5001f);
 }
 
 }  // namespace

@@ -24,8 +24,10 @@ KernelIsa BestKernelIsa() {
 
 const char* KernelIsaName(KernelIsa isa) {
   switch (isa) {
-    case KernelIsa::kAvx2: return "avx2";
-    case KernelIsa::kPortable: return "portable";
+    case KernelIsa::kAvx2:
+      return "avx2";
+    case KernelIsa::kPortable:
+      return "portable";
   }
   return "unknown";
 }

@@ -23,7 +23,8 @@ const DType kSimdTypes[] = {DType::kF32,  DType::kF16,  DType::kQ4_0, DType::kQ8
 
 bool HaveAvx2() { return BestKernelIsa() == KernelIsa::kAvx2; }
 
-std::vector<uint8_t> Quantized(DType type, const std::vector<float>& x, int64_t rows, int64_t cols) {
+std::vector<uint8_t> Quantized(DType type, const std::vector<float>& x, int64_t rows,
+                               int64_t cols) {
   const int64_t bytes = ActivationRowBytes(type, cols);
   std::vector<uint8_t> out(static_cast<size_t>(bytes * rows));
   for (int64_t t = 0; t < rows; ++t) {
@@ -68,7 +69,8 @@ TEST(MultiDotTest, Avx2MatchesPortableReference) {
           std::vector<float> deq(static_cast<size_t>(cols));
           ASSERT_TRUE(quant::DequantizeRow(type, row, deq.data(), cols).ok());
           double magnitude = 0.0;
-          for (int64_t i = 0; i < cols; ++i) magnitude += std::fabs(deq[static_cast<size_t>(i)]) * abs_x[static_cast<size_t>(i)];
+          for (int64_t i = 0; i < cols; ++i)
+            magnitude += std::fabs(deq[static_cast<size_t>(i)]) * abs_x[static_cast<size_t>(i)];
           EXPECT_NEAR(out[g], expected, 1e-5 * magnitude + 1e-6)
               << DTypeName(type) << " cols " << cols << " row " << r << " act " << g;
           float alone;
@@ -86,15 +88,17 @@ TEST(MultiDotTest, Avx2MatchesPortableReference) {
 // that leave partial groups.
 TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
   std::mt19937 rng(5);
-  const DType all[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0, DType::kQ4_1, DType::kQ5_0,
-                       DType::kQ5_1, DType::kQ8_0, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
+  const DType all[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ4_0,
+                       DType::kQ4_1, DType::kQ5_0, DType::kQ5_1, DType::kQ8_0,
+                       DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
   ThreadPool pool_one(1);
   ThreadPool pool_three(3);
   for (KernelIsa isa : {KernelIsa::kPortable, BestKernelIsa()}) {
     MatMul single(pool_one, isa);
     MatMul multi(pool_three, isa);
     for (DType type : all) {
-      const int64_t cols = GetDTypeInfo(type).block_size == 1 ? 300 : 2 * GetDTypeInfo(type).block_size * 4;
+      const int64_t cols =
+          GetDTypeInfo(type).block_size == 1 ? 300 : 2 * GetDTypeInfo(type).block_size * 4;
       for (int64_t rows : {1, 13, 301}) {
         const int64_t n_tokens = 9;
         std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
@@ -105,7 +109,8 @@ TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
         for (int64_t t = 0; t < n_tokens; ++t) {
           std::vector<float> alone(static_cast<size_t>(rows));
           ASSERT_TRUE(single.Run(w, x.data() + t * cols, 1, alone.data()).ok());
-          ASSERT_EQ(0, std::memcmp(alone.data(), batched.data() + t * rows, alone.size() * sizeof(float)))
+          ASSERT_EQ(
+              0, std::memcmp(alone.data(), batched.data() + t * rows, alone.size() * sizeof(float)))
               << KernelIsaName(isa) << " " << DTypeName(type) << " rows " << rows << " token " << t;
         }
       }
@@ -128,7 +133,8 @@ TEST(MultiDotTest, MatMulBestIsaCloseToPortable) {
     ASSERT_TRUE(portable.Run(w, x.data(), n_tokens, y_ref.data()).ok());
     ASSERT_TRUE(best.Run(w, x.data(), n_tokens, y.data()).ok());
     for (size_t i = 0; i < y.size(); ++i) {
-      EXPECT_NEAR(y[i], y_ref[i], 1e-4 * (1.0 + std::fabs(y_ref[i]))) << DTypeName(type) << " index " << i;
+      EXPECT_NEAR(y[i], y_ref[i], 1e-4 * (1.0 + std::fabs(y_ref[i])))
+          << DTypeName(type) << " index " << i;
     }
   }
 }

@@ -17,7 +17,8 @@ namespace chord::kernels {
 
 // Random weight bytes with sane scales: every half-float scale field of every
 // block is overwritten with a small positive value, the rest is random bits.
-inline std::vector<uint8_t> RandomWeights(DType type, int64_t rows, int64_t cols, std::mt19937& rng) {
+inline std::vector<uint8_t> RandomWeights(DType type, int64_t rows, int64_t cols,
+                                          std::mt19937& rng) {
   const uint64_t row_bytes = RowBytes(type, cols).value();
   std::vector<uint8_t> bytes(row_bytes * static_cast<uint64_t>(rows));
   std::uniform_int_distribution<int> byte(0, 255);
@@ -33,14 +34,39 @@ inline std::vector<uint8_t> RandomWeights(DType type, int64_t rows, int64_t cols
       std::memcpy(block + offset, &h, 2);
     };
     switch (type) {
-      case DType::kF32: { const float v = normal(rng); std::memcpy(block, &v, 4); break; }
-      case DType::kF16: set_half(0, normal(rng)); break;
-      case DType::kBF16: { const uint16_t v = quant::FloatToBf16(normal(rng)); std::memcpy(block, &v, 2); break; }
-      case DType::kQ4_0: case DType::kQ5_0: case DType::kQ8_0: set_half(0, scale(rng)); break;
-      case DType::kQ4_1: case DType::kQ5_1: set_half(0, scale(rng)); set_half(2, -scale(rng) * 8); break;
-      case DType::kQ4_K: case DType::kQ5_K: set_half(0, scale(rng)); set_half(2, scale(rng)); break;
-      case DType::kQ6_K: set_half(offsetof(quant::BlockQ6_K, d), scale(rng)); break;
-      default: ADD_FAILURE() << "no generator for " << DTypeName(type);
+      case DType::kF32: {
+        const float v = normal(rng);
+        std::memcpy(block, &v, 4);
+        break;
+      }
+      case DType::kF16:
+        set_half(0, normal(rng));
+        break;
+      case DType::kBF16: {
+        const uint16_t v = quant::FloatToBf16(normal(rng));
+        std::memcpy(block, &v, 2);
+        break;
+      }
+      case DType::kQ4_0:
+      case DType::kQ5_0:
+      case DType::kQ8_0:
+        set_half(0, scale(rng));
+        break;
+      case DType::kQ4_1:
+      case DType::kQ5_1:
+        set_half(0, scale(rng));
+        set_half(2, -scale(rng) * 8);
+        break;
+      case DType::kQ4_K:
+      case DType::kQ5_K:
+        set_half(0, scale(rng));
+        set_half(2, scale(rng));
+        break;
+      case DType::kQ6_K:
+        set_half(offsetof(quant::BlockQ6_K, d), scale(rng));
+        break;
+      default:
+        ADD_FAILURE() << "no generator for " << DTypeName(type);
     }
   }
   return bytes;

@@ -36,8 +36,9 @@ bool SpinUntil(Done done) {
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads)
-    : n_threads_(n_threads > 0 ? n_threads
-                               : std::max(1, static_cast<int>(std::thread::hardware_concurrency()))) {
+    : n_threads_(n_threads > 0
+                     ? n_threads
+                     : std::max(1, static_cast<int>(std::thread::hardware_concurrency()))) {
   // The calling thread runs chunk 0 itself, so only n - 1 threads are started.
   for (int i = 1; i < n_threads_; ++i) {
     threads_.emplace_back([this, i] { WorkerLoop(i); });
@@ -86,7 +87,8 @@ void ThreadPool::WorkerLoop(int index) {
     const std::function<void(int64_t, int64_t)>* job;
     int64_t n;
     int chunks;
-    SpinUntil([&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
+    SpinUntil(
+        [&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
       start_cv_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });

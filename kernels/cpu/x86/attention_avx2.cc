@@ -10,7 +10,8 @@ namespace {
 template <bool kHalf>
 inline __m256 Load8(const void* row, int i) {
   if constexpr (kHalf) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
+    return _mm256_cvtph_ps(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
   } else {
     return _mm256_loadu_ps(static_cast<const float*>(row) + i);
   }
@@ -29,7 +30,8 @@ template <bool kHalf>
 float Dot(const float* q, const void* row, int n) {
   __m256 acc = _mm256_setzero_ps();
   int i = 0;
-  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), Load8<kHalf>(row, i), acc);
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), Load8<kHalf>(row, i), acc);
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));

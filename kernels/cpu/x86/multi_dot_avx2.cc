@@ -64,7 +64,8 @@ void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
     const float dx = Half(x[b].d);
     for (int t = 0; t < NT; ++t) {
       const __m256i dot = DotSigned(ax, qx, Load256(y[t][b].qs));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+      acc[t] =
+          _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
@@ -90,7 +91,8 @@ void DotQ4_0(const void* w, const void* const* acts, int64_t n, float* out) {
     const float dx = Half(x[b].d);
     for (int t = 0; t < NT; ++t) {
       const __m256i dot = DotSigned(ax, qx, Load256(y[t][b].qs));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+      acc[t] =
+          _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
@@ -112,13 +114,16 @@ inline __m256i UnpackScalesMins(const uint8_t* packed) {
 }
 
 // Broadcasts int16 lane k (0..7) of each 128-bit half.
-inline __m256i ScaleShuffle(int k) { return _mm256_set1_epi16(static_cast<int16_t>((2 * k) | ((2 * k + 1) << 8))); }
+inline __m256i ScaleShuffle(int k) {
+  return _mm256_set1_epi16(static_cast<int16_t>((2 * k) | ((2 * k + 1) << 8)));
+}
 
 // Shared by Q4_K and Q5_K: the min term -dmin * sum_j m_j * (sum of sub-block j's activations).
 inline __m128 MinTerm(__m256i scales_mins, const BlockQ8_K& y, float dmin, __m128 acc) {
   const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
   const __m256i bsums = Load256(y.bsums);
-  const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
+  const __m128i q8s =
+      _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
   const __m128i prod = _mm_madd_epi16(mins, q8s);
   return _mm_fmadd_ps(_mm_set1_ps(-dmin * y.d), _mm_cvtepi32_ps(prod), acc);
 }
@@ -162,7 +167,8 @@ void DotQ45_K(const void* w, const void* const* acts, int64_t n, float* out) {
       for (int t = 0; t < NT; ++t) {
         const int8_t* q8 = y[t][b].qs + 64 * j;
         const __m256i p_lo = _mm256_madd_epi16(scale_lo, _mm256_maddubs_epi16(lo, Load256(q8)));
-        const __m256i p_hi = _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(hi, Load256(q8 + 32)));
+        const __m256i p_hi =
+            _mm256_madd_epi16(scale_hi, _mm256_maddubs_epi16(hi, Load256(q8 + 32)));
         sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(p_lo, p_hi));
       }
     }
@@ -194,7 +200,8 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
       const __m256i ql1 = Load256(x[b].ql + 64 * half + 32);
       const __m256i qh = Load256(x[b].qh + 32 * half);
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                             _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
       q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
                              _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
       q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
@@ -205,7 +212,8 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
       for (int i = 0; i < 4; ++i) {
         // int16 lanes 0..7: scale of group 8*half + 2i, lanes 8..15: group 8*half + 2i + 1.
         const int g = 8 * half + 2 * i;
-        const __m128i pick = _mm_set_epi64x(0x0101010101010101LL * (g + 1), 0x0101010101010101LL * g);
+        const __m128i pick =
+            _mm_set_epi64x(0x0101010101010101LL * (g + 1), 0x0101010101010101LL * g);
         sc[i] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales8, pick));
       }
       for (int t = 0; t < NT; ++t) {
@@ -213,7 +221,8 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
         for (int i = 0; i < 4; ++i) {
           const __m256i a = Load256(q8 + 32 * i);
           // (q - 32) * a = q * a - 32 * a; both maddubs stay within int16.
-          const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), _mm256_maddubs_epi16(m32, a));
+          const __m256i p =
+              _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), _mm256_maddubs_epi16(m32, a));
           sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(sc[i], p));
         }
       }
@@ -239,7 +248,8 @@ void DotFloat(const void* w, const void* const* acts, int64_t n, float* out) {
   }
   auto load = [w](int64_t i) {
     if constexpr (kHalf) {
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i)));
+      return _mm256_cvtph_ps(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(w) + i)));
     } else {
       return _mm256_loadu_ps(static_cast<const float*>(w) + i);
     }
@@ -256,30 +266,44 @@ void DotFloat(const void* w, const void* const* acts, int64_t n, float* out) {
   for (int t = 0; t < NT; ++t) {
     float sum = Hsum(_mm256_add_ps(acc0[t], acc1[t]));
     for (int64_t k = i; k < n; ++k) {
-      const float wk = kHalf ? Half(static_cast<const uint16_t*>(w)[k]) : static_cast<const float*>(w)[k];
+      const float wk =
+          kHalf ? Half(static_cast<const uint16_t*>(w)[k]) : static_cast<const float*>(w)[k];
       sum += wk * a[t][k];
     }
     out[t] = sum;
   }
 }
 
-template <template <int> class Kernel>
-void Dispatch(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
-  switch (n_acts) {
-    case 1: Kernel<1>::Run(w, acts, n, out); return;
-    case 2: Kernel<2>::Run(w, acts, n, out); return;
-    case 3: Kernel<3>::Run(w, acts, n, out); return;
-    default: Kernel<4>::Run(w, acts, n, out); return;
-  }
+enum class Kernel { kF32, kF16, kQ4_0, kQ8_0, kQ4_K, kQ5_K, kQ6_K };
+
+template <Kernel K, int NT>
+void RunGroup(const void* w, const void* const* acts, int64_t n, float* out) {
+  if constexpr (K == Kernel::kF32) DotFloat<NT, false>(w, acts, n, out);
+  if constexpr (K == Kernel::kF16) DotFloat<NT, true>(w, acts, n, out);
+  if constexpr (K == Kernel::kQ4_0) DotQ4_0<NT>(w, acts, n, out);
+  if constexpr (K == Kernel::kQ8_0) DotQ8_0<NT>(w, acts, n, out);
+  if constexpr (K == Kernel::kQ4_K) DotQ45_K<NT, false>(w, acts, n, out);
+  if constexpr (K == Kernel::kQ5_K) DotQ45_K<NT, true>(w, acts, n, out);
+  if constexpr (K == Kernel::kQ6_K) DotQ6_K<NT>(w, acts, n, out);
 }
 
-template <int NT> struct Q8_0K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ8_0<NT>(w, a, n, o); } };
-template <int NT> struct Q4_0K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ4_0<NT>(w, a, n, o); } };
-template <int NT> struct Q4_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ45_K<NT, false>(w, a, n, o); } };
-template <int NT> struct Q5_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ45_K<NT, true>(w, a, n, o); } };
-template <int NT> struct Q6_KK { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotQ6_K<NT>(w, a, n, o); } };
-template <int NT> struct F32K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotFloat<NT, false>(w, a, n, o); } };
-template <int NT> struct F16K { static void Run(const void* w, const void* const* a, int64_t n, float* o) { DotFloat<NT, true>(w, a, n, o); } };
+template <Kernel K>
+void Dispatch(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
+  switch (n_acts) {
+    case 1:
+      RunGroup<K, 1>(w, acts, n, out);
+      return;
+    case 2:
+      RunGroup<K, 2>(w, acts, n, out);
+      return;
+    case 3:
+      RunGroup<K, 3>(w, acts, n, out);
+      return;
+    default:
+      RunGroup<K, 4>(w, acts, n, out);
+      return;
+  }
+}
 
 static_assert(kMaxDotGroup == 4, "Dispatch covers groups of 1..4");
 
@@ -287,14 +311,22 @@ static_assert(kMaxDotGroup == 4, "Dispatch covers groups of 1..4");
 
 MultiDotFn GetMultiDotAvx2(DType weight_type) {
   switch (weight_type) {
-    case DType::kF32: return Dispatch<F32K>;
-    case DType::kF16: return Dispatch<F16K>;
-    case DType::kQ4_0: return Dispatch<Q4_0K>;
-    case DType::kQ8_0: return Dispatch<Q8_0K>;
-    case DType::kQ4_K: return Dispatch<Q4_KK>;
-    case DType::kQ5_K: return Dispatch<Q5_KK>;
-    case DType::kQ6_K: return Dispatch<Q6_KK>;
-    default: return nullptr;
+    case DType::kF32:
+      return Dispatch<Kernel::kF32>;
+    case DType::kF16:
+      return Dispatch<Kernel::kF16>;
+    case DType::kQ4_0:
+      return Dispatch<Kernel::kQ4_0>;
+    case DType::kQ8_0:
+      return Dispatch<Kernel::kQ8_0>;
+    case DType::kQ4_K:
+      return Dispatch<Kernel::kQ4_K>;
+    case DType::kQ5_K:
+      return Dispatch<Kernel::kQ5_K>;
+    case DType::kQ6_K:
+      return Dispatch<Kernel::kQ6_K>;
+    default:
+      return nullptr;
   }
 }
 
