@@ -1,0 +1,236 @@
+// chord.v1.Inference and grpc.health.v1 through an in-process channel, with a
+// fake worker serving the plan over real ZeroMQ sockets.
+#include <grpcpp/generic/generic_stub.h>
+
+#include <future>
+#include <thread>
+
+#include "coordinator/fake_worker.h"
+#include "coordinator/grpc_status.h"
+#include "coordinator/server.h"
+#include "gtest/gtest.h"
+
+namespace chord::coordinator {
+namespace {
+
+using testing::FakeToken;
+using testing::FakeWorker;
+using testing::FakeWorkerOptions;
+
+bool WaitFor(const std::function<bool()>& condition) {
+  const auto until = Clock::now() + std::chrono::seconds(5);
+  while (Clock::now() < until && !condition()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return condition();
+}
+
+class ApiServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = testing::LoadTestModel();
+    if (!model.ok()) GTEST_SKIP() << "no test model: " << model.status();
+    model_ = *std::move(model);
+    ServerOptions options;
+    options.grpc_port = 0;
+    options.scheduler.pool.kv_slots = 2;
+    options.scheduler.pool.n_ctx = 64;
+    options.scheduler.pool.worker_timeout = std::chrono::milliseconds(400);
+    options.scheduler.pool.heartbeat_interval = std::chrono::milliseconds(50);
+    options.limits.n_ctx = 64;
+    options.limits.max_tokens_limit = 64;
+    auto server = CoordinatorServer::Start(context_, options, *model_);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = server_->grpc_server().InProcessChannel(grpc::ChannelArguments());
+    stub_ = chord::v1::Inference::NewStub(channel_);
+  }
+  void TearDown() override {
+    server_.reset();
+    worker_.reset();
+  }
+  void StartWorker(FakeWorkerOptions options = {}) {
+    worker_ = std::make_unique<FakeWorker>(context_, server_->control_endpoint(), options);
+    ASSERT_TRUE(WaitFor([&] { return server_->scheduler().serving(); }));
+  }
+
+  // grpc.health.v1.Health/Check for the whole server: 1 SERVING, 2 NOT_SERVING.
+  int Health() {
+    grpc::GenericStub stub(channel_);
+    grpc::ClientContext context;
+    grpc::Slice empty(std::string{});  // an empty HealthCheckRequest: every field default
+    grpc::ByteBuffer request(&empty, 1), response;
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status status) { done.set_value(status); });
+    if (!done.get_future().get().ok()) return -1;
+    std::vector<grpc::Slice> slices;
+    (void)response.Dump(&slices);
+    std::string bytes;
+    for (const auto& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+    return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : 0;
+  }
+
+  struct Result {
+    grpc::Status status;
+    std::vector<uint32_t> tokens;
+    std::string text;
+    chord::v1::FinalInfo final;
+    std::vector<chord::v1::GenerateResponse> messages;
+  };
+  Result Generate(const chord::v1::GenerateRequest& request,
+                  std::chrono::milliseconds deadline = std::chrono::seconds(10)) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + deadline);
+    auto reader = stub_->Generate(&context, request);
+    Result result;
+    chord::v1::GenerateResponse message;
+    while (reader->Read(&message)) {
+      result.messages.push_back(message);
+      for (uint32_t t : message.token_ids()) result.tokens.push_back(t);
+      result.text += message.text();
+      if (message.has_final()) result.final = message.final();
+    }
+    result.status = reader->Finish();
+    return result;
+  }
+
+  zmq::context_t context_{1};
+  std::unique_ptr<ModelContext> model_;
+  std::unique_ptr<CoordinatorServer> server_;
+  std::unique_ptr<FakeWorker> worker_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<chord::v1::Inference::Stub> stub_;
+};
+
+TEST_F(ApiServiceTest, HealthIsServingOnlyWhileThePlanIsReady) {
+  EXPECT_EQ(Health(), 2);
+  chord::v1::GenerateRequest request;
+  request.set_prompt("Once");
+  EXPECT_EQ(Generate(request).status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  StartWorker();
+  EXPECT_TRUE(WaitFor([&] { return Health() == 1; }));
+  worker_->GoSilent();
+  EXPECT_TRUE(WaitFor([&] { return Health() == 2; }));
+}
+
+TEST_F(ApiServiceTest, MetadataCalls) {
+  StartWorker();
+  grpc::ClientContext c1;
+  chord::v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&c1, {}, &info).ok());
+  EXPECT_EQ(info.sha256(), "test-sha");
+  EXPECT_EQ(info.vocab_size(), static_cast<uint32_t>(model_->tokenizer->vocab_size()));
+  EXPECT_EQ(info.n_layer(), static_cast<uint32_t>(model_->config.n_layer));
+  EXPECT_EQ(info.max_context(), 64u);
+  EXPECT_EQ(info.bos_id(), model_->tokenizer->bos_id());
+  EXPECT_EQ(info.tokenizer(), "llama");
+
+  grpc::ClientContext c2;
+  chord::v1::TokenizeRequest tokenize;
+  tokenize.set_text("Once upon a time");
+  tokenize.set_add_special(true);
+  chord::v1::TokenizeResponse tokens;
+  ASSERT_TRUE(stub_->Tokenize(&c2, tokenize, &tokens).ok());
+  ASSERT_GT(tokens.token_ids_size(), 2);
+  EXPECT_EQ(tokens.token_ids(0), static_cast<uint32_t>(model_->tokenizer->bos_id()));
+
+  grpc::ClientContext c3;
+  chord::v1::DetokenizeRequest detokenize;
+  for (int i = 1; i < tokens.token_ids_size(); ++i) detokenize.add_token_ids(tokens.token_ids(i));
+  chord::v1::DetokenizeResponse text;
+  ASSERT_TRUE(stub_->Detokenize(&c3, detokenize, &text).ok());
+  EXPECT_EQ(text.text(), "Once upon a time");
+
+  grpc::ClientContext c4;
+  detokenize.add_token_ids(1u << 30);
+  EXPECT_EQ(stub_->Detokenize(&c4, detokenize, &text).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  grpc::ClientContext c5;
+  chord::v1::ServerInfo server;
+  ASSERT_TRUE(stub_->GetServerInfo(&c5, {}, &server).ok());
+  EXPECT_EQ(server.plan_version(), 1u);
+  EXPECT_EQ(server.kv_slots(), 2u);
+  ASSERT_EQ(server.workers_size(), 1);
+  EXPECT_EQ(server.workers(0).worker_id(), "w0");
+  EXPECT_TRUE(server.workers(0).alive());
+  EXPECT_EQ(server.workers(0).end_layer(), static_cast<uint32_t>(model_->config.n_layer));
+}
+
+TEST_F(ApiServiceTest, GenerateStreamsAndBadRequestsDoNotStopTheServer) {
+  StartWorker();
+  chord::v1::GenerateRequest bad;
+  bad.mutable_sampling()->set_top_p(2);
+  bad.set_prompt("Once");
+  EXPECT_EQ(Generate(bad).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  chord::v1::GenerateRequest long_prompt;
+  for (int i = 0; i < 70; ++i) long_prompt.mutable_prompt_token_ids()->add_ids(300);
+  EXPECT_EQ(Generate(long_prompt).status.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+
+  chord::v1::GenerateRequest request;
+  request.mutable_prompt_token_ids()->add_ids(1);
+  request.mutable_prompt_token_ids()->add_ids(300);
+  request.set_max_tokens(4);
+  request.set_logprobs(2);
+  request.set_request_id("mine");
+  Result result = Generate(request);
+  ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+  EXPECT_EQ(result.tokens, (std::vector<uint32_t>{FakeToken(2), FakeToken(3), FakeToken(4), FakeToken(5)}));
+  for (const auto& message : result.messages) {
+    EXPECT_EQ(message.request_id(), "mine");
+    EXPECT_EQ(message.logprobs_size(), message.token_ids_size());
+    for (const auto& top : message.logprobs()) EXPECT_EQ(top.entries_size(), 2);
+  }
+  EXPECT_EQ(result.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(result.final.usage().completion_tokens(), 4u);
+  EXPECT_NE(result.final.seed(), 0u);  // chosen by the server, and reported
+  std::vector<TokenId> ids(result.tokens.begin(), result.tokens.end());
+  EXPECT_EQ(result.text, Detokenize(*model_->tokenizer, ids));
+}
+
+TEST_F(ApiServiceTest, AbortEndsARunningGeneration) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartWorker(slow);
+  chord::v1::GenerateRequest request;
+  request.set_prompt("Once");
+  request.set_request_id("long");
+  request.set_max_tokens(50);
+  auto running = std::async(std::launch::async, [&] { return Generate(request); });
+  ASSERT_TRUE(WaitFor([&] { return worker_->steps_answered() >= 2; }));
+  grpc::ClientContext context;
+  chord::v1::AbortRequest abort;
+  abort.set_request_id("long");
+  chord::v1::AbortResponse response;
+  ASSERT_TRUE(stub_->Abort(&context, abort, &response).ok());
+  EXPECT_TRUE(response.found());
+  Result result = running.get();
+  ASSERT_TRUE(result.status.ok());
+  EXPECT_EQ(result.final.finish_reason(), chord::v1::FINISH_REASON_ABORT);
+  grpc::ClientContext again;
+  ASSERT_TRUE(stub_->Abort(&again, abort, &response).ok());
+  EXPECT_FALSE(response.found());
+}
+
+TEST_F(ApiServiceTest, DeadlineStopsTheRequestAndFreesItsSlot) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  StartWorker(slow);
+  chord::v1::GenerateRequest request;
+  request.set_prompt("Once");
+  request.set_max_tokens(60);
+  Result result = Generate(request, std::chrono::milliseconds(150));
+  EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitFor([&] { return worker_->freed_slots().contains(0); }));
+  EXPECT_TRUE(WaitFor([&] { return server_->scheduler().ServerInfo().running_requests() == 0; }));
+}
+
+TEST(GrpcStatusTest, ConvertsBothWays) {
+  const absl::Status status = absl::ResourceExhaustedError("queue full");
+  const grpc::Status converted = ToGrpcStatus(status);
+  EXPECT_EQ(converted.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(converted.error_message(), "queue full");
+  EXPECT_EQ(FromGrpcStatus(converted), status);
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+}
+
+}  // namespace
+}  // namespace chord::coordinator
