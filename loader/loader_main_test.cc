@@ -1,6 +1,8 @@
 // The chord-loader binary as a parent process sees it: the endpoint line on
 // stdout, serving, a clean exit on SIGTERM, and clear failures for bad flags.
 #include <fcntl.h>
+#include <httplib.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -76,8 +78,22 @@ class LoaderMainTest : public ::testing::Test {
   }
 };
 
+// A loopback TCP port free at the time of the call.
+int FreePort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  close(fd);
+  return ntohs(address.sin_port);
+}
+
 // Starts the loader, checks the line it prints, fetches through it, stops it.
-void ServeAndStop(const std::vector<std::string>& args) {
+// With `metrics_port`, also checks that /metrics counts the bytes fetched.
+void ServeAndStop(const std::vector<std::string>& args, int metrics_port = 0) {
   Child child = Spawn(args);
   ASSERT_GT(child.pid, 0);
   const std::string line = ReadLine(child.stdout_fd, 30);
@@ -99,6 +115,15 @@ void ServeAndStop(const std::vector<std::string>& args) {
     const gguf::TensorInfo& tensor = info->header->tensors().front();
     std::vector<uint8_t> bytes(tensor.n_bytes);
     EXPECT_TRUE((*client)->FetchTensor(tensor, bytes.data()).ok());
+    if (metrics_port > 0) {
+      httplib::Result scrape = httplib::Client("127.0.0.1", metrics_port).Get("/metrics");
+      ASSERT_TRUE(scrape) << httplib::to_string(scrape.error());
+      const std::string name = "chord_loader_bytes_sent_total ";
+      const size_t at = scrape->body.find("\n" + name);
+      ASSERT_NE(at, std::string::npos) << scrape->body;
+      EXPECT_GE(std::stod(scrape->body.substr(at + 1 + name.size())),
+                static_cast<double>(tensor.n_bytes));
+    }
   }
   kill(child.pid, SIGTERM);
   EXPECT_EQ(WaitExit(child.pid), 0);
@@ -107,6 +132,13 @@ void ServeAndStop(const std::vector<std::string>& args) {
 
 TEST_F(LoaderMainTest, PrintsTheEndpointServesAndStopsOnSigterm) {
   ServeAndStop({"--model", CHORD_DEFAULT_MODEL, "--bind", "tcp://127.0.0.1:0"});
+}
+
+TEST_F(LoaderMainTest, ServesMetricsOfBytesSent) {
+  const int port = FreePort();
+  ServeAndStop({"--model", CHORD_DEFAULT_MODEL, "--bind", "tcp://127.0.0.1:0", "--metrics-port",
+                std::to_string(port)},
+               port);
 }
 
 TEST_F(LoaderMainTest, TakesTheModelFromTheClusterConfig) {
@@ -126,7 +158,8 @@ TEST_F(LoaderMainTest, FailsClearlyOnBadInput) {
        {std::vector<std::string>{},
         {"--model", "/nonexistent/model.gguf"},
         {"--model", CHORD_DEFAULT_MODEL, "--bind", "not-an-endpoint"},
-        {"--model", CHORD_DEFAULT_MODEL, "--log-level", "loud"}}) {
+        {"--model", CHORD_DEFAULT_MODEL, "--log-level", "loud"},
+        {"--model", CHORD_DEFAULT_MODEL, "--metrics-port", "70000"}}) {
     Child child = Spawn(args);
     ASSERT_GT(child.pid, 0);
     EXPECT_NE(WaitExit(child.pid), 0) << (args.empty() ? "(no flags)" : args.back());

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +14,8 @@
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
 #include "common/gguf/gguf_file.h"
+#include "common/metrics/chord_metrics.h"
+#include "common/metrics/metrics_server.h"
 #include "loader/weight_service.h"
 #include "zmq.hpp"
 
@@ -22,6 +25,8 @@ struct Flags {
   std::string model;
   std::string bind = "tcp://127.0.0.1:5556";
   std::string config;
+  int metrics_port = -1;  // -1: no metrics server
+  std::string metrics_host = "127.0.0.1";
   std::string log_level = "info";
   bool log_json = false;
 };
@@ -69,6 +74,27 @@ bool ApplyConfig(const CLI::App& app, Flags& flags) {
   return true;
 }
 
+// Scrapes copy the service's own per-peer totals into the counters.
+absl::StatusOr<std::unique_ptr<chord::metrics::MetricsServer>> StartMetrics(
+    const Flags& flags, const chord::loader::WeightService& service,
+    chord::metrics::Registry& registry, chord::metrics::LoaderMetrics& metrics) {
+  if (flags.metrics_port < 0) return nullptr;
+  registry.AddCollectHook([&service, &metrics] {
+    double bytes = 0, served = 0, dropped = 0;
+    for (const auto& [peer, stats] : service.Stats()) {
+      bytes += static_cast<double>(stats.bytes_sent);
+      served += static_cast<double>(stats.requests);
+      dropped += static_cast<double>(stats.dropped);
+    }
+    chord::metrics::Counter& served_counter = metrics.requests.With({"served"});
+    chord::metrics::Counter& dropped_counter = metrics.requests.With({"dropped"});
+    metrics.bytes_sent.Increment(std::max(0.0, bytes - metrics.bytes_sent.value()));
+    served_counter.Increment(std::max(0.0, served - served_counter.value()));
+    dropped_counter.Increment(std::max(0.0, dropped - dropped_counter.value()));
+  });
+  return chord::metrics::MetricsServer::Start(registry, flags.metrics_host, flags.metrics_port);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -79,6 +105,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--config", flags.config, "cluster YAML (its loader: section)")
       ->check(CLI::ExistingFile);
+  app.add_option("--metrics-port", flags.metrics_port,
+                 "serve Prometheus GET /metrics on this port (0: OS pick; -1: off)")
+      ->check(CLI::Range(-1, 65535));
+  app.add_option("--metrics-host", flags.metrics_host, "address the metrics server binds")
+      ->capture_default_str();
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
       ->capture_default_str();
   app.add_flag("--log-json", flags.log_json, "write log lines as JSON objects");
@@ -119,6 +150,11 @@ int main(int argc, char** argv) {
                                            std::filesystem::path(flags.model).filename().string(),
                                            options);
   if (!service.ok()) return Fail(std::string(service.status().message()));
+  chord::metrics::Registry registry;
+  chord::metrics::LoaderMetrics loader_metrics(registry);
+  absl::StatusOr<std::unique_ptr<chord::metrics::MetricsServer>> metrics_server =
+      StartMetrics(flags, **service, registry, loader_metrics);
+  if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   std::printf("chord-loader listening on %s\n", (*service)->endpoint().c_str());
   std::fflush(stdout);
 

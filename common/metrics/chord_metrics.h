@@ -42,7 +42,7 @@ struct LoaderMetrics {
   explicit LoaderMetrics(Registry& registry);
 
   Counter& bytes_sent;
-  Family<Counter>& requests;                 // label kind: metadata, chunk, error
+  Family<Counter>& requests;                 // label kind: served, dropped (malformed/refused)
 };
 
 }  // namespace chord::metrics

@@ -162,7 +162,7 @@ std::string ChordMetricsText() {
   worker.shard_cache_misses.Increment(2);
   worker.shard_cache_stall_seconds.Increment(0.3);
   loader.bytes_sent.Increment(1 << 20);
-  loader.requests.With({"chunk"}).Increment(16);
+  loader.requests.With({"served"}).Increment(16);
   return registry.Render();
 }
 
