@@ -8,6 +8,7 @@
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
+#include "common/metrics/metrics_server.h"
 #include "loader/client/loader_client.h"
 #include "worker/worker_service.h"
 
@@ -46,6 +47,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
       ->check(CLI::ExistingFile);
+  int metrics_port = -1;
+  std::string metrics_host = "127.0.0.1";
+  app.add_option("--metrics-port", metrics_port, "Prometheus GET /metrics port (0: OS pick; -1: off)")
+      ->check(CLI::Range(-1, 65535));
+  app.add_option("--metrics-host", metrics_host, "address the metrics server binds");
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   CLI11_PARSE(app, argc, argv);
@@ -88,6 +94,15 @@ int main(int argc, char** argv) {
       "%d",
       o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.backend, threads);
 
+  chord::metrics::Registry registry;
+  chord::metrics::WorkerMetrics worker_metrics(registry);
+  std::unique_ptr<chord::metrics::MetricsServer> metrics_server;
+  if (metrics_port >= 0) {
+    auto started = chord::metrics::MetricsServer::Start(registry, metrics_host, metrics_port);
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+    o.metrics = &worker_metrics;
+  }
   zmq::context_t context(1);
   chord::ThreadPool pool(threads);
   chord::LoaderClientOptions loader_options;

@@ -1,5 +1,6 @@
 #include "worker/worker_service.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <span>
 
@@ -358,8 +359,15 @@ void WorkerService::HandleData() {
                                       static_cast<int>(message.envelope.body_case()))));
     return;
   }
+  const Clock::time_point started = Clock::now();
   const absl::Status status = RunStep(message);
   const pb::StepHeader& step = message.envelope.step();
+  if (options_.metrics != nullptr) {
+    const bool prefill = std::any_of(step.sequences().begin(), step.sequences().end(),
+                                     [](const pb::SequenceChunk& s) { return s.token_ids_size() > 1; });
+    options_.metrics->stage_step_seconds.With({prefill ? "prefill" : "decode"})
+        .Observe(std::chrono::duration<double>(Clock::now() - started).count());
+  }
   if (!status.ok()) SendStepError(step.plan_version(), step.step_id(), status);
 }
 

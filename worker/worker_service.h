@@ -28,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "common/metrics/chord_metrics.h"
 #include "absl/status/statusor.h"
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
@@ -50,6 +51,7 @@ struct WorkerOptions {
   std::chrono::milliseconds coordinator_timeout{2000};
   std::chrono::milliseconds forward_timeout{2000};  // waiting for the next stage to take a step
   int high_water_mark = 64;                         // messages queued per socket
+  metrics::WorkerMetrics* metrics = nullptr;         // optional; must outlive the service
 };
 
 // Connects to a loader; LoaderClient::Connect in production, a fake in tests.

@@ -274,7 +274,11 @@ TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
   GenerateLocally(*file_, kTokens, &a);
   GenerateLocally(*file_, kTokens, &b);
 
-  Start(Options("w0"));
+  metrics::Registry registry;
+  metrics::WorkerMetrics w0_metrics(registry);
+  WorkerOptions w0_options = Options("w0");
+  w0_options.metrics = &w0_metrics;
+  Start(w0_options);
   const std::string w0_data = Register("w0");
   Start(Options("w1"));
   const std::string w1_data = Register("w1");
@@ -328,6 +332,15 @@ TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
   run_step(1, true);
   run_step(2, false);
   run_step(3, false);
+  // Stage 0's step times, by phase. w0 observes after forwarding, so the result
+  // can arrive first: wait a little for the third observation.
+  for (int i = 0; i < 100 && w0_metrics.stage_step_seconds.With({"decode"}).snapshot().count < 2;
+       ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(w0_metrics.stage_step_seconds.With({"prefill"}).snapshot().count, 1u);
+  EXPECT_EQ(w0_metrics.stage_step_seconds.With({"decode"}).snapshot().count, 2u);
+  EXPECT_GT(w0_metrics.stage_step_seconds.With({"prefill"}).snapshot().sum, 0.0);
 
   // Malformed steps: each answered by the stage that saw it, nothing else changes.
   ASSERT_TRUE(push0.send(zmq::str_buffer("not an envelope"), zmq::send_flags::none).has_value());
