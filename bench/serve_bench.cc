@@ -1,0 +1,218 @@
+// serve_bench: decode speed of `chord generate` in one process against the
+// same model served by loader + coordinator + 1, 2, 3 workers (through gRPC),
+// aggregate throughput of 1, 4 and 8 concurrent streams, and the inter-token
+// latency of running streams while a 1,000-token prompt arrives. Prints tables
+// (median of --runs runs). Not a test: numbers depend on the machine.
+//
+//   serve_bench --model a.gguf,b.gguf [--runs 3] [--tokens 64] [--threads 0]
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "CLI/CLI.hpp"
+#include "chord/v1/inference.grpc.pb.h"
+#include "cli/serve/child_process.h"
+#include "cli/serve/local_cluster.h"
+
+namespace chord {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchFlags {
+  std::vector<std::string> models;
+  std::string bin_dir;
+  int runs = 3;
+  int tokens = 64;
+  int threads = 0;  // per process; 0: cores / workers
+};
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double Median(std::vector<double> values) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  return values[values.size() / 2];
+}
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const size_t index = std::min(values.size() - 1, static_cast<size_t>(p * static_cast<double>(values.size())));
+  return values[index];
+}
+
+int ThreadsFor(const BenchFlags& flags, int processes) {
+  if (flags.threads > 0) return flags.threads;
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / processes);
+}
+
+// `chord generate` reports "... tokens generated (X tok/s)" on stderr.
+double InProcessTokensPerSecond(const BenchFlags& flags, const std::string& model) {
+  auto chord = serve::ChildProcess::Start(
+      "chord", flags.bin_dir + "/chord",
+      {"generate", "--model", model, "--prompt", "Once upon a time", "--temperature", "0", "--ignore-eos",
+       "--max-tokens", std::to_string(flags.tokens), "--ctx-size", "2048", "--threads",
+       std::to_string(ThreadsFor(flags, 1))});
+  if (!chord.ok()) return 0.0;
+  absl::StatusOr<std::string> line = (*chord)->WaitForLine("tokens generated (", std::chrono::minutes(5));
+  (*chord)->Stop(std::chrono::seconds(5));
+  return line.ok() ? std::atof(line->c_str()) : 0.0;
+}
+
+struct Stream {
+  int tokens = 0;
+  Clock::time_point first;
+  Clock::time_point last;
+  std::vector<Clock::time_point> arrivals;  // one per message with tokens
+};
+
+Stream RunStream(v1::Inference::Stub& stub, const v1::GenerateRequest& request) {
+  Stream stream;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  auto reader = stub.Generate(&context, request);
+  v1::GenerateResponse response;
+  while (reader->Read(&response)) {
+    if (response.token_ids_size() == 0) continue;
+    const Clock::time_point now = Clock::now();
+    if (stream.tokens == 0) stream.first = now;
+    stream.last = now;
+    stream.tokens += response.token_ids_size();
+    stream.arrivals.push_back(now);
+  }
+  if (!reader->Finish().ok()) stream.tokens = 0;
+  return stream;
+}
+
+v1::GenerateRequest DecodeRequest(int max_tokens, uint64_t seed) {
+  v1::GenerateRequest request;
+  request.set_prompt("Once upon a time");
+  request.set_max_tokens(static_cast<uint32_t>(max_tokens));
+  request.set_ignore_eos(true);
+  request.mutable_sampling()->set_temperature(seed == 0 ? 0.0f : 0.8f);
+  request.mutable_sampling()->set_seed(seed);
+  return request;
+}
+
+// Decode speed of one stream: tokens after the first over the time they took.
+double SingleStreamTokensPerSecond(v1::Inference::Stub& stub, int tokens) {
+  Stream stream = RunStream(stub, DecodeRequest(tokens, 0));
+  if (stream.tokens < 2) return 0.0;
+  return (stream.tokens - 1) / Seconds(stream.last - stream.first);
+}
+
+// All tokens of `n` concurrent streams over the wall time.
+double AggregateTokensPerSecond(v1::Inference::Stub& stub, int n, int tokens) {
+  std::vector<Stream> streams(n);
+  std::vector<std::thread> threads;
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] { streams[i] = RunStream(stub, DecodeRequest(tokens, 1 + i)); });
+  }
+  for (std::thread& thread : threads) thread.join();
+  int total = 0;
+  for (const Stream& stream : streams) total += stream.tokens;
+  return total / Seconds(Clock::now() - start);
+}
+
+struct Latency {
+  double median_ms = 0;
+  double p99_ms = 0;
+  double prefill_s = 0;
+};
+
+// Inter-token gaps of 4 running streams while a 1,000-token prompt is
+// prefilled (from its submission to its first token).
+Latency LatencyUnderPrefill(v1::Inference::Stub& stub, int tokens) {
+  std::vector<Stream> streams(4);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] { streams[i] = RunStream(stub, DecodeRequest(tokens * 4, 100 + i)); });
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the streams are decoding
+  v1::GenerateRequest big;
+  for (int i = 0; i < 1000; ++i) big.mutable_prompt_token_ids()->add_ids(static_cast<uint32_t>(10 + (i * 7) % 200));
+  big.set_max_tokens(1);
+  big.mutable_sampling()->set_temperature(0.0f);
+  const Clock::time_point submitted = Clock::now();
+  Stream prefill = RunStream(stub, big);
+  const Clock::time_point answered = prefill.tokens > 0 ? prefill.first : Clock::now();
+  for (std::thread& thread : threads) thread.join();
+  std::vector<double> gaps;
+  for (const Stream& stream : streams) {
+    for (size_t i = 1; i < stream.arrivals.size(); ++i) {
+      if (stream.arrivals[i] < submitted || stream.arrivals[i - 1] > answered) continue;
+      gaps.push_back(1000.0 * Seconds(stream.arrivals[i] - stream.arrivals[i - 1]));
+    }
+  }
+  return {Median(gaps), Percentile(gaps, 0.99), Seconds(answered - submitted)};
+}
+
+void BenchModel(const BenchFlags& flags, const std::string& model) {
+  std::printf("\nmodel %s, %d tokens per stream, median of %d runs\n", model.c_str(), flags.tokens, flags.runs);
+  std::vector<double> local;
+  for (int r = 0; r < flags.runs; ++r) local.push_back(InProcessTokensPerSecond(flags, model));
+  std::printf("| setup | decode tok/s (1 stream) | 4 streams tok/s | 8 streams tok/s | ITL median ms | "
+              "ITL p99 ms | 1000-token prefill s |\n|---|---|---|---|---|---|---|\n");
+  std::printf("| in-process (%d threads) | %.1f | | | | | |\n", ThreadsFor(flags, 1), Median(local));
+  std::fflush(stdout);
+  for (int workers = 1; workers <= 3; ++workers) {
+    serve::LocalClusterOptions options;
+    options.bin_dir = flags.bin_dir;
+    options.model = model;
+    options.workers = workers;
+    options.kv_slots = 9;
+    options.ctx_size = 2048;
+    options.threads_per_worker = ThreadsFor(flags, workers);
+    options.log_args = {"--log-level", "warn"};
+    auto cluster = serve::LocalCluster::Start(options);
+    if (!cluster.ok()) {
+      std::printf("| %d workers | failed: %s |\n", workers, cluster.status().ToString().c_str());
+      continue;
+    }
+    auto stub = v1::Inference::NewStub(
+        grpc::CreateChannel((*cluster)->grpc_address(), grpc::InsecureChannelCredentials()));
+    SingleStreamTokensPerSecond(*stub, 8);  // warm-up
+    std::vector<double> one, four, eight, itl_median, itl_p99, prefill;
+    for (int r = 0; r < flags.runs; ++r) {
+      one.push_back(SingleStreamTokensPerSecond(*stub, flags.tokens));
+      four.push_back(AggregateTokensPerSecond(*stub, 4, flags.tokens));
+      eight.push_back(AggregateTokensPerSecond(*stub, 8, flags.tokens));
+      Latency latency = LatencyUnderPrefill(*stub, flags.tokens);
+      itl_median.push_back(latency.median_ms);
+      itl_p99.push_back(latency.p99_ms);
+      prefill.push_back(latency.prefill_s);
+    }
+    std::printf("| chord serve, %d worker%s x %d threads | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f |\n", workers,
+                workers == 1 ? "" : "s", options.threads_per_worker, Median(one), Median(four), Median(eight),
+                Median(itl_median), Median(itl_p99), Median(prefill));
+    std::fflush(stdout);
+    (*cluster)->Stop(std::chrono::seconds(10));
+  }
+}
+
+}  // namespace
+}  // namespace chord
+
+int main(int argc, char** argv) {
+  chord::BenchFlags flags;
+  CLI::App app{"serve_bench: in-process vs served decode speed, concurrency and latency under prefill"};
+  app.add_option("--model", flags.models, "GGUF models (comma-separated or repeated)")->required()->delimiter(',');
+  app.add_option("--bin-dir", flags.bin_dir, "directory of chord and the chord-* binaries (default: this one's)");
+  app.add_option("--runs", flags.runs, "runs per measurement (the median is printed)")->capture_default_str();
+  app.add_option("--tokens", flags.tokens, "tokens per stream")->capture_default_str();
+  app.add_option("--threads", flags.threads, "threads per process (0: cores / processes)")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  if (flags.bin_dir.empty()) flags.bin_dir = chord::serve::SelfDirectory();
+  for (const std::string& model : flags.models) chord::BenchModel(flags, model);
+  return 0;
+}

@@ -1,0 +1,68 @@
+// Helpers for the multi-process tests: start a loopback deployment from the
+// build's bin/ directory, run the in-process `chord generate --json` for the
+// expected tokens, and stream generations through the gRPC API.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "chord/v1/inference.grpc.pb.h"
+#include "cli/serve/local_cluster.h"
+#include "nlohmann/json.hpp"
+
+namespace chord::testing {
+
+// The built binaries (chord, chord-loader, ...).
+std::string BinDir();
+
+// Starts loader + coordinator + `workers` workers on free loopback ports, with
+// the children's output kept for failure messages (not echoed).
+absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(const std::string& model, int workers,
+                                                                   int kv_slots = 8, int64_t ctx_size = 256);
+
+std::unique_ptr<v1::Inference::Stub> Connect(const std::string& address);
+
+// Runs `chord <args>` to completion (bounded by `timeout`) and returns the JSON
+// object it printed on its own line; the error carries the output otherwise.
+absl::StatusOr<nlohmann::json> RunChordJson(const std::vector<std::string>& args,
+                                            std::chrono::milliseconds timeout = std::chrono::seconds(120));
+
+struct StreamResult {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  int messages = 0;
+  bool has_final = false;
+  v1::FinalInfo final_info;
+  grpc::Status status;
+  std::string request_id;  // from the first message
+};
+
+// Streams one generation; `deadline` bounds the call (default 120 s).
+StreamResult Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
+                      std::chrono::milliseconds deadline = std::chrono::seconds(120));
+
+v1::GenerateRequest GreedyRequest(const std::string& prompt, uint32_t max_tokens);
+
+v1::ServerInfo ServerInfo(v1::Inference::Stub& stub);
+
+// Polls GetServerInfo until running_requests is 0; false after `timeout`.
+bool WaitUntilIdle(v1::Inference::Stub& stub, std::chrono::milliseconds timeout);
+
+// A port that was free a moment ago on 127.0.0.1.
+int FreePort();
+
+// {model name, GGUF path, prompts}: the bundled model (always) and every model
+// with a reference file under CHORD_SHARED_DIR/reference (when present).
+struct TestModel {
+  std::string name;
+  std::string path;
+  std::vector<std::string> prompts;
+};
+std::vector<TestModel> TestModels();
+
+}  // namespace chord::testing
