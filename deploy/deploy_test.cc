@@ -69,7 +69,8 @@ std::map<std::string, YAML::Node> LoadManifests() {
 TEST(DeployTest, ConfigMapHoldsTheKubernetesClusterFile) {
   std::map<std::string, YAML::Node> objects = LoadManifests();
   ASSERT_TRUE(objects.contains("ConfigMap/chord-cluster"));
-  const std::string embedded = objects["ConfigMap/chord-cluster"]["data"]["cluster.yaml"].as<std::string>();
+  const std::string embedded =
+      objects["ConfigMap/chord-cluster"]["data"]["cluster.yaml"].as<std::string>();
   absl::StatusOr<ClusterConfig> config = ParseClusterConfig(embedded);
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(embedded, ReadFile(kDeploy / "cluster" / "kubernetes.yaml"));
@@ -147,8 +148,7 @@ TEST(DeployTest, SystemdUnitsVerify) {
     GTEST_SKIP() << "systemd-analyze not installed";
   }
   // verify checks that ExecStart's binary exists: point it at stand-ins.
-  const fs::path dir =
-      fs::temp_directory_path() / ("chord_units_" + std::to_string(::getpid()));
+  const fs::path dir = fs::temp_directory_path() / ("chord_units_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir / "bin");
   for (const char* binary : {"chord-loader", "chord-worker", "chord-coordinator"}) {

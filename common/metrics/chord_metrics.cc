@@ -4,14 +4,14 @@ namespace chord::metrics {
 namespace {
 
 // vLLM's bucket bounds for the same histograms (seconds).
-const std::vector<double> kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25,
-                                          0.5,   0.75,  1.0,  2.5,  5.0,  7.5,  10.0, 20.0, 40.0,
-                                          80.0,  160.0, 640.0, 2560.0};
-const std::vector<double> kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4,
-                                         0.5,  0.75,  1.0,  2.5,   5.0, 7.5,  10.0, 20.0, 40.0, 80.0};
-const std::vector<double> kE2eBuckets = {0.3,  0.5,  0.8,  1.0,   1.5,   2.0,   2.5,   5.0,  10.0,
-                                         15.0, 20.0, 30.0, 40.0,  50.0,  60.0,  120.0, 240.0,
-                                         480.0, 960.0, 1920.0, 7680.0};
+const std::vector<double> kTtftBuckets = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                          0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                          20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+const std::vector<double> kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                         0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+const std::vector<double> kE2eBuckets = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                         5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                         60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 
 }  // namespace
 
@@ -44,9 +44,8 @@ CoordinatorMetrics::CoordinatorMetrics(Registry& registry)
           registry.AddCounter("chord_prompt_tokens_total", "Prefill tokens processed.").With({})),
       generation_tokens(
           registry.AddCounter("chord_generation_tokens_total", "Tokens generated.").With({})),
-      num_workers(
-          registry.AddGauge("chord_num_workers", "Workers registered with the coordinator.")
-              .With({})) {}
+      num_workers(registry.AddGauge("chord_num_workers", "Workers registered with the coordinator.")
+                      .With({})) {}
 
 WorkerMetrics::WorkerMetrics(Registry& registry)
     : stage_step_seconds(registry.AddHistogram(

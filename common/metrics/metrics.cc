@@ -27,11 +27,13 @@ bool EndsWith(const std::string& text, const std::string& suffix) {
          text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::string EscapeHelp(const std::string& help) {
+// The text format's escapes: backslash and newline, and in label values the quote.
+std::string Escape(const std::string& text, bool quote) {
   std::string out;
-  for (char c : help) {
-    if (c == '\\') {
-      out += "\\\\";
+  for (char c : text) {
+    if (c == '\\' || (quote && c == '"')) {
+      out += '\\';
+      out += c;
     } else if (c == '\n') {
       out += "\\n";
     } else {
@@ -59,7 +61,7 @@ std::string LabelText(const std::vector<std::string>& names, const std::vector<s
 
 void RenderHeader(const std::string& name, const std::string& help, const char* type,
                   std::string* out) {
-  *out += "# HELP " + name + " " + EscapeHelp(help) + "\n";
+  *out += "# HELP " + name + " " + Escape(help, /*quote=*/false) + "\n";
   *out += "# TYPE " + name + " " + type + "\n";
 }
 
@@ -71,11 +73,17 @@ void RenderSample(const std::string& name, const std::string& labels, double val
 template <typename Metric>
 const char* TypeName();
 template <>
-const char* TypeName<Counter>() { return "counter"; }
+const char* TypeName<Counter>() {
+  return "counter";
+}
 template <>
-const char* TypeName<Gauge>() { return "gauge"; }
+const char* TypeName<Gauge>() {
+  return "gauge";
+}
 template <>
-const char* TypeName<Histogram>() { return "histogram"; }
+const char* TypeName<Histogram>() {
+  return "histogram";
+}
 
 template <typename Metric>
 std::unique_ptr<Metric> MakeMetric(const std::vector<double>& bounds) {
@@ -103,8 +111,7 @@ Histogram::Histogram(std::vector<double> bounds)
 
 void Histogram::Observe(double value) {
   // Buckets are "less than or equal": the first bound >= value.
-  const size_t bucket =
-      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
+  const size_t bucket = std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin();
   std::lock_guard<std::mutex> lock(mu_);
   ++counts_[bucket];
   sum_ += value;
@@ -175,15 +182,15 @@ template class Family<Histogram>;
 
 template <typename Metric>
 Family<Metric>& Registry::AddFamily(const std::string& name, const std::string& help,
-                                   std::vector<std::string> label_names,
-                                   std::vector<double> bounds) {
+                                    std::vector<std::string> label_names,
+                                    std::vector<double> bounds) {
   CHORD_CHECK(IsValidMetricName(name));
   for (const std::string& label : label_names) CHORD_CHECK(IsValidLabelName(label));
   std::lock_guard<std::mutex> lock(mu_);
   CHORD_CHECK(std::find(names_.begin(), names_.end(), name) == names_.end());
   names_.push_back(name);
-  auto family = std::make_unique<Family<Metric>>(name, help, std::move(label_names),
-                                                 std::move(bounds));
+  auto family =
+      std::make_unique<Family<Metric>>(name, help, std::move(label_names), std::move(bounds));
   Family<Metric>& ref = *family;
   families_.push_back(std::move(family));
   return ref;
@@ -234,21 +241,7 @@ std::string FormatValue(double value) {
   return std::string(buffer, result.ptr);
 }
 
-std::string EscapeLabelValue(const std::string& value) {
-  std::string out;
-  for (char c : value) {
-    if (c == '\\') {
-      out += "\\\\";
-    } else if (c == '"') {
-      out += "\\\"";
-    } else if (c == '\n') {
-      out += "\\n";
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
+std::string EscapeLabelValue(const std::string& value) { return Escape(value, /*quote=*/true); }
 
 bool IsValidMetricName(const std::string& name) { return IsValidName(name, /*colon_ok=*/true); }
 

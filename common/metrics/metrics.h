@@ -124,7 +124,7 @@ class Registry {
 };
 
 // Text-format helpers, exposed for the tests.
-std::string FormatValue(double value);           // "1", "0.25", "+Inf", "NaN"
+std::string FormatValue(double value);                   // "1", "0.25", "+Inf", "NaN"
 std::string EscapeLabelValue(const std::string& value);  // \\, \" and \n
 bool IsValidMetricName(const std::string& name);
 bool IsValidLabelName(const std::string& name);

@@ -18,13 +18,12 @@ namespace {
 
 TEST(MetricsTest, RendersTextExpositionFormat) {
   Registry registry;
-  Family<Counter>& done = registry.AddCounter("chord_test_done_total", "Done\nrequests.",
-                                              {"finished_reason"});
+  Family<Counter>& done =
+      registry.AddCounter("chord_test_done_total", "Done\nrequests.", {"finished_reason"});
   done.With({"stop"}).Increment(3);
   done.With({"length"}).Increment();
   registry.AddGauge("chord_test_running", "Running.").With({}).Set(2.5);
-  Histogram& latency =
-      registry.AddHistogram("chord_test_seconds", "Latency.", {0.1, 1.0}).With({});
+  Histogram& latency = registry.AddHistogram("chord_test_seconds", "Latency.", {0.1, 1.0}).With({});
   latency.Observe(0.05);
   latency.Observe(0.1);  // bounds are inclusive
   latency.Observe(7.0);
@@ -100,7 +99,8 @@ TEST(MetricsTest, CollectHooksRunAtEveryRender) {
   Registry registry;
   Counter& sent = registry.AddCounter("chord_test_sent_total", "Sent.").With({});
   uint64_t external_total = 0;
-  registry.AddCollectHook([&] { sent.Increment(static_cast<double>(external_total) - sent.value()); });
+  registry.AddCollectHook(
+      [&] { sent.Increment(static_cast<double>(external_total) - sent.value()); });
   external_total = 1000;
   EXPECT_NE(registry.Render().find("chord_test_sent_total 1000\n"), std::string::npos);
   external_total = 1500;

@@ -25,7 +25,8 @@ constexpr int kZapPollMs = 100;
 absl::Status CheckZ85Key(std::string_view key, const std::string& what) {
   std::array<uint8_t, 32> decoded{};
   const std::string text(key);
-  if (text.size() != kCurveKeyZ85Length || zmq_z85_decode(decoded.data(), text.c_str()) == nullptr) {
+  if (text.size() != kCurveKeyZ85Length ||
+      zmq_z85_decode(decoded.data(), text.c_str()) == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": not a Z85 CURVE key (40 characters of ZeroMQ's Z85 alphabet)"));
   }
@@ -72,10 +73,12 @@ absl::Status WriteFileWithMode(const std::string& path, const std::string& conte
   absl::Status status = absl::OkStatus();
   if (::fchmod(fd, mode) != 0 ||
       ::write(fd, contents.data(), contents.size()) != static_cast<ssize_t>(contents.size())) {
-    status = absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+    status =
+        absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
   if (::close(fd) != 0 && status.ok()) {
-    status = absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
+    status =
+        absl::UnavailableError(absl::StrCat("cannot write ", path, ": ", std::strerror(errno)));
   }
   return status;
 }
@@ -207,9 +210,8 @@ absl::StatusOr<std::unique_ptr<ZapHandler>> ZapHandler::Start(zmq::context_t& co
   try {
     socket.bind(kZapEndpoint);
   } catch (const zmq::error_t& error) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot bind ", kZapEndpoint, " (one ZAP handler per context): ",
-                     error.what()));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot bind ", kZapEndpoint, " (one ZAP handler per context): ", error.what()));
   }
   std::unique_ptr<ZapHandler> handler(new ZapHandler(std::move(socket), std::move(allowed_set)));
   handler->thread_ = std::thread([raw = handler.get()] { raw->Serve(); });

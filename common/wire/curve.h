@@ -37,8 +37,7 @@ absl::StatusOr<CurveKeyPair> GenerateCurveKeyPair();
 
 // Writes PREFIX.key (mode 0600, created that way, never widened) and
 // PREFIX.pub (0644). ALREADY_EXISTS when either exists and !overwrite.
-absl::Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& prefix,
-                               bool overwrite);
+absl::Status WriteCurveKeyPair(const CurveKeyPair& keys, const std::string& prefix, bool overwrite);
 
 // Reads a PREFIX.key file and derives its public key.
 absl::StatusOr<CurveKeyPair> ReadCurveSecretKey(const std::string& path);

@@ -40,6 +40,28 @@ class CurveTest : public ::testing::Test {
     return server.get(zmq::sockopt::last_endpoint);
   }
 
+  // A running ZAP handler admitting `allowed`.
+  std::unique_ptr<ZapHandler> StartZap(std::vector<std::string> allowed) {
+    absl::StatusOr<std::unique_ptr<ZapHandler>> zap =
+        ZapHandler::Start(context_, std::move(allowed));
+    EXPECT_TRUE(zap.ok()) << zap.status();
+    return zap.ok() ? std::move(*zap) : nullptr;
+  }
+
+  // A DEALER connected to `endpoint` that has sent "ping": CURVE with `own`
+  // trusting `server_key`, or plaintext when `own` is null.
+  zmq::socket_t SendPing(const std::string& endpoint, const CurveKeyPair* own,
+                         const std::string& server_key) {
+    zmq::socket_t client(context_, zmq::socket_type::dealer);
+    client.set(zmq::sockopt::linger, 0);
+    if (own != nullptr) {
+      EXPECT_TRUE(MakeCurveClient(client, *own, server_key).ok());
+    }
+    client.connect(endpoint);
+    client.send(zmq::str_buffer("ping"));
+    return client;
+  }
+
   // Whether `server` receives "ping" within `wait`; answers it with "pong".
   static bool ServerGetsPing(zmq::socket_t& server, std::chrono::milliseconds wait) {
     zmq::pollitem_t item{server.handle(), 0, ZMQ_POLLIN, 0};
@@ -104,7 +126,8 @@ TEST_F(CurveTest, AllowListFromDirectoryAndFile) {
   ASSERT_TRUE(from_dir.ok()) << from_dir.status();
   EXPECT_EQ(from_dir->size(), 2u);  // the .key files are not public keys and are skipped
   std::ofstream(dir_ / "list.txt") << a.public_key << "\n\n# b\n" << b.public_key << "\n";
-  absl::StatusOr<std::vector<std::string>> from_file = LoadCurveAllowList((dir_ / "list.txt").string());
+  absl::StatusOr<std::vector<std::string>> from_file =
+      LoadCurveAllowList((dir_ / "list.txt").string());
   ASSERT_TRUE(from_file.ok()) << from_file.status();
   EXPECT_EQ(*from_file, (std::vector<std::string>{a.public_key, b.public_key}));
 }
@@ -112,9 +135,8 @@ TEST_F(CurveTest, AllowListFromDirectoryAndFile) {
 TEST_F(CurveTest, AllowedKeyExchangesMessages) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair client_keys = NewPair();
-  absl::StatusOr<std::unique_ptr<ZapHandler>> zap =
-      ZapHandler::Start(context_, {client_keys.public_key});
-  ASSERT_TRUE(zap.ok()) << zap.status();
+  std::unique_ptr<ZapHandler> zap = StartZap({client_keys.public_key});
+  ASSERT_NE(zap, nullptr);
   zmq::socket_t server(context_, zmq::socket_type::router);
   const std::string endpoint = BindServer(server, server_keys);
 
@@ -134,68 +156,50 @@ TEST_F(CurveTest, AllowedKeyExchangesMessages) {
   zmq::message_t reply;
   ASSERT_TRUE(client.recv(reply));
   EXPECT_EQ(reply.to_string(), "pong");
-  EXPECT_GE((*zap)->admitted_count(), 1);
-  EXPECT_EQ((*zap)->refused_count(), 0);
+  EXPECT_GE(zap->admitted_count(), 1);
+  EXPECT_EQ(zap->refused_count(), 0);
 }
 
 TEST_F(CurveTest, UnknownKeyIsRefused) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair allowed_keys = NewPair();
   const CurveKeyPair stranger_keys = NewPair();
-  absl::StatusOr<std::unique_ptr<ZapHandler>> zap =
-      ZapHandler::Start(context_, {allowed_keys.public_key});
-  ASSERT_TRUE(zap.ok()) << zap.status();
+  std::unique_ptr<ZapHandler> zap = StartZap({allowed_keys.public_key});
+  ASSERT_NE(zap, nullptr);
   zmq::socket_t server(context_, zmq::socket_type::router);
   const std::string endpoint = BindServer(server, server_keys);
 
-  zmq::socket_t stranger(context_, zmq::socket_type::dealer);
-  stranger.set(zmq::sockopt::linger, 0);
-  ASSERT_TRUE(MakeCurveClient(stranger, stranger_keys, server_keys.public_key).ok());
-  stranger.connect(endpoint);
-  stranger.send(zmq::str_buffer("ping"));
+  zmq::socket_t stranger = SendPing(endpoint, &stranger_keys, server_keys.public_key);
   EXPECT_FALSE(ServerGetsPing(server, kSilence));
-  EXPECT_GE((*zap)->refused_count(), 1);
-  EXPECT_EQ((*zap)->admitted_count(), 0);
+  EXPECT_GE(zap->refused_count(), 1);
+  EXPECT_EQ(zap->admitted_count(), 0);
 
   // The same server still admits the allowed key afterwards.
-  zmq::socket_t friend_socket(context_, zmq::socket_type::dealer);
-  friend_socket.set(zmq::sockopt::linger, 0);
-  ASSERT_TRUE(MakeCurveClient(friend_socket, allowed_keys, server_keys.public_key).ok());
-  friend_socket.connect(endpoint);
-  friend_socket.send(zmq::str_buffer("ping"));
+  zmq::socket_t allowed = SendPing(endpoint, &allowed_keys, server_keys.public_key);
   EXPECT_TRUE(ServerGetsPing(server, kPatience));
 }
 
 TEST_F(CurveTest, PlaintextPeerIsRefusedByCurveServer) {
   const CurveKeyPair server_keys = NewPair();
-  absl::StatusOr<std::unique_ptr<ZapHandler>> zap =
-      ZapHandler::Start(context_, {NewPair().public_key});
-  ASSERT_TRUE(zap.ok()) << zap.status();
+  std::unique_ptr<ZapHandler> zap = StartZap({NewPair().public_key});
+  ASSERT_NE(zap, nullptr);
   zmq::socket_t server(context_, zmq::socket_type::router);
   const std::string endpoint = BindServer(server, server_keys);
 
-  zmq::socket_t plain(context_, zmq::socket_type::dealer);
-  plain.set(zmq::sockopt::linger, 0);
-  plain.connect(endpoint);
-  plain.send(zmq::str_buffer("ping"));
+  zmq::socket_t plain = SendPing(endpoint, nullptr, "");
   EXPECT_FALSE(ServerGetsPing(server, kSilence));
 }
 
 TEST_F(CurveTest, WrongServerKeyNeverConnects) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair client_keys = NewPair();
-  absl::StatusOr<std::unique_ptr<ZapHandler>> zap =
-      ZapHandler::Start(context_, {client_keys.public_key});
-  ASSERT_TRUE(zap.ok()) << zap.status();
+  std::unique_ptr<ZapHandler> zap = StartZap({client_keys.public_key});
+  ASSERT_NE(zap, nullptr);
   zmq::socket_t server(context_, zmq::socket_type::router);
   const std::string endpoint = BindServer(server, server_keys);
 
   // A client that trusts a different server key (e.g. an impostor's) cannot talk.
-  zmq::socket_t client(context_, zmq::socket_type::dealer);
-  client.set(zmq::sockopt::linger, 0);
-  ASSERT_TRUE(MakeCurveClient(client, client_keys, NewPair().public_key).ok());
-  client.connect(endpoint);
-  client.send(zmq::str_buffer("ping"));
+  zmq::socket_t client = SendPing(endpoint, &client_keys, NewPair().public_key);
   EXPECT_FALSE(ServerGetsPing(server, kSilence));
 }
 
