@@ -8,6 +8,7 @@
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
+#include "coordinator/http/front_door.h"
 #include "coordinator/server.h"
 #include "loader/client/loader_client.h"
 
@@ -39,6 +40,8 @@ int main(int argc, char** argv) {
   app.add_option("--grace-ms", grace_ms, "time in-flight requests get on SIGTERM");
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  chord::coordinator::http::HttpFlags http;
+  chord::coordinator::http::AddHttpFlags(app, http);
   CLI11_PARSE(app, argc, argv);
   chord::log::Level level;
   if (!chord::log::ParseLevel(log_level, &level)) {
@@ -98,11 +101,16 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(server.status());
   std::printf("chord-coordinator serving gRPC on %s\n", (*server)->grpc_address().c_str());
   std::printf("chord-coordinator control on %s\n", (*server)->control_endpoint().c_str());
+  auto front_door = chord::coordinator::http::FrontDoor::Start(http, s.host, **model, (*server)->scheduler(),
+                                                               options.limits);
+  if (!front_door.ok()) return Fail(front_door.status());
+  if (*front_door != nullptr) std::printf("chord-coordinator serving HTTP on %s\n", (*front_door)->address().c_str());
   std::fflush(stdout);
 
   int received = 0;
   sigwait(&signals, &received);
   chord::log::Info("chord-coordinator: signal %d, draining", received);
-  (*server)->Shutdown(std::chrono::milliseconds(grace_ms));
+  (*server)->Shutdown(std::chrono::milliseconds(grace_ms));  // HTTP streams end with the scheduler
+  front_door->reset();
   return 0;
 }

@@ -3,8 +3,6 @@
 #include <array>
 #include <utility>
 
-#include "absl/strings/ascii.h"
-#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace chord::coordinator::http {
@@ -20,34 +18,51 @@ constexpr std::array<std::pair<std::string_view, ChatFormat>, 7> kNames = {{
     {"phi3", ChatFormat::kPhi3},
 }};
 
-bool KnownRole(std::string_view role) { return role == "system" || role == "user" || role == "assistant"; }
+// absl's string functions take absl::string_view, which is not
+// std::string_view in this build; these work on std::string_view.
+std::string Strip(std::string_view s) {
+  const size_t begin = s.find_first_not_of(" \t\n\r\f\v");
+  if (begin == std::string_view::npos) return "";
+  const size_t end = s.find_last_not_of(" \t\n\r\f\v");
+  return std::string(s.substr(begin, end - begin + 1));
+}
+
+bool Contains(std::string_view s, std::string_view part) {
+  return s.find(part) != std::string_view::npos;
+}
+
+bool KnownRole(std::string_view role) {
+  return role == "system" || role == "user" || role == "assistant";
+}
 
 // Formats without a system turn (Llama 2, Mistral, Gemma) put the system
 // message in front of the first user message, as their templates do.
 // Returns the remaining turns, which must alternate user/assistant and end
 // with the user.
-absl::StatusOr<std::vector<ChatMessage>> FoldSystemIntoUser(const std::vector<ChatMessage>& messages,
-                                                            std::string_view system_prefix,
-                                                            std::string_view system_suffix) {
+absl::StatusOr<std::vector<ChatMessage>> FoldSystemIntoUser(
+    const std::vector<ChatMessage>& messages, std::string_view system_prefix,
+    std::string_view system_suffix) {
   std::vector<ChatMessage> turns;
   std::string system;
   size_t first = 0;
   if (messages[0].role == "system") {
-    system = absl::StrCat(system_prefix, absl::StripAsciiWhitespace(messages[0].content), system_suffix);
+    system = std::string(system_prefix) + Strip(messages[0].content) + std::string(system_suffix);
     first = 1;
   }
   for (size_t i = first; i < messages.size(); ++i) {
     const bool user_turn = (i - first) % 2 == 0;
     if (messages[i].role != (user_turn ? "user" : "assistant")) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "this model's chat format needs messages alternating user/assistant (after an optional first "
-          "system message); message ",
-          i, " has role '", messages[i].role, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("this model's chat format needs messages alternating user/assistant (after "
+                       "an optional first "
+                       "system message); message ",
+                       i, " has role '", messages[i].role, "'"));
     }
     turns.push_back(messages[i]);
   }
   if (turns.empty() || turns.back().role != "user") {
-    return absl::InvalidArgumentError("this model's chat format needs the last message to be from the user");
+    return absl::InvalidArgumentError(
+        "this model's chat format needs the last message to be from the user");
   }
   turns[0].content = absl::StrCat(system, turns[0].content);
   return turns;
@@ -57,11 +72,12 @@ absl::StatusOr<std::vector<ChatMessage>> FoldSystemIntoUser(const std::vector<Ch
 // Mistral: "[INST] user [/INST]answer</s>[INST] ...".
 absl::StatusOr<std::string> RenderInst(bool llama2, const std::vector<ChatMessage>& messages) {
   absl::StatusOr<std::vector<ChatMessage>> turns =
-      llama2 ? FoldSystemIntoUser(messages, "<<SYS>>\n", "\n<</SYS>>\n\n") : FoldSystemIntoUser(messages, "", "\n\n");
+      llama2 ? FoldSystemIntoUser(messages, "<<SYS>>\n", "\n<</SYS>>\n\n")
+             : FoldSystemIntoUser(messages, "", "\n\n");
   if (!turns.ok()) return turns.status();
   std::string out;
   for (size_t i = 0; i < turns->size(); ++i) {
-    const std::string_view content = absl::StripAsciiWhitespace((*turns)[i].content);
+    const std::string content = Strip((*turns)[i].content);
     if ((*turns)[i].role == "user") {
       if (i > 0 && llama2) out += "<s>";
       absl::StrAppend(&out, "[INST] ", content, " [/INST]");
@@ -78,7 +94,7 @@ absl::StatusOr<std::string> RenderGemma(const std::vector<ChatMessage>& messages
   std::string out;
   for (const ChatMessage& turn : *turns) {
     absl::StrAppend(&out, "<start_of_turn>", turn.role == "assistant" ? "model" : "user", "\n",
-                    absl::StripAsciiWhitespace(turn.content), "<end_of_turn>\n");
+                    Strip(turn.content), "<end_of_turn>\n");
   }
   return out + "<start_of_turn>model\n";
 }
@@ -88,11 +104,10 @@ std::string RenderHeaders(std::string_view open, std::string_view mid, std::stri
                           const std::vector<ChatMessage>& messages, bool strip) {
   std::string out;
   for (const ChatMessage& message : messages) {
-    absl::StrAppend(&out, open, message.role, mid,
-                    strip ? absl::StripAsciiWhitespace(message.content) : std::string_view(message.content),
-                    close);
+    out += std::string(open) + message.role + std::string(mid) +
+           (strip ? Strip(message.content) : message.content) + std::string(close);
   }
-  return absl::StrCat(out, open, "assistant", mid);
+  return out + std::string(open) + "assistant" + std::string(mid);
 }
 
 }  // namespace
@@ -101,8 +116,9 @@ absl::StatusOr<ChatFormat> ChatFormatFromName(std::string_view name) {
   for (const auto& [known, format] : kNames) {
     if (known == name) return format;
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown chat template '", name, "'; known: llama2, llama3, chatml, mistral, zephyr, gemma, phi3"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown chat template '", std::string(name),
+                   "'; known: llama2, llama3, chatml, mistral, zephyr, gemma, phi3"));
 }
 
 std::string_view ChatFormatName(ChatFormat format) {
@@ -114,27 +130,30 @@ std::string_view ChatFormatName(ChatFormat format) {
 
 absl::StatusOr<ChatFormat> RecognizeChatTemplate(std::string_view source) {
   // Most specific markers first: Phi-3 and Zephyr share <|assistant|>.
-  if (absl::StrContains(source, "<|im_start|>")) return ChatFormat::kChatMl;
-  if (absl::StrContains(source, "<|start_header_id|>")) return ChatFormat::kLlama3;
-  if (absl::StrContains(source, "<start_of_turn>")) return ChatFormat::kGemma;
-  if (absl::StrContains(source, "<|assistant|>")) {
-    return absl::StrContains(source, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
+  if (Contains(source, "<|im_start|>")) return ChatFormat::kChatMl;
+  if (Contains(source, "<|start_header_id|>")) return ChatFormat::kLlama3;
+  if (Contains(source, "<start_of_turn>")) return ChatFormat::kGemma;
+  if (Contains(source, "<|assistant|>")) {
+    return Contains(source, "<|end|>") ? ChatFormat::kPhi3 : ChatFormat::kZephyr;
   }
-  if (absl::StrContains(source, "[INST]")) {
-    return absl::StrContains(source, "<<SYS>>") ? ChatFormat::kLlama2 : ChatFormat::kMistral;
+  if (Contains(source, "[INST]")) {
+    return Contains(source, "<<SYS>>") ? ChatFormat::kLlama2 : ChatFormat::kMistral;
   }
-  return absl::NotFoundError("the model's tokenizer.chat_template is not one of the chat formats chord knows");
+  return absl::NotFoundError(
+      "the model's tokenizer.chat_template is not one of the chat formats chord knows");
 }
 
-absl::StatusOr<std::string> RenderChat(ChatFormat format, const std::vector<ChatMessage>& messages) {
+absl::StatusOr<std::string> RenderChat(ChatFormat format,
+                                       const std::vector<ChatMessage>& messages) {
   if (messages.empty()) return absl::InvalidArgumentError("messages is empty");
   for (size_t i = 0; i < messages.size(); ++i) {
     if (!KnownRole(messages[i].role)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("message ", i, " has role '", messages[i].role, "'; expected system, user or assistant"));
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role '", messages[i].role,
+                                                     "'; expected system, user or assistant"));
     }
-    if (messages[i].role == "system" && i > 0 && format != ChatFormat::kChatMl && format != ChatFormat::kLlama3 &&
-        format != ChatFormat::kZephyr && format != ChatFormat::kPhi3) {
+    if (messages[i].role == "system" && i > 0 && format != ChatFormat::kChatMl &&
+        format != ChatFormat::kLlama3 && format != ChatFormat::kZephyr &&
+        format != ChatFormat::kPhi3) {
       return absl::InvalidArgumentError("a system message must come first");
     }
   }
@@ -146,7 +165,8 @@ absl::StatusOr<std::string> RenderChat(ChatFormat format, const std::vector<Chat
     case ChatFormat::kGemma:
       return RenderGemma(messages);
     case ChatFormat::kLlama3:
-      return RenderHeaders("<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>", messages, true);
+      return RenderHeaders("<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>", messages,
+                           true);
     case ChatFormat::kChatMl:
       return RenderHeaders("<|im_start|>", "\n", "<|im_end|>\n", messages, false);
     case ChatFormat::kZephyr:

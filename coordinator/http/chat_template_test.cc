@@ -10,24 +10,33 @@ const std::vector<ChatMessage> kConversation = {
 
 // Excerpts of the templates published with the models (as found in their GGUFs).
 constexpr std::string_view kLlama2Jinja =
-    "{% if messages[0]['role'] == 'system' %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'] | "
-    "trim + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content | trim + ' [/INST]' }}";
+    "{% if messages[0]['role'] == 'system' %}{% set system_message = '<<SYS>>\\n' + "
+    "messages[0]['content'] | "
+    "trim + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content | trim + ' "
+    "[/INST]' }}";
 constexpr std::string_view kLlama3Jinja =
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | "
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ "
+    "message['content'] | "
     "trim + '<|eot_id|>' %}";
 constexpr std::string_view kChatMlJinja =
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] "
+    "+ "
     "'<|im_end|>' + '\\n'}}{% endfor %}";
 constexpr std::string_view kMistralJinja =
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ '[INST] ' + "
-    "message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token}}{% endif %}{% endfor %}";
+    "message['content'] + ' [/INST]' }}{% else %}{{ message['content'] + eos_token}}{% endif %}{% "
+    "endfor %}";
 constexpr std::string_view kZephyrJinja =
-    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + "
-    "eos_token }}{% endif %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}";
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + "
+    "message['content'] + "
+    "eos_token }}{% endif %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% "
+    "endfor %}";
 constexpr std::string_view kPhi3Jinja =
-    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + '<|end|>\\n' "
+    "{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + "
+    "'<|end|>\\n' "
     "}}{% endfor %}{{ '<|assistant|>\\n' }}";
-constexpr std::string_view kGemmaJinja = "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim }}";
+constexpr std::string_view kGemmaJinja =
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim }}";
 
 TEST(ChatTemplateTest, RecognizesTheWellKnownTemplates) {
   const std::vector<std::pair<std::string_view, ChatFormat>> cases = {
@@ -49,7 +58,8 @@ TEST(ChatTemplateTest, UnknownTemplatesAreNotGuessed) {
 }
 
 TEST(ChatTemplateTest, NamesRoundTrip) {
-  for (std::string_view name : {"llama2", "llama3", "chatml", "mistral", "zephyr", "gemma", "phi3"}) {
+  for (std::string_view name :
+       {"llama2", "llama3", "chatml", "mistral", "zephyr", "gemma", "phi3"}) {
     absl::StatusOr<ChatFormat> format = ChatFormatFromName(name);
     ASSERT_TRUE(format.ok()) << name;
     EXPECT_EQ(ChatFormatName(*format), name);
@@ -67,8 +77,10 @@ std::string Render(ChatFormat format, const std::vector<ChatMessage>& messages =
 // conversation (add_generation_prompt, BOS left to the tokenizer).
 TEST(ChatTemplateTest, RendersLikeTheModelsTemplates) {
   EXPECT_EQ(Render(ChatFormat::kLlama2),
-            "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Name a color. [/INST]");
-  EXPECT_EQ(Render(ChatFormat::kMistral), "[INST] Be brief.\n\nHi [/INST]Hello!</s>[INST] Name a color. [/INST]");
+            "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Name a color. "
+            "[/INST]");
+  EXPECT_EQ(Render(ChatFormat::kMistral),
+            "[INST] Be brief.\n\nHi [/INST]Hello!</s>[INST] Name a color. [/INST]");
   EXPECT_EQ(Render(ChatFormat::kLlama3),
             "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
             "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
@@ -80,24 +92,30 @@ TEST(ChatTemplateTest, RendersLikeTheModelsTemplates) {
             "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n"
             "<|im_start|>assistant\n");
   EXPECT_EQ(Render(ChatFormat::kZephyr),
-            "<|system|>\nBe brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello!</s>\n<|user|>\nName a color.</s>\n"
+            "<|system|>\nBe "
+            "brief.</s>\n<|user|>\nHi</s>\n<|assistant|>\nHello!</s>\n<|user|>\nName a color.</s>\n"
             "<|assistant|>\n");
-  EXPECT_EQ(Render(ChatFormat::kPhi3),
-            "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\n"
-            "Name a color.<|end|>\n<|assistant|>\n");
+  EXPECT_EQ(
+      Render(ChatFormat::kPhi3),
+      "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|user|>\n"
+      "Name a color.<|end|>\n<|assistant|>\n");
   EXPECT_EQ(Render(ChatFormat::kGemma),
-            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+            "<start_of_turn>user\nBe "
+            "brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
             "<start_of_turn>user\nName a color.<end_of_turn>\n<start_of_turn>model\n");
 }
 
 TEST(ChatTemplateTest, SingleUserMessage) {
   EXPECT_EQ(Render(ChatFormat::kLlama2, {{"user", "Hi"}}), "[INST] Hi [/INST]");
-  EXPECT_EQ(Render(ChatFormat::kChatMl, {{"user", "Hi"}}), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(Render(ChatFormat::kChatMl, {{"user", "Hi"}}),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
 }
 
 TEST(ChatTemplateTest, RejectsWhatTheFormatCannotExpress) {
-  EXPECT_EQ(RenderChat(ChatFormat::kChatMl, {}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RenderChat(ChatFormat::kChatMl, {{"tool", "x"}}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RenderChat(ChatFormat::kChatMl, {}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RenderChat(ChatFormat::kChatMl, {{"tool", "x"}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RenderChat(ChatFormat::kLlama2, {{"user", "a"}, {"user", "b"}}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RenderChat(ChatFormat::kMistral, {{"user", "a"}, {"assistant", "b"}}).status().code(),

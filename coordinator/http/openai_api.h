@@ -29,7 +29,7 @@ struct OpenAiRequest {
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   int n = 1;
-  bool logprobs = false;  // chat: logprobs; completions: logprobs given
+  bool logprobs = false;              // chat: logprobs; completions: logprobs given
   std::vector<ChatMessage> messages;  // chat only
   // Sampling, limits and stops; for completions also the prompt. For chat the
   // input is left unset: the caller renders `messages`.
