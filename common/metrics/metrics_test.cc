@@ -7,6 +7,7 @@
 #include <limits>
 #include <random>
 #include <regex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -199,6 +200,32 @@ TEST(ChordMetricsTest, EveryLineIsValidExposition) {
     }
   }
   EXPECT_GT(samples, 50);
+}
+
+// The naming rules `promtool check metrics` lints, for machines without it.
+TEST(ChordMetricsTest, NamesPassPrometheusLintRules) {
+  const std::set<std::string> abbreviations = {"s",  "ms", "us", "ns", "sec", "b", "kb",
+                                               "mb", "gb", "tb", "pb", "m",   "h", "d"};
+  const std::set<std::string> type_words = {"counter", "gauge", "histogram", "summary"};
+  std::istringstream lines(ChordMetricsText());
+  std::string line;
+  int families = 0;
+  while (std::getline(lines, line)) {
+    if (!line.starts_with("# TYPE ")) continue;
+    ++families;
+    std::istringstream fields(line.substr(7));
+    std::string name, type;
+    fields >> name >> type;
+    EXPECT_EQ(type == "counter", name.ends_with("_total")) << name;
+    EXPECT_EQ(name.find(':'), std::string::npos) << name;
+    std::istringstream parts(name);
+    for (std::string part; std::getline(parts, part, '_');) {
+      EXPECT_FALSE(abbreviations.contains(part)) << name << ": abbreviated unit " << part;
+      EXPECT_FALSE(type_words.contains(part)) << name << ": type in the name";
+      EXPECT_FALSE(part == "milliseconds" || part == "minutes" || part == "bits") << name;
+    }
+  }
+  EXPECT_GE(families, 14);
 }
 
 TEST(ChordMetricsTest, PromtoolAcceptsTheOutput) {
