@@ -5,6 +5,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 #include "gtest/gtest.h"
@@ -48,6 +49,14 @@ class CurveTest : public ::testing::Test {
     return zap.ok() ? std::move(*zap) : nullptr;
   }
 
+  // A CURVE ROUTER server (`server_`, `endpoint_`) whose ZAP handler (`zap_`) admits `allowed`.
+  void StartServer(const CurveKeyPair& server_keys, std::vector<std::string> allowed) {
+    zap_ = StartZap(std::move(allowed));
+    ASSERT_NE(zap_, nullptr);
+    server_.emplace(context_, zmq::socket_type::router);
+    endpoint_ = BindServer(*server_, server_keys);
+  }
+
   // A DEALER connected to `endpoint` that has sent "ping": CURVE with `own`
   // trusting `server_key`, or plaintext when `own` is null.
   zmq::socket_t SendPing(const std::string& endpoint, const CurveKeyPair* own,
@@ -76,7 +85,10 @@ class CurveTest : public ::testing::Test {
   }
 
   std::filesystem::path dir_;
-  zmq::context_t context_{1};
+  zmq::context_t context_{1};  // first: outlives the sockets below
+  std::unique_ptr<ZapHandler> zap_;
+  std::optional<zmq::socket_t> server_;
+  std::string endpoint_;
 };
 
 TEST_F(CurveTest, KeyFilesRoundTripWithPrivateSecretFile) {
@@ -135,10 +147,8 @@ TEST_F(CurveTest, AllowListFromDirectoryAndFile) {
 TEST_F(CurveTest, AllowedKeyExchangesMessages) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair client_keys = NewPair();
-  std::unique_ptr<ZapHandler> zap = StartZap({client_keys.public_key});
-  ASSERT_NE(zap, nullptr);
-  zmq::socket_t server(context_, zmq::socket_type::router);
-  const std::string endpoint = BindServer(server, server_keys);
+  StartServer(server_keys, {client_keys.public_key});
+  if (HasFatalFailure()) return;
 
   // Through the key files, as processes do.
   ASSERT_TRUE(WriteCurveKeyPair(client_keys, (dir_ / "client").string(), false).ok());
@@ -148,59 +158,53 @@ TEST_F(CurveTest, AllowedKeyExchangesMessages) {
   ASSERT_TRUE(MakeCurveClientFromFiles(client, (dir_ / "client.key").string(),
                                        (dir_ / "server.pub").string())
                   .ok());
-  client.connect(endpoint);
+  client.connect(endpoint_);
   client.send(zmq::str_buffer("ping"));
-  ASSERT_TRUE(ServerGetsPing(server, kPatience));
+  ASSERT_TRUE(ServerGetsPing(*server_, kPatience));
   zmq::pollitem_t item{client.handle(), 0, ZMQ_POLLIN, 0};
   ASSERT_EQ(zmq::poll(&item, 1, kPatience), 1);
   zmq::message_t reply;
   ASSERT_TRUE(client.recv(reply));
   EXPECT_EQ(reply.to_string(), "pong");
-  EXPECT_GE(zap->admitted_count(), 1);
-  EXPECT_EQ(zap->refused_count(), 0);
+  EXPECT_GE(zap_->admitted_count(), 1);
+  EXPECT_EQ(zap_->refused_count(), 0);
 }
 
 TEST_F(CurveTest, UnknownKeyIsRefused) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair allowed_keys = NewPair();
   const CurveKeyPair stranger_keys = NewPair();
-  std::unique_ptr<ZapHandler> zap = StartZap({allowed_keys.public_key});
-  ASSERT_NE(zap, nullptr);
-  zmq::socket_t server(context_, zmq::socket_type::router);
-  const std::string endpoint = BindServer(server, server_keys);
+  StartServer(server_keys, {allowed_keys.public_key});
+  if (HasFatalFailure()) return;
 
-  zmq::socket_t stranger = SendPing(endpoint, &stranger_keys, server_keys.public_key);
-  EXPECT_FALSE(ServerGetsPing(server, kSilence));
-  EXPECT_GE(zap->refused_count(), 1);
-  EXPECT_EQ(zap->admitted_count(), 0);
+  zmq::socket_t stranger = SendPing(endpoint_, &stranger_keys, server_keys.public_key);
+  EXPECT_FALSE(ServerGetsPing(*server_, kSilence));
+  EXPECT_GE(zap_->refused_count(), 1);
+  EXPECT_EQ(zap_->admitted_count(), 0);
 
   // The same server still admits the allowed key afterwards.
-  zmq::socket_t allowed = SendPing(endpoint, &allowed_keys, server_keys.public_key);
-  EXPECT_TRUE(ServerGetsPing(server, kPatience));
+  zmq::socket_t allowed = SendPing(endpoint_, &allowed_keys, server_keys.public_key);
+  EXPECT_TRUE(ServerGetsPing(*server_, kPatience));
 }
 
 TEST_F(CurveTest, PlaintextPeerIsRefusedByCurveServer) {
   const CurveKeyPair server_keys = NewPair();
-  std::unique_ptr<ZapHandler> zap = StartZap({NewPair().public_key});
-  ASSERT_NE(zap, nullptr);
-  zmq::socket_t server(context_, zmq::socket_type::router);
-  const std::string endpoint = BindServer(server, server_keys);
+  StartServer(server_keys, {NewPair().public_key});
+  if (HasFatalFailure()) return;
 
-  zmq::socket_t plain = SendPing(endpoint, nullptr, "");
-  EXPECT_FALSE(ServerGetsPing(server, kSilence));
+  zmq::socket_t plain = SendPing(endpoint_, nullptr, "");
+  EXPECT_FALSE(ServerGetsPing(*server_, kSilence));
 }
 
 TEST_F(CurveTest, WrongServerKeyNeverConnects) {
   const CurveKeyPair server_keys = NewPair();
   const CurveKeyPair client_keys = NewPair();
-  std::unique_ptr<ZapHandler> zap = StartZap({client_keys.public_key});
-  ASSERT_NE(zap, nullptr);
-  zmq::socket_t server(context_, zmq::socket_type::router);
-  const std::string endpoint = BindServer(server, server_keys);
+  StartServer(server_keys, {client_keys.public_key});
+  if (HasFatalFailure()) return;
 
   // A client that trusts a different server key (e.g. an impostor's) cannot talk.
-  zmq::socket_t client = SendPing(endpoint, &client_keys, NewPair().public_key);
-  EXPECT_FALSE(ServerGetsPing(server, kSilence));
+  zmq::socket_t client = SendPing(endpoint_, &client_keys, NewPair().public_key);
+  EXPECT_FALSE(ServerGetsPing(*server_, kSilence));
 }
 
 }  // namespace
