@@ -30,6 +30,8 @@ struct ServeFlags {
   std::string model;
   int workers = 2;
   int port = 50051;
+  int http_port = -1;  // off
+  std::string chat_template;
   int kv_slots = 0;
   int64_t ctx_size = -1;
   int threads = 0;
@@ -121,6 +123,10 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
   options.kv_slots = flags.kv_slots;
   options.ctx_size = flags.ctx_size;
   options.threads_per_worker = flags.threads;
+  if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
+  if (!flags.chat_template.empty()) {
+    options.coordinator_args.insert(options.coordinator_args.end(), {"--chat-template", flags.chat_template});
+  }
   if (!flags.quiet) {
     options.on_line = [output_mu](const std::string& child, std::string_view line) {
       std::lock_guard<std::mutex> lock(*output_mu);
@@ -159,6 +165,10 @@ Subcommand AddServeCommand(CLI::App& parent) {
       ->capture_default_str()->check(CLI::Range(1, 64));
   app->add_option("--port", flags->port, "gRPC port on 127.0.0.1 (0: a free one)")
       ->capture_default_str()->check(CLI::Range(0, 65535));
+  app->add_option("--http-port", flags->http_port, "OpenAI-compatible HTTP port on 127.0.0.1 (off unless given)")
+      ->check(CLI::Range(0, 65535));
+  app->add_option("--chat-template", flags->chat_template,
+                  "chat format for /v1/chat/completions (default: recognized from the model)");
   app->add_option("--kv-slots", flags->kv_slots, "sequences live at once (0: the coordinator's default)")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--ctx-size", flags->ctx_size, "positions per sequence (0: the model's)")

@@ -85,6 +85,7 @@ absl::Status LocalCluster::StartAll() {
   SetFlag(specs_[0].args, "--bind", loader_endpoint_);  // a restart binds the same port
 
   Spec coordinator{"coordinator", bin + "/chord-coordinator", common, kGrpcReady};
+  coordinator.args.insert(coordinator.args.end(), options_.coordinator_args.begin(), options_.coordinator_args.end());
   SetFlag(coordinator.args, "--loader", loader_endpoint_);
   SetFlag(coordinator.args, "--grpc-port", std::to_string(options_.grpc_port));
   SetFlag(coordinator.args, "--control-bind", "tcp://127.0.0.1:0");

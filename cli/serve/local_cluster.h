@@ -32,6 +32,7 @@ struct LocalClusterOptions {
   int64_t ctx_size = -1;     // -1: the coordinator's default
   int threads_per_worker = 0;  // 0: the worker's default
   std::vector<std::string> log_args;  // e.g. {"--log-level", "warn"}, given to every child
+  std::vector<std::string> coordinator_args;  // extra flags, e.g. {"--http-port", "8080"}
   // Receives every line of every child, with the child's name ("loader", "coordinator", "w0"...).
   std::function<void(const std::string& child, std::string_view line)> on_line;
   std::chrono::milliseconds start_timeout{120000};
