@@ -1,7 +1,9 @@
 #include "coordinator/http/http_server.h"
 
 #include <httplib.h>
+#include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <mutex>
 #include <set>
@@ -375,6 +377,38 @@ TEST_F(HttpServerTest, BadTlsFilesAreRefused) {
   options_.tls_key_file = "";
   EXPECT_EQ(HttpServer::Start(options_, *tokenizer_, *backend_).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("chord_http_tls_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+  const std::string command =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 -keyout " + key +
+      " -out " + cert + " >/dev/null 2>&1";
+  if (std::system(command.c_str()) != 0)
+    GTEST_SKIP() << "the openssl command cannot make a test certificate";
+  options_.tls_cert_file = cert;
+  options_.tls_key_file = key;
+  options_.api_key = "sekret";
+  auto server = HttpServer::Start(options_, *tokenizer_, *backend_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_TRUE((*server)->tls());
+  httplib::SSLClient tls("127.0.0.1", (*server)->port());
+  tls.enable_server_certificate_verification(false);
+  auto res = tls.Post("/v1/completions", {{"Authorization", "Bearer sekret"}},
+                      json({{"prompt", "x"}, {"max_tokens", 2}}).dump(), "application/json");
+  ASSERT_TRUE(res) << "no HTTPS response";
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], FakeText(2));
+  // Clear text is not answered on the TLS port.
+  httplib::Client plain("127.0.0.1", (*server)->port());
+  plain.set_read_timeout(2, 0);
+  auto clear = plain.Get("/health");
+  EXPECT_TRUE(!clear || clear->status != 200);
+  server->reset();
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
