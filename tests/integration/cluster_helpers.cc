@@ -11,6 +11,8 @@
 
 #include "cli/serve/child_process.h"
 #include "common/base/status.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
 
 namespace chord::testing {
 
