@@ -178,11 +178,8 @@ std::vector<TokenId> BpeTokenizer::Encode(std::string_view text, bool add_specia
 std::string BpeTokenizer::TokenToPiece(TokenId id, bool render_special) const {
   using namespace tokenizer_internal;  // NOLINT: attribute bits
   if (!vocab_.IsValid(id)) return "";
+  if (std::optional<std::string> special = vocab_.SpecialPiece(id, render_special)) return *special;
   const uint32_t attr = vocab_.attr(id);
-  if (attr & (kAttrUnknown | kAttrControl | kAttrUserDefined)) {
-    if (!render_special && (attr & (kAttrUnknown | kAttrControl))) return "";
-    return vocab_.text(id);
-  }
   if (attr & kAttrNormal) return DecodeByteLevel(vocab_.text(id));
   return "";
 }

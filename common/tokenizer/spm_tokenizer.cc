@@ -199,11 +199,8 @@ std::vector<TokenId> SpmTokenizer::Encode(std::string_view text, bool add_specia
 std::string SpmTokenizer::TokenToPiece(TokenId id, bool render_special) const {
   using namespace tokenizer_internal;  // NOLINT: attribute bits
   if (!vocab_.IsValid(id)) return "";
+  if (std::optional<std::string> special = vocab_.SpecialPiece(id, render_special)) return *special;
   const uint32_t attr = vocab_.attr(id);
-  if (attr & (kAttrUnknown | kAttrControl | kAttrUserDefined)) {
-    if (!render_special && (attr & (kAttrUnknown | kAttrControl))) return "";
-    return vocab_.text(id);
-  }
   if (attr & kAttrNormal) return absl::StrReplaceAll(vocab_.text(id), {{kSpaceMarker, " "}});
   if (attr & kAttrByte) {
     const std::string& t = vocab_.text(id);

@@ -201,4 +201,11 @@ std::vector<TokenId> DetectEndOfGeneration(Vocab* vocab, SpecialTokens* special)
   return eog;
 }
 
+std::optional<std::string> Vocab::SpecialPiece(TokenId id, bool render_special) const {
+  const uint32_t a = attr(id);
+  if (!(a & (kAttrUnknown | kAttrControl | kAttrUserDefined))) return std::nullopt;
+  if (!render_special && (a & (kAttrUnknown | kAttrControl))) return std::string();
+  return text(id);
+}
+
 }  // namespace chord::tokenizer_internal

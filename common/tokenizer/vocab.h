@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -62,6 +63,10 @@ class Vocab {
   const std::string& text(TokenId id) const { return texts_[id]; }
   float score(TokenId id) const { return scores_[id]; }
   uint32_t attr(TokenId id) const { return attrs_[id]; }
+  // The piece of an unknown, control or user-defined token, rendered the same
+  // way by both tokenizer families: its text, or "" for unknown/control tokens
+  // unless `render_special`. nullopt for other tokens (each family decodes them).
+  std::optional<std::string> SpecialPiece(TokenId id, bool render_special) const;
   // The GGUF token type, updated when llama.cpp's rules force a token to control.
   int32_t type(TokenId id) const { return types_[id]; }
   const std::vector<int32_t>& types() const { return types_; }
