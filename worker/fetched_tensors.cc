@@ -1,6 +1,6 @@
 #include "worker/fetched_tensors.h"
 
-#include <new>
+#include <sys/mman.h>
 
 #include "common/base/status.h"
 
@@ -21,8 +21,8 @@ absl::StatusOr<const gguf::TensorInfo*> Describe(const gguf::GgufFile& header,
 
 }  // namespace
 
-void FetchedTensors::Free::operator()(uint8_t* p) const {
-  ::operator delete (p, std::align_val_t{kAlignment});
+FetchedTensors::~FetchedTensors() {
+  if (memory_ != nullptr) munmap(memory_, size_);
 }
 
 absl::StatusOr<uint64_t> FetchedTensors::BytesNeeded(const gguf::GgufFile& header,
@@ -40,21 +40,21 @@ absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::Fetch(
   ASSIGN_OR_RETURN(const uint64_t total, BytesNeeded(header, names));
   std::unique_ptr<FetchedTensors> tensors(new FetchedTensors());
   if (total > 0) {
-    uint8_t* memory =
-        static_cast<uint8_t*>(::operator new (total, std::align_val_t{kAlignment}, std::nothrow));
-    if (memory == nullptr) {
+    // Page-aligned, so also kAlignment-aligned.
+    void* memory = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED) {
       return absl::ResourceExhaustedError(
           absl::StrFormat("cannot allocate %d bytes for weights", total));
     }
-    tensors->memory_.reset(memory);
+    tensors->memory_ = static_cast<uint8_t*>(memory);
+    tensors->size_ = total;
   }
-  tensors->size_ = total;
   uint64_t offset = 0;
   for (const std::string& name : names) {
     if (tensors->index_.contains(name)) continue;  // asked for twice: one copy
     ASSIGN_OR_RETURN(const gguf::TensorInfo* described, Describe(header, name));
     gguf::TensorInfo info = *described;
-    uint8_t* out = tensors->memory_.get() + offset;
+    uint8_t* out = tensors->memory_ + offset;
     RETURN_IF_ERROR(fetch(info, out));
     info.data = out;
     info.offset = offset;

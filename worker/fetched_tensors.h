@@ -1,7 +1,9 @@
 // A TensorSource whose tensors live in the worker's own memory: the bytes of
 // the stage's tensors, fetched from the loader (or any byte source), each at a
 // 64-byte aligned address in one allocation, so the kernels' block loads are
-// aligned and the memory the stage holds is known up front.
+// aligned and the memory the stage holds is known up front. The allocation is
+// an anonymous mapping of its own, so freeing it gives the pages back to the
+// system at once (a heap allocation of layer size could stay in the process).
 //
 // Thread-safety: immutable once built; Find() may be called from any thread.
 // Ownership: owns the bytes; the TensorInfo pointers it returns live as long
@@ -42,17 +44,18 @@ class FetchedTensors final : public TensorSource {
                                                                std::span<const std::string> names,
                                                                const FetchFn& fetch);
 
+  ~FetchedTensors() override;
+  FetchedTensors(const FetchedTensors&) = delete;
+  FetchedTensors& operator=(const FetchedTensors&) = delete;
+
   const gguf::TensorInfo* Find(std::string_view name) const override;
   uint64_t bytes() const { return size_; }
   size_t size() const { return tensors_.size(); }
 
  private:
-  struct Free {
-    void operator()(uint8_t* p) const;
-  };
   FetchedTensors() = default;
 
-  std::unique_ptr<uint8_t, Free> memory_;
+  uint8_t* memory_ = nullptr;  // mmap'd, size_ bytes
   uint64_t size_ = 0;
   std::vector<gguf::TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;

@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
       app.add_option("--data-bind", o.data_bind, "data PULL endpoint (port 0 or *: OS pick)");
   auto* memory =
       app.add_option("--memory-budget", budget, "bytes for weights, e.g. 2G; 0: unlimited");
+  app.add_option("--prefetch-depth", o.prefetch_depth,
+                 "layers fetched ahead when the range is over the budget; 0: off; -1: derived "
+                 "from measured fetch and compute times")
+      ->check(CLI::Range(-1, 64));
   auto* threads_flag = app.add_option("--threads", threads, "compute threads; 0: one per core");
   auto* backend =
       app.add_option("--backend", o.backend, "compute backend")->check(CLI::IsMember({"cpu"}));
@@ -49,7 +53,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   int metrics_port = -1;
   std::string metrics_host = "127.0.0.1";
-  app.add_option("--metrics-port", metrics_port, "Prometheus GET /metrics port (0: OS pick; -1: off)")
+  app.add_option("--metrics-port", metrics_port,
+                 "Prometheus GET /metrics port (0: OS pick; -1: off)")
       ->check(CLI::Range(-1, 65535));
   app.add_option("--metrics-host", metrics_host, "address the metrics server binds");
   app.add_option("--log-level", log_level, "debug, info, warn or error");

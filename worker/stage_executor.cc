@@ -61,9 +61,10 @@ absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool) {
   return best;
 }
 
-absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
-    const ModelConfig& config, const StagePlan& plan, std::unique_ptr<TensorSource> weights,
-    uint64_t weight_bytes, ThreadPool& pool) {
+absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const ModelConfig& config,
+                                                                     const StagePlan& plan,
+                                                                     StageWeights weights,
+                                                                     ThreadPool& pool) {
   if (plan.kv_slots <= 0 || plan.n_ctx <= 0) {
     return absl::InvalidArgumentError(
         absl::StrFormat("a stage needs kv_slots > 0 and n_ctx > 0, the plan has %d and %d",
@@ -77,9 +78,10 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(
   shape.type = plan.kv_type;
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
   std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan, std::move(cache)));
-  ASSIGN_OR_RETURN(executor->stage_, LlamaStage::Load(*weights, config, plan.range, pool));
+  if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
+  ASSIGN_OR_RETURN(executor->stage_, LlamaStage::Load(*weights.tensors, config, plan.range, pool,
+                                                      weights.layers.get()));
   executor->weights_ = std::move(weights);
-  executor->weight_bytes_ = weight_bytes;
   executor->lengths_.assign(static_cast<size_t>(plan.kv_slots), 0);
   if (executor->is_last()) executor->histories_.resize(static_cast<size_t>(plan.kv_slots));
   return executor;

@@ -23,6 +23,7 @@
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
 #include "worker/sampler.h"
+#include "worker/shard/shard_cache.h"
 #include "worker/step_validation.h"
 
 namespace chord {
@@ -44,13 +45,22 @@ SamplingParams ToSamplingParams(const wire::pb::Sampling& sampling);
 // coordinator balances layer ranges by.
 absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool);
 
+// A stage's weights: every tensor of the range in memory, or the stage
+// tensors (embeddings, output) in memory and the layers in a shard cache.
+struct StageWeights {
+  std::unique_ptr<TensorSource> tensors;
+  std::unique_ptr<ShardCache> layers;  // null: every layer is in `tensors`
+  uint64_t bytes = 0;                  // what they may take: held tensors plus cache capacity
+};
+
 class StageExecutor {
  public:
-  // Builds the stage over `weights` (kept alive here; `weight_bytes` is what
-  // they take) and allocates the KV cache. INVALID_ARGUMENT for a bad plan.
-  static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(
-      const ModelConfig& config, const StagePlan& plan, std::unique_ptr<TensorSource> weights,
-      uint64_t weight_bytes, ThreadPool& pool);
+  // Builds the stage over `weights` (kept alive here) and allocates the KV
+  // cache. INVALID_ARGUMENT for a bad plan.
+  static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(const ModelConfig& config,
+                                                               const StagePlan& plan,
+                                                               StageWeights weights,
+                                                               ThreadPool& pool);
 
   // Validates and runs the step in `message`. On success `activations` holds
   // the residual stream to forward to the next stage and, on the last stage,
@@ -64,7 +74,9 @@ class StageExecutor {
   const StagePlan& plan() const { return plan_; }
   const ModelConfig& config() const { return config_; }
   bool is_last() const { return stage_->has_output(); }
-  uint64_t weight_bytes() const { return weight_bytes_; }
+  uint64_t weight_bytes() const { return weights_.bytes; }
+  // Null when every layer is resident.
+  const ShardCache* shard_cache() const { return weights_.layers.get(); }
   uint64_t kv_cache_bytes() const { return cache_.bytes(); }
   int64_t slot_length(int64_t slot) const { return lengths_[static_cast<size_t>(slot)]; }
 
@@ -77,8 +89,7 @@ class StageExecutor {
 
   ModelConfig config_;
   StagePlan plan_;
-  std::unique_ptr<TensorSource> weights_;
-  uint64_t weight_bytes_ = 0;
+  StageWeights weights_;
   std::unique_ptr<LlamaStage> stage_;
   KvCache cache_;
   Sampler sampler_;

@@ -9,6 +9,7 @@
 #include "common/model/model_config.h"
 #include "worker/fetched_tensors.h"
 #include "worker/models/llama.h"
+#include "worker/shard/fill_progress.h"
 
 namespace chord {
 namespace {
@@ -34,7 +35,11 @@ struct LoadContext {
   const WorkerOptions& options;
   std::string model_sha256;
   ThreadPool& pool;
+  std::function<void()> wait_hook;  // for the shard cache; runs on the compute thread
 };
+
+// "12.3 MiB"
+std::string Mib(uint64_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
 
 absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig& config,
                                    const WorkerOptions& options) {
@@ -79,23 +84,79 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
   if (info.header == nullptr) return absl::DataLossError("the loader sent no model header");
   ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*info.header));
   ASSIGN_OR_RETURN(const StagePlan plan, MakePlan(a, config, ctx.options));
-  const std::vector<std::string> names = LlamaStage::TensorNames(config, plan.range);
-  ASSIGN_OR_RETURN(const uint64_t needed, FetchedTensors::BytesNeeded(*info.header, names));
-  if (ctx.options.memory_budget_bytes > 0 && needed > ctx.options.memory_budget_bytes) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "layers [%d, %d) need at least %d bytes of weights; the memory budget is %d bytes",
-        plan.range.first, plan.range.end, needed, ctx.options.memory_budget_bytes));
+  const gguf::GgufFile& header = *info.header;
+  const std::vector<std::string> stage_names = LlamaStage::StageTensorNames(config, plan.range);
+  ASSIGN_OR_RETURN(const uint64_t stage_bytes, FetchedTensors::BytesNeeded(header, stage_names));
+  std::vector<uint64_t> layer_bytes;
+  for (int64_t l = plan.range.first; l < plan.range.end; ++l) {
+    ASSIGN_OR_RETURN(const uint64_t bytes,
+                     FetchedTensors::BytesNeeded(header, LlamaStage::LayerTensorNames(l)));
+    layer_bytes.push_back(bytes);
   }
-  log::Info("worker %s: fetching %d tensors (%d bytes) for layers [%d, %d) from %s",
-            ctx.options.worker_id, names.size(), needed, plan.range.first, plan.range.end,
-            a.loader_endpoint());
-  ASSIGN_OR_RETURN(
-      std::unique_ptr<FetchedTensors> weights,
-      FetchedTensors::Fetch(*info.header, names, [&](const gguf::TensorInfo& t, uint8_t* out) {
-        return client->FetchTensor(t, out);
-      }));
-  const uint64_t weight_bytes = weights->bytes();
-  return StageExecutor::Create(config, plan, std::move(weights), weight_bytes, ctx.pool);
+  uint64_t needed = stage_bytes;
+  for (const uint64_t bytes : layer_bytes) needed += bytes;
+  const uint64_t budget = ctx.options.memory_budget_bytes;
+  const auto fetch_tensor = [&client](const gguf::TensorInfo& t, uint8_t* out) {
+    return client->FetchTensor(t, out);
+  };
+  StageWeights weights;
+  if (budget == 0 || needed <= budget) {
+    log::Info("worker %s: fetching layers [%d, %d) (%s) from %s; they stay resident",
+              ctx.options.worker_id, plan.range.first, plan.range.end, Mib(needed),
+              a.loader_endpoint());
+    ASSIGN_OR_RETURN(
+        weights.tensors,
+        FetchedTensors::Fetch(header, LlamaStage::TensorNames(config, plan.range), fetch_tensor));
+    weights.bytes = needed;
+    return StageExecutor::Create(config, plan, std::move(weights), ctx.pool);
+  }
+  // The range streams through a shard cache of what the budget leaves.
+  const uint64_t largest = *std::max_element(layer_bytes.begin(), layer_bytes.end());
+  const uint64_t minimum = stage_bytes + largest;
+  if (budget < minimum) {
+    return absl::ResourceExhaustedError(absl::StrFormat(
+        "layers [%d, %d) need a memory budget of at least %d bytes (%s: the largest layer, %d "
+        "bytes, plus %d bytes of embedding and output tensors); the budget is %d bytes",
+        plan.range.first, plan.range.end, minimum, Mib(minimum), largest, stage_bytes, budget));
+  }
+  if (budget < minimum + largest) {
+    log::Warn(
+        "worker %s: a budget of %s holds one layer at a time: no room to prefetch (at least "
+        "%d bytes leave room for one layer ahead)",
+        ctx.options.worker_id, Mib(budget), minimum + largest);
+  }
+  ASSIGN_OR_RETURN(weights.tensors, FetchedTensors::Fetch(header, stage_names, fetch_tensor));
+  weights.bytes = budget;
+  // The cache's fetch thread gets a loader connection of its own.
+  ASSIGN_OR_RETURN(std::shared_ptr<LoaderClient> layer_client,
+                   ctx.connect(ctx.context, a.loader_endpoint(), ctx.model_sha256));
+  std::shared_ptr<gguf::GgufFile> shared_header = std::move(info.header);
+  ShardCacheOptions cache_options;
+  cache_options.capacity_bytes = budget - stage_bytes;
+  cache_options.prefetch_depth = ctx.options.prefetch_depth;
+  cache_options.wait_hook = ctx.wait_hook;
+  ASSIGN_OR_RETURN(weights.layers,
+                   ShardCache::Create(
+                       plan.range, layer_bytes, cache_options,
+                       [layer_client, shared_header](int64_t layer, const std::atomic<bool>& cancel)
+                           -> absl::StatusOr<std::unique_ptr<FetchedTensors>> {
+                         return FetchedTensors::Fetch(
+                             *shared_header, LlamaStage::LayerTensorNames(layer),
+                             [&](const gguf::TensorInfo& t, uint8_t* out) {
+                               if (cancel.load()) return absl::CancelledError("not needed now");
+                               return layer_client->FetchTensor(t, out);
+                             });
+                       }));
+  log::Info(
+      "worker %s: layers [%d, %d) take %s, over the %s budget: they stream through a %s "
+      "shard cache (%d of %d layers fit, prefetch depth up to %d) from %s",
+      ctx.options.worker_id, plan.range.first, plan.range.end, Mib(needed), Mib(budget),
+      Mib(cache_options.capacity_bytes), weights.layers->layers_that_fit(), layer_bytes.size(),
+      weights.layers->max_prefetch_depth(), a.loader_endpoint());
+  FillProgress progress(absl::StrCat("worker ", ctx.options.worker_id, ": filling shard cache"));
+  RETURN_IF_ERROR(weights.layers->Fill(
+      [&progress](int64_t done, int64_t total) { progress.Update(done, total); }));
+  return StageExecutor::Create(config, plan, std::move(weights), ctx.pool);
 }
 
 }  // namespace
@@ -244,12 +305,59 @@ void WorkerService::HandleControl(const wire::Message& message) {
   }
 }
 
+void WorkerService::ServiceControlDuringStep() {
+  try {
+    for (int i = 0; i < 64; ++i) {
+      absl::StatusOr<std::optional<wire::Message>> message = wire::Receive(*control_, false, true);
+      if (!message.ok()) continue;
+      if (!message->has_value()) break;
+      if ((*message)->envelope.has_heartbeat()) {
+        HandleControl(**message);  // answers at once: the coordinator must not think us lost
+      } else {
+        last_heard_ = Clock::now();
+        deferred_control_.push_back(**std::move(message));
+      }
+    }
+  } catch (const zmq::error_t& error) {
+    log::Warn("worker %s: control socket: %s", options_.worker_id, error.what());
+  }
+}
+
+void WorkerService::LogShardCacheStats(bool summary) {
+  if (executor_ == nullptr || executor_->shard_cache() == nullptr) return;
+  const ShardCacheStats stats = executor_->shard_cache()->Stats();
+  if (options_.metrics != nullptr) {
+    options_.metrics->shard_cache_hits.Increment(
+        static_cast<double>(stats.hits - reported_cache_stats_.hits));
+    options_.metrics->shard_cache_misses.Increment(
+        static_cast<double>(stats.misses - reported_cache_stats_.misses));
+    options_.metrics->shard_cache_stall_seconds.Increment(stats.stall_seconds -
+                                                          reported_cache_stats_.stall_seconds);
+  }
+  reported_cache_stats_ = stats;
+  const Clock::time_point now = Clock::now();
+  if (!summary && now - cache_stats_logged_ < std::chrono::seconds(10)) return;
+  cache_stats_logged_ = now;
+  log::Info(
+      "worker %s: shard cache%s: %d hits, %d misses (%d synchronous loads), stalled %.2fs, "
+      "%d layers fetched (%s, %d failed), %d evictions, %s held (peak %s of %s), prefetch depth "
+      "%d, "
+      "per layer fetch %.1f ms / compute %.1f ms",
+      options_.worker_id, summary ? " summary" : "", stats.hits, stats.misses, stats.sync_loads,
+      stats.stall_seconds, stats.fetches, Mib(stats.bytes_fetched), stats.failed_fetches,
+      stats.evictions, Mib(stats.bytes_reserved), Mib(stats.peak_bytes_reserved),
+      Mib(executor_->weight_bytes()), stats.prefetch_depth, stats.fetch_seconds_per_layer * 1e3,
+      stats.compute_seconds_per_layer * 1e3);
+}
+
 void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   log::Info("worker %s: plan %d assigns layers [%d, %d) (stage %d of %d), next %s",
             options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(), a.stage_index(),
             a.n_stages(), a.next_data_endpoint().empty() ? "coordinator" : a.next_data_endpoint());
   // The old stage goes first: its memory is needed for the new one, and its KV state is void.
+  LogShardCacheStats(/*summary=*/true);
   executor_.reset();
+  reported_cache_stats_ = {};
   next_.reset();
   plan_version_ = a.plan_version();
   if (loading_.valid()) {
@@ -264,7 +372,8 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
 }
 
 void WorkerService::StartLoad(const pb::AssignLayers& a) {
-  LoadContext ctx{context_, connect_loader_, options_, model_sha256_, pool_};
+  LoadContext ctx{context_,      connect_loader_, options_,
+                  model_sha256_, pool_,           [this] { ServiceControlDuringStep(); }};
   loading_ = std::async(std::launch::async, [ctx, a]() {
     Loaded loaded{a, absl::InternalError("not loaded")};
     try {
@@ -363,12 +472,14 @@ void WorkerService::HandleData() {
   const absl::Status status = RunStep(message);
   const pb::StepHeader& step = message.envelope.step();
   if (options_.metrics != nullptr) {
-    const bool prefill = std::any_of(step.sequences().begin(), step.sequences().end(),
-                                     [](const pb::SequenceChunk& s) { return s.token_ids_size() > 1; });
+    const bool prefill =
+        std::any_of(step.sequences().begin(), step.sequences().end(),
+                    [](const pb::SequenceChunk& s) { return s.token_ids_size() > 1; });
     options_.metrics->stage_step_seconds.With({prefill ? "prefill" : "decode"})
         .Observe(std::chrono::duration<double>(Clock::now() - started).count());
   }
   if (!status.ok()) SendStepError(step.plan_version(), step.step_id(), status);
+  LogShardCacheStats(/*summary=*/false);
 }
 
 absl::Status WorkerService::RunStep(const wire::Message& message) {
@@ -403,6 +514,9 @@ absl::Status WorkerService::Run() {
                                {data_->handle(), 0, ZMQ_POLLIN, 0}};
     try {
       zmq::poll(items, 2, std::chrono::milliseconds(loading_.valid() ? 10 : 50));
+      std::vector<wire::Message> deferred;
+      deferred.swap(deferred_control_);
+      for (const wire::Message& message : deferred) HandleControl(message);
       for (int i = 0; i < 64 && (items[0].revents & ZMQ_POLLIN) != 0; ++i) {
         absl::StatusOr<std::optional<wire::Message>> message =
             wire::Receive(*control_, false, true);
@@ -424,6 +538,7 @@ absl::Status WorkerService::Run() {
       log::Error("worker %s: %s", options_.worker_id, error.what());
     }
   }
+  LogShardCacheStats(/*summary=*/true);
   log::Info("worker %s: stopped", options_.worker_id);
   return absl::OkStatus();
 }

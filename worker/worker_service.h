@@ -28,8 +28,8 @@
 #include <string>
 #include <vector>
 
-#include "common/metrics/chord_metrics.h"
 #include "absl/status/statusor.h"
+#include "common/metrics/chord_metrics.h"
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
 #include "loader/client/loader_client.h"
@@ -42,6 +42,7 @@ struct WorkerOptions {
   std::string coordinator_endpoint;             // required, e.g. tcp://127.0.0.1:5555
   std::string data_bind = "tcp://127.0.0.1:0";  // port 0 or *: the OS picks one
   uint64_t memory_budget_bytes = 0;             // for weights; 0: unlimited
+  int prefetch_depth = -1;  // layers fetched ahead when the range streams; 0: off; -1: derived
   std::string backend = "cpu";
   int device = 0;
   uint32_t max_kv_slots = 0;             // largest kv_slots accepted; 0: no limit
@@ -51,7 +52,7 @@ struct WorkerOptions {
   std::chrono::milliseconds coordinator_timeout{2000};
   std::chrono::milliseconds forward_timeout{2000};  // waiting for the next stage to take a step
   int high_water_mark = 64;                         // messages queued per socket
-  metrics::WorkerMetrics* metrics = nullptr;         // optional; must outlive the service
+  metrics::WorkerMetrics* metrics = nullptr;        // optional; must outlive the service
 };
 
 // Connects to a loader; LoaderClient::Connect in production, a fake in tests.
@@ -106,6 +107,10 @@ class WorkerService {
   absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
                             std::unique_ptr<StageExecutor> executor);
   void SendStageReady(uint64_t plan_version, const absl::Status& status);
+  // Runs while a step waits for weights: answers heartbeats, keeps every
+  // other control message for after the step.
+  void ServiceControlDuringStep();
+  void LogShardCacheStats(bool summary);
   void HandleData();
   absl::Status RunStep(const wire::Message& message);
   absl::Status Forward(const wire::Message& message);
@@ -132,6 +137,9 @@ class WorkerService {
   std::future<Loaded> loading_;
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
+  std::vector<wire::Message> deferred_control_;  // arrived during a step
+  ShardCacheStats reported_cache_stats_;         // what the metrics have counted
+  Clock::time_point cache_stats_logged_{};
 };
 
 }  // namespace chord

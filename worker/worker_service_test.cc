@@ -11,6 +11,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "loader/weight_service.h"
+#include "worker/fetched_tensors.h"
 #include "worker/local_generator.h"
 #include "worker/models/llama.h"
 
@@ -390,8 +391,8 @@ TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {
   const wire::Message refused = Expect(pb::Envelope::kStageReady);
   const pb::StageReady& r = refused.envelope.stage_ready();
   EXPECT_EQ(r.status().code(), static_cast<int>(absl::StatusCode::kResourceExhausted));
-  EXPECT_THAT(r.status().message(), HasSubstr("layers [0, 5) need at least"));
-  EXPECT_THAT(r.status().message(), HasSubstr("the memory budget is 4096 bytes"));
+  EXPECT_THAT(r.status().message(), HasSubstr("layers [0, 5) need a memory budget of at least"));
+  EXPECT_THAT(r.status().message(), HasSubstr("the budget is 4096 bytes"));
 
   Assign("small", 2, 5, 5, "");  // a spare
   const wire::Message spare = Expect(pb::Envelope::kStageReady);
@@ -473,6 +474,57 @@ TEST_F(WorkerServiceTest, FetchesItsLayersFromTheLoader) {
   EXPECT_EQ(static_cast<int32_t>(m.envelope.step_result().tokens(0).token_id()), a.generated[0]);
   (*loader)->RequestStop();
   loader_thread.join();
+}
+
+// Stages over their budgets stream their layers through the shard cache and
+// still sample exactly what one process does, step after step (each step
+// wraps from the last layer of the range to the first).
+TEST_F(WorkerServiceTest, StagesOverTheirBudgetStreamAndMatchLocalGeneration) {
+  constexpr int kTokens = 6;
+  Sequence a{0, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
+  Sequence b{2, {1, 89, 7, 150}, Random(77), {}, {}};
+  GenerateLocally(*file_, kTokens, &a);
+  GenerateLocally(*file_, kTokens, &b);
+  auto layer = FetchedTensors::BytesNeeded(*file_, LlamaStage::LayerTensorNames(0));
+  auto embd = FetchedTensors::BytesNeeded(*file_, LlamaStage::StageTensorNames(config_, {0, 3}));
+  auto output = FetchedTensors::BytesNeeded(*file_, LlamaStage::StageTensorNames(config_, {3, 5}));
+  ASSERT_TRUE(layer.ok() && embd.ok() && output.ok());
+  WorkerOptions o0 = Options("w0");
+  o0.memory_budget_bytes = *embd + 2 * *layer;  // 2 of its 3 layers: the window
+  o0.prefetch_depth = 1;
+  WorkerOptions o1 = Options("w1");
+  o1.memory_budget_bytes = *output + *layer;  // 1 of 2 layers: no room to prefetch
+  Start(o0);
+  const std::string w0_data = Register("w0");
+  Start(o1);
+  const std::string w1_data = Register("w1");
+  Assign("w0", 1, 0, 3, w1_data);
+  Assign("w1", 1, 3, 5, "");
+  for (int i = 0; i < 2; ++i) {
+    const wire::Message ready = Expect(pb::Envelope::kStageReady);
+    const pb::StageReady& r = ready.envelope.stage_ready();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    EXPECT_EQ(r.weight_bytes(),
+              ready.identity == "w0" ? o0.memory_budget_bytes : o1.memory_budget_bytes);
+  }
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(w0_data);
+  for (int k = 0; k < kTokens; ++k) {
+    std::vector<std::vector<int32_t>> tokens;
+    std::vector<uint32_t> first;
+    for (const Sequence* s : {&a, &b}) {
+      tokens.push_back(k == 0 ? s->prompt : std::vector<int32_t>{s->generated[k - 1]});
+      first.push_back(k == 0 ? 0 : static_cast<uint32_t>(s->prompt.size() + k - 1));
+    }
+    ASSERT_TRUE(wire::Send(push, Step(1, k + 1, {&a, &b}, tokens, first)).ok());
+    const wire::Message m = Expect(pb::Envelope::kStepResult);
+    const pb::StepResult& r = m.envelope.step_result();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    ASSERT_EQ(r.tokens_size(), 2);
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(0).token_id()), a.generated[k]) << "step " << k;
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(1).token_id()), b.generated[k]) << "step " << k;
+  }
 }
 
 TEST(WeightThroughputTest, MeasuresAPositiveRate) {

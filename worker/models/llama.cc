@@ -15,20 +15,18 @@ namespace chord {
 
 namespace {
 
-constexpr const char* kLayerTensors[] = {"attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                                         "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"};
+constexpr const char* kLayerTensors[] = {"attn_norm", "attn_q",      "attn_k",
+                                         "attn_v",    "attn_output", "ffn_norm",
+                                         "ffn_gate",  "ffn_up",      "ffn_down"};
 
 }  // namespace
 
-std::vector<std::string> LlamaStage::TensorNames(const ModelConfig& config, LayerRange range) {
+std::vector<std::string> LlamaStage::StageTensorNames(const ModelConfig& config, LayerRange range) {
   std::vector<std::string> names;
   const bool first = range.first == 0;
   const bool last = range.end == config.n_layer;
   if (first || (last && config.tied_embeddings)) names.push_back(kTokenEmbdName);
   if (config.has_rope_freq_factors) names.push_back(kRopeFreqsName);
-  for (int64_t l = range.first; l < range.end; ++l) {
-    for (const char* suffix : kLayerTensors) names.push_back(LayerTensorName(l, suffix));
-  }
   if (last) {
     names.push_back(kOutputNormName);
     if (!config.tied_embeddings) names.push_back(kOutputName);
@@ -36,28 +34,55 @@ std::vector<std::string> LlamaStage::TensorNames(const ModelConfig& config, Laye
   return names;
 }
 
+std::vector<std::string> LlamaStage::LayerTensorNames(int64_t layer) {
+  std::vector<std::string> names;
+  for (const char* suffix : kLayerTensors) names.push_back(LayerTensorName(layer, suffix));
+  return names;
+}
+
+std::vector<std::string> LlamaStage::TensorNames(const ModelConfig& config, LayerRange range) {
+  std::vector<std::string> names = StageTensorNames(config, range);
+  for (int64_t l = range.first; l < range.end; ++l) {
+    for (std::string& name : LayerTensorNames(l)) names.push_back(std::move(name));
+  }
+  return names;
+}
+
+absl::StatusOr<LlamaStage::Layer> LlamaStage::LoadLayer(const TensorSource& source,
+                                                        const ModelConfig& config, int64_t l) {
+  const int64_t n_embd = config.n_embd;
+  const int64_t n_kv = config.n_embd_kv();
+  Layer layer;
+  ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(source, LayerTensorName(l, "attn_norm"), n_embd));
+  ASSIGN_OR_RETURN(layer.wq, LookupMatrix(source, LayerTensorName(l, "attn_q"), n_embd, n_embd));
+  ASSIGN_OR_RETURN(layer.wk, LookupMatrix(source, LayerTensorName(l, "attn_k"), n_embd, n_kv));
+  ASSIGN_OR_RETURN(layer.wv, LookupMatrix(source, LayerTensorName(l, "attn_v"), n_embd, n_kv));
+  ASSIGN_OR_RETURN(layer.wo,
+                   LookupMatrix(source, LayerTensorName(l, "attn_output"), n_embd, n_embd));
+  ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(source, LayerTensorName(l, "ffn_norm"), n_embd));
+  ASSIGN_OR_RETURN(layer.gate,
+                   LookupMatrix(source, LayerTensorName(l, "ffn_gate"), n_embd, config.n_ff));
+  ASSIGN_OR_RETURN(layer.up,
+                   LookupMatrix(source, LayerTensorName(l, "ffn_up"), n_embd, config.n_ff));
+  ASSIGN_OR_RETURN(layer.down,
+                   LookupMatrix(source, LayerTensorName(l, "ffn_down"), config.n_ff, n_embd));
+  return layer;
+}
+
 absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const TensorSource& source,
                                                              const ModelConfig& config,
-                                                             LayerRange range, ThreadPool& pool) {
+                                                             LayerRange range, ThreadPool& pool,
+                                                             LayerSource* layers) {
   if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "layer range [%d, %d) is not within the model's %d layers", range.first, range.end,
-        config.n_layer));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer range [%d, %d) is not within the model's %d layers", range.first,
+                        range.end, config.n_layer));
   }
   std::unique_ptr<LlamaStage> stage(new LlamaStage(config, range, pool));
   const int64_t n_embd = config.n_embd;
-  const int64_t n_kv = config.n_embd_kv();
-  for (int64_t l = range.first; l < range.end; ++l) {
-    Layer layer;
-    ASSIGN_OR_RETURN(layer.attn_norm, LoadVector(source, LayerTensorName(l, "attn_norm"), n_embd));
-    ASSIGN_OR_RETURN(layer.wq, LookupMatrix(source, LayerTensorName(l, "attn_q"), n_embd, n_embd));
-    ASSIGN_OR_RETURN(layer.wk, LookupMatrix(source, LayerTensorName(l, "attn_k"), n_embd, n_kv));
-    ASSIGN_OR_RETURN(layer.wv, LookupMatrix(source, LayerTensorName(l, "attn_v"), n_embd, n_kv));
-    ASSIGN_OR_RETURN(layer.wo, LookupMatrix(source, LayerTensorName(l, "attn_output"), n_embd, n_embd));
-    ASSIGN_OR_RETURN(layer.ffn_norm, LoadVector(source, LayerTensorName(l, "ffn_norm"), n_embd));
-    ASSIGN_OR_RETURN(layer.gate, LookupMatrix(source, LayerTensorName(l, "ffn_gate"), n_embd, config.n_ff));
-    ASSIGN_OR_RETURN(layer.up, LookupMatrix(source, LayerTensorName(l, "ffn_up"), n_embd, config.n_ff));
-    ASSIGN_OR_RETURN(layer.down, LookupMatrix(source, LayerTensorName(l, "ffn_down"), config.n_ff, n_embd));
+  stage->streamed_ = layers;
+  for (int64_t l = range.first; layers == nullptr && l < range.end; ++l) {
+    ASSIGN_OR_RETURN(Layer layer, LoadLayer(source, config, l));
     stage->layers_.push_back(std::move(layer));
   }
   if (config.has_rope_freq_factors) {
@@ -65,7 +90,8 @@ absl::StatusOr<std::unique_ptr<LlamaStage>> LlamaStage::Load(const TensorSource&
                      LoadVector(source, kRopeFreqsName, config.n_rot / 2));
   }
   if (stage->has_embedding() || (stage->has_output() && config.tied_embeddings)) {
-    ASSIGN_OR_RETURN(stage->token_embd_, LookupMatrix(source, kTokenEmbdName, n_embd, config.n_vocab));
+    ASSIGN_OR_RETURN(stage->token_embd_,
+                     LookupMatrix(source, kTokenEmbdName, n_embd, config.n_vocab));
   }
   if (stage->has_output()) {
     ASSIGN_OR_RETURN(stage->output_norm_, LoadVector(source, kOutputNormName, n_embd));
@@ -96,13 +122,14 @@ absl::Status LlamaStage::Embed(std::span<const int32_t> tokens, float* x) {
   if (!has_embedding()) return absl::InternalError("this stage does not hold the embeddings");
   for (size_t t = 0; t < tokens.size(); ++t) {
     if (tokens[t] < 0 || tokens[t] >= config_.n_vocab) {
-      return absl::InvalidArgumentError(
-          absl::StrFormat("token id %d is outside the vocabulary (%d tokens)", tokens[t], config_.n_vocab));
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "token id %d is outside the vocabulary (%d tokens)", tokens[t], config_.n_vocab));
     }
   }
   for (size_t t = 0; t < tokens.size(); ++t) {
     RETURN_IF_ERROR(quant::DequantizeRow(token_embd_.type, token_embd_.row(tokens[t]),
-                                         x + static_cast<int64_t>(t) * config_.n_embd, config_.n_embd));
+                                         x + static_cast<int64_t>(t) * config_.n_embd,
+                                         config_.n_embd));
   }
   return absl::OkStatus();
 }
@@ -118,19 +145,34 @@ absl::Status LlamaStage::RunLayers(std::span<const BatchToken> batch, float* x, 
     }
   }
   Reserve(n_tokens);
-  const int64_t n_embd = config_.n_embd;
-  for (int64_t i = 0; i < static_cast<int64_t>(layers_.size()); ++i) {
-    const Layer& layer = layers_[static_cast<size_t>(i)];
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      kernels::RmsNorm(x + t * n_embd, layer.attn_norm.data(), n_embd, config_.rms_eps,
-                       norm_.data() + t * n_embd);
+  for (int64_t i = 0; i < range_.end - range_.first; ++i) {
+    if (streamed_ == nullptr) {
+      RETURN_IF_ERROR(RunLayer(layers_[static_cast<size_t>(i)], i, batch, x, cache));
+      continue;
     }
-    RETURN_IF_ERROR(Attention(layer, i, batch, cache));
-    RETURN_IF_ERROR(matmul_.Run(layer.wo, attn_.data(), n_tokens, proj_.data()));
-    kernels::AddInPlace(x, proj_.data(), n_tokens * n_embd);
-    RETURN_IF_ERROR(FeedForward(layer, n_tokens, x));
+    const int64_t l = range_.first + i;
+    ASSIGN_OR_RETURN(const TensorSource* tensors, streamed_->Acquire(l));
+    absl::StatusOr<Layer> layer = LoadLayer(*tensors, config_, l);
+    absl::Status status = layer.status();
+    if (status.ok()) status = RunLayer(*layer, i, batch, x, cache);
+    streamed_->Release(l);
+    RETURN_IF_ERROR(status);
   }
   return absl::OkStatus();
+}
+
+absl::Status LlamaStage::RunLayer(const Layer& layer, int64_t layer_index,
+                                  std::span<const BatchToken> batch, float* x, KvCache& cache) {
+  const int64_t n_tokens = static_cast<int64_t>(batch.size());
+  const int64_t n_embd = config_.n_embd;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    kernels::RmsNorm(x + t * n_embd, layer.attn_norm.data(), n_embd, config_.rms_eps,
+                     norm_.data() + t * n_embd);
+  }
+  RETURN_IF_ERROR(Attention(layer, layer_index, batch, cache));
+  RETURN_IF_ERROR(matmul_.Run(layer.wo, attn_.data(), n_tokens, proj_.data()));
+  kernels::AddInPlace(x, proj_.data(), n_tokens * n_embd);
+  return FeedForward(layer, n_tokens, x);
 }
 
 absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
@@ -151,7 +193,8 @@ absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
     kernels::RopeNormal(k_.data() + t * n_kv, static_cast<int>(config_.n_head_kv), head_dim,
                         static_cast<int>(config_.n_rot), token.position, config_.rope_freq_base,
                         config_.rope_freq_scale, freq_factors);
-    cache.Store(layer_index, token.slot, token.position, k_.data() + t * n_kv, v_.data() + t * n_kv);
+    cache.Store(layer_index, token.slot, token.position, k_.data() + t * n_kv,
+                v_.data() + t * n_kv);
   }
   // Every (token, head) pair is one independent task; each thread has its own scores row.
   const kernels::AttentionShape shape{static_cast<int>(config_.n_head),

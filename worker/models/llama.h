@@ -31,6 +31,16 @@ namespace chord {
 
 class TensorSource;
 
+// Supplies the tensors of one layer at a time, for a stage whose layers do not
+// all stay in memory (worker/shard/shard_cache.h). Acquire blocks until the
+// layer's tensors are in memory and keeps them there until Release.
+class LayerSource {
+ public:
+  virtual ~LayerSource() = default;
+  virtual absl::StatusOr<const TensorSource*> Acquire(int64_t layer) = 0;
+  virtual void Release(int64_t layer) = 0;
+};
+
 // One token of a micro-batch: which sequence slot of the KV cache it belongs
 // to and its position in that sequence. Tokens of one slot appear in position
 // order and positions continue from what the cache already holds.
@@ -49,10 +59,19 @@ class LlamaStage {
   // The tensors the range needs: its layers, plus token_embd for the first
   // stage (and a tied output), output_norm and output for the last.
   static std::vector<std::string> TensorNames(const ModelConfig& config, LayerRange range);
+  // The part of TensorNames that is not a layer's (embeddings, output, rope factors).
+  static std::vector<std::string> StageTensorNames(const ModelConfig& config, LayerRange range);
+  // The tensors of one layer.
+  static std::vector<std::string> LayerTensorNames(int64_t layer);
 
+  // Builds the stage over `source`. With `layers` null, `source` holds every
+  // tensor of the range. Otherwise `source` holds the stage tensors only and
+  // each layer's come from `layers` while it runs (not owned; must outlive the
+  // stage).
   static absl::StatusOr<std::unique_ptr<LlamaStage>> Load(const TensorSource& source,
                                                           const ModelConfig& config,
-                                                          LayerRange range, ThreadPool& pool);
+                                                          LayerRange range, ThreadPool& pool,
+                                                          LayerSource* layers = nullptr);
 
   const ModelConfig& config() const { return config_; }
   LayerRange range() const { return range_; }
@@ -80,6 +99,11 @@ class LlamaStage {
 
   LlamaStage(const ModelConfig& config, LayerRange range, ThreadPool& pool)
       : config_(config), range_(range), pool_(pool), matmul_(pool) {}
+  // Views of layer `l`'s tensors in `source` (norm weights are copied).
+  static absl::StatusOr<Layer> LoadLayer(const TensorSource& source, const ModelConfig& config,
+                                         int64_t l);
+  absl::Status RunLayer(const Layer& layer, int64_t layer_index, std::span<const BatchToken> batch,
+                        float* x, KvCache& cache);
   absl::Status Attention(const Layer& layer, int64_t layer_index, std::span<const BatchToken> batch,
                          KvCache& cache);
   absl::Status FeedForward(const Layer& layer, int64_t n_tokens, float* x);
@@ -89,7 +113,8 @@ class LlamaStage {
   LayerRange range_;
   ThreadPool& pool_;
   kernels::MatMul matmul_;
-  std::vector<Layer> layers_;
+  std::vector<Layer> layers_;        // resident layers; empty when streamed
+  LayerSource* streamed_ = nullptr;  // where layers come from when they are not resident
   kernels::WeightMatrix token_embd_{};
   kernels::WeightMatrix output_{};
   std::vector<float> output_norm_;
