@@ -37,6 +37,10 @@ struct ServeFlags {
   int threads = 0;
   std::string config;
   bool quiet = false;
+  std::string worker_budget;        // per worker, e.g. 200M; empty: unlimited
+  int prefetch_depth = -1;          // -1: derived
+  std::string loader_max_bandwidth;  // bytes/s, e.g. 500M; empty: unlimited
+  std::string loader_transport = "ipc";
 };
 
 // Restart backoff per child: doubles from 0.5 s up to 10 s, and starts over
@@ -108,6 +112,16 @@ absl::Status ResolveFlags(const CLI::App& app, ServeFlags& flags) {
   return absl::OkStatus();
 }
 
+// Accepts what ParseByteSize accepts, with its error message.
+CLI::Validator ByteSizeValidator() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        absl::StatusOr<uint64_t> bytes = ParseByteSize(text);
+        return bytes.ok() ? std::string() : std::string(bytes.status().message());
+      },
+      "SIZE");
+}
+
 int RunServe(const CLI::App& app, ServeFlags flags) {
   if (absl::Status resolved = ResolveFlags(app, flags); !resolved.ok()) {
     std::fprintf(stderr, "chord serve: %s\n", resolved.ToString().c_str());
@@ -123,6 +137,12 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
   options.kv_slots = flags.kv_slots;
   options.ctx_size = flags.ctx_size;
   options.threads_per_worker = flags.threads;
+  if (!flags.worker_budget.empty()) {
+    options.worker_args = {"--memory-budget", flags.worker_budget, "--prefetch-depth",
+                           std::to_string(flags.prefetch_depth)};
+  }
+  if (!flags.loader_max_bandwidth.empty()) options.loader_args = {"--max-bandwidth", flags.loader_max_bandwidth};
+  options.loader_transport = flags.loader_transport;
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
   if (!flags.chat_template.empty()) {
     options.coordinator_args.insert(options.coordinator_args.end(), {"--chat-template", flags.chat_template});
@@ -177,6 +197,22 @@ Subcommand AddServeCommand(CLI::App& parent) {
       ->check(CLI::NonNegativeNumber);
   app->add_option("--config", flags->config, "cluster YAML, also given to every child")->check(CLI::ExistingFile);
   app->add_flag("--quiet", flags->quiet, "do not copy the children's log lines to stderr");
+  app->add_option("--worker-budget", flags->worker_budget,
+                  "memory for each worker's weights, e.g. 300K, 200M, 4G; a layer range over it "
+                  "streams from the loader through a shard cache (default: unlimited)")
+      ->check(ByteSizeValidator());
+  app->add_option("--prefetch-depth", flags->prefetch_depth,
+                  "layers fetched ahead when a range streams (0: off; -1: derived from measured "
+                  "fetch and compute times)")
+      ->capture_default_str()
+      ->check(CLI::Range(-1, 64));
+  app->add_option("--loader-max-bandwidth", flags->loader_max_bandwidth,
+                  "pace the loader to this many bytes/s, e.g. 500M, to play a slow disk or network")
+      ->check(ByteSizeValidator());
+  app->add_option("--loader-transport", flags->loader_transport,
+                  "how workers reach the loader: ipc (Unix socket) or tcp (loopback)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ipc", "tcp"}));
   return {app, [flags, app] { return RunServe(*app, *flags); }};
 }
 

@@ -25,7 +25,8 @@ struct Flags {
   std::string model;
   std::string bind = "tcp://127.0.0.1:5556";
   std::string config;
-  int metrics_port = -1;  // -1: no metrics server
+  std::string max_bandwidth = "0";  // bytes per second, e.g. 500M; 0: unlimited
+  int metrics_port = -1;            // -1: no metrics server
   std::string metrics_host = "127.0.0.1";
   std::string log_level = "info";
   bool log_json = false;
@@ -105,6 +106,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--config", flags.config, "cluster YAML (its loader: section)")
       ->check(CLI::ExistingFile);
+  app.add_option("--max-bandwidth", flags.max_bandwidth,
+                 "pace weight chunks to this many bytes/s over all peers, e.g. 500M, to play a "
+                 "slow disk or network; 0: unlimited")
+      ->capture_default_str();
   app.add_option("--metrics-port", flags.metrics_port,
                  "serve Prometheus GET /metrics on this port (0: OS pick; -1: off)")
       ->check(CLI::Range(-1, 65535));
@@ -126,8 +131,15 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "chord-loader: --model (or loader.model in --config) is required\n");
     return 2;
   }
-  chord::log::Info("chord-loader: model %s, bind %s, config %s", flags.model, flags.bind,
-                   flags.config.empty() ? "(none)" : flags.config);
+  absl::StatusOr<uint64_t> max_bandwidth = chord::ParseByteSize(flags.max_bandwidth);
+  if (!max_bandwidth.ok()) {
+    std::fprintf(stderr, "chord-loader: --max-bandwidth: %s\n",
+                 std::string(max_bandwidth.status().message()).c_str());
+    return 2;
+  }
+  chord::log::Info("chord-loader: model %s, bind %s, config %s, max bandwidth %s", flags.model,
+                   flags.bind, flags.config.empty() ? "(none)" : flags.config,
+                   *max_bandwidth == 0 ? "unlimited" : flags.max_bandwidth + " bytes/s");
 
   absl::StatusOr<std::unique_ptr<chord::gguf::GgufFile>> file =
       chord::gguf::GgufFile::Open(flags.model);
@@ -145,6 +157,7 @@ int main(int argc, char** argv) {
   zmq::context_t context(1);
   chord::loader::WeightServiceOptions options;
   options.bind = flags.bind;
+  options.max_bytes_per_second = *max_bandwidth;
   absl::StatusOr<std::unique_ptr<chord::loader::WeightService>> service =
       chord::loader::WeightService::Create(context, **file, *sha256,
                                            std::filesystem::path(flags.model).filename().string(),

@@ -69,26 +69,50 @@ absl::StatusOr<std::unique_ptr<WeightService>> WeightService::Create(
     return absl::UnavailableError(
         absl::StrCat("cannot bind the loader to ", options.bind, ": ", error.what()));
   }
-  std::unique_ptr<WeightService> service(new WeightService(
-      file, std::move(model_sha256), std::move(file_name), options.node_id, std::move(socket)));
+  std::unique_ptr<WeightService> service(
+      new WeightService(file, std::move(model_sha256), std::move(file_name), options.node_id,
+                        options.max_bytes_per_second, std::move(socket)));
   service->endpoint_ = std::move(endpoint);
   return service;
 }
 
 WeightService::WeightService(const gguf::GgufFile& file, std::string model_sha256,
-                             std::string file_name, std::string node_id, zmq::socket_t socket)
+                             std::string file_name, std::string node_id,
+                             uint64_t max_bytes_per_second, zmq::socket_t socket)
     : file_(file),
       model_sha256_(std::move(model_sha256)),
       file_name_(std::move(file_name)),
       node_id_(std::move(node_id)),
+      max_bytes_per_second_(max_bytes_per_second),
       socket_(std::move(socket)) {}
+
+std::chrono::milliseconds WeightService::SendPaced() {
+  // The link takes one chunk at a time: a chunk of n bytes leaves n / rate
+  // seconds after the link became free (or after it arrived, if later).
+  while (!paced_.empty()) {
+    const Clock::time_point now = Clock::now();
+    const PacedChunk& next = paced_.front();
+    const auto transfer = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+        static_cast<double>(next.payload.size()) / static_cast<double>(max_bytes_per_second_)));
+    const Clock::time_point due = std::max(link_free_at_, next.queued_at) + transfer;
+    if (due > now) {
+      return std::max(std::chrono::milliseconds(1),
+                      std::chrono::ceil<std::chrono::milliseconds>(due - now));
+    }
+    SendChunk(next.identity, next.chunk, next.payload);
+    link_free_at_ = due;
+    paced_.pop_front();
+  }
+  return kPollInterval;
+}
 
 absl::Status WeightService::Run() {
   auto next_totals = std::chrono::steady_clock::now() + kTotalsInterval;
   while (!stop_.load()) {
+    const std::chrono::milliseconds wait = std::min(SendPaced(), kPollInterval);
     zmq::pollitem_t items[] = {{socket_.handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 1, kPollInterval);
+      zmq::poll(items, 1, wait);
     } catch (const zmq::error_t& error) {
       if (error.num() == EINTR) continue;  // a signal: look at stop_ again
       return absl::UnavailableError(absl::StrCat("loader poll: ", error.what()));
@@ -149,7 +173,10 @@ void WeightService::Handle(wire::Message& message) {
   }
   if (known == accepted_.end()) {
     // Answered rather than dropped, so that the peer learns why instead of timing out.
-    const absl::Status refused = absl::FailedPreconditionError("send a Hello first");
+    // UNAUTHENTICATED tells the client to say Hello again: this is what a
+    // worker sees after the loader restarted.
+    const absl::Status refused =
+        absl::UnauthenticatedError("this loader has had no Hello from you");
     pb::Envelope reply;
     if (envelope.has_model_info_request()) {
       *reply.mutable_model_info_reply()->mutable_status() = wire::ToProto(refused, node_id_);
@@ -242,6 +269,10 @@ void WeightService::HandleTensorRequest(const std::string& identity,
   const std::span<const uint8_t> payload((*tensor)->data + request.offset(), request.length());
   chunk.set_length(payload.size());
   chunk.set_xxh3_64(XXH3_64bits(payload.data(), payload.size()));
+  if (max_bytes_per_second_ > 0) {
+    paced_.push_back(PacedChunk{identity, std::move(chunk), payload, Clock::now()});
+    return;
+  }
   SendChunk(identity, chunk, payload);
 }
 

@@ -17,7 +17,9 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -43,6 +45,9 @@ struct WeightServiceOptions {
   int receive_hwm = 1000;  // requests queued per peer before ZeroMQ stops reading
   int64_t max_message_bytes =
       1 << 20;  // inbound messages are small; larger ones disconnect the peer
+  // Paces tensor chunks to this many payload bytes per second over all peers,
+  // as a slow disk or network would (0: as fast as the socket takes them).
+  uint64_t max_bytes_per_second = 0;
 };
 
 // What the service has done for one peer (keyed by its ROUTER identity, in hex).
@@ -73,8 +78,17 @@ class WeightService {
   std::map<std::string, PeerStats> Stats() const;
 
  private:
+  using Clock = std::chrono::steady_clock;
+  // A chunk waiting for the paced link.
+  struct PacedChunk {
+    std::string identity;
+    wire::pb::TensorChunk chunk;
+    std::span<const uint8_t> payload;
+    Clock::time_point queued_at;
+  };
+
   WeightService(const gguf::GgufFile& file, std::string model_sha256, std::string file_name,
-                std::string node_id, zmq::socket_t socket);
+                std::string node_id, uint64_t max_bytes_per_second, zmq::socket_t socket);
 
   void Handle(wire::Message& message);
   void HandleHello(const std::string& identity, const wire::pb::Hello& hello);
@@ -84,6 +98,8 @@ class WeightService {
   absl::StatusOr<const gguf::TensorInfo*> Validate(const wire::pb::TensorRequest& request) const;
   void SendChunk(const std::string& identity, const wire::pb::TensorChunk& chunk,
                  std::span<const uint8_t> payload);
+  // Sends the paced chunks whose time has come; returns how long until the next one.
+  std::chrono::milliseconds SendPaced();
   void Reply(const std::string& identity, const wire::pb::Envelope& envelope);
   void Drop(const std::string& identity, absl::string_view why);
   void LogTotals();
@@ -92,7 +108,10 @@ class WeightService {
   const std::string model_sha256_;
   const std::string file_name_;
   const std::string node_id_;
+  const uint64_t max_bytes_per_second_;
   zmq::socket_t socket_;
+  std::deque<PacedChunk> paced_;
+  Clock::time_point link_free_at_{};  // when the paced link has sent what it took
   std::string endpoint_;
   std::atomic<bool> stop_{false};
 

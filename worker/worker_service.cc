@@ -339,15 +339,14 @@ void WorkerService::LogShardCacheStats(bool summary) {
   if (!summary && now - cache_stats_logged_ < std::chrono::seconds(10)) return;
   cache_stats_logged_ = now;
   log::Info(
-      "worker %s: shard cache%s: %d hits, %d misses (%d synchronous loads), stalled %.2fs, "
-      "%d layers fetched (%s, %d failed), %d evictions, %s held (peak %s of %s), prefetch depth "
-      "%d, "
-      "per layer fetch %.1f ms / compute %.1f ms",
+      "worker %s: shard cache%s: %d hits, %d misses (%d synchronous loads), stalled %.2fs, %d "
+      "layers fetched (%s, %d failed), %d evictions, %s held (peak %d of %d bytes), prefetch "
+      "depth %d, per layer fetch %.1f ms / compute %.1f ms",
       options_.worker_id, summary ? " summary" : "", stats.hits, stats.misses, stats.sync_loads,
       stats.stall_seconds, stats.fetches, Mib(stats.bytes_fetched), stats.failed_fetches,
-      stats.evictions, Mib(stats.bytes_reserved), Mib(stats.peak_bytes_reserved),
-      Mib(executor_->weight_bytes()), stats.prefetch_depth, stats.fetch_seconds_per_layer * 1e3,
-      stats.compute_seconds_per_layer * 1e3);
+      stats.evictions, Mib(stats.bytes_reserved), stats.peak_bytes_reserved,
+      executor_->shard_cache()->capacity_bytes(), stats.prefetch_depth,
+      stats.fetch_seconds_per_layer * 1e3, stats.compute_seconds_per_layer * 1e3);
 }
 
 void WorkerService::HandleAssign(const pb::AssignLayers& a) {

@@ -1,6 +1,10 @@
 #include "cli/serve/local_cluster.h"
 
+#include <unistd.h>
+
 #include <charconv>
+#include <cstdint>
+#include <filesystem>
 
 #include "cli/serve/health_probe.h"
 #include "common/base/status.h"
@@ -79,8 +83,19 @@ absl::Status LocalCluster::StartAll() {
   }
 
   Spec loader{"loader", bin + "/chord-loader", common, kLoaderReady};
+  loader.args.insert(loader.args.end(), options_.loader_args.begin(), options_.loader_args.end());
   if (!options_.model.empty()) SetFlag(loader.args, "--model", options_.model);
-  SetFlag(loader.args, "--bind", "tcp://127.0.0.1:0");
+  if (options_.loader_transport == "ipc") {
+    ipc_path_ = (std::filesystem::temp_directory_path() /
+                 absl::StrCat("chord-loader-", getpid(), "-", reinterpret_cast<uintptr_t>(this), ".ipc"))
+                    .string();
+    SetFlag(loader.args, "--bind", "ipc://" + ipc_path_);
+  } else if (options_.loader_transport == "tcp") {
+    SetFlag(loader.args, "--bind", "tcp://127.0.0.1:0");
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("loader transport must be ipc or tcp, not '", options_.loader_transport, "'"));
+  }
   ASSIGN_OR_RETURN(loader_endpoint_, Launch(std::move(loader)));
   SetFlag(specs_[0].args, "--bind", loader_endpoint_);  // a restart binds the same port
 
@@ -100,6 +115,7 @@ absl::Status LocalCluster::StartAll() {
 
   for (int i = 0; i < options_.workers; ++i) {
     Spec worker{"w" + std::to_string(i), bin + "/chord-worker", common, ""};
+    worker.args.insert(worker.args.end(), options_.worker_args.begin(), options_.worker_args.end());
     SetFlag(worker.args, "--coordinator", control_endpoint_);
     SetFlag(worker.args, "--id", worker.name);
     SetFlag(worker.args, "--data-bind", "tcp://127.0.0.1:0");
@@ -143,6 +159,7 @@ std::vector<std::string> LocalCluster::Stop(std::chrono::milliseconds grace) {
     children_[i].reset();
   }
   children_.clear();
+  if (!ipc_path_.empty()) std::filesystem::remove(ipc_path_);  // the loader's socket file
   return unclean;
 }
 

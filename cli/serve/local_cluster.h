@@ -33,6 +33,11 @@ struct LocalClusterOptions {
   int threads_per_worker = 0;  // 0: the worker's default
   std::vector<std::string> log_args;  // e.g. {"--log-level", "warn"}, given to every child
   std::vector<std::string> coordinator_args;  // extra flags, e.g. {"--http-port", "8080"}
+  std::vector<std::string> loader_args;       // e.g. {"--max-bandwidth", "500M"}
+  std::vector<std::string> worker_args;       // e.g. {"--memory-budget", "200M"}, every worker
+  // How workers reach the loader on this host: "ipc" (a Unix socket: no TCP
+  // stack between them) or "tcp" (loopback).
+  std::string loader_transport = "ipc";
   // Receives every line of every child, with the child's name ("loader", "coordinator", "w0"...).
   std::function<void(const std::string& child, std::string_view line)> on_line;
   std::chrono::milliseconds start_timeout{120000};
@@ -75,6 +80,7 @@ class LocalCluster {
   absl::Status StartAll();
 
   LocalClusterOptions options_;
+  std::string ipc_path_;  // the loader's socket file, when it binds ipc
   std::vector<Spec> specs_;
   std::vector<std::unique_ptr<ChildProcess>> children_;
   std::string loader_endpoint_;

@@ -310,6 +310,13 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
     const absl::Status accepted = AcceptChunk(info, chunks[index], *message, out);
     if (accepted.ok()) {
       ++done;
+    } else if (absl::IsUnauthenticated(accepted)) {
+      // The loader does not know us: it restarted. Say Hello again (replies
+      // to the other requests in flight are lost with it: they time out and
+      // are asked again), then ask for this chunk again.
+      log::Warn("loader client: %s forgot this client (restarted?); saying Hello again", endpoint_);
+      RETURN_IF_ERROR(Handshake(model_sha256_));
+      RETURN_IF_ERROR(Retry(index, chunks[index], accepted, retries));
     } else if (IsFinal(accepted.code())) {
       return accepted;
     } else {

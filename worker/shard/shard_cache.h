@@ -98,6 +98,7 @@ class ShardCache final : public LayerSource {
   ShardCacheStats Stats() const;
   // Layers that fit at once, and the most the window can hold (0: no room to prefetch).
   int64_t layers_that_fit() const { return layers_that_fit_; }
+  uint64_t capacity_bytes() const { return options_.capacity_bytes; }
   int max_prefetch_depth() const;
 
  private:
