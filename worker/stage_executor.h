@@ -23,7 +23,7 @@
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
 #include "worker/sampler.h"
-#include "worker/shard/shard_cache.h"
+#include "worker/shard/stage_weights.h"
 #include "worker/step_validation.h"
 
 namespace chord {
@@ -44,14 +44,6 @@ SamplingParams ToSamplingParams(const wire::pb::Sampling& sampling);
 // second (best of 3 products over a random ~4 MiB Q8_0 matrix): what the
 // coordinator balances layer ranges by.
 absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool);
-
-// A stage's weights: every tensor of the range in memory, or the stage
-// tensors (embeddings, output) in memory and the layers in a shard cache.
-struct StageWeights {
-  std::unique_ptr<TensorSource> tensors;
-  std::unique_ptr<ShardCache> layers;  // null: every layer is in `tensors`
-  uint64_t bytes = 0;                  // what they may take: held tensors plus cache capacity
-};
 
 class StageExecutor {
  public:

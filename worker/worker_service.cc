@@ -9,7 +9,7 @@
 #include "common/model/model_config.h"
 #include "worker/fetched_tensors.h"
 #include "worker/models/llama.h"
-#include "worker/shard/fill_progress.h"
+#include "worker/shard/stage_weights.h"
 
 namespace chord {
 namespace {
@@ -37,9 +37,6 @@ struct LoadContext {
   ThreadPool& pool;
   std::function<void()> wait_hook;  // for the shard cache; runs on the compute thread
 };
-
-// "12.3 MiB"
-std::string Mib(uint64_t bytes) { return absl::StrFormat("%.1f MiB", bytes / 1048576.0); }
 
 absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig& config,
                                    const WorkerOptions& options) {
@@ -84,78 +81,19 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
   if (info.header == nullptr) return absl::DataLossError("the loader sent no model header");
   ASSIGN_OR_RETURN(const ModelConfig config, ReadModelConfig(*info.header));
   ASSIGN_OR_RETURN(const StagePlan plan, MakePlan(a, config, ctx.options));
-  const gguf::GgufFile& header = *info.header;
-  const std::vector<std::string> stage_names = LlamaStage::StageTensorNames(config, plan.range);
-  ASSIGN_OR_RETURN(const uint64_t stage_bytes, FetchedTensors::BytesNeeded(header, stage_names));
-  std::vector<uint64_t> layer_bytes;
-  for (int64_t l = plan.range.first; l < plan.range.end; ++l) {
-    ASSIGN_OR_RETURN(const uint64_t bytes,
-                     FetchedTensors::BytesNeeded(header, LlamaStage::LayerTensorNames(l)));
-    layer_bytes.push_back(bytes);
-  }
-  uint64_t needed = stage_bytes;
-  for (const uint64_t bytes : layer_bytes) needed += bytes;
-  const uint64_t budget = ctx.options.memory_budget_bytes;
-  const auto fetch_tensor = [&client](const gguf::TensorInfo& t, uint8_t* out) {
-    return client->FetchTensor(t, out);
-  };
-  StageWeights weights;
-  if (budget == 0 || needed <= budget) {
-    log::Info("worker %s: fetching layers [%d, %d) (%s) from %s; they stay resident",
-              ctx.options.worker_id, plan.range.first, plan.range.end, Mib(needed),
-              a.loader_endpoint());
-    ASSIGN_OR_RETURN(
-        weights.tensors,
-        FetchedTensors::Fetch(header, LlamaStage::TensorNames(config, plan.range), fetch_tensor));
-    weights.bytes = needed;
-    return StageExecutor::Create(config, plan, std::move(weights), ctx.pool);
-  }
-  // The range streams through a shard cache of what the budget leaves.
-  const uint64_t largest = *std::max_element(layer_bytes.begin(), layer_bytes.end());
-  const uint64_t minimum = stage_bytes + largest;
-  if (budget < minimum) {
-    return absl::ResourceExhaustedError(absl::StrFormat(
-        "layers [%d, %d) need a memory budget of at least %d bytes (%s: the largest layer, %d "
-        "bytes, plus %d bytes of embedding and output tensors); the budget is %d bytes",
-        plan.range.first, plan.range.end, minimum, Mib(minimum), largest, stage_bytes, budget));
-  }
-  if (budget < minimum + largest) {
-    log::Warn(
-        "worker %s: a budget of %s holds one layer at a time: no room to prefetch (at least "
-        "%d bytes leave room for one layer ahead)",
-        ctx.options.worker_id, Mib(budget), minimum + largest);
-  }
-  ASSIGN_OR_RETURN(weights.tensors, FetchedTensors::Fetch(header, stage_names, fetch_tensor));
-  weights.bytes = budget;
-  // The cache's fetch thread gets a loader connection of its own.
-  ASSIGN_OR_RETURN(std::shared_ptr<LoaderClient> layer_client,
-                   ctx.connect(ctx.context, a.loader_endpoint(), ctx.model_sha256));
-  std::shared_ptr<gguf::GgufFile> shared_header = std::move(info.header);
-  ShardCacheOptions cache_options;
-  cache_options.capacity_bytes = budget - stage_bytes;
-  cache_options.prefetch_depth = ctx.options.prefetch_depth;
-  cache_options.wait_hook = ctx.wait_hook;
-  ASSIGN_OR_RETURN(weights.layers,
-                   ShardCache::Create(
-                       plan.range, layer_bytes, cache_options,
-                       [layer_client, shared_header](int64_t layer, const std::atomic<bool>& cancel)
-                           -> absl::StatusOr<std::unique_ptr<FetchedTensors>> {
-                         return FetchedTensors::Fetch(
-                             *shared_header, LlamaStage::LayerTensorNames(layer),
-                             [&](const gguf::TensorInfo& t, uint8_t* out) {
-                               if (cancel.load()) return absl::CancelledError("not needed now");
-                               return layer_client->FetchTensor(t, out);
-                             });
-                       }));
-  log::Info(
-      "worker %s: layers [%d, %d) take %s, over the %s budget: they stream through a %s "
-      "shard cache (%d of %d layers fit, prefetch depth up to %d) from %s",
-      ctx.options.worker_id, plan.range.first, plan.range.end, Mib(needed), Mib(budget),
-      Mib(cache_options.capacity_bytes), weights.layers->layers_that_fit(), layer_bytes.size(),
-      weights.layers->max_prefetch_depth(), a.loader_endpoint());
-  FillProgress progress(absl::StrCat("worker ", ctx.options.worker_id, ": filling shard cache"));
-  RETURN_IF_ERROR(weights.layers->Fill(
-      [&progress](int64_t done, int64_t total) { progress.Update(done, total); }));
+  StageWeightsOptions options;
+  options.label = absl::StrCat("worker ", ctx.options.worker_id);
+  options.memory_budget_bytes = ctx.options.memory_budget_bytes;
+  options.prefetch_depth = ctx.options.prefetch_depth;
+  options.wait_hook = ctx.wait_hook;
+  options.loader_endpoint = a.loader_endpoint();
+  ASSIGN_OR_RETURN(StageWeights weights,
+                   FetchStageWeights(
+                       config, std::move(info.header), plan.range, *client,
+                       [&ctx, &a]() -> absl::StatusOr<std::unique_ptr<LoaderClient>> {
+                         return ctx.connect(ctx.context, a.loader_endpoint(), ctx.model_sha256);
+                       },
+                       options));
   return StageExecutor::Create(config, plan, std::move(weights), ctx.pool);
 }
 
