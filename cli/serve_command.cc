@@ -40,7 +40,7 @@ struct ServeFlags {
   std::string worker_budget;        // per worker, e.g. 200M; empty: unlimited
   int prefetch_depth = -1;          // -1: derived
   std::string loader_max_bandwidth;  // bytes/s, e.g. 500M; empty: unlimited
-  std::string loader_transport = "ipc";
+  std::string loader_transport = "shm";
 };
 
 // Restart backoff per child: doubles from 0.5 s up to 10 s, and starts over
@@ -142,7 +142,10 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
                            std::to_string(flags.prefetch_depth)};
   }
   if (!flags.loader_max_bandwidth.empty()) options.loader_args = {"--max-bandwidth", flags.loader_max_bandwidth};
-  options.loader_transport = flags.loader_transport;
+  options.loader_transport = flags.loader_transport == "tcp" ? "tcp" : "ipc";
+  if (flags.loader_transport == "ipc") {
+    options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
+  }
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
   if (!flags.chat_template.empty()) {
     options.coordinator_args.insert(options.coordinator_args.end(), {"--chat-template", flags.chat_template});
@@ -210,9 +213,10 @@ Subcommand AddServeCommand(CLI::App& parent) {
                   "pace the loader to this many bytes/s, e.g. 500M, to play a slow disk or network")
       ->check(ByteSizeValidator());
   app->add_option("--loader-transport", flags->loader_transport,
-                  "how workers reach the loader: ipc (Unix socket) or tcp (loopback)")
+                  "how workers get weights from the loader: shm (they map its file and take "
+                  "checksums over a Unix socket), ipc (bytes over a Unix socket) or tcp (loopback)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"ipc", "tcp"}));
+      ->check(CLI::IsMember({"shm", "ipc", "tcp"}));
   return {app, [flags, app] { return RunServe(*app, *flags); }};
 }
 

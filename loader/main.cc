@@ -158,6 +158,7 @@ int main(int argc, char** argv) {
   chord::loader::WeightServiceOptions options;
   options.bind = flags.bind;
   options.max_bytes_per_second = *max_bandwidth;
+  options.file_path = std::filesystem::absolute(flags.model).string();
   absl::StatusOr<std::unique_ptr<chord::loader::WeightService>> service =
       chord::loader::WeightService::Create(context, **file, *sha256,
                                            std::filesystem::path(flags.model).filename().string(),

@@ -70,20 +70,21 @@ absl::StatusOr<std::unique_ptr<WeightService>> WeightService::Create(
         absl::StrCat("cannot bind the loader to ", options.bind, ": ", error.what()));
   }
   std::unique_ptr<WeightService> service(
-      new WeightService(file, std::move(model_sha256), std::move(file_name), options.node_id,
-                        options.max_bytes_per_second, std::move(socket)));
+      new WeightService(file, std::move(model_sha256), std::move(file_name), options,
+                        std::move(socket)));
   service->endpoint_ = std::move(endpoint);
   return service;
 }
 
 WeightService::WeightService(const gguf::GgufFile& file, std::string model_sha256,
-                             std::string file_name, std::string node_id,
-                             uint64_t max_bytes_per_second, zmq::socket_t socket)
+                             std::string file_name, const WeightServiceOptions& options,
+                             zmq::socket_t socket)
     : file_(file),
       model_sha256_(std::move(model_sha256)),
       file_name_(std::move(file_name)),
-      node_id_(std::move(node_id)),
-      max_bytes_per_second_(max_bytes_per_second),
+      node_id_(options.node_id),
+      file_path_(options.file_path),
+      max_bytes_per_second_(options.max_bytes_per_second),
       socket_(std::move(socket)) {}
 
 std::chrono::milliseconds WeightService::SendPaced() {
@@ -99,7 +100,8 @@ std::chrono::milliseconds WeightService::SendPaced() {
       return std::max(std::chrono::milliseconds(1),
                       std::chrono::ceil<std::chrono::milliseconds>(due - now));
     }
-    SendChunk(next.identity, next.chunk, next.payload);
+    SendChunk(next.identity, next.chunk,
+              next.send_payload ? next.payload : std::span<const uint8_t>());
     link_free_at_ = due;
     paced_.pop_front();
   }
@@ -223,6 +225,8 @@ void WeightService::HandleModelInfo(const std::string& identity) {
   pb::ModelInfoReply* info = reply.mutable_model_info_reply();
   info->set_model_sha256(model_sha256_);
   info->set_file_name(file_name_);
+  info->set_file_path(file_path_);
+  info->set_data_offset(file_.data_offset());
   const std::span<const uint8_t> header = file_.bytes().first(file_.data_offset());
   info->set_metadata_gguf(reinterpret_cast<const char*>(header.data()), header.size());
   for (const gguf::TensorInfo& tensor : file_.tensors()) {
@@ -269,11 +273,12 @@ void WeightService::HandleTensorRequest(const std::string& identity,
   const std::span<const uint8_t> payload((*tensor)->data + request.offset(), request.length());
   chunk.set_length(payload.size());
   chunk.set_xxh3_64(XXH3_64bits(payload.data(), payload.size()));
+  const bool send_payload = !request.checksum_only();
   if (max_bytes_per_second_ > 0) {
-    paced_.push_back(PacedChunk{identity, std::move(chunk), payload, Clock::now()});
+    paced_.push_back(PacedChunk{identity, std::move(chunk), payload, send_payload, Clock::now()});
     return;
   }
-  SendChunk(identity, chunk, payload);
+  SendChunk(identity, chunk, send_payload ? payload : std::span<const uint8_t>());
 }
 
 void WeightService::SendChunk(const std::string& identity, const pb::TensorChunk& chunk,

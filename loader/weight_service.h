@@ -41,6 +41,7 @@ absl::StatusOr<std::string> Sha256Hex(std::span<const uint8_t> bytes);
 struct WeightServiceOptions {
   std::string bind = "tcp://127.0.0.1:5556";  // port 0 or "*": the OS picks one
   std::string node_id = "loader";
+  std::string file_path;   // absolute; told to peers so that same-host ones can map the file
   int send_hwm = 1000;     // messages queued per peer before replies are dropped
   int receive_hwm = 1000;  // requests queued per peer before ZeroMQ stops reading
   int64_t max_message_bytes =
@@ -83,12 +84,13 @@ class WeightService {
   struct PacedChunk {
     std::string identity;
     wire::pb::TensorChunk chunk;
-    std::span<const uint8_t> payload;
+    std::span<const uint8_t> payload;  // what the link carries (and paces)
+    bool send_payload = true;
     Clock::time_point queued_at;
   };
 
   WeightService(const gguf::GgufFile& file, std::string model_sha256, std::string file_name,
-                std::string node_id, uint64_t max_bytes_per_second, zmq::socket_t socket);
+                const WeightServiceOptions& options, zmq::socket_t socket);
 
   void Handle(wire::Message& message);
   void HandleHello(const std::string& identity, const wire::pb::Hello& hello);
@@ -108,6 +110,7 @@ class WeightService {
   const std::string model_sha256_;
   const std::string file_name_;
   const std::string node_id_;
+  const std::string file_path_;
   const uint64_t max_bytes_per_second_;
   zmq::socket_t socket_;
   std::deque<PacedChunk> paced_;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <thread>
 #include <vector>
 
@@ -413,6 +414,42 @@ TEST(WeightServiceTest, ServesOverIpc) {
   auto client = served.Connect();
   ASSERT_TRUE(client.ok()) << client.status();
   ExpectAllTensorsMatch(**client, served.file());
+}
+
+// Over ipc the client maps the loader's file and takes only checksums; a
+// local file that differs from the loader's (here: a copy with one byte
+// flipped) fails a checksum and the client falls back to payloads.
+TEST(WeightServiceTest, SameHostClientsReadTheMappedFileAndCheckIt) {
+  const auto dir = std::filesystem::temp_directory_path();
+  const std::string pid = std::to_string(getpid());
+  for (const bool corrupt : {false, true}) {
+    std::string local = CHORD_DEFAULT_MODEL;
+    if (corrupt) {
+      local = (dir / ("chord-loader-test-" + pid + ".gguf")).string();
+      std::filesystem::copy_file(CHORD_DEFAULT_MODEL, local,
+                                 std::filesystem::copy_options::overwrite_existing);
+      std::fstream file(local, std::ios::in | std::ios::out | std::ios::binary);
+      file.seekp(-1000, std::ios::end);  // inside the last tensor
+      file.put('\x7f');
+    }
+    WeightServiceOptions options;
+    options.bind = "ipc://" + (dir / ("chord-loader-test-" + pid + ".ipc")).string();
+    options.file_path = local;
+    Served served(CHORD_DEFAULT_MODEL, options);
+    ASSERT_TRUE(served.ok());
+    auto client = served.Connect();
+    ASSERT_TRUE(client.ok()) << client.status();
+    ASSERT_TRUE((*client)->FetchModelInfo().ok());  // learns the path, maps the file
+    ExpectAllTensorsMatch(**client, served.file());
+    uint64_t payload_bytes = 0;
+    for (const auto& [peer, stats] : served.service().Stats()) payload_bytes += stats.bytes_sent;
+    if (corrupt) {
+      EXPECT_GT(payload_bytes, 0u);  // fell back to payloads after the mismatch
+      std::filesystem::remove(local);
+    } else {
+      EXPECT_EQ(payload_bytes, 0u);  // every byte came from the mapping
+    }
+  }
 }
 
 // A client keeps its connection across a loader restart: requests time out

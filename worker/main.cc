@@ -51,6 +51,11 @@ int main(int argc, char** argv) {
   app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
       ->check(CLI::ExistingFile);
+  chord::LoaderClientOptions loader_options;
+  app.add_option("--loader-local-reads", loader_options.local_reads,
+                 "with an ipc:// loader (same host), copy weights from its mapped file and take "
+                 "only checksums over the socket")
+      ->capture_default_str();
   int metrics_port = -1;
   std::string metrics_host = "127.0.0.1";
   app.add_option("--metrics-port", metrics_port,
@@ -110,7 +115,6 @@ int main(int argc, char** argv) {
   }
   zmq::context_t context(1);
   chord::ThreadPool pool(threads);
-  chord::LoaderClientOptions loader_options;
   loader_options.node_id = o.worker_id;
   chord::LoaderConnector connect =
       [loader_options](zmq::context_t& ctx, const std::string& endpoint, const std::string& sha) {

@@ -1,5 +1,9 @@
 #include "loader/client/loader_client.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <algorithm>
@@ -68,6 +72,7 @@ class LoaderClientImpl final : public LoaderClient {
  public:
   LoaderClientImpl(zmq::socket_t socket, std::string endpoint, const LoaderClientOptions& options)
       : socket_(std::move(socket)), endpoint_(std::move(endpoint)), options_(options) {}
+  ~LoaderClientImpl() override { UnmapLocal(); }
 
   absl::Status Handshake(const std::string& expected_model_sha256);
   absl::StatusOr<LoaderModelInfo> FetchModelInfo() override;
@@ -90,7 +95,10 @@ class LoaderClientImpl final : public LoaderClient {
   // One message, or nullopt once `deadline` passes. Malformed frames are dropped.
   absl::StatusOr<std::optional<wire::Message>> ReceiveUntil(Clock::time_point deadline);
   absl::Status SendEnvelope(const pb::Envelope& envelope);
-  absl::StatusOr<LoaderModelInfo> BuildModelInfo(const pb::ModelInfoReply& reply) const;
+  absl::StatusOr<LoaderModelInfo> BuildModelInfo(const pb::ModelInfoReply& reply);
+  // Maps the loader's file when it is on this host (see LoaderClientOptions::local_reads).
+  void MapLocal(const pb::ModelInfoReply& reply);
+  void UnmapLocal();
   Clock::duration Backoff(int attempts) const;
   void SendChunkRequest(const gguf::TensorInfo& info, size_t index, Chunk& chunk,
                         std::map<uint64_t, InFlight>& in_flight);
@@ -107,6 +115,9 @@ class LoaderClientImpl final : public LoaderClient {
   std::string model_sha256_;
   uint64_t next_request_id_ = 1;
   uint64_t bytes_received_ = 0;
+  const uint8_t* local_ = nullptr;  // the loader's file, mapped read-only; null: payloads
+  uint64_t local_size_ = 0;
+  uint64_t data_offset_ = 0;  // where tensor data starts in that file
 };
 
 absl::StatusOr<std::optional<wire::Message>> LoaderClientImpl::ReceiveUntil(
@@ -190,8 +201,34 @@ absl::StatusOr<LoaderModelInfo> LoaderClientImpl::FetchModelInfo() {
                                                 endpoint_, options_.max_attempts));
 }
 
-absl::StatusOr<LoaderModelInfo> LoaderClientImpl::BuildModelInfo(
-    const pb::ModelInfoReply& reply) const {
+void LoaderClientImpl::MapLocal(const pb::ModelInfoReply& reply) {
+  UnmapLocal();
+  if (!options_.local_reads || !endpoint_.starts_with("ipc://") || reply.file_path().empty())
+    return;
+  const int fd = open(reply.file_path().c_str(), O_RDONLY | O_CLOEXEC);
+  struct stat st {};
+  if (fd < 0 || fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < reply.data_offset()) {
+    log::Info("loader client: cannot map %s (%s); weights come over the socket", reply.file_path(),
+              std::strerror(errno));
+    if (fd >= 0) close(fd);
+    return;
+  }
+  void* mapped = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (mapped == MAP_FAILED) return;
+  local_ = static_cast<const uint8_t*>(mapped);
+  local_size_ = static_cast<uint64_t>(st.st_size);
+  data_offset_ = reply.data_offset();
+  log::Debug("loader client: reading weights from %s (same host), checksums from %s",
+             reply.file_path(), endpoint_);
+}
+
+void LoaderClientImpl::UnmapLocal() {
+  if (local_ != nullptr) munmap(const_cast<uint8_t*>(local_), local_size_);
+  local_ = nullptr;
+}
+
+absl::StatusOr<LoaderModelInfo> LoaderClientImpl::BuildModelInfo(const pb::ModelInfoReply& reply) {
   if (reply.has_status()) RETURN_IF_ERROR(wire::FromProto(reply.status()));
   if (reply.model_sha256() != model_sha256_) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -204,6 +241,7 @@ absl::StatusOr<LoaderModelInfo> LoaderClientImpl::BuildModelInfo(
         absl::StrCat("the loader's model metadata does not parse: ", header.status().message()));
   }
   RETURN_IF_ERROR(CheckTensorTable(reply, **header));
+  MapLocal(reply);
   LoaderModelInfo info;
   info.model_sha256 = reply.model_sha256();
   info.file_name = reply.file_name();
@@ -220,6 +258,7 @@ void LoaderClientImpl::SendChunkRequest(const gguf::TensorInfo& info, size_t ind
   request->set_name(info.name);
   request->set_offset(chunk.offset);
   request->set_length(chunk.length);
+  request->set_checksum_only(local_ != nullptr);
   ++chunk.attempts;
   in_flight[id] = InFlight{index, Clock::now() + options_.timeout};
   // A send the socket cannot take now is left to time out like a lost reply.
@@ -232,6 +271,20 @@ absl::Status LoaderClientImpl::AcceptChunk(const gguf::TensorInfo& info, const C
                                            const wire::Message& message, uint8_t* out) {
   const pb::TensorChunk& reply = message.envelope.tensor_chunk();
   if (reply.has_status()) RETURN_IF_ERROR(wire::FromProto(reply.status()));
+  if (local_ != nullptr && !message.has_payload && reply.name() == info.name &&
+      reply.offset() == chunk.offset && reply.length() == chunk.length) {
+    const uint64_t at = data_offset_ + info.offset + chunk.offset;
+    if (at > local_size_ || chunk.length > local_size_ - at ||
+        XXH3_64bits(local_ + at, chunk.length) != reply.xxh3_64()) {
+      UnmapLocal();  // not the loader's bytes after all: use payloads from now on
+      return absl::DataLossError(
+          absl::StrFormat("chunk [%d, +%d) of %s differs in the locally mapped file", chunk.offset,
+                          chunk.length, info.name));
+    }
+    std::memcpy(out + chunk.offset, local_ + at, chunk.length);
+    bytes_received_ += chunk.length;
+    return absl::OkStatus();
+  }
   if (reply.name() != info.name || reply.offset() != chunk.offset ||
       reply.length() != chunk.length || !message.has_payload ||
       message.payload.size() != chunk.length) {

@@ -33,6 +33,10 @@ struct LoaderClientOptions {
   int max_outstanding = 4;            // credit window: requests in flight
   std::chrono::milliseconds timeout{5000};  // per reply before a retry
   int max_attempts = 5;                     // per chunk, with exponential backoff
+  // Over an ipc:// endpoint the loader is on this host: map its file and ask
+  // for checksums only, copying the bytes from the mapping (one copy instead
+  // of three through the socket). Falls back to payloads if that fails.
+  bool local_reads = true;
 };
 
 struct LoaderModelInfo {
@@ -59,7 +63,8 @@ class LoaderClient {
   // Fills out[0, info.n_bytes) with the tensor's bytes, as they are in the file.
   virtual absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) = 0;
 
-  // Bytes received (payload only) since construction.
+  // Tensor bytes received since construction (payloads, or copied from the
+  // mapped file for local reads).
   virtual uint64_t bytes_received() const = 0;
 };
 
