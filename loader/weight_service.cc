@@ -69,9 +69,8 @@ absl::StatusOr<std::unique_ptr<WeightService>> WeightService::Create(
     return absl::UnavailableError(
         absl::StrCat("cannot bind the loader to ", options.bind, ": ", error.what()));
   }
-  std::unique_ptr<WeightService> service(
-      new WeightService(file, std::move(model_sha256), std::move(file_name), options,
-                        std::move(socket)));
+  std::unique_ptr<WeightService> service(new WeightService(
+      file, std::move(model_sha256), std::move(file_name), options, std::move(socket)));
   service->endpoint_ = std::move(endpoint);
   return service;
 }
@@ -257,6 +256,20 @@ absl::StatusOr<const gguf::TensorInfo*> WeightService::Validate(
   return tensor;
 }
 
+uint64_t WeightService::Checksum(const std::string& name, uint64_t offset,
+                                 std::span<const uint8_t> bytes) {
+  // Workers ask for the same chunks step after step (their chunk size is
+  // fixed), so each chunk's checksum is computed once. Bounded: a peer asking
+  // for ever-new ranges only resets the memo.
+  constexpr size_t kMaxMemo = 1 << 20;
+  ChunkKey key{name, offset, bytes.size()};
+  if (const auto found = checksums_.find(key); found != checksums_.end()) return found->second;
+  if (checksums_.size() >= kMaxMemo) checksums_.clear();
+  const uint64_t sum = XXH3_64bits(bytes.data(), bytes.size());
+  checksums_.emplace(std::move(key), sum);
+  return sum;
+}
+
 void WeightService::HandleTensorRequest(const std::string& identity,
                                         const pb::TensorRequest& request) {
   pb::TensorChunk chunk;
@@ -272,7 +285,7 @@ void WeightService::HandleTensorRequest(const std::string& identity,
   }
   const std::span<const uint8_t> payload((*tensor)->data + request.offset(), request.length());
   chunk.set_length(payload.size());
-  chunk.set_xxh3_64(XXH3_64bits(payload.data(), payload.size()));
+  chunk.set_xxh3_64(Checksum(request.name(), request.offset(), payload));
   const bool send_payload = !request.checksum_only();
   if (max_bytes_per_second_ > 0) {
     paced_.push_back(PacedChunk{identity, std::move(chunk), payload, send_payload, Clock::now()});

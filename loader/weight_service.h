@@ -25,6 +25,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <tuple>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -100,6 +101,8 @@ class WeightService {
   absl::StatusOr<const gguf::TensorInfo*> Validate(const wire::pb::TensorRequest& request) const;
   void SendChunk(const std::string& identity, const wire::pb::TensorChunk& chunk,
                  std::span<const uint8_t> payload);
+  // XXH3-64 of a tensor chunk, memoized.
+  uint64_t Checksum(const std::string& name, uint64_t offset, std::span<const uint8_t> bytes);
   // Sends the paced chunks whose time has come; returns how long until the next one.
   std::chrono::milliseconds SendPaced();
   void Reply(const std::string& identity, const wire::pb::Envelope& envelope);
@@ -114,6 +117,8 @@ class WeightService {
   const uint64_t max_bytes_per_second_;
   zmq::socket_t socket_;
   std::deque<PacedChunk> paced_;
+  using ChunkKey = std::tuple<std::string, uint64_t, uint64_t>;  // tensor, offset, length
+  std::map<ChunkKey, uint64_t> checksums_;
   Clock::time_point link_free_at_{};  // when the paced link has sent what it took
   std::string endpoint_;
   std::atomic<bool> stop_{false};

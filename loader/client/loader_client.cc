@@ -1,7 +1,6 @@
 #include "loader/client/loader_client.h"
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -96,7 +95,7 @@ class LoaderClientImpl final : public LoaderClient {
   absl::StatusOr<std::optional<wire::Message>> ReceiveUntil(Clock::time_point deadline);
   absl::Status SendEnvelope(const pb::Envelope& envelope);
   absl::StatusOr<LoaderModelInfo> BuildModelInfo(const pb::ModelInfoReply& reply);
-  // Maps the loader's file when it is on this host (see LoaderClientOptions::local_reads).
+  // Opens the loader's file when it is on this host (see LoaderClientOptions::local_reads).
   void MapLocal(const pb::ModelInfoReply& reply);
   void UnmapLocal();
   Clock::duration Backoff(int attempts) const;
@@ -115,7 +114,7 @@ class LoaderClientImpl final : public LoaderClient {
   std::string model_sha256_;
   uint64_t next_request_id_ = 1;
   uint64_t bytes_received_ = 0;
-  const uint8_t* local_ = nullptr;  // the loader's file, mapped read-only; null: payloads
+  int local_fd_ = -1;  // the loader's file, read with pread; -1: payloads
   uint64_t local_size_ = 0;
   uint64_t data_offset_ = 0;  // where tensor data starts in that file
 };
@@ -208,15 +207,12 @@ void LoaderClientImpl::MapLocal(const pb::ModelInfoReply& reply) {
   const int fd = open(reply.file_path().c_str(), O_RDONLY | O_CLOEXEC);
   struct stat st {};
   if (fd < 0 || fstat(fd, &st) != 0 || static_cast<uint64_t>(st.st_size) < reply.data_offset()) {
-    log::Info("loader client: cannot map %s (%s); weights come over the socket", reply.file_path(),
+    log::Info("loader client: cannot read %s (%s); weights come over the socket", reply.file_path(),
               std::strerror(errno));
     if (fd >= 0) close(fd);
     return;
   }
-  void* mapped = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-  close(fd);
-  if (mapped == MAP_FAILED) return;
-  local_ = static_cast<const uint8_t*>(mapped);
+  local_fd_ = fd;
   local_size_ = static_cast<uint64_t>(st.st_size);
   data_offset_ = reply.data_offset();
   log::Debug("loader client: reading weights from %s (same host), checksums from %s",
@@ -224,8 +220,21 @@ void LoaderClientImpl::MapLocal(const pb::ModelInfoReply& reply) {
 }
 
 void LoaderClientImpl::UnmapLocal() {
-  if (local_ != nullptr) munmap(const_cast<uint8_t*>(local_), local_size_);
-  local_ = nullptr;
+  if (local_fd_ >= 0) close(local_fd_);
+  local_fd_ = -1;
+}
+
+// Reads [at, at + length) of `fd` into `out`; false on an error or a short file.
+bool ReadFully(int fd, uint64_t at, uint64_t length, uint8_t* out) {
+  while (length > 0) {
+    const ssize_t n = pread(fd, out, length, static_cast<off_t>(at));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    out += n;
+    at += static_cast<uint64_t>(n);
+    length -= static_cast<uint64_t>(n);
+  }
+  return true;
 }
 
 absl::StatusOr<LoaderModelInfo> LoaderClientImpl::BuildModelInfo(const pb::ModelInfoReply& reply) {
@@ -258,7 +267,7 @@ void LoaderClientImpl::SendChunkRequest(const gguf::TensorInfo& info, size_t ind
   request->set_name(info.name);
   request->set_offset(chunk.offset);
   request->set_length(chunk.length);
-  request->set_checksum_only(local_ != nullptr);
+  request->set_checksum_only(local_fd_ >= 0);
   ++chunk.attempts;
   in_flight[id] = InFlight{index, Clock::now() + options_.timeout};
   // A send the socket cannot take now is left to time out like a lost reply.
@@ -271,17 +280,19 @@ absl::Status LoaderClientImpl::AcceptChunk(const gguf::TensorInfo& info, const C
                                            const wire::Message& message, uint8_t* out) {
   const pb::TensorChunk& reply = message.envelope.tensor_chunk();
   if (reply.has_status()) RETURN_IF_ERROR(wire::FromProto(reply.status()));
-  if (local_ != nullptr && !message.has_payload && reply.name() == info.name &&
+  if (local_fd_ >= 0 && !message.has_payload && reply.name() == info.name &&
       reply.offset() == chunk.offset && reply.length() == chunk.length) {
+    // pread copies straight from the page cache into place: no socket copies,
+    // and the file's pages do not count in this process's memory.
     const uint64_t at = data_offset_ + info.offset + chunk.offset;
+    uint8_t* into = out + chunk.offset;
     if (at > local_size_ || chunk.length > local_size_ - at ||
-        XXH3_64bits(local_ + at, chunk.length) != reply.xxh3_64()) {
+        !ReadFully(local_fd_, at, chunk.length, into) ||
+        XXH3_64bits(into, chunk.length) != reply.xxh3_64()) {
       UnmapLocal();  // not the loader's bytes after all: use payloads from now on
-      return absl::DataLossError(
-          absl::StrFormat("chunk [%d, +%d) of %s differs in the locally mapped file", chunk.offset,
-                          chunk.length, info.name));
+      return absl::DataLossError(absl::StrFormat("chunk [%d, +%d) of %s differs in the local file",
+                                                 chunk.offset, chunk.length, info.name));
     }
-    std::memcpy(out + chunk.offset, local_ + at, chunk.length);
     bytes_received_ += chunk.length;
     return absl::OkStatus();
   }
