@@ -37,6 +37,14 @@ absl::StatusOr<uint64_t> FetchedTensors::BytesNeeded(const gguf::GgufFile& heade
 
 absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::Fetch(
     const gguf::GgufFile& header, std::span<const std::string> names, const FetchFn& fetch) {
+  return FetchBatch(header, names, [&fetch](std::span<const gguf::TensorRead> reads) {
+    for (const gguf::TensorRead& read : reads) RETURN_IF_ERROR(fetch(*read.info, read.out));
+    return absl::OkStatus();
+  });
+}
+
+absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::FetchBatch(
+    const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch) {
   ASSIGN_OR_RETURN(const uint64_t total, BytesNeeded(header, names));
   std::unique_ptr<FetchedTensors> tensors(new FetchedTensors());
   if (total > 0) {
@@ -54,14 +62,21 @@ absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::Fetch(
     if (tensors->index_.contains(name)) continue;  // asked for twice: one copy
     ASSIGN_OR_RETURN(const gguf::TensorInfo* described, Describe(header, name));
     gguf::TensorInfo info = *described;
-    uint8_t* out = tensors->memory_ + offset;
-    RETURN_IF_ERROR(fetch(info, out));
-    info.data = out;
+    info.data = tensors->memory_ + offset;
     info.offset = offset;
     offset += AlignUp(info.n_bytes);
     tensors->index_.emplace(name, tensors->tensors_.size());
     tensors->tensors_.push_back(std::move(info));
   }
+  // What the loader is asked for is the file's description of each tensor
+  // (its offset in the file's data section), filled into our memory.
+  std::vector<gguf::TensorRead> reads;
+  reads.reserve(tensors->tensors_.size());
+  for (const gguf::TensorInfo& held : tensors->tensors_) {
+    reads.push_back(
+        gguf::TensorRead{header.FindTensor(held.name), const_cast<uint8_t*>(held.data)});
+  }
+  RETURN_IF_ERROR(fetch(reads));
   return tensors;
 }
 

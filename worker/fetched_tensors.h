@@ -44,6 +44,12 @@ class FetchedTensors final : public TensorSource {
                                                                std::span<const std::string> names,
                                                                const FetchFn& fetch);
 
+  // The same with every tensor asked for at once (LoaderClient::FetchTensors
+  // pipelines them).
+  using BatchFetchFn = std::function<absl::Status(std::span<const gguf::TensorRead> reads)>;
+  static absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchBatch(
+      const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch);
+
   ~FetchedTensors() override;
   FetchedTensors(const FetchedTensors&) = delete;
   FetchedTensors& operator=(const FetchedTensors&) = delete;

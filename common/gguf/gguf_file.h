@@ -66,14 +66,20 @@ struct Value {
 struct TensorInfo {
   std::string name;
   DType type = DType::kF32;
-  std::vector<int64_t> dims;   // ne[0] first (innermost)
-  uint64_t offset = 0;         // relative to the start of the data section
+  std::vector<int64_t> dims;  // ne[0] first (innermost)
+  uint64_t offset = 0;        // relative to the start of the data section
   uint64_t n_elements = 0;
   uint64_t n_bytes = 0;
   const uint8_t* data = nullptr;  // into the mapping; n_bytes long
 
   int64_t rows() const;  // product of dims[1..], 1 for a vector
   int64_t cols() const { return dims.empty() ? 1 : dims[0]; }
+};
+
+// Where to put one tensor's bytes (n_bytes of them) when they are read or fetched.
+struct TensorRead {
+  const TensorInfo* info = nullptr;
+  uint8_t* out = nullptr;
 };
 
 class GgufFile {

@@ -75,11 +75,17 @@ class LoaderClientImpl final : public LoaderClient {
 
   absl::Status Handshake(const std::string& expected_model_sha256);
   absl::StatusOr<LoaderModelInfo> FetchModelInfo() override;
-  absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) override;
+  absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) override {
+    const gguf::TensorRead read{&info, out};
+    return FetchTensors(std::span<const gguf::TensorRead>(&read, 1), nullptr);
+  }
+  absl::Status FetchTensors(std::span<const gguf::TensorRead> reads,
+                            const std::atomic<bool>* cancel) override;
   uint64_t bytes_received() const override { return bytes_received_; }
 
  private:
   struct Chunk {
+    size_t read = 0;  // which TensorRead
     uint64_t offset = 0;
     uint64_t length = 0;
     int attempts = 0;
@@ -101,6 +107,7 @@ class LoaderClientImpl final : public LoaderClient {
   Clock::duration Backoff(int attempts) const;
   void SendChunkRequest(const gguf::TensorInfo& info, size_t index, Chunk& chunk,
                         std::map<uint64_t, InFlight>& in_flight);
+  absl::Status CheckReads(std::span<const gguf::TensorRead> reads) const;
   // Copies a verified chunk into `out`; DATA_LOSS when it is not what was asked for.
   absl::Status AcceptChunk(const gguf::TensorInfo& info, const Chunk& chunk,
                            const wire::Message& message, uint8_t* out);
@@ -324,12 +331,25 @@ absl::Status LoaderClientImpl::Retry(size_t index, const Chunk& chunk, const abs
   return absl::OkStatus();
 }
 
-absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t* out) {
-  if (info.n_bytes == 0) return absl::OkStatus();
-  if (out == nullptr) return absl::InvalidArgumentError("FetchTensor needs an output buffer");
+absl::Status LoaderClientImpl::CheckReads(std::span<const gguf::TensorRead> reads) const {
+  for (const gguf::TensorRead& read : reads) {
+    if (read.info == nullptr || (read.info->n_bytes > 0 && read.out == nullptr))
+      return absl::InvalidArgumentError("a tensor read needs a tensor and an output buffer");
+  }
+  return absl::OkStatus();
+}
+
+// The chunks of every tensor share one credit window, so that small tensors
+// do not each cost a round trip with the pipe drained.
+absl::Status LoaderClientImpl::FetchTensors(std::span<const gguf::TensorRead> reads,
+                                            const std::atomic<bool>* cancel) {
+  RETURN_IF_ERROR(CheckReads(reads));
   std::vector<Chunk> chunks;
-  for (uint64_t offset = 0; offset < info.n_bytes; offset += options_.chunk_bytes) {
-    chunks.push_back(Chunk{offset, std::min(options_.chunk_bytes, info.n_bytes - offset), 0});
+  for (size_t r = 0; r < reads.size(); ++r) {
+    const uint64_t n = reads[r].info->n_bytes;
+    for (uint64_t offset = 0; offset < n; offset += options_.chunk_bytes) {
+      chunks.push_back(Chunk{r, offset, std::min(options_.chunk_bytes, n - offset), 0});
+    }
   }
   std::map<uint64_t, InFlight> in_flight;  // by request_id; replies to anything else are stale
   RetryQueue retries;
@@ -337,6 +357,8 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
   size_t done = 0;
   const size_t window = static_cast<size_t>(options_.max_outstanding);
   while (done < chunks.size()) {
+    // Replies still in flight are dropped as stale by the next fetch.
+    if (cancel != nullptr && cancel->load()) return absl::CancelledError("fetch cancelled");
     for (auto it = in_flight.begin(); it != in_flight.end();) {
       if (it->second.deadline > Clock::now()) {
         ++it;
@@ -346,7 +368,7 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
       it = in_flight.erase(it);
       const absl::Status timed_out = absl::UnavailableError(absl::StrFormat(
           "no reply from %s for chunk [%d, +%d) of %s in %d ms", endpoint_, chunks[index].offset,
-          chunks[index].length, info.name, options_.timeout.count()));
+          chunks[index].length, reads[chunks[index].read].info->name, options_.timeout.count()));
       RETURN_IF_ERROR(Retry(index, chunks[index], timed_out, retries));
     }
     while (in_flight.size() < window) {
@@ -359,7 +381,7 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
       } else {
         break;
       }
-      SendChunkRequest(info, index, chunks[index], in_flight);
+      SendChunkRequest(*reads[chunks[index].read].info, index, chunks[index], in_flight);
     }
     Clock::time_point wake = Clock::now() + options_.timeout;
     for (const auto& [id, request] : in_flight) wake = std::min(wake, request.deadline);
@@ -371,7 +393,8 @@ absl::Status LoaderClientImpl::FetchTensor(const gguf::TensorInfo& info, uint8_t
     if (found == in_flight.end()) continue;  // a late reply to a request already re-asked
     const size_t index = found->second.chunk;
     in_flight.erase(found);
-    const absl::Status accepted = AcceptChunk(info, chunks[index], *message, out);
+    const gguf::TensorRead& read = reads[chunks[index].read];
+    const absl::Status accepted = AcceptChunk(*read.info, chunks[index], *message, read.out);
     if (accepted.ok()) {
       ++done;
     } else if (absl::IsUnauthenticated(accepted)) {

@@ -12,9 +12,11 @@
 // FAILED_PRECONDITION on a protocol or model mismatch, NOT_FOUND for an unknown tensor.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -62,6 +64,18 @@ class LoaderClient {
 
   // Fills out[0, info.n_bytes) with the tensor's bytes, as they are in the file.
   virtual absl::Status FetchTensor(const gguf::TensorInfo& info, uint8_t* out) = 0;
+
+  // Fills every read's buffer; the chunks of all of them are pipelined
+  // together. CANCELLED soon after `*cancel` turns true. The default fetches
+  // one tensor after the other.
+  virtual absl::Status FetchTensors(std::span<const gguf::TensorRead> reads,
+                                    const std::atomic<bool>* cancel = nullptr) {
+    for (const gguf::TensorRead& read : reads) {
+      if (cancel != nullptr && cancel->load()) return absl::CancelledError("fetch cancelled");
+      if (absl::Status status = FetchTensor(*read.info, read.out); !status.ok()) return status;
+    }
+    return absl::OkStatus();
+  }
 
   // Tensor bytes received since construction (payloads, or copied from the
   // mapped file for local reads).

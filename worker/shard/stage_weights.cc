@@ -28,8 +28,8 @@ absl::StatusOr<StageWeights> FetchStageWeights(
   uint64_t needed = stage_bytes;
   for (const uint64_t bytes : layer_bytes) needed += bytes;
   const uint64_t budget = options.memory_budget_bytes;
-  const auto fetch_tensor = [&client](const gguf::TensorInfo& t, uint8_t* out) {
-    return client.FetchTensor(t, out);
+  const auto fetch_tensors = [&client](std::span<const gguf::TensorRead> reads) {
+    return client.FetchTensors(reads);
   };
   StageWeights weights;
   if (budget == 0 || needed <= budget) {
@@ -37,7 +37,7 @@ absl::StatusOr<StageWeights> FetchStageWeights(
               range.first, range.end, Mib(needed), options.loader_endpoint);
     ASSIGN_OR_RETURN(
         weights.tensors,
-        FetchedTensors::Fetch(*header, LlamaStage::TensorNames(config, range), fetch_tensor));
+        FetchedTensors::FetchBatch(*header, LlamaStage::TensorNames(config, range), fetch_tensors));
     weights.bytes = needed;
     return weights;
   }
@@ -55,7 +55,8 @@ absl::StatusOr<StageWeights> FetchStageWeights(
         "leave room for one layer ahead)",
         options.label, Mib(budget), minimum + largest);
   }
-  ASSIGN_OR_RETURN(weights.tensors, FetchedTensors::Fetch(*header, stage_names, fetch_tensor));
+  ASSIGN_OR_RETURN(weights.tensors,
+                   FetchedTensors::FetchBatch(*header, stage_names, fetch_tensors));
   weights.bytes = budget;
   // The cache's fetch thread gets a loader connection of its own.
   ASSIGN_OR_RETURN(std::shared_ptr<LoaderClient> layer_client, connect());
@@ -68,11 +69,11 @@ absl::StatusOr<StageWeights> FetchStageWeights(
       ShardCache::Create(range, layer_bytes, cache_options,
                          [layer_client, header](int64_t layer, const std::atomic<bool>& cancel)
                              -> absl::StatusOr<std::unique_ptr<FetchedTensors>> {
-                           return FetchedTensors::Fetch(
+                           if (cancel.load()) return absl::CancelledError("not needed now");
+                           return FetchedTensors::FetchBatch(
                                *header, LlamaStage::LayerTensorNames(layer),
-                               [&](const gguf::TensorInfo& t, uint8_t* out) {
-                                 if (cancel.load()) return absl::CancelledError("not needed now");
-                                 return layer_client->FetchTensor(t, out);
+                               [&](std::span<const gguf::TensorRead> reads) {
+                                 return layer_client->FetchTensors(reads, &cancel);
                                });
                          }));
   log::Info(
