@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 #include "common/base/status.h"
+#include "coordinator/api_security.h"
 #include "coordinator/http/openai_api.h"
 
 namespace chord::coordinator::http {
@@ -25,14 +26,6 @@ uint64_t RandomSeed() {
 void SendError(httplib::Response& res, const absl::Status& status, std::string_view code = "") {
   res.status = HttpStatusFor(status);
   res.set_content(DumpJson(ErrorBody(status, code)), "application/json");
-}
-
-// Comparison time does not depend on where the strings differ.
-bool SameSecret(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 // One HTTP generation: its n scheduler requests and what they have produced.
@@ -172,11 +165,7 @@ void HttpServer::Handlers::Register(httplib::Server& server) {
 bool HttpServer::Handlers::Authorized(const httplib::Request& req, httplib::Response& res) const {
   if (options_.api_key.empty()) return true;
   const std::string header = req.get_header_value("Authorization");
-  constexpr std::string_view kBearer = "Bearer ";
-  if (header.starts_with(kBearer) &&
-      SameSecret(std::string_view(header).substr(kBearer.size()), options_.api_key)) {
-    return true;
-  }
+  if (BearerMatches(header, options_.api_key)) return true;
   SendError(res,
             absl::UnauthenticatedError(header.empty() ? "missing Authorization: Bearer <key>"
                                                       : "the API key is wrong"),
