@@ -9,6 +9,7 @@
 #include "common/base/log.h"
 #include "common/base/status.h"
 #include "coordinator/api_security.h"
+#include "coordinator/http/client_connection.h"
 #include "coordinator/http/openai_api.h"
 
 namespace chord::coordinator::http {
@@ -17,6 +18,7 @@ namespace {
 using nlohmann::json;
 
 constexpr std::chrono::milliseconds kPoll{20};
+constexpr std::chrono::milliseconds kClientCheck{100};  // how often a non-streaming request checks its client
 
 uint64_t RandomSeed() {
   thread_local std::mt19937_64 engine{std::random_device{}()};
@@ -111,7 +113,7 @@ class HttpServer::Handlers {
   absl::StatusOr<std::shared_ptr<Job>> Submit(const OpenAiRequest& request, Endpoint endpoint);
   absl::Status ChatPrompt(const OpenAiRequest& request, chord::v1::GenerateRequest& generate) const;
   void Generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
-  void Respond(Job& job, httplib::Response& res);
+  void Respond(Job& job, const httplib::Request& req, httplib::Response& res);
   void Stream(std::shared_ptr<Job> job, httplib::Response& res);
 
   HttpServerOptions options_;
@@ -248,12 +250,21 @@ void HttpServer::Handlers::Generate(const httplib::Request& req, httplib::Respon
   absl::StatusOr<std::shared_ptr<Job>> job = Submit(*request, endpoint);
   if (!job.ok()) return SendError(res, job.status());
   if (request->stream) return Stream(*std::move(job), res);
-  Respond(**job, res);
+  Respond(**job, req, res);
 }
 
-void HttpServer::Handlers::Respond(Job& job, httplib::Response& res) {
+void HttpServer::Handlers::Respond(Job& job, const httplib::Request& req, httplib::Response& res) {
+  // Nothing is written until the end, so a client that leaves is only seen
+  // by watching its socket.
+  const ClientConnection client(req);
+  if (!client.found()) log::Debug("http: cannot watch the connection of %s:%d", req.remote_addr, req.remote_port);
+  auto next_check = std::chrono::steady_clock::now() + kClientCheck;
   while (job.remaining > 0) {
     absl::Status status = PollOnce(job, [](int, const ChoiceOutput&) { return true; });
+    if (status.ok() && std::chrono::steady_clock::now() >= next_check) {
+      next_check = std::chrono::steady_clock::now() + kClientCheck;
+      if (client.Closed()) status = absl::CancelledError("the client went away");
+    }
     if (!status.ok()) {
       job.AbortUnfinished();
       return SendError(res, status);

@@ -2,7 +2,7 @@
 // POST /v1/chat/completions (JSON or server-sent events), GET /v1/models,
 // GET /health. Requests go through ValidateGenerateRequest to the same
 // scheduler the gRPC service uses; `n` choices are n scheduler requests.
-// A streaming client that goes away has its requests aborted.
+// A client that goes away has its requests aborted, streaming or not.
 //
 // Thread-safety: Start/Stop from one thread; handlers run on the server's own
 // thread pool. Errors: Start gives UNAVAILABLE when the port cannot be bound,

@@ -1,13 +1,18 @@
 #include "coordinator/http/http_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/http/openai_api.h"
@@ -357,6 +362,65 @@ TEST_F(HttpServerTest, ClientLeavingMidStreamAbortsItsRequests) {
   EXPECT_TRUE(backend_->aborted().contains(backend_->submitted()[0].request_id));
 }
 
+// Sends a request on a socket of its own and returns the socket unread.
+int PostRaw(int port, const std::string& path, const json& body) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return -1;
+  const std::string text = body.dump();
+  const std::string request = absl::StrCat("POST ", path,
+                                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                           "application/json\r\nContent-Length: ",
+                                           text.size(), "\r\n\r\n", text);
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool WaitUntil(const std::function<bool()>& condition) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!condition() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return condition();
+}
+
+TEST_F(HttpServerTest, ClientLeavingANonStreamingRequestAbortsItsRequests) {
+  backend_->step_delay = std::chrono::milliseconds(20);  // 200 tokens: 4 s if nobody aborts
+  options_.chat_format = ChatFormat::kChatMl;
+  StartServer();
+  const json completion = {{"prompt", "x"}, {"max_tokens", 200}, {"n", 2}};
+  const json chat = {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 200}};
+  size_t submitted = 0;
+  for (const auto& [path, body, n] : {std::tuple{"/v1/completions", completion, 2},
+                                      std::tuple{"/v1/chat/completions", chat, 1}}) {
+    SCOPED_TRACE(path);
+    const auto start = std::chrono::steady_clock::now();
+    const int fd = PostRaw(server_->port(), path, body);
+    ASSERT_GE(fd, 0);
+    submitted += static_cast<size_t>(n);
+    ASSERT_TRUE(WaitUntil([&] { return backend_->submitted().size() == submitted; }));
+    // Still connected: nothing is aborted.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_TRUE(backend_->aborted().size() + static_cast<size_t>(n) == submitted);
+    ::close(fd);
+    EXPECT_TRUE(WaitUntil([&] { return backend_->aborted().size() == submitted; }));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+    for (const ValidatedRequest& request : backend_->submitted()) {
+      EXPECT_TRUE(backend_->aborted().contains(request.request_id)) << request.request_id;
+    }
+  }
+  // The server goes on serving.
+  auto res = Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
 TEST_F(HttpServerTest, ResolvesTheChatFormat) {
   auto format = ResolveChatFormat(*header_, "chatml");
   ASSERT_TRUE(format.ok());
@@ -402,6 +466,15 @@ TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
   ASSERT_TRUE(res) << "no HTTPS response";
   EXPECT_EQ(res->status, 200) << res->body;
   EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], FakeText(2));
+  // A non-streaming HTTPS client that gives up has its request aborted too.
+  backend_->step_delay = std::chrono::milliseconds(20);
+  httplib::SSLClient leaving("127.0.0.1", (*server)->port());
+  leaving.enable_server_certificate_verification(false);
+  leaving.set_read_timeout(0, 300000);
+  EXPECT_FALSE(leaving.Post("/v1/completions", {{"Authorization", "Bearer sekret"}},
+                            json({{"prompt", "x"}, {"max_tokens", 200}}).dump(), "application/json"));
+  EXPECT_TRUE(WaitUntil([&] { return backend_->aborted().size() == 1; }));
+  backend_->step_delay = std::chrono::milliseconds(0);
   // Clear text is not answered on the TLS port.
   httplib::Client plain("127.0.0.1", (*server)->port());
   plain.set_read_timeout(2, 0);
