@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
                    "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, auth %s, tls %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
                    s.kv_type, s.max_queue, prefill_chunk, api_key->empty() ? "off" : "bearer",
-                   s.tls_cert.empty() ? "off" : "on");
+                   s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual");
 
   sigset_t signals;  // taken by sigwait below; blocked before any thread starts
   sigemptyset(&signals);
@@ -91,12 +91,17 @@ int main(int argc, char** argv) {
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.limits.n_ctx = static_cast<int>(n_ctx);
   options.limits.max_tokens_limit = static_cast<int>(n_ctx);
+  options.api_key = *api_key;
+  options.tls = {s.tls_cert, s.tls_key, s.tls_client_ca};
+  if (!options.api_key.empty() && !options.tls.enabled() && s.host != "127.0.0.1" && s.host != "localhost") {
+    chord::log::Warn("grpc: the API key crosses the network in clear text; configure --tls-cert and --tls-key");
+  }
   auto server = chord::coordinator::CoordinatorServer::Start(context, options, **model);
   if (!server.ok()) return Fail(server.status());
   std::printf("chord-coordinator serving gRPC on %s\n", (*server)->grpc_address().c_str());
   std::printf("chord-coordinator control on %s\n", (*server)->control_endpoint().c_str());
   const chord::coordinator::http::FrontDoorOptions http{s.http_port, s.http_bind_host(), s.chat_template,
-                                                       *api_key, s.tls_cert, s.tls_key};
+                                                       options.api_key, options.tls};
   auto front_door = chord::coordinator::http::FrontDoor::Start(http, **model, (*server)->scheduler(),
                                                                options.limits);
   if (!front_door.ok()) return Fail(front_door.status());

@@ -126,6 +126,7 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
       {"api_key_file", StringField(&c->api_key_file)},
       {"tls_cert", StringField(&c->tls_cert)},
       {"tls_key", StringField(&c->tls_key)},
+      {"tls_client_ca", StringField(&c->tls_client_ca)},
   };
   RETURN_IF_ERROR(ReadMap("coordinator", node, table));
   absl::Status valid = ValidateCoordinatorSection(*c);
@@ -211,6 +212,9 @@ absl::Status ValidateCoordinatorSection(const CoordinatorSection& section) {
   if (section.tls_cert.empty() != section.tls_key.empty()) {
     return absl::InvalidArgumentError("tls_cert and tls_key go together: give both or neither");
   }
+  if (!section.tls_client_ca.empty() && section.tls_cert.empty()) {
+    return absl::InvalidArgumentError("tls_client_ca (mutual TLS) needs tls_cert and tls_key");
+  }
   return absl::OkStatus();
 }
 
@@ -238,7 +242,8 @@ std::string ClusterConfig::ToYaml() const {
         {"chat_template", &coordinator.chat_template},
         {"api_key_file", &coordinator.api_key_file},
         {"tls_cert", &coordinator.tls_cert},
-        {"tls_key", &coordinator.tls_key}}) {
+        {"tls_key", &coordinator.tls_key},
+        {"tls_client_ca", &coordinator.tls_client_ca}}) {
     if (!value->empty()) out << "  " << key << ": " << Quote(*value) << "\n";
   }
   out

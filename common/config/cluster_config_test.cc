@@ -31,6 +31,7 @@ constexpr char kFull[] = R"(coordinator:
   api_key_file: /etc/chord/token
   tls_cert: /etc/chord/tls/server.crt
   tls_key: /etc/chord/tls/server.key
+  tls_client_ca: /etc/chord/tls/clients.crt
 loader:
   host: 127.0.0.1
   port: 6002
@@ -63,6 +64,7 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.api_key_file, "/etc/chord/token");
   EXPECT_EQ(config->coordinator.tls_cert, "/etc/chord/tls/server.crt");
   EXPECT_EQ(config->coordinator.tls_key, "/etc/chord/tls/server.key");
+  EXPECT_EQ(config->coordinator.tls_client_ca, "/etc/chord/tls/clients.crt");
   EXPECT_EQ(config->loader.port, 6002);
   EXPECT_EQ(config->loader.model, "models/stories260K.gguf");
   ASSERT_EQ(config->workers.size(), 2u);
@@ -130,6 +132,7 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"coordinator:\n  api_key_file: [a]\n", "coordinator.api_key_file (line 2): expected a string"},
       {"coordinator:\n  tls_cert: c.pem\n", "tls_cert and tls_key go together"},
       {"coordinator:\n  tls_key: k.pem\n", "tls_cert and tls_key go together"},
+      {"coordinator:\n  tls_client_ca: ca.pem\n", "tls_client_ca (mutual TLS) needs tls_cert"},
       {"loader:\n  port: -1\n", "loader.port (line 2)"},
       {"loader:\n  model:\n", "loader.model (line 2): missing value"},
       {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
@@ -186,7 +189,8 @@ absl::StatusOr<CoordinatorSection> ApplyFlags(const CoordinatorSection& file, st
 TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
   ASSERT_TRUE(config.ok()) << config.status();
-  const std::string key_file = std::filesystem::temp_directory_path() / ("chord_flags_key_" + std::to_string(::getpid()));
+  const std::string key_file =
+      std::filesystem::temp_directory_path() / ("chord_flags_key_" + std::to_string(::getpid()));
   std::ofstream(key_file) << "sekret\n";
   absl::StatusOr<CoordinatorSection> s = ApplyFlags(
       config->coordinator, {"--grpc-port", "7000", "--http-port", "0", "--http-host", "127.0.0.2",
@@ -224,6 +228,9 @@ TEST(CoordinatorFlagsTest, BadValuesAndHalfTlsAreRefused) {
   EXPECT_EQ(ValidateCoordinatorSection(half).code(), absl::StatusCode::kInvalidArgument);
   half.tls_key = "key.pem";
   EXPECT_TRUE(ValidateCoordinatorSection(half).ok());
+  CoordinatorSection ca_only;
+  ca_only.tls_client_ca = "ca.pem";
+  EXPECT_EQ(ValidateCoordinatorSection(ca_only).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ParseByteSizeTest, AcceptsSuffixesAsPowersOf1024) {

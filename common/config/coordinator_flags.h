@@ -18,7 +18,7 @@ class CoordinatorFlags {
  public:
   // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type,
   // --max-queue, --http-port, --http-host, --chat-template, --api-key-file,
-  // --tls-cert and --tls-key to `app`.
+  // --tls-cert, --tls-key and --tls-client-ca to `app`.
   explicit CoordinatorFlags(CLI::App& app);
   CoordinatorFlags(const CoordinatorFlags&) = delete;
   CoordinatorFlags& operator=(const CoordinatorFlags&) = delete;

@@ -33,9 +33,8 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(const FrontDoorOptio
   options.limits = limits;
   ASSIGN_OR_RETURN(options.chat_format, ResolveChatFormat(*model.header, settings.chat_template));
   options.api_key = settings.api_key;
-  options.tls_cert_file = settings.tls_cert_file;
-  options.tls_key_file = settings.tls_key_file;
-  if (!options.api_key.empty() && options.tls_cert_file.empty() && host != "127.0.0.1" &&
+  options.tls = settings.tls;
+  if (!options.api_key.empty() && !options.tls.enabled() && host != "127.0.0.1" &&
       host != "localhost") {
     log::Warn(
         "http: the API key crosses the network in clear text; configure --tls-cert and --tls-key");
@@ -44,7 +43,7 @@ absl::StatusOr<std::unique_ptr<FrontDoor>> FrontDoor::Start(const FrontDoorOptio
             options.chat_format ? std::string(ChatFormatName(*options.chat_format))
                                 : "none (chat requests get 400)",
             options.api_key.empty() ? "off" : "bearer",
-            options.tls_cert_file.empty() ? "off" : "on");
+            !options.tls.enabled() ? "off" : options.tls.client_ca_file.empty() ? "on" : "mutual");
   door->backend_ = std::make_unique<SchedulerBackend>(scheduler);
   ASSIGN_OR_RETURN(door->server_,
                    HttpServer::Start(std::move(options), *model.tokenizer, *door->backend_));

@@ -20,7 +20,7 @@ struct FrontDoorOptions {
   std::string host = "127.0.0.1";
   std::string chat_template;  // empty: recognized from the model
   std::string api_key;        // non-empty: bearer token required on /v1/*
-  std::string tls_cert_file, tls_key_file;
+  TlsFiles tls;
 };
 
 class FrontDoor {

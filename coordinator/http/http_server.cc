@@ -308,17 +308,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions 
                                                               const Tokenizer& tokenizer,
                                                               GenerationBackend& backend) {
   std::unique_ptr<HttpServer> server(new HttpServer());
-  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  const TlsFiles& files = options.tls;
+  const bool tls = files.enabled() || !files.key_file.empty();
   if (tls) {
-    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+    if (files.cert_file.empty() || files.key_file.empty()) {
       return absl::InvalidArgumentError("HTTPS needs both a certificate and a key file");
     }
-    auto ssl = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(),
-                                                    options.tls_key_file.c_str());
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        files.cert_file.c_str(), files.key_file.c_str(),
+        files.client_ca_file.empty() ? nullptr : files.client_ca_file.c_str());
     if (!ssl->is_valid()) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot load the TLS certificate ",
-                                                     options.tls_cert_file, " and key ",
-                                                     options.tls_key_file));
+      return absl::InvalidArgumentError(absl::StrCat("cannot load the TLS certificate ", files.cert_file,
+                                                     ", key ", files.key_file, " or client CA ",
+                                                     files.client_ca_file));
     }
     server->server_ = std::move(ssl);
   } else {

@@ -434,11 +434,11 @@ TEST_F(HttpServerTest, ResolvesTheChatFormat) {
 }
 
 TEST_F(HttpServerTest, BadTlsFilesAreRefused) {
-  options_.tls_cert_file = "/nonexistent/cert.pem";
-  options_.tls_key_file = "/nonexistent/key.pem";
+  options_.tls.cert_file = "/nonexistent/cert.pem";
+  options_.tls.key_file = "/nonexistent/key.pem";
   EXPECT_EQ(HttpServer::Start(options_, *tokenizer_, *backend_).status().code(),
             absl::StatusCode::kInvalidArgument);
-  options_.tls_key_file = "";
+  options_.tls.key_file = "";
   EXPECT_EQ(HttpServer::Start(options_, *tokenizer_, *backend_).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -453,8 +453,8 @@ TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
       " -out " + cert + " >/dev/null 2>&1";
   if (std::system(command.c_str()) != 0)
     GTEST_SKIP() << "the openssl command cannot make a test certificate";
-  options_.tls_cert_file = cert;
-  options_.tls_key_file = key;
+  options_.tls.cert_file = cert;
+  options_.tls.key_file = key;
   options_.api_key = "sekret";
   auto server = HttpServer::Start(options_, *tokenizer_, *backend_);
   ASSERT_TRUE(server.ok()) << server.status();
@@ -480,6 +480,21 @@ TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
   plain.set_read_timeout(2, 0);
   auto clear = plain.Get("/health");
   EXPECT_TRUE(!clear || clear->status != 200);
+  server->reset();
+  // Mutual TLS: the (self-signed) certificate is also the client CA; a
+  // client without a certificate it signed gets no answer.
+  options_.tls.client_ca_file = cert;
+  server = HttpServer::Start(options_, *tokenizer_, *backend_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::SSLClient anonymous("127.0.0.1", (*server)->port());
+  anonymous.enable_server_certificate_verification(false);
+  anonymous.set_read_timeout(2, 0);
+  EXPECT_FALSE(anonymous.Get("/health"));
+  httplib::SSLClient known("127.0.0.1", (*server)->port(), cert, key);
+  known.enable_server_certificate_verification(false);
+  auto health = known.Get("/health");
+  ASSERT_TRUE(health) << "no answer with a client certificate";
+  EXPECT_EQ(health->status, 200);
   server->reset();
   std::filesystem::remove_all(dir);
 }
