@@ -84,6 +84,11 @@ Subcommand AddGenerateCommand(CLI::App& parent) {
   app->add_option("--model", flags->model, "GGUF model (default: the bundled stories260K)");
   app->add_option("--server", flags->server, "HOST:PORT of a chord server: generate there instead of here")
       ->excludes("--model");
+  app->add_option("--api-key", flags->api_key, "with --server: the server's API key (default: $CHORD_API_KEY)");
+  app->add_option("--tls-ca", flags->tls_ca, "with --server: use TLS, trusting this PEM CA")->check(CLI::ExistingFile);
+  app->add_option("--tls-cert", flags->tls_cert, "with --server and --tls-ca: PEM client certificate (mutual TLS)")
+      ->check(CLI::ExistingFile);
+  app->add_option("--tls-key", flags->tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
   app->add_option("--prompt", flags->prompt, "prompt text (may be empty)")->required();
   app->add_option("--max-tokens", flags->max_tokens, "most tokens to generate")
       ->capture_default_str()->check(CLI::Range(int64_t{0}, int64_t{1} << 30));

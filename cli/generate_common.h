@@ -15,6 +15,8 @@ namespace chord::cli {
 struct GenerateFlags {
   std::string model;
   std::string server;  // HOST:PORT: generate through a chord server instead of in-process
+  std::string api_key;  // with --server: sent as "authorization: Bearer <key>"
+  std::string tls_ca, tls_cert, tls_key;  // with --server: TLS (CA to trust; own certificate for mutual TLS)
   std::string prompt;
   int64_t max_tokens = 128;
   SamplingParams sampling;

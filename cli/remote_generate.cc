@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "chord/v1/inference.grpc.pb.h"
+#include "cli/serve/grpc_client.h"
 
 namespace chord::cli {
 namespace {
@@ -60,12 +62,24 @@ void WarnAboutLocalOnlyFlags(const GenerateFlags& flags) {
 
 int RunRemoteGenerate(const GenerateFlags& flags) {
   WarnAboutLocalOnlyFlags(flags);
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(flags.server, grpc::InsecureChannelCredentials());
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      serve::ClientCredentials({flags.tls_ca, flags.tls_cert, flags.tls_key});
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "chord generate: %s\n", credentials.status().ToString().c_str());
+    return 1;
+  }
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(flags.server, *credentials);
   std::unique_ptr<v1::Inference::Stub> stub = v1::Inference::NewStub(channel);
+  const char* env_key = std::getenv("CHORD_API_KEY");
+  const std::string api_key = !flags.api_key.empty() ? flags.api_key : env_key != nullptr ? env_key : "";
+  auto authorize = [&](grpc::ClientContext& context) {
+    if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
+  };
 
   std::vector<int32_t> prompt_ids;
   if (flags.json) {
     grpc::ClientContext context;
+    authorize(context);
     v1::TokenizeRequest request;
     request.set_text(flags.prompt);
     request.set_add_special(true);
@@ -82,6 +96,7 @@ int RunRemoteGenerate(const GenerateFlags& flags) {
   }
 
   grpc::ClientContext context;
+  authorize(context);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, MakeRequest(flags));
   std::vector<int32_t> token_ids;
   std::string text;

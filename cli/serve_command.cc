@@ -32,6 +32,9 @@ struct ServeFlags {
   int port = 50051;
   int http_port = -1;  // off
   std::string chat_template;
+  std::string api_key_file;                        // passed to the coordinator
+  std::string tls_cert, tls_key, tls_client_ca;    // passed to the coordinator
+  std::string tls_ca;  // what the readiness probe trusts; empty: tls_cert itself
   int kv_slots = 0;
   int64_t ctx_size = -1;
   int threads = 0;
@@ -100,6 +103,10 @@ absl::Status ResolveFlags(const CLI::App& app, ServeFlags& flags) {
     if (!config.ok()) return config.status();
     if (flags.model.empty()) flags.model = config->loader.model;
     if (app.count("--port") == 0) flags.port = config->coordinator.grpc_port;
+    // The coordinator reads its TLS files from the same file; the probe needs them too.
+    if (flags.tls_cert.empty()) flags.tls_cert = config->coordinator.tls_cert;
+    if (flags.tls_key.empty()) flags.tls_key = config->coordinator.tls_key;
+    if (flags.tls_client_ca.empty()) flags.tls_client_ca = config->coordinator.tls_client_ca;
     if (app.count("--workers") == 0 && !config->workers.empty()) {
       flags.workers = static_cast<int>(config->workers.size());
     }
@@ -147,8 +154,18 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
     options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
   }
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
-  if (!flags.chat_template.empty()) {
-    options.coordinator_args.insert(options.coordinator_args.end(), {"--chat-template", flags.chat_template});
+  for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--chat-template", &flags.chat_template},
+                                     {"--api-key-file", &flags.api_key_file},
+                                     {"--tls-cert", &flags.tls_cert},
+                                     {"--tls-key", &flags.tls_key},
+                                     {"--tls-client-ca", &flags.tls_client_ca}}) {
+    if (!value->empty()) options.coordinator_args.insert(options.coordinator_args.end(), {flag, *value});
+  }
+  // The probe trusts the served certificate (self-signed, for 127.0.0.1) unless
+  // told the CA; under mutual TLS it shows the same certificate as its own.
+  if (!flags.tls_cert.empty()) {
+    options.probe_tls.ca_file = flags.tls_ca.empty() ? flags.tls_cert : flags.tls_ca;
+    if (!flags.tls_client_ca.empty()) options.probe_tls = {options.probe_tls.ca_file, flags.tls_cert, flags.tls_key};
   }
   if (!flags.quiet) {
     options.on_line = [output_mu](const std::string& child, std::string_view line) {
@@ -192,6 +209,16 @@ Subcommand AddServeCommand(CLI::App& parent) {
       ->check(CLI::Range(0, 65535));
   app->add_option("--chat-template", flags->chat_template,
                   "chat format for /v1/chat/completions (default: recognized from the model)");
+  app->add_option("--api-key-file", flags->api_key_file,
+                  "file whose first line is the bearer token gRPC and HTTP clients must send (or set CHORD_API_KEY)")
+      ->check(CLI::ExistingFile);
+  app->add_option("--tls-cert", flags->tls_cert, "PEM certificate (for 127.0.0.1): serve gRPC and HTTP over TLS")
+      ->check(CLI::ExistingFile);
+  app->add_option("--tls-key", flags->tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
+  app->add_option("--tls-client-ca", flags->tls_client_ca, "PEM CA: require client certificates it signed")
+      ->check(CLI::ExistingFile);
+  app->add_option("--tls-ca", flags->tls_ca, "PEM CA that signed --tls-cert (default: --tls-cert, self-signed)")
+      ->check(CLI::ExistingFile);
   app->add_option("--kv-slots", flags->kv_slots, "sequences live at once (0: the coordinator's default)")
       ->check(CLI::NonNegativeNumber);
   app->add_option("--ctx-size", flags->ctx_size, "positions per sequence (0: the model's)")

@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/api_security.h"
 #include "coordinator/grpc_status.h"
 
 namespace chord::coordinator {
@@ -15,12 +16,14 @@ uint64_t RandomSeed() {
 
 }  // namespace
 
-InferenceService::InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits)
-    : model_(model), scheduler_(scheduler), limits_(limits) {}
+InferenceService::InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits,
+                                   std::string api_key)
+    : model_(model), scheduler_(scheduler), limits_(limits), api_key_(std::move(api_key)) {}
 
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const chord::v1::GenerateRequest* request,
                                         grpc::ServerWriter<chord::v1::GenerateResponse>* writer) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   absl::StatusOr<ValidatedRequest> validated =
       ValidateGenerateRequest(*request, *model_.tokenizer, limits_, RandomSeed());
   if (!validated.ok()) return ToGrpcStatus(validated.status());
@@ -47,22 +50,25 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   }
 }
 
-grpc::Status InferenceService::Abort(grpc::ServerContext*, const chord::v1::AbortRequest* request,
+grpc::Status InferenceService::Abort(grpc::ServerContext* context, const chord::v1::AbortRequest* request,
                                      chord::v1::AbortResponse* response) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   response->set_found(scheduler_.Abort(request->request_id()));
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const chord::v1::TokenizeRequest* request,
+grpc::Status InferenceService::Tokenize(grpc::ServerContext* context, const chord::v1::TokenizeRequest* request,
                                         chord::v1::TokenizeResponse* response) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   for (const TokenId id : model_.tokenizer->Encode(request->text(), request->add_special())) {
     response->add_token_ids(static_cast<uint32_t>(id));
   }
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const chord::v1::DetokenizeRequest* request,
+grpc::Status InferenceService::Detokenize(grpc::ServerContext* context, const chord::v1::DetokenizeRequest* request,
                                           chord::v1::DetokenizeResponse* response) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   std::vector<TokenId> ids;
   for (const uint32_t id : request->token_ids()) {
     if (id >= static_cast<uint32_t>(model_.tokenizer->vocab_size())) {
@@ -74,8 +80,9 @@ grpc::Status InferenceService::Detokenize(grpc::ServerContext*, const chord::v1:
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const chord::v1::GetModelInfoRequest*,
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context, const chord::v1::GetModelInfoRequest*,
                                             chord::v1::ModelInfo* response) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   response->set_name(model_.config.name.empty() ? model_.file_name : model_.config.name);
   response->set_architecture(model_.config.architecture);
   response->set_sha256(model_.sha256);
@@ -92,8 +99,9 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*, const chord::v
   return grpc::Status::OK;
 }
 
-grpc::Status InferenceService::GetServerInfo(grpc::ServerContext*, const chord::v1::GetServerInfoRequest*,
+grpc::Status InferenceService::GetServerInfo(grpc::ServerContext* context, const chord::v1::GetServerInfoRequest*,
                                              chord::v1::ServerInfo* response) {
+  if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
   *response = scheduler_.ServerInfo();
   response->set_version(CHORD_VERSION);
   return grpc::Status::OK;

@@ -16,8 +16,10 @@ namespace chord::coordinator {
 
 class InferenceService final : public chord::v1::Inference::Service {
  public:
-  // `model` and `scheduler` must outlive the service.
-  InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits);
+  // `model` and `scheduler` must outlive the service. A non-empty `api_key`
+  // is required as "authorization: Bearer <key>" on every call.
+  InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits,
+                   std::string api_key);
 
   grpc::Status Generate(grpc::ServerContext* context, const chord::v1::GenerateRequest* request,
                         grpc::ServerWriter<chord::v1::GenerateResponse>* writer) override;
@@ -36,6 +38,7 @@ class InferenceService final : public chord::v1::Inference::Service {
   const ModelContext& model_;
   Scheduler& scheduler_;
   RequestLimits limits_;
+  const std::string api_key_;
   std::atomic<uint64_t> next_request_number_{1};
 };
 

@@ -2,7 +2,13 @@
 // fake worker serving the plan over real ZeroMQ sockets.
 #include <grpcpp/generic/generic_stub.h>
 
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <future>
+#include <sstream>
 #include <thread>
 
 #include "coordinator/fake_worker.h"
@@ -29,6 +35,11 @@ class ApiServiceTest : public ::testing::Test {
     auto model = testing::LoadTestModel();
     if (!model.ok()) GTEST_SKIP() << "no test model: " << model.status();
     model_ = *std::move(model);
+    StartServer(DefaultOptions());
+    channel_ = server_->grpc_server().InProcessChannel(grpc::ChannelArguments());
+    stub_ = chord::v1::Inference::NewStub(channel_);
+  }
+  static ServerOptions DefaultOptions() {
     ServerOptions options;
     options.grpc_port = 0;
     options.scheduler.pool.kv_slots = 2;
@@ -37,11 +48,12 @@ class ApiServiceTest : public ::testing::Test {
     options.scheduler.pool.heartbeat_interval = std::chrono::milliseconds(50);
     options.limits.n_ctx = 64;
     options.limits.max_tokens_limit = 64;
+    return options;
+  }
+  void StartServer(const ServerOptions& options) {
     auto server = CoordinatorServer::Start(context_, options, *model_);
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
-    channel_ = server_->grpc_server().InProcessChannel(grpc::ChannelArguments());
-    stub_ = chord::v1::Inference::NewStub(channel_);
   }
   void TearDown() override {
     server_.reset();
@@ -77,9 +89,10 @@ class ApiServiceTest : public ::testing::Test {
     std::vector<chord::v1::GenerateResponse> messages;
   };
   Result Generate(const chord::v1::GenerateRequest& request,
-                  std::chrono::milliseconds deadline = std::chrono::seconds(10)) {
+                  std::chrono::milliseconds deadline = std::chrono::seconds(10), const std::string& api_key = "") {
     grpc::ClientContext context;
     context.set_deadline(std::chrono::system_clock::now() + deadline);
+    if (!api_key.empty()) context.AddMetadata("authorization", "Bearer " + api_key);
     auto reader = stub_->Generate(&context, request);
     Result result;
     chord::v1::GenerateResponse message;
@@ -230,6 +243,126 @@ TEST(GrpcStatusTest, ConvertsBothWays) {
   EXPECT_EQ(converted.error_message(), "queue full");
   EXPECT_EQ(FromGrpcStatus(converted), status);
   EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+}
+
+// The API with a bearer token and TLS, on a real port (in-process channels
+// carry no TLS), with certificates made by the openssl command.
+class ApiSecurityTest : public ApiServiceTest {
+ protected:
+  void SetUp() override {
+    auto model = testing::LoadTestModel();
+    if (!model.ok()) GTEST_SKIP() << "no test model: " << model.status();
+    model_ = *std::move(model);
+    dir_ = std::filesystem::temp_directory_path() / ("chord_grpc_tls_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir_);
+    // The server's certificate names 127.0.0.1, which gRPC checks; the
+    // client's is self-signed and is its own CA.
+    for (const auto& [name, subject] : {std::pair{"server", "/CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"},
+                                        std::pair{"client", "/CN=chord-test-client"}}) {
+      const std::string command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj " + std::string(subject) +
+                                  " -keyout " + Path(name, "key") + " -out " + Path(name, "crt") + " >/dev/null 2>&1";
+      if (std::system(command.c_str()) != 0) GTEST_SKIP() << "the openssl command cannot make a test certificate";
+    }
+  }
+  void TearDown() override {
+    ApiServiceTest::TearDown();
+    std::filesystem::remove_all(dir_);
+  }
+  std::string Path(const std::string& name, const std::string& ext) const {
+    return (dir_ / (name + "." + ext)).string();
+  }
+  static std::string Read(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+  // Serves on a free port with the server certificate, the key "sekret" and
+  // (when `mutual`) the client certificate as the client CA; one fake worker.
+  void StartSecure(bool mutual) {
+    ServerOptions options = DefaultOptions();
+    options.api_key = "sekret";
+    options.tls = {Path("server", "crt"), Path("server", "key"), mutual ? Path("client", "crt") : ""};
+    StartServer(options);
+    StartWorker();
+  }
+  // A client over TCP: TLS trusting the server's certificate (with the
+  // client's own when `with_cert`), or plaintext.
+  void Connect(bool tls, bool with_cert = false) {
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (tls) {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = Read(Path("server", "crt"));
+      if (with_cert) {
+        ssl.pem_cert_chain = Read(Path("client", "crt"));
+        ssl.pem_private_key = Read(Path("client", "key"));
+      }
+      credentials = grpc::SslCredentials(ssl);
+    }
+    channel_ = grpc::CreateChannel(server_->grpc_address(), credentials);
+    stub_ = chord::v1::Inference::NewStub(channel_);
+  }
+  static chord::v1::GenerateRequest FourTokens() {
+    chord::v1::GenerateRequest request;
+    request.mutable_prompt_token_ids()->add_ids(1);
+    request.mutable_prompt_token_ids()->add_ids(300);
+    request.set_max_tokens(4);
+    return request;
+  }
+  static std::vector<uint32_t> FourFakeTokens() { return {FakeToken(2), FakeToken(3), FakeToken(4), FakeToken(5)}; }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(ApiSecurityTest, TheApiNeedsTheTokenAndHealthDoesNot) {
+  StartSecure(/*mutual=*/false);
+  Connect(/*tls=*/true);
+  const auto deadline = std::chrono::seconds(10);
+  Result ok = Generate(FourTokens(), deadline, "sekret");
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.tokens, FourFakeTokens());
+  EXPECT_EQ(Generate(FourTokens(), deadline).status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Generate(FourTokens(), deadline, "sekreT").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Generate(FourTokens(), deadline, "sekret-and-more").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  // The unary calls too.
+  grpc::ClientContext c1;
+  chord::v1::TokenizeResponse tokens;
+  EXPECT_EQ(stub_->Tokenize(&c1, {}, &tokens).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  grpc::ClientContext c2;
+  chord::v1::ModelInfo info;
+  c2.AddMetadata("authorization", "Bearer sekret");
+  EXPECT_TRUE(stub_->GetModelInfo(&c2, {}, &info).ok());
+  // Health is open: probes carry no token.
+  EXPECT_EQ(Health(), 1);
+}
+
+TEST_F(ApiSecurityTest, TlsPortRefusesPlaintextClients) {
+  StartSecure(/*mutual=*/false);
+  Connect(/*tls=*/false);
+  Result plain = Generate(FourTokens(), std::chrono::seconds(3), "sekret");
+  EXPECT_EQ(plain.status.error_code(), grpc::StatusCode::UNAVAILABLE) << plain.status.error_message();
+  EXPECT_TRUE(plain.tokens.empty());
+  EXPECT_EQ(Health(), -1);
+}
+
+TEST_F(ApiSecurityTest, MutualTlsNeedsAClientCertificate) {
+  StartSecure(/*mutual=*/true);
+  Connect(/*tls=*/true, /*with_cert=*/false);
+  EXPECT_EQ(Generate(FourTokens(), std::chrono::seconds(3), "sekret").status.error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  Connect(/*tls=*/true, /*with_cert=*/true);
+  Result ok = Generate(FourTokens(), std::chrono::seconds(10), "sekret");
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.tokens, FourFakeTokens());
+}
+
+TEST_F(ApiSecurityTest, UnreadableTlsFilesAreRefused) {
+  ServerOptions options = DefaultOptions();
+  options.tls = {"/nonexistent/server.crt", Path("server", "key"), ""};
+  EXPECT_EQ(CoordinatorServer::Start(context_, options, *model_).status().code(), absl::StatusCode::kInvalidArgument);
+  options.tls = {Path("server", "crt"), "", ""};
+  EXPECT_EQ(CoordinatorServer::Start(context_, options, *model_).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

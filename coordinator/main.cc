@@ -3,11 +3,14 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
+#include "common/config/coordinator_flags.h"
+#include "coordinator/api_security.h"
 #include "coordinator/http/front_door.h"
 #include "coordinator/server.h"
 #include "loader/client/loader_client.h"
@@ -26,22 +29,14 @@ int main(int argc, char** argv) {
   std::string loader, config_path, control_bind, log_level = "info";
   bool log_json = false;
   int prefill_chunk = 256, grace_ms = 10000;
-  chord::CoordinatorSection c;
   app.add_option("--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556")->required();
   app.add_option("--config", config_path, "cluster YAML (its coordinator: section)")->check(CLI::ExistingFile);
-  auto* grpc_port = app.add_option("--grpc-port", c.grpc_port, "gRPC port; 0 lets the OS pick");
   auto* control = app.add_option("--control-bind", control_bind, "control ROUTER endpoint (port 0: OS pick)");
-  auto* min_workers = app.add_option("--min-workers", c.min_workers, "workers needed before the first plan");
-  auto* kv_slots = app.add_option("--kv-slots", c.kv_slots, "sequences held at once")->check(CLI::Range(1, 4096));
-  auto* ctx_size = app.add_option("--ctx-size", c.ctx_size, "positions per sequence; 0: the model's");
-  auto* kv_type = app.add_option("--kv-type", c.kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
-  auto* max_queue = app.add_option("--max-queue", c.max_queue, "queued requests before RESOURCE_EXHAUSTED");
+  chord::CoordinatorFlags flags(app);
   app.add_option("--prefill-chunk", prefill_chunk, "prompt tokens per sequence per step")->check(CLI::Range(1, 65536));
   app.add_option("--grace-ms", grace_ms, "time in-flight requests get on SIGTERM");
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
-  chord::coordinator::http::HttpFlags http;
-  chord::coordinator::http::AddHttpFlags(app, http);
   CLI11_PARSE(app, argc, argv);
   chord::log::Level level;
   if (!chord::log::ParseLevel(log_level, &level)) {
@@ -56,17 +51,16 @@ int main(int argc, char** argv) {
     if (!config.ok()) return Fail(config.status());
     s = config->coordinator;
   }
-  if (grpc_port->count()) s.grpc_port = c.grpc_port;
-  if (min_workers->count()) s.min_workers = c.min_workers;
-  if (kv_slots->count()) s.kv_slots = c.kv_slots;
-  if (ctx_size->count()) s.ctx_size = c.ctx_size;
-  if (kv_type->count()) s.kv_type = c.kv_type;
-  if (max_queue->count()) s.max_queue = c.max_queue;
+  s = flags.Apply(std::move(s));
+  if (absl::Status valid = chord::ValidateCoordinatorSection(s); !valid.ok()) return Fail(valid);
+  absl::StatusOr<std::string> api_key = chord::coordinator::ResolveApiKey(s.api_key_file, std::getenv("CHORD_API_KEY"));
+  if (!api_key.ok()) return Fail(api_key.status());
   if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
   chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
-                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d",
+                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, auth %s, tls %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
-                   s.kv_type, s.max_queue, prefill_chunk);
+                   s.kv_type, s.max_queue, prefill_chunk, api_key->empty() ? "off" : "bearer",
+                   s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual");
 
   sigset_t signals;  // taken by sigwait below; blocked before any thread starts
   sigemptyset(&signals);
@@ -97,11 +91,18 @@ int main(int argc, char** argv) {
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.limits.n_ctx = static_cast<int>(n_ctx);
   options.limits.max_tokens_limit = static_cast<int>(n_ctx);
+  options.api_key = *api_key;
+  options.tls = {s.tls_cert, s.tls_key, s.tls_client_ca};
+  if (!options.api_key.empty() && !options.tls.enabled() && s.host != "127.0.0.1" && s.host != "localhost") {
+    chord::log::Warn("grpc: the API key crosses the network in clear text; configure --tls-cert and --tls-key");
+  }
   auto server = chord::coordinator::CoordinatorServer::Start(context, options, **model);
   if (!server.ok()) return Fail(server.status());
   std::printf("chord-coordinator serving gRPC on %s\n", (*server)->grpc_address().c_str());
   std::printf("chord-coordinator control on %s\n", (*server)->control_endpoint().c_str());
-  auto front_door = chord::coordinator::http::FrontDoor::Start(http, s.host, **model, (*server)->scheduler(),
+  const chord::coordinator::http::FrontDoorOptions http{s.http_port, s.http_bind_host(), s.chat_template,
+                                                       options.api_key, options.tls};
+  auto front_door = chord::coordinator::http::FrontDoor::Start(http, **model, (*server)->scheduler(),
                                                                options.limits);
   if (!front_door.ok()) return Fail(front_door.status());
   if (*front_door != nullptr) std::printf("chord-coordinator serving HTTP on %s\n", (*front_door)->address().c_str());

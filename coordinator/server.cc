@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/log.h"
+#include "common/base/status.h"
 
 namespace chord::coordinator {
 
@@ -12,16 +13,17 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(zmq:
                                                                             const ServerOptions& options,
                                                                             const ModelContext& model) {
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer());
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, GrpcServerCredentials(options.tls));
   auto scheduler = Scheduler::Start(context, options.scheduler, model);
   if (!scheduler.ok()) return scheduler.status();
   server->scheduler_ = *std::move(scheduler);
-  server->service_ = std::make_unique<InferenceService>(model, *server->scheduler_, options.limits);
+  server->service_ = std::make_unique<InferenceService>(model, *server->scheduler_, options.limits, options.api_key);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(absl::StrCat(options.grpc_host, ":", options.grpc_port),
-                           grpc::InsecureServerCredentials(), &server->port_);
+                           credentials, &server->port_);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || server->port_ == 0) {

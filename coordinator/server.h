@@ -1,6 +1,7 @@
 // The coordinator's services wired together: the scheduler (control socket,
 // data plane) and the gRPC server (chord.v1.Inference, grpc.health.v1 and
 // reflection). Health is SERVING only while every stage of the plan is ready.
+// With an API key, Inference calls need it; health and reflection stay open.
 //
 // Thread-safety: Start/Shutdown from one thread; the services run on their own.
 #pragma once
@@ -12,6 +13,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "coordinator/api_security.h"
 #include "coordinator/api_service.h"
 #include "coordinator/scheduler.h"
 
@@ -22,11 +24,14 @@ struct ServerOptions {
   std::string grpc_host = "127.0.0.1";
   int grpc_port = 50051;  // 0: chosen by the OS
   RequestLimits limits;
+  std::string api_key;  // non-empty: chord.v1.Inference calls need "authorization: Bearer <key>"
+  TlsFiles tls;         // enabled: gRPC over TLS (mutual with a client CA)
 };
 
 class CoordinatorServer {
  public:
-  // `model` must outlive the server. UNAVAILABLE when a port cannot be bound.
+  // `model` must outlive the server. UNAVAILABLE when a port cannot be bound,
+  // INVALID_ARGUMENT when the TLS files cannot be read.
   static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(zmq::context_t& context,
                                                                   const ServerOptions& options,
                                                                   const ModelContext& model);

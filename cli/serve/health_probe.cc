@@ -23,8 +23,10 @@ absl::StatusOr<HealthStatus> DecodeHealthResponse(const std::string& bytes) {
 
 }  // namespace
 
-absl::StatusOr<HealthStatus> CheckHealth(const std::string& address, std::chrono::milliseconds timeout) {
-  std::shared_ptr<grpc::Channel> channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+absl::StatusOr<HealthStatus> CheckHealth(const std::string& address, std::chrono::milliseconds timeout,
+                                         std::shared_ptr<grpc::ChannelCredentials> credentials) {
+  std::shared_ptr<grpc::Channel> channel =
+      grpc::CreateChannel(address, credentials != nullptr ? credentials : grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + timeout);
@@ -55,11 +57,12 @@ absl::StatusOr<HealthStatus> CheckHealth(const std::string& address, std::chrono
   return DecodeHealthResponse(bytes);
 }
 
-absl::Status WaitUntilServing(const std::string& address, std::chrono::milliseconds timeout) {
+absl::Status WaitUntilServing(const std::string& address, std::chrono::milliseconds timeout,
+                              std::shared_ptr<grpc::ChannelCredentials> credentials) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string last = "no answer";
   while (std::chrono::steady_clock::now() < deadline) {
-    absl::StatusOr<HealthStatus> health = CheckHealth(address, std::chrono::milliseconds(1000));
+    absl::StatusOr<HealthStatus> health = CheckHealth(address, std::chrono::milliseconds(1000), credentials);
     if (health.ok() && *health == HealthStatus::kServing) return absl::OkStatus();
     last = health.ok() ? absl::StrCat("status ", static_cast<int>(*health)) : health.status().ToString();
     std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -124,7 +124,8 @@ absl::Status LocalCluster::StartAll() {
     }
     RETURN_IF_ERROR(Launch(std::move(worker)).status());
   }
-  absl::Status serving = WaitUntilServing(grpc_address_, options_.start_timeout);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials, ClientCredentials(options_.probe_tls));
+  absl::Status serving = WaitUntilServing(grpc_address_, options_.start_timeout, credentials);
   if (!serving.ok()) {
     std::string outputs;
     for (const auto& child : children_) {

@@ -19,6 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "cli/serve/child_process.h"
+#include "cli/serve/grpc_client.h"
 
 namespace chord::serve {
 
@@ -38,6 +39,7 @@ struct LocalClusterOptions {
   // How workers reach the loader on this host: "ipc" (a Unix socket: no TCP
   // stack between them) or "tcp" (loopback).
   std::string loader_transport = "ipc";
+  ClientTls probe_tls;  // how the readiness probe reaches a coordinator serving TLS
   // Receives every line of every child, with the child's name ("loader", "coordinator", "w0"...).
   std::function<void(const std::string& child, std::string_view line)> on_line;
   std::chrono::milliseconds start_timeout{120000};

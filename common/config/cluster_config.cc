@@ -81,6 +81,13 @@ absl::Status ReadChoice(const std::string& field, const YAML::Node& node,
 using FieldHandler = std::function<absl::Status(const std::string& field, const YAML::Node&)>;
 using FieldTable = std::vector<std::pair<std::string_view, FieldHandler>>;
 
+FieldHandler StringField(std::string* out) {
+  return [out](const std::string& f, const YAML::Node& n) -> absl::Status {
+    ASSIGN_OR_RETURN(*out, ReadString(f, n));
+    return absl::OkStatus();
+  };
+}
+
 absl::Status ReadMap(const std::string& section, const YAML::Node& node, const FieldTable& table) {
   if (!node.IsMap()) return FieldError(section, node, "expected a mapping");
   for (const auto& entry : node) {
@@ -99,10 +106,7 @@ absl::Status ReadMap(const std::string& section, const YAML::Node& node, const F
 
 absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
   const FieldTable table = {
-      {"host", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         ASSIGN_OR_RETURN(c->host, ReadString(f, n));
-         return absl::OkStatus();
-       }},
+      {"host", StringField(&c->host)},
       {"grpc_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->grpc_port); }},
       {"control_port",
        [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->control_port); }},
@@ -116,35 +120,33 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
       {"max_queue", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
       {"min_workers",
        [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->min_workers); }},
+      {"http_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->http_port); }},
+      {"http_host", StringField(&c->http_host)},
+      {"chat_template", StringField(&c->chat_template)},
+      {"api_key_file", StringField(&c->api_key_file)},
+      {"tls_cert", StringField(&c->tls_cert)},
+      {"tls_key", StringField(&c->tls_key)},
+      {"tls_client_ca", StringField(&c->tls_client_ca)},
   };
-  return ReadMap("coordinator", node, table);
+  RETURN_IF_ERROR(ReadMap("coordinator", node, table));
+  absl::Status valid = ValidateCoordinatorSection(*c);
+  if (!valid.ok()) return FieldError("coordinator", node, std::string(valid.message()));
+  return absl::OkStatus();
 }
 
 absl::Status ReadLoader(const YAML::Node& node, LoaderSection* l) {
   const FieldTable table = {
-      {"host", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         ASSIGN_OR_RETURN(l->host, ReadString(f, n));
-         return absl::OkStatus();
-       }},
+      {"host", StringField(&l->host)},
       {"port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &l->port); }},
-      {"model", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         ASSIGN_OR_RETURN(l->model, ReadString(f, n));
-         return absl::OkStatus();
-       }},
+      {"model", StringField(&l->model)},
   };
   return ReadMap("loader", node, table);
 }
 
 absl::Status ReadWorker(const std::string& section, const YAML::Node& node, WorkerSection* w) {
   const FieldTable table = {
-      {"id", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         ASSIGN_OR_RETURN(w->id, ReadString(f, n));
-         return absl::OkStatus();
-       }},
-      {"host", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         ASSIGN_OR_RETURN(w->host, ReadString(f, n));
-         return absl::OkStatus();
-       }},
+      {"id", StringField(&w->id)},
+      {"host", StringField(&w->host)},
       {"data_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &w->data_port); }},
       {"memory_budget", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          if (!n.IsScalar()) return FieldError(f, n, "expected a size such as 2G");
@@ -206,6 +208,16 @@ std::string Quote(const std::string& text) {
 
 }  // namespace
 
+absl::Status ValidateCoordinatorSection(const CoordinatorSection& section) {
+  if (section.tls_cert.empty() != section.tls_key.empty()) {
+    return absl::InvalidArgumentError("tls_cert and tls_key go together: give both or neither");
+  }
+  if (!section.tls_client_ca.empty() && section.tls_cert.empty()) {
+    return absl::InvalidArgumentError("tls_client_ca (mutual TLS) needs tls_cert and tls_key");
+  }
+  return absl::OkStatus();
+}
+
 const WorkerSection* ClusterConfig::FindWorker(std::string_view id) const {
   for (const WorkerSection& worker : workers) {
     if (worker.id == id) return &worker;
@@ -223,7 +235,18 @@ std::string ClusterConfig::ToYaml() const {
       << "  ctx_size: " << coordinator.ctx_size << "\n"
       << "  kv_type: " << coordinator.kv_type << "\n"
       << "  max_queue: " << coordinator.max_queue << "\n"
-      << "  min_workers: " << coordinator.min_workers << "\n"
+      << "  min_workers: " << coordinator.min_workers << "\n";
+  if (coordinator.http_port >= 0) out << "  http_port: " << coordinator.http_port << "\n";
+  for (const auto& [key, value] :
+       {std::pair<const char*, const std::string*>{"http_host", &coordinator.http_host},
+        {"chat_template", &coordinator.chat_template},
+        {"api_key_file", &coordinator.api_key_file},
+        {"tls_cert", &coordinator.tls_cert},
+        {"tls_key", &coordinator.tls_key},
+        {"tls_client_ca", &coordinator.tls_client_ca}}) {
+    if (!value->empty()) out << "  " << key << ": " << Quote(*value) << "\n";
+  }
+  out
       << "loader:\n"
       << "  host: " << Quote(loader.host) << "\n"
       << "  port: " << loader.port << "\n"

@@ -12,6 +12,13 @@
 //     kv_type: f32             # f32 or f16
 //     max_queue: 256
 //     min_workers: 1           # workers that must register before the first plan
+//     http_port: 8080          # OpenAI-compatible HTTP API; off when absent
+//     http_host: 127.0.0.1     # where HTTP binds; default: host
+//     chat_template: llama3    # default: recognized from the model
+//     api_key_file: /etc/chord/token/token  # its first line is the bearer token (gRPC and HTTP)
+//     tls_cert: /etc/chord/tls/server.crt   # PEM; with tls_key: gRPC and HTTP serve TLS
+//     tls_key: /etc/chord/tls/server.key
+//     tls_client_ca: /etc/chord/tls/clients.crt  # PEM CA: mutual TLS, clients need a certificate it signed
 //   loader:
 //     host: 127.0.0.1
 //     port: 5556
@@ -44,7 +51,19 @@ struct CoordinatorSection {
   std::string kv_type = "f32";
   int max_queue = 256;
   int min_workers = 1;
+  int http_port = -1;          // -1: no HTTP server; 0: chosen by the OS
+  std::string http_host;       // empty: `host`
+  std::string chat_template;   // empty: recognized from the model
+  std::string api_key_file;    // empty: no bearer token (the CHORD_API_KEY variable may set one)
+  std::string tls_cert, tls_key;  // PEM files, both or neither; for gRPC and HTTP
+  std::string tls_client_ca;      // PEM CA file: clients must present a certificate it signed
+
+  const std::string& http_bind_host() const { return http_host.empty() ? host : http_host; }
 };
+
+// INVALID_ARGUMENT when settings that only make sense together are not
+// (tls_cert without tls_key, or the reverse; tls_client_ca without TLS).
+absl::Status ValidateCoordinatorSection(const CoordinatorSection& section);
 
 struct LoaderSection {
   std::string host = "127.0.0.1";

@@ -1,9 +1,13 @@
 #include "common/config/cluster_config.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
+#include "common/config/coordinator_flags.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -21,6 +25,13 @@ constexpr char kFull[] = R"(coordinator:
   kv_type: f16
   max_queue: 32
   min_workers: 2
+  http_port: 8080
+  http_host: 0.0.0.0
+  chat_template: chatml
+  api_key_file: /etc/chord/token
+  tls_cert: /etc/chord/tls/server.crt
+  tls_key: /etc/chord/tls/server.key
+  tls_client_ca: /etc/chord/tls/clients.crt
 loader:
   host: 127.0.0.1
   port: 6002
@@ -47,6 +58,13 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.kv_type, "f16");
   EXPECT_EQ(config->coordinator.max_queue, 32);
   EXPECT_EQ(config->coordinator.min_workers, 2);
+  EXPECT_EQ(config->coordinator.http_port, 8080);
+  EXPECT_EQ(config->coordinator.http_bind_host(), "0.0.0.0");
+  EXPECT_EQ(config->coordinator.chat_template, "chatml");
+  EXPECT_EQ(config->coordinator.api_key_file, "/etc/chord/token");
+  EXPECT_EQ(config->coordinator.tls_cert, "/etc/chord/tls/server.crt");
+  EXPECT_EQ(config->coordinator.tls_key, "/etc/chord/tls/server.key");
+  EXPECT_EQ(config->coordinator.tls_client_ca, "/etc/chord/tls/clients.crt");
   EXPECT_EQ(config->loader.port, 6002);
   EXPECT_EQ(config->loader.model, "models/stories260K.gguf");
   ASSERT_EQ(config->workers.size(), 2u);
@@ -70,6 +88,10 @@ TEST(ClusterConfigTest, EmptyDocumentGivesDefaults) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->coordinator.grpc_port, 50051);
   EXPECT_EQ(config->coordinator.kv_slots, 16);
+  EXPECT_EQ(config->coordinator.http_port, -1);  // HTTP off
+  EXPECT_EQ(config->coordinator.http_bind_host(), "127.0.0.1");
+  EXPECT_TRUE(config->coordinator.api_key_file.empty());
+  EXPECT_TRUE(config->coordinator.tls_cert.empty());
   EXPECT_EQ(config->loader.port, 5556);
   EXPECT_TRUE(config->workers.empty());
 }
@@ -83,6 +105,8 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   EXPECT_EQ(again->ToYaml(), yaml);
   EXPECT_EQ(again->workers[1].memory_budget, 512ull << 20);
   EXPECT_EQ(again->coordinator.kv_type, "f16");
+  EXPECT_EQ(again->coordinator.http_port, 8080);
+  EXPECT_EQ(again->coordinator.tls_key, "/etc/chord/tls/server.key");
   // Defaults print too, so the effective config is complete.
   absl::StatusOr<ClusterConfig> defaults = ParseClusterConfig("");
   ASSERT_TRUE(defaults.ok());
@@ -104,6 +128,11 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"coordinator:\n  kv_type: q8\n", "coordinator.kv_type (line 2): 'q8' is not one of"},
       {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},
       {"coordinator: 3\n", "coordinator (line 1): expected a mapping"},
+      {"coordinator:\n  http_port: -1\n", "coordinator.http_port (line 2)"},
+      {"coordinator:\n  api_key_file: [a]\n", "coordinator.api_key_file (line 2): expected a string"},
+      {"coordinator:\n  tls_cert: c.pem\n", "tls_cert and tls_key go together"},
+      {"coordinator:\n  tls_key: k.pem\n", "tls_cert and tls_key go together"},
+      {"coordinator:\n  tls_client_ca: ca.pem\n", "tls_client_ca (mutual TLS) needs tls_cert"},
       {"loader:\n  port: -1\n", "loader.port (line 2)"},
       {"loader:\n  model:\n", "loader.model (line 2): missing value"},
       {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
@@ -141,6 +170,67 @@ TEST(ClusterConfigTest, LoadsFromFileAndReportsPath) {
             absl::StatusCode::kNotFound);
   std::filesystem::remove(good);
   std::filesystem::remove(bad);
+}
+
+// Parses `args` (after the program name) with CoordinatorFlags and applies
+// them over `file`.
+absl::StatusOr<CoordinatorSection> ApplyFlags(const CoordinatorSection& file, std::vector<std::string> args) {
+  CLI::App app;
+  CoordinatorFlags flags(app);
+  std::reverse(args.begin(), args.end());  // CLI11 takes a vector in reverse order
+  try {
+    app.parse(args);
+  } catch (const CLI::ParseError& e) {
+    return absl::InvalidArgumentError(e.what());
+  }
+  return flags.Apply(file);
+}
+
+TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const std::string key_file =
+      std::filesystem::temp_directory_path() / ("chord_flags_key_" + std::to_string(::getpid()));
+  std::ofstream(key_file) << "sekret\n";
+  absl::StatusOr<CoordinatorSection> s = ApplyFlags(
+      config->coordinator, {"--grpc-port", "7000", "--http-port", "0", "--http-host", "127.0.0.2",
+                            "--chat-template", "llama3", "--api-key-file", key_file, "--kv-slots", "9"});
+  std::filesystem::remove(key_file);
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->grpc_port, 7000);
+  EXPECT_EQ(s->http_port, 0);
+  EXPECT_EQ(s->http_bind_host(), "127.0.0.2");
+  EXPECT_EQ(s->chat_template, "llama3");
+  EXPECT_EQ(s->api_key_file, key_file);
+  EXPECT_EQ(s->kv_slots, 9);
+  // Not given: the file's values.
+  EXPECT_EQ(s->control_port, 6001);
+  EXPECT_EQ(s->kv_type, "f16");
+  EXPECT_EQ(s->max_queue, 32);
+  EXPECT_EQ(s->tls_cert, "/etc/chord/tls/server.crt");
+  // No flags at all: the file unchanged; no file: the defaults.
+  s = ApplyFlags(config->coordinator, {});
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->http_port, 8080);
+  s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16"});
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->http_port, -1);
+  EXPECT_EQ(s->grpc_port, 50051);
+  EXPECT_EQ(s->kv_type, "f16");
+}
+
+TEST(CoordinatorFlagsTest, BadValuesAndHalfTlsAreRefused) {
+  EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--http-port", "70000"}).ok());
+  EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--kv-type", "q4"}).ok());
+  EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--tls-cert", "/nonexistent/cert.pem"}).ok());
+  CoordinatorSection half;
+  half.tls_cert = "cert.pem";
+  EXPECT_EQ(ValidateCoordinatorSection(half).code(), absl::StatusCode::kInvalidArgument);
+  half.tls_key = "key.pem";
+  EXPECT_TRUE(ValidateCoordinatorSection(half).ok());
+  CoordinatorSection ca_only;
+  ca_only.tls_client_ca = "ca.pem";
+  EXPECT_EQ(ValidateCoordinatorSection(ca_only).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ParseByteSizeTest, AcceptsSuffixesAsPowersOf1024) {

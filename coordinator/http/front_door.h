@@ -1,6 +1,6 @@
-// chord-coordinator's HTTP front door as main() starts it: the flags, and an
-// HttpServer on the coordinator's own scheduler (so HTTP and gRPC requests
-// share KV slots, queue and batches).
+// chord-coordinator's HTTP front door as main() starts it: an HttpServer on
+// the coordinator's own scheduler (so HTTP and gRPC requests share KV slots,
+// queue and batches).
 //
 // Thread-safety: Start/destruction from one thread.
 #pragma once
@@ -8,7 +8,6 @@
 #include <memory>
 #include <string>
 
-#include "CLI/CLI.hpp"
 #include "absl/status/statusor.h"
 #include "coordinator/http/http_server.h"
 #include "coordinator/model_context.h"
@@ -16,23 +15,20 @@
 
 namespace chord::coordinator::http {
 
-struct HttpFlags {
+struct FrontDoorOptions {
   int port = -1;              // < 0: no HTTP server; 0: chosen by the OS
+  std::string host = "127.0.0.1";
   std::string chat_template;  // empty: recognized from the model
-  std::string api_key_file;   // first line is the bearer token
-  std::string tls_cert_file, tls_key_file;
+  std::string api_key;        // non-empty: bearer token required on /v1/*
+  TlsFiles tls;
 };
-
-// --http-port, --chat-template, --api-key-file, --tls-cert, --tls-key.
-void AddHttpFlags(CLI::App& app, HttpFlags& flags);
 
 class FrontDoor {
  public:
-  // nullptr when flags.port < 0. INVALID_ARGUMENT for an unknown chat
-  // template or unreadable key/TLS files, UNAVAILABLE when the port is taken.
+  // nullptr when options.port < 0. INVALID_ARGUMENT for an unknown chat
+  // template or unreadable TLS files, UNAVAILABLE when the port is taken.
   // `model` and `scheduler` must outlive the front door.
-  static absl::StatusOr<std::unique_ptr<FrontDoor>> Start(const HttpFlags& flags,
-                                                          const std::string& host,
+  static absl::StatusOr<std::unique_ptr<FrontDoor>> Start(const FrontDoorOptions& options,
                                                           const ModelContext& model,
                                                           Scheduler& scheduler,
                                                           const RequestLimits& limits);

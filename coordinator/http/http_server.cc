@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 #include "common/base/status.h"
+#include "coordinator/api_security.h"
+#include "coordinator/http/client_connection.h"
 #include "coordinator/http/openai_api.h"
 
 namespace chord::coordinator::http {
@@ -16,6 +18,7 @@ namespace {
 using nlohmann::json;
 
 constexpr std::chrono::milliseconds kPoll{20};
+constexpr std::chrono::milliseconds kClientCheck{100};  // how often a non-streaming request checks its client
 
 uint64_t RandomSeed() {
   thread_local std::mt19937_64 engine{std::random_device{}()};
@@ -25,14 +28,6 @@ uint64_t RandomSeed() {
 void SendError(httplib::Response& res, const absl::Status& status, std::string_view code = "") {
   res.status = HttpStatusFor(status);
   res.set_content(DumpJson(ErrorBody(status, code)), "application/json");
-}
-
-// Comparison time does not depend on where the strings differ.
-bool SameSecret(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 // One HTTP generation: its n scheduler requests and what they have produced.
@@ -118,7 +113,7 @@ class HttpServer::Handlers {
   absl::StatusOr<std::shared_ptr<Job>> Submit(const OpenAiRequest& request, Endpoint endpoint);
   absl::Status ChatPrompt(const OpenAiRequest& request, chord::v1::GenerateRequest& generate) const;
   void Generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
-  void Respond(Job& job, httplib::Response& res);
+  void Respond(Job& job, const httplib::Request& req, httplib::Response& res);
   void Stream(std::shared_ptr<Job> job, httplib::Response& res);
 
   HttpServerOptions options_;
@@ -172,11 +167,7 @@ void HttpServer::Handlers::Register(httplib::Server& server) {
 bool HttpServer::Handlers::Authorized(const httplib::Request& req, httplib::Response& res) const {
   if (options_.api_key.empty()) return true;
   const std::string header = req.get_header_value("Authorization");
-  constexpr std::string_view kBearer = "Bearer ";
-  if (header.starts_with(kBearer) &&
-      SameSecret(std::string_view(header).substr(kBearer.size()), options_.api_key)) {
-    return true;
-  }
+  if (BearerMatches(header, options_.api_key)) return true;
   SendError(res,
             absl::UnauthenticatedError(header.empty() ? "missing Authorization: Bearer <key>"
                                                       : "the API key is wrong"),
@@ -259,12 +250,21 @@ void HttpServer::Handlers::Generate(const httplib::Request& req, httplib::Respon
   absl::StatusOr<std::shared_ptr<Job>> job = Submit(*request, endpoint);
   if (!job.ok()) return SendError(res, job.status());
   if (request->stream) return Stream(*std::move(job), res);
-  Respond(**job, res);
+  Respond(**job, req, res);
 }
 
-void HttpServer::Handlers::Respond(Job& job, httplib::Response& res) {
+void HttpServer::Handlers::Respond(Job& job, const httplib::Request& req, httplib::Response& res) {
+  // Nothing is written until the end, so a client that leaves is only seen
+  // by watching its socket.
+  const ClientConnection client(req);
+  if (!client.found()) log::Debug("http: cannot watch the connection of %s:%d", req.remote_addr, req.remote_port);
+  auto next_check = std::chrono::steady_clock::now() + kClientCheck;
   while (job.remaining > 0) {
     absl::Status status = PollOnce(job, [](int, const ChoiceOutput&) { return true; });
+    if (status.ok() && std::chrono::steady_clock::now() >= next_check) {
+      next_check = std::chrono::steady_clock::now() + kClientCheck;
+      if (client.Closed()) status = absl::CancelledError("the client went away");
+    }
     if (!status.ok()) {
       job.AbortUnfinished();
       return SendError(res, status);
@@ -308,17 +308,19 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(HttpServerOptions 
                                                               const Tokenizer& tokenizer,
                                                               GenerationBackend& backend) {
   std::unique_ptr<HttpServer> server(new HttpServer());
-  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  const TlsFiles& files = options.tls;
+  const bool tls = files.enabled() || !files.key_file.empty();
   if (tls) {
-    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+    if (files.cert_file.empty() || files.key_file.empty()) {
       return absl::InvalidArgumentError("HTTPS needs both a certificate and a key file");
     }
-    auto ssl = std::make_unique<httplib::SSLServer>(options.tls_cert_file.c_str(),
-                                                    options.tls_key_file.c_str());
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        files.cert_file.c_str(), files.key_file.c_str(),
+        files.client_ca_file.empty() ? nullptr : files.client_ca_file.c_str());
     if (!ssl->is_valid()) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot load the TLS certificate ",
-                                                     options.tls_cert_file, " and key ",
-                                                     options.tls_key_file));
+      return absl::InvalidArgumentError(absl::StrCat("cannot load the TLS certificate ", files.cert_file,
+                                                     ", key ", files.key_file, " or client CA ",
+                                                     files.client_ca_file));
     }
     server->server_ = std::move(ssl);
   } else {

@@ -2,7 +2,7 @@
 // POST /v1/chat/completions (JSON or server-sent events), GET /v1/models,
 // GET /health. Requests go through ValidateGenerateRequest to the same
 // scheduler the gRPC service uses; `n` choices are n scheduler requests.
-// A streaming client that goes away has its requests aborted.
+// A client that goes away has its requests aborted, streaming or not.
 //
 // Thread-safety: Start/Stop from one thread; handlers run on the server's own
 // thread pool. Errors: Start gives UNAVAILABLE when the port cannot be bound,
@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "common/gguf/gguf_file.h"
 #include "common/tokenizer/tokenizer.h"
+#include "coordinator/api_security.h"
 #include "coordinator/http/chat_template.h"
 #include "coordinator/request_stream.h"
 #include "coordinator/request_validation.h"
@@ -46,7 +47,7 @@ struct HttpServerOptions {
   RequestLimits limits;
   std::optional<ChatFormat> chat_format;  // none: chat requests get 400
   std::string api_key;  // non-empty: "Authorization: Bearer <key>" required on /v1/*
-  std::string tls_cert_file, tls_key_file;  // both set: HTTPS
+  TlsFiles tls;         // enabled: HTTPS (client certificates required with a client CA)
   int threads = 16;
 };
 

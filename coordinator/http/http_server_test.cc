@@ -1,13 +1,18 @@
 #include "coordinator/http/http_server.h"
 
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/http/openai_api.h"
@@ -357,6 +362,65 @@ TEST_F(HttpServerTest, ClientLeavingMidStreamAbortsItsRequests) {
   EXPECT_TRUE(backend_->aborted().contains(backend_->submitted()[0].request_id));
 }
 
+// Sends a request on a socket of its own and returns the socket unread.
+int PostRaw(int port, const std::string& path, const json& body) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) return -1;
+  const std::string text = body.dump();
+  const std::string request = absl::StrCat("POST ", path,
+                                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                                           "application/json\r\nContent-Length: ",
+                                           text.size(), "\r\n\r\n", text);
+  if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+bool WaitUntil(const std::function<bool()>& condition) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!condition() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return condition();
+}
+
+TEST_F(HttpServerTest, ClientLeavingANonStreamingRequestAbortsItsRequests) {
+  backend_->step_delay = std::chrono::milliseconds(20);  // 200 tokens: 4 s if nobody aborts
+  options_.chat_format = ChatFormat::kChatMl;
+  StartServer();
+  const json completion = {{"prompt", "x"}, {"max_tokens", 200}, {"n", 2}};
+  const json chat = {{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 200}};
+  size_t submitted = 0;
+  for (const auto& [path, body, n] : {std::tuple{"/v1/completions", completion, 2},
+                                      std::tuple{"/v1/chat/completions", chat, 1}}) {
+    SCOPED_TRACE(path);
+    const auto start = std::chrono::steady_clock::now();
+    const int fd = PostRaw(server_->port(), path, body);
+    ASSERT_GE(fd, 0);
+    submitted += static_cast<size_t>(n);
+    ASSERT_TRUE(WaitUntil([&] { return backend_->submitted().size() == submitted; }));
+    // Still connected: nothing is aborted.
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    EXPECT_TRUE(backend_->aborted().size() + static_cast<size_t>(n) == submitted);
+    ::close(fd);
+    EXPECT_TRUE(WaitUntil([&] { return backend_->aborted().size() == submitted; }));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+    for (const ValidatedRequest& request : backend_->submitted()) {
+      EXPECT_TRUE(backend_->aborted().contains(request.request_id)) << request.request_id;
+    }
+  }
+  // The server goes on serving.
+  auto res = Post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 2}});
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+}
+
 TEST_F(HttpServerTest, ResolvesTheChatFormat) {
   auto format = ResolveChatFormat(*header_, "chatml");
   ASSERT_TRUE(format.ok());
@@ -370,11 +434,11 @@ TEST_F(HttpServerTest, ResolvesTheChatFormat) {
 }
 
 TEST_F(HttpServerTest, BadTlsFilesAreRefused) {
-  options_.tls_cert_file = "/nonexistent/cert.pem";
-  options_.tls_key_file = "/nonexistent/key.pem";
+  options_.tls.cert_file = "/nonexistent/cert.pem";
+  options_.tls.key_file = "/nonexistent/key.pem";
   EXPECT_EQ(HttpServer::Start(options_, *tokenizer_, *backend_).status().code(),
             absl::StatusCode::kInvalidArgument);
-  options_.tls_key_file = "";
+  options_.tls.key_file = "";
   EXPECT_EQ(HttpServer::Start(options_, *tokenizer_, *backend_).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
@@ -389,8 +453,8 @@ TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
       " -out " + cert + " >/dev/null 2>&1";
   if (std::system(command.c_str()) != 0)
     GTEST_SKIP() << "the openssl command cannot make a test certificate";
-  options_.tls_cert_file = cert;
-  options_.tls_key_file = key;
+  options_.tls.cert_file = cert;
+  options_.tls.key_file = key;
   options_.api_key = "sekret";
   auto server = HttpServer::Start(options_, *tokenizer_, *backend_);
   ASSERT_TRUE(server.ok()) << server.status();
@@ -402,11 +466,35 @@ TEST_F(HttpServerTest, ServesHttpsWithACertificate) {
   ASSERT_TRUE(res) << "no HTTPS response";
   EXPECT_EQ(res->status, 200) << res->body;
   EXPECT_EQ(json::parse(res->body)["choices"][0]["text"], FakeText(2));
+  // A non-streaming HTTPS client that gives up has its request aborted too.
+  backend_->step_delay = std::chrono::milliseconds(20);
+  httplib::SSLClient leaving("127.0.0.1", (*server)->port());
+  leaving.enable_server_certificate_verification(false);
+  leaving.set_read_timeout(0, 300000);
+  EXPECT_FALSE(leaving.Post("/v1/completions", {{"Authorization", "Bearer sekret"}},
+                            json({{"prompt", "x"}, {"max_tokens", 200}}).dump(), "application/json"));
+  EXPECT_TRUE(WaitUntil([&] { return backend_->aborted().size() == 1; }));
+  backend_->step_delay = std::chrono::milliseconds(0);
   // Clear text is not answered on the TLS port.
   httplib::Client plain("127.0.0.1", (*server)->port());
   plain.set_read_timeout(2, 0);
   auto clear = plain.Get("/health");
   EXPECT_TRUE(!clear || clear->status != 200);
+  server->reset();
+  // Mutual TLS: the (self-signed) certificate is also the client CA; a
+  // client without a certificate it signed gets no answer.
+  options_.tls.client_ca_file = cert;
+  server = HttpServer::Start(options_, *tokenizer_, *backend_);
+  ASSERT_TRUE(server.ok()) << server.status();
+  httplib::SSLClient anonymous("127.0.0.1", (*server)->port());
+  anonymous.enable_server_certificate_verification(false);
+  anonymous.set_read_timeout(2, 0);
+  EXPECT_FALSE(anonymous.Get("/health"));
+  httplib::SSLClient known("127.0.0.1", (*server)->port(), cert, key);
+  known.enable_server_certificate_verification(false);
+  auto health = known.Get("/health");
+  ASSERT_TRUE(health) << "no answer with a client certificate";
+  EXPECT_EQ(health->status, 200);
   server->reset();
   std::filesystem::remove_all(dir);
 }

@@ -4,8 +4,11 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -106,6 +109,47 @@ TEST(ServeCommandTest, ServesGeneratesAndStopsCleanly) {
   EXPECT_EQ(status, 0) << serve::DescribeWaitStatus(status) << "\n" << (*serve)->Output();
   for (pid_t child : children) EXPECT_FALSE(Alive(child)) << "child " << child << " outlived chord serve";
   EXPECT_NE((*serve)->Output().find("chord serve: stopped"), std::string::npos);
+}
+
+// `chord serve` passes TLS and the API key to its coordinator (and probes it
+// over TLS); `chord generate --server` needs --tls-ca and --api-key to talk to it.
+TEST(ServeCommandTest, ServesTlsWithAnApiKeyToChordGenerate) {
+  const std::string dir = ::testing::TempDir() + "/chord_serve_tls_" + std::to_string(::getpid());
+  const std::string cert = dir + "/server.crt", key = dir + "/server.key", token = dir + "/token";
+  const std::string make_cert = "mkdir -p " + dir +
+                                " && openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+                                "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+                                key + " -out " + cert + " >/dev/null 2>&1";
+  if (std::system(make_cert.c_str()) != 0) GTEST_SKIP() << "the openssl command cannot make a test certificate";
+  std::ofstream(token) << "sekret\n";
+  const int port = FreePort();
+  ASSERT_GT(port, 0);
+  absl::StatusOr<std::unique_ptr<serve::ChildProcess>> serve = serve::ChildProcess::Start(
+      "chord serve", BinDir() + "/chord",
+      {"serve", "--port", std::to_string(port), "--workers", "1", "--kv-slots", "2", "--ctx-size", "128",
+       "--threads", "1", "--tls-cert", cert, "--tls-key", key, "--api-key-file", token});
+  ASSERT_TRUE(serve.ok()) << serve.status();
+  absl::StatusOr<std::string> serving = (*serve)->WaitForLine("chord serve: serving", std::chrono::seconds(90));
+  ASSERT_TRUE(serving.ok()) << serving.status() << "\n" << (*serve)->Output();
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  const std::vector<std::string> request = {"generate", "--server", address, "--json", "--prompt", "Once",
+                                            "--temperature", "0", "--max-tokens", "5", "--ignore-eos"};
+  auto with = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = request;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunChordJson(args, std::chrono::seconds(30));
+  };
+  absl::StatusOr<nlohmann::json> ok = with({"--tls-ca", cert, "--api-key", "sekret"});
+  ASSERT_TRUE(ok.ok()) << ok.status() << "\n" << (*serve)->Output();
+  EXPECT_EQ((*ok)["token_ids"].size(), 5u);
+  absl::StatusOr<nlohmann::json> no_key = with({"--tls-ca", cert});
+  ASSERT_FALSE(no_key.ok());
+  EXPECT_NE(no_key.status().message().find("gRPC code 16"), std::string::npos) << no_key.status();  // UNAUTHENTICATED
+  EXPECT_FALSE(with({"--tls-ca", cert, "--api-key", "wrong"}).ok());
+  EXPECT_FALSE(with({"--api-key", "sekret"}).ok());  // plaintext to the TLS port
+  const int status = (*serve)->Stop(std::chrono::seconds(30));
+  EXPECT_EQ(status, 0) << serve::DescribeWaitStatus(status) << "\n" << (*serve)->Output();
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ServeCommandTest, BadConfigIsAUsageError) {

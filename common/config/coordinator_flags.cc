@@ -1,0 +1,52 @@
+#include "common/config/coordinator_flags.h"
+
+namespace chord {
+
+template <typename T>
+CLI::Option* CoordinatorFlags::Add(CLI::App& app, const char* name, T CoordinatorSection::*field,
+                                   const char* help) {
+  CLI::Option* option = app.add_option(name, values_.*field, help);
+  overrides_.push_back([this, option, field](CoordinatorSection& section) {
+    if (option->count() > 0) section.*field = values_.*field;
+  });
+  return option;
+}
+
+CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
+  using S = CoordinatorSection;
+  Add(app, "--grpc-port", &S::grpc_port, "gRPC port; 0 lets the OS pick")
+      ->check(CLI::Range(0, 65535));
+  Add(app, "--min-workers", &S::min_workers, "workers needed before the first plan")
+      ->check(CLI::Range(1, 4096));
+  Add(app, "--kv-slots", &S::kv_slots, "sequences held at once")->check(CLI::Range(1, 4096));
+  Add(app, "--ctx-size", &S::ctx_size, "positions per sequence; 0: the model's")
+      ->check(CLI::NonNegativeNumber);
+  Add(app, "--kv-type", &S::kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
+  Add(app, "--max-queue", &S::max_queue, "queued requests before RESOURCE_EXHAUSTED")
+      ->check(CLI::PositiveNumber);
+  Add(app, "--http-port", &S::http_port,
+      "OpenAI-compatible HTTP port (off unless given; 0: OS pick)")
+      ->check(CLI::Range(0, 65535));
+  Add(app, "--http-host", &S::http_host,
+      "where the HTTP API binds (default: the coordinator's host)");
+  Add(app, "--chat-template", &S::chat_template,
+      "llama2, llama3, chatml, mistral, zephyr, gemma or phi3 (default: recognized from the "
+      "model)");
+  Add(app, "--api-key-file", &S::api_key_file,
+      "file whose first line is the bearer token gRPC and HTTP clients must send (or set "
+      "CHORD_API_KEY)")
+      ->check(CLI::ExistingFile);
+  Add(app, "--tls-cert", &S::tls_cert, "PEM certificate: serve gRPC and HTTP over TLS")
+      ->check(CLI::ExistingFile);
+  Add(app, "--tls-key", &S::tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
+  Add(app, "--tls-client-ca", &S::tls_client_ca,
+      "PEM CA: require client certificates it signed (mutual TLS)")
+      ->check(CLI::ExistingFile);
+}
+
+CoordinatorSection CoordinatorFlags::Apply(CoordinatorSection file) const {
+  for (const auto& apply : overrides_) apply(file);
+  return file;
+}
+
+}  // namespace chord

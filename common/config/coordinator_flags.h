@@ -1,0 +1,37 @@
+// chord-coordinator's command line over the cluster file's coordinator:
+// section. Every flag given on the command line replaces the file's field;
+// fields whose flags were not given keep the file's value (or the default).
+//
+// Thread-safety: one thread (main). The object must outlive app.parse(), and
+// must not move: the overrides point into it.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "common/config/cluster_config.h"
+
+namespace chord {
+
+class CoordinatorFlags {
+ public:
+  // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type,
+  // --max-queue, --http-port, --http-host, --chat-template, --api-key-file,
+  // --tls-cert, --tls-key and --tls-client-ca to `app`.
+  explicit CoordinatorFlags(CLI::App& app);
+  CoordinatorFlags(const CoordinatorFlags&) = delete;
+  CoordinatorFlags& operator=(const CoordinatorFlags&) = delete;
+
+  // `file` with the given flags applied.
+  CoordinatorSection Apply(CoordinatorSection file) const;
+
+ private:
+  template <typename T>
+  CLI::Option* Add(CLI::App& app, const char* name, T CoordinatorSection::*field, const char* help);
+
+  CoordinatorSection values_;
+  std::vector<std::function<void(CoordinatorSection&)>> overrides_;
+};
+
+}  // namespace chord
