@@ -85,6 +85,7 @@ struct Row {
   double bound_tok_s = 0;  // min(resident, bandwidth-bound); 0 when unknown
   uint64_t peak_rss = 0;
   uint64_t budget = 0;
+  uint64_t kv_bytes = 0;
   double fetch_ms = 0, compute_ms = 0;
   int depth = 0;
 };
@@ -149,6 +150,7 @@ class Bench {
         LlamaStage::Load(*weights.tensors, config_, range_, pool_, weights.layers.get()));
     KvCacheShape shape{config_.n_layer, batch, n_ctx_, config_.n_embd_kv(), DType::kF32};
     ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
+    const uint64_t kv_bytes = cache.bytes();
     std::mt19937 rng(17);
     std::uniform_int_distribution<int32_t> token(3, static_cast<int32_t>(config_.n_vocab - 1));
     std::vector<float> x(static_cast<size_t>(batch * config_.n_embd));
@@ -181,6 +183,7 @@ class Bench {
     row.tok_s = batch / Median(step_seconds);
     row.peak_rss = StatusBytes("VmHWM");
     row.budget = setup.budget;
+    row.kv_bytes = kv_bytes;
     if (weights.layers) {
       const ShardCacheStats after = weights.layers->Stats();
       row.stall_fraction = (after.stall_seconds - before.stall_seconds) / elapsed;
@@ -248,12 +251,14 @@ int Main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   log::Init(log::Level::kWarn, false);
 
+  std::printf("process RSS before any weights: %.0f MiB\n\n", StatusBytes("VmRSS") / 1048576.0);
   std::vector<int> batch_sizes;
   for (const std::string& b : Split(batches)) batch_sizes.push_back(std::stoi(b));
   std::printf(
       "| link | setup | batch | tok/s | stalled | MiB/step | bound tok/s | vs bound | "
       "fetch/compute ms per layer "
-      "| depth | peak RSS MiB | budget MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "| depth | peak RSS MiB | budget MiB | KV MiB | RSS - budget - KV |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   std::vector<double> resident_tok_s(batch_sizes.size(), 0);
   for (const std::string& bandwidth : Split(bandwidths)) {
@@ -308,8 +313,14 @@ int Main(int argc, char** argv) {
           const double bandwidth_bound = row->batch * *link / (row->mib_per_step * 1048576.0);
           row->bound_tok_s = std::min(resident_tok_s[i], bandwidth_bound);
         }
+        const uint64_t held = row->budget > 0 ? row->budget : bench.shard_bytes();
+        const double overhead_mib =
+            (static_cast<double>(row->peak_rss) - static_cast<double>(held) -
+             static_cast<double>(row->kv_bytes)) /
+            1048576.0;
         std::printf(
-            "| %s | %s | %d | %.2f | %.0f%% | %.1f | %s | %s | %s | %s | %.0f | %s |\n",
+            "| %s | %s | %d | %.2f | %.0f%% | %.1f | %s | %s | %s | %s | %.0f | %s | %.0f | %.0f "
+            "|\n",
             link_name.c_str(), row->setup.c_str(), row->batch, row->tok_s,
             100 * row->stall_fraction, row->mib_per_step,
             row->bound_tok_s > 0 ? absl::StrFormat("%.2f", row->bound_tok_s).c_str() : "",
@@ -318,7 +329,8 @@ int Main(int argc, char** argv) {
             row->budget > 0 ? absl::StrFormat("%.1f / %.1f", row->fetch_ms, row->compute_ms).c_str()
                             : "",
             row->budget > 0 ? std::to_string(row->depth).c_str() : "", row->peak_rss / 1048576.0,
-            row->budget > 0 ? absl::StrFormat("%.0f", row->budget / 1048576.0).c_str() : "all");
+            row->budget > 0 ? absl::StrFormat("%.0f", row->budget / 1048576.0).c_str() : "all",
+            row->kv_bytes / 1048576.0, overhead_mib);
         std::fflush(stdout);
       }
     }

@@ -15,7 +15,7 @@ model="$out/tinyllama-1.1b-q4_k_m.gguf"
 
 # Regimes: transfer slower than, about equal to, and faster than compute.
 "$bin/shard_bench" --bin-dir "$bin" --model "$model" --threads "$threads" --transport shm \
-  --batches 1,4,8,16,32 --bandwidths 0,1G,250M --steps 5 | tee "$out/shard_matrix.md"
+  --batches 1,4,8,16,32 --bandwidths 0,2500M,1200M,250M --steps 5 | tee "$out/shard_matrix.md"
 # Transports, unlimited: bytes over tcp loopback, over a Unix socket, or read from the file.
 for transport in tcp ipc; do
   "$bin/shard_bench" --bin-dir "$bin" --model "$model" --threads "$threads" --transport "$transport" \
@@ -34,6 +34,7 @@ for args in "" "--worker-budget $budget"; do
     sleep 0.2
   done
   end=$(date +%s.%N)
-  echo "chord serve ${args:-(resident)}: first token $(echo "$end - $start" | bc) s after start" | tee -a "$out/serve_ttft.txt"
+  echo "chord serve ${args:-(resident)}: first token $(awk "BEGIN{printf \"%.2f\", $end - $start}") s after start" \
+    | tee -a "$out/serve_ttft.txt"
   kill -TERM "$serve"; wait "$serve" || true
 done
