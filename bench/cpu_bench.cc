@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/bench_timing.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
 #include "kernels/cpu/multi_dot.h"
@@ -32,16 +33,9 @@
 namespace chord {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::Clock;
+using bench::Median;
+using bench::Seconds;
 
 // The tensors of a GGUF file copied into anonymous memory (2 MiB-aligned,
 // transparent huge pages requested), instead of read through the file mapping.

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/bench_timing.h"
 #include "cli/serve/child_process.h"
 #include "common/base/log.h"
 #include "common/base/status.h"
@@ -41,16 +42,9 @@
 namespace chord {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double Seconds(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using bench::Clock;
+using bench::Median;
+using bench::Seconds;
 
 // VmHWM / VmRSS of this process in bytes.
 uint64_t StatusBytes(const std::string& key) {
