@@ -50,7 +50,12 @@ struct WorkerOptions {
   double weight_bytes_per_second = 0.0;  // 0: measured at start-up
   std::chrono::milliseconds hello_retry{500};
   std::chrono::milliseconds coordinator_timeout{2000};
-  std::chrono::milliseconds forward_timeout{2000};  // waiting for the next stage to take a step
+  // Waiting for the next stage to take a step. The coordinator keeps at most
+  // n_stages steps in flight, far below the high-water mark, so a stage that
+  // takes none is gone (or not connected yet); short, because the control loop
+  // (heartbeats) waits meanwhile, and the coordinator replays a step that
+  // failed this way.
+  std::chrono::milliseconds forward_timeout{250};
   int high_water_mark = 64;                         // messages queued per socket
   metrics::WorkerMetrics* metrics = nullptr;        // optional; must outlive the service
 };
