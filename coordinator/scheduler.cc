@@ -52,7 +52,7 @@ std::vector<Scheduler::Command> Scheduler::TakeCommands() {
 
 absl::StatusOr<std::shared_ptr<RequestStream>> Scheduler::Submit(ValidatedRequest request) {
   if (draining_.load()) return absl::UnavailableError("the server is shutting down");
-  if (!serving_.load()) return absl::UnavailableError("the model is not loaded on every stage yet");
+  if (!accepting_.load()) return absl::UnavailableError("the model is not loaded on every stage");
   if (queued_.fetch_add(1) >= max_queue_) {
     queued_.fetch_sub(1);
     return absl::ResourceExhaustedError("the request queue is full; retry later");

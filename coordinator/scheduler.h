@@ -11,8 +11,20 @@
 // 0..kv_slots-1, the same on every worker). Each micro-batch holds every
 // sequence that has tokens to feed and is not already in flight: a prompt in
 // chunks of at most prefill_chunk tokens (sampling after the last one), then
-// one token per decode step. Up to n_stages micro-batches are in flight. A
-// failed step or a lost stage fails its sequences with UNAVAILABLE.
+// one token per decode step. Up to n_stages micro-batches are in flight.
+//
+// Worker loss: when the plan changes (a stage's worker was lost, restarted or
+// a worker joined), the steps in flight are dropped (their tokens were never
+// sent to a client, and late answers carry an old plan_version) and every
+// running sequence is rewound: once every stage of the new plan is ready, its
+// journal (prompt plus every token already streamed) is fed again from
+// position 0 as a prefill, which rebuilds the KV caches and gives the last
+// stage the same token history, so the next token is the one an undisturbed
+// run would have sampled. A step a stage could not forward (UNAVAILABLE) is
+// retried the same way after worker_timeout, by when a lost stage has been
+// replaced. Requests end with UNAVAILABLE when no live worker can take the
+// layers, when the new plan is not ready within replan_timeout, or when a
+// step fails for another reason.
 //
 // Thread-safety: the public methods are thread-safe.
 #pragma once
@@ -43,6 +55,9 @@ struct SchedulerOptions {
   int max_queue = 256;
   int prefill_chunk = 256;
   std::chrono::milliseconds tick{20};  // liveness / heartbeat resolution
+  // How long running and queued requests wait for a new plan's stages to be
+  // ready (weights fetched) after a re-plan before they end with UNAVAILABLE.
+  std::chrono::milliseconds replan_timeout{60000};
 };
 
 class SchedulerCore;
@@ -58,7 +73,8 @@ class Scheduler {
 
   const std::string& control_endpoint() const { return control_endpoint_; }
 
-  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE when not serving or
+  // RESOURCE_EXHAUSTED when the queue is full, UNAVAILABLE when not serving
+  // (except while a re-plan that can succeed is loading: the request waits) or
   // draining, ALREADY_EXISTS for a request id that is still running.
   absl::StatusOr<std::shared_ptr<RequestStream>> Submit(ValidatedRequest request);
   // Ends the request with finish reason ABORT; false when it is not known.
@@ -90,6 +106,7 @@ class Scheduler {
   std::string control_endpoint_;
   int wake_fd_ = -1;
   std::atomic<bool> serving_{false};
+  std::atomic<bool> accepting_{false};  // serving, or recovering from a lost stage
   std::atomic<bool> draining_{false};
   std::atomic<int> queued_{0};
   std::atomic<int> running_{0};

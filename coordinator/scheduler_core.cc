@@ -3,12 +3,17 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 
 namespace chord::coordinator {
 namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// A step a stage could not forward (UNAVAILABLE) is replayed this many times per
+// sequence before the request fails.
+constexpr int kMaxStepRetries = 3;
 
 wire::pb::Sampling ToWire(const SamplingParams& in) {
   wire::pb::Sampling out;
@@ -43,6 +48,9 @@ absl::Status SchedulerCore::Bind(std::string* endpoint) {
     control_.set(zmq::sockopt::linger, 0);
     control_.set(zmq::sockopt::sndhwm, 10000);
     control_.set(zmq::sockopt::rcvhwm, 10000);
+    // A worker restarted under the same id (its identity) takes the route over
+    // from its dead or hung predecessor's connection instead of being ignored.
+    control_.set(zmq::sockopt::router_handover, true);
     control_.bind(options_.control_bind);
     *endpoint = control_.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& error) {
@@ -70,7 +78,7 @@ void SchedulerCore::Run() {
       SendControl(pool_.Tick(now));
       next_tick = now + options_.tick;
     }
-    CheckPlan();
+    CheckPlan(now);
     Admit();
     LaunchSteps();
     ReleaseEnded();
@@ -81,6 +89,7 @@ void SchedulerCore::Run() {
   wire::pb::Envelope shutdown;
   shutdown.mutable_shutdown()->set_reason("coordinator shutting down");
   SendControl(pool_.Broadcast(shutdown));
+  control_.set(zmq::sockopt::linger, 1000);  // let the Shutdowns out before the socket closes
   Publish();
 }
 
@@ -133,7 +142,7 @@ void SchedulerCore::ReceiveControl(Clock::time_point now) {
     if (!message->has_value()) return;
     const wire::Message& m = **message;
     if (m.envelope.has_step_result()) {
-      OnStepResult(m.envelope.step_result());
+      OnStepResult(m.envelope.step_result(), now);
       SendControl(pool_.OnMessage(m.identity, wire::pb::Envelope(), now));  // counts as a sign of life
     } else {
       SendControl(pool_.OnMessage(m.identity, m.envelope, now));
@@ -148,7 +157,7 @@ void SchedulerCore::SendControl(const std::vector<OutgoingControl>& messages) {
   }
 }
 
-void SchedulerCore::CheckPlan() {
+void SchedulerCore::CheckPlan(Clock::time_point now) {
   if (pool_.plan_version() != data_plan_version_ && !pool_.stage0_endpoint().empty()) {
     data_ = zmq::socket_t(context_, zmq::socket_type::push);
     data_.set(zmq::sockopt::linger, 0);
@@ -161,8 +170,12 @@ void SchedulerCore::CheckPlan() {
     data_plan_version_ = pool_.plan_version();
   }
   const bool serving = pool_.serving();
+  const absl::Status capacity = serving ? absl::OkStatus() : pool_.Capacity();
+  ever_served_ |= serving;
+  owner_.accepting_.store(serving || (ever_served_ && capacity.ok()));
   if (serving != was_serving_) {
     was_serving_ = serving;
+    not_serving_since_ = now;
     owner_.serving_.store(serving);
     log::Info("health: %s", serving ? "SERVING" : "NOT_SERVING");
     std::function<void(bool)> callback;
@@ -172,9 +185,33 @@ void SchedulerCore::CheckPlan() {
     }
     if (callback) callback(serving);
   }
+  if (pool_.TakePlanDisrupted()) Rewind();
   // After the serving flag, so a failed client sees the server as not serving.
-  if (pool_.TakePlanDisrupted()) FailAll(absl::UnavailableError("a pipeline stage was lost or replaced"));
-  if (!serving) FailAll(absl::UnavailableError("a pipeline stage is not ready"));
+  if (serving) return;
+  if (!capacity.ok()) {
+    FailAll(capacity);
+  } else if (now - not_serving_since_ > options_.replan_timeout) {
+    FailAll(
+        absl::UnavailableError(absl::StrCat("the pipeline's stages were not ready within ",
+                                            options_.replan_timeout.count(), " ms of a re-plan")));
+  }
+}
+
+void SchedulerCore::Rewind() {
+  size_t sequences = 0, tokens = 0;
+  for (auto& [id, sequence] : running_) {
+    sequence->in_flight = false;  // the old plan's steps are dropped
+    if (sequence->ended) continue;
+    ++sequences;
+    tokens += sequence->journal.size();
+    sequence->fed = 0;
+    sequence->hold_until = {};
+  }
+  steps_.clear();
+  if (sequences > 0) {
+    log::Warn("plan %d: replaying %d running sequences (%d tokens) once every stage is ready",
+              pool_.plan_version(), sequences, tokens);
+  }
 }
 
 void SchedulerCore::Admit() {
@@ -202,8 +239,10 @@ bool SchedulerCore::LaunchOneStep() {
   header.set_plan_version(pool_.plan_version());
   header.set_n_embd(static_cast<uint32_t>(model_.config.n_embd));
   Step step{pool_.plan_version(), {}};
+  const Clock::time_point now = Clock::now();
   for (auto& [id, sequence] : running_) {
     if (sequence->in_flight || sequence->ended || sequence->fed >= sequence->journal.size()) continue;
+    if (now < sequence->hold_until) continue;
     const size_t count = std::min(sequence->journal.size() - sequence->fed,
                                   static_cast<size_t>(options_.prefill_chunk));
     const bool sample = sequence->fed + count == sequence->journal.size();
@@ -232,7 +271,7 @@ bool SchedulerCore::LaunchOneStep() {
   return true;
 }
 
-void SchedulerCore::OnStepResult(const wire::pb::StepResult& result) {
+void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time_point now) {
   auto it = steps_.find(result.step_id());
   if (it == steps_.end() || result.plan_version() != it->second.plan_version) return;  // stale
   Step step = std::move(it->second);
@@ -246,6 +285,15 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result) {
     sequence.in_flight = false;
     if (sequence.ended) continue;
     if (failed) {
+      // A stage that could not hand the step on (its next stage died or hangs):
+      // replay the sequence from position 0 once the loss has been noticed.
+      if (absl::IsUnavailable(wire::FromProto(result.status())) &&
+          sequence.step_retries < kMaxStepRetries) {
+        ++sequence.step_retries;
+        sequence.fed = 0;
+        sequence.hold_until = now + options_.pool.worker_timeout;
+        continue;
+      }
       Fail(sequence, absl::UnavailableError("a pipeline stage failed the step: " + result.status().message()));
       continue;
     }

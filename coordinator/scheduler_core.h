@@ -35,6 +35,8 @@ class SchedulerCore {
     int slot = -1;
     size_t fed = 0;          // journal positions sent to the workers
     bool in_flight = false;
+    int step_retries = 0;            // failed (UNAVAILABLE) steps replayed so far
+    Clock::time_point hold_until{};  // not fed again before then (after a failed step)
     bool ended = false;      // the client has its final event; waiting for the step to return
     std::unique_ptr<StreamingDetokenizer> detokenizer;
     std::unique_ptr<StopMatcher> stop;
@@ -53,11 +55,12 @@ class SchedulerCore {
   void HandleCommands(bool* stop);
   void ReceiveControl(Clock::time_point now);
   void SendControl(const std::vector<OutgoingControl>& messages);
-  void CheckPlan();
+  void CheckPlan(Clock::time_point now);
+  void Rewind();
   void Admit();
   void LaunchSteps();
   bool LaunchOneStep();
-  void OnStepResult(const wire::pb::StepResult& result);
+  void OnStepResult(const wire::pb::StepResult& result, Clock::time_point now);
   void OnToken(Sequence& sequence, const wire::pb::SampledToken& token);
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
   void Fail(Sequence& sequence, const absl::Status& status);
@@ -76,6 +79,8 @@ class SchedulerCore {
   zmq::socket_t data_;
   uint64_t data_plan_version_ = 0;
   bool was_serving_ = false;
+  bool ever_served_ = false;
+  Clock::time_point not_serving_since_{};
 
   std::deque<std::unique_ptr<Sequence>> queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;  // by sequence id: admission order

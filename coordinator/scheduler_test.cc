@@ -307,12 +307,111 @@ TEST_F(SchedulerTest, LostWorkerFailsRequestsAndStopsServing) {
   workers_[0]->GoSilent();
   Collected got = Collect(**stream);
   EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(got.status.message().find("no worker is left"), std::string::npos) << got.status;
   EXPECT_FALSE(scheduler_->serving());
   EXPECT_EQ(scheduler_->Submit(Request("b", {1, 300}, 2)).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_TRUE(WaitFor([&] {
     const auto info = scheduler_->ServerInfo();
     return info.workers_size() == 1 && !info.workers(0).alive();
   }));
+}
+
+// The steps `worker` saw under one plan, in arrival order.
+std::vector<wire::pb::StepHeader> StepsOfPlan(const FakeWorker& worker, uint64_t plan_version) {
+  std::vector<wire::pb::StepHeader> out;
+  for (const auto& step : worker.steps()) {
+    if (step.plan_version() == plan_version) out.push_back(step);
+  }
+  return out;
+}
+
+TEST_F(SchedulerTest, LostStageIsReplannedAndItsSequencesReplayedWithoutLosingAToken) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(10);
+  StartServing(2, slow);
+  const uint64_t first_plan = scheduler_->ServerInfo().plan_version();
+  auto a = scheduler_->Submit(Request("a", {1, 300, 301}, 40));
+  auto b = scheduler_->Submit(Request("b", {1, 302}, 40));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_TRUE(
+      WaitFor([&] { return workers_[0]->steps_answered() + workers_[1]->steps_answered() >= 8; }));
+  workers_[1]->GoSilent();  // a hang: declared lost after worker_timeout
+  // A request that arrives while the pipeline is rebuilt waits for it.
+  ASSERT_TRUE(WaitFor([&] { return scheduler_->ServerInfo().plan_version() > first_plan; }));
+  auto c = scheduler_->Submit(Request("c", {1, 303}, 5));
+  ASSERT_TRUE(c.ok()) << c.status();
+  Collected got_a = Collect(**a), got_b = Collect(**b), got_c = Collect(**c);
+  ASSERT_TRUE(got_a.status.ok()) << got_a.status;
+  ASSERT_TRUE(got_b.status.ok()) << got_b.status;
+  ASSERT_TRUE(got_c.status.ok()) << got_c.status;
+  // Every token exactly once, as without the loss.
+  EXPECT_EQ(got_a.tokens, Expected(3, 40));
+  EXPECT_EQ(got_b.tokens, Expected(2, 40));
+  EXPECT_EQ(got_c.tokens, Expected(2, 5));
+
+  // The survivor holds every layer now, and its first step on the new plan
+  // replays each sequence's journal from position 0: the prompt, then every
+  // token already streamed, sampling after the last.
+  const uint64_t second_plan = scheduler_->ServerInfo().plan_version();
+  const auto assigned = workers_[0]->assignments().back();
+  EXPECT_EQ(assigned.plan_version(), second_plan);
+  EXPECT_EQ(assigned.first_layer(), 0u);
+  EXPECT_EQ(assigned.end_layer(), static_cast<uint32_t>(model_->config.n_layer));
+  const auto replayed = StepsOfPlan(*workers_[0], second_plan);
+  ASSERT_FALSE(replayed.empty());
+  size_t replayed_sequences = 0;
+  for (const wire::pb::SequenceChunk& chunk : replayed[0].sequences()) {
+    EXPECT_EQ(chunk.first_position(), 0u);
+    EXPECT_TRUE(chunk.sample());
+    const std::vector<uint32_t> ids(chunk.token_ids().begin(), chunk.token_ids().end());
+    ASSERT_GE(ids.size(), 2u);
+    if (ids[1] == 303) continue;  // c: new, not a replay
+    const std::vector<uint32_t> prompt =
+        ids[1] == 300 ? std::vector<uint32_t>{1, 300, 301} : std::vector<uint32_t>{1, 302};
+    ASSERT_GT(ids.size(), prompt.size()) << "some tokens were generated before the loss";
+    EXPECT_EQ(std::vector<uint32_t>(ids.begin(), ids.begin() + static_cast<long>(prompt.size())),
+              prompt);
+    const std::vector<uint32_t> streamed(ids.begin() + static_cast<long>(prompt.size()), ids.end());
+    const std::vector<uint32_t> expected =
+        Expected(prompt.size(), static_cast<int>(streamed.size()));
+    EXPECT_EQ(streamed, expected);
+    ++replayed_sequences;
+  }
+  EXPECT_EQ(replayed_sequences, 2u);
+}
+
+TEST_F(SchedulerTest, RestartedWorkerRegistersAgainAndIsPlanned) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(5);
+  StartServing(2, slow);
+  workers_[1]->GoSilent();
+  ASSERT_TRUE(WaitFor([&] {
+    const auto info = scheduler_->ServerInfo();
+    return info.workers_size() == 2 && !info.workers(1).alive() && scheduler_->serving();
+  }));
+  const uint64_t without = scheduler_->ServerInfo().plan_version();
+  auto a = scheduler_->Submit(Request("a", {1, 300}, 30));
+  ASSERT_TRUE(a.ok());
+  // A new process under the same id takes the silent one's place (its ZeroMQ
+  // identity included) while a request is streaming.
+  FakeWorkerOptions again = slow;
+  again.id = "w1";
+  FakeWorker& restarted = AddWorker(again);
+  ASSERT_TRUE(WaitFor([&] { return !restarted.assignments().empty(); }));
+  EXPECT_GT(restarted.assignments().back().plan_version(), without);
+  EXPECT_LT(restarted.assignments().back().first_layer(),
+            restarted.assignments().back().end_layer());
+  Collected got = Collect(**a);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.tokens, Expected(2, 30));
+  EXPECT_TRUE(WaitFor([&] {
+    const auto info = scheduler_->ServerInfo();
+    return scheduler_->serving() && info.workers(1).alive();
+  }));
+  auto b = scheduler_->Submit(Request("b", {1, 301}, 4));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(Collect(**b).tokens, Expected(2, 4));
+  EXPECT_FALSE(StepsOfPlan(restarted, scheduler_->ServerInfo().plan_version()).empty());
 }
 
 TEST_F(SchedulerTest, DrainLetsRunningRequestsFinishAndShutsWorkersDown) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 #include "coordinator/planner.h"
 
@@ -42,6 +43,12 @@ std::vector<OutgoingControl> WorkerPool::OnMessage(const std::string& identity,
       out.push_back({identity, ReplyHello(model_.sha256, status)});
       if (status.ok()) {
         Worker& worker = workers_[identity];
+        // A worker says Hello when it starts (or after the coordinator went
+        // silent): one that is registered and alive here is a new process
+        // under the same id, and the old one's stage and KV cache are gone.
+        if (worker.registered && worker.alive && Lose(identity, worker, "it said Hello again")) {
+          Replan(&out);
+        }
         worker.hello = true;
         worker.last_seen = now;
       }
@@ -101,6 +108,7 @@ void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::Stage
   if (it == workers_.end() || !it->second.alive || ready.plan_version() != plan_version_) return;
   if (ready.has_status() && ready.status().code() != 0) {
     log::Error("worker %s failed to load its stage: %s", identity, ready.status().message());
+    plan_error_ = "worker " + identity + " failed to load its layers: " + ready.status().message();
     return;
   }
   it->second.ready = true;
@@ -115,7 +123,12 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     planned.push_back({worker.registration.worker_id(), worker.registration.weight_bytes_per_second()});
     identities.push_back(identity);
   }
-  if (static_cast<int>(planned.size()) < options_.min_workers || planned.empty()) return;
+  // min_workers holds back the first plan only; later ones use whoever is left.
+  if (plan_version_ == 0 && static_cast<int>(planned.size()) < options_.min_workers) return;
+  if (planned.empty()) {
+    log::Error("no live worker is left to hold the model's layers");
+    return;
+  }
   auto plan = PlanLayers(model_.layer_bytes, model_.head_bytes, planned);
   if (!plan.ok()) {
     log::Error("cannot plan: %s", plan.status().ToString());
@@ -123,6 +136,7 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
   }
   ++plan_version_;
   disrupted_ = true;
+  plan_error_.clear();
   n_stages_ = plan->n_stages();
   // Stages in pipeline order: by first layer.
   std::vector<size_t> order;
@@ -168,18 +182,13 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
 
 std::vector<OutgoingControl> WorkerPool::Tick(Clock::time_point now) {
   std::vector<OutgoingControl> out;
-  bool lost = false;
+  bool stage_lost = false;
   for (auto& [identity, worker] : workers_) {
     if (worker.alive && now - worker.last_seen > options_.worker_timeout) {
-      log::Warn("worker %s lost (silent for %d ms)", identity, options_.worker_timeout.count());
-      worker.alive = worker.ready = false;
-      lost = true;
+      stage_lost |= Lose(identity, worker, "silent for longer than the worker timeout");
     }
   }
-  if (lost) {
-    disrupted_ = true;
-    Replan(&out);
-  }
+  if (stage_lost) Replan(&out);
   if (now - last_heartbeat_ >= options_.heartbeat_interval) {
     last_heartbeat_ = now;
     wire::pb::Envelope envelope;
@@ -211,6 +220,34 @@ bool WorkerPool::serving() const {
     ++ready_stages;
   }
   return ready_stages == n_stages_;
+}
+
+bool WorkerPool::Lose(const std::string& identity, Worker& worker, const char* why) {
+  log::Warn("worker %s lost: %s (%d ms timeout)", identity, why, options_.worker_timeout.count());
+  worker.alive = worker.ready = false;
+  if (worker.stage_index < 0) return false;  // a spare: the plan stands
+  disrupted_ = true;
+  return true;
+}
+
+absl::Status WorkerPool::Capacity() const {
+  if (plan_version_ == 0) {
+    return absl::UnavailableError("the model is not loaded on every stage yet");
+  }
+  if (!plan_error_.empty()) return absl::UnavailableError(plan_error_);
+  int alive = 0, lost = 0;
+  for (const auto& [identity, worker] : workers_) {
+    if (!worker.registered) continue;
+    (worker.alive ? alive : lost) += 1;
+  }
+  for (const auto& [identity, worker] : workers_) {
+    if (worker.stage_index >= 0 && !worker.alive) {
+      return absl::UnavailableError(absl::StrCat("no worker is left to hold layers [",
+                                                 worker.first_layer, ", ", worker.end_layer, ") (",
+                                                 lost, " of ", alive + lost, " workers lost)"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 bool WorkerPool::TakePlanDisrupted() { return std::exchange(disrupted_, false); }

@@ -1,6 +1,7 @@
 // The coordinator's view of its workers: the Hello/RegisterWorker handshake,
-// the layer plan (made once min_workers have registered, remade when a worker
-// joins or is lost), StageReady tracking, heartbeats and liveness.
+// the layer plan (made once min_workers have registered, remade over every live
+// worker when one joins, restarts or is lost), StageReady tracking, heartbeats
+// and liveness (a worker silent for worker_timeout is lost).
 //
 // A state machine without sockets: every call returns the control messages to
 // send (to a ROUTER identity), so it is tested without ZeroMQ. Not thread-safe:
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "chord/v1/inference.pb.h"
 #include "common/wire/wire.h"
 #include "coordinator/model_context.h"
@@ -28,7 +30,7 @@ struct WorkerPoolOptions {
   std::string kv_type = "f32";
   std::string loader_endpoint;
   std::chrono::milliseconds heartbeat_interval{500};
-  std::chrono::milliseconds worker_timeout{2000};
+  std::chrono::milliseconds worker_timeout{2000};  // silence before a worker is declared lost
 };
 
 struct OutgoingControl {
@@ -50,6 +52,10 @@ class WorkerPool {
 
   // Every stage of the current plan is held by a live, ready worker.
   bool serving() const;
+  // OK while the current plan can still become (or stay) serving: every stage
+  // is held by a live worker and none failed to load. UNAVAILABLE, saying why,
+  // when no plan was made yet or no live worker can take the layers.
+  absl::Status Capacity() const;
   uint64_t plan_version() const { return plan_version_; }
   int n_stages() const { return n_stages_; }
   const std::string& stage0_endpoint() const { return stage0_endpoint_; }
@@ -75,6 +81,8 @@ class WorkerPool {
                   Clock::time_point now, std::vector<OutgoingControl>* out);
   void OnStageReady(const std::string& identity, const wire::pb::StageReady& ready);
   void Replan(std::vector<OutgoingControl>* out);
+  // Marks the worker lost; true when it held a stage (the plan must be remade).
+  bool Lose(const std::string& identity, Worker& worker, const char* why);
 
   WorkerPoolOptions options_;
   const ModelContext& model_;
@@ -83,6 +91,7 @@ class WorkerPool {
   int n_stages_ = 0;
   std::string stage0_endpoint_;
   bool disrupted_ = false;
+  std::string plan_error_;  // a stage of the current plan failed to load
   Clock::time_point last_heartbeat_{};
 };
 
