@@ -164,6 +164,12 @@ void WeightService::Handle(wire::Message& message) {
     HandleHello(identity, envelope.hello());
     return;
   }
+  if (envelope.has_shutdown() && coordinators_.contains(identity)) {
+    // TODO(security): the role is the peer's claim; CURVE keys should decide.
+    log::Info("loader: shutdown asked by %s: %s", PeerName(identity), envelope.shutdown().reason());
+    RequestStop();
+    return;
+  }
   if (!envelope.has_model_info_request() && !envelope.has_tensor_request()) {
     Drop(identity, absl::StrCat("the loader does not serve body ", envelope.body_case()));
     return;
@@ -211,6 +217,7 @@ void WeightService::HandleHello(const std::string& identity, const pb::Hello& he
     log::Info("loader: peer %s connected (%s %s)", PeerName(identity), hello.role(),
               hello.node_id());
     accepted_[identity] = true;
+    if (hello.role() == "coordinator") coordinators_.insert(identity);
   }
   {
     std::lock_guard<std::mutex> lock(stats_mutex_);

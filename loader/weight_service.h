@@ -1,6 +1,7 @@
 // The loader's weight service: serves one mapped GGUF file to many peers over a
 // ZeroMQ ROUTER socket, as proto/PROTOCOL.md ("Loader") describes: Hello,
-// ModelInfoRequest -> ModelInfoReply, TensorRequest -> TensorChunk + payload.
+// ModelInfoRequest -> ModelInfoReply, TensorRequest -> TensorChunk + payload;
+// a Shutdown from a coordinator peer stops Run().
 //
 // Payload frames point straight into the file's mapping (zero copy), so the
 // GgufFile must outlive the ZeroMQ context the service's socket belongs to:
@@ -23,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <tuple>
@@ -125,6 +127,7 @@ class WeightService {
 
   // Peers that completed a Hello; refused ones are remembered and ignored.
   std::map<std::string, bool> accepted_;
+  std::set<std::string> coordinators_;  // accepted peers whose Hello role is "coordinator"
   mutable std::mutex stats_mutex_;
   std::map<std::string, PeerStats> stats_;  // guarded by stats_mutex_
   uint64_t logged_bytes_ = 0;

@@ -82,6 +82,12 @@ class LoaderClientImpl final : public LoaderClient {
   absl::Status FetchTensors(std::span<const gguf::TensorRead> reads,
                             const std::atomic<bool>* cancel) override;
   uint64_t bytes_received() const override { return bytes_received_; }
+  absl::Status RequestShutdown(const std::string& reason) override {
+    pb::Envelope envelope;
+    envelope.mutable_shutdown()->set_reason(reason);
+    socket_.set(zmq::sockopt::linger, 1000);  // the message must survive the socket's close
+    return SendEnvelope(envelope);
+  }
 
  private:
   struct Chunk {

@@ -80,6 +80,14 @@ class LoaderClient {
   // Tensor bytes received since construction (payloads, or copied from the
   // mapped file for local reads).
   virtual uint64_t bytes_received() const = 0;
+
+  // Asks the loader to exit (a coordinator that is shutting down its
+  // deployment; the loader honours it only from a peer whose Hello role is
+  // "coordinator"). Queued without waiting; delivered within a second of the
+  // client's destruction.
+  virtual absl::Status RequestShutdown(const std::string& reason) {
+    return absl::UnimplementedError("this loader client cannot ask for a shutdown: " + reason);
+  }
 };
 
 }  // namespace chord
