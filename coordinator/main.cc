@@ -2,6 +2,7 @@
 // plans layer ranges over the workers that register, schedules requests.
 #include <signal.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -28,13 +29,15 @@ int main(int argc, char** argv) {
   CLI::App app{"chord-coordinator: serves chord.v1.Inference over gRPC"};
   std::string loader, config_path, control_bind, log_level = "info";
   bool log_json = false;
-  int prefill_chunk = 256, grace_ms = 10000;
+  int prefill_chunk = 256, replan_timeout_ms = 60000;
   app.add_option("--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556")->required();
   app.add_option("--config", config_path, "cluster YAML (its coordinator: section)")->check(CLI::ExistingFile);
   auto* control = app.add_option("--control-bind", control_bind, "control ROUTER endpoint (port 0: OS pick)");
   chord::CoordinatorFlags flags(app);
   app.add_option("--prefill-chunk", prefill_chunk, "prompt tokens per sequence per step")->check(CLI::Range(1, 65536));
-  app.add_option("--grace-ms", grace_ms, "time in-flight requests get on SIGTERM");
+  app.add_option("--replan-timeout-ms", replan_timeout_ms,
+                 "how long requests wait for a re-plan's stages to load")
+      ->check(CLI::Range(100, 3600000));
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   CLI11_PARSE(app, argc, argv);
@@ -57,9 +60,11 @@ int main(int argc, char** argv) {
   if (!api_key.ok()) return Fail(api_key.status());
   if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
   chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
-                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, auth %s, tls %s",
+                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, worker_timeout %d ms, "
+                   "grace %d ms, auth %s, tls %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
-                   s.kv_type, s.max_queue, prefill_chunk, api_key->empty() ? "off" : "bearer",
+                   s.kv_type, s.max_queue, prefill_chunk, s.worker_timeout_ms, s.grace_ms,
+                   api_key->empty() ? "off" : "bearer",
                    s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual");
 
   sigset_t signals;  // taken by sigwait below; blocked before any thread starts
@@ -88,7 +93,12 @@ int main(int argc, char** argv) {
   options.scheduler.control_bind = control_bind;
   options.scheduler.max_queue = s.max_queue;
   options.scheduler.prefill_chunk = prefill_chunk;
+  options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
+  options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
+  options.scheduler.pool.heartbeat_interval =  // several chances to answer before the timeout
+      std::min(options.scheduler.pool.heartbeat_interval,
+               options.scheduler.pool.worker_timeout / 4);
   options.limits.n_ctx = static_cast<int>(n_ctx);
   options.limits.max_tokens_limit = static_cast<int>(n_ctx);
   options.api_key = *api_key;
@@ -111,7 +121,13 @@ int main(int argc, char** argv) {
   int received = 0;
   sigwait(&signals, &received);
   chord::log::Info("chord-coordinator: signal %d, draining", received);
-  (*server)->Shutdown(std::chrono::milliseconds(grace_ms));  // HTTP streams end with the scheduler
+  // HTTP streams end with the scheduler.
+  (*server)->Shutdown(std::chrono::milliseconds(s.grace_ms));
   front_door->reset();
+  // The workers got their Shutdown from the scheduler; the loader gets its own.
+  if (absl::Status asked = (*client)->RequestShutdown("the coordinator is shutting down");
+      !asked.ok()) {
+    chord::log::Warn("chord-coordinator: could not ask the loader to stop: %s", asked.ToString());
+  }
   return 0;
 }

@@ -127,6 +127,14 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
       {"tls_cert", StringField(&c->tls_cert)},
       {"tls_key", StringField(&c->tls_key)},
       {"tls_client_ca", StringField(&c->tls_client_ca)},
+      {"worker_timeout_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+         ASSIGN_OR_RETURN(c->worker_timeout_ms, ReadInt(f, n, 100, 3600000));
+         return absl::OkStatus();
+       }},
+      {"grace_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+         ASSIGN_OR_RETURN(c->grace_ms, ReadInt(f, n, 0, 3600000));
+         return absl::OkStatus();
+       }},
   };
   RETURN_IF_ERROR(ReadMap("coordinator", node, table));
   absl::Status valid = ValidateCoordinatorSection(*c);
@@ -235,7 +243,9 @@ std::string ClusterConfig::ToYaml() const {
       << "  ctx_size: " << coordinator.ctx_size << "\n"
       << "  kv_type: " << coordinator.kv_type << "\n"
       << "  max_queue: " << coordinator.max_queue << "\n"
-      << "  min_workers: " << coordinator.min_workers << "\n";
+      << "  min_workers: " << coordinator.min_workers << "\n"
+      << "  worker_timeout_ms: " << coordinator.worker_timeout_ms << "\n"
+      << "  grace_ms: " << coordinator.grace_ms << "\n";
   if (coordinator.http_port >= 0) out << "  http_port: " << coordinator.http_port << "\n";
   for (const auto& [key, value] :
        {std::pair<const char*, const std::string*>{"http_host", &coordinator.http_host},

@@ -19,6 +19,8 @@
 //     tls_cert: /etc/chord/tls/server.crt   # PEM; with tls_key: gRPC and HTTP serve TLS
 //     tls_key: /etc/chord/tls/server.key
 //     tls_client_ca: /etc/chord/tls/clients.crt  # PEM CA: mutual TLS, clients need a certificate it signed
+//     worker_timeout_ms: 2000  # a worker silent this long is lost (its layers re-planned)
+//     grace_ms: 10000          # on SIGTERM, time in-flight requests get to finish
 //   loader:
 //     host: 127.0.0.1
 //     port: 5556
@@ -59,6 +61,8 @@ struct CoordinatorSection {
   std::string tls_client_ca;      // PEM CA file: clients must present a certificate it signed
 
   const std::string& http_bind_host() const { return http_host.empty() ? host : http_host; }
+  int64_t worker_timeout_ms = 2000;
+  int64_t grace_ms = 10000;
 };
 
 // INVALID_ARGUMENT when settings that only make sense together are not

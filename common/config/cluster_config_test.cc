@@ -32,6 +32,8 @@ constexpr char kFull[] = R"(coordinator:
   tls_cert: /etc/chord/tls/server.crt
   tls_key: /etc/chord/tls/server.key
   tls_client_ca: /etc/chord/tls/clients.crt
+  worker_timeout_ms: 750
+  grace_ms: 3000
 loader:
   host: 127.0.0.1
   port: 6002
@@ -65,6 +67,8 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.tls_cert, "/etc/chord/tls/server.crt");
   EXPECT_EQ(config->coordinator.tls_key, "/etc/chord/tls/server.key");
   EXPECT_EQ(config->coordinator.tls_client_ca, "/etc/chord/tls/clients.crt");
+  EXPECT_EQ(config->coordinator.worker_timeout_ms, 750);
+  EXPECT_EQ(config->coordinator.grace_ms, 3000);
   EXPECT_EQ(config->loader.port, 6002);
   EXPECT_EQ(config->loader.model, "models/stories260K.gguf");
   ASSERT_EQ(config->workers.size(), 2u);

@@ -24,6 +24,12 @@ CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
   Add(app, "--kv-type", &S::kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
   Add(app, "--max-queue", &S::max_queue, "queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber);
+  Add(app, "--worker-timeout-ms", &S::worker_timeout_ms,
+      "a worker silent this long is lost and its layers re-planned (default 2000)")
+      ->check(CLI::Range(100, 3600000));
+  Add(app, "--grace-ms", &S::grace_ms,
+      "on SIGTERM, time in-flight requests get to finish (default 10000)")
+      ->check(CLI::Range(0, 3600000));
   Add(app, "--http-port", &S::http_port,
       "OpenAI-compatible HTTP port (off unless given; 0: OS pick)")
       ->check(CLI::Range(0, 65535));
