@@ -1,7 +1,8 @@
 // `chord serve`: a whole deployment on this machine. Starts chord-loader,
 // chord-coordinator and N chord-worker processes (from the directory of the
 // `chord` binary) on loopback, waits for SERVING, restarts a child that dies,
-// and stops everything on SIGINT/SIGTERM.
+// and on SIGINT/SIGTERM stops the coordinator first (it drains its requests
+// for --grace-ms and tells the workers and the loader to stop), then the rest.
 #include <signal.h>
 
 #include <algorithm>
@@ -39,6 +40,8 @@ struct ServeFlags {
   int64_t ctx_size = -1;
   int threads = 0;
   std::string config;
+  int64_t grace_ms = 10000;       // the coordinator's drain on stop
+  int64_t worker_timeout_ms = 0;  // 0: the coordinator's (or the cluster file's)
   bool quiet = false;
   std::string worker_budget;        // per worker, e.g. 200M; empty: unlimited
   int prefetch_depth = -1;          // -1: derived
@@ -102,6 +105,7 @@ absl::Status ResolveFlags(const CLI::App& app, ServeFlags& flags) {
     absl::StatusOr<ClusterConfig> config = LoadClusterConfig(flags.config);
     if (!config.ok()) return config.status();
     if (flags.model.empty()) flags.model = config->loader.model;
+    if (app.count("--grace-ms") == 0) flags.grace_ms = config->coordinator.grace_ms;
     if (app.count("--port") == 0) flags.port = config->coordinator.grpc_port;
     // The coordinator reads its TLS files from the same file; the probe needs them too.
     if (flags.tls_cert.empty()) flags.tls_cert = config->coordinator.tls_cert;
@@ -154,6 +158,13 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
     options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
   }
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
+  options.coordinator_args.insert(options.coordinator_args.end(),
+                                  {"--grace-ms", std::to_string(flags.grace_ms)});
+  if (flags.worker_timeout_ms > 0) {
+    options.coordinator_args.insert(
+        options.coordinator_args.end(),
+        {"--worker-timeout-ms", std::to_string(flags.worker_timeout_ms)});
+  }
   for (const auto& [flag, value] : {std::pair<const char*, const std::string*>{"--chat-template", &flags.chat_template},
                                      {"--api-key-file", &flags.api_key_file},
                                      {"--tls-cert", &flags.tls_cert},
@@ -187,7 +198,9 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
   const bool any_died = Supervise(**cluster);
   std::printf("chord serve: stopping\n");
   std::fflush(stdout);
-  std::vector<std::string> unclean = (*cluster)->Stop(std::chrono::seconds(10));
+  // The coordinator's drain, plus time to stop its servers and the other children.
+  std::vector<std::string> unclean =
+      (*cluster)->Stop(std::chrono::milliseconds(flags.grace_ms) + std::chrono::seconds(5));
   for (const std::string& line : unclean) std::fprintf(stderr, "chord serve: %s\n", line.c_str());
   std::printf("chord serve: stopped\n");
   std::fflush(stdout);
@@ -225,6 +238,14 @@ Subcommand AddServeCommand(CLI::App& parent) {
       ->check(CLI::NonNegativeNumber);
   app->add_option("--threads", flags->threads, "compute threads per worker (0: cores / workers)")
       ->check(CLI::NonNegativeNumber);
+  app->add_option("--grace-ms", flags->grace_ms,
+                  "on SIGINT/SIGTERM, time in-flight requests get to finish")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{3600000}));
+  app->add_option("--worker-timeout-ms", flags->worker_timeout_ms,
+                  "a worker silent this long is lost and its layers re-planned (0: 2000 or the "
+                  "cluster file's)")
+      ->check(CLI::Range(int64_t{0}, int64_t{3600000}));
   app->add_option("--config", flags->config, "cluster YAML, also given to every child")->check(CLI::ExistingFile);
   app->add_flag("--quiet", flags->quiet, "do not copy the children's log lines to stderr");
   app->add_option("--worker-budget", flags->worker_budget,

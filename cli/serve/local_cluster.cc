@@ -152,8 +152,14 @@ absl::Status LocalCluster::Restart(size_t index) {
 
 std::vector<std::string> LocalCluster::Stop(std::chrono::milliseconds grace) {
   std::vector<std::string> unclean;
-  // Reverse start order: workers first, so nobody reconnects to a stopped peer.
+  // The coordinator (child 1) first, so that it drains; then reverse start
+  // order (workers, loader), most of which have exited on its Shutdown by then.
+  std::vector<size_t> order;
+  if (children_.size() > 1) order.push_back(1);
   for (size_t i = children_.size(); i-- > 0;) {
+    if (i != 1) order.push_back(i);
+  }
+  for (const size_t i : order) {
     if (children_[i] == nullptr) continue;
     const int status = children_[i]->Stop(grace);
     if (!IsCleanExit(status)) unclean.push_back(children_[i]->name() + ": " + DescribeWaitStatus(status));

@@ -65,7 +65,9 @@ class LocalCluster {
   // ports it had) after it exited; waits for its ready line if it has one.
   absl::Status Restart(size_t index);
 
-  // Stops workers, coordinator, then loader (SIGTERM, `grace`, SIGKILL).
+  // Stops the coordinator first (SIGTERM: it drains its requests, then tells
+  // the workers and the loader to stop), then whatever still runs: workers,
+  // then loader. Each child gets `grace` after its SIGTERM before a SIGKILL.
   // Returns the children that did not exit cleanly, as "name: how".
   std::vector<std::string> Stop(std::chrono::milliseconds grace);
 
