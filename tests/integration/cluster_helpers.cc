@@ -20,8 +20,9 @@ namespace fs = std::filesystem;
 
 std::string BinDir() { return CHORD_BIN_DIR; }
 
-absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(const std::string& model, int workers,
-                                                                   int kv_slots, int64_t ctx_size) {
+absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(
+    const std::string& model, int workers, int kv_slots, int64_t ctx_size,
+    std::vector<std::string> coordinator_args) {
   serve::LocalClusterOptions options;
   options.bin_dir = BinDir();
   options.model = model;
@@ -30,6 +31,7 @@ absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(const std::str
   options.ctx_size = ctx_size;
   options.threads_per_worker = 1;
   options.log_args = {"--log-level", "warn"};
+  options.coordinator_args = std::move(coordinator_args);
   options.start_timeout = std::chrono::seconds(60);
   return serve::LocalCluster::Start(std::move(options));
 }
@@ -65,7 +67,8 @@ absl::StatusOr<nlohmann::json> RunChordJson(const std::vector<std::string>& args
 }
 
 StreamResult Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
-                      std::chrono::milliseconds deadline) {
+                      std::chrono::milliseconds deadline,
+                      const std::function<void(size_t)>& on_tokens) {
   StreamResult result;
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + deadline);
@@ -79,6 +82,7 @@ StreamResult Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& requ
       result.has_final = true;
       result.final_info = response.final();
     }
+    if (on_tokens) on_tokens(result.token_ids.size());
   }
   result.status = reader->Finish();
   return result;

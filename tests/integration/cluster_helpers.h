@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,9 +22,11 @@ namespace chord::testing {
 std::string BinDir();
 
 // Starts loader + coordinator + `workers` workers on free loopback ports, with
-// the children's output kept for failure messages (not echoed).
-absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(const std::string& model, int workers,
-                                                                   int kv_slots = 8, int64_t ctx_size = 256);
+// the children's output kept for failure messages (not echoed). Children:
+// 0 loader, 1 coordinator, 2.. workers w0, w1, ...
+absl::StatusOr<std::unique_ptr<serve::LocalCluster>> StartCluster(
+    const std::string& model, int workers, int kv_slots = 8, int64_t ctx_size = 256,
+    std::vector<std::string> coordinator_args = {});
 
 std::unique_ptr<v1::Inference::Stub> Connect(const std::string& address);
 
@@ -43,8 +46,11 @@ struct StreamResult {
 };
 
 // Streams one generation; `deadline` bounds the call (default 120 s).
+// `on_tokens`, when set, is called on the reading thread after each message
+// with the number of tokens received so far.
 StreamResult Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& request,
-                      std::chrono::milliseconds deadline = std::chrono::seconds(120));
+                      std::chrono::milliseconds deadline = std::chrono::seconds(120),
+                      const std::function<void(size_t)>& on_tokens = {});
 
 v1::GenerateRequest GreedyRequest(const std::string& prompt, uint32_t max_tokens);
 
