@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -61,6 +62,7 @@ class Served {
   }
 
   bool ok() const { return service_ != nullptr; }
+  bool stopped() const { return stopped_.load(); }  // Run() returned
   const gguf::GgufFile& file() const { return *file_; }
   const std::string& sha256() const { return sha256_; }
   const std::string& endpoint() const { return service_->endpoint(); }
@@ -85,7 +87,11 @@ class Served {
     EXPECT_TRUE(service.ok()) << service.status();
     if (!service.ok()) return;
     service_ = *std::move(service);
-    thread_ = std::thread([this] { EXPECT_TRUE(service_->Run().ok()); });
+    stopped_ = false;
+    thread_ = std::thread([this] {
+      EXPECT_TRUE(service_->Run().ok());
+      stopped_ = true;
+    });
   }
   void Stop() {
     if (service_) service_->RequestStop();
@@ -99,6 +105,7 @@ class Served {
   std::string sha256_;
   zmq::context_t context_{1};
   std::unique_ptr<WeightService> service_;
+  std::atomic<bool> stopped_{false};
   std::thread thread_;
 };
 
@@ -357,6 +364,28 @@ TEST(WeightServiceTest, ProtocolOrModelMismatchIsRefused) {
   auto client =
       LoaderClient::Connect(served.context(), served.endpoint(), std::string(64, '0'), options);
   EXPECT_EQ(client.status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(WeightServiceTest, ShutdownIsHonouredFromACoordinatorOnly) {
+  Served served(CHORD_DEFAULT_MODEL);
+  ASSERT_TRUE(served.ok());
+  auto worker = served.Connect();
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_TRUE((*worker)->RequestShutdown("not yours to ask").ok());
+  // Still serving (the request after the Shutdown is answered).
+  EXPECT_TRUE((*worker)->FetchModelInfo().ok());
+  EXPECT_FALSE(served.stopped());
+
+  LoaderClientOptions options;
+  options.role = "coordinator";
+  auto coordinator = served.Connect(options);
+  ASSERT_TRUE(coordinator.ok()) << coordinator.status();
+  EXPECT_TRUE((*coordinator)->RequestShutdown("the deployment stops").ok());
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!served.stopped() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(served.stopped());
 }
 
 TEST(WeightServiceTest, ServesSeveralClientsAtOnce) {
