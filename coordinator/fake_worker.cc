@@ -111,6 +111,10 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
   result.set_step_id(header.step_id());
   if (fail_steps_) {
     *result.mutable_status() = wire::ToProto(absl::InternalError("injected failure"), options_.id);
+  } else if (unavailable_steps_ > 0) {
+    --unavailable_steps_;
+    *result.mutable_status() =
+        wire::ToProto(absl::UnavailableError("the next stage took no step"), options_.id);
   } else {
     for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
       if (!chunk.sample()) continue;

@@ -45,6 +45,9 @@ class FakeWorker {
   void GoSilent() { silent_ = true; }
   // Answer the next steps with a failed StepResult.
   void FailSteps() { fail_steps_ = true; }
+  // Answer the next `count` steps with UNAVAILABLE, as a stage whose next
+  // stage takes no step does.
+  void FailStepsUnavailable(int count) { unavailable_steps_ = count; }
 
   std::vector<wire::pb::StepHeader> steps() const;
   std::vector<wire::pb::AssignLayers> assignments() const;
@@ -67,7 +70,7 @@ class FakeWorker {
   bool last_stage_ = true;
   int stage_index_ = 0;
   std::atomic<bool> stop_{false}, silent_{false}, fail_steps_{false}, got_shutdown_{false};
-  std::atomic<int> answered_{0};
+  std::atomic<int> answered_{0}, unavailable_steps_{0};
   mutable std::mutex mutex_;
   std::vector<wire::pb::StepHeader> steps_;
   std::vector<wire::pb::AssignLayers> assignments_;

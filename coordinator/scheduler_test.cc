@@ -297,6 +297,32 @@ TEST_F(SchedulerTest, FailedStepFailsItsSequencesWithUnavailable) {
   EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
 }
 
+TEST_F(SchedulerTest, UnavailableStepIsReplayedFromTheJournal) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(5);
+  StartServing(1, slow);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 12));
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 3; }));
+  workers_[0]->FailStepsUnavailable(1);
+  Collected got = Collect(**stream);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.tokens, Expected(2, 12));
+  // After the failed step, the sequence came back from position 0 with every
+  // token it had streamed.
+  bool replayed = false;
+  const auto steps = workers_[0]->steps();
+  for (size_t i = 1; i < steps.size(); ++i) {
+    const wire::pb::SequenceChunk& chunk = steps[i].sequences(0);
+    if (chunk.first_position() != 0) continue;
+    replayed = true;
+    ASSERT_GT(chunk.token_ids_size(), 2);
+    const std::vector<uint32_t> ids(chunk.token_ids().begin() + 2, chunk.token_ids().end());
+    EXPECT_EQ(ids, Expected(2, static_cast<int>(ids.size())));
+  }
+  EXPECT_TRUE(replayed);
+}
+
 TEST_F(SchedulerTest, LostWorkerFailsRequestsAndStopsServing) {
   FakeWorkerOptions slow;
   slow.step_delay = std::chrono::milliseconds(20);
