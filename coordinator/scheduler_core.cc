@@ -175,7 +175,6 @@ void SchedulerCore::CheckPlan(Clock::time_point now) {
   owner_.accepting_.store(serving || (ever_served_ && capacity.ok()));
   if (serving != was_serving_) {
     was_serving_ = serving;
-    not_serving_since_ = now;
     owner_.serving_.store(serving);
     log::Info("health: %s", serving ? "SERVING" : "NOT_SERVING");
     std::function<void(bool)> callback;
@@ -185,12 +184,15 @@ void SchedulerCore::CheckPlan(Clock::time_point now) {
     }
     if (callback) callback(serving);
   }
-  if (pool_.TakePlanDisrupted()) Rewind();
+  if (pool_.TakePlanDisrupted()) {
+    plan_changed_at_ = now;
+    Rewind();
+  }
   // After the serving flag, so a failed client sees the server as not serving.
   if (serving) return;
   if (!capacity.ok()) {
     FailAll(capacity);
-  } else if (now - not_serving_since_ > options_.replan_timeout) {
+  } else if (now - plan_changed_at_ > options_.replan_timeout) {
     FailAll(
         absl::UnavailableError(absl::StrCat("the pipeline's stages were not ready within ",
                                             options_.replan_timeout.count(), " ms of a re-plan")));

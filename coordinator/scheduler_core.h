@@ -80,7 +80,7 @@ class SchedulerCore {
   uint64_t data_plan_version_ = 0;
   bool was_serving_ = false;
   bool ever_served_ = false;
-  Clock::time_point not_serving_since_{};
+  Clock::time_point plan_changed_at_{};  // the last plan change (re-plan, loss)
 
   std::deque<std::unique_ptr<Sequence>> queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;  // by sequence id: admission order

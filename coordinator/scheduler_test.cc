@@ -91,6 +91,19 @@ class SchedulerTest : public ::testing::Test {
     r.sampling.seed = 5;
     return r;
   }
+  // Serves with one worker taking `step_delay` per step, submits request "a"
+  // (prompt {1, 300}) and returns its stream once `answered` steps came back.
+  std::shared_ptr<RequestStream> StreamPastSteps(std::chrono::milliseconds step_delay, int max_tokens,
+                                                 int answered) {
+    FakeWorkerOptions slow;
+    slow.step_delay = step_delay;
+    StartServing(1, slow);
+    auto stream = scheduler_->Submit(Request("a", {1, 300}, max_tokens));
+    EXPECT_TRUE(stream.ok()) << stream.status();
+    if (!stream.ok()) return nullptr;
+    EXPECT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= answered; }));
+    return *stream;
+  }
   std::vector<uint32_t> Expected(size_t prompt_size, int count) {
     std::vector<uint32_t> out;
     for (int i = 0; i < count; ++i) out.push_back(FakeToken(static_cast<uint32_t>(prompt_size + i)));
@@ -249,15 +262,11 @@ TEST_F(SchedulerTest, EndOfGenerationStopsUnlessIgnored) {
 }
 
 TEST_F(SchedulerTest, AbortEndsTheStreamAndFreesTheSlot) {
-  FakeWorkerOptions slow;
-  slow.step_delay = std::chrono::milliseconds(20);
-  StartServing(1, slow);
-  auto stream = scheduler_->Submit(Request("a", {1, 300}, 50));
-  ASSERT_TRUE(stream.ok());
-  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 2; }));
+  std::shared_ptr<RequestStream> stream = StreamPastSteps(std::chrono::milliseconds(20), 50, 2);
+  ASSERT_NE(stream, nullptr);
   EXPECT_TRUE(scheduler_->Abort("a"));
   EXPECT_FALSE(scheduler_->Abort("nobody"));
-  Collected got = Collect(**stream);
+  Collected got = Collect(*stream);
   EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_ABORT);
   EXPECT_LT(got.tokens.size(), 50u);
   EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
@@ -298,14 +307,10 @@ TEST_F(SchedulerTest, FailedStepFailsItsSequencesWithUnavailable) {
 }
 
 TEST_F(SchedulerTest, UnavailableStepIsReplayedFromTheJournal) {
-  FakeWorkerOptions slow;
-  slow.step_delay = std::chrono::milliseconds(5);
-  StartServing(1, slow);
-  auto stream = scheduler_->Submit(Request("a", {1, 300}, 12));
-  ASSERT_TRUE(stream.ok());
-  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 3; }));
+  std::shared_ptr<RequestStream> stream = StreamPastSteps(std::chrono::milliseconds(5), 12, 3);
+  ASSERT_NE(stream, nullptr);
   workers_[0]->FailStepsUnavailable(1);
-  Collected got = Collect(**stream);
+  Collected got = Collect(*stream);
   ASSERT_TRUE(got.status.ok()) << got.status;
   EXPECT_EQ(got.tokens, Expected(2, 12));
   // After the failed step, the sequence came back from position 0 with every
@@ -324,14 +329,10 @@ TEST_F(SchedulerTest, UnavailableStepIsReplayedFromTheJournal) {
 }
 
 TEST_F(SchedulerTest, LostWorkerFailsRequestsAndStopsServing) {
-  FakeWorkerOptions slow;
-  slow.step_delay = std::chrono::milliseconds(20);
-  StartServing(1, slow);
-  auto stream = scheduler_->Submit(Request("a", {1, 300}, 60));
-  ASSERT_TRUE(stream.ok());
-  ASSERT_TRUE(WaitFor([&] { return workers_[0]->steps_answered() >= 1; }));
+  std::shared_ptr<RequestStream> stream = StreamPastSteps(std::chrono::milliseconds(20), 60, 1);
+  ASSERT_NE(stream, nullptr);
   workers_[0]->GoSilent();
-  Collected got = Collect(**stream);
+  Collected got = Collect(*stream);
   EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(got.status.message().find("no worker is left"), std::string::npos) << got.status;
   EXPECT_FALSE(scheduler_->serving());
