@@ -17,13 +17,26 @@ uint64_t RandomSeed() {
 }  // namespace
 
 InferenceService::InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits,
-                                   std::string api_key)
-    : model_(model), scheduler_(scheduler), limits_(limits), api_key_(std::move(api_key)) {}
+                                   std::optional<ChatFormat> chat_format, std::string api_key)
+    : model_(model),
+      scheduler_(scheduler),
+      limits_(limits),
+      chat_format_(chat_format),
+      api_key_(std::move(api_key)) {}
 
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const chord::v1::GenerateRequest* request,
                                         grpc::ServerWriter<chord::v1::GenerateResponse>* writer) {
   if (grpc::Status auth = CheckBearer(*context, api_key_); !auth.ok()) return auth;
+  chord::v1::GenerateRequest rendered;  // a chat request, as prompt token ids
+  if (request->input_case() == chord::v1::GenerateRequest::kChat) {
+    std::vector<ChatMessage> messages;
+    for (const chord::v1::ChatMessage& m : request->chat().messages()) messages.push_back({m.role(), m.content()});
+    rendered = *request;
+    const absl::Status chat = ChatToPrompt(chat_format_, messages, *model_.tokenizer, rendered);
+    if (!chat.ok()) return ToGrpcStatus(chat);
+    request = &rendered;
+  }
   absl::StatusOr<ValidatedRequest> validated =
       ValidateGenerateRequest(*request, *model_.tokenizer, limits_, RandomSeed());
   if (!validated.ok()) return ToGrpcStatus(validated.status());

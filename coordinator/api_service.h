@@ -5,9 +5,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "chord/v1/inference.grpc.pb.h"
+#include "coordinator/chat_template.h"
 #include "coordinator/model_context.h"
 #include "coordinator/request_validation.h"
 #include "coordinator/scheduler.h"
@@ -16,10 +18,11 @@ namespace chord::coordinator {
 
 class InferenceService final : public chord::v1::Inference::Service {
  public:
-  // `model` and `scheduler` must outlive the service. A non-empty `api_key`
-  // is required as "authorization: Bearer <key>" on every call.
+  // `model` and `scheduler` must outlive the service. `chat_format` renders
+  // GenerateRequest.chat (none: such requests are refused). A non-empty
+  // `api_key` is required as "authorization: Bearer <key>" on every call.
   InferenceService(const ModelContext& model, Scheduler& scheduler, RequestLimits limits,
-                   std::string api_key);
+                   std::optional<ChatFormat> chat_format, std::string api_key);
 
   grpc::Status Generate(grpc::ServerContext* context, const chord::v1::GenerateRequest* request,
                         grpc::ServerWriter<chord::v1::GenerateResponse>* writer) override;
@@ -38,6 +41,7 @@ class InferenceService final : public chord::v1::Inference::Service {
   const ModelContext& model_;
   Scheduler& scheduler_;
   RequestLimits limits_;
+  const std::optional<ChatFormat> chat_format_;
   const std::string api_key_;
   std::atomic<uint64_t> next_request_number_{1};
 };

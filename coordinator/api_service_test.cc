@@ -14,6 +14,7 @@
 #include "coordinator/fake_worker.h"
 #include "coordinator/grpc_status.h"
 #include "coordinator/server.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace chord::coordinator {
@@ -197,6 +198,45 @@ TEST_F(ApiServiceTest, GenerateStreamsAndBadRequestsDoNotStopTheServer) {
   EXPECT_NE(result.final.seed(), 0u);  // chosen by the server, and reported
   std::vector<TokenId> ids(result.tokens.begin(), result.tokens.end());
   EXPECT_EQ(result.text, Detokenize(*model_->tokenizer, ids));
+}
+
+// GenerateRequest.chat renders the messages with the server's chat template,
+// as /v1/chat/completions does; a model without one refuses chat input.
+TEST_F(ApiServiceTest, ChatInputIsRenderedWithTheChatTemplate) {
+  StartWorker();
+  chord::v1::GenerateRequest request;
+  chord::v1::ChatMessage* system = request.mutable_chat()->add_messages();
+  system->set_role("system");
+  system->set_content("You tell short stories.");
+  chord::v1::ChatMessage* user = request.mutable_chat()->add_messages();
+  user->set_role("user");
+  user->set_content("A story about a cat");
+  request.set_max_tokens(3);
+  Result refused = Generate(request);  // stories260K carries no chat template
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(refused.status.error_message(), ::testing::HasSubstr("chat template"));
+
+  worker_.reset();
+  server_.reset();
+  ServerOptions options = DefaultOptions();
+  options.chat_template = "chatml";
+  options.scheduler.pool.n_ctx = 128;  // the rendered turns spell their markers in this small vocabulary
+  options.limits.n_ctx = 128;
+  StartServer(options);
+  channel_ = server_->grpc_server().InProcessChannel(grpc::ChannelArguments());
+  stub_ = chord::v1::Inference::NewStub(channel_);
+  StartWorker();
+  Result chat = Generate(request);
+  ASSERT_TRUE(chat.status.ok()) << chat.status.error_message();
+  auto rendered = RenderChat(ChatFormat::kChatMl, {{"system", "You tell short stories."},
+                                                   {"user", "A story about a cat"}});
+  ASSERT_TRUE(rendered.ok());
+  const size_t expected = model_->tokenizer->Encode(*rendered, true, true).size();
+  EXPECT_EQ(chat.final.usage().prompt_tokens(), expected);
+  EXPECT_EQ(chat.tokens.size(), 3u);
+
+  request.mutable_chat()->mutable_messages(0)->set_role("narrator");  // no such role
+  EXPECT_EQ(Generate(request).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(ApiServiceTest, AbortEndsARunningGeneration) {

@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
                options.scheduler.pool.worker_timeout / 4);
   options.limits.n_ctx = static_cast<int>(n_ctx);
   options.limits.max_tokens_limit = static_cast<int>(n_ctx);
+  options.chat_template = s.chat_template;
   options.api_key = *api_key;
   options.tls = {s.tls_cert, s.tls_key, s.tls_client_ca};
   if (!options.api_key.empty() && !options.tls.enabled() && s.host != "127.0.0.1" && s.host != "localhost") {

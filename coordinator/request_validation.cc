@@ -27,7 +27,7 @@ absl::StatusOr<std::vector<TokenId>> PromptTokens(const chord::v1::GenerateReque
       }
       break;
     default:
-      return Invalid("the request has no input: set prompt or prompt_token_ids");
+      return Invalid("the request has no input: set prompt, prompt_token_ids or chat");
   }
   if (prompt.empty()) return Invalid("the prompt is empty (and the model adds no BOS token)");
   return prompt;

@@ -1,5 +1,7 @@
 #include "coordinator/server.h"
 
+#include "coordinator/chat_template.h"
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -17,7 +19,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(zmq:
   auto scheduler = Scheduler::Start(context, options.scheduler, model);
   if (!scheduler.ok()) return scheduler.status();
   server->scheduler_ = *std::move(scheduler);
-  server->service_ = std::make_unique<InferenceService>(model, *server->scheduler_, options.limits, options.api_key);
+  ASSIGN_OR_RETURN(const std::optional<ChatFormat> chat_format,
+                   ResolveChatFormat(*model.header, options.chat_template));
+  server->service_ = std::make_unique<InferenceService>(model, *server->scheduler_, options.limits, chat_format,
+                                                        options.api_key);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -24,6 +24,7 @@ struct ServerOptions {
   std::string grpc_host = "127.0.0.1";
   int grpc_port = 50051;  // 0: chosen by the OS
   RequestLimits limits;
+  std::string chat_template;  // chat format for GenerateRequest.chat; empty: recognized from the model
   std::string api_key;  // non-empty: chord.v1.Inference calls need "authorization: Bearer <key>"
   TlsFiles tls;         // enabled: gRPC over TLS (mutual with a client CA)
 };

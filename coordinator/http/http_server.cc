@@ -88,19 +88,6 @@ absl::Status PollOnce(Job& job, const std::function<bool(int, const ChoiceOutput
 
 }  // namespace
 
-absl::StatusOr<std::optional<ChatFormat>> ResolveChatFormat(const gguf::GgufFile& header,
-                                                            std::string_view override_name) {
-  if (!override_name.empty()) {
-    ASSIGN_OR_RETURN(ChatFormat format, ChatFormatFromName(override_name));
-    return std::optional<ChatFormat>(format);
-  }
-  absl::StatusOr<std::string> source = header.GetString("tokenizer.chat_template");
-  if (!source.ok()) return std::optional<ChatFormat>();
-  absl::StatusOr<ChatFormat> format = RecognizeChatTemplate(*source);
-  if (!format.ok()) return std::optional<ChatFormat>();
-  return std::optional<ChatFormat>(*format);
-}
-
 class HttpServer::Handlers {
  public:
   Handlers(HttpServerOptions options, const Tokenizer& tokenizer, GenerationBackend& backend)
@@ -111,7 +98,6 @@ class HttpServer::Handlers {
  private:
   bool Authorized(const httplib::Request& req, httplib::Response& res) const;
   absl::StatusOr<std::shared_ptr<Job>> Submit(const OpenAiRequest& request, Endpoint endpoint);
-  absl::Status ChatPrompt(const OpenAiRequest& request, chord::v1::GenerateRequest& generate) const;
   void Generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint);
   void Respond(Job& job, const httplib::Request& req, httplib::Response& res);
   void Stream(std::shared_ptr<Job> job, httplib::Response& res);
@@ -175,30 +161,12 @@ bool HttpServer::Handlers::Authorized(const httplib::Request& req, httplib::Resp
   return false;
 }
 
-absl::Status HttpServer::Handlers::ChatPrompt(const OpenAiRequest& request,
-                                              chord::v1::GenerateRequest& generate) const {
-  if (!options_.chat_format.has_value()) {
-    return absl::InvalidArgumentError(
-        "this model has no chat template chord recognizes; use /v1/completions, or start the "
-        "server with "
-        "--chat-template NAME");
-  }
-  ASSIGN_OR_RETURN(std::string text, RenderChat(*options_.chat_format, request.messages));
-  for (const TokenId id : tokenizer_.Encode(text, /*add_special=*/true, /*parse_special=*/true)) {
-    generate.mutable_prompt_token_ids()->add_ids(static_cast<uint32_t>(id));
-  }
-  // The end of the assistant's turn ends generation even where the model's
-  // metadata does not mark that token as end-of-generation.
-  const std::vector<TokenId> end = tokenizer_.Encode(EndOfTurnText(*options_.chat_format),
-                                                     /*add_special=*/false, /*parse_special=*/true);
-  if (end.size() == 1) generate.add_stop_token_ids(static_cast<uint32_t>(end[0]));
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::shared_ptr<Job>> HttpServer::Handlers::Submit(const OpenAiRequest& request,
                                                                   Endpoint endpoint) {
   chord::v1::GenerateRequest generate = request.generate;
-  if (endpoint == Endpoint::kChat) RETURN_IF_ERROR(ChatPrompt(request, generate));
+  if (endpoint == Endpoint::kChat) {
+    RETURN_IF_ERROR(ChatToPrompt(options_.chat_format, request.messages, tokenizer_, generate));
+  }
   auto job = std::make_shared<Job>();
   job->backend = &backend_;
   job->tokenizer = &tokenizer_;

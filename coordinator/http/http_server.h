@@ -20,7 +20,7 @@
 #include "common/gguf/gguf_file.h"
 #include "common/tokenizer/tokenizer.h"
 #include "coordinator/api_security.h"
-#include "coordinator/http/chat_template.h"
+#include "coordinator/chat_template.h"
 #include "coordinator/request_stream.h"
 #include "coordinator/request_validation.h"
 
@@ -50,11 +50,6 @@ struct HttpServerOptions {
   TlsFiles tls;         // enabled: HTTPS (client certificates required with a client CA)
   int threads = 16;
 };
-
-// The chat format to use: `override_name` when given (INVALID_ARGUMENT when
-// unknown), else the one recognized from tokenizer.chat_template, else none.
-absl::StatusOr<std::optional<ChatFormat>> ResolveChatFormat(const gguf::GgufFile& header,
-                                                            std::string_view override_name);
 
 class HttpServer {
  public:

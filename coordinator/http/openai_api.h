@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "chord/v1/inference.pb.h"
 #include "common/tokenizer/tokenizer.h"
-#include "coordinator/http/chat_template.h"
+#include "coordinator/chat_template.h"
 #include "nlohmann/json.hpp"
 
 namespace chord::coordinator::http {

@@ -1,8 +1,8 @@
-#include "coordinator/http/chat_template.h"
+#include "coordinator/chat_template.h"
 
 #include "gtest/gtest.h"
 
-namespace chord::coordinator::http {
+namespace chord::coordinator {
 namespace {
 
 const std::vector<ChatMessage> kConversation = {
@@ -133,4 +133,4 @@ TEST(ChatTemplateTest, EndOfTurnTexts) {
 }
 
 }  // namespace
-}  // namespace chord::coordinator::http
+}  // namespace chord::coordinator

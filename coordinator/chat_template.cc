@@ -1,11 +1,12 @@
-#include "coordinator/http/chat_template.h"
+#include "coordinator/chat_template.h"
 
 #include <array>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/status.h"
 
-namespace chord::coordinator::http {
+namespace chord::coordinator {
 namespace {
 
 constexpr std::array<std::pair<std::string_view, ChatFormat>, 7> kNames = {{
@@ -195,4 +196,38 @@ std::string_view EndOfTurnText(ChatFormat format) {
   return "</s>";
 }
 
-}  // namespace chord::coordinator::http
+absl::StatusOr<std::optional<ChatFormat>> ResolveChatFormat(const gguf::GgufFile& header,
+                                                            std::string_view override_name) {
+  if (!override_name.empty()) {
+    ASSIGN_OR_RETURN(ChatFormat format, ChatFormatFromName(override_name));
+    return std::optional<ChatFormat>(format);
+  }
+  absl::StatusOr<std::string> source = header.GetString("tokenizer.chat_template");
+  if (!source.ok()) return std::optional<ChatFormat>();
+  absl::StatusOr<ChatFormat> format = RecognizeChatTemplate(*source);
+  if (!format.ok()) return std::optional<ChatFormat>();
+  return std::optional<ChatFormat>(*format);
+}
+
+absl::Status ChatToPrompt(const std::optional<ChatFormat>& format,
+                          const std::vector<ChatMessage>& messages, const Tokenizer& tokenizer,
+                          chord::v1::GenerateRequest& generate) {
+  if (!format.has_value()) {
+    return absl::InvalidArgumentError(
+        "this model has no chat template chord recognizes; send a prompt, or start the server "
+        "with --chat-template NAME");
+  }
+  ASSIGN_OR_RETURN(std::string text, RenderChat(*format, messages));
+  generate.mutable_prompt_token_ids()->clear_ids();
+  for (const TokenId id : tokenizer.Encode(text, /*add_special=*/true, /*parse_special=*/true)) {
+    generate.mutable_prompt_token_ids()->add_ids(static_cast<uint32_t>(id));
+  }
+  // The end of the assistant's turn ends generation even where the model's
+  // metadata does not mark that token as end-of-generation.
+  const std::vector<TokenId> end =
+      tokenizer.Encode(EndOfTurnText(*format), /*add_special=*/false, /*parse_special=*/true);
+  if (end.size() == 1) generate.add_stop_token_ids(static_cast<uint32_t>(end[0]));
+  return absl::OkStatus();
+}
+
+}  // namespace chord::coordinator

@@ -9,13 +9,17 @@
 // metadata says) and parse_special. Pure functions; thread-safe.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "chord/v1/inference.pb.h"
+#include "common/gguf/gguf_file.h"
+#include "common/tokenizer/tokenizer.h"
 
-namespace chord::coordinator::http {
+namespace chord::coordinator {
 
 enum class ChatFormat { kLlama2, kLlama3, kChatMl, kMistral, kZephyr, kGemma, kPhi3 };
 
@@ -42,4 +46,17 @@ absl::StatusOr<std::string> RenderChat(ChatFormat format, const std::vector<Chat
 // stops when the model emits it.
 std::string_view EndOfTurnText(ChatFormat format);
 
-}  // namespace chord::coordinator::http
+// The format to serve chat with: `override_name` (--chat-template) when given,
+// else the one the model's tokenizer.chat_template implements; nullopt when
+// the model has none chord recognizes. INVALID_ARGUMENT for an unknown name.
+absl::StatusOr<std::optional<ChatFormat>> ResolveChatFormat(const gguf::GgufFile& header,
+                                                            std::string_view override_name);
+
+// Renders `messages` into `generate`'s prompt_token_ids (control tokens
+// parsed, BOS as the model wants) and adds the end-of-turn token to its stop
+// tokens. INVALID_ARGUMENT when there is no format or the messages do not fit it.
+absl::Status ChatToPrompt(const std::optional<ChatFormat>& format,
+                          const std::vector<ChatMessage>& messages, const Tokenizer& tokenizer,
+                          chord::v1::GenerateRequest& generate);
+
+}  // namespace chord::coordinator
