@@ -31,9 +31,10 @@ std::vector<int32_t> LocalTokens(const std::string& prompt) {
 
 class ShardStreamingTest : public ::testing::TestWithParam<std::string> {
  protected:
-  // Two workers with 450 KiB each: stories260K's layers take 177.5 KiB, so
-  // whatever the split, each worker holds its embedding or output tensors
-  // (128 KiB) and fewer layers than its range has.
+  // Two workers with 450 KiB each: stories260K's layers take 177.5 KiB and
+  // its embedding and output 128 KiB each, so a stage of one layer plus
+  // embedding or output (305.5 KiB) stays resident and any longer range
+  // streams: whatever the split, at least one stage streams.
   absl::StatusOr<std::unique_ptr<serve::LocalCluster>> Start() {
     serve::LocalClusterOptions options;
     options.bin_dir = BinDir();
@@ -102,7 +103,9 @@ TEST_P(ShardStreamingTest, ConcurrentRequestsMatchInProcessAcrossALoaderRestart)
   EXPECT_EQ(during.token_ids, expected[0]);
 
   EXPECT_TRUE((*cluster)->Stop(std::chrono::seconds(10)).empty());
-  // Each worker streamed, and its cache's peak stayed within its capacity.
+  // Every streaming stage's cache stayed within its capacity. Which stages
+  // stream depends on the split the planner picks from measured speeds; at
+  // least one does whatever the split (see Start()).
   const std::regex peak(R"(peak (\d+) of (\d+) bytes)");
   int streamed = 0, summaries = 0;
   for (const std::string& line : Lines()) {
@@ -115,8 +118,8 @@ TEST_P(ShardStreamingTest, ConcurrentRequestsMatchInProcessAcrossALoaderRestart)
       EXPECT_GT(std::stoull(match[1]), 0u) << line;
     }
   }
-  EXPECT_EQ(streamed, 2);
-  EXPECT_GE(summaries, 2);
+  EXPECT_GE(streamed, 1);
+  EXPECT_EQ(summaries, streamed);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ShardStreamingTest, ::testing::Values("ipc", "tcp"));
