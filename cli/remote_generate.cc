@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "chord/v1/inference.grpc.pb.h"
 #include "cli/serve/grpc_client.h"
 
@@ -16,8 +17,11 @@ namespace chord::cli {
 namespace {
 
 void PrintError(const char* what, const grpc::Status& status) {
-  std::fprintf(stderr, "\nchord generate: %s: %s (gRPC code %d)\n", what, status.error_message().c_str(),
-               static_cast<int>(status.error_code()));
+  // gRPC's codes are absl's, number for number; the name is what people search for.
+  const std::string code =
+      absl::StatusCodeToString(static_cast<absl::StatusCode>(status.error_code()));
+  std::fprintf(stderr, "\nchord generate: %s: %s (%s, gRPC code %d)\n", what,
+               status.error_message().c_str(), code.c_str(), static_cast<int>(status.error_code()));
 }
 
 v1::GenerateRequest MakeRequest(const GenerateFlags& flags) {

@@ -5,12 +5,14 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
 #include "common/config/coordinator_flags.h"
+#include "common/config/curve_flags.h"
 #include "coordinator/api_security.h"
 #include "coordinator/http/front_door.h"
 #include "coordinator/server.h"
@@ -30,7 +32,9 @@ int main(int argc, char** argv) {
   std::string loader, config_path, control_bind, log_level = "info";
   bool log_json = false;
   int prefill_chunk = 256, replan_timeout_ms = 60000;
-  app.add_option("--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556")->required();
+  auto* loader_flag = app.add_option(
+      "--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556 (default: --config's loader:)")
+      ->envname("CHORD_LOADER");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: section)")->check(CLI::ExistingFile);
   auto* control = app.add_option("--control-bind", control_bind, "control ROUTER endpoint (port 0: OS pick)");
   chord::CoordinatorFlags flags(app);
@@ -40,6 +44,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(100, 3600000));
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  const chord::CurveFlags curve_flags(app);
   CLI11_PARSE(app, argc, argv);
   chord::log::Level level;
   if (!chord::log::ParseLevel(log_level, &level)) {
@@ -49,23 +54,33 @@ int main(int argc, char** argv) {
   chord::log::Init(level, log_json);
 
   chord::CoordinatorSection s;  // the file's values, then the flags given
+  std::optional<chord::ClusterConfig> config;
   if (!config_path.empty()) {
-    absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(config_path);
-    if (!config.ok()) return Fail(config.status());
+    absl::StatusOr<chord::ClusterConfig> loaded = chord::LoadClusterConfig(config_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    config = std::move(*loaded);
     s = config->coordinator;
+    if (!loader_flag->count())
+      loader = "tcp://" + config->loader.host + ":" + std::to_string(config->loader.port);
   }
+  if (loader.empty()) return Fail(absl::InvalidArgumentError("--loader (or --config) is required"));
   s = flags.Apply(std::move(s));
+  absl::StatusOr<chord::wire::CurveSetup> curve =
+      chord::wire::LoadCurveSetup(curve_flags.Resolve(config ? &*config : nullptr, s.curve_key));
+  if (!curve.ok()) return Fail(curve.status());
+  if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
   if (absl::Status valid = chord::ValidateCoordinatorSection(s); !valid.ok()) return Fail(valid);
   absl::StatusOr<std::string> api_key = chord::coordinator::ResolveApiKey(s.api_key_file, std::getenv("CHORD_API_KEY"));
   if (!api_key.ok()) return Fail(api_key.status());
   if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
   chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
                    "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, worker_timeout %d ms, "
-                   "grace %d ms, auth %s, tls %s",
+                   "grace %d ms, auth %s, tls %s, links %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
                    s.kv_type, s.max_queue, prefill_chunk, s.worker_timeout_ms, s.grace_ms,
                    api_key->empty() ? "off" : "bearer",
-                   s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual");
+                   s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual",
+                   curve->enabled() ? "CURVE" : "plaintext");
 
   sigset_t signals;  // taken by sigwait below; blocked before any thread starts
   sigemptyset(&signals);
@@ -74,9 +89,13 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   zmq::context_t context(1);
+  // After the context: it owns a socket of it and must close first.
+  auto zap = chord::wire::ZapHandler::StartFor(context, *curve);
+  if (!zap.ok()) return Fail(zap.status());
   chord::LoaderClientOptions loader_options;
   loader_options.node_id = "coordinator";
   loader_options.role = "coordinator";
+  loader_options.curve = *curve;
   auto client = chord::LoaderClient::Connect(context, loader, "", loader_options);
   if (!client.ok()) return Fail(client.status());
   auto info = (*client)->FetchModelInfo();
@@ -94,6 +113,7 @@ int main(int argc, char** argv) {
   options.scheduler.max_queue = s.max_queue;
   options.scheduler.prefill_chunk = prefill_chunk;
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
+  options.scheduler.curve = *curve;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
   options.scheduler.pool.heartbeat_interval =  // several chances to answer before the timeout

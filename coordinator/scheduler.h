@@ -41,6 +41,7 @@
 
 #include "absl/status/statusor.h"
 #include "chord/v1/inference.pb.h"
+#include "common/wire/curve.h"
 #include "coordinator/model_context.h"
 #include "coordinator/request_stream.h"
 #include "coordinator/request_validation.h"
@@ -58,6 +59,9 @@ struct SchedulerOptions {
   // How long running and queued requests wait for a new plan's stages to be
   // ready (weights fetched) after a re-plan before they end with UNAVAILABLE.
   std::chrono::milliseconds replan_timeout{60000};
+  // CURVE when enabled: the control socket is a server (the context's ZAP
+  // handler admits workers); the data link to stage 0 a client of its key.
+  wire::CurveSetup curve;
 };
 
 class SchedulerCore;

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/base/log.h"
+#include "common/base/status.h"
 
 namespace chord::coordinator {
 namespace {
@@ -51,6 +52,7 @@ absl::Status SchedulerCore::Bind(std::string* endpoint) {
     // A worker restarted under the same id (its identity) takes the route over
     // from its dead or hung predecessor's connection instead of being ignored.
     control_.set(zmq::sockopt::router_handover, true);
+    RETURN_IF_ERROR(wire::SecureServer(control_, options_.curve));
     control_.bind(options_.control_bind);
     *endpoint = control_.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& error) {
@@ -140,7 +142,12 @@ void SchedulerCore::ReceiveControl(Clock::time_point now) {
       continue;
     }
     if (!message->has_value()) return;
-    const wire::Message& m = **message;
+    wire::Message& m = **message;
+    if (m.envelope.has_register_worker() && options_.curve.enabled()) {
+      // The key ZAP authenticated for this connection, not the worker's claim:
+      // it is what the previous stage will require of the worker's data socket.
+      m.envelope.mutable_register_worker()->set_curve_public_key(m.peer_key);
+    }
     if (m.envelope.has_step_result()) {
       OnStepResult(m.envelope.step_result(), now);
       SendControl(pool_.OnMessage(m.identity, wire::pb::Envelope(), now));  // counts as a sign of life
@@ -163,6 +170,10 @@ void SchedulerCore::CheckPlan(Clock::time_point now) {
     data_.set(zmq::sockopt::linger, 0);
     data_.set(zmq::sockopt::sndhwm, 1000);
     try {
+      if (absl::Status secured = wire::SecureClient(data_, options_.curve, pool_.stage0_public_key());
+          !secured.ok()) {
+        log::Error("cannot secure the link to stage 0: %s", secured.ToString());
+      }
       data_.connect(pool_.stage0_endpoint());
     } catch (const zmq::error_t& error) {
       log::Error("cannot connect to stage 0 at %s: %s", pool_.stage0_endpoint(), error.what());

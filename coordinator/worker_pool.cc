@@ -157,6 +157,7 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
   }
   for (size_t s = 0; s < order.size(); ++s) workers_[identities[order[s]]].stage_index = static_cast<int>(s);
   stage0_endpoint_ = workers_[identities[order.front()]].registration.data_endpoint();
+  stage0_public_key_ = workers_[identities[order.front()]].registration.curve_public_key();
   for (size_t i = 0; i < identities.size(); ++i) {
     const Worker& worker = workers_[identities[i]];
     wire::pb::Envelope envelope;
@@ -168,7 +169,9 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     assign.set_end_layer(static_cast<uint32_t>(worker.end_layer));
     const size_t next = static_cast<size_t>(worker.stage_index + 1);
     if (worker.stage_index >= 0 && next < order.size()) {
-      assign.set_next_data_endpoint(workers_[identities[order[next]]].registration.data_endpoint());
+      const wire::pb::RegisterWorker& next_stage = workers_[identities[order[next]]].registration;
+      assign.set_next_data_endpoint(next_stage.data_endpoint());
+      assign.set_next_data_public_key(next_stage.curve_public_key());
     }
     assign.set_loader_endpoint(options_.loader_endpoint);
     assign.set_kv_slots(static_cast<uint32_t>(options_.kv_slots));

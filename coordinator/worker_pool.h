@@ -59,6 +59,7 @@ class WorkerPool {
   uint64_t plan_version() const { return plan_version_; }
   int n_stages() const { return n_stages_; }
   const std::string& stage0_endpoint() const { return stage0_endpoint_; }
+  const std::string& stage0_public_key() const { return stage0_public_key_; }  // CURVE; may be empty
   // True once after the plan changed or a stage's worker was lost: sequences in
   // flight on the old plan cannot continue.
   bool TakePlanDisrupted();
@@ -90,6 +91,7 @@ class WorkerPool {
   uint64_t plan_version_ = 0;
   int n_stages_ = 0;
   std::string stage0_endpoint_;
+  std::string stage0_public_key_;
   bool disrupted_ = false;
   std::string plan_error_;  // a stage of the current plan failed to load
   Clock::time_point last_heartbeat_{};

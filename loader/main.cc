@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
+#include "common/config/curve_flags.h"
 #include "common/gguf/gguf_file.h"
 #include "common/metrics/chord_metrics.h"
 #include "common/metrics/metrics_server.h"
@@ -61,7 +63,7 @@ absl::Status ServeUntilSignal(chord::loader::WeightService& service, const sigse
 }
 
 // The file's loader: section fills what the command line left unset.
-bool ApplyConfig(const CLI::App& app, Flags& flags) {
+bool ApplyConfig(const CLI::App& app, Flags& flags, std::optional<chord::ClusterConfig>* loaded) {
   if (flags.config.empty()) return true;
   absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(flags.config);
   if (!config.ok()) {
@@ -72,6 +74,7 @@ bool ApplyConfig(const CLI::App& app, Flags& flags) {
   if (app.count("--bind") == 0) {
     flags.bind = "tcp://" + config->loader.host + ":" + std::to_string(config->loader.port);
   }
+  *loaded = std::move(*config);
   return true;
 }
 
@@ -118,6 +121,7 @@ int main(int argc, char** argv) {
   app.add_option("--log-level", flags.log_level, "debug, info, warn or error")
       ->capture_default_str();
   app.add_flag("--log-json", flags.log_json, "write log lines as JSON objects");
+  const chord::CurveFlags curve_flags(app);
   CLI11_PARSE(app, argc, argv);
 
   chord::log::Level level;
@@ -126,7 +130,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   chord::log::Init(level, flags.log_json);
-  if (!ApplyConfig(app, flags)) return 2;
+  std::optional<chord::ClusterConfig> config;
+  if (!ApplyConfig(app, flags, &config)) return 2;
+  absl::StatusOr<chord::wire::CurveSetup> curve = chord::wire::LoadCurveSetup(
+      curve_flags.Resolve(config ? &*config : nullptr, config ? config->loader.curve_key : ""));
+  if (!curve.ok()) return Fail(std::string(curve.status().message()));
   if (flags.model.empty()) {
     std::fprintf(stderr, "chord-loader: --model (or loader.model in --config) is required\n");
     return 2;
@@ -137,9 +145,13 @@ int main(int argc, char** argv) {
                  std::string(max_bandwidth.status().message()).c_str());
     return 2;
   }
-  chord::log::Info("chord-loader: model %s, bind %s, config %s, max bandwidth %s", flags.model,
-                   flags.bind, flags.config.empty() ? "(none)" : flags.config,
-                   *max_bandwidth == 0 ? "unlimited" : flags.max_bandwidth + " bytes/s");
+  chord::log::Info(
+      "chord-loader: model %s, bind %s, config %s, max bandwidth %s, links %s", flags.model,
+      flags.bind, flags.config.empty() ? "(none)" : flags.config,
+      *max_bandwidth == 0 ? "unlimited" : flags.max_bandwidth + " bytes/s",
+      curve->enabled()
+          ? absl::StrCat("CURVE (", curve->allowed.size(), " keys allowed)")
+          : std::string("plaintext"));
 
   absl::StatusOr<std::unique_ptr<chord::gguf::GgufFile>> file =
       chord::gguf::GgufFile::Open(flags.model);
@@ -155,7 +167,12 @@ int main(int argc, char** argv) {
 
   // Declared after the file: payload frames borrow its mapping until the context closes.
   zmq::context_t context(1);
+  // Declared after the context: it owns a socket of it and must close first.
+  absl::StatusOr<std::unique_ptr<chord::wire::ZapHandler>> zap =
+      chord::wire::ZapHandler::StartFor(context, *curve);
+  if (!zap.ok()) return Fail(std::string(zap.status().message()));
   chord::loader::WeightServiceOptions options;
+  options.curve = *curve;
   options.bind = flags.bind;
   options.max_bytes_per_second = *max_bandwidth;
   options.file_path = std::filesystem::absolute(flags.model).string();

@@ -63,6 +63,7 @@ absl::StatusOr<std::unique_ptr<WeightService>> WeightService::Create(
     socket.set(zmq::sockopt::maxmsgsize, options.max_message_bytes);
     // Unroutable replies fail instead of vanishing, so a departed peer is logged.
     socket.set(zmq::sockopt::router_mandatory, 1);
+    RETURN_IF_ERROR(wire::SecureServer(socket, options.curve));
     socket.bind(options.bind);
     endpoint = socket.get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& error) {
@@ -84,6 +85,7 @@ WeightService::WeightService(const gguf::GgufFile& file, std::string model_sha25
       node_id_(options.node_id),
       file_path_(options.file_path),
       max_bytes_per_second_(options.max_bytes_per_second),
+      curve_(options.curve),
       socket_(std::move(socket)) {}
 
 std::chrono::milliseconds WeightService::SendPaced() {
@@ -165,7 +167,13 @@ void WeightService::Handle(wire::Message& message) {
     return;
   }
   if (envelope.has_shutdown() && coordinators_.contains(identity)) {
-    // TODO(security): the role is the peer's claim; CURVE keys should decide.
+    // On plaintext links the Hello's role is all there is (single-node
+    // loopback); with CURVE only the coordinator's own key may stop the loader.
+    if (curve_.enabled() && (curve_.coordinator_public_key.empty() ||
+                             message.peer_key != curve_.coordinator_public_key)) {
+      Drop(identity, "Shutdown from a peer that does not hold the coordinator's CURVE key");
+      return;
+    }
     log::Info("loader: shutdown asked by %s: %s", PeerName(identity), envelope.shutdown().reason());
     RequestStop();
     return;

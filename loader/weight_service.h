@@ -32,6 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "common/gguf/gguf_file.h"
+#include "common/wire/curve.h"
 #include "common/wire/wire.h"
 #include "loader/client/loader_client.h"
 #include "zmq.hpp"
@@ -52,6 +53,9 @@ struct WeightServiceOptions {
   // Paces tensor chunks to this many payload bytes per second over all peers,
   // as a slow disk or network would (0: as fast as the socket takes them).
   uint64_t max_bytes_per_second = 0;
+  // CURVE on the socket when enabled (the context's ZAP handler admits peers);
+  // then only the peer holding curve.coordinator_public_key may send Shutdown.
+  wire::CurveSetup curve;
 };
 
 // What the service has done for one peer (keyed by its ROUTER identity, in hex).
@@ -117,6 +121,7 @@ class WeightService {
   const std::string node_id_;
   const std::string file_path_;
   const uint64_t max_bytes_per_second_;
+  const wire::CurveSetup curve_;
   zmq::socket_t socket_;
   std::deque<PacedChunk> paced_;
   using ChunkKey = std::tuple<std::string, uint64_t, uint64_t>;  // tensor, offset, length

@@ -43,6 +43,9 @@ class Served {
     auto sha = Sha256Hex(file_->bytes());
     EXPECT_TRUE(sha.ok());
     sha256_ = *sha;
+    auto zap = wire::ZapHandler::StartFor(context_, options_.curve);  // CURVE: before the bind
+    EXPECT_TRUE(zap.ok()) << zap.status();
+    if (zap.ok()) zap_ = *std::move(zap);
     Start();
   }
   ~Served() { Stop(); }
@@ -104,6 +107,7 @@ class Served {
   std::unique_ptr<gguf::GgufFile> file_;  // outlives the context (payloads borrow its mapping)
   std::string sha256_;
   zmq::context_t context_{1};
+  std::unique_ptr<wire::ZapHandler> zap_;  // null on plaintext
   std::unique_ptr<WeightService> service_;
   std::atomic<bool> stopped_{false};
   std::thread thread_;
@@ -381,6 +385,56 @@ TEST(WeightServiceTest, ShutdownIsHonouredFromACoordinatorOnly) {
   auto coordinator = served.Connect(options);
   ASSERT_TRUE(coordinator.ok()) << coordinator.status();
   EXPECT_TRUE((*coordinator)->RequestShutdown("the deployment stops").ok());
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!served.stopped() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(served.stopped());
+}
+
+// With CURVE the keys decide: peers outside the allow-list never get an
+// answer, and a Shutdown counts only from the coordinator's key, whatever
+// role a Hello claims.
+TEST(WeightServiceTest, CurveAdmitsAllowedKeysAndOnlyTheCoordinatorKeyStopsIt) {
+  auto pair = [] {
+    absl::StatusOr<wire::CurveKeyPair> keys = wire::GenerateCurveKeyPair();
+    EXPECT_TRUE(keys.ok()) << keys.status();
+    return keys.ok() ? *keys : wire::CurveKeyPair{};
+  };
+  const wire::CurveKeyPair loader = pair(), coordinator = pair(), worker = pair(), stranger = pair();
+  WeightServiceOptions options = Served::Loopback();
+  options.curve.own = loader;
+  options.curve.allowed = {coordinator.public_key, worker.public_key};
+  options.curve.coordinator_public_key = coordinator.public_key;
+  Served served(CHORD_DEFAULT_MODEL, options);
+  ASSERT_TRUE(served.ok());
+  auto client_options = [&](const wire::CurveKeyPair& own, const std::string& role) {
+    LoaderClientOptions o;
+    o.role = role;
+    o.curve.own = own;
+    o.curve.loader_public_key = loader.public_key;
+    o.timeout = std::chrono::milliseconds(300);
+    o.max_attempts = 1;
+    return o;
+  };
+
+  // A worker's key claiming the coordinator's role is served, but cannot stop the loader.
+  auto impostor = served.Connect(client_options(worker, "coordinator"));
+  ASSERT_TRUE(impostor.ok()) << impostor.status();
+  EXPECT_TRUE((*impostor)->FetchModelInfo().ok());
+  EXPECT_TRUE((*impostor)->RequestShutdown("not yours to ask").ok());
+  EXPECT_TRUE((*impostor)->FetchModelInfo().ok());
+  EXPECT_FALSE(served.stopped());
+
+  // Keys outside the allow-list, and plaintext, get no answer at all.
+  EXPECT_FALSE(served.Connect(client_options(stranger, "worker")).ok());
+  LoaderClientOptions plaintext = client_options(worker, "worker");
+  plaintext.curve = {};
+  EXPECT_FALSE(served.Connect(plaintext).ok());
+
+  auto real = served.Connect(client_options(coordinator, "coordinator"));
+  ASSERT_TRUE(real.ok()) << real.status();
+  EXPECT_TRUE((*real)->RequestShutdown("the deployment stops").ok());
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (!served.stopped() && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -3,11 +3,13 @@
 // SIGTERM or SIGINT (exit 0).
 #include <csignal>
 #include <cstdio>
+#include <optional>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
 #include "common/config/cluster_config.h"
+#include "common/config/curve_flags.h"
 #include "common/metrics/metrics_server.h"
 #include "loader/client/loader_client.h"
 #include "worker/worker_service.h"
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-host", metrics_host, "address the metrics server binds");
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  const chord::CurveFlags curve_flags(app);
   CLI11_PARSE(app, argc, argv);
   chord::log::Level level;
   if (!chord::log::ParseLevel(log_level, &level)) {
@@ -73,9 +76,12 @@ int main(int argc, char** argv) {
   chord::log::Init(level, log_json);
 
   // The file's values first, then the flags given.
+  std::optional<chord::ClusterConfig> config;
+  std::string curve_key;  // the worker's own section names its secret key
   if (!config_path.empty()) {
-    absl::StatusOr<chord::ClusterConfig> config = chord::LoadClusterConfig(config_path);
-    if (!config.ok()) return Fail(config.status());
+    absl::StatusOr<chord::ClusterConfig> loaded = chord::LoadClusterConfig(config_path);
+    if (!loaded.ok()) return Fail(loaded.status());
+    config = std::move(*loaded);
     const chord::CoordinatorSection& c = config->coordinator;
     if (!coordinator->count())
       o.coordinator_endpoint = "tcp://" + c.host + ":" + std::to_string(c.control_port);
@@ -86,8 +92,15 @@ int main(int argc, char** argv) {
       if (!threads_flag->count()) threads = w->threads;
       if (!backend->count()) o.backend = w->backend;
       o.device = w->device;
+      curve_key = w->curve_key;
     }
   }
+  absl::StatusOr<chord::wire::CurveSetup> curve =
+      chord::wire::LoadCurveSetup(curve_flags.Resolve(config ? &*config : nullptr, curve_key));
+  if (!curve.ok()) return Fail(curve.status());
+  if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
+  o.curve = *curve;
+  loader_options.curve = *curve;
   if (memory->count()) {
     absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(budget);
     if (!bytes.ok())
@@ -101,8 +114,9 @@ int main(int argc, char** argv) {
     return Fail(absl::UnimplementedError("chord-worker runs the cpu backend only"));
   chord::log::Info(
       "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, backend %s, threads "
-      "%d",
-      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.backend, threads);
+      "%d, links %s",
+      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.backend, threads,
+      o.curve.enabled() ? "CURVE" : "plaintext");
 
   chord::metrics::Registry registry;
   chord::metrics::WorkerMetrics worker_metrics(registry);
@@ -114,6 +128,10 @@ int main(int argc, char** argv) {
     o.metrics = &worker_metrics;
   }
   zmq::context_t context(1);
+  // After the context: it owns a socket of it and must close first.
+  absl::StatusOr<std::unique_ptr<chord::wire::ZapHandler>> zap =
+      chord::wire::ZapHandler::StartFor(context, o.curve);
+  if (!zap.ok()) return Fail(zap.status());
   chord::ThreadPool pool(threads);
   loader_options.node_id = o.worker_id;
   chord::LoaderConnector connect =

@@ -106,12 +106,14 @@ absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Create(
   if (options.coordinator_endpoint.empty()) {
     return absl::InvalidArgumentError("a worker needs the coordinator's endpoint");
   }
+  RETURN_IF_ERROR(wire::RequireCoordinatorKey(options.curve));
   std::unique_ptr<WorkerService> service(
       new WorkerService(context, options, pool, std::move(connect_loader)));
   try {
     service->data_.emplace(context, zmq::socket_type::pull);
     service->data_->set(zmq::sockopt::linger, 0);
     service->data_->set(zmq::sockopt::rcvhwm, options.high_water_mark);
+    RETURN_IF_ERROR(wire::SecureServer(*service->data_, options.curve));
     service->data_->bind(BindAddress(options.data_bind));
     service->data_endpoint_ = service->data_->get(zmq::sockopt::last_endpoint);
   } catch (const zmq::error_t& error) {
@@ -138,6 +140,10 @@ void WorkerService::ConnectControl() {
   control_->set(zmq::sockopt::immediate, 1);  // nothing queues for a coordinator that is not there
   control_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
   control_->set(zmq::sockopt::rcvhwm, options_.high_water_mark);
+  // Checked in Create(): the key is there whenever CURVE is on.
+  const absl::Status secured =
+      wire::SecureClient(*control_, options_.curve, options_.curve.coordinator_public_key);
+  if (!secured.ok()) log::Error("worker %s: %s", options_.worker_id, secured.ToString());
   control_->connect(options_.coordinator_endpoint);
   link_ = Link::kHello;
   last_sent_ = Clock::time_point{};  // say Hello at once
@@ -163,7 +169,20 @@ void WorkerService::KeepLink() {
     last_sent_ = Clock::time_point{};
   }
   if (now - last_sent_ < options_.hello_retry) return;
+  if (link_ != Link::kHello || hello_unanswered_since_ == Clock::time_point{}) {
+    hello_unanswered_since_ = now;
+  }
   link_ = Link::kHello;
+  if (now - hello_unanswered_since_ >= kUnansweredWarning &&
+      now - last_unanswered_warning_ >= kUnansweredWarning) {
+    last_unanswered_warning_ = now;
+    log::Warn("worker %s: no answer from the coordinator at %s for %d s (is it up? %s)",
+              options_.worker_id, options_.coordinator_endpoint,
+              std::chrono::duration_cast<std::chrono::seconds>(now - hello_unanswered_since_).count(),
+              options_.curve.enabled()
+                  ? "with CURVE: is this worker's public key in the coordinator's allow-list?"
+                  : "plaintext: does the coordinator expect CURVE?");
+  }
   pb::Envelope envelope;
   *envelope.mutable_hello() = wire::MakeHello("worker", options_.worker_id, model_sha256_);
   SendControl(envelope);
@@ -179,6 +198,7 @@ void WorkerService::HandleHello(const pb::Hello& hello) {
     return;
   }
   model_sha256_ = hello.model_sha256();
+  hello_unanswered_since_ = Clock::time_point{};
   pb::Envelope envelope;
   pb::RegisterWorker* r = envelope.mutable_register_worker();
   r->set_worker_id(options_.worker_id);
@@ -187,6 +207,7 @@ void WorkerService::HandleHello(const pb::Hello& hello) {
   r->set_backend(options_.backend);
   r->set_device(options_.device);
   r->set_weight_bytes_per_second(options_.weight_bytes_per_second);
+  r->set_curve_public_key(options_.curve.own.public_key);
   r->set_kv_slots(options_.max_kv_slots);
   r->set_n_ctx(options_.max_n_ctx);
   SendControl(envelope);
@@ -351,6 +372,12 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
       next_->set(zmq::sockopt::linger, 0);
       next_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
       next_->set(zmq::sockopt::immediate, 1);
+      if (absl::Status secured = wire::SecureClient(*next_, options_.curve, a.next_data_public_key());
+          !secured.ok()) {
+        next_.reset();
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot secure the link to the next stage: ", secured.message()));
+      }
       next_->connect(a.next_data_endpoint());
     } catch (const zmq::error_t& error) {
       next_.reset();

@@ -30,6 +30,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/metrics/chord_metrics.h"
+#include "common/wire/curve.h"
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
 #include "loader/client/loader_client.h"
@@ -58,6 +59,10 @@ struct WorkerOptions {
   std::chrono::milliseconds forward_timeout{250};
   int high_water_mark = 64;                         // messages queued per socket
   metrics::WorkerMetrics* metrics = nullptr;        // optional; must outlive the service
+  // CURVE when enabled: the data socket is a server (the context's ZAP handler
+  // admits peers); control and next-stage links are clients of the keys the
+  // setup and the plan name.
+  wire::CurveSetup curve;
 };
 
 // Connects to a loader; LoaderClient::Connect in production, a fake in tests.
@@ -135,6 +140,11 @@ class WorkerService {
   Link link_ = Link::kHello;
   Clock::time_point last_sent_{};
   Clock::time_point last_heard_{};
+  // Hellos go unanswered since then (zero: answered); warned about every
+  // kUnansweredWarning, since a refused CURVE key looks like silence.
+  static constexpr std::chrono::seconds kUnansweredWarning{10};
+  Clock::time_point hello_unanswered_since_{};
+  Clock::time_point last_unanswered_warning_{};
   std::string model_sha256_;  // from the coordinator's Hello
 
   std::unique_ptr<StageExecutor> executor_;

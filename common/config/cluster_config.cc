@@ -135,6 +135,7 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
          ASSIGN_OR_RETURN(c->grace_ms, ReadInt(f, n, 0, 3600000));
          return absl::OkStatus();
        }},
+      {"curve_key", StringField(&c->curve_key)},
   };
   RETURN_IF_ERROR(ReadMap("coordinator", node, table));
   absl::Status valid = ValidateCoordinatorSection(*c);
@@ -147,6 +148,7 @@ absl::Status ReadLoader(const YAML::Node& node, LoaderSection* l) {
       {"host", StringField(&l->host)},
       {"port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &l->port); }},
       {"model", StringField(&l->model)},
+      {"curve_key", StringField(&l->curve_key)},
   };
   return ReadMap("loader", node, table);
 }
@@ -167,9 +169,21 @@ absl::Status ReadWorker(const std::string& section, const YAML::Node& node, Work
        [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"cpu", "cuda"}, &w->backend); }},
       {"device", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->device); }},
       {"threads", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->threads); }},
+      {"curve_key", StringField(&w->curve_key)},
   };
   RETURN_IF_ERROR(ReadMap(section, node, table));
   if (w->id.empty()) return FieldError(absl::StrCat(section, ".id"), node, "required");
+  return absl::OkStatus();
+}
+
+absl::Status ReadCurve(const YAML::Node& node, CurveSection* c) {
+  const FieldTable table = {
+      {"allow", StringField(&c->allow)},
+      {"coordinator_public_key", StringField(&c->coordinator_public_key)},
+      {"loader_public_key", StringField(&c->loader_public_key)},
+  };
+  RETURN_IF_ERROR(ReadMap("curve", node, table));
+  if (c->allow.empty()) return FieldError("curve.allow", node, "required when curve: is given");
   return absl::OkStatus();
 }
 
@@ -200,8 +214,11 @@ absl::Status ReadRoot(const YAML::Node& root, ClusterConfig* config) {
       RETURN_IF_ERROR(ReadLoader(entry.second, &config->loader));
     } else if (key == "workers") {
       RETURN_IF_ERROR(ReadWorkers(entry.second, &config->workers));
+    } else if (key == "curve") {
+      RETURN_IF_ERROR(ReadCurve(entry.second, &config->curve));
     } else {
-      return FieldError(key, entry.first, "unknown key (expected coordinator, loader or workers)");
+      return FieldError(key, entry.first,
+                        "unknown key (expected coordinator, loader, workers or curve)");
     }
   }
   return absl::OkStatus();
@@ -253,7 +270,8 @@ std::string ClusterConfig::ToYaml() const {
         {"api_key_file", &coordinator.api_key_file},
         {"tls_cert", &coordinator.tls_cert},
         {"tls_key", &coordinator.tls_key},
-        {"tls_client_ca", &coordinator.tls_client_ca}}) {
+        {"tls_client_ca", &coordinator.tls_client_ca},
+        {"curve_key", &coordinator.curve_key}}) {
     if (!value->empty()) out << "  " << key << ": " << Quote(*value) << "\n";
   }
   out
@@ -261,6 +279,15 @@ std::string ClusterConfig::ToYaml() const {
       << "  host: " << Quote(loader.host) << "\n"
       << "  port: " << loader.port << "\n"
       << "  model: " << Quote(loader.model) << "\n";
+  if (!loader.curve_key.empty()) out << "  curve_key: " << Quote(loader.curve_key) << "\n";
+  if (!curve.allow.empty()) {
+    out << "curve:\n"
+        << "  allow: " << Quote(curve.allow) << "\n";
+    if (!curve.coordinator_public_key.empty())
+      out << "  coordinator_public_key: " << Quote(curve.coordinator_public_key) << "\n";
+    if (!curve.loader_public_key.empty())
+      out << "  loader_public_key: " << Quote(curve.loader_public_key) << "\n";
+  }
   if (workers.empty()) {
     out << "workers: []\n";
     return out.str();
@@ -274,6 +301,7 @@ std::string ClusterConfig::ToYaml() const {
         << "    backend: " << w.backend << "\n"
         << "    device: " << w.device << "\n"
         << "    threads: " << w.threads << "\n";
+    if (!w.curve_key.empty()) out << "    curve_key: " << Quote(w.curve_key) << "\n";
   }
   return out.str();
 }

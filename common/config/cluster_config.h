@@ -25,6 +25,14 @@
 //     host: 127.0.0.1
 //     port: 5556
 //     model: models/stories260K.gguf   # required for the loader
+//     curve_key: /etc/chord/keys/coordinator.key  # this process's CURVE secret key
+//   loader:
+//     ...                      # (as above)
+//     curve_key: /etc/chord/keys/loader.key
+//   curve:                     # CURVE on every ZeroMQ link; plaintext when absent
+//     allow: /etc/chord/keys/allowed   # *.pub files (or one file of keys) of every process
+//     coordinator_public_key: /etc/chord/keys/coordinator.pub
+//     loader_public_key: /etc/chord/keys/loader.pub
 //   workers:
 //     - id: w0                 # required, unique
 //       host: 127.0.0.1
@@ -33,6 +41,7 @@
 //       backend: cpu           # cpu or cuda
 //       device: 0
 //       threads: 0             # 0: one per core
+//       curve_key: /etc/chord/keys/w0.key
 #pragma once
 
 #include <cstdint>
@@ -63,6 +72,7 @@ struct CoordinatorSection {
   const std::string& http_bind_host() const { return http_host.empty() ? host : http_host; }
   int64_t worker_timeout_ms = 2000;
   int64_t grace_ms = 10000;
+  std::string curve_key;  // CURVE secret key file (PREFIX.key); with `curve.allow`
 };
 
 // INVALID_ARGUMENT when settings that only make sense together are not
@@ -73,6 +83,7 @@ struct LoaderSection {
   std::string host = "127.0.0.1";
   int port = 5556;
   std::string model;
+  std::string curve_key;
 };
 
 struct WorkerSection {
@@ -83,12 +94,21 @@ struct WorkerSection {
   std::string backend = "cpu";
   int device = 0;
   int threads = 0;
+  std::string curve_key;
+};
+
+// The cluster-wide half of CURVE (each section names its own secret key).
+struct CurveSection {
+  std::string allow;                   // a directory of *.pub files, or a file of keys
+  std::string coordinator_public_key;  // file
+  std::string loader_public_key;       // file
 };
 
 struct ClusterConfig {
   CoordinatorSection coordinator;
   LoaderSection loader;
   std::vector<WorkerSection> workers;
+  CurveSection curve;
 
   const WorkerSection* FindWorker(std::string_view id) const;
   std::string ToYaml() const;  // the effective config, as processes print it at start

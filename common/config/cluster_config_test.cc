@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "common/config/coordinator_flags.h"
+#include "common/config/curve_flags.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -34,15 +35,22 @@ constexpr char kFull[] = R"(coordinator:
   tls_client_ca: /etc/chord/tls/clients.crt
   worker_timeout_ms: 750
   grace_ms: 3000
+  curve_key: /etc/chord/keys/coordinator.key
 loader:
   host: 127.0.0.1
   port: 6002
   model: models/stories260K.gguf
+  curve_key: /etc/chord/keys/loader.key
+curve:
+  allow: /etc/chord/keys/allowed
+  coordinator_public_key: /etc/chord/keys/coordinator.pub
+  loader_public_key: /etc/chord/keys/loader.pub
 workers:
   - id: w0
     data_port: 6100
     memory_budget: 2G
     threads: 3
+    curve_key: /etc/chord/keys/w0.key
   - id: w1
     host: 127.0.0.2
     memory_budget: 512M
@@ -84,6 +92,13 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->workers[1].device, 1);
   ASSERT_NE(config->FindWorker("w1"), nullptr);
   EXPECT_EQ(config->FindWorker("w1")->device, 1);
+  EXPECT_EQ(config->coordinator.curve_key, "/etc/chord/keys/coordinator.key");
+  EXPECT_EQ(config->loader.curve_key, "/etc/chord/keys/loader.key");
+  EXPECT_EQ(config->workers[0].curve_key, "/etc/chord/keys/w0.key");
+  EXPECT_TRUE(config->workers[1].curve_key.empty());
+  EXPECT_EQ(config->curve.allow, "/etc/chord/keys/allowed");
+  EXPECT_EQ(config->curve.coordinator_public_key, "/etc/chord/keys/coordinator.pub");
+  EXPECT_EQ(config->curve.loader_public_key, "/etc/chord/keys/loader.pub");
   EXPECT_EQ(config->FindWorker("w2"), nullptr);
 }
 
@@ -111,6 +126,8 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   EXPECT_EQ(again->coordinator.kv_type, "f16");
   EXPECT_EQ(again->coordinator.http_port, 8080);
   EXPECT_EQ(again->coordinator.tls_key, "/etc/chord/tls/server.key");
+  EXPECT_EQ(again->curve.loader_public_key, "/etc/chord/keys/loader.pub");
+  EXPECT_EQ(again->workers[0].curve_key, "/etc/chord/keys/w0.key");
   // Defaults print too, so the effective config is complete.
   absl::StatusOr<ClusterConfig> defaults = ParseClusterConfig("");
   ASSERT_TRUE(defaults.ok());
@@ -126,6 +143,8 @@ struct BadCase {
 TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
   const BadCase cases[] = {
       {"coordinator:\n  grpc_prot: 1\n", "coordinator.grpc_prot (line 2): unknown key"},
+      {"curve:\n  loader_public_key: l.pub\n", "curve.allow (line 2): required"},
+      {"curve:\n  allow: a\n  secret: s\n", "curve.secret (line 3): unknown key"},
       {"coordinator:\n  kv_slots: many\n", "coordinator.kv_slots (line 2): expected an integer"},
       {"coordinator:\n  kv_slots: 0\n", "coordinator.kv_slots (line 2)"},
       {"coordinator:\n  grpc_port: 70000\n", "coordinator.grpc_port (line 2): 70000 is out of range"},
@@ -235,6 +254,49 @@ TEST(CoordinatorFlagsTest, BadValuesAndHalfTlsAreRefused) {
   CoordinatorSection ca_only;
   ca_only.tls_client_ca = "ca.pem";
   EXPECT_EQ(ValidateCoordinatorSection(ca_only).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(CoordinatorFlagsTest, EnvironmentVariablesOverrideTheFileAndFlagsOverrideThem) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ::setenv("CHORD_MAX_QUEUE", "77", 1);
+  ::setenv("CHORD_KV_SLOTS", "5", 1);
+  absl::StatusOr<CoordinatorSection> s = ApplyFlags(config->coordinator, {"--kv-slots", "9"});
+  ::unsetenv("CHORD_MAX_QUEUE");
+  ::unsetenv("CHORD_KV_SLOTS");
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_EQ(s->max_queue, 77);  // the variable over the file's 32
+  EXPECT_EQ(s->kv_slots, 9);    // the flag over the variable
+  EXPECT_EQ(s->grpc_port, 6000);
+}
+
+TEST(CurveFlagsTest, FileSectionsThenVariablesThenFlags) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto resolve = [&](std::vector<std::string> args, const ClusterConfig* file) {
+    CLI::App app;
+    CurveFlags flags(app);
+    std::vector<std::string> argv = {"test"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::vector<char*> raw;
+    for (std::string& arg : argv) raw.push_back(arg.data());
+    app.parse(static_cast<int>(raw.size()), raw.data());
+    return flags.Resolve(file, file != nullptr ? file->workers[0].curve_key : "");
+  };
+  wire::CurveFiles files = resolve({}, &*config);
+  EXPECT_EQ(files.secret_key, "/etc/chord/keys/w0.key");
+  EXPECT_EQ(files.allow, "/etc/chord/keys/allowed");
+  EXPECT_EQ(files.coordinator_public_key, "/etc/chord/keys/coordinator.pub");
+  EXPECT_EQ(files.loader_public_key, "/etc/chord/keys/loader.pub");
+  ::setenv("CHORD_CURVE_ALLOW", "/env/allowed", 1);
+  files = resolve({"--curve-key", "/flag/w0.key"}, &*config);
+  ::unsetenv("CHORD_CURVE_ALLOW");
+  EXPECT_EQ(files.secret_key, "/flag/w0.key");
+  EXPECT_EQ(files.allow, "/env/allowed");
+  EXPECT_EQ(files.loader_public_key, "/etc/chord/keys/loader.pub");
+  files = resolve({}, nullptr);  // no file, no flags: plaintext
+  EXPECT_TRUE(files.secret_key.empty());
+  EXPECT_TRUE(files.allow.empty());
 }
 
 TEST(ParseByteSizeTest, AcceptsSuffixesAsPowersOf1024) {

@@ -1,11 +1,19 @@
 #include "common/config/coordinator_flags.h"
 
+#include <cctype>
+#include <string>
+
 namespace chord {
 
 template <typename T>
 CLI::Option* CoordinatorFlags::Add(CLI::App& app, const char* name, T CoordinatorSection::*field,
                                    const char* help) {
-  CLI::Option* option = app.add_option(name, values_.*field, help);
+  // Every flag also reads from a variable: --grpc-port from CHORD_GRPC_PORT.
+  std::string variable = "CHORD_";
+  for (const char* c = name + 2; *c != '\0'; ++c) {
+    variable += *c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(*c)));
+  }
+  CLI::Option* option = app.add_option(name, values_.*field, help)->envname(variable);
   overrides_.push_back([this, option, field](CoordinatorSection& section) {
     if (option->count() > 0) section.*field = values_.*field;
   });

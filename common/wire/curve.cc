@@ -186,6 +186,58 @@ absl::Status MakeCurveClient(zmq::socket_t& socket, const CurveKeyPair& own,
   return SetKeyOption(socket, ZMQ_CURVE_SECRETKEY, own.secret_key);
 }
 
+absl::StatusOr<CurveSetup> LoadCurveSetup(const CurveFiles& files) {
+  CurveSetup setup;
+  if (files.secret_key.empty() != files.allow.empty()) {
+    return absl::InvalidArgumentError(
+        "CURVE needs both this process's secret key and an allow-list of peers' public keys");
+  }
+  if (files.secret_key.empty()) {
+    if (!files.coordinator_public_key.empty() || !files.loader_public_key.empty()) {
+      return absl::InvalidArgumentError(
+          "CURVE public keys of servers are named but this process has no secret key");
+    }
+    return setup;
+  }
+  ASSIGN_OR_RETURN(setup.own, ReadCurveSecretKey(files.secret_key));
+  ASSIGN_OR_RETURN(setup.allowed, LoadCurveAllowList(files.allow));
+  if (!files.coordinator_public_key.empty()) {
+    ASSIGN_OR_RETURN(setup.coordinator_public_key, ReadCurvePublicKey(files.coordinator_public_key));
+  }
+  if (!files.loader_public_key.empty()) {
+    ASSIGN_OR_RETURN(setup.loader_public_key, ReadCurvePublicKey(files.loader_public_key));
+  }
+  return setup;
+}
+
+absl::Status RequireCoordinatorKey(const CurveSetup& setup) {
+  if (setup.enabled() && setup.coordinator_public_key.empty()) {
+    return absl::InvalidArgumentError("CURVE is on: the coordinator's public key is required");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RequireLoaderKey(const CurveSetup& setup) {
+  if (setup.enabled() && setup.loader_public_key.empty()) {
+    return absl::InvalidArgumentError("CURVE is on: the loader's public key is required");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SecureServer(zmq::socket_t& socket, const CurveSetup& setup) {
+  if (!setup.enabled()) return absl::OkStatus();
+  return MakeCurveServer(socket, setup.own);
+}
+
+absl::Status SecureClient(zmq::socket_t& socket, const CurveSetup& setup,
+                          std::string_view server_public_key) {
+  if (!setup.enabled()) return absl::OkStatus();
+  if (server_public_key.empty()) {
+    return absl::InvalidArgumentError("CURVE is on but the server's public key is unknown");
+  }
+  return MakeCurveClient(socket, setup.own, server_public_key);
+}
+
 absl::Status MakeCurveServerFromFile(zmq::socket_t& socket, const std::string& secret_key_path) {
   ASSIGN_OR_RETURN(CurveKeyPair own, ReadCurveSecretKey(secret_key_path));
   return MakeCurveServer(socket, own);
@@ -216,6 +268,12 @@ absl::StatusOr<std::unique_ptr<ZapHandler>> ZapHandler::Start(zmq::context_t& co
   std::unique_ptr<ZapHandler> handler(new ZapHandler(std::move(socket), std::move(allowed_set)));
   handler->thread_ = std::thread([raw = handler.get()] { raw->Serve(); });
   return handler;
+}
+
+absl::StatusOr<std::unique_ptr<ZapHandler>> ZapHandler::StartFor(zmq::context_t& context,
+                                                                 const CurveSetup& setup) {
+  if (!setup.enabled()) return std::unique_ptr<ZapHandler>();
+  return Start(context, setup.allowed);
 }
 
 ZapHandler::ZapHandler(zmq::socket_t socket, std::set<std::string> allowed)
@@ -260,8 +318,14 @@ void ZapHandler::HandleRequest(std::vector<zmq::message_t>& frames) {
     log::Debug("zap: admitted %s from %s", peer_key, address);
   } else {
     refused_.fetch_add(1);
-    log::Warn("zap: refused %s peer %s from %s (not in the allow-list)", mechanism,
-              peer_key.empty() ? std::string("(no key)") : peer_key, address);
+    const std::string who = peer_key.empty() ? mechanism + " (no key)" : peer_key;
+    const auto now = std::chrono::steady_clock::now();
+    if (last_logged_.size() > 1024) last_logged_.clear();  // bounded against a flood of new keys
+    auto [last, first] = last_logged_.try_emplace(who, now);
+    if (first || now - last->second >= std::chrono::seconds(10)) {
+      last->second = now;
+      log::Warn("zap: refused %s peer %s from %s (not in the allow-list)", mechanism, who, address);
+    }
   }
   const std::array<std::string, 6> reply = {"1.0",
                                             request_id,

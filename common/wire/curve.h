@@ -12,6 +12,8 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <map>
 #include <memory>
 #include <set>
 #include <string>
@@ -48,6 +50,41 @@ absl::StatusOr<std::string> ReadCurvePublicKey(const std::string& path);
 // empty list (admitting nobody is never what an operator means).
 absl::StatusOr<std::vector<std::string>> LoadCurveAllowList(const std::string& path);
 
+// What one process needs to run CURVE on its links: its own key pair, the
+// allow-list that its bound sockets admit, and the public keys of the servers
+// it connects to. Plaintext (every call below a no-op) when disabled.
+struct CurveSetup {
+  CurveKeyPair own;
+  std::vector<std::string> allowed;     // Z85 public keys admitted by this process's ZAP handler
+  std::string coordinator_public_key;   // Z85; needed by processes that connect to the coordinator
+  std::string loader_public_key;        // Z85; needed by processes that connect to the loader
+  bool enabled() const { return !own.secret_key.empty(); }
+};
+
+// The key files behind a CurveSetup, as the cluster config and flags name them.
+struct CurveFiles {
+  std::string secret_key;              // PREFIX.key of this process
+  std::string allow;                   // a directory of *.pub files, or a file of keys
+  std::string coordinator_public_key;  // coordinator's PREFIX.pub
+  std::string loader_public_key;       // loader's PREFIX.pub
+};
+
+// All fields empty: plaintext (a disabled setup). A secret key without an
+// allow-list or the reverse is INVALID_ARGUMENT: half of CURVE would leave one
+// direction open. Public keys are read when named; a process checks that the
+// ones it needs are there with RequireCoordinatorKey/RequireLoaderKey.
+absl::StatusOr<CurveSetup> LoadCurveSetup(const CurveFiles& files);
+absl::Status RequireCoordinatorKey(const CurveSetup& setup);
+absl::Status RequireLoaderKey(const CurveSetup& setup);
+
+// Makes `socket` a CURVE server (admitted by the context's ZAP handler) or a
+// client of the server with `server_public_key`; both no-ops when `setup` is
+// disabled. Call before bind()/connect(). INVALID_ARGUMENT for an empty or
+// malformed server key when enabled.
+absl::Status SecureServer(zmq::socket_t& socket, const CurveSetup& setup);
+absl::Status SecureClient(zmq::socket_t& socket, const CurveSetup& setup,
+                          std::string_view server_public_key);
+
 // Call before bind()/connect(). `zap_domain` lets a ZapHandler see the socket.
 absl::Status MakeCurveServer(zmq::socket_t& socket, const CurveKeyPair& own,
                              std::string_view zap_domain = "chord");
@@ -72,6 +109,10 @@ class ZapHandler {
   ZapHandler(const ZapHandler&) = delete;
   ZapHandler& operator=(const ZapHandler&) = delete;
 
+  // Starts a handler when `setup` is enabled; nullptr (and OK) when it is not.
+  static absl::StatusOr<std::unique_ptr<ZapHandler>> StartFor(zmq::context_t& context,
+                                                              const CurveSetup& setup);
+
   int refused_count() const { return refused_.load(); }
   int admitted_count() const { return admitted_.load(); }
 
@@ -82,6 +123,9 @@ class ZapHandler {
 
   zmq::socket_t socket_;
   std::set<std::string> allowed_;  // Z85 public keys
+  // When each refused key was last logged: a refused peer reconnects every
+  // few hundred milliseconds, and one line per 10 s says as much as all.
+  std::map<std::string, std::chrono::steady_clock::time_point> last_logged_;
   std::atomic<bool> stop_{false};
   std::atomic<int> refused_{0};
   std::atomic<int> admitted_{0};

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "common/wire/wire.h"
 #include "gtest/gtest.h"
 
 namespace chord::wire {
@@ -205,6 +206,72 @@ TEST_F(CurveTest, WrongServerKeyNeverConnects) {
   // A client that trusts a different server key (e.g. an impostor's) cannot talk.
   zmq::socket_t client = SendPing(endpoint_, &client_keys, NewPair().public_key);
   EXPECT_FALSE(ServerGetsPing(*server_, kSilence));
+}
+
+// The setup processes load from their flags and config: all or nothing.
+TEST_F(CurveTest, SetupFromFilesIsAllOrNothing) {
+  absl::StatusOr<CurveSetup> plain = LoadCurveSetup(CurveFiles{});
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_FALSE(plain->enabled());
+  zmq::socket_t socket(context_, zmq::socket_type::dealer);
+  EXPECT_TRUE(SecureClient(socket, *plain, "").ok());  // plaintext: nothing to do
+  EXPECT_TRUE(RequireCoordinatorKey(*plain).ok());
+
+  const CurveKeyPair own = NewPair();
+  const CurveKeyPair coordinator = NewPair();
+  ASSERT_TRUE(WriteCurveKeyPair(own, (dir_ / "own").string(), false).ok());
+  ASSERT_TRUE(WriteCurveKeyPair(coordinator, (dir_ / "coordinator").string(), false).ok());
+  std::filesystem::create_directories(dir_ / "allowed");
+  std::filesystem::copy_file(dir_ / "coordinator.pub", dir_ / "allowed" / "coordinator.pub");
+
+  CurveFiles files;
+  files.secret_key = (dir_ / "own.key").string();
+  EXPECT_EQ(LoadCurveSetup(files).status().code(), absl::StatusCode::kInvalidArgument);  // no allow-list
+  files.allow = (dir_ / "allowed").string();
+  absl::StatusOr<CurveSetup> setup = LoadCurveSetup(files);
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  EXPECT_TRUE(setup->enabled());
+  EXPECT_EQ(setup->own.public_key, own.public_key);
+  EXPECT_EQ(setup->allowed, std::vector<std::string>{coordinator.public_key});
+  EXPECT_EQ(RequireCoordinatorKey(*setup).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(SecureClient(socket, *setup, "").code(), absl::StatusCode::kInvalidArgument);
+  files.coordinator_public_key = (dir_ / "coordinator.pub").string();
+  setup = LoadCurveSetup(files);
+  ASSERT_TRUE(setup.ok()) << setup.status();
+  EXPECT_EQ(setup->coordinator_public_key, coordinator.public_key);
+  EXPECT_TRUE(RequireCoordinatorKey(*setup).ok());
+  EXPECT_EQ(RequireLoaderKey(*setup).code(), absl::StatusCode::kInvalidArgument);
+
+  CurveFiles only_public;
+  only_public.loader_public_key = (dir_ / "coordinator.pub").string();
+  EXPECT_EQ(LoadCurveSetup(only_public).status().code(), absl::StatusCode::kInvalidArgument);
+  files.loader_public_key = (dir_ / "missing.pub").string();
+  EXPECT_EQ(LoadCurveSetup(files).status().code(), absl::StatusCode::kNotFound);
+}
+
+// wire::Receive reports the key ZAP authenticated: the coordinator takes a
+// worker's data-socket key from it, never from what the worker claims.
+TEST_F(CurveTest, ReceivedMessagesCarryTheAuthenticatedKey) {
+  const CurveKeyPair server_keys = NewPair();
+  const CurveKeyPair client_keys = NewPair();
+  StartServer(server_keys, {client_keys.public_key});
+  if (HasFatalFailure()) return;
+  CurveSetup client_setup;
+  client_setup.own = client_keys;
+  zmq::socket_t client(context_, zmq::socket_type::dealer);
+  client.set(zmq::sockopt::linger, 0);
+  ASSERT_TRUE(SecureClient(client, client_setup, server_keys.public_key).ok());
+  client.connect(endpoint_);
+  pb::Envelope envelope;
+  envelope.mutable_heartbeat()->set_plan_version(7);
+  ASSERT_TRUE(Send(client, envelope).ok());
+  zmq::pollitem_t item{server_->handle(), 0, ZMQ_POLLIN, 0};
+  ASSERT_EQ(zmq::poll(&item, 1, kPatience), 1);
+  absl::StatusOr<std::optional<Message>> received = Receive(*server_, /*router=*/true);
+  ASSERT_TRUE(received.ok()) << received.status();
+  ASSERT_TRUE(received->has_value());
+  EXPECT_EQ((*received)->peer_key, client_keys.public_key);
+  EXPECT_EQ((*received)->envelope.heartbeat().plan_version(), 7u);
 }
 
 }  // namespace

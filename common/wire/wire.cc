@@ -62,6 +62,8 @@ absl::StatusOr<std::optional<Message>> Receive(zmq::socket_t& socket, bool route
   if (!message.envelope.ParseFromArray(frames[next].data(), static_cast<int>(frames[next].size()))) {
     return absl::DataLossError("malformed message: the envelope does not parse");
   }
+  const char* user_id = zmq_msg_gets(frames[next].handle(), "User-Id");
+  if (user_id != nullptr) message.peer_key = user_id;
   if (rest == 2) {
     message.payload = std::move(frames[next + 1]);
     message.has_payload = true;

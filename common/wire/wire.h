@@ -28,6 +28,7 @@ inline constexpr uint32_t kProtocolVersion = pb::PROTOCOL_VERSION_CURRENT;
 
 struct Message {
   std::string identity;    // ROUTER sockets only; empty otherwise
+  std::string peer_key;    // the sender's CURVE public key (Z85) as ZAP admitted it; empty on plaintext
   pb::Envelope envelope;
   zmq::message_t payload;  // empty when the message had no payload frame
   bool has_payload = false;

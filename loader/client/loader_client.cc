@@ -431,6 +431,7 @@ absl::StatusOr<std::unique_ptr<LoaderClient>> LoaderClient::Connect(
     socket.set(zmq::sockopt::linger, 0);
     socket.set(zmq::sockopt::sndhwm, hwm);
     socket.set(zmq::sockopt::rcvhwm, hwm);
+    RETURN_IF_ERROR(wire::SecureClient(socket, options.curve, options.curve.loader_public_key));
     socket.connect(endpoint);
   } catch (const zmq::error_t& error) {
     return absl::InvalidArgumentError(

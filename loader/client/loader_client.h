@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/gguf/gguf_file.h"
+#include "common/wire/curve.h"
 #include "zmq.hpp"
 
 namespace chord {
@@ -39,6 +40,8 @@ struct LoaderClientOptions {
   // for checksums only, copying the bytes from the mapping (one copy instead
   // of three through the socket). Falls back to payloads if that fails.
   bool local_reads = true;
+  // CURVE when enabled: this process's keys and the loader's public key.
+  wire::CurveSetup curve;
 };
 
 struct LoaderModelInfo {
