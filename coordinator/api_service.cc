@@ -3,6 +3,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "common/base/log.h"
 #include "coordinator/api_security.h"
 #include "coordinator/grpc_status.h"
 
@@ -39,16 +40,24 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   }
   absl::StatusOr<ValidatedRequest> validated =
       ValidateGenerateRequest(*request, *model_.tokenizer, limits_, RandomSeed());
-  if (!validated.ok()) return ToGrpcStatus(validated.status());
+  if (!validated.ok()) {
+    log::RequestInfo(request->request_id().substr(0, 256), "refused: %s",
+                     validated.status().ToString());
+    return ToGrpcStatus(validated.status());
+  }
   if (validated->request_id.empty()) {
     validated->request_id = absl::StrCat("req-", next_request_number_.fetch_add(1), "-", RandomSeed() % 1000000);
   }
   const std::string request_id = validated->request_id;
   absl::StatusOr<std::shared_ptr<RequestStream>> stream = scheduler_.Submit(*std::move(validated));
-  if (!stream.ok()) return ToGrpcStatus(stream.status());
+  if (!stream.ok()) {
+    log::RequestInfo(request_id, "refused: %s", stream.status().ToString());
+    return ToGrpcStatus(stream.status());
+  }
   for (;;) {
     // Deadlines and client cancellation both show up as IsCancelled().
     if (context->IsCancelled()) {
+      log::RequestInfo(request_id, "cancelled by the client or its deadline");
       scheduler_.Abort(request_id);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the call was cancelled or ran past its deadline");
     }
@@ -56,6 +65,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     if (!event.has_value()) continue;
     if (!event->status.ok()) return ToGrpcStatus(event->status);
     if (!writer->Write(event->response)) {
+      log::RequestInfo(request_id, "the client went away");
       scheduler_.Abort(request_id);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }

@@ -13,6 +13,8 @@
 #include "common/config/cluster_config.h"
 #include "common/config/coordinator_flags.h"
 #include "common/config/curve_flags.h"
+#include "common/metrics/chord_metrics.h"
+#include "common/metrics/metrics_server.h"
 #include "coordinator/api_security.h"
 #include "coordinator/http/front_door.h"
 #include "coordinator/server.h"
@@ -44,6 +46,13 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(100, 3600000));
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
+  int metrics_port = -1;
+  std::string metrics_host = "127.0.0.1";
+  app.add_option("--metrics-port", metrics_port, "Prometheus GET /metrics port (0: OS pick; -1: off)")
+      ->check(CLI::Range(-1, 65535))
+      ->envname("CHORD_METRICS_PORT");
+  app.add_option("--metrics-host", metrics_host, "address the metrics server binds")
+      ->envname("CHORD_METRICS_HOST");
   const chord::CurveFlags curve_flags(app);
   CLI11_PARSE(app, argc, argv);
   chord::log::Level level;
@@ -88,6 +97,15 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  chord::metrics::Registry registry;
+  chord::metrics::CoordinatorMetrics coordinator_metrics(registry);
+  std::unique_ptr<chord::metrics::MetricsServer> metrics_server;
+  if (metrics_port >= 0) {
+    auto started = chord::metrics::MetricsServer::Start(registry, metrics_host, metrics_port);
+    if (!started.ok()) return Fail(started.status());
+    metrics_server = std::move(*started);
+  }
+
   zmq::context_t context(1);
   // After the context: it owns a socket of it and must close first.
   auto zap = chord::wire::ZapHandler::StartFor(context, *curve);
@@ -114,6 +132,7 @@ int main(int argc, char** argv) {
   options.scheduler.prefill_chunk = prefill_chunk;
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.curve = *curve;
+  if (metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
   options.scheduler.pool.heartbeat_interval =  // several chances to answer before the timeout
@@ -137,6 +156,9 @@ int main(int argc, char** argv) {
                                                                options.limits);
   if (!front_door.ok()) return Fail(front_door.status());
   if (*front_door != nullptr) std::printf("chord-coordinator serving HTTP on %s\n", (*front_door)->address().c_str());
+  if (metrics_server != nullptr) {
+    std::printf("chord-coordinator metrics on %s:%d\n", metrics_host.c_str(), metrics_server->port());
+  }
   std::fflush(stdout);
 
   int received = 0;

@@ -41,6 +41,7 @@
 
 #include "absl/status/statusor.h"
 #include "chord/v1/inference.pb.h"
+#include "common/metrics/chord_metrics.h"
 #include "common/wire/curve.h"
 #include "coordinator/model_context.h"
 #include "coordinator/request_stream.h"
@@ -62,6 +63,7 @@ struct SchedulerOptions {
   // CURVE when enabled: the control socket is a server (the context's ZAP
   // handler admits workers); the data link to stage 0 a client of its key.
   wire::CurveSetup curve;
+  metrics::CoordinatorMetrics* metrics = nullptr;  // optional; must outlive the scheduler
 };
 
 class SchedulerCore;

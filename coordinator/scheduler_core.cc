@@ -107,6 +107,10 @@ void SchedulerCore::HandleCommands(bool* stop) {
         sequence->accepted = command.accepted;
         sequence->detokenizer = std::make_unique<StreamingDetokenizer>(*model_.tokenizer);
         sequence->stop = std::make_unique<StopMatcher>(sequence->request.stop);
+        log::RequestInfo(sequence->request.request_id,
+                         "accepted: %d prompt tokens, max_tokens %d, %d queued before it",
+                         sequence->journal.prompt_size(), sequence->request.max_tokens,
+                         queue_.size());
         queue_.push_back(std::move(sequence));
         break;
       }
@@ -217,6 +221,9 @@ void SchedulerCore::Rewind() {
     if (sequence->ended) continue;
     ++sequences;
     tokens += sequence->journal.size();
+    log::RequestWarn(sequence->request.request_id,
+                     "plan %d: its KV cache is rebuilt by replaying %d journal tokens",
+                     pool_.plan_version(), sequence->journal.size());
     sequence->fed = 0;
     sequence->hold_until = {};
   }
@@ -234,6 +241,8 @@ void SchedulerCore::Admit() {
     sequence->slot = free_slots_.front();
     free_slots_.erase(free_slots_.begin());
     sequence->scheduled = Clock::now();
+    log::RequestDebug(sequence->request.request_id, "scheduled in KV slot %d after %.3f s queued",
+                      sequence->slot, Seconds(sequence->scheduled - sequence->accepted));
     owner_.queued_.fetch_sub(1);
     ++owner_.running_;
     const uint64_t id = sequence->id;
@@ -327,7 +336,17 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
 void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {
   const TokenId token = static_cast<TokenId>(sampled.token_id());
   const ValidatedRequest& request = sequence.request;
-  if (sequence.journal.generated() == 0) sequence.first_token = Clock::now();
+  const Clock::time_point now = Clock::now();
+  if (options_.metrics != nullptr) {
+    options_.metrics->generation_tokens.Increment();
+    if (sequence.journal.generated() == 0) {
+      options_.metrics->time_to_first_token.Observe(Seconds(now - sequence.accepted));
+    } else {
+      options_.metrics->inter_token_latency.Observe(Seconds(now - sequence.last_token));
+    }
+  }
+  if (sequence.journal.generated() == 0) sequence.first_token = now;
+  sequence.last_token = now;
   const bool stop_token =
       std::find(request.stop_token_ids.begin(), request.stop_token_ids.end(), token) !=
           request.stop_token_ids.end() ||
@@ -375,11 +394,31 @@ void SchedulerCore::Finish(Sequence& sequence, chord::v1::FinishReason reason) {
   final.mutable_timings()->set_total_seconds(Seconds(now - sequence.accepted));
   final.set_seed(sequence.request.sampling.seed);
   final.set_stop_reason_text(sequence.stop->matched());
+  const char* label = reason == chord::v1::FINISH_REASON_STOP     ? "stop"
+                      : reason == chord::v1::FINISH_REASON_LENGTH ? "length"
+                                                                  : "abort";
+  log::RequestInfo(sequence.request.request_id,
+                   "finished (%s): %d prompt + %d generated tokens, first token after %.3f s, "
+                   "%.3f s in all",
+                   label, sequence.journal.prompt_size(), sequence.journal.generated(),
+                   final.timings().time_to_first_token_seconds(), final.timings().total_seconds());
+  CountFinished(sequence, label, now);
   sequence.stream->Push(std::move(event));
   Release(sequence);
 }
 
+void SchedulerCore::CountFinished(const Sequence& sequence, const char* reason,
+                                  Clock::time_point now) {
+  if (options_.metrics == nullptr) return;
+  options_.metrics->request_success.With({reason}).Increment();
+  options_.metrics->prompt_tokens.Increment(static_cast<double>(sequence.journal.prompt_size()));
+  options_.metrics->e2e_request_latency.Observe(Seconds(now - sequence.accepted));
+}
+
 void SchedulerCore::Fail(Sequence& sequence, const absl::Status& status) {
+  log::RequestWarn(sequence.request.request_id, "failed after %d generated tokens: %s",
+                   sequence.journal.generated(), status.ToString());
+  CountFinished(sequence, "error", Clock::now());
   StreamEvent event;
   event.status = status;
   sequence.stream->Push(std::move(event));
@@ -435,6 +474,13 @@ void SchedulerCore::Publish() {
   info.set_running_requests(static_cast<uint32_t>(owner_.running_.load()));
   info.set_queued_requests(static_cast<uint32_t>(owner_.queued_.load()));
   info.set_kv_slots(static_cast<uint32_t>(options_.pool.kv_slots));
+  if (options_.metrics != nullptr) {
+    options_.metrics->num_requests_running.Set(info.running_requests());
+    options_.metrics->num_requests_waiting.Set(info.queued_requests());
+    int live = 0;
+    for (const chord::v1::WorkerInfo& worker : info.workers()) live += worker.alive() ? 1 : 0;
+    options_.metrics->num_workers.Set(live);
+  }
   std::lock_guard lock(owner_.mutex_);
   owner_.info_ = std::move(info);
 }

@@ -40,7 +40,7 @@ class SchedulerCore {
     bool ended = false;      // the client has its final event; waiting for the step to return
     std::unique_ptr<StreamingDetokenizer> detokenizer;
     std::unique_ptr<StopMatcher> stop;
-    Clock::time_point accepted, scheduled, first_token;
+    Clock::time_point accepted, scheduled, first_token, last_token;
   };
   struct StepEntry {
     uint64_t sequence_id;
@@ -69,6 +69,8 @@ class SchedulerCore {
   void ReleaseEnded();
   void FlushFreeSlots();
   void Publish();
+  // Counts a request that ended, by finish reason, in the metrics (when kept).
+  void CountFinished(const Sequence& sequence, const char* reason, Clock::time_point now);
 
   zmq::context_t& context_;
   SchedulerOptions options_;

@@ -58,14 +58,33 @@ bool ParseLevel(std::string_view text, Level* level) {
   return true;
 }
 
+namespace {
+
+// One JSON string, escaped; invalid UTF-8 (a peer's bytes) replaced, never thrown on.
+std::string JsonString(std::string_view text) {
+  return nlohmann::json(std::string(text)).dump(-1, ' ', false,
+                                                nlohmann::json::error_handler_t::replace);
+}
+
+}  // namespace
+
 void Write(Level level, std::string_view message) {
+  if (!Logger().should_log(ToSpdlog(level))) return;
   if (g_json) {
     // The pattern supplies the braces; the message becomes one escaped field.
-    std::string field = "\"msg\":" + nlohmann::json(std::string(message)).dump(
-                                         -1, ' ', false, nlohmann::json::error_handler_t::replace);
-    Logger().log(ToSpdlog(level), "{}", field);
+    Logger().log(ToSpdlog(level), "\"msg\":{}", JsonString(message));
   } else {
     Logger().log(ToSpdlog(level), "{}", message);
+  }
+}
+
+void WriteForRequest(Level level, std::string_view request_id, std::string_view message) {
+  if (!Logger().should_log(ToSpdlog(level))) return;
+  if (g_json) {
+    Logger().log(ToSpdlog(level), "\"request_id\":{},\"msg\":{}", JsonString(request_id),
+                 JsonString(message));
+  } else {
+    Logger().log(ToSpdlog(level), "request={} {}", request_id, message);
   }
 }
 

@@ -17,6 +17,10 @@ void Init(Level level, bool json);
 bool ParseLevel(std::string_view text, Level* level);
 
 void Write(Level level, std::string_view message);
+// A line about one request: the id leads a text line ("request=ID message")
+// and is a field of its own in a JSON line ("request_id"), so that one grep or
+// one query finds the whole life of a request.
+void WriteForRequest(Level level, std::string_view request_id, std::string_view message);
 
 template <typename... Args>
 void Debug(const absl::FormatSpec<Args...>& format, const Args&... args) {
@@ -33,6 +37,22 @@ void Warn(const absl::FormatSpec<Args...>& format, const Args&... args) {
 template <typename... Args>
 void Error(const absl::FormatSpec<Args...>& format, const Args&... args) {
   Write(Level::kError, absl::StrFormat(format, args...));
+}
+
+template <typename... Args>
+void RequestDebug(std::string_view request_id, const absl::FormatSpec<Args...>& format,
+                  const Args&... args) {
+  WriteForRequest(Level::kDebug, request_id, absl::StrFormat(format, args...));
+}
+template <typename... Args>
+void RequestInfo(std::string_view request_id, const absl::FormatSpec<Args...>& format,
+                 const Args&... args) {
+  WriteForRequest(Level::kInfo, request_id, absl::StrFormat(format, args...));
+}
+template <typename... Args>
+void RequestWarn(std::string_view request_id, const absl::FormatSpec<Args...>& format,
+                 const Args&... args) {
+  WriteForRequest(Level::kWarn, request_id, absl::StrFormat(format, args...));
 }
 
 }  // namespace chord::log

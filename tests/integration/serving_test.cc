@@ -7,7 +7,10 @@
 #include <thread>
 #include <vector>
 
+#include <sstream>
+
 #include "cli/serve/health_probe.h"
+#include "httplib.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster_helpers.h"
 
@@ -17,7 +20,9 @@ namespace {
 class ServingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    absl::StatusOr<std::unique_ptr<serve::LocalCluster>> started = StartCluster(CHORD_DEFAULT_MODEL, 2, 9, 0);
+    metrics_port_ = FreePort();
+    absl::StatusOr<std::unique_ptr<serve::LocalCluster>> started = StartCluster(
+        CHORD_DEFAULT_MODEL, 2, 9, 0, {"--metrics-port", std::to_string(metrics_port_)});
     ASSERT_TRUE(started.ok()) << started.status();
     cluster_ = std::move(*started);
   }
@@ -37,11 +42,57 @@ class ServingTest : public ::testing::Test {
     return request;
   }
 
+  // The coordinator's /metrics value of the line that starts with `series`
+  // (name plus labels, as exposed); -1 when absent.
+  static double Metric(const std::string& series) {
+    httplib::Client client("127.0.0.1", metrics_port_);
+    client.set_read_timeout(5, 0);
+    const httplib::Result response = client.Get("/metrics");
+    if (!response || response->status != 200) return -1;
+    std::istringstream lines(response->body);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+    }
+    return -1;
+  }
+
   static std::unique_ptr<serve::LocalCluster> cluster_;
+  static int metrics_port_;
   std::unique_ptr<v1::Inference::Stub> stub_;
 };
 
 std::unique_ptr<serve::LocalCluster> ServingTest::cluster_;
+int ServingTest::metrics_port_ = 0;
+
+// The coordinator's request metrics follow what clients were sent.
+TEST_F(ServingTest, CoordinatorMetricsCountRequestsAndTokens) {
+  ASSERT_TRUE(WaitUntilIdle(*stub_, std::chrono::seconds(30)));
+  const double length_before = Metric("chord_request_success_total{finished_reason=\"length\"}");
+  const double generated_before = Metric("chord_generation_tokens_total");
+  const double ttft_before = Metric("chord_time_to_first_token_seconds_count");
+  const double itl_before = Metric("chord_inter_token_latency_seconds_count");
+  ASSERT_GE(generated_before, 0) << "no metrics from the coordinator";
+  constexpr int kRequests = 3;
+  constexpr int kTokens = 8;
+  for (int i = 0; i < kRequests; ++i) {
+    v1::GenerateRequest request = GreedyRequest("Lily and Ben", kTokens);
+    request.set_ignore_eos(true);
+    const StreamResult result = Generate(*stub_, request);
+    ASSERT_TRUE(result.status.ok()) << result.status.error_message();
+    ASSERT_EQ(result.token_ids.size(), static_cast<size_t>(kTokens));
+  }
+  ASSERT_TRUE(WaitUntilIdle(*stub_, std::chrono::seconds(30)));
+  EXPECT_EQ(Metric("chord_request_success_total{finished_reason=\"length\"}") -
+                std::max(length_before, 0.0),
+            kRequests);
+  EXPECT_EQ(Metric("chord_generation_tokens_total") - generated_before, kRequests * kTokens);
+  EXPECT_EQ(Metric("chord_time_to_first_token_seconds_count") - ttft_before, kRequests);
+  EXPECT_EQ(Metric("chord_inter_token_latency_seconds_count") - itl_before,
+            kRequests * (kTokens - 1));
+  EXPECT_EQ(Metric("chord_num_requests_running"), 0);
+  EXPECT_EQ(Metric("chord_num_requests_waiting"), 0);
+  EXPECT_EQ(Metric("chord_num_workers"), 2);
+}
 
 TEST_F(ServingTest, ConcurrentSeededStreamsGetTheirSoloTokens) {
   const std::vector<std::string> prompts = {"Once upon a time", "The cat", "Lily wanted", "One day, a big",
