@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,7 @@ class SchedulerCore {
   std::vector<uint32_t> to_free_;    // slots to announce in the next FreeSlots
   std::map<uint64_t, Step> steps_;   // in flight, by step id
   uint64_t next_sequence_id_ = 1;
-  uint64_t next_step_id_ = 1;
+  std::mt19937_64 step_ids_{std::random_device{}()};  // see LaunchOneStep
 };
 
 }  // namespace chord::coordinator
