@@ -412,7 +412,7 @@ void SchedulerCore::ReleaseEnded() {
       ++it;
       continue;
     }
-    to_free_.push_back(static_cast<uint32_t>(sequence.slot));
+    to_free_.push_back({static_cast<uint32_t>(sequence.slot), it->first});
     free_slots_.insert(std::lower_bound(free_slots_.begin(), free_slots_.end(), sequence.slot), sequence.slot);
     it = running_.erase(it);
   }
@@ -421,7 +421,10 @@ void SchedulerCore::ReleaseEnded() {
 void SchedulerCore::FlushFreeSlots() {
   if (to_free_.empty()) return;
   wire::pb::Envelope envelope;
-  for (const uint32_t slot : to_free_) envelope.mutable_free_slots()->add_slots(slot);
+  for (const auto& [slot, sequence_id] : to_free_) {
+    envelope.mutable_free_slots()->add_slots(slot);
+    envelope.mutable_free_slots()->add_sequence_ids(sequence_id);
+  }
   to_free_.clear();
   SendControl(pool_.Broadcast(envelope));
 }
