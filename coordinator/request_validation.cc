@@ -60,7 +60,11 @@ absl::StatusOr<SamplingParams> Sampling(const chord::v1::SamplingParams& in, int
     if (id >= static_cast<uint32_t>(vocab_size)) {
       return Invalid(absl::StrFormat("logit_bias token id %u is outside the vocabulary", id));
     }
-    if (std::isnan(bias)) return Invalid("logit_bias values must be numbers");
+    // -inf bans a token; NaN or +inf would poison the distribution, and a
+    // stage refuses them: the whole step would fail, other requests with it.
+    if (std::isnan(bias) || bias == INFINITY) {
+      return Invalid("logit_bias values must be numbers below +inf");
+    }
     out.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
   }
   std::sort(out.logit_bias.begin(), out.logit_bias.end());  // map order is unspecified
@@ -74,6 +78,10 @@ absl::StatusOr<ValidatedRequest> ValidateGenerateRequest(const chord::v1::Genera
                                                          const RequestLimits& limits,
                                                          uint64_t random_seed) {
   ValidatedRequest out;
+  // The id goes back in every streamed message: bounded like a stop string.
+  if (request.request_id().size() > limits.max_request_id_length) {
+    return Invalid(absl::StrFormat("request_id is at most %d bytes", limits.max_request_id_length));
+  }
   out.request_id = request.request_id();
   ASSIGN_OR_RETURN(out.prompt, PromptTokens(request, tokenizer));
   if (static_cast<int64_t>(out.prompt.size()) >= limits.n_ctx) {

@@ -21,6 +21,7 @@ struct RequestLimits {
   int default_max_tokens = 256;  // when unset (then capped by the context left)
   size_t max_stop_strings = 16;
   size_t max_stop_length = 256;  // bytes
+  size_t max_request_id_length = 256;  // bytes
   uint32_t max_logprobs = 20;
 };
 

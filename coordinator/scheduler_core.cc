@@ -139,7 +139,10 @@ void SchedulerCore::HandleCommands(bool* stop) {
 }
 
 void SchedulerCore::ReceiveControl(Clock::time_point now) {
-  for (;;) {
+  // Bounded per round, so that a peer flooding the control socket cannot keep
+  // this thread from launching steps and answering heartbeats.
+  constexpr int kMaxMessagesPerRound = 1024;
+  for (int i = 0; i < kMaxMessagesPerRound; ++i) {
     absl::StatusOr<std::optional<wire::Message>> message = wire::Receive(control_, /*router=*/true, true);
     if (!message.ok()) {
       log::Warn("dropping a bad control message: %s", message.status().ToString());
@@ -283,7 +286,12 @@ bool SchedulerCore::LaunchOneStep() {
     step.entries.push_back({id, count, sample});
   }
   if (step.entries.empty()) return false;
-  const uint64_t step_id = next_step_id_++;
+  // Step ids are drawn at random, never 0 (what a stage reports for a frame
+  // it could not parse): a StepResult or a stage's failure report for a step
+  // counts only if it names an id the coordinator issued, which a peer that
+  // forges or garbles messages cannot guess.
+  uint64_t step_id = 0;
+  while (step_id == 0 || steps_.contains(step_id)) step_id = step_ids_();
   header.set_step_id(step_id);
   if (const absl::Status sent = wire::Send(data_, envelope, {}, {}, true); !sent.ok()) {
     return false;  // stage 0 is busy: try again on the next round
@@ -454,7 +462,7 @@ void SchedulerCore::ReleaseEnded() {
       ++it;
       continue;
     }
-    to_free_.push_back(static_cast<uint32_t>(sequence.slot));
+    to_free_.push_back({static_cast<uint32_t>(sequence.slot), it->first});
     free_slots_.insert(std::lower_bound(free_slots_.begin(), free_slots_.end(), sequence.slot), sequence.slot);
     it = running_.erase(it);
   }
@@ -463,7 +471,10 @@ void SchedulerCore::ReleaseEnded() {
 void SchedulerCore::FlushFreeSlots() {
   if (to_free_.empty()) return;
   wire::pb::Envelope envelope;
-  for (const uint32_t slot : to_free_) envelope.mutable_free_slots()->add_slots(slot);
+  for (const auto& [slot, sequence_id] : to_free_) {
+    envelope.mutable_free_slots()->add_slots(slot);
+    envelope.mutable_free_slots()->add_sequence_ids(sequence_id);
+  }
   to_free_.clear();
   SendControl(pool_.Broadcast(envelope));
 }

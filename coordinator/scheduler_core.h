@@ -7,6 +7,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -87,10 +88,11 @@ class SchedulerCore {
   std::deque<std::unique_ptr<Sequence>> queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;  // by sequence id: admission order
   std::vector<int> free_slots_;      // available for admission, lowest first
-  std::vector<uint32_t> to_free_;    // slots to announce in the next FreeSlots
+  // (slot, sequence id) pairs to announce in the next FreeSlots.
+  std::vector<std::pair<uint32_t, uint64_t>> to_free_;
   std::map<uint64_t, Step> steps_;   // in flight, by step id
   uint64_t next_sequence_id_ = 1;
-  uint64_t next_step_id_ = 1;
+  std::mt19937_64 step_ids_{std::random_device{}()};  // see LaunchOneStep
 };
 
 }  // namespace chord::coordinator

@@ -1,8 +1,10 @@
 #include "coordinator/worker_pool.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 #include "coordinator/planner.h"
@@ -25,6 +27,29 @@ wire::pb::Envelope RegisterReply(const absl::Status& status) {
     envelope.mutable_register_reply();
   }
   return envelope;
+}
+
+// A registration the pool could act on: a plan sends other workers to
+// `data_endpoint` and weighs the worker by its speed, so a nonsensical one
+// (from a broken or hostile peer) is refused instead of stalling every request
+// until the bogus stage times out.
+absl::Status CheckRegistration(const wire::pb::RegisterWorker& r) {
+  constexpr size_t kMaxIdBytes = 256;
+  constexpr size_t kMaxEndpointBytes = 1024;
+  if (r.worker_id().empty() || r.worker_id().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("worker_id must have 1 to ", kMaxIdBytes, " bytes"));
+  }
+  const std::string& endpoint = r.data_endpoint();
+  const bool tcp = endpoint.rfind("tcp://", 0) == 0 && endpoint.size() > 6;
+  const bool ipc = endpoint.rfind("ipc://", 0) == 0 && endpoint.size() > 6;
+  if ((!tcp && !ipc) || endpoint.size() > kMaxEndpointBytes) {
+    return absl::InvalidArgumentError("data_endpoint must be a tcp:// or ipc:// address");
+  }
+  if (!std::isfinite(r.weight_bytes_per_second()) || r.weight_bytes_per_second() < 0) {
+    return absl::InvalidArgumentError("weight_bytes_per_second must be finite and >= 0");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -78,6 +103,11 @@ void WorkerPool::OnRegister(const std::string& identity, const wire::pb::Registe
   auto it = workers_.find(identity);
   if (it == workers_.end() || !it->second.hello) {
     out->push_back({identity, RegisterReply(absl::FailedPreconditionError("send Hello first"))});
+    return;
+  }
+  if (const absl::Status valid = CheckRegistration(registration); !valid.ok()) {
+    log::Warn("refusing the registration of peer %s: %s", absl::CHexEscape(identity), valid.message());
+    out->push_back({identity, RegisterReply(valid)});
     return;
   }
   for (const auto& [other_identity, other] : workers_) {

@@ -83,6 +83,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
                                                       weights.layers.get()));
   executor->weights_ = std::move(weights);
   executor->lengths_.assign(static_cast<size_t>(plan.kv_slots), 0);
+  executor->owners_.assign(static_cast<size_t>(plan.kv_slots), 0);
   if (executor->is_last()) executor->histories_.resize(static_cast<size_t>(plan.kv_slots));
   return executor;
 }
@@ -120,6 +121,7 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   RETURN_IF_ERROR(stage_->RunLayers(batch_, activations->data(), cache_));
   for (const pb::SequenceChunk& chunk : step.sequences()) {
     lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+    if (chunk.first_position() == 0) owners_[chunk.slot()] = chunk.sequence_id();
   }
   result->set_plan_version(plan_.plan_version);
   result->set_step_id(step.step_id());
@@ -168,9 +170,14 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   return absl::OkStatus();
 }
 
-void StageExecutor::FreeSlots(std::span<const uint32_t> slots) {
-  for (uint32_t slot : slots) {
+void StageExecutor::FreeSlots(std::span<const uint32_t> slots,
+                              std::span<const uint64_t> sequence_ids) {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const uint32_t slot = slots[i];
     if (slot >= lengths_.size()) continue;
+    // A newer sequence already started in the slot (its first step overtook
+    // this message on the data path): its state stays.
+    if (i < sequence_ids.size() && owners_[slot] != sequence_ids[i]) continue;
     lengths_[slot] = 0;
     if (!histories_.empty()) histories_[slot].clear();
   }

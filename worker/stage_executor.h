@@ -60,8 +60,10 @@ class StageExecutor {
   absl::Status Run(const wire::Message& message, std::vector<float>* activations,
                    wire::pb::StepResult* result);
 
-  // Forgets these slots (out-of-range ids are ignored).
-  void FreeSlots(std::span<const uint32_t> slots);
+  // Forgets these slots (out-of-range ids are ignored). When `sequence_ids`
+  // is given (parallel to `slots`), a slot is forgotten only if that sequence
+  // is the one that last started in it.
+  void FreeSlots(std::span<const uint32_t> slots, std::span<const uint64_t> sequence_ids = {});
 
   const StagePlan& plan() const { return plan_; }
   const ModelConfig& config() const { return config_; }
@@ -86,6 +88,7 @@ class StageExecutor {
   KvCache cache_;
   Sampler sampler_;
   std::vector<int64_t> lengths_;                 // positions each slot holds
+  std::vector<uint64_t> owners_;                 // the sequence that last started in each slot
   std::vector<std::vector<int32_t>> histories_;  // last stage only
   std::vector<BatchToken> batch_;
   std::vector<int32_t> token_ids_;

@@ -251,7 +251,9 @@ void WorkerService::HandleControl(const wire::Message& message) {
     case pb::Envelope::kFreeSlots:
       if (executor_ != nullptr) {
         executor_->FreeSlots(
-            std::span<const uint32_t>(e.free_slots().slots().data(), e.free_slots().slots_size()));
+            std::span<const uint32_t>(e.free_slots().slots().data(), e.free_slots().slots_size()),
+            std::span<const uint64_t>(e.free_slots().sequence_ids().data(),
+                                      e.free_slots().sequence_ids_size()));
       }
       break;
     case pb::Envelope::kShutdown:
