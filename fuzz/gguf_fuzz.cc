@@ -69,12 +69,16 @@ void WalkTensors(const gguf::GgufFile& file, bool with_data) {
 // The coordinator's reading of the loader's metadata: config, tokenizer and
 // per-layer sizes; a tokenizer that builds must then tokenize and detokenize.
 void ReadAsCoordinator(std::unique_ptr<gguf::GgufFile> header) {
+  const uint64_t metadata_bytes = header->file_size();
   (void)ReadModelConfig(*header);
   absl::StatusOr<std::unique_ptr<coordinator::ModelContext>> context =
       coordinator::MakeModelContext("sha256", "fuzz.gguf", std::move(header));
   if (!context.ok()) return;
   const ModelConfig& config = (*context)->config;
   FUZZ_CHECK((*context)->layer_bytes.size() == static_cast<size_t>(config.n_layer));
+  // What the coordinator allocates per layer must be paid for by bytes the
+  // loader sent: a block_count of 2^28 in a few bytes must not cost gigabytes.
+  FUZZ_CHECK(static_cast<uint64_t>(config.n_layer) <= metadata_bytes);
   const Tokenizer& tokenizer = *(*context)->tokenizer;
   const std::vector<TokenId> ids = tokenizer.Encode("Hello world! 123 <s>\n\xe2\x96\x81", true, true);
   for (TokenId id : ids) FUZZ_CHECK(tokenizer.IsValid(id));
