@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/base/log.h"
+#include "google/protobuf/stubs/logging.h"
 #include "common/gguf/gguf_file.h"
 #include "common/wire/wire.h"
 #include "coordinator/model_context.h"
@@ -47,8 +48,10 @@ struct Fixture {
   std::unique_ptr<coordinator::ModelContext> context_of_model;
 
   Fixture() {
-    // Warnings about bad messages are the expected outcome: keep them quiet.
+    // Warnings about bad messages are the expected outcome: keep them quiet,
+    // and protobuf's complaints about invalid UTF-8 in string fields too.
     log::Init(log::Level::kError, /*json=*/false);
+    google::protobuf::SetLogHandler(nullptr);
     receiver.bind("inproc://chord-fuzz");
     sender.connect("inproc://chord-fuzz");
     absl::StatusOr<std::unique_ptr<gguf::GgufFile>> file =
@@ -148,6 +151,7 @@ void ToCoordinator(coordinator::WorkerPool& pool, const wire::Message& message,
   for (const coordinator::OutgoingControl& control : out) {
     FUZZ_CHECK(control.envelope.IsInitialized());
     if (control.envelope.has_assign_layers()) {
+      FUZZ_CHECK(pool.n_stages() > 0);  // a plan places every layer somewhere
       const pb::AssignLayers& assign = control.envelope.assign_layers();
       FUZZ_CHECK(assign.first_layer() <= assign.end_layer());
       FUZZ_CHECK(static_cast<int64_t>(assign.end_layer()) <= n_layer);
