@@ -5,7 +5,13 @@ function(chord_set_warnings target)
     -Wno-missing-field-initializers)
 endfunction()
 
-if(CHORD_SANITIZE)
+if(CHORD_FUZZ)
+  # Coverage feedback for libFuzzer in every library a target links, plus the
+  # sanitizers; the fuzz executables link with -fsanitize=fuzzer (fuzz/).
+  add_compile_options(-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer
+                      -fno-sanitize-recover=undefined)
+  add_link_options(-fsanitize=address,undefined)
+elseif(CHORD_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer
                       -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)

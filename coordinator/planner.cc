@@ -20,17 +20,27 @@ struct Cost {
   }
 };
 
+// Speeds are the workers' own claims. With a tiny one (1e-307) bytes / speed
+// overflows to infinity for every split that gives that worker a layer, and
+// with such a worker alone no split has a finite cost: the plan would hold no
+// stage at all. So claims are taken as at least kMinSpeed, which keeps stage
+// times (at most ~1e25 bytes / kMinSpeed) and their squares finite, and a
+// non-finite claim counts as unknown.
+constexpr double kMinSpeed = 1e-6;  // bytes per second
+
 std::vector<double> Speeds(const std::vector<PlannerWorker>& workers) {
+  const auto known = [](double speed) { return std::isfinite(speed) && speed > 0; };
   double slowest = 0;
   for (const PlannerWorker& w : workers) {
-    if (w.weight_bytes_per_second > 0 && (slowest == 0 || w.weight_bytes_per_second < slowest)) {
+    if (known(w.weight_bytes_per_second) && (slowest == 0 || w.weight_bytes_per_second < slowest)) {
       slowest = w.weight_bytes_per_second;
     }
   }
   if (slowest == 0) slowest = 1;
   std::vector<double> speeds;
   for (const PlannerWorker& w : workers) {
-    speeds.push_back(w.weight_bytes_per_second > 0 ? w.weight_bytes_per_second : slowest);
+    const double speed = known(w.weight_bytes_per_second) ? w.weight_bytes_per_second : slowest;
+    speeds.push_back(std::max(speed, kMinSpeed));
   }
   return speeds;
 }
@@ -73,6 +83,10 @@ absl::StatusOr<LayerPlan> PlanLayers(const std::vector<uint64_t>& layer_bytes, u
         }
       }
     }
+  }
+  if (!std::isfinite(best[n_workers][n_layers].max)) {
+    // Cannot happen with speeds of at least kMinSpeed; a plan without stages would.
+    return absl::InternalError("no split of the layers has a finite cost");
   }
   LayerPlan plan;
   plan.slowest_stage_seconds = best[n_workers][n_layers].max;

@@ -18,7 +18,8 @@ namespace chord::coordinator {
 
 struct PlannerWorker {
   std::string id;
-  double weight_bytes_per_second = 0;  // <= 0: unknown, taken as the slowest known speed
+  // <= 0 or not finite: unknown, taken as the slowest known speed; at least 1e-6 bytes/s.
+  double weight_bytes_per_second = 0;
 };
 
 struct StageRange {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <random>
 
 #include "gtest/gtest.h"
@@ -136,6 +137,23 @@ TEST(PlannerTest, MatchesExhaustiveSearchOnRandomInputs) {
     search(1);
     EXPECT_NEAR(SlowestStage(layers, head, workers, *plan), best, best * 1e-9);
     EXPECT_NEAR(plan->slowest_stage_seconds, best, best * 1e-9);
+  }
+}
+
+// Speeds come from the workers: an absurd claim must still give a plan that
+// holds every layer (a worker once claimed 1e-307 bytes/s, and the plan it got
+// had no stage at all).
+TEST(PlannerTest, AbsurdSpeedsStillPlaceEveryLayer) {
+  const std::vector<uint64_t> layers = {1000, 1000, 1000};
+  for (double speed : {1e-307, -1.0, std::numeric_limits<double>::infinity(),
+                       std::numeric_limits<double>::quiet_NaN()}) {
+    absl::StatusOr<LayerPlan> alone = PlanLayers(layers, 500, {{"a", speed}});
+    ASSERT_TRUE(alone.ok()) << speed << ": " << alone.status();
+    ExpectCoversAllLayers(*alone, layers.size());
+    absl::StatusOr<LayerPlan> with_others = PlanLayers(layers, 500, {{"a", 1e9}, {"b", speed}, {"c", 1e-300}});
+    ASSERT_TRUE(with_others.ok()) << speed << ": " << with_others.status();
+    ExpectCoversAllLayers(*with_others, layers.size());
+    EXPECT_GT(with_others->n_stages(), 0);
   }
 }
 

@@ -254,9 +254,9 @@ void WeightService::HandleModelInfo(const std::string& identity) {
   Reply(identity, reply);
 }
 
-absl::StatusOr<const gguf::TensorInfo*> WeightService::Validate(
-    const pb::TensorRequest& request) const {
-  const gguf::TensorInfo* tensor = file_.FindTensor(request.name());
+absl::StatusOr<const gguf::TensorInfo*> ValidateTensorRequest(const gguf::GgufFile& file,
+                                                               const pb::TensorRequest& request) {
+  const gguf::TensorInfo* tensor = file.FindTensor(request.name());
   if (tensor == nullptr) return absl::NotFoundError(absl::StrCat("no tensor ", request.name()));
   if (request.length() == 0 || request.length() > kMaxTensorChunkBytes) {
     return absl::InvalidArgumentError(absl::StrFormat("length %d of %s is not in [1, %d]",
@@ -291,7 +291,7 @@ void WeightService::HandleTensorRequest(const std::string& identity,
   chunk.set_request_id(request.request_id());
   chunk.set_name(request.name());
   chunk.set_offset(request.offset());
-  absl::StatusOr<const gguf::TensorInfo*> tensor = Validate(request);
+  absl::StatusOr<const gguf::TensorInfo*> tensor = ValidateTensorRequest(file_, request);
   if (!tensor.ok()) {
     log::Warn("loader: peer %s: %s", PeerName(identity), tensor.status().message());
     *chunk.mutable_status() = wire::ToProto(tensor.status(), node_id_);

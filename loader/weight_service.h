@@ -42,6 +42,12 @@ namespace chord::loader {
 // Lowercase hex SHA-256 of `bytes` (OpenSSL EVP). INTERNAL if OpenSSL fails.
 absl::StatusOr<std::string> Sha256Hex(std::span<const uint8_t> bytes);
 
+// Checks a peer's TensorRequest against `file`: a tensor it holds, a length in
+// [1, kMaxTensorChunkBytes], a range inside the tensor. Returns the tensor, or
+// NOT_FOUND / INVALID_ARGUMENT naming the request's fields.
+absl::StatusOr<const gguf::TensorInfo*> ValidateTensorRequest(
+    const gguf::GgufFile& file, const wire::pb::TensorRequest& request);
+
 struct WeightServiceOptions {
   std::string bind = "tcp://127.0.0.1:5556";  // port 0 or "*": the OS picks one
   std::string node_id = "loader";
@@ -103,8 +109,6 @@ class WeightService {
   void HandleHello(const std::string& identity, const wire::pb::Hello& hello);
   void HandleModelInfo(const std::string& identity);
   void HandleTensorRequest(const std::string& identity, const wire::pb::TensorRequest& request);
-  // Checks a request against the file; returns the tensor on success.
-  absl::StatusOr<const gguf::TensorInfo*> Validate(const wire::pb::TensorRequest& request) const;
   void SendChunk(const std::string& identity, const wire::pb::TensorChunk& chunk,
                  std::span<const uint8_t> payload);
   // XXH3-64 of a tensor chunk, memoized.

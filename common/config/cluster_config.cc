@@ -90,9 +90,13 @@ FieldHandler StringField(std::string* out) {
 
 absl::Status ReadMap(const std::string& section, const YAML::Node& node, const FieldTable& table) {
   if (!node.IsMap()) return FieldError(section, node, "expected a mapping");
+  // yaml-cpp keeps every copy of a repeated key. Read twice, a second
+  // `workers:` would append its list to the first, past the duplicate-id check.
+  std::set<std::string> seen;
   for (const auto& entry : node) {
     const std::string key = entry.first.Scalar();
     const std::string field = section + "." + key;
+    if (!seen.insert(key).second) return FieldError(field, entry.first, "duplicate key");
     const FieldHandler* handler = nullptr;
     for (const auto& [name, fn] : table) {
       if (name == key) handler = &fn;
@@ -206,8 +210,10 @@ absl::Status ReadWorkers(const YAML::Node& node, std::vector<WorkerSection>* wor
 absl::Status ReadRoot(const YAML::Node& root, ClusterConfig* config) {
   if (!root.IsDefined() || root.IsNull()) return absl::OkStatus();  // empty file: all defaults
   if (!root.IsMap()) return FieldError("(top level)", root, "expected a mapping");
+  std::set<std::string> seen;  // as in ReadMap: a repeated section would be read twice
   for (const auto& entry : root) {
     const std::string key = entry.first.Scalar();
+    if (!seen.insert(key).second) return FieldError(key, entry.first, "duplicate key");
     if (key == "coordinator") {
       RETURN_IF_ERROR(ReadCoordinator(entry.second, &config->coordinator));
     } else if (key == "loader") {

@@ -167,6 +167,10 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"scheduler:\n  x: 1\n", "scheduler (line 1): unknown key"},
       {"coordinator:\n  host: [unclosed\n", "line"},
       {"- a\n- b\n", "expected a mapping"},
+      // A repeated key is refused rather than read twice: two workers lists
+      // would otherwise join past the duplicate-id check.
+      {"workers:\n  - id: a\nworkers:\n  - id: a\n", "workers (line 3): duplicate key"},
+      {"loader:\n  port: 1\n  port: 2\n", "loader.port (line 3): duplicate key"},
   };
   for (const BadCase& c : cases) {
     absl::StatusOr<ClusterConfig> config = ParseClusterConfig(c.yaml);

@@ -118,6 +118,15 @@ absl::StatusOr<ModelConfig> ReadModelConfig(const gguf::GgufFile& file) {
         absl::StrCat("model tensors: ", kTokenEmbdName, " is missing or not {n_embd, n_vocab}"));
   }
   config.n_vocab = embd->dims[1];
+  // Every layer holds tensors of its own, so a file with fewer tensors than
+  // block_count lies about it. Checked because callers size per-layer tables
+  // by n_layer: block_count = 2^32 in a few bytes of metadata would make the
+  // coordinator allocate 32 GiB.
+  if (static_cast<uint64_t>(config.n_layer) > file.tensors().size()) {
+    return absl::InvalidArgumentError(absl::StrCat("model metadata: ", a, ".block_count = ",
+                                                   config.n_layer, ", but the file holds only ",
+                                                   file.tensors().size(), " tensors"));
+  }
   config.tied_embeddings = file.FindTensor(kOutputName) == nullptr;
   config.has_rope_freq_factors = file.FindTensor(kRopeFreqsName) != nullptr;
   return config;

@@ -256,18 +256,12 @@ absl::StatusOr<LoaderModelInfo> LoaderClientImpl::BuildModelInfo(const pb::Model
     return absl::FailedPreconditionError(absl::StrCat(
         "loader ", endpoint_, " now serves model ", reply.model_sha256(), ", not ", model_sha256_));
   }
-  absl::StatusOr<std::unique_ptr<gguf::GgufFile>> header =
-      gguf::GgufFile::ParseHeader(reply.metadata_gguf());
-  if (!header.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("the loader's model metadata does not parse: ", header.status().message()));
-  }
-  RETURN_IF_ERROR(CheckTensorTable(reply, **header));
+  ASSIGN_OR_RETURN(std::unique_ptr<gguf::GgufFile> header, ParseModelInfoReply(reply));
   MapLocal(reply);
   LoaderModelInfo info;
   info.model_sha256 = reply.model_sha256();
   info.file_name = reply.file_name();
-  info.header = *std::move(header);
+  info.header = std::move(header);
   return info;
 }
 
@@ -420,6 +414,19 @@ absl::Status LoaderClientImpl::FetchTensors(std::span<const gguf::TensorRead> re
 }
 
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<gguf::GgufFile>> ParseModelInfoReply(
+    const pb::ModelInfoReply& reply) {
+  if (reply.has_status()) RETURN_IF_ERROR(wire::FromProto(reply.status()));
+  absl::StatusOr<std::unique_ptr<gguf::GgufFile>> header =
+      gguf::GgufFile::ParseHeader(reply.metadata_gguf());
+  if (!header.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("the loader's model metadata does not parse: ", header.status().message()));
+  }
+  RETURN_IF_ERROR(CheckTensorTable(reply, **header));
+  return header;
+}
 
 absl::StatusOr<std::unique_ptr<LoaderClient>> LoaderClient::Connect(
     zmq::context_t& context, const std::string& endpoint, const std::string& expected_model_sha256,

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "common/gguf/gguf_file.h"
 #include "common/wire/curve.h"
+#include "common/wire/wire.h"
 #include "zmq.hpp"
 
 namespace chord {
@@ -51,6 +52,13 @@ struct LoaderModelInfo {
   // (tensor data pointers are null).
   std::unique_ptr<gguf::GgufFile> header;
 };
+
+// Decodes a loader's ModelInfoReply: its status (as the loader's error), then
+// metadata_gguf (GgufFile::ParseHeader) and the tensor table, which must be the
+// one that metadata declares. DATA_LOSS when the reply is inconsistent.
+// Everything in the reply is untrusted; the model identity is checked by the caller.
+absl::StatusOr<std::unique_ptr<gguf::GgufFile>> ParseModelInfoReply(
+    const wire::pb::ModelInfoReply& reply);
 
 class LoaderClient {
  public:
