@@ -10,6 +10,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
+#include "common/base/systemd_notify.h"
 #include "common/config/cluster_config.h"
 #include "common/config/coordinator_flags.h"
 #include "common/config/curve_flags.h"
@@ -78,6 +79,9 @@ int main(int argc, char** argv) {
       chord::wire::LoadCurveSetup(curve_flags.Resolve(config ? &*config : nullptr, s.curve_key));
   if (!curve.ok()) return Fail(curve.status());
   if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
+  chord::ClusterConfig effective = config.value_or(chord::ClusterConfig{});
+  effective.coordinator = s;
+  chord::log::Info("effective config (file, then variables and flags):\n%s", effective.ToYaml());
   if (absl::Status valid = chord::ValidateCoordinatorSection(s); !valid.ok()) return Fail(valid);
   absl::StatusOr<std::string> api_key = chord::coordinator::ResolveApiKey(s.api_key_file, std::getenv("CHORD_API_KEY"));
   if (!api_key.ok()) return Fail(api_key.status());
@@ -160,9 +164,11 @@ int main(int argc, char** argv) {
     std::printf("chord-coordinator metrics on %s:%d\n", metrics_host.c_str(), metrics_server->port());
   }
   std::fflush(stdout);
+  chord::NotifySystemdOrWarn("READY=1");  // serving requests (health says when the plan is ready)
 
   int received = 0;
   sigwait(&signals, &received);
+  chord::NotifySystemdOrWarn("STOPPING=1");
   chord::log::Info("chord-coordinator: signal %d, draining", received);
   // HTTP streams end with the scheduler.
   (*server)->Shutdown(std::chrono::milliseconds(s.grace_ms));

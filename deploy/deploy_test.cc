@@ -143,6 +143,18 @@ std::string RunCommand(const std::string& command, int* status) {
   return output;
 }
 
+// The processes speak sd_notify, so their units wait for READY=1.
+TEST(DeployTest, SystemdUnitsWaitForReadiness) {
+  const std::vector<fs::path> units = FilesIn(kDeploy / "systemd", ".service");
+  ASSERT_EQ(units.size(), 3u);
+  for (const fs::path& unit : units) {
+    const std::string text = ReadFile(unit);
+    EXPECT_NE(text.find("\nType=notify\n"), std::string::npos) << unit;
+    EXPECT_NE(text.find("\nNotifyAccess=main\n"), std::string::npos) << unit;
+    EXPECT_NE(text.find("\nKillSignal=SIGTERM\n"), std::string::npos) << unit;
+  }
+}
+
 TEST(DeployTest, SystemdUnitsVerify) {
   if (std::system("command -v systemd-analyze >/dev/null 2>&1") != 0) {
     GTEST_SKIP() << "systemd-analyze not installed";
@@ -179,13 +191,19 @@ TEST(DeployTest, SystemdUnitsVerify) {
 }
 
 TEST(DeployTest, DockerfileUsesTheCiInstallScript) {
-  const std::string dockerfile = ReadFile(kDeploy / "docker" / "Dockerfile");
-  EXPECT_NE(dockerfile.find("FROM debian:12 AS build"), std::string::npos);
-  EXPECT_NE(dockerfile.find("RUN bash scripts/install-deps.sh"), std::string::npos);
-  for (const char* binary : {"chord-loader", "chord-worker", "chord-coordinator"}) {
-    EXPECT_NE(dockerfile.find(std::string("/src/build/bin/") + binary), std::string::npos)
-        << binary;
+  for (const char* file : {"Dockerfile", "Dockerfile.cuda"}) {
+    const std::string dockerfile = ReadFile(kDeploy / "docker" / file);
+    EXPECT_NE(dockerfile.find("FROM debian:12 AS build"), std::string::npos) << file;
+    EXPECT_NE(dockerfile.find("FROM debian:12-slim AS runtime"), std::string::npos) << file;
+    EXPECT_NE(dockerfile.find("RUN bash scripts/install-deps.sh"), std::string::npos) << file;
+    EXPECT_NE(dockerfile.find("useradd --system --uid 10001"), std::string::npos) << file;
+    for (const char* binary : {"chord-loader", "chord-worker", "chord-coordinator"}) {
+      EXPECT_NE(dockerfile.find(std::string("/src/build/bin/") + binary), std::string::npos)
+          << file << " " << binary;
+    }
   }
+  EXPECT_NE(ReadFile(kDeploy / "docker" / "Dockerfile.cuda").find("cuda-nvcc-13-0"),
+            std::string::npos);
   const std::string ci = ReadFile(fs::path(CHORD_SOURCE_DIR) / ".ci" / "run");
   EXPECT_NE(ci.find("bash scripts/install-deps.sh"), std::string::npos)
       << "CI and the image must install dependencies the same way";

@@ -5,10 +5,14 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -151,6 +155,38 @@ TEST_F(LoaderMainTest, TakesTheModelFromTheClusterConfig) {
   }
   ServeAndStop({"--config", path, "--bind", "tcp://127.0.0.1:*"});
   std::filesystem::remove(path);
+}
+
+// Under systemd (Type=notify) the loader says READY=1 once it listens and
+// STOPPING=1 when SIGTERM arrives, on the datagram socket NOTIFY_SOCKET names.
+TEST_F(LoaderMainTest, TellsSystemdWhenReadyAndWhenStopping) {
+  const std::string name = "@chord_loader_notify_" + std::to_string(getpid());
+  const int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::memcpy(address.sun_path, name.data(), name.size());
+  address.sun_path[0] = '\0';  // abstract: nothing to clean up
+  ASSERT_EQ(bind(fd, reinterpret_cast<const sockaddr*>(&address),
+                 static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size())),
+            0);
+  setenv("NOTIFY_SOCKET", name.c_str(), 1);
+  Child child = Spawn({"--model", CHORD_DEFAULT_MODEL, "--bind", "tcp://127.0.0.1:0"});
+  unsetenv("NOTIFY_SOCKET");
+  ASSERT_GT(child.pid, 0);
+  auto receive = [fd] {
+    pollfd item{fd, POLLIN, 0};
+    if (poll(&item, 1, 30000) <= 0) return std::string();
+    char buffer[64];
+    const ssize_t n = recv(fd, buffer, sizeof(buffer), 0);
+    return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : std::string();
+  };
+  EXPECT_EQ(receive(), "READY=1");
+  EXPECT_EQ(ReadLine(child.stdout_fd, 5).rfind("chord-loader listening on", 0), 0u);
+  kill(child.pid, SIGTERM);
+  EXPECT_EQ(receive(), "STOPPING=1");
+  EXPECT_EQ(WaitExit(child.pid), 0);
+  close(child.stdout_fd);
+  close(fd);
 }
 
 TEST_F(LoaderMainTest, FailsClearlyOnBadInput) {

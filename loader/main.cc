@@ -13,6 +13,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
+#include "common/base/systemd_notify.h"
 #include "common/config/cluster_config.h"
 #include "common/config/curve_flags.h"
 #include "common/gguf/gguf_file.h"
@@ -54,6 +55,7 @@ absl::Status ServeUntilSignal(chord::loader::WeightService& service, const sigse
   std::thread signal_thread([&signals, &service] {
     int received = 0;
     sigwait(&signals, &received);
+    chord::NotifySystemdOrWarn("STOPPING=1");
     service.RequestStop();
   });
   const absl::Status served = service.Run();
@@ -135,6 +137,10 @@ int main(int argc, char** argv) {
   absl::StatusOr<chord::wire::CurveSetup> curve = chord::wire::LoadCurveSetup(
       curve_flags.Resolve(config ? &*config : nullptr, config ? config->loader.curve_key : ""));
   if (!curve.ok()) return Fail(std::string(curve.status().message()));
+  chord::ClusterConfig effective = config.value_or(chord::ClusterConfig{});
+  effective.loader.model = flags.model;
+  chord::log::Info("effective config (file, then flags; this loader binds %s):\n%s", flags.bind,
+                   effective.ToYaml());
   if (flags.model.empty()) {
     std::fprintf(stderr, "chord-loader: --model (or loader.model in --config) is required\n");
     return 2;
@@ -188,6 +194,7 @@ int main(int argc, char** argv) {
   if (!metrics_server.ok()) return Fail(std::string(metrics_server.status().message()));
   std::printf("chord-loader listening on %s\n", (*service)->endpoint().c_str());
   std::fflush(stdout);
+  chord::NotifySystemdOrWarn("READY=1");
 
   const absl::Status served = ServeUntilSignal(**service, signals);
   if (!served.ok()) return Fail(std::string(served.message()));

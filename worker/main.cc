@@ -8,6 +8,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/base/log.h"
+#include "common/base/systemd_notify.h"
 #include "common/config/cluster_config.h"
 #include "common/config/curve_flags.h"
 #include "common/metrics/metrics_server.h"
@@ -101,6 +102,16 @@ int main(int argc, char** argv) {
   if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
   o.curve = *curve;
   loader_options.curve = *curve;
+  chord::ClusterConfig effective = config.value_or(chord::ClusterConfig{});
+  if (effective.FindWorker(o.worker_id) == nullptr) effective.workers.push_back({.id = o.worker_id});
+  for (chord::WorkerSection& w : effective.workers) {
+    if (w.id != o.worker_id) continue;
+    w.memory_budget = o.memory_budget_bytes;
+    w.backend = o.backend;
+    w.threads = threads;
+  }
+  chord::log::Info("effective config (file, then flags; this worker binds %s):\n%s", o.data_bind,
+                   effective.ToYaml());
   if (memory->count()) {
     absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(budget);
     if (!bytes.ok())
@@ -144,7 +155,9 @@ int main(int argc, char** argv) {
   g_service = service->get();
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGINT, OnSignal);
+  chord::NotifySystemdOrWarn("READY=1");  // the data socket is bound; registration follows
   const absl::Status status = (*service)->Run();
+  chord::NotifySystemdOrWarn("STOPPING=1");
   g_service = nullptr;
   return status.ok() ? 0 : Fail(status);
 }
