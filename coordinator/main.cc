@@ -103,12 +103,9 @@ int main(int argc, char** argv) {
 
   chord::metrics::Registry registry;
   chord::metrics::CoordinatorMetrics coordinator_metrics(registry);
-  std::unique_ptr<chord::metrics::MetricsServer> metrics_server;
-  if (metrics_port >= 0) {
-    auto started = chord::metrics::MetricsServer::Start(registry, metrics_host, metrics_port);
-    if (!started.ok()) return Fail(started.status());
-    metrics_server = std::move(*started);
-  }
+  auto metrics_server =
+      chord::metrics::MetricsServer::StartUnlessOff(registry, metrics_host, metrics_port);
+  if (!metrics_server.ok()) return Fail(metrics_server.status());
 
   zmq::context_t context(1);
   // After the context: it owns a socket of it and must close first.
@@ -136,7 +133,7 @@ int main(int argc, char** argv) {
   options.scheduler.prefill_chunk = prefill_chunk;
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.curve = *curve;
-  if (metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
+  if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
   options.scheduler.pool.heartbeat_interval =  // several chances to answer before the timeout
@@ -160,8 +157,8 @@ int main(int argc, char** argv) {
                                                                options.limits);
   if (!front_door.ok()) return Fail(front_door.status());
   if (*front_door != nullptr) std::printf("chord-coordinator serving HTTP on %s\n", (*front_door)->address().c_str());
-  if (metrics_server != nullptr) {
-    std::printf("chord-coordinator metrics on %s:%d\n", metrics_host.c_str(), metrics_server->port());
+  if (*metrics_server != nullptr) {
+    std::printf("chord-coordinator metrics on %s:%d\n", metrics_host.c_str(), (*metrics_server)->port());
   }
   std::fflush(stdout);
   chord::NotifySystemdOrWarn("READY=1");  // serving requests (health says when the plan is ready)

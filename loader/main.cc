@@ -84,7 +84,6 @@ bool ApplyConfig(const CLI::App& app, Flags& flags, std::optional<chord::Cluster
 absl::StatusOr<std::unique_ptr<chord::metrics::MetricsServer>> StartMetrics(
     const Flags& flags, const chord::loader::WeightService& service,
     chord::metrics::Registry& registry, chord::metrics::LoaderMetrics& metrics) {
-  if (flags.metrics_port < 0) return nullptr;
   registry.AddCollectHook([&service, &metrics] {
     double bytes = 0, served = 0, dropped = 0;
     for (const auto& [peer, stats] : service.Stats()) {
@@ -98,7 +97,8 @@ absl::StatusOr<std::unique_ptr<chord::metrics::MetricsServer>> StartMetrics(
     served_counter.Increment(std::max(0.0, served - served_counter.value()));
     dropped_counter.Increment(std::max(0.0, dropped - dropped_counter.value()));
   });
-  return chord::metrics::MetricsServer::Start(registry, flags.metrics_host, flags.metrics_port);
+  return chord::metrics::MetricsServer::StartUnlessOff(registry, flags.metrics_host,
+                                                       flags.metrics_port);
 }
 
 }  // namespace

@@ -131,13 +131,10 @@ int main(int argc, char** argv) {
 
   chord::metrics::Registry registry;
   chord::metrics::WorkerMetrics worker_metrics(registry);
-  std::unique_ptr<chord::metrics::MetricsServer> metrics_server;
-  if (metrics_port >= 0) {
-    auto started = chord::metrics::MetricsServer::Start(registry, metrics_host, metrics_port);
-    if (!started.ok()) return Fail(started.status());
-    metrics_server = std::move(*started);
-    o.metrics = &worker_metrics;
-  }
+  auto metrics_server =
+      chord::metrics::MetricsServer::StartUnlessOff(registry, metrics_host, metrics_port);
+  if (!metrics_server.ok()) return Fail(metrics_server.status());
+  if (*metrics_server != nullptr) o.metrics = &worker_metrics;
   zmq::context_t context(1);
   // After the context: it owns a socket of it and must close first.
   absl::StatusOr<std::unique_ptr<chord::wire::ZapHandler>> zap =

@@ -25,6 +25,14 @@ class MetricsServer {
   // Port 0 lets the OS pick (see port()). UNAVAILABLE when it cannot bind.
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(const Registry& registry,
                                                               const std::string& host, int port);
+  // As Start(), but a negative port (the processes' "--metrics-port -1", off)
+  // gives nullptr and OK.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> StartUnlessOff(const Registry& registry,
+                                                                       const std::string& host,
+                                                                       int port) {
+    if (port < 0) return std::unique_ptr<MetricsServer>();
+    return Start(registry, host, port);
+  }
   ~MetricsServer();
   MetricsServer(const MetricsServer&) = delete;
   MetricsServer& operator=(const MetricsServer&) = delete;
