@@ -13,4 +13,5 @@ apt-get install -y -qq --no-install-recommends \
   libzmq3-dev cppzmq-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libyaml-cpp-dev libcpp-httplib-dev \
   libxxhash-dev libicu-dev libssl-dev python3-grpcio python3-protobuf prometheus \
-  clang libclang-rt-14-dev >/dev/null
+  clang libclang-rt-14-dev \
+  iproute2 jq openssl >/dev/null
