@@ -22,6 +22,7 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/bench_timing.h"
+#include "common/base/status.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
 #include "kernels/cpu/multi_dot.h"
@@ -178,6 +179,7 @@ Row Measure(const std::string& path, bool copy, DType kv_type, ThreadPool& pool,
   const TensorSource& source = copy ? static_cast<const TensorSource&>(*copied) : mapped;
   auto stage = LlamaStage::Load(source, config, range, pool).value();
   KvCache cache = KvCache::Create({config.n_layer, 16, 576, config.n_embd_kv(), kv_type}).value();
+  CHORD_CHECK(cache.ReserveAll().ok());
   std::mt19937 rng(42);
   Runner runner(*stage, cache, rng);
 

@@ -144,6 +144,7 @@ class Bench {
         LlamaStage::Load(*weights.tensors, config_, range_, pool_, weights.layers.get()));
     KvCacheShape shape{config_.n_layer, batch, n_ctx_, config_.n_embd_kv(), DType::kF32};
     ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
+    RETURN_IF_ERROR(cache.ReserveAll());
     const uint64_t kv_bytes = cache.bytes();
     std::mt19937 rng(17);
     std::uniform_int_distribution<int32_t> token(3, static_cast<int32_t>(config_.n_vocab - 1));

@@ -1,8 +1,10 @@
 #include "coordinator/fake_worker.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/gguf/gguf_file.h"
+#include "common/model/kv_pages.h"
 
 namespace chord::coordinator::testing {
 
@@ -70,6 +72,13 @@ void FakeWorker::OnControl(const wire::pb::Envelope& envelope) {
       std::lock_guard lock(mutex_);
       assignments_.push_back(assign);
     }
+    {
+      std::lock_guard lock(mutex_);
+      kv_page_size_ = assign.kv_page_size() != 0 ? assign.kv_page_size() : kDefaultKvPageSize;
+      kv_pages_total_ = KvPageCount(assign.kv_tokens(), assign.kv_slots(), assign.n_ctx(), kv_page_size_)
+                            .value_or(-1);
+      slots_.clear();
+    }
     last_stage_ = assign.next_data_endpoint().empty();
     stage_index_ = static_cast<int>(assign.stage_index());
     if (!last_stage_) {
@@ -81,11 +90,34 @@ void FakeWorker::OnControl(const wire::pb::Envelope& envelope) {
     ready.mutable_stage_ready()->set_plan_version(assign.plan_version());
     (void)wire::Send(control_, ready);
   } else if (envelope.has_free_slots()) {
-    std::lock_guard lock(mutex_);
-    for (const uint32_t slot : envelope.free_slots().slots()) freed_.insert(slot);
+    FreeSlots(envelope.free_slots());
   } else if (envelope.has_shutdown()) {
     got_shutdown_ = true;
   }
+}
+
+void FakeWorker::FreeSlots(const wire::pb::FreeSlots& free) {
+  std::lock_guard lock(mutex_);
+  for (int i = 0; i < free.slots_size(); ++i) {
+    const uint32_t slot = free.slots(i);
+    freed_.insert(slot);
+    auto it = slots_.find(slot);
+    if (it != slots_.end() && (i >= free.sequence_ids_size() || it->second.first == free.sequence_ids(i))) {
+      slots_.erase(it);
+    }
+  }
+}
+
+void FakeWorker::TrackKvPages(const wire::pb::StepHeader& header) {
+  std::lock_guard lock(mutex_);
+  for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
+    auto& [owner, positions] = slots_[chunk.slot()];
+    if (chunk.first_position() == 0) owner = chunk.sequence_id();
+    positions = chunk.first_position() + chunk.token_ids_size();
+  }
+  int64_t held = 0;
+  for (const auto& [slot, state] : slots_) held += KvPagesFor(state.second, kv_page_size_);
+  max_kv_pages_held_ = std::max(max_kv_pages_held_, held);
 }
 
 void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
@@ -93,6 +125,8 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
     std::lock_guard lock(mutex_);
     steps_.push_back(header);
   }
+  FreeSlots(header.released());
+  TrackKvPages(header);
   if (stage_index_ == 0 && options_.in_flight != nullptr) {
     const int now = ++*options_.in_flight;
     int seen = options_.max_in_flight->load();
@@ -143,6 +177,16 @@ std::vector<wire::pb::StepHeader> FakeWorker::steps() const {
 std::vector<wire::pb::AssignLayers> FakeWorker::assignments() const {
   std::lock_guard lock(mutex_);
   return assignments_;
+}
+
+int64_t FakeWorker::max_kv_pages_held() const {
+  std::lock_guard lock(mutex_);
+  return max_kv_pages_held_;
+}
+
+int64_t FakeWorker::kv_pages_total() const {
+  std::lock_guard lock(mutex_);
+  return kv_pages_total_;
 }
 
 std::set<uint32_t> FakeWorker::freed_slots() const {

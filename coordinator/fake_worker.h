@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -52,6 +53,10 @@ class FakeWorker {
   std::vector<wire::pb::StepHeader> steps() const;
   std::vector<wire::pb::AssignLayers> assignments() const;
   std::set<uint32_t> freed_slots() const;
+  // The KV pages this stage would hold (as a real stage counts them) at most
+  // so far, and its pool's size from the plan.
+  int64_t max_kv_pages_held() const;
+  int64_t kv_pages_total() const;
   bool got_shutdown() const { return got_shutdown_; }
   int steps_answered() const { return answered_; }
 
@@ -59,6 +64,9 @@ class FakeWorker {
   void Run();
   void OnControl(const wire::pb::Envelope& envelope);
   void OnStep(const wire::pb::StepHeader& header);
+  // A stage's slot bookkeeping: positions held and the sequence that started in each slot.
+  void FreeSlots(const wire::pb::FreeSlots& free);
+  void TrackKvPages(const wire::pb::StepHeader& header);
 
   zmq::context_t& context_;
   std::string control_endpoint_;
@@ -75,6 +83,10 @@ class FakeWorker {
   std::vector<wire::pb::StepHeader> steps_;
   std::vector<wire::pb::AssignLayers> assignments_;
   std::set<uint32_t> freed_;
+  std::map<uint32_t, std::pair<uint64_t, int64_t>> slots_;  // slot -> (sequence id, positions)
+  int64_t kv_page_size_ = 16;
+  int64_t kv_pages_total_ = 0;
+  int64_t max_kv_pages_held_ = 0;
   std::thread thread_;
 };
 

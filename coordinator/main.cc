@@ -9,6 +9,7 @@
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "common/base/log.h"
 #include "common/base/systemd_notify.h"
 #include "common/config/cluster_config.h"
@@ -16,6 +17,7 @@
 #include "common/config/curve_flags.h"
 #include "common/metrics/chord_metrics.h"
 #include "common/metrics/metrics_server.h"
+#include "common/model/kv_pages.h"
 #include "coordinator/api_security.h"
 #include "coordinator/http/front_door.h"
 #include "coordinator/server.h"
@@ -136,6 +138,18 @@ int main(int argc, char** argv) {
   if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
+  // KV memory is shared by the sequences in pages; by default it holds four
+  // full contexts, not a context per slot, and the newest sequence is
+  // preempted (and recomputed later) when running ones outgrow it.
+  options.scheduler.pool.kv_tokens =
+      s.kv_tokens > 0 ? s.kv_tokens : std::min<int64_t>(s.kv_slots, 4) * n_ctx;
+  if (auto pages = chord::KvPageCount(options.scheduler.pool.kv_tokens, s.kv_slots, n_ctx,
+                                      options.scheduler.pool.kv_page_size);
+      !pages.ok()) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat("kv_tokens: ", pages.status().message())));
+  }
+  chord::log::Info("KV cache: %d positions per stage in pages of %d, for up to %d sequences",
+                   options.scheduler.pool.kv_tokens, options.scheduler.pool.kv_page_size, s.kv_slots);
   options.scheduler.pool.heartbeat_interval =  // several chances to answer before the timeout
       std::min(options.scheduler.pool.heartbeat_interval,
                options.scheduler.pool.worker_timeout / 4);

@@ -13,6 +13,12 @@ namespace chord::coordinator {
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Start(zmq::context_t& context,
                                                             SchedulerOptions options,
                                                             const ModelContext& model) {
+  if (absl::StatusOr<int64_t> pages =
+          KvPageCount(options.pool.kv_tokens, options.pool.kv_slots, options.pool.n_ctx,
+                      options.pool.kv_page_size);
+      !pages.ok()) {
+    return pages.status();
+  }
   std::unique_ptr<Scheduler> scheduler(new Scheduler());
   scheduler->max_queue_ = options.max_queue;
   scheduler->wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

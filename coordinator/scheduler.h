@@ -7,11 +7,14 @@
 // eventfd in its poll set) and return at once. Each accepted request gets a
 // RequestStream the handler reads events from.
 //
-// Continuous batching: requests are admitted while KV slots are free (slot ids
-// 0..kv_slots-1, the same on every worker). Each micro-batch holds every
-// sequence that has tokens to feed and is not already in flight: a prompt in
-// chunks of at most prefill_chunk tokens (sampling after the last one), then
-// one token per decode step. Up to n_stages micro-batches are in flight.
+// Continuous batching: requests are admitted while a KV slot (ids
+// 0..kv_slots-1, the same on every worker) and the KV pages for their prompt
+// are free. Each micro-batch holds every sequence that has tokens to feed and
+// is not already in flight: a prompt in chunks of at most prefill_chunk tokens
+// (sampling after the last one), then one token per decode step. Up to
+// n_stages micro-batches are in flight. A sequence that needs a page when none
+// is free preempts the newest running sequence (proto/PROTOCOL.md, "KV pages
+// and preemption"), which is recomputed from its journal when readmitted.
 //
 // Worker loss: when the plan changes (a stage's worker was lost, restarted or
 // a worker joined), the steps in flight are dropped (their tokens were never

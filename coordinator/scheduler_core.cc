@@ -42,6 +42,10 @@ SchedulerCore::SchedulerCore(zmq::context_t& context, SchedulerOptions options, 
       pool_(options_.pool, model),
       control_(context, zmq::socket_type::router) {
   for (int slot = 0; slot < options_.pool.kv_slots; ++slot) free_slots_.push_back(slot);
+  kv_pages_total_ = KvPageCount(options_.pool.kv_tokens, options_.pool.kv_slots,
+                                options_.pool.n_ctx, options_.pool.kv_page_size)
+                        .value();  // checked by Scheduler::Start
+  kv_pages_free_ = kv_pages_total_;
 }
 
 absl::Status SchedulerCore::Bind(std::string* endpoint) {
@@ -239,13 +243,20 @@ void SchedulerCore::Rewind() {
 
 void SchedulerCore::Admit() {
   while (!queue_.empty() && !free_slots_.empty() && was_serving_) {
+    // The whole prompt (or journal, after a preemption) must fit now, so an
+    // admitted prefill does not preempt at once; the queue stays in order.
+    const int64_t pages = KvPagesFor(static_cast<int64_t>(queue_.front()->journal.size()),
+                                     options_.pool.kv_page_size);
+    if (pages > kv_pages_free_) break;
     std::unique_ptr<Sequence> sequence = std::move(queue_.front());
     queue_.pop_front();
     sequence->slot = free_slots_.front();
     free_slots_.erase(free_slots_.begin());
-    sequence->scheduled = Clock::now();
+    sequence->kv_pages = pages;
+    kv_pages_free_ -= pages;
+    if (sequence->scheduled == Clock::time_point{}) sequence->scheduled = Clock::now();
     log::RequestDebug(sequence->request.request_id, "scheduled in KV slot %d after %.3f s queued",
-                      sequence->slot, Seconds(sequence->scheduled - sequence->accepted));
+                      sequence->slot, Seconds(Clock::now() - sequence->accepted));
     owner_.queued_.fetch_sub(1);
     ++owner_.running_;
     const uint64_t id = sequence->id;
@@ -265,11 +276,19 @@ bool SchedulerCore::LaunchOneStep() {
   header.set_n_embd(static_cast<uint32_t>(model_.config.n_embd));
   Step step{pool_.plan_version(), {}};
   const Clock::time_point now = Clock::now();
-  for (auto& [id, sequence] : running_) {
+  std::vector<uint64_t> ids;  // GrantPages may move running sequences back to the queue
+  for (const auto& [id, sequence] : running_) ids.push_back(id);
+  std::set<uint64_t> in_step;
+  for (const uint64_t id : ids) {
+    auto it = running_.find(id);
+    if (it == running_.end()) continue;  // preempted for an older sequence of this step
+    Sequence* sequence = it->second.get();
     if (sequence->in_flight || sequence->ended || sequence->fed >= sequence->journal.size()) continue;
     if (now < sequence->hold_until) continue;
     const size_t count = std::min(sequence->journal.size() - sequence->fed,
                                   static_cast<size_t>(options_.prefill_chunk));
+    if (!GrantPages(*sequence, static_cast<int64_t>(sequence->fed + count), in_step)) continue;
+    in_step.insert(id);
     const bool sample = sequence->fed + count == sequence->journal.size();
     wire::pb::SequenceChunk& chunk = *header.add_sequences();
     chunk.set_sequence_id(id);
@@ -293,12 +312,72 @@ bool SchedulerCore::LaunchOneStep() {
   uint64_t step_id = 0;
   while (step_id == 0 || steps_.contains(step_id)) step_id = step_ids_();
   header.set_step_id(step_id);
+  for (const auto& [slot, sequence_id] : released_) {
+    header.mutable_released()->add_slots(slot);
+    header.mutable_released()->add_sequence_ids(sequence_id);
+  }
   if (const absl::Status sent = wire::Send(data_, envelope, {}, {}, true); !sent.ok()) {
     return false;  // stage 0 is busy: try again on the next round
   }
+  released_.clear();
   for (const StepEntry& entry : step.entries) running_[entry.sequence_id]->in_flight = true;
   steps_.emplace(step_id, std::move(step));
   return true;
+}
+
+bool SchedulerCore::GrantPages(Sequence& sequence, int64_t end, const std::set<uint64_t>& in_step) {
+  const int64_t needed = KvPagesFor(end, options_.pool.kv_page_size) - sequence.kv_pages;
+  while (needed > kv_pages_free_) {
+    // The newest arrival among the sequences whose pages can be taken now.
+    Sequence* victim = nullptr;
+    for (auto& [id, candidate] : running_) {
+      if (candidate->in_flight || candidate->ended || candidate->kv_pages == 0 || in_step.contains(id)) {
+        continue;
+      }
+      if (victim == nullptr || candidate->accepted >= victim->accepted) victim = candidate.get();
+    }
+    if (victim == nullptr) return false;  // the others are in flight: try again later
+    const bool self = victim == &sequence;
+    Preempt(victim->id);
+    if (self) return false;
+  }
+  if (needed > 0) {
+    sequence.kv_pages += needed;
+    kv_pages_free_ -= needed;
+  }
+  return true;
+}
+
+void SchedulerCore::Preempt(uint64_t id) {
+  auto it = running_.find(id);
+  std::unique_ptr<Sequence> sequence = std::move(it->second);
+  running_.erase(it);
+  ++preemptions_;
+  if (options_.metrics != nullptr) options_.metrics->num_preemptions.Increment();
+  log::RequestInfo(sequence->request.request_id,
+                   "preempted: the KV cache (%d pages of %d positions) is full; its %d journal "
+                   "tokens are recomputed when it is readmitted",
+                   kv_pages_total_, options_.pool.kv_page_size, sequence->journal.size());
+  FreeSlotOf(*sequence);
+  sequence->slot = -1;
+  sequence->kv_pages = 0;
+  sequence->fed = 0;
+  sequence->hold_until = {};
+  // A new id: a stage applies a late FreeSlots for the old one only to the
+  // old incarnation, never to the sequence restarted in a slot.
+  sequence->id = next_sequence_id_++;
+  --owner_.running_;
+  owner_.queued_.fetch_add(1);
+  queue_.push_front(std::move(sequence));
+}
+
+void SchedulerCore::FreeSlotOf(const Sequence& sequence) {
+  const auto slot = static_cast<uint32_t>(sequence.slot);
+  to_free_.push_back({slot, sequence.id});
+  released_.push_back({slot, sequence.id});
+  free_slots_.insert(std::lower_bound(free_slots_.begin(), free_slots_.end(), sequence.slot),
+                     sequence.slot);
+  kv_pages_free_ += sequence.kv_pages;
 }
 
 void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time_point now) {
@@ -317,7 +396,8 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
     if (failed) {
       // A stage that could not hand the step on (its next stage died or hangs):
       // replay the sequence from position 0 once the loss has been noticed.
-      if (absl::IsUnavailable(wire::FromProto(result.status())) &&
+      const absl::Status status = wire::FromProto(result.status());
+      if ((absl::IsUnavailable(status) || absl::IsResourceExhausted(status)) &&
           sequence.step_retries < kMaxStepRetries) {
         ++sequence.step_retries;
         sequence.fed = 0;
@@ -394,7 +474,8 @@ void SchedulerCore::Finish(Sequence& sequence, chord::v1::FinishReason reason) {
   final.mutable_usage()->set_prompt_tokens(static_cast<uint32_t>(sequence.journal.prompt_size()));
   final.mutable_usage()->set_completion_tokens(static_cast<uint32_t>(sequence.journal.generated()));
   const Clock::time_point now = Clock::now();
-  const Clock::time_point scheduled = sequence.slot >= 0 ? sequence.scheduled : now;
+  const Clock::time_point scheduled =
+      sequence.scheduled != Clock::time_point{} ? sequence.scheduled : now;
   final.mutable_timings()->set_queue_seconds(Seconds(scheduled - sequence.accepted));
   if (sequence.journal.generated() > 0) {
     final.mutable_timings()->set_time_to_first_token_seconds(Seconds(sequence.first_token - sequence.accepted));
@@ -462,8 +543,7 @@ void SchedulerCore::ReleaseEnded() {
       ++it;
       continue;
     }
-    to_free_.push_back({static_cast<uint32_t>(sequence.slot), it->first});
-    free_slots_.insert(std::lower_bound(free_slots_.begin(), free_slots_.end(), sequence.slot), sequence.slot);
+    FreeSlotOf(sequence);
     it = running_.erase(it);
   }
 }
@@ -485,6 +565,10 @@ void SchedulerCore::Publish() {
   info.set_running_requests(static_cast<uint32_t>(owner_.running_.load()));
   info.set_queued_requests(static_cast<uint32_t>(owner_.queued_.load()));
   info.set_kv_slots(static_cast<uint32_t>(options_.pool.kv_slots));
+  info.set_kv_tokens(static_cast<uint64_t>(kv_pages_total_ * options_.pool.kv_page_size));
+  info.set_kv_tokens_held(
+      static_cast<uint64_t>((kv_pages_total_ - kv_pages_free_) * options_.pool.kv_page_size));
+  info.set_preemptions(preemptions_);
   if (options_.metrics != nullptr) {
     options_.metrics->num_requests_running.Set(info.running_requests());
     options_.metrics->num_requests_waiting.Set(info.queued_requests());

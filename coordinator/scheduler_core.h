@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,7 @@ class SchedulerCore {
     std::shared_ptr<RequestStream> stream;
     Journal journal{{}};
     int slot = -1;
+    int64_t kv_pages = 0;    // KV pages granted (every stage holds the same ones)
     size_t fed = 0;          // journal positions sent to the workers
     bool in_flight = false;
     int step_retries = 0;            // failed (UNAVAILABLE) steps replayed so far
@@ -61,6 +63,17 @@ class SchedulerCore {
   void Admit();
   void LaunchSteps();
   bool LaunchOneStep();
+  // Grants `sequence` the pages for positions [0, end), preempting the newest
+  // running sequences that are not in flight (nor in `in_step`) when the pool
+  // is short. False when it cannot (yet): the sequence waits, or was itself
+  // the newest and is back in the queue.
+  bool GrantPages(Sequence& sequence, int64_t end, const std::set<uint64_t>& in_step);
+  // Frees the sequence's slot and pages and puts it back at the head of the
+  // queue, to be recomputed from its journal when readmitted.
+  void Preempt(uint64_t id);
+  // Gives the slot and pages of a sequence leaving the running set back, and
+  // tells the stages (on the control path now, on the data path with the next step).
+  void FreeSlotOf(const Sequence& sequence);
   void OnStepResult(const wire::pb::StepResult& result, Clock::time_point now);
   void OnToken(Sequence& sequence, const wire::pb::SampledToken& token);
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
@@ -88,6 +101,12 @@ class SchedulerCore {
   std::deque<std::unique_ptr<Sequence>> queue_;
   std::map<uint64_t, std::unique_ptr<Sequence>> running_;  // by sequence id: admission order
   std::vector<int> free_slots_;      // available for admission, lowest first
+  int64_t kv_pages_total_ = 0;       // each stage's KV pool (common/model/kv_pages.h)
+  int64_t kv_pages_free_ = 0;        // not granted to a running sequence
+  uint64_t preemptions_ = 0;
+  // (slot, sequence id) pairs released since the last step: sent with the
+  // next step, so every stage frees them before that step's chunks.
+  std::vector<std::pair<uint32_t, uint64_t>> released_;
   // (slot, sequence id) pairs to announce in the next FreeSlots.
   std::vector<std::pair<uint32_t, uint64_t>> to_free_;
   std::map<uint64_t, Step> steps_;   // in flight, by step id

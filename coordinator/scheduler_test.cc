@@ -198,6 +198,55 @@ TEST_F(SchedulerTest, LongPromptsArePrefilledInChunks) {
   EXPECT_EQ(steps[1].sequences(0).token_ids(0), 303u);
 }
 
+// Four sequences that each grow to 42 positions share a KV pool of one
+// context (4 pages of 16): the newest are preempted and recomputed from their
+// journals, every stream still gets exactly its tokens, and no stage is ever
+// asked to hold more pages than its pool has.
+TEST_F(SchedulerTest, OutgrownKvCachePreemptsTheNewestAndRecomputesIt) {
+  options_.pool.kv_tokens = 64;
+  FakeWorkerOptions stages;
+  stages.step_delay = std::chrono::milliseconds(1);
+  StartServing(2, stages);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    auto stream = scheduler_->Submit(Request(absl::StrCat("r", i), {1, 300 + i}, 40));
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    streams.push_back(*stream);
+  }
+  for (int i = 0; i < 4; ++i) {
+    Collected got = Collect(*streams[static_cast<size_t>(i)]);
+    ASSERT_TRUE(got.status.ok()) << "request " << i << ": " << got.status;
+    EXPECT_EQ(got.tokens, Expected(2, 40)) << "request " << i;
+    EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+  }
+  EXPECT_GT(scheduler_->ServerInfo().preemptions(), 0u);
+  EXPECT_EQ(scheduler_->ServerInfo().kv_tokens(), 64u);
+  EXPECT_TRUE(WaitFor([&] { return scheduler_->ServerInfo().kv_tokens_held() == 0; }));
+  for (const auto& worker : workers_) {
+    EXPECT_EQ(worker->kv_pages_total(), 4);
+    EXPECT_LE(worker->max_kv_pages_held(), 4);
+    EXPECT_GE(worker->max_kv_pages_held(), 3);
+  }
+}
+
+// A prompt is admitted only when its pages are free: a long one waits for
+// the running sequence instead of being preempted at once.
+TEST_F(SchedulerTest, PromptWaitsForKvPagesInsteadOfThrashing) {
+  options_.pool.kv_tokens = 64;
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(2);
+  StartServing(1, slow);
+  auto a = scheduler_->Submit(Request("a", {1, 300}, 30));  // up to 32 positions: 2 pages
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(WaitFor([&] { return scheduler_->ServerInfo().kv_tokens_held() >= 16; }));
+  std::vector<TokenId> long_prompt(50, 7);  // 4 pages: waits until "a" ends
+  auto b = scheduler_->Submit(Request("b", long_prompt, 4));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(Collect(**a).tokens, Expected(2, 30));
+  EXPECT_EQ(Collect(**b).tokens, Expected(50, 4));
+  EXPECT_EQ(scheduler_->ServerInfo().preemptions(), 0u);
+}
+
 TEST_F(SchedulerTest, TwoStagePipelineKeepsTwoMicroBatchesInFlight) {
   FakeWorkerOptions slow;
   slow.step_delay = std::chrono::milliseconds(30);

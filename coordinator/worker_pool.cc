@@ -207,6 +207,8 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     assign.set_kv_slots(static_cast<uint32_t>(options_.kv_slots));
     assign.set_n_ctx(static_cast<uint32_t>(options_.n_ctx));
     assign.set_kv_type(options_.kv_type);
+    assign.set_kv_tokens(static_cast<uint32_t>(options_.kv_tokens));
+    assign.set_kv_page_size(static_cast<uint32_t>(options_.kv_page_size));
     log::Info("plan %d: %s holds layers [%d, %d)", plan_version_, identities[i], worker.first_layer,
               worker.end_layer);
     out->push_back({identities[i], std::move(envelope)});

@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "chord/v1/inference.pb.h"
+#include "common/model/kv_pages.h"
 #include "common/wire/wire.h"
 #include "coordinator/model_context.h"
 
@@ -31,6 +32,8 @@ struct WorkerPoolOptions {
   std::string loader_endpoint;
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds worker_timeout{2000};  // silence before a worker is declared lost
+  int64_t kv_tokens = 0;  // every stage's KV pool (common/model/kv_pages.h); 0: kv_slots x n_ctx
+  int64_t kv_page_size = kDefaultKvPageSize;
 };
 
 struct OutgoingControl {

@@ -79,6 +79,7 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   auto cache = KvCache::Create({config->n_layer, 1, n_ctx, config->n_embd_kv(), DType::kF32});
   ASSERT_TRUE(cache.ok()) << cache.status();
+  ASSERT_TRUE(cache->ReserveAll().ok());
   // Two GPU stages splitting the layers, as a pipeline would.
   const int64_t mid = config->n_layer / 2;
   CudaStageOptions options;

@@ -114,6 +114,7 @@ TEST_F(FetchedTensorsTest, AStageOverFetchedTensorsMatchesTheMappedFile) {
     ASSERT_TRUE(stage.ok()) << stage.status();
     auto cache = KvCache::Create({config_.n_layer, 1, 16, config_.n_embd_kv(), DType::kF32});
     ASSERT_TRUE(cache.ok());
+    ASSERT_TRUE(cache->ReserveAll().ok());
     std::vector<float> x(tokens.size() * static_cast<size_t>(config_.n_embd));
     std::vector<BatchToken> batch;
     for (size_t i = 0; i < tokens.size(); ++i) batch.push_back({0, static_cast<int64_t>(i)});

@@ -46,6 +46,8 @@ absl::StatusOr<std::span<const float>> LocalGenerator::Feed(std::span<const int3
   residual_.resize(static_cast<size_t>(n * config_.n_embd));
   batch_.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) batch_[static_cast<size_t>(i)] = {0, n_past_ + i};
+  const SlotExtent extent{0, n_past_ == 0, n_past_ + n};
+  RETURN_IF_ERROR(cache_.Reserve({&extent, 1}));
   RETURN_IF_ERROR(stage_->Embed(tokens, residual_.data()));
   RETURN_IF_ERROR(stage_->RunLayers(batch_, residual_.data(), cache_));
   n_past_ += n;

@@ -76,6 +76,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
   shape.n_ctx = plan.n_ctx;
   shape.n_embd_kv = config.n_embd_kv();
   shape.type = plan.kv_type;
+  shape.kv_tokens = plan.kv_tokens;
+  shape.page_size = plan.kv_page_size;
   ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
   std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan, std::move(cache)));
   if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
@@ -106,6 +108,14 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   const StepLimits limits = Limits();
   ASSIGN_OR_RETURN(const int64_t total, ValidateStep(step, limits, lengths_));
   RETURN_IF_ERROR(ReadStepPayload(message, limits, total, activations));
+  // Only a valid step's releases count, and only those naming the sequence
+  // (a chunk restarting a released slot is valid before and after).
+  const pb::FreeSlots& released = step.released();
+  if (released.sequence_ids_size() == released.slots_size()) {
+    FreeSlots(std::span<const uint32_t>(released.slots().data(), released.slots_size()),
+              std::span<const uint64_t>(released.sequence_ids().data(), released.sequence_ids_size()));
+  }
+  RETURN_IF_ERROR(ReservePages(step));
   batch_.clear();
   token_ids_.clear();
   for (const pb::SequenceChunk& chunk : step.sequences()) {
@@ -132,6 +142,24 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
   }
   return Sample(step, *activations, result);
+}
+
+absl::Status StageExecutor::ReservePages(const pb::StepHeader& step) {
+  // One extent per slot: where its last chunk ends, and whether its first
+  // chunk starts a new sequence (ValidateStep made the chunks contiguous).
+  extents_.clear();
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    const auto slot = static_cast<int64_t>(chunk.slot());
+    const int64_t end = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+    auto it = std::find_if(extents_.begin(), extents_.end(),
+                           [&](const SlotExtent& e) { return e.slot == slot; });
+    if (it == extents_.end()) {
+      extents_.push_back({slot, chunk.first_position() == 0, end});
+    } else {
+      it->end = end;
+    }
+  }
+  return cache_.Reserve(extents_);
 }
 
 absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector<float>& x,
@@ -179,6 +207,7 @@ void StageExecutor::FreeSlots(std::span<const uint32_t> slots,
     // this message on the data path): its state stays.
     if (i < sequence_ids.size() && owners_[slot] != sequence_ids[i]) continue;
     lengths_[slot] = 0;
+    cache_.Release(slot);
     if (!histories_.empty()) histories_[slot].clear();
   }
 }

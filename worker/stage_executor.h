@@ -34,6 +34,8 @@ struct StagePlan {
   int64_t kv_slots = 0;
   int64_t n_ctx = 0;
   DType kv_type = DType::kF32;
+  int64_t kv_tokens = 0;  // the KV pool's positions; 0: kv_slots x n_ctx
+  int64_t kv_page_size = kDefaultKvPageSize;
 };
 
 // The proto's sampling parameters as the Sampler takes them. A
@@ -54,7 +56,8 @@ class StageExecutor {
                                                                StageWeights weights,
                                                                ThreadPool& pool);
 
-  // Validates and runs the step in `message`. On success `activations` holds
+  // Validates and runs the step in `message` (once valid, first freeing the
+  // slots it lists as released). On success `activations` holds
   // the residual stream to forward to the next stage and, on the last stage,
   // `result` gets one SampledToken per chunk with sample = true.
   absl::Status Run(const wire::Message& message, std::vector<float>* activations,
@@ -72,12 +75,16 @@ class StageExecutor {
   // Null when every layer is resident.
   const ShardCache* shard_cache() const { return weights_.layers.get(); }
   uint64_t kv_cache_bytes() const { return cache_.bytes(); }
+  const KvCache& kv_cache() const { return cache_; }
   int64_t slot_length(int64_t slot) const { return lengths_[static_cast<size_t>(slot)]; }
 
  private:
   StageExecutor(const ModelConfig& config, const StagePlan& plan, KvCache cache)
       : config_(config), plan_(plan), cache_(std::move(cache)) {}
   StepLimits Limits() const;
+  // Takes the KV pages the step's chunks need: RESOURCE_EXHAUSTED, with no
+  // change, when the pool cannot hold them.
+  absl::Status ReservePages(const wire::pb::StepHeader& step);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
                       wire::pb::StepResult* result);
 
@@ -91,6 +98,7 @@ class StageExecutor {
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot
   std::vector<std::vector<int32_t>> histories_;  // last stage only
   std::vector<BatchToken> batch_;
+  std::vector<SlotExtent> extents_;
   std::vector<int32_t> token_ids_;
   std::vector<float> rows_;
   std::vector<float> logits_;

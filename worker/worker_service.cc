@@ -65,6 +65,14 @@ absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig&
                         plan.kv_slots, plan.n_ctx, options.max_kv_slots, options.max_n_ctx));
   }
   ASSIGN_OR_RETURN(plan.kv_type, ParseKvType(a.kv_type()));
+  plan.kv_tokens = a.kv_tokens();
+  if (a.kv_page_size() != 0) plan.kv_page_size = a.kv_page_size();
+  if (options.max_kv_slots > 0 && options.max_n_ctx > 0 &&
+      plan.kv_tokens > int64_t{options.max_kv_slots} * options.max_n_ctx) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "kv_tokens %d exceed what this worker registered (%d x %d)", plan.kv_tokens,
+        options.max_kv_slots, options.max_n_ctx));
+  }
   return plan;
 }
 
@@ -445,6 +453,11 @@ void WorkerService::HandleData() {
         .Observe(std::chrono::duration<double>(Clock::now() - started).count());
   }
   if (!status.ok()) SendStepError(step.plan_version(), step.step_id(), status);
+  if (options_.metrics != nullptr && executor_ != nullptr) {
+    const KvCache& kv = executor_->kv_cache();
+    options_.metrics->kv_cache_usage_perc.Set(
+        1.0 - static_cast<double>(kv.free_pages()) / static_cast<double>(kv.total_pages()));
+  }
   LogShardCacheStats(/*summary=*/false);
 }
 

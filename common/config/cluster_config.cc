@@ -119,6 +119,10 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
          ASSIGN_OR_RETURN(c->ctx_size, ReadInt(f, n, 0, std::numeric_limits<int32_t>::max()));
          return absl::OkStatus();
        }},
+      {"kv_tokens", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+         ASSIGN_OR_RETURN(c->kv_tokens, ReadInt(f, n, 0, std::numeric_limits<int32_t>::max()));
+         return absl::OkStatus();
+       }},
       {"kv_type",
        [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"f32", "f16"}, &c->kv_type); }},
       {"max_queue", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
@@ -264,6 +268,7 @@ std::string ClusterConfig::ToYaml() const {
       << "  control_port: " << coordinator.control_port << "\n"
       << "  kv_slots: " << coordinator.kv_slots << "\n"
       << "  ctx_size: " << coordinator.ctx_size << "\n"
+      << "  kv_tokens: " << coordinator.kv_tokens << "\n"
       << "  kv_type: " << coordinator.kv_type << "\n"
       << "  max_queue: " << coordinator.max_queue << "\n"
       << "  min_workers: " << coordinator.min_workers << "\n"

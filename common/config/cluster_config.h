@@ -9,6 +9,9 @@
 //     control_port: 5555
 //     kv_slots: 16             # sequences live at once (per worker KV cache)
 //     ctx_size: 0              # positions per sequence; 0: the model's
+//     kv_tokens: 0             # positions each stage's KV cache holds, shared by the slots
+//                              # (paged); 0: 4 full contexts (at most kv_slots); beyond it
+//                              # the newest sequence is preempted and recomputed later
 //     kv_type: f32             # f32 or f16
 //     max_queue: 256
 //     min_workers: 1           # workers that must register before the first plan
@@ -59,6 +62,7 @@ struct CoordinatorSection {
   int control_port = 5555;
   int kv_slots = 16;
   int64_t ctx_size = 0;
+  int64_t kv_tokens = 0;  // 0: min(kv_slots, 4) full contexts
   std::string kv_type = "f32";
   int max_queue = 256;
   int min_workers = 1;

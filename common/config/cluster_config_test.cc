@@ -23,6 +23,7 @@ constexpr char kFull[] = R"(coordinator:
   control_port: 6001
   kv_slots: 4
   ctx_size: 512
+  kv_tokens: 1024
   kv_type: f16
   max_queue: 32
   min_workers: 2
@@ -65,6 +66,7 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.control_port, 6001);
   EXPECT_EQ(config->coordinator.kv_slots, 4);
   EXPECT_EQ(config->coordinator.ctx_size, 512);
+  EXPECT_EQ(config->coordinator.kv_tokens, 1024);
   EXPECT_EQ(config->coordinator.kv_type, "f16");
   EXPECT_EQ(config->coordinator.max_queue, 32);
   EXPECT_EQ(config->coordinator.min_workers, 2);
@@ -147,6 +149,7 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"curve:\n  allow: a\n  secret: s\n", "curve.secret (line 3): unknown key"},
       {"coordinator:\n  kv_slots: many\n", "coordinator.kv_slots (line 2): expected an integer"},
       {"coordinator:\n  kv_slots: 0\n", "coordinator.kv_slots (line 2)"},
+      {"coordinator:\n  kv_tokens: -16\n", "coordinator.kv_tokens (line 2)"},
       {"coordinator:\n  grpc_port: 70000\n", "coordinator.grpc_port (line 2): 70000 is out of range"},
       {"coordinator:\n  kv_type: q8\n", "coordinator.kv_type (line 2): 'q8' is not one of"},
       {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},

@@ -1,6 +1,7 @@
 #include "common/config/coordinator_flags.h"
 
 #include <cctype>
+#include <limits>
 #include <string>
 
 namespace chord {
@@ -29,6 +30,10 @@ CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
   Add(app, "--kv-slots", &S::kv_slots, "sequences held at once")->check(CLI::Range(1, 4096));
   Add(app, "--ctx-size", &S::ctx_size, "positions per sequence; 0: the model's")
       ->check(CLI::NonNegativeNumber);
+  Add(app, "--kv-tokens", &S::kv_tokens,
+      "positions each stage's paged KV cache holds, shared by the sequences; beyond it the newest "
+      "is preempted (0: min(kv-slots, 4) full contexts)")
+      ->check(CLI::Range(int64_t{0}, int64_t{std::numeric_limits<int32_t>::max()}));
   Add(app, "--kv-type", &S::kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
   Add(app, "--max-queue", &S::max_queue, "queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber);

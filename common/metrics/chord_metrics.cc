@@ -45,7 +45,11 @@ CoordinatorMetrics::CoordinatorMetrics(Registry& registry)
       generation_tokens(
           registry.AddCounter("chord_generation_tokens_total", "Tokens generated.").With({})),
       num_workers(registry.AddGauge("chord_num_workers", "Workers registered with the coordinator.")
-                      .With({})) {}
+                      .With({})),
+      num_preemptions(registry
+                          .AddCounter("chord_num_preemptions_total",
+                                      "Sequences preempted (and later recomputed) for KV space.")
+                          .With({})) {}
 
 WorkerMetrics::WorkerMetrics(Registry& registry)
     : stage_step_seconds(registry.AddHistogram(

@@ -24,6 +24,7 @@ struct CoordinatorMetrics {
   Counter& prompt_tokens;
   Counter& generation_tokens;
   Gauge& num_workers;  // workers registered now
+  Counter& num_preemptions;  // sequences preempted when the KV cache was full
 };
 
 // Worker: one pipeline stage.

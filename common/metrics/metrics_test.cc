@@ -156,6 +156,7 @@ std::string ChordMetricsText() {
   coordinator.prompt_tokens.Increment(120);
   coordinator.generation_tokens.Increment(64);
   coordinator.num_workers.Set(2);
+  coordinator.num_preemptions.Increment(3);
   worker.stage_step_seconds.With({"prefill"}).Observe(0.02);
   worker.stage_step_seconds.With({"decode"}).Observe(0.002);
   worker.kv_cache_usage_perc.Set(0.4);
@@ -175,7 +176,8 @@ TEST(ChordMetricsTest, NamesFollowVllmWithChordPrefix) {
         "chord_num_requests_running", "chord_num_requests_waiting", "chord_prompt_tokens_total",
         "chord_generation_tokens_total", "chord_stage_step_seconds", "chord_kv_cache_usage_perc",
         "chord_shard_cache_hits_total", "chord_shard_cache_misses_total",
-        "chord_shard_cache_stall_seconds_total", "chord_loader_bytes_sent_total"}) {
+        "chord_shard_cache_stall_seconds_total", "chord_loader_bytes_sent_total",
+        "chord_num_preemptions_total"}) {
     EXPECT_NE(text.find(std::string("# TYPE ") + name + " "), std::string::npos) << name;
   }
   EXPECT_NE(text.find("chord_stage_step_seconds_count{phase=\"decode\"} 1\n"), std::string::npos);

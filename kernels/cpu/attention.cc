@@ -55,13 +55,13 @@ void AttendOneToken(const AttentionShape& shape, const float* q, const KvView& k
   const float scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
   for (int64_t p = 0; p < n_kv; ++p) {
     scores[p] =
-        key_ops.dot(qh, keys.data + p * keys.row_bytes + key_offset, shape.head_dim) * scale;
+        key_ops.dot(qh, keys.Row(p) + key_offset, shape.head_dim) * scale;
   }
   Softmax(scores, n_kv);
   float* oh = out + static_cast<int64_t>(head) * shape.head_dim;
   for (int d = 0; d < shape.head_dim; ++d) oh[d] = 0.0f;
   for (int64_t p = 0; p < n_kv; ++p) {
-    value_ops.axpy(scores[p], values.data + p * values.row_bytes + value_offset, oh,
+    value_ops.axpy(scores[p], values.Row(p) + value_offset, oh,
                    shape.head_dim);
   }
 }

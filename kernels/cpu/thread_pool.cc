@@ -33,13 +33,21 @@ bool SpinUntil(Done done) {
   }
 }
 
+// Chunks per thread: enough that a descheduled thread costs a fraction of a
+// job, few enough that claiming stays cheap next to a chunk's work.
+constexpr int kChunksPerThread = 4;
+
+thread_local int current_thread_index = 0;
+
 }  // namespace
+
+int ThreadPool::ThreadIndex() { return current_thread_index; }
 
 ThreadPool::ThreadPool(int n_threads)
     : n_threads_(n_threads > 0
                      ? n_threads
                      : std::max(1, static_cast<int>(std::thread::hardware_concurrency()))) {
-  // The calling thread runs chunk 0 itself, so only n - 1 threads are started.
+  // The calling thread runs chunks itself, so only n - 1 threads are started.
   for (int i = 1; i < n_threads_; ++i) {
     threads_.emplace_back([this, i] { WorkerLoop(i); });
   }
@@ -58,35 +66,65 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(grain, 1);
-  const int chunks = static_cast<int>(std::min<int64_t>(n_threads_, (n + grain - 1) / grain));
-  if (chunks <= 1) {
+  const int64_t useful = (n + grain - 1) / grain;
+  if (n_threads_ == 1 || useful <= 1) {
     fn(0, n);
     return;
   }
+  const int chunks = static_cast<int>(std::min<int64_t>(useful, int64_t{n_threads_} * kChunksPerThread));
+  uint64_t generation;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &fn;
     job_n_ = n;
     job_chunks_ = chunks;
-    pending_.store(chunks - 1);
-    generation_.fetch_add(1, std::memory_order_release);
+    done_chunks_.store(0);
+    generation = generation_.load() + 1;
+    next_chunk_.store(generation << 32, std::memory_order_relaxed);
+    generation_.store(generation, std::memory_order_release);
   }
   start_cv_.notify_all();
-  int64_t begin, end;
-  ChunkBounds(n, chunks, 0, &begin, &end);
-  fn(begin, end);
-  if (!SpinUntil([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+  RunChunks(generation);
+  if (!SpinUntil([&] { return done_chunks_.load(std::memory_order_acquire) == chunks; })) {
     std::unique_lock<std::mutex> lock(mutex_);
-    done_cv_.wait(lock, [this] { return pending_.load() == 0; });
+    done_cv_.wait(lock, [&] { return done_chunks_.load() == chunks; });
+  }
+}
+
+void ThreadPool::RunChunks(uint64_t generation) {
+  const std::function<void(int64_t, int64_t)>* job;
+  int64_t n;
+  int chunks;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (generation_.load() != generation) return;  // that job is over
+    job = job_;
+    n = job_n_;
+    chunks = job_chunks_;
+  }
+  uint64_t claim = next_chunk_.load(std::memory_order_relaxed);
+  for (;;) {
+    if ((claim >> 32) != (generation & 0xffffffffu) || static_cast<int>(claim & 0xffffffffu) >= chunks) {
+      return;
+    }
+    if (!next_chunk_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel)) continue;
+    const int chunk = static_cast<int>(claim & 0xffffffffu);
+    int64_t begin, end;
+    ChunkBounds(n, chunks, chunk, &begin, &end);
+    (*job)(begin, end);
+    if (done_chunks_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+      // Taking the lock orders this notify after a waiter's predicate check.
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_cv_.notify_one();
+    }
+    claim = next_chunk_.load(std::memory_order_relaxed);
   }
 }
 
 void ThreadPool::WorkerLoop(int index) {
+  current_thread_index = index;
   uint64_t seen = 0;
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t n;
-    int chunks;
     SpinUntil(
         [&] { return stopping_.load() || generation_.load(std::memory_order_acquire) != seen; });
     {
@@ -94,20 +132,8 @@ void ThreadPool::WorkerLoop(int index) {
       start_cv_.wait(lock, [&] { return stopping_.load() || generation_.load() != seen; });
       if (stopping_.load()) return;
       seen = generation_.load();
-      job = job_;
-      n = job_n_;
-      chunks = job_chunks_;
     }
-    if (index < chunks) {
-      int64_t begin, end;
-      ChunkBounds(n, chunks, index, &begin, &end);
-      (*job)(begin, end);
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        // Taking the lock orders this notify after a waiter's predicate check.
-        std::lock_guard<std::mutex> lock(mutex_);
-        done_cv_.notify_one();
-      }
-    }
+    RunChunks(seen);
   }
 }
 

@@ -230,6 +230,7 @@ TEST(ForwardTest, SameBitsForAnyLayerSplit) {
     auto cache1 = KvCache::Create({cut, 1, 64, config.n_embd_kv(), DType::kF32});
     auto cache2 = KvCache::Create({config.n_layer - cut, 1, 64, config.n_embd_kv(), DType::kF32});
     ASSERT_TRUE(cache1.ok() && cache2.ok());
+    ASSERT_TRUE(cache1->ReserveAll().ok() && cache2->ReserveAll().ok());
     std::vector<BatchToken> batch;
     for (size_t i = 0; i < kPrompt.size(); ++i) batch.push_back({0, static_cast<int64_t>(i)});
     std::vector<float> x(kPrompt.size() * static_cast<size_t>(config.n_embd));

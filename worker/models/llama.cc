@@ -143,6 +143,11 @@ absl::Status LlamaStage::RunLayers(std::span<const BatchToken> batch, float* x, 
           "batch token (slot %d, position %d) is outside the KV cache (%d slots of %d positions)",
           token.slot, token.position, cache.shape().n_slots, cache.shape().n_ctx));
     }
+    if (token.position >= cache.slot_pages(token.slot) * cache.shape().page_size) {
+      return absl::FailedPreconditionError(absl::StrFormat(
+          "batch token (slot %d, position %d): no KV page is reserved for the position",
+          token.slot, token.position));
+    }
   }
   Reserve(n_tokens);
   for (int64_t i = 0; i < range_.end - range_.first; ++i) {
@@ -203,13 +208,12 @@ absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
   if (static_cast<int64_t>(scores_.size()) < pool_.size() * n_ctx) {
     scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
   }
-  std::atomic<int> next_scratch{0};
   // A (token, head) task reads about position * head_dim cache elements; group
   // small tasks so that waking a thread is worth it.
   const int64_t work = std::max<int64_t>(1, (batch.back().position + 1) * config_.head_dim);
   const int64_t grain = std::max<int64_t>(1, 16384 / work);
   pool_.ParallelFor(n_tokens * config_.n_head, grain, [&](int64_t begin, int64_t end) {
-    float* scores = scores_.data() + next_scratch.fetch_add(1) * n_ctx;
+    float* scores = scores_.data() + ThreadPool::ThreadIndex() * n_ctx;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t t = task / config_.n_head;
       const int head = static_cast<int>(task % config_.n_head);

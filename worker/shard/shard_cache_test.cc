@@ -264,6 +264,7 @@ TEST_F(ShardCacheTest, StreamedStageMatchesTheResidentStageBitForBit) {
   auto kv_a = KvCache::Create(shape);
   auto kv_b = KvCache::Create(shape);
   ASSERT_TRUE(kv_a.ok() && kv_b.ok());
+  ASSERT_TRUE(kv_a->ReserveAll().ok() && kv_b->ReserveAll().ok());
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(3, config_.n_vocab - 1);
   for (int64_t position = 0; position < 6; ++position) {
