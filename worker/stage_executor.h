@@ -68,6 +68,9 @@ class StageExecutor {
   // is the one that last started in it.
   void FreeSlots(std::span<const uint32_t> slots, std::span<const uint64_t> sequence_ids = {});
 
+  // See LlamaStage::set_between_layers.
+  void set_between_layers(std::function<void()> hook) { stage_->set_between_layers(std::move(hook)); }
+
   const StagePlan& plan() const { return plan_; }
   const ModelConfig& config() const { return config_; }
   bool is_last() const { return stage_->has_output(); }

@@ -396,6 +396,7 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
     }
   }
   executor_ = std::move(executor);
+  executor_->set_between_layers([this] { ServiceControlDuringStep(); });
   log::Info("worker %s: plan %d: layers [%d, %d) ready: %d weight bytes, %d KV cache bytes",
             options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(),
             executor_->weight_bytes(), executor_->kv_cache_bytes());

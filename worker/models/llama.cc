@@ -151,6 +151,7 @@ absl::Status LlamaStage::RunLayers(std::span<const BatchToken> batch, float* x, 
   }
   Reserve(n_tokens);
   for (int64_t i = 0; i < range_.end - range_.first; ++i) {
+    if (between_layers_ && i > 0) between_layers_();
     if (streamed_ == nullptr) {
       RETURN_IF_ERROR(RunLayer(layers_[static_cast<size_t>(i)], i, batch, x, cache));
       continue;

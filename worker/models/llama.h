@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -86,10 +87,16 @@ class LlamaStage {
   // n_embd floats, updated in place), reading and extending `cache`.
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x, KvCache& cache);
 
+  // Called on the computing thread after each layer of RunLayers: a long step
+  // (a prefill chunk on few threads can take seconds) lets the worker answer
+  // the coordinator's heartbeats in between.
+  void set_between_layers(std::function<void()> hook) { between_layers_ = std::move(hook); }
+
   // Final norm and output projection of `n_rows` rows of x into n_vocab logits each.
   absl::Status Logits(const float* x, int64_t n_rows, float* logits);
 
  private:
+  std::function<void()> between_layers_;
   struct Layer {
     std::vector<float> attn_norm;
     kernels::WeightMatrix wq, wk, wv, wo;
