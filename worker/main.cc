@@ -49,7 +49,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(-1, 64));
   auto* threads_flag = app.add_option("--threads", threads, "compute threads; 0: one per core");
   auto* backend =
-      app.add_option("--backend", o.backend, "compute backend")->check(CLI::IsMember({"cpu"}));
+      app.add_option("--backend", o.backend, "compute backend: cpu, or cuda (an NVIDIA GPU)")
+          ->check(CLI::IsMember({"cpu", "cuda"}));
+  auto* device = app.add_option("--device", o.device, "CUDA device ordinal (with --backend cuda)")
+                     ->check(CLI::NonNegativeNumber);
   app.add_option("--max-kv-slots", o.max_kv_slots, "largest kv_slots accepted; 0: no limit");
   app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
@@ -92,7 +95,7 @@ int main(int argc, char** argv) {
       if (!memory->count()) o.memory_budget_bytes = w->memory_budget;
       if (!threads_flag->count()) threads = w->threads;
       if (!backend->count()) o.backend = w->backend;
-      o.device = w->device;
+      if (!device->count()) o.device = w->device;
       curve_key = w->curve_key;
     }
   }
@@ -108,6 +111,7 @@ int main(int argc, char** argv) {
     if (w.id != o.worker_id) continue;
     w.memory_budget = o.memory_budget_bytes;
     w.backend = o.backend;
+    w.device = o.device;
     w.threads = threads;
   }
   chord::log::Info("effective config (file, then flags; this worker binds %s):\n%s", o.data_bind,
@@ -121,8 +125,9 @@ int main(int argc, char** argv) {
   }
   if (o.coordinator_endpoint.empty())
     return Fail(absl::InvalidArgumentError("--coordinator (or --config) is required"));
-  if (o.backend != "cpu")
-    return Fail(absl::UnimplementedError("chord-worker runs the cpu backend only"));
+  if (o.backend == "cuda" && !chord::CudaBackendBuilt()) {
+    return Fail(absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)"));
+  }
   chord::log::Info(
       "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, backend %s, threads "
       "%d, links %s",

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "common/base/status.h"
 #include "common/quant/quant.h"
 #include "kernels/cpu/matmul.h"
@@ -70,19 +71,30 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
         absl::StrFormat("a stage needs kv_slots > 0 and n_ctx > 0, the plan has %d and %d",
                         plan.kv_slots, plan.n_ctx));
   }
-  KvCacheShape shape;
-  shape.n_layers = plan.range.end - plan.range.first;
-  shape.n_slots = plan.kv_slots;
-  shape.n_ctx = plan.n_ctx;
-  shape.n_embd_kv = config.n_embd_kv();
-  shape.type = plan.kv_type;
-  shape.kv_tokens = plan.kv_tokens;
-  shape.page_size = plan.kv_page_size;
-  ASSIGN_OR_RETURN(KvCache cache, KvCache::Create(shape));
-  std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan, std::move(cache)));
+  StageComputeOptions options;
+  options.range = plan.range;
+  options.kv.n_slots = plan.kv_slots;
+  options.kv.n_ctx = plan.n_ctx;
+  options.kv.n_embd_kv = config.n_embd_kv();
+  options.kv.type = plan.kv_type;
+  options.kv.kv_tokens = plan.kv_tokens;
+  options.kv.page_size = plan.kv_page_size;
+  options.backend = plan.backend;
+  options.device = plan.device;
   if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
-  ASSIGN_OR_RETURN(executor->stage_, LlamaStage::Load(*weights.tensors, config, plan.range, pool,
-                                                      weights.layers.get()));
+  std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan));
+  if (plan.backend == "cuda") {
+    if (weights.layers != nullptr) {
+      return absl::UnimplementedError(
+          "the cuda backend runs only a layer range that fits in the worker's memory budget");
+    }
+    ASSIGN_OR_RETURN(executor->compute_, MakeCudaStageCompute(*weights.tensors, config, options));
+  } else if (plan.backend == "cpu") {
+    ASSIGN_OR_RETURN(executor->compute_, MakeCpuStageCompute(*weights.tensors, config, options, pool,
+                                                             weights.layers.get()));
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown backend '", plan.backend, "'"));
+  }
   executor->weights_ = std::move(weights);
   executor->lengths_.assign(static_cast<size_t>(plan.kv_slots), 0);
   executor->owners_.assign(static_cast<size_t>(plan.kv_slots), 0);
@@ -94,7 +106,7 @@ StepLimits StageExecutor::Limits() const {
   StepLimits limits;
   limits.plan_version = plan_.plan_version;
   limits.stage_ready = true;
-  limits.first_stage = stage_->has_embedding();
+  limits.first_stage = compute_->has_embedding();
   limits.n_embd = config_.n_embd;
   limits.n_vocab = config_.n_vocab;
   limits.kv_slots = plan_.kv_slots;
@@ -126,9 +138,9 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   }
   if (limits.first_stage) {
     activations->resize(static_cast<size_t>(total * config_.n_embd));
-    RETURN_IF_ERROR(stage_->Embed(token_ids_, activations->data()));
+    RETURN_IF_ERROR(compute_->Embed(token_ids_, activations->data()));
   }
-  RETURN_IF_ERROR(stage_->RunLayers(batch_, activations->data(), cache_));
+  RETURN_IF_ERROR(compute_->RunLayers(batch_, activations->data()));
   for (const pb::SequenceChunk& chunk : step.sequences()) {
     lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
     if (chunk.first_position() == 0) owners_[chunk.slot()] = chunk.sequence_id();
@@ -159,7 +171,7 @@ absl::Status StageExecutor::ReservePages(const pb::StepHeader& step) {
       it->end = end;
     }
   }
-  return cache_.Reserve(extents_);
+  return compute_->Reserve(extents_);
 }
 
 absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector<float>& x,
@@ -176,7 +188,7 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   const size_t n_sample = rows_.size() / n_embd;
   if (n_sample == 0) return absl::OkStatus();
   logits_.resize(n_sample * n_vocab);
-  RETURN_IF_ERROR(stage_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
+  RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
   size_t j = 0;
   for (const pb::SequenceChunk& chunk : step.sequences()) {
     if (!chunk.sample()) continue;
@@ -207,7 +219,7 @@ void StageExecutor::FreeSlots(std::span<const uint32_t> slots,
     // this message on the data path): its state stays.
     if (i < sequence_ids.size() && owners_[slot] != sequence_ids[i]) continue;
     lengths_[slot] = 0;
-    cache_.Release(slot);
+    compute_->Release(slot);
     if (!histories_.empty()) histories_[slot].clear();
   }
 }

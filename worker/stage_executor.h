@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,7 @@
 #include "worker/models/tensor_source.h"
 #include "worker/sampler.h"
 #include "worker/shard/stage_weights.h"
+#include "worker/stage_compute.h"
 #include "worker/step_validation.h"
 
 namespace chord {
@@ -36,6 +38,8 @@ struct StagePlan {
   DType kv_type = DType::kF32;
   int64_t kv_tokens = 0;  // the KV pool's positions; 0: kv_slots x n_ctx
   int64_t kv_page_size = kDefaultKvPageSize;
+  std::string backend = "cpu";  // "cpu" or "cuda" (this worker's, not the coordinator's)
+  int device = 0;
 };
 
 // The proto's sampling parameters as the Sampler takes them. A
@@ -49,8 +53,9 @@ absl::StatusOr<double> MeasureWeightThroughput(ThreadPool& pool);
 
 class StageExecutor {
  public:
-  // Builds the stage over `weights` (kept alive here) and allocates the KV
-  // cache. INVALID_ARGUMENT for a bad plan.
+  // Builds the stage over `weights` (kept alive here) on the plan's backend
+  // and allocates the KV cache. INVALID_ARGUMENT for a bad plan; UNIMPLEMENTED
+  // for a CUDA stage whose range streams or a build without CUDA.
   static absl::StatusOr<std::unique_ptr<StageExecutor>> Create(const ModelConfig& config,
                                                                const StagePlan& plan,
                                                                StageWeights weights,
@@ -69,21 +74,20 @@ class StageExecutor {
   void FreeSlots(std::span<const uint32_t> slots, std::span<const uint64_t> sequence_ids = {});
 
   // See LlamaStage::set_between_layers.
-  void set_between_layers(std::function<void()> hook) { stage_->set_between_layers(std::move(hook)); }
+  void set_between_layers(std::function<void()> hook) { compute_->set_between_layers(std::move(hook)); }
 
   const StagePlan& plan() const { return plan_; }
   const ModelConfig& config() const { return config_; }
-  bool is_last() const { return stage_->has_output(); }
+  bool is_last() const { return compute_->has_output(); }
   uint64_t weight_bytes() const { return weights_.bytes; }
   // Null when every layer is resident.
   const ShardCache* shard_cache() const { return weights_.layers.get(); }
-  uint64_t kv_cache_bytes() const { return cache_.bytes(); }
-  const KvCache& kv_cache() const { return cache_; }
+  uint64_t kv_cache_bytes() const { return compute_->kv_cache_bytes(); }
+  double kv_cache_usage() const { return compute_->kv_cache_usage(); }
   int64_t slot_length(int64_t slot) const { return lengths_[static_cast<size_t>(slot)]; }
 
  private:
-  StageExecutor(const ModelConfig& config, const StagePlan& plan, KvCache cache)
-      : config_(config), plan_(plan), cache_(std::move(cache)) {}
+  StageExecutor(const ModelConfig& config, const StagePlan& plan) : config_(config), plan_(plan) {}
   StepLimits Limits() const;
   // Takes the KV pages the step's chunks need: RESOURCE_EXHAUSTED, with no
   // change, when the pool cannot hold them.
@@ -94,8 +98,7 @@ class StageExecutor {
   ModelConfig config_;
   StagePlan plan_;
   StageWeights weights_;
-  std::unique_ptr<LlamaStage> stage_;
-  KvCache cache_;
+  std::unique_ptr<StageCompute> compute_;
   Sampler sampler_;
   std::vector<int64_t> lengths_;                 // positions each slot holds
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot

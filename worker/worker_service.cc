@@ -66,6 +66,8 @@ absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig&
   }
   ASSIGN_OR_RETURN(plan.kv_type, ParseKvType(a.kv_type()));
   plan.kv_tokens = a.kv_tokens();
+  plan.backend = options.backend;
+  plan.device = options.device;
   if (a.kv_page_size() != 0) plan.kv_page_size = a.kv_page_size();
   if (options.max_kv_slots > 0 && options.max_n_ctx > 0 &&
       plan.kv_tokens > int64_t{options.max_kv_slots} * options.max_n_ctx) {
@@ -129,7 +131,9 @@ absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Create(
         absl::StrCat("cannot bind the data socket to ", options.data_bind, ": ", error.what()));
   }
   if (service->options_.weight_bytes_per_second <= 0.0) {
-    ASSIGN_OR_RETURN(service->options_.weight_bytes_per_second, MeasureWeightThroughput(pool));
+    ASSIGN_OR_RETURN(service->options_.weight_bytes_per_second,
+                     options.backend == "cuda" ? MeasureCudaWeightThroughput(options.device)
+                                               : MeasureWeightThroughput(pool));
   }
   log::Info("worker %s: data socket bound at %s; %.3g weight bytes/s", options.worker_id,
             service->data_endpoint_, service->options_.weight_bytes_per_second);
@@ -455,9 +459,7 @@ void WorkerService::HandleData() {
   }
   if (!status.ok()) SendStepError(step.plan_version(), step.step_id(), status);
   if (options_.metrics != nullptr && executor_ != nullptr) {
-    const KvCache& kv = executor_->kv_cache();
-    options_.metrics->kv_cache_usage_perc.Set(
-        1.0 - static_cast<double>(kv.free_pages()) / static_cast<double>(kv.total_pages()));
+    options_.metrics->kv_cache_usage_perc.Set(executor_->kv_cache_usage());
   }
   LogShardCacheStats(/*summary=*/false);
 }

@@ -1,0 +1,81 @@
+// What a pipeline stage computes on: the layers of its range, its KV cache and,
+// on the first and last stage, the embedding and output layers. The CPU
+// implementation is LlamaStage over a paged KvCache; the CUDA one is
+// CudaStage, which keeps its weights and KV cache in GPU memory (built when
+// nvcc is found). StageExecutor validates steps and drives either the same way.
+//
+// Thread-safety: one thread drives a StageCompute at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "common/model/model_config.h"
+#include "kernels/cpu/thread_pool.h"
+#include "worker/kv_cache.h"
+#include "worker/models/llama.h"
+#include "worker/models/tensor_source.h"
+
+namespace chord {
+
+class ShardCache;
+
+class StageCompute {
+ public:
+  virtual ~StageCompute() = default;
+
+  virtual bool has_embedding() const = 0;
+  virtual bool has_output() const = 0;
+  virtual uint64_t kv_cache_bytes() const = 0;
+  virtual double kv_cache_usage() const = 0;  // 0..1
+
+  // Room in the KV cache for a step's slots, all or nothing: RESOURCE_EXHAUSTED
+  // (and no change) when it cannot hold them (see KvCache::Reserve).
+  virtual absl::Status Reserve(std::span<const SlotExtent> extents) = 0;
+  // Forgets what the slot holds.
+  virtual void Release(int64_t slot) = 0;
+
+  virtual absl::Status Embed(std::span<const int32_t> tokens, float* x) = 0;
+  // Runs the stage's layers over x (batch.size() rows of n_embd floats in host
+  // memory, updated in place), reading and extending the KV cache.
+  virtual absl::Status RunLayers(std::span<const BatchToken> batch, float* x) = 0;
+  virtual absl::Status Logits(const float* x, int64_t n_rows, float* logits) = 0;
+  // See LlamaStage::set_between_layers (a GPU stage's steps are short: unused).
+  virtual void set_between_layers(std::function<void()> hook) = 0;
+};
+
+struct StageComputeOptions {
+  LayerRange range;
+  KvCacheShape kv;       // n_layers is taken from the range
+  std::string backend = "cpu";  // "cpu" or "cuda"
+  int device = 0;               // CUDA device ordinal
+};
+
+// The CPU stage over `tensors` (and `streamed` layers when the range does not
+// fit in memory; may be null). `pool` must outlive it.
+absl::StatusOr<std::unique_ptr<StageCompute>> MakeCpuStageCompute(const TensorSource& tensors,
+                                                                  const ModelConfig& config,
+                                                                  const StageComputeOptions& options,
+                                                                  ThreadPool& pool,
+                                                                  ShardCache* streamed);
+
+// The CUDA stage (weights copied to the GPU once; `tensors` need not outlive
+// it). UNIMPLEMENTED when chord was built without CUDA; UNAVAILABLE without a
+// usable device.
+absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource& tensors,
+                                                                   const ModelConfig& config,
+                                                                   const StageComputeOptions& options);
+
+// True when this build has the CUDA backend.
+bool CudaBackendBuilt();
+
+// Matrix-vector throughput of GPU `device` in weight bytes per second (a
+// 64 MiB Q8_0 product, best of 10): what the coordinator plans a CUDA worker's
+// share of the layers by, as MeasureWeightThroughput does for the CPU.
+absl::StatusOr<double> MeasureCudaWeightThroughput(int device);
+
+}  // namespace chord
