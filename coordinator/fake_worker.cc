@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "absl/strings/str_cat.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/kv_pages.h"
 
@@ -125,6 +126,10 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
     std::lock_guard lock(mutex_);
     steps_.push_back(header);
   }
+  if (swallow_steps_ != 0) {
+    if (swallow_steps_ > 0) --swallow_steps_;
+    return;
+  }
   FreeSlots(header.released());
   TrackKvPages(header);
   if (stage_index_ == 0 && options_.in_flight != nullptr) {
@@ -145,10 +150,14 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
   result.set_step_id(header.step_id());
   if (fail_steps_) {
     *result.mutable_status() = wire::ToProto(absl::InternalError("injected failure"), options_.id);
-  } else if (unavailable_steps_ > 0) {
-    --unavailable_steps_;
-    *result.mutable_status() =
-        wire::ToProto(absl::UnavailableError("the next stage took no step"), options_.id);
+  } else if (failed_steps_ > 0) {
+    --failed_steps_;
+    const absl::StatusCode code = failed_steps_code_;
+    const std::string what =
+        code == absl::StatusCode::kDeadlineExceeded
+            ? absl::StrCat("step ", header.step_id(), " arrived 5 ms after its deadline")
+            : std::string("the next stage took no step");
+    *result.mutable_status() = wire::ToProto(absl::Status(code, what), options_.id);
   } else {
     for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
       if (!chunk.sample()) continue;

@@ -46,9 +46,15 @@ class FakeWorker {
   void GoSilent() { silent_ = true; }
   // Answer the next steps with a failed StepResult.
   void FailSteps() { fail_steps_ = true; }
-  // Answer the next `count` steps with UNAVAILABLE, as a stage whose next
-  // stage takes no step does.
-  void FailStepsUnavailable(int count) { unavailable_steps_ = count; }
+  // Answer the next `count` steps with `code`: UNAVAILABLE as a stage whose
+  // next stage takes no step does, DEADLINE_EXCEEDED as one that got them late.
+  void FailNextSteps(int count, absl::StatusCode code) {
+    failed_steps_code_ = code;
+    failed_steps_ = count;
+  }
+  // Drop the next `count` steps (every one when negative) without a word, as
+  // a stage that stalls or loses them does; heartbeats are still answered.
+  void SwallowSteps(int count) { swallow_steps_ = count; }
 
   std::vector<wire::pb::StepHeader> steps() const;
   std::vector<wire::pb::AssignLayers> assignments() const;
@@ -78,7 +84,8 @@ class FakeWorker {
   bool last_stage_ = true;
   int stage_index_ = 0;
   std::atomic<bool> stop_{false}, silent_{false}, fail_steps_{false}, got_shutdown_{false};
-  std::atomic<int> answered_{0}, unavailable_steps_{0};
+  std::atomic<int> answered_{0}, failed_steps_{0}, swallow_steps_{0};
+  std::atomic<absl::StatusCode> failed_steps_code_{absl::StatusCode::kUnavailable};
   mutable std::mutex mutex_;
   std::vector<wire::pb::StepHeader> steps_;
   std::vector<wire::pb::AssignLayers> assignments_;

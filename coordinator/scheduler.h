@@ -25,9 +25,12 @@
 // stage the same token history, so the next token is the one an undisturbed
 // run would have sampled. A step a stage could not forward (UNAVAILABLE) is
 // retried the same way after worker_timeout, by when a lost stage has been
-// replaced. Requests end with UNAVAILABLE when no live worker can take the
-// layers, when the new plan is not ready within replan_timeout, or when a
-// step fails for another reason.
+// replaced. Every step carries a deadline, step_timeout after its launch:
+// stages drop a step that arrives later (DEADLINE_EXCEEDED), and a step with
+// no StepResult by then is given up; both are replayed like UNAVAILABLE.
+// Requests end with UNAVAILABLE when no live worker can take the layers, when
+// the new plan is not ready within replan_timeout, when a sequence's steps
+// failed that way too often, or when a step fails for another reason.
 //
 // Thread-safety: the public methods are thread-safe.
 #pragma once
@@ -63,6 +66,9 @@ struct SchedulerOptions {
   // How long running and queued requests wait for a new plan's stages to be
   // ready (weights fetched) after a re-plan before they end with UNAVAILABLE.
   std::chrono::milliseconds replan_timeout{60000};
+  // A step's deadline, from its launch: stages drop it past then, and the
+  // scheduler replays its sequences when no StepResult came by then.
+  std::chrono::milliseconds step_timeout{60000};
   // CURVE when enabled: the control socket is a server (the context's ZAP
   // handler admits workers); the data link to stage 0 a client of its key.
   wire::CurveSetup curve;

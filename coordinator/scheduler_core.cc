@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/log.h"
 #include "common/base/status.h"
 
@@ -12,7 +13,8 @@ namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// A step a stage could not forward (UNAVAILABLE) is replayed this many times per
+// A step a stage could not forward (UNAVAILABLE) or that ran past its deadline
+// (DEADLINE_EXCEEDED, or no answer in time) is replayed this many times per
 // sequence before the request fails.
 constexpr int kMaxStepRetries = 3;
 
@@ -80,6 +82,7 @@ void SchedulerCore::Run() {
     HandleCommands(&stop);
     const Clock::time_point now = Clock::now();
     ReceiveControl(now);
+    ExpireSteps(now);  // at least once per tick: the poll above waits no longer
     if (now >= next_tick) {
       SendControl(pool_.Tick(now));
       next_tick = now + options_.tick;
@@ -270,12 +273,16 @@ void SchedulerCore::LaunchSteps() {
 }
 
 bool SchedulerCore::LaunchOneStep() {
+  const Clock::time_point now = Clock::now();
   wire::pb::Envelope envelope;
   wire::pb::StepHeader& header = *envelope.mutable_step();
   header.set_plan_version(pool_.plan_version());
   header.set_n_embd(static_cast<uint32_t>(model_.config.n_embd));
-  Step step{pool_.plan_version(), {}};
-  const Clock::time_point now = Clock::now();
+  // Stages compare it with their own system clock (PROTOCOL.md, "Data plane").
+  header.set_deadline_unix_micros(
+      wire::UnixMicrosNow() +
+      std::chrono::duration_cast<std::chrono::microseconds>(options_.step_timeout).count());
+  Step step{pool_.plan_version(), {}, now, now + options_.step_timeout};
   std::vector<uint64_t> ids;  // GrantPages may move running sequences back to the queue
   for (const auto& [id, sequence] : running_) ids.push_back(id);
   std::set<uint64_t> in_step;
@@ -385,40 +392,80 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
   if (it == steps_.end() || result.plan_version() != it->second.plan_version) return;  // stale
   Step step = std::move(it->second);
   steps_.erase(it);
-  const bool failed = result.has_status() && result.status().code() != 0;
-  if (failed) log::Warn("step %d failed: %s", result.step_id(), result.status().message());
+  if (result.has_status() && result.status().code() != 0) {
+    log::Warn("step %d failed: %s", result.step_id(), result.status().message());
+    // UNAVAILABLE: a stage could not hand the step on (its next stage died or
+    // hangs); DEADLINE_EXCEEDED: a stage got it too late.
+    ReplayOrFail(step,
+                 absl::Status(wire::FromProto(result.status()).code(),
+                              "a pipeline stage failed the step: " + result.status().message()),
+                 now);
+    return;
+  }
   for (const StepEntry& entry : step.entries) {
-    auto seq_it = running_.find(entry.sequence_id);
-    if (seq_it == running_.end()) continue;
-    Sequence& sequence = *seq_it->second;
-    sequence.in_flight = false;
-    if (sequence.ended) continue;
-    if (failed) {
-      // A stage that could not hand the step on (its next stage died or hangs):
-      // replay the sequence from position 0 once the loss has been noticed.
-      const absl::Status status = wire::FromProto(result.status());
-      if ((absl::IsUnavailable(status) || absl::IsResourceExhausted(status)) &&
-          sequence.step_retries < kMaxStepRetries) {
-        ++sequence.step_retries;
-        sequence.fed = 0;
-        sequence.hold_until = now + options_.pool.worker_timeout;
-        continue;
-      }
-      Fail(sequence, absl::UnavailableError("a pipeline stage failed the step: " + result.status().message()));
-      continue;
-    }
-    sequence.fed += entry.n_tokens;
+    Sequence* sequence = Returned(entry);
+    if (sequence == nullptr) continue;
+    sequence->fed += entry.n_tokens;
     if (!entry.sample) continue;
     const wire::pb::SampledToken* token = nullptr;
     for (const wire::pb::SampledToken& t : result.tokens()) {
       if (t.sequence_id() == entry.sequence_id) token = &t;
     }
     if (token == nullptr || token->token_id() >= static_cast<uint32_t>(model_.tokenizer->vocab_size())) {
-      Fail(sequence, absl::UnavailableError("the last stage returned no valid token"));
+      Fail(*sequence, absl::UnavailableError("the last stage returned no valid token"));
       continue;
     }
-    OnToken(sequence, *token);
+    OnToken(*sequence, *token);
   }
+}
+
+void SchedulerCore::ExpireSteps(Clock::time_point now) {
+  for (auto it = steps_.begin(); it != steps_.end();) {
+    if (now < it->second.deadline) {
+      ++it;
+      continue;
+    }
+    const uint64_t step_id = it->first;
+    const Step step = std::move(it->second);
+    it = steps_.erase(it);
+    const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - step.launched);
+    log::Warn("step %d expired: no result %d ms after its launch (step timeout %d ms)", step_id,
+              age.count(), options_.step_timeout.count());
+    // A late StepResult names an id no longer in steps_, and is ignored.
+    ReplayOrFail(step,
+                 absl::DeadlineExceededError(absl::StrFormat(
+                     "step %d got no result within the step timeout (%d ms)", step_id,
+                     options_.step_timeout.count())),
+                 now);
+  }
+}
+
+void SchedulerCore::ReplayOrFail(const Step& step, const absl::Status& cause,
+                                 Clock::time_point now) {
+  // RESOURCE_EXHAUSTED: a stage's KV pool was short (its released slots came
+  // late); the pages are back by the replay.
+  const bool replayable = absl::IsUnavailable(cause) || absl::IsDeadlineExceeded(cause) ||
+                          absl::IsResourceExhausted(cause);
+  for (const StepEntry& entry : step.entries) {
+    Sequence* sequence = Returned(entry);
+    if (sequence == nullptr) continue;
+    if (replayable && sequence->step_retries < kMaxStepRetries) {
+      // From position 0, once a lost stage has been noticed and replaced.
+      ++sequence->step_retries;
+      sequence->fed = 0;
+      sequence->hold_until = now + options_.pool.worker_timeout;
+      continue;
+    }
+    Fail(*sequence, absl::UnavailableError(cause.message()));
+  }
+}
+
+SchedulerCore::Sequence* SchedulerCore::Returned(const StepEntry& entry) {
+  auto it = running_.find(entry.sequence_id);
+  if (it == running_.end()) return nullptr;
+  Sequence& sequence = *it->second;
+  sequence.in_flight = false;
+  return sequence.ended ? nullptr : &sequence;
 }
 
 void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {

@@ -53,6 +53,8 @@ class SchedulerCore {
   struct Step {
     uint64_t plan_version;
     std::vector<StepEntry> entries;
+    Clock::time_point launched;
+    Clock::time_point deadline;  // launched + step_timeout: given up when unanswered by then
   };
 
   void HandleCommands(bool* stop);
@@ -75,6 +77,15 @@ class SchedulerCore {
   // tells the stages (on the control path now, on the data path with the next step).
   void FreeSlotOf(const Sequence& sequence);
   void OnStepResult(const wire::pb::StepResult& result, Clock::time_point now);
+  // Gives up on the steps whose deadline passed without a StepResult.
+  void ExpireSteps(Clock::time_point now);
+  // A step that failed with `cause` (or expired): its sequences are replayed
+  // from position 0 when `cause` is UNAVAILABLE or DEADLINE_EXCEEDED and they
+  // have retries left, and fail with UNAVAILABLE and cause's message otherwise.
+  void ReplayOrFail(const Step& step, const absl::Status& cause, Clock::time_point now);
+  // The sequence of a step entry that came back (no longer in flight); null
+  // when it is gone or has already ended.
+  Sequence* Returned(const StepEntry& entry);
   void OnToken(Sequence& sequence, const wire::pb::SampledToken& token);
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
   void Fail(Sequence& sequence, const absl::Status& status);

@@ -5,11 +5,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "coordinator/fake_worker.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace chord::coordinator {
 namespace {
 
+using ::testing::HasSubstr;
 using testing::FakeToken;
 using testing::FakeWorker;
 using testing::FakeWorkerOptions;
@@ -109,9 +111,44 @@ class SchedulerTest : public ::testing::Test {
     for (int i = 0; i < count; ++i) out.push_back(FakeToken(static_cast<uint32_t>(prompt_size + i)));
     return out;
   }
+  // How many of `worker`'s steps after the first start request "a" (prompt
+  // {1, 300}) over at position 0, each checked to carry the prompt and then
+  // every token already streamed.
+  int CountReplays(const FakeWorker& worker) {
+    int replays = 0;
+    const auto steps = worker.steps();
+    for (size_t i = 1; i < steps.size(); ++i) {
+      const wire::pb::SequenceChunk& chunk = steps[i].sequences(0);
+      if (chunk.first_position() != 0) continue;
+      ++replays;
+      const std::vector<uint32_t> ids(chunk.token_ids().begin(), chunk.token_ids().end());
+      if (ids.size() < 2) {
+        ADD_FAILURE() << "a replay without the prompt";
+        continue;
+      }
+      EXPECT_EQ(std::vector<uint32_t>(ids.begin(), ids.begin() + 2),
+                (std::vector<uint32_t>{1, 300}));
+      EXPECT_EQ(std::vector<uint32_t>(ids.begin() + 2, ids.end()),
+                Expected(2, static_cast<int>(ids.size()) - 2));
+    }
+    return replays;
+  }
+  // Request "a" streams every token exactly once although one step midway
+  // fails with `code`: its sequence is replayed from the journal.
+  void ExpectReplayAfterAFailedStep(absl::StatusCode code) {
+    std::shared_ptr<RequestStream> stream = StreamPastSteps(std::chrono::milliseconds(5), 12, 3);
+    ASSERT_NE(stream, nullptr);
+    workers_[0]->FailNextSteps(1, code);
+    Collected got = Collect(*stream);
+    ASSERT_TRUE(got.status.ok()) << got.status;
+    EXPECT_EQ(got.tokens, Expected(2, 12));
+    EXPECT_EQ(CountReplays(*workers_[0]), 1);
+  }
 
   zmq::context_t context_{1};
   std::unique_ptr<ModelContext> model_;
+  metrics::Registry registry_;  // outlive the scheduler, which may count into them
+  metrics::CoordinatorMetrics metrics_{registry_};
   SchedulerOptions options_;
   std::unique_ptr<Scheduler> scheduler_;
   std::vector<std::unique_ptr<FakeWorker>> workers_;
@@ -356,25 +393,64 @@ TEST_F(SchedulerTest, FailedStepFailsItsSequencesWithUnavailable) {
 }
 
 TEST_F(SchedulerTest, UnavailableStepIsReplayedFromTheJournal) {
+  ExpectReplayAfterAFailedStep(absl::StatusCode::kUnavailable);
+}
+
+// A stage that got the step after its deadline (and did not run it).
+TEST_F(SchedulerTest, LateStepIsReplayedFromTheJournal) {
+  ExpectReplayAfterAFailedStep(absl::StatusCode::kDeadlineExceeded);
+}
+
+TEST_F(SchedulerTest, StepsCarryADeadlineOneStepTimeoutAhead) {
+  options_.step_timeout = std::chrono::milliseconds(1500);
+  const int64_t before = wire::UnixMicrosNow();
+  StartServing();
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 3));
+  ASSERT_TRUE(stream.ok());
+  ASSERT_TRUE(Collect(**stream).status.ok());
+  const int64_t after = wire::UnixMicrosNow();
+  const auto steps = workers_[0]->steps();
+  ASSERT_EQ(steps.size(), 3u);
+  for (const auto& step : steps) {
+    EXPECT_GE(step.deadline_unix_micros(), before + 1500000);
+    EXPECT_LE(step.deadline_unix_micros(), after + 1500000);
+  }
+}
+
+// A stage that loses a step without a word: once the step timeout passes, its
+// sequence is replayed, and the client sees one uninterrupted stream.
+TEST_F(SchedulerTest, SwallowedStepIsReplayedAfterTheStepTimeout) {
+  options_.metrics = &metrics_;
+  options_.step_timeout = std::chrono::milliseconds(300);
   std::shared_ptr<RequestStream> stream = StreamPastSteps(std::chrono::milliseconds(5), 12, 3);
   ASSERT_NE(stream, nullptr);
-  workers_[0]->FailStepsUnavailable(1);
+  workers_[0]->SwallowSteps(1);
   Collected got = Collect(*stream);
   ASSERT_TRUE(got.status.ok()) << got.status;
   EXPECT_EQ(got.tokens, Expected(2, 12));
-  // After the failed step, the sequence came back from position 0 with every
-  // token it had streamed.
-  bool replayed = false;
-  const auto steps = workers_[0]->steps();
-  for (size_t i = 1; i < steps.size(); ++i) {
-    const wire::pb::SequenceChunk& chunk = steps[i].sequences(0);
-    if (chunk.first_position() != 0) continue;
-    replayed = true;
-    ASSERT_GT(chunk.token_ids_size(), 2);
-    const std::vector<uint32_t> ids(chunk.token_ids().begin() + 2, chunk.token_ids().end());
-    EXPECT_EQ(ids, Expected(2, static_cast<int>(ids.size())));
-  }
-  EXPECT_TRUE(replayed);
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(CountReplays(*workers_[0]), 1);
+  EXPECT_EQ(metrics_.request_success.With({"length"}).value(), 1.0);
+  EXPECT_EQ(metrics_.request_success.With({"error"}).value(), 0.0);
+}
+
+// A stage that never answers (but keeps answering heartbeats) fails the
+// request once its replays are spent, instead of leaving it hanging.
+TEST_F(SchedulerTest, StageSwallowingEveryStepFailsTheRequestAfterTheRetries) {
+  options_.step_timeout = std::chrono::milliseconds(300);
+  StartServing();
+  workers_[0]->SwallowSteps(-1);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 5));
+  ASSERT_TRUE(stream.ok());
+  Collected got = Collect(**stream);
+  EXPECT_EQ(got.status.code(), absl::StatusCode::kUnavailable) << got.status;
+  EXPECT_THAT(std::string(got.status.message()), HasSubstr("within the step timeout (300 ms)"));
+  EXPECT_TRUE(got.tokens.empty());
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
+  // The first step, then one replay per retry (kMaxStepRetries), and no more.
+  EXPECT_EQ(workers_[0]->steps().size(), 4u);
+  EXPECT_EQ(CountReplays(*workers_[0]), 3);
+  EXPECT_TRUE(scheduler_->serving());
 }
 
 TEST_F(SchedulerTest, LostWorkerFailsRequestsAndStopsServing) {

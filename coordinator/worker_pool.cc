@@ -228,10 +228,8 @@ std::vector<OutgoingControl> WorkerPool::Tick(Clock::time_point now) {
     last_heartbeat_ = now;
     wire::pb::Envelope envelope;
     envelope.mutable_heartbeat()->set_plan_version(plan_version_);
-    envelope.mutable_heartbeat()->set_sent_unix_micros(static_cast<uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(
-            std::chrono::system_clock::now().time_since_epoch())
-            .count()));
+    envelope.mutable_heartbeat()->set_sent_unix_micros(
+        static_cast<uint64_t>(wire::UnixMicrosNow()));
     std::vector<OutgoingControl> beats = Broadcast(envelope);
     out.insert(out.end(), beats.begin(), beats.end());
   }

@@ -87,6 +87,16 @@ absl::Status ValidateChunk(const pb::SequenceChunk& chunk, const StepLimits& lim
 
 }  // namespace
 
+absl::Status CheckStepDeadline(const pb::StepHeader& step, int64_t now_unix_micros) {
+  const int64_t deadline = step.deadline_unix_micros();
+  if (deadline == 0 || now_unix_micros <= deadline) return absl::OkStatus();
+  // Unsigned: a peer's deadline may be any int64, and the difference must not overflow.
+  const uint64_t late_micros =
+      static_cast<uint64_t>(now_unix_micros) - static_cast<uint64_t>(deadline);
+  return absl::DeadlineExceededError(absl::StrFormat("step %d arrived %d ms after its deadline",
+                                                     step.step_id(), late_micros / 1000));
+}
+
 absl::StatusOr<int64_t> ValidateStep(const pb::StepHeader& step, const StepLimits& limits,
                                      std::span<const int64_t> slot_lengths) {
   if (!limits.stage_ready) {

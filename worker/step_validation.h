@@ -8,6 +8,7 @@
 //                        continue what the slot holds (replay the sequence);
 //   INVALID_ARGUMENT     the step itself is malformed: sizes, slots, tokens,
 //                        sampling parameters, payload length (fail the step).
+//   DEADLINE_EXCEEDED    the step arrived after its deadline (replay it).
 // The message names the field, the sequence and the values involved.
 //
 // Thread-safety: pure functions.
@@ -34,6 +35,11 @@ struct StepLimits {
   int64_t max_step_tokens = 4096;  // bounds the activation buffers a peer can make us allocate
   int64_t max_logprobs = 20;
 };
+
+// DEADLINE_EXCEEDED ("step N arrived X ms after its deadline") when the step
+// has a deadline (deadline_unix_micros != 0) and `now_unix_micros`, this
+// host's system clock (wire::UnixMicrosNow), is past it; OK otherwise.
+absl::Status CheckStepDeadline(const wire::pb::StepHeader& step, int64_t now_unix_micros);
 
 // Validates `step` for a stage whose slots currently hold `slot_lengths`
 // positions (kv_slots entries). Returns the step's total token count.

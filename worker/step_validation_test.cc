@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -59,6 +60,24 @@ TEST_F(StepValidationTest, AcceptsAValidStepAndCountsItsTokens) {
   const absl::StatusOr<int64_t> total = ValidateStep(step_, limits_, lengths_);
   ASSERT_TRUE(total.ok()) << total.status();
   EXPECT_EQ(*total, 5);
+}
+
+TEST_F(StepValidationTest, ALateStepIsDeadlineExceededNamingHowLate) {
+  constexpr int64_t kNow = 1'700'000'000'000'000;
+  EXPECT_TRUE(CheckStepDeadline(step_, kNow).ok());  // 0: no deadline
+  step_.set_deadline_unix_micros(kNow + 1);
+  EXPECT_TRUE(CheckStepDeadline(step_, kNow).ok());
+  step_.set_deadline_unix_micros(kNow);
+  EXPECT_TRUE(CheckStepDeadline(step_, kNow).ok());
+  step_.set_deadline_unix_micros(kNow - 1'234'567);
+  const absl::Status late = CheckStepDeadline(step_, kNow);
+  EXPECT_EQ(late.code(), absl::StatusCode::kDeadlineExceeded) << late;
+  EXPECT_EQ(late.message(), "step 42 arrived 1234 ms after its deadline");
+  // Any int64 a peer sends is handled without overflow.
+  step_.set_deadline_unix_micros(std::numeric_limits<int64_t>::min());
+  EXPECT_THAT(CheckStepDeadline(step_, kNow).message(), HasSubstr("after its deadline"));
+  step_.set_deadline_unix_micros(std::numeric_limits<int64_t>::max());
+  EXPECT_TRUE(CheckStepDeadline(step_, kNow).ok());
 }
 
 TEST_F(StepValidationTest, RejectsAStageThatIsNotReady) {

@@ -10,6 +10,7 @@
 #include "worker/fetched_tensors.h"
 #include "worker/models/llama.h"
 #include "worker/shard/stage_weights.h"
+#include "worker/step_validation.h"
 
 namespace chord {
 namespace {
@@ -421,13 +422,29 @@ void WorkerService::SendStageReady(uint64_t plan_version, const absl::Status& st
 
 void WorkerService::SendStepError(uint64_t plan_version, uint64_t step_id,
                                   const absl::Status& status) {
-  log::Warn("worker %s: step %d dropped: %s", options_.worker_id, step_id, status.ToString());
+  LogDroppedStep(step_id, status);
   pb::Envelope envelope;
   pb::StepResult* result = envelope.mutable_step_result();
   result->set_plan_version(plan_version);
   result->set_step_id(step_id);
   *result->mutable_status() = wire::ToProto(status, options_.worker_id);
   SendControl(envelope);
+}
+
+void WorkerService::LogDroppedStep(uint64_t step_id, const absl::Status& status) {
+  if (!absl::IsDeadlineExceeded(status)) {
+    log::Warn("worker %s: step %d dropped: %s", options_.worker_id, step_id, status.ToString());
+    return;
+  }
+  // Late steps come in bursts (every step queued behind a stall is late): one
+  // line per kLateStepLogInterval, counting the ones it stands for.
+  ++late_steps_unlogged_;
+  const Clock::time_point now = Clock::now();
+  if (now - late_step_logged_ < kLateStepLogInterval) return;
+  log::Warn("worker %s: step %d dropped: %s (%d late step(s) dropped since the previous such line)",
+            options_.worker_id, step_id, status.ToString(), late_steps_unlogged_);
+  late_step_logged_ = now;
+  late_steps_unlogged_ = 0;
 }
 
 void WorkerService::HandleData() {
@@ -447,9 +464,14 @@ void WorkerService::HandleData() {
                                       static_cast<int>(message.envelope.body_case()))));
     return;
   }
+  const pb::StepHeader& step = message.envelope.step();
+  // On arrival, at every stage: a late step is not run (nor timed in the metrics).
+  if (absl::Status late = CheckStepDeadline(step, wire::UnixMicrosNow()); !late.ok()) {
+    SendStepError(step.plan_version(), step.step_id(), late);
+    return;
+  }
   const Clock::time_point started = Clock::now();
   const absl::Status status = RunStep(message);
-  const pb::StepHeader& step = message.envelope.step();
   if (options_.metrics != nullptr) {
     const bool prefill =
         std::any_of(step.sequences().begin(), step.sequences().end(),

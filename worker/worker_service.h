@@ -14,7 +14,8 @@
 // the built stage back to Run()'s thread.
 //
 // Errors: nothing a peer sends crashes the worker. A step that cannot run is
-// answered with StepResult{step_id, status} on the control socket and dropped;
+// answered with StepResult{step_id, status} on the control socket and dropped,
+// as is a step that arrives after its deadline (DEADLINE_EXCEEDED, not run);
 // a failed assignment is answered with StageReady{status}.
 #pragma once
 
@@ -125,6 +126,7 @@ class WorkerService {
   absl::Status RunStep(const wire::Message& message);
   absl::Status Forward(const wire::Message& message);
   void SendStepError(uint64_t plan_version, uint64_t step_id, const absl::Status& status);
+  void LogDroppedStep(uint64_t step_id, const absl::Status& status);
 
   zmq::context_t& context_;
   WorkerOptions options_;
@@ -153,6 +155,11 @@ class WorkerService {
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
   std::vector<wire::Message> deferred_control_;  // arrived during a step
+  // Steps dropped for arriving after their deadline are logged at most once
+  // per interval.
+  static constexpr std::chrono::seconds kLateStepLogInterval{1};
+  Clock::time_point late_step_logged_{};
+  int64_t late_steps_unlogged_ = 0;
   ShardCacheStats reported_cache_stats_;         // what the metrics have counted
   Clock::time_point cache_stats_logged_{};
 };

@@ -382,6 +382,49 @@ TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
   }
 }
 
+// A step that arrives after its deadline is not run: the stage answers
+// DEADLINE_EXCEEDED on the control socket and its KV cache stays as it was,
+// so the same step sent again in time continues the slot and samples what one
+// process does. Steps without a deadline, or with one ahead, run.
+TEST_F(WorkerServiceTest, DropsAStepThatArrivesAfterItsDeadline) {
+  Sequence a{1, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
+  GenerateLocally(*file_, 3, &a);
+  Start(Options("w0"));
+  const std::string data = Register("w0");
+  Assign("w0", 4, 0, 5, "");  // every layer: the last stage, which samples
+  ASSERT_EQ(Expect(pb::Envelope::kStageReady).envelope.stage_ready().status().code(), 0);
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(data);
+  const auto expect_token = [&](uint64_t step_id, size_t k) {
+    const wire::Message m = Expect(pb::Envelope::kStepResult);
+    const pb::StepResult& r = m.envelope.step_result();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    EXPECT_EQ(r.step_id(), step_id);
+    ASSERT_EQ(r.tokens_size(), 1);
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(0).token_id()), a.generated[k]);
+  };
+  const uint32_t next = static_cast<uint32_t>(a.prompt.size());
+
+  ASSERT_TRUE(wire::Send(push, Step(4, 1, {&a}, {a.prompt}, {0})).ok());  // no deadline
+  expect_token(1, 0);
+  pb::Envelope late = Step(4, 2, {&a}, {{a.generated[0]}}, {next});
+  late.mutable_step()->set_deadline_unix_micros(wire::UnixMicrosNow() - 250000);
+  ASSERT_TRUE(wire::Send(push, late).ok());
+  const wire::Message dropped = Expect(pb::Envelope::kStepResult);
+  ExpectStepError(dropped, 2, absl::StatusCode::kDeadlineExceeded, "w0",
+                  "step 2 arrived");
+  EXPECT_THAT(dropped.envelope.step_result().status().message(), HasSubstr("after its deadline"));
+  EXPECT_EQ(dropped.envelope.step_result().plan_version(), 4u);
+
+  pb::Envelope in_time = Step(4, 3, {&a}, {{a.generated[0]}}, {next});
+  in_time.mutable_step()->set_deadline_unix_micros(wire::UnixMicrosNow() + 60'000'000);
+  ASSERT_TRUE(wire::Send(push, in_time).ok());
+  expect_token(3, 1);  // position `next` was free: the late step left the slot alone
+  ASSERT_TRUE(wire::Send(push, Step(4, 4, {&a}, {{a.generated[1]}}, {next + 1})).ok());
+  expect_token(4, 2);
+}
+
 TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {
   WorkerOptions options = Options("small");
   options.memory_budget_bytes = 4096;

@@ -143,6 +143,10 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
          ASSIGN_OR_RETURN(c->grace_ms, ReadInt(f, n, 0, 3600000));
          return absl::OkStatus();
        }},
+      {"step_timeout_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+         ASSIGN_OR_RETURN(c->step_timeout_ms, ReadInt(f, n, 1, 3600000));
+         return absl::OkStatus();
+       }},
       {"curve_key", StringField(&c->curve_key)},
   };
   RETURN_IF_ERROR(ReadMap("coordinator", node, table));
@@ -273,7 +277,8 @@ std::string ClusterConfig::ToYaml() const {
       << "  max_queue: " << coordinator.max_queue << "\n"
       << "  min_workers: " << coordinator.min_workers << "\n"
       << "  worker_timeout_ms: " << coordinator.worker_timeout_ms << "\n"
-      << "  grace_ms: " << coordinator.grace_ms << "\n";
+      << "  grace_ms: " << coordinator.grace_ms << "\n"
+      << "  step_timeout_ms: " << coordinator.step_timeout_ms << "\n";
   if (coordinator.http_port >= 0) out << "  http_port: " << coordinator.http_port << "\n";
   for (const auto& [key, value] :
        {std::pair<const char*, const std::string*>{"http_host", &coordinator.http_host},

@@ -24,6 +24,7 @@
 //     tls_client_ca: /etc/chord/tls/clients.crt  # PEM CA: mutual TLS, clients need a certificate it signed
 //     worker_timeout_ms: 2000  # a worker silent this long is lost (its layers re-planned)
 //     grace_ms: 10000          # on SIGTERM, time in-flight requests get to finish
+//     step_timeout_ms: 60000   # a step unanswered this long is replayed; stages drop it past then
 //   loader:
 //     host: 127.0.0.1
 //     port: 5556
@@ -76,6 +77,10 @@ struct CoordinatorSection {
   const std::string& http_bind_host() const { return http_host.empty() ? host : http_host; }
   int64_t worker_timeout_ms = 2000;
   int64_t grace_ms = 10000;
+  // A step's deadline (StepHeader.deadline_unix_micros) is its launch plus
+  // this: stages drop a step that arrives later, and the coordinator replays
+  // a step unanswered by then. Positive.
+  int64_t step_timeout_ms = 60000;
   std::string curve_key;  // CURVE secret key file (PREFIX.key); with `curve.allow`
 };
 

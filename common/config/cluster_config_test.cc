@@ -36,6 +36,7 @@ constexpr char kFull[] = R"(coordinator:
   tls_client_ca: /etc/chord/tls/clients.crt
   worker_timeout_ms: 750
   grace_ms: 3000
+  step_timeout_ms: 4500
   curve_key: /etc/chord/keys/coordinator.key
 loader:
   host: 127.0.0.1
@@ -79,6 +80,7 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.tls_client_ca, "/etc/chord/tls/clients.crt");
   EXPECT_EQ(config->coordinator.worker_timeout_ms, 750);
   EXPECT_EQ(config->coordinator.grace_ms, 3000);
+  EXPECT_EQ(config->coordinator.step_timeout_ms, 4500);
   EXPECT_EQ(config->loader.port, 6002);
   EXPECT_EQ(config->loader.model, "models/stories260K.gguf");
   ASSERT_EQ(config->workers.size(), 2u);
@@ -113,6 +115,7 @@ TEST(ClusterConfigTest, EmptyDocumentGivesDefaults) {
   EXPECT_EQ(config->coordinator.http_bind_host(), "127.0.0.1");
   EXPECT_TRUE(config->coordinator.api_key_file.empty());
   EXPECT_TRUE(config->coordinator.tls_cert.empty());
+  EXPECT_EQ(config->coordinator.step_timeout_ms, 60000);
   EXPECT_EQ(config->loader.port, 5556);
   EXPECT_TRUE(config->workers.empty());
 }
@@ -128,12 +131,14 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   EXPECT_EQ(again->coordinator.kv_type, "f16");
   EXPECT_EQ(again->coordinator.http_port, 8080);
   EXPECT_EQ(again->coordinator.tls_key, "/etc/chord/tls/server.key");
+  EXPECT_EQ(again->coordinator.step_timeout_ms, 4500);
   EXPECT_EQ(again->curve.loader_public_key, "/etc/chord/keys/loader.pub");
   EXPECT_EQ(again->workers[0].curve_key, "/etc/chord/keys/w0.key");
   // Defaults print too, so the effective config is complete.
   absl::StatusOr<ClusterConfig> defaults = ParseClusterConfig("");
   ASSERT_TRUE(defaults.ok());
   EXPECT_THAT(defaults->ToYaml(), HasSubstr("grpc_port: 50051"));
+  EXPECT_THAT(defaults->ToYaml(), HasSubstr("step_timeout_ms: 60000"));
   EXPECT_THAT(defaults->ToYaml(), HasSubstr("workers: []"));
 }
 
@@ -155,6 +160,12 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},
       {"coordinator: 3\n", "coordinator (line 1): expected a mapping"},
       {"coordinator:\n  http_port: -1\n", "coordinator.http_port (line 2)"},
+      {"coordinator:\n  step_timeout_ms: 0\n",
+       "coordinator.step_timeout_ms (line 2): 0 is out of range [1, 3600000]"},
+      {"coordinator:\n  step_timeout_ms: -5\n",
+       "coordinator.step_timeout_ms (line 2): -5 is out of range"},
+      {"coordinator:\n  step_timeout_ms: 2s\n",
+       "coordinator.step_timeout_ms (line 2): expected an integer, got '2s'"},
       {"coordinator:\n  api_key_file: [a]\n", "coordinator.api_key_file (line 2): expected a string"},
       {"coordinator:\n  tls_cert: c.pem\n", "tls_cert and tls_key go together"},
       {"coordinator:\n  tls_key: k.pem\n", "tls_cert and tls_key go together"},
@@ -224,7 +235,8 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   std::ofstream(key_file) << "sekret\n";
   absl::StatusOr<CoordinatorSection> s = ApplyFlags(
       config->coordinator, {"--grpc-port", "7000", "--http-port", "0", "--http-host", "127.0.0.2",
-                            "--chat-template", "llama3", "--api-key-file", key_file, "--kv-slots", "9"});
+                            "--chat-template", "llama3", "--api-key-file", key_file, "--kv-slots", "9",
+                            "--step-timeout-ms", "250"});
   std::filesystem::remove(key_file);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->grpc_port, 7000);
@@ -233,25 +245,35 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   EXPECT_EQ(s->chat_template, "llama3");
   EXPECT_EQ(s->api_key_file, key_file);
   EXPECT_EQ(s->kv_slots, 9);
+  EXPECT_EQ(s->step_timeout_ms, 250);
   // Not given: the file's values.
   EXPECT_EQ(s->control_port, 6001);
   EXPECT_EQ(s->kv_type, "f16");
   EXPECT_EQ(s->max_queue, 32);
   EXPECT_EQ(s->tls_cert, "/etc/chord/tls/server.crt");
+  EXPECT_EQ(s->grace_ms, 3000);
   // No flags at all: the file unchanged; no file: the defaults.
   s = ApplyFlags(config->coordinator, {});
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->http_port, 8080);
+  EXPECT_EQ(s->step_timeout_ms, 4500);
   s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16"});
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->http_port, -1);
   EXPECT_EQ(s->grpc_port, 50051);
   EXPECT_EQ(s->kv_type, "f16");
+  EXPECT_EQ(s->step_timeout_ms, 60000);
 }
 
 TEST(CoordinatorFlagsTest, BadValuesAndHalfTlsAreRefused) {
   EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--http-port", "70000"}).ok());
   EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--kv-type", "q4"}).ok());
+  for (const char* bad : {"0", "-1", "soon", "3600001"}) {
+    const absl::Status refused =
+        ApplyFlags(CoordinatorSection(), {"--step-timeout-ms", bad}).status();
+    EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_THAT(std::string(refused.message()), HasSubstr("--step-timeout-ms")) << bad;
+  }
   EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--tls-cert", "/nonexistent/cert.pem"}).ok());
   CoordinatorSection half;
   half.tls_cert = "cert.pem";
@@ -275,6 +297,27 @@ TEST(CoordinatorFlagsTest, EnvironmentVariablesOverrideTheFileAndFlagsOverrideTh
   EXPECT_EQ(s->max_queue, 77);  // the variable over the file's 32
   EXPECT_EQ(s->kv_slots, 9);    // the flag over the variable
   EXPECT_EQ(s->grpc_port, 6000);
+}
+
+TEST(CoordinatorFlagsTest, StepTimeoutComesFromTheFileTheVariableOrTheFlag) {
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(kFull);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ::setenv("CHORD_STEP_TIMEOUT_MS", "900", 1);
+  absl::StatusOr<CoordinatorSection> from_variable = ApplyFlags(config->coordinator, {});
+  absl::StatusOr<CoordinatorSection> from_flag =
+      ApplyFlags(config->coordinator, {"--step-timeout-ms", "120"});
+  ::setenv("CHORD_STEP_TIMEOUT_MS", "0", 1);
+  absl::StatusOr<CoordinatorSection> bad_variable = ApplyFlags(config->coordinator, {});
+  ::unsetenv("CHORD_STEP_TIMEOUT_MS");
+  ASSERT_TRUE(from_variable.ok()) << from_variable.status();
+  EXPECT_EQ(from_variable->step_timeout_ms, 900);  // over the file's 4500
+  ASSERT_TRUE(from_flag.ok()) << from_flag.status();
+  EXPECT_EQ(from_flag->step_timeout_ms, 120);  // over the variable
+  ASSERT_FALSE(bad_variable.ok());
+  EXPECT_THAT(std::string(bad_variable.status().message()), HasSubstr("--step-timeout-ms"));
+  absl::StatusOr<CoordinatorSection> file_only = ApplyFlags(config->coordinator, {});
+  ASSERT_TRUE(file_only.ok());
+  EXPECT_EQ(file_only->step_timeout_ms, 4500);
 }
 
 TEST(CurveFlagsTest, FileSectionsThenVariablesThenFlags) {

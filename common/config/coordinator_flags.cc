@@ -43,6 +43,10 @@ CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
   Add(app, "--grace-ms", &S::grace_ms,
       "on SIGTERM, time in-flight requests get to finish (default 10000)")
       ->check(CLI::Range(0, 3600000));
+  Add(app, "--step-timeout-ms", &S::step_timeout_ms,
+      "a step unanswered this long is replayed, and stages drop it once it is this late "
+      "(default 60000)")
+      ->check(CLI::Range(1, 3600000));
   Add(app, "--http-port", &S::http_port,
       "OpenAI-compatible HTTP port (off unless given; 0: OS pick)")
       ->check(CLI::Range(0, 65535));

@@ -17,8 +17,8 @@ namespace chord {
 class CoordinatorFlags {
  public:
   // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type,
-  // --max-queue, --worker-timeout-ms, --grace-ms, --http-port, --http-host, --chat-template, --api-key-file,
-  // --tls-cert, --tls-key and --tls-client-ca to `app`.
+  // --max-queue, --worker-timeout-ms, --grace-ms, --step-timeout-ms, --http-port, --http-host,
+  // --chat-template, --api-key-file, --tls-cert, --tls-key and --tls-client-ca to `app`.
   explicit CoordinatorFlags(CLI::App& app);
   CoordinatorFlags(const CoordinatorFlags&) = delete;
   CoordinatorFlags& operator=(const CoordinatorFlags&) = delete;

@@ -1,5 +1,6 @@
 #include "common/wire/wire.h"
 
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -126,6 +127,12 @@ absl::Status CopyPayloadFloats(const Message& message, uint64_t rows, uint64_t c
   out->resize(static_cast<size_t>(rows * cols));
   if (expected > 0) std::memcpy(out->data(), message.payload.data(), expected);
   return absl::OkStatus();
+}
+
+int64_t UnixMicrosNow() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace chord::wire

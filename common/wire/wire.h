@@ -58,4 +58,10 @@ absl::Status CheckHello(const pb::Hello& hello, std::string_view expected_model_
 absl::Status CopyPayloadFloats(const Message& message, uint64_t rows, uint64_t cols,
                                std::vector<float>* out);
 
+// The system clock in microseconds since the Unix epoch: the time base of the
+// timestamps that cross hosts (Heartbeat.sent_unix_micros,
+// StepHeader.deadline_unix_micros), so only as close across hosts as their
+// clocks are (NTP).
+int64_t UnixMicrosNow();
+
 }  // namespace chord::wire
