@@ -345,6 +345,13 @@ bool SchedulerCore::GrantPages(Sequence& sequence, int64_t end, const std::set<u
     }
     if (victim == nullptr) return false;  // the others are in flight: try again later
     const bool self = victim == &sequence;
+    if (self) {
+      // Preempt the asker only when it is the newest: a newer sequence that is
+      // in a step now is preempted on a later round instead.
+      for (const auto& [id, other] : running_) {
+        if (!other->ended && other.get() != &sequence && other->accepted >= sequence.accepted) return false;
+      }
+    }
     Preempt(victim->id);
     if (self) return false;
   }
