@@ -18,6 +18,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
 #include "chord/v1/inference.grpc.pb.h"
 #include "cli/serve/child_process.h"
 #include "cli/serve/local_cluster.h"
@@ -33,6 +34,7 @@ struct BenchFlags {
   int runs = 3;
   int tokens = 64;
   int threads = 0;  // per process; 0: cores / workers
+  std::string backend = "cpu";  // the workers' (the in-process baseline runs on the CPU)
 };
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -174,6 +176,7 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
     options.ctx_size = 2048;
     options.threads_per_worker = ThreadsFor(flags, workers);
     options.log_args = {"--log-level", "warn"};
+    options.worker_args = {"--backend", flags.backend};
     auto cluster = serve::LocalCluster::Start(options);
     if (!cluster.ok()) {
       std::printf("| %d workers | failed: %s |\n", workers, cluster.status().ToString().c_str());
@@ -192,8 +195,10 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
       itl_p99.push_back(latency.p99_ms);
       prefill.push_back(latency.prefill_s);
     }
-    std::printf("| chord serve, %d worker%s x %d threads | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f |\n", workers,
-                workers == 1 ? "" : "s", options.threads_per_worker, Median(one), Median(four), Median(eight),
+    const std::string per_worker = flags.backend == "cuda" ? std::string("GPU")
+                                                            : absl::StrCat(options.threads_per_worker, " threads");
+    std::printf("| chord serve, %d worker%s x %s | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f |\n", workers,
+                workers == 1 ? "" : "s", per_worker.c_str(), Median(one), Median(four), Median(eight),
                 Median(itl_median), Median(itl_p99), Median(prefill));
     std::fflush(stdout);
     (*cluster)->Stop(std::chrono::seconds(10));
@@ -211,6 +216,9 @@ int main(int argc, char** argv) {
   app.add_option("--runs", flags.runs, "runs per measurement (the median is printed)")->capture_default_str();
   app.add_option("--tokens", flags.tokens, "tokens per stream")->capture_default_str();
   app.add_option("--threads", flags.threads, "threads per process (0: cores / processes)")->capture_default_str();
+  app.add_option("--backend", flags.backend, "the workers' backend: cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   if (flags.bin_dir.empty()) flags.bin_dir = chord::serve::SelfDirectory();
   for (const std::string& model : flags.models) chord::BenchModel(flags, model);

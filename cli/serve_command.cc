@@ -47,6 +47,8 @@ struct ServeFlags {
   int prefetch_depth = -1;          // -1: derived
   std::string loader_max_bandwidth;  // bytes/s, e.g. 500M; empty: unlimited
   std::string loader_transport = "shm";
+  std::string backend;              // the workers' compute backend; empty: theirs (cpu)
+  int64_t kv_tokens = 0;            // the coordinator's KV pool; 0: its default
 };
 
 // Restart backoff per child: doubles from 0.5 s up to 10 s, and starts over
@@ -157,9 +159,14 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
   if (flags.loader_transport == "ipc") {
     options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
   }
+  if (!flags.backend.empty()) options.worker_args.insert(options.worker_args.end(), {"--backend", flags.backend});
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
   options.coordinator_args.insert(options.coordinator_args.end(),
                                   {"--grace-ms", std::to_string(flags.grace_ms)});
+  if (flags.kv_tokens > 0) {
+    options.coordinator_args.insert(options.coordinator_args.end(),
+                                    {"--kv-tokens", std::to_string(flags.kv_tokens)});
+  }
   if (flags.worker_timeout_ms > 0) {
     options.coordinator_args.insert(
         options.coordinator_args.end(),
@@ -248,6 +255,12 @@ Subcommand AddServeCommand(CLI::App& parent) {
       ->check(CLI::Range(int64_t{0}, int64_t{3600000}));
   app->add_option("--config", flags->config, "cluster YAML, also given to every child")->check(CLI::ExistingFile);
   app->add_flag("--quiet", flags->quiet, "do not copy the children's log lines to stderr");
+  app->add_option("--backend", flags->backend, "the workers' compute backend: cpu or cuda (default: cpu)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app->add_option("--kv-tokens", flags->kv_tokens,
+                  "positions each stage's paged KV cache holds, shared by the sequences (0: the "
+                  "coordinator's default, 4 full contexts)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 31));
   app->add_option("--worker-budget", flags->worker_budget,
                   "memory for each worker's weights, e.g. 300K, 200M, 4G; a layer range over it "
                   "streams from the loader through a shard cache (default: unlimited)")
