@@ -228,13 +228,15 @@ TEST_F(MalformedGrpcTest, EnormousFields) {
   for (int i = 0; i < 3000000; ++i) too_big.mutable_prompt_token_ids()->add_ids(300);
   EXPECT_EQ(Call(too_big).status.error_code(), Code::RESOURCE_EXHAUSTED);
 
-  // A 3 MiB prompt: refused quickly (the context holds 256 positions).
+  // A 3 MiB prompt: refused once tokenized (the context holds 256 positions),
+  // never run. Tokenizing it takes seconds under the sanitizers on a loaded
+  // 2-core machine: the bound catches a hang, not a slow tokenizer.
   const Clock::time_point start = Clock::now();
   std::string text;
   while (text.size() < (3u << 20)) text += "Once upon a time there was a little dog. ";
   const StreamResult huge = Call(GreedyRequest(text, 5));
   EXPECT_EQ(huge.status.error_code(), Code::OUT_OF_RANGE) << huge.status.error_message();
-  EXPECT_LT(Clock::now() - start, milliseconds(10000));
+  EXPECT_LT(Clock::now() - start, milliseconds(30000));
 
   v1::GenerateRequest stops = GreedyRequest("Once", 5);
   for (int i = 0; i < 5000; ++i) stops.add_stop("stop " + std::to_string(i));
