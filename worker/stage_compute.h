@@ -11,7 +11,6 @@
 #include <functional>
 #include <memory>
 #include <span>
-#include <string>
 
 #include "absl/status/statusor.h"
 #include "common/model/model_config.h"
@@ -50,9 +49,8 @@ class StageCompute {
 
 struct StageComputeOptions {
   LayerRange range;
-  KvCacheShape kv;       // n_layers is taken from the range
-  std::string backend = "cpu";  // "cpu" or "cuda"
-  int device = 0;               // CUDA device ordinal
+  KvCacheShape kv;  // n_layers is taken from the range
+  int device = 0;   // CUDA device ordinal
 };
 
 // The CPU stage over `tensors` (and `streamed` layers when the range does not

@@ -79,7 +79,6 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
   options.kv.type = plan.kv_type;
   options.kv.kv_tokens = plan.kv_tokens;
   options.kv.page_size = plan.kv_page_size;
-  options.backend = plan.backend;
   options.device = plan.device;
   if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
   std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan));
