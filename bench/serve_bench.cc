@@ -5,6 +5,12 @@
 // (median of --runs runs). Not a test: numbers depend on the machine.
 //
 //   serve_bench --model a.gguf,b.gguf [--runs 3] [--tokens 64] [--threads 0]
+//
+// With --gpus N (N >= 2, CUDA workers): one worker on one GPU against N workers
+// one per GPU, with NCCL links between them and with --no-nccl (activations
+// through host memory and ZeroMQ): greedy tokens compared with one GPU,
+// batch-1 decode, and aggregate tok/s of 64 and 128 concurrent sequences
+// (128-token prompts, 128 new tokens each).
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -35,6 +41,7 @@ struct BenchFlags {
   int tokens = 64;
   int threads = 0;  // per process; 0: cores / workers
   std::string backend = "cpu";  // the workers' (the in-process baseline runs on the CPU)
+  int gpus = 0;                 // >= 2: the GPU pipeline table instead
 };
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -75,6 +82,8 @@ struct Stream {
   Clock::time_point first;
   Clock::time_point last;
   std::vector<Clock::time_point> arrivals;  // one per message with tokens
+  std::vector<uint32_t> ids;
+  std::string error;  // when the call failed
 };
 
 Stream RunStream(v1::Inference::Stub& stub, const v1::GenerateRequest& request) {
@@ -89,9 +98,13 @@ Stream RunStream(v1::Inference::Stub& stub, const v1::GenerateRequest& request) 
     if (stream.tokens == 0) stream.first = now;
     stream.last = now;
     stream.tokens += response.token_ids_size();
+    stream.ids.insert(stream.ids.end(), response.token_ids().begin(), response.token_ids().end());
     stream.arrivals.push_back(now);
   }
-  if (!reader->Finish().ok()) stream.tokens = 0;
+  if (const grpc::Status status = reader->Finish(); !status.ok()) {
+    stream.tokens = 0;
+    stream.error = absl::StrCat(static_cast<int>(status.error_code()), ": ", status.error_message());
+  }
   return stream;
 }
 
@@ -112,17 +125,40 @@ double SingleStreamTokensPerSecond(v1::Inference::Stub& stub, int tokens) {
   return (stream.tokens - 1) / Seconds(stream.last - stream.first);
 }
 
-// All tokens of `n` concurrent streams over the wall time.
-double AggregateTokensPerSecond(v1::Inference::Stub& stub, int n, int tokens) {
+// A prompt of `length` token ids (varied by `seed`), sampled at temperature 0.8.
+v1::GenerateRequest LongPromptRequest(int length, int max_tokens, uint64_t seed) {
+  v1::GenerateRequest request;
+  for (int i = 0; i < length; ++i) {
+    request.mutable_prompt_token_ids()->add_ids(static_cast<uint32_t>(10 + (i * 7 + seed * 13) % 500));
+  }
+  request.set_max_tokens(static_cast<uint32_t>(max_tokens));
+  request.set_ignore_eos(true);
+  request.mutable_sampling()->set_temperature(0.8f);
+  request.mutable_sampling()->set_seed(seed);
+  return request;
+}
+
+// All tokens of `n` concurrent streams over the wall time; with
+// `prompt_tokens` > 0 each stream's prompt is that many token ids.
+double AggregateTokensPerSecond(v1::Inference::Stub& stub, int n, int tokens, int prompt_tokens = 0) {
   std::vector<Stream> streams(n);
   std::vector<std::thread> threads;
   const Clock::time_point start = Clock::now();
   for (int i = 0; i < n; ++i) {
-    threads.emplace_back([&, i] { streams[i] = RunStream(stub, DecodeRequest(tokens, 1 + i)); });
+    threads.emplace_back([&, i] {
+      streams[i] = RunStream(stub, prompt_tokens > 0 ? LongPromptRequest(prompt_tokens, tokens, 1 + i)
+                                                     : DecodeRequest(tokens, 1 + i));
+    });
   }
   for (std::thread& thread : threads) thread.join();
-  int total = 0;
-  for (const Stream& stream : streams) total += stream.tokens;
+  int total = 0, failed = 0;
+  for (const Stream& stream : streams) {
+    total += stream.tokens;
+    if (!stream.error.empty() && failed++ == 0) {
+      std::fprintf(stderr, "aggregate of %d streams: a stream failed: %s\n", n, stream.error.c_str());
+    }
+  }
+  if (failed > 0) std::fprintf(stderr, "aggregate of %d streams: %d failed\n", n, failed);
   return total / Seconds(Clock::now() - start);
 }
 
@@ -205,6 +241,83 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
   }
 }
 
+// Greedy tokens of a few prompts, one at a time (batch 1: the same kernels
+// whatever the split).
+std::vector<std::vector<uint32_t>> GreedyTokens(v1::Inference::Stub& stub, int tokens) {
+  std::vector<std::vector<uint32_t>> out;
+  for (const char* prompt : {"Once upon a time", "The capital of France is", "def fibonacci(n):"}) {
+    v1::GenerateRequest request;
+    request.set_prompt(prompt);
+    request.set_max_tokens(static_cast<uint32_t>(tokens));
+    request.set_ignore_eos(true);
+    request.mutable_sampling()->set_temperature(0.0f);
+    out.push_back(RunStream(stub, request).ids);
+  }
+  return out;
+}
+
+void BenchGpus(const BenchFlags& flags, const std::string& model) {
+  constexpr int kPrompt = 128, kNew = 128, kMaxStreams = 128;
+  std::printf("\nmodel %s on %d GPUs, median of %d runs; batch-1 decode over %d tokens; aggregate: "
+              "%d-token prompts, %d new tokens each\n",
+              model.c_str(), flags.gpus, flags.runs, flags.tokens, kPrompt, kNew);
+  std::printf("| setup | greedy tokens = 1 GPU | batch-1 tok/s | ms/token | 64 seqs tok/s | 128 seqs tok/s |\n"
+              "|---|---|---|---|---|---|\n");
+  struct Setup {
+    std::string name;
+    int workers;
+    bool nccl;
+  };
+  const std::vector<Setup> setups = {{"1 worker, 1 GPU", 1, true},
+                                     {absl::StrCat(flags.gpus, " workers, 1 GPU each, NCCL"), flags.gpus, true},
+                                     {absl::StrCat(flags.gpus, " workers, 1 GPU each, ZeroMQ"), flags.gpus, false}};
+  std::vector<std::vector<uint32_t>> reference;
+  double one_gpu_128 = 0.0, one_gpu_batch1 = 0.0;
+  for (const Setup& setup : setups) {
+    serve::LocalClusterOptions options;
+    options.bin_dir = flags.bin_dir;
+    options.model = model;
+    options.workers = setup.workers;
+    for (int d = 0; d < setup.workers; ++d) options.worker_devices.push_back(d);
+    options.kv_slots = kMaxStreams;
+    options.ctx_size = kPrompt + kNew + 64;
+    options.log_args = {"--log-level", "warn"};
+    options.on_line = [](const std::string& child, std::string_view line) {
+      std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
+    };
+    options.worker_args = {"--backend", "cuda"};
+    if (!setup.nccl) options.worker_args.push_back("--no-nccl");
+    options.coordinator_args = {"--kv-tokens", std::to_string(options.kv_slots * options.ctx_size),
+                                "--kv-type", "f16"};
+    auto cluster = serve::LocalCluster::Start(options);
+    if (!cluster.ok()) {
+      std::printf("| %s | failed: %s |\n", setup.name.c_str(), cluster.status().ToString().c_str());
+      continue;
+    }
+    auto stub = v1::Inference::NewStub(
+        grpc::CreateChannel((*cluster)->grpc_address(), grpc::InsecureChannelCredentials()));
+    const std::vector<std::vector<uint32_t>> greedy = GreedyTokens(*stub, 32);
+    if (reference.empty()) reference = greedy;
+    SingleStreamTokensPerSecond(*stub, 8);  // warm-up
+    std::vector<double> one, s64, s128;
+    for (int r = 0; r < flags.runs; ++r) {
+      one.push_back(SingleStreamTokensPerSecond(*stub, flags.tokens));
+      s64.push_back(AggregateTokensPerSecond(*stub, 64, kNew, kPrompt));
+      s128.push_back(AggregateTokensPerSecond(*stub, kMaxStreams, kNew, kPrompt));
+    }
+    const double batch1 = Median(one), agg128 = Median(s128);
+    if (one_gpu_batch1 == 0.0) {
+      one_gpu_batch1 = batch1;
+      one_gpu_128 = agg128;
+    }
+    std::printf("| %s | %s | %.1f (%.2fx) | %.2f | %.0f | %.0f (%.2fx) |\n", setup.name.c_str(),
+                greedy == reference && !greedy[0].empty() ? "yes" : "NO", batch1, batch1 / one_gpu_batch1,
+                batch1 > 0 ? 1000.0 / batch1 : 0.0, Median(s64), agg128, agg128 / one_gpu_128);
+    std::fflush(stdout);
+    (*cluster)->Stop(std::chrono::seconds(10));
+  }
+}
+
 }  // namespace
 }  // namespace chord
 
@@ -219,8 +332,17 @@ int main(int argc, char** argv) {
   app.add_option("--backend", flags.backend, "the workers' backend: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  app.add_option("--gpus", flags.gpus,
+                 "N >= 2: compare one GPU with N GPUs, one CUDA worker each (NCCL links, then ZeroMQ)")
+      ->check(CLI::Range(2, 64));
   CLI11_PARSE(app, argc, argv);
   if (flags.bin_dir.empty()) flags.bin_dir = chord::serve::SelfDirectory();
-  for (const std::string& model : flags.models) chord::BenchModel(flags, model);
+  for (const std::string& model : flags.models) {
+    if (flags.gpus >= 2) {
+      chord::BenchGpus(flags, model);
+    } else {
+      chord::BenchModel(flags, model);
+    }
+  }
   return 0;
 }

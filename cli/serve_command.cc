@@ -49,6 +49,7 @@ struct ServeFlags {
   std::string loader_transport = "shm";
   std::string backend;              // the workers' compute backend; empty: theirs (cpu)
   int64_t kv_tokens = 0;            // the coordinator's KV pool; 0: its default
+  std::vector<int> devices;         // CUDA ordinals, dealt to the workers in turn
 };
 
 // Restart backoff per child: doubles from 0.5 s up to 10 s, and starts over
@@ -160,6 +161,7 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
     options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
   }
   if (!flags.backend.empty()) options.worker_args.insert(options.worker_args.end(), {"--backend", flags.backend});
+  options.worker_devices = flags.devices;
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
   options.coordinator_args.insert(options.coordinator_args.end(),
                                   {"--grace-ms", std::to_string(flags.grace_ms)});
@@ -257,6 +259,11 @@ Subcommand AddServeCommand(CLI::App& parent) {
   app->add_flag("--quiet", flags->quiet, "do not copy the children's log lines to stderr");
   app->add_option("--backend", flags->backend, "the workers' compute backend: cpu or cuda (default: cpu)")
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  app->add_option("--devices", flags->devices,
+                  "with --backend cuda: the GPUs, dealt to the workers in turn (e.g. --devices 0,1 with "
+                  "--workers 2: one per GPU; neighbouring GPU stages exchange activations over NCCL)")
+      ->delimiter(',')
+      ->check(CLI::NonNegativeNumber);
   app->add_option("--kv-tokens", flags->kv_tokens,
                   "positions each stage's paged KV cache holds, shared by the sequences (0: the "
                   "coordinator's default, 4 full contexts)")

@@ -285,8 +285,14 @@ bool SchedulerCore::LaunchOneStep() {
   Step step{pool_.plan_version(), {}, now, now + options_.step_timeout};
   std::vector<uint64_t> ids;  // GrantPages may move running sequences back to the queue
   for (const auto& [id, sequence] : running_) ids.push_back(id);
+  // Micro-batches: the running sequences are dealt among as many steps as
+  // there are stages, so that every stage has a step to run while the others
+  // run theirs (one step of every sequence would leave all but one stage idle).
+  const size_t n_stages = static_cast<size_t>(std::max(1, pool_.n_stages()));
+  const size_t per_step = (ids.size() + n_stages - 1) / n_stages;
   std::set<uint64_t> in_step;
   for (const uint64_t id : ids) {
+    if (step.entries.size() >= per_step) break;
     auto it = running_.find(id);
     if (it == running_.end()) continue;  // preempted for an older sequence of this step
     Sequence* sequence = it->second.get();

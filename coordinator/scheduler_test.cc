@@ -310,6 +310,30 @@ TEST_F(SchedulerTest, TwoStagePipelineKeepsTwoMicroBatchesInFlight) {
   for (const auto& step : first.steps()) EXPECT_EQ(step.sequences_size(), 1);
 }
 
+TEST_F(SchedulerTest, TwoStagesSplitTheRunningSequencesIntoTwoMicroBatches) {
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(20);
+  slow.in_flight = std::make_shared<std::atomic<int>>(0);
+  slow.max_in_flight = std::make_shared<std::atomic<int>>(0);
+  StartServing(2, slow);
+  FakeWorker& first = workers_[0]->assignments().back().stage_index() == 0 ? *workers_[0] : *workers_[1];
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int i = 0; i < 4; ++i) {
+    auto stream = scheduler_->Submit(Request("r" + std::to_string(i), {1, static_cast<TokenId>(300 + i)}, 8));
+    ASSERT_TRUE(stream.ok());
+    streams.push_back(*stream);
+  }
+  for (const auto& stream : streams) EXPECT_EQ(Collect(*stream).tokens, Expected(2, 8));
+  // Never every running sequence in one step: at most half of the four.
+  int pairs = 0;
+  for (const auto& step : first.steps()) {
+    EXPECT_LE(step.sequences_size(), 2);
+    pairs += step.sequences_size() == 2 ? 1 : 0;
+  }
+  EXPECT_GT(pairs, 0);
+  EXPECT_EQ(slow.max_in_flight->load(), 2);
+}
+
 TEST_F(SchedulerTest, StopStringIsHeldBackAndNotSent) {
   StartServing();
   std::vector<TokenId> ids;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/log.h"
 #include "coordinator/planner.h"
 
@@ -46,6 +47,9 @@ absl::Status CheckRegistration(const wire::pb::RegisterWorker& r) {
   if ((!tcp && !ipc) || endpoint.size() > kMaxEndpointBytes) {
     return absl::InvalidArgumentError("data_endpoint must be a tcp:// or ipc:// address");
   }
+  if (r.gpu_uuid().size() > kMaxIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("gpu_uuid must have at most ", kMaxIdBytes, " bytes"));
+  }
   if (!std::isfinite(r.weight_bytes_per_second()) || r.weight_bytes_per_second() < 0) {
     return absl::InvalidArgumentError("weight_bytes_per_second must be finite and >= 0");
   }
@@ -84,6 +88,9 @@ std::vector<OutgoingControl> WorkerPool::OnMessage(const std::string& identity,
       break;
     case wire::pb::Envelope::kStageReady:
       OnStageReady(identity, envelope.stage_ready());
+      break;
+    case wire::pb::Envelope::kNcclUniqueId:
+      OnNcclUniqueId(identity, envelope.nccl_unique_id(), &out);
       break;
     case wire::pb::Envelope::kHeartbeat:
     case wire::pb::Envelope::kStatus:
@@ -142,7 +149,33 @@ void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::Stage
     return;
   }
   it->second.ready = true;
-  log::Info("worker %s ready for plan %d (%d weight bytes)", identity, plan_version_, ready.weight_bytes());
+  log::Info("worker %s ready for plan %d (%d weight bytes)%s", identity, plan_version_, ready.weight_bytes(),
+            it->second.nccl.ranks == 0 ? ""
+            : ready.nccl_linked()      ? ", NCCL linked"
+                                       : ", NCCL not linked: its GPU neighbours use ZeroMQ");
+}
+
+void WorkerPool::OnNcclUniqueId(const std::string& identity, const wire::pb::NcclUniqueId& id,
+                                std::vector<OutgoingControl>* out) {
+  auto it = workers_.find(identity);
+  if (it == workers_.end() || !it->second.alive || id.plan_version() != plan_version_) return;
+  const Worker& sender = it->second;
+  if (sender.nccl.ranks < 2 || sender.nccl.rank != 0 ||
+      id.first_stage() != static_cast<uint32_t>(sender.stage_index) ||
+      id.unique_id().size() != kNcclUniqueIdBytes) {
+    log::Warn("ignoring an NCCL unique id from %s: not rank 0 of an NCCL group of plan %d, or not %d bytes",
+              identity, plan_version_, kNcclUniqueIdBytes);
+    return;
+  }
+  wire::pb::Envelope envelope;
+  *envelope.mutable_nccl_unique_id() = id;
+  for (const auto& [other_identity, other] : workers_) {
+    if (other_identity == identity || !other.alive || other.stage_index < 0 || other.nccl.ranks == 0 ||
+        other.nccl.first_stage != id.first_stage()) {
+      continue;
+    }
+    out->push_back({other_identity, envelope});
+  }
 }
 
 void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
@@ -186,6 +219,15 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     worker.end_layer = plan->ranges[i].end_layer;
   }
   for (size_t s = 0; s < order.size(); ++s) workers_[identities[order[s]]].stage_index = static_cast<int>(s);
+  std::vector<std::string> nccl_gpus;  // empty: cannot link
+  for (const size_t i : order) {
+    const wire::pb::RegisterWorker& r = workers_[identities[i]].registration;
+    const bool capable = r.nccl() && r.backend() == "cuda" && !r.gpu_uuid().empty();
+    nccl_gpus.push_back(capable ? r.gpu_uuid() : "");
+  }
+  const std::vector<NcclPlace> nccl = PlanNcclGroups(nccl_gpus);
+  for (auto& [identity, worker] : workers_) worker.nccl = {};
+  for (size_t s = 0; s < order.size(); ++s) workers_[identities[order[s]]].nccl = nccl[s];
   stage0_endpoint_ = workers_[identities[order.front()]].registration.data_endpoint();
   stage0_public_key_ = workers_[identities[order.front()]].registration.curve_public_key();
   for (size_t i = 0; i < identities.size(); ++i) {
@@ -209,8 +251,13 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     assign.set_kv_type(options_.kv_type);
     assign.set_kv_tokens(static_cast<uint32_t>(options_.kv_tokens));
     assign.set_kv_page_size(static_cast<uint32_t>(options_.kv_page_size));
-    log::Info("plan %d: %s holds layers [%d, %d)", plan_version_, identities[i], worker.first_layer,
-              worker.end_layer);
+    assign.set_nccl_rank(worker.nccl.rank);
+    assign.set_nccl_ranks(worker.nccl.ranks);
+    log::Info("plan %d: %s holds layers [%d, %d)%s", plan_version_, identities[i], worker.first_layer,
+              worker.end_layer,
+              worker.nccl.ranks == 0
+                  ? ""
+                  : absl::StrFormat(", NCCL rank %d of %d", worker.nccl.rank, worker.nccl.ranks));
     out->push_back({identities[i], std::move(envelope)});
   }
 }

@@ -19,6 +19,7 @@
 #include "common/model/kv_pages.h"
 #include "common/wire/wire.h"
 #include "coordinator/model_context.h"
+#include "coordinator/nccl_groups.h"
 
 namespace chord::coordinator {
 
@@ -78,12 +79,16 @@ class WorkerPool {
     int first_layer = 0;
     int end_layer = 0;
     int stage_index = -1;
+    NcclPlace nccl;  // its place in an NCCL group of the current plan
     Clock::time_point last_seen;
   };
 
   void OnRegister(const std::string& identity, const wire::pb::RegisterWorker& registration,
                   Clock::time_point now, std::vector<OutgoingControl>* out);
   void OnStageReady(const std::string& identity, const wire::pb::StageReady& ready);
+  // Relays a group's unique id from its rank 0 to the group's other ranks.
+  void OnNcclUniqueId(const std::string& identity, const wire::pb::NcclUniqueId& id,
+                      std::vector<OutgoingControl>* out);
   void Replan(std::vector<OutgoingControl>* out);
   // Marks the worker lost; true when it held a stage (the plan must be remade).
   bool Lose(const std::string& identity, Worker& worker, const char* why);

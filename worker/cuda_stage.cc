@@ -274,6 +274,7 @@ uint64_t CudaStage::kv_bytes() const { return impl_->kv_keys.bytes() + impl_->kv
 absl::Status CudaStage::Synchronize() { return impl_->stream.Synchronize(); }
 
 absl::Status CudaStage::Embed(std::span<const int32_t> tokens, float* x) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_embedding()) return absl::InternalError("this stage does not hold the embeddings");
   RETURN_IF_ERROR(impl_->EmbedDevice(tokens));
   const size_t bytes = tokens.size() * static_cast<size_t>(impl_->config.n_embd) * sizeof(float);
@@ -282,16 +283,36 @@ absl::Status CudaStage::Embed(std::span<const int32_t> tokens, float* x) {
 }
 
 absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x) {
+  return RunLayers(batch, x, /*input_on_device=*/false, /*output_on_device=*/false);
+}
+
+absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, bool input_on_device,
+                                  bool output_on_device) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (batch.empty()) return absl::InvalidArgumentError("RunLayers: empty batch");
   RETURN_IF_ERROR(impl_->UploadBatch(batch));
   const size_t bytes = batch.size() * static_cast<size_t>(impl_->config.n_embd) * sizeof(float);
-  CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+  if (!input_on_device) {
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+  }
   RETURN_IF_ERROR(impl_->LayersDevice(static_cast<int64_t>(batch.size())));
-  CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
+  if (!output_on_device) {
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
+  }
   return Synchronize();
 }
 
+absl::StatusOr<float*> CudaStage::DeviceRows(int64_t n_rows) {
+  if (n_rows <= 0) return absl::InvalidArgumentError("DeviceRows: no rows");
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
+  RETURN_IF_ERROR(impl_->Reserve(n_rows));
+  return impl_->x.as<float>();
+}
+
+void* CudaStage::stream() const { return impl_->s(); }
+
 absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
   if (n_rows <= 0) return absl::InvalidArgumentError("Logits: no rows");
   RETURN_IF_ERROR(impl_->Reserve(n_rows));
@@ -305,6 +326,7 @@ absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
 
 absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
                                 int64_t n_logit_rows, float* logits) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_embedding() || !has_output()) {
     return absl::InternalError("Forward needs a stage holding the whole model");
   }

@@ -67,6 +67,17 @@ class CudaStage {
   // Runs the layers over x (batch.size() rows, host memory, updated in place),
   // reading and extending this stage's KV cache.
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x);
+  // RunLayers with either end of the residual stream left in GPU memory, in
+  // DeviceRows (for NCCL links between GPU stages): `input_on_device`: the
+  // rows are there already and x is not read; `output_on_device`: they stay
+  // there and x is not written.
+  absl::Status RunLayers(std::span<const BatchToken> batch, float* x, bool input_on_device,
+                         bool output_on_device);
+  // The GPU buffer of the residual stream with room for n_rows rows (growing
+  // it discards what it held), and the cudaStream_t the stage's work is
+  // issued on.
+  absl::StatusOr<float*> DeviceRows(int64_t n_rows);
+  void* stream() const;
   // Final norm and output projection of n_rows rows of x into n_vocab logits each.
   absl::Status Logits(const float* x, int64_t n_rows, float* logits);
 

@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/matvec.h"
 #include "worker/cuda_stage.h"
+#include "worker/nccl_link.h"
 #include "worker/stage_compute.h"
 
 namespace chord {
@@ -52,6 +53,20 @@ class CudaStageCompute final : public StageCompute {
     return stage_->Logits(x, n_rows, logits);
   }
   void set_between_layers(std::function<void()>) override {}
+
+  bool can_link() const override { return true; }
+  absl::Status ReceiveRows(NcclLink& link, int64_t n_rows) override {
+    ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));
+    return link.Receive(rows, n_rows * stage_->config().n_embd, stage_->stream());
+  }
+  absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x, bool input_on_device,
+                                 bool output_on_device) override {
+    return stage_->RunLayers(batch, x, input_on_device, output_on_device);
+  }
+  absl::Status SendRows(NcclLink& link, int64_t n_rows) override {
+    ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));
+    return link.Send(rows, n_rows * stage_->config().n_embd, stage_->stream());
+  }
 
  private:
   std::unique_ptr<CudaStage> stage_;
@@ -98,6 +113,14 @@ absl::StatusOr<double> MeasureCudaWeightThroughput(int device) {
     if (i > 0 && seconds > 0.0) best = std::max(best, static_cast<double>(weights.bytes()) / seconds);
   }
   return best;
+}
+
+absl::StatusOr<std::string> CudaDeviceUuid(int device) {
+  cudaDeviceProp properties{};
+  CHORD_CUDA_RETURN(cudaGetDeviceProperties(&properties, device));
+  std::string hex;
+  for (const char byte : properties.uuid.bytes) absl::StrAppendFormat(&hex, "%02x", static_cast<uint8_t>(byte));
+  return hex;
 }
 
 }  // namespace chord

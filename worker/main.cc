@@ -13,6 +13,8 @@
 #include "common/config/curve_flags.h"
 #include "common/metrics/metrics_server.h"
 #include "loader/client/loader_client.h"
+#include "worker/nccl_link.h"
+#include "worker/network_interface.h"
 #include "worker/worker_service.h"
 
 namespace {
@@ -53,6 +55,14 @@ int main(int argc, char** argv) {
           ->check(CLI::IsMember({"cpu", "cuda"}));
   auto* device = app.add_option("--device", o.device, "CUDA device ordinal (with --backend cuda)")
                      ->check(CLI::NonNegativeNumber);
+  std::string nccl_interface;
+  auto* nccl = app.add_flag("--nccl,!--no-nccl", o.nccl,
+                            "with --backend cuda: pass activations to and from neighbouring GPU stages over "
+                            "NCCL (default on; ZeroMQ otherwise)");
+  auto* nccl_interface_flag =
+      app.add_option("--nccl-interface", nccl_interface,
+                     "network interface for NCCL's bootstrap and socket traffic (default: the one "
+                     "holding the data-bind address)");
   app.add_option("--max-kv-slots", o.max_kv_slots, "largest kv_slots accepted; 0: no limit");
   app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
@@ -96,6 +106,8 @@ int main(int argc, char** argv) {
       if (!threads_flag->count()) threads = w->threads;
       if (!backend->count()) o.backend = w->backend;
       if (!device->count()) o.device = w->device;
+      if (!nccl->count()) o.nccl = w->nccl;
+      if (!nccl_interface_flag->count()) nccl_interface = w->nccl_interface;
       curve_key = w->curve_key;
     }
   }
@@ -113,6 +125,8 @@ int main(int argc, char** argv) {
     w.backend = o.backend;
     w.device = o.device;
     w.threads = threads;
+    w.nccl = o.nccl;
+    w.nccl_interface = nccl_interface;
   }
   chord::log::Info("effective config (file, then flags; this worker binds %s):\n%s", o.data_bind,
                    effective.ToYaml());
@@ -127,6 +141,17 @@ int main(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError("--coordinator (or --config) is required"));
   if (o.backend == "cuda" && !chord::CudaBackendBuilt()) {
     return Fail(absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)"));
+  }
+  if (nccl_interface.empty()) {
+    // NCCL's own traffic stays on the interface of the address this worker serves on.
+    if (absl::StatusOr<std::string> held = chord::InterfaceHolding(chord::EndpointHost(o.data_bind)); held.ok()) {
+      nccl_interface = *held;
+    }
+  }
+  chord::SetNcclEnvironment(nccl_interface);
+  if (o.backend == "cuda" && o.nccl && chord::NcclBuilt()) {
+    chord::log::Info("chord-worker %s: NCCL links on, NCCL traffic on interface %s", o.worker_id,
+                     nccl_interface.empty() ? "(NCCL's choice)" : nccl_interface);
   }
   chord::log::Info(
       "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, backend %s, threads "

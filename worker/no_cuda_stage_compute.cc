@@ -14,4 +14,8 @@ absl::StatusOr<double> MeasureCudaWeightThroughput(int) {
   return absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)");
 }
 
+absl::StatusOr<std::string> CudaDeviceUuid(int) {
+  return absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)");
+}
+
 }  // namespace chord

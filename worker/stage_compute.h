@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "common/model/model_config.h"
@@ -21,6 +22,7 @@
 
 namespace chord {
 
+class NcclLink;
 class ShardCache;
 
 class StageCompute {
@@ -43,6 +45,17 @@ class StageCompute {
   // memory, updated in place), reading and extending the KV cache.
   virtual absl::Status RunLayers(std::span<const BatchToken> batch, float* x) = 0;
   virtual absl::Status Logits(const float* x, int64_t n_rows, float* logits) = 0;
+
+  // NCCL links between GPU stages (worker/nccl_link.h); a CPU stage has none
+  // (UNIMPLEMENTED). ReceiveRows takes a step's n_rows input rows from the
+  // previous stage into the stage's GPU buffer; RunLayersOnDevice is RunLayers
+  // with the input already there (`input_on_device`, x not read) and/or the
+  // output left there (`output_on_device`, x not written) for SendRows.
+  virtual bool can_link() const { return false; }
+  virtual absl::Status ReceiveRows(NcclLink& link, int64_t n_rows);
+  virtual absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x,
+                                         bool input_on_device, bool output_on_device);
+  virtual absl::Status SendRows(NcclLink& link, int64_t n_rows);
   // See LlamaStage::set_between_layers (a GPU stage's steps are short: unused).
   virtual void set_between_layers(std::function<void()> hook) = 0;
 };
@@ -75,5 +88,8 @@ bool CudaBackendBuilt();
 // 64 MiB Q8_0 product, best of 10): what the coordinator plans a CUDA worker's
 // share of the layers by, as MeasureWeightThroughput does for the CPU.
 absl::StatusOr<double> MeasureCudaWeightThroughput(int device);
+
+// GPU `device`'s UUID as hex (the same GPU seen from any process).
+absl::StatusOr<std::string> CudaDeviceUuid(int device);
 
 }  // namespace chord

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/base/status.h"
 #include "common/quant/quant.h"
 #include "kernels/cpu/matmul.h"
@@ -117,8 +118,11 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
                                 pb::StepResult* result) {
   const pb::StepHeader& step = message.envelope.step();
   const StepLimits limits = Limits();
+  rows_on_device_ = false;
+  bool rows_received = false;
+  if (step.activations_over_nccl()) RETURN_IF_ERROR(ReceiveRows(message, &rows_received));
   ASSIGN_OR_RETURN(const int64_t total, ValidateStep(step, limits, lengths_));
-  RETURN_IF_ERROR(ReadStepPayload(message, limits, total, activations));
+  if (!rows_received) RETURN_IF_ERROR(ReadStepPayload(message, limits, total, activations));
   // Only a valid step's releases count, and only those naming the sequence
   // (a chunk restarting a released slot is valid before and after).
   const pb::FreeSlots& released = step.released();
@@ -139,7 +143,15 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     activations->resize(static_cast<size_t>(total * config_.n_embd));
     RETURN_IF_ERROR(compute_->Embed(token_ids_, activations->data()));
   }
-  RETURN_IF_ERROR(compute_->RunLayers(batch_, activations->data()));
+  const bool send_rows = link_ != nullptr && link_->has_next() && !link_->broken();
+  if (rows_received || send_rows) {
+    activations->resize(static_cast<size_t>(total * config_.n_embd));
+    RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received, send_rows));
+    rows_on_device_ = send_rows;
+    device_rows_ = total;
+  } else {
+    RETURN_IF_ERROR(compute_->RunLayers(batch_, activations->data()));
+  }
   for (const pb::SequenceChunk& chunk : step.sequences()) {
     lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
     if (chunk.first_position() == 0) owners_[chunk.slot()] = chunk.sequence_id();
@@ -153,6 +165,43 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
   }
   return Sample(step, *activations, result);
+}
+
+absl::Status StageExecutor::ReceiveRows(const wire::Message& message, bool* received) {
+  const pb::StepHeader& step = message.envelope.step();
+  if (message.has_payload) {
+    return absl::InvalidArgumentError("a step announced over NCCL carries a payload frame too");
+  }
+  // The transfer belongs to the sender's plan: another plan's went over
+  // another communicator, which is gone.
+  if (step.plan_version() != plan_.plan_version) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "step %d of plan %d is stale (this stage runs plan %d)", step.step_id(), step.plan_version(),
+        plan_.plan_version));
+  }
+  if (link_ == nullptr || !link_->has_previous() || link_->broken()) {
+    return absl::UnavailableError(
+        "the previous stage sent activations over NCCL, but this stage has no working link");
+  }
+  int64_t rows = 0;
+  for (const pb::SequenceChunk& chunk : step.sequences()) rows += chunk.token_ids_size();
+  // Bounded before any allocation: no valid step has more rows than the KV
+  // cache has positions (the sender validated the same step).
+  if (rows <= 0 || rows > plan_.kv_slots * plan_.n_ctx) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a step of %d rows announced over NCCL cannot be valid", rows));
+  }
+  RETURN_IF_ERROR(compute_->ReceiveRows(*link_, rows));
+  *received = true;
+  return absl::OkStatus();
+}
+
+absl::Status StageExecutor::SendRows() {
+  if (!rows_on_device_ || link_ == nullptr) {
+    return absl::InternalError("SendRows without rows left on the device for a link");
+  }
+  rows_on_device_ = false;
+  return compute_->SendRows(*link_, device_rows_);
 }
 
 absl::Status StageExecutor::ReservePages(const pb::StepHeader& step) {

@@ -21,6 +21,7 @@
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
 #include "worker/kv_cache.h"
+#include "worker/nccl_link.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
 #include "worker/sampler.h"
@@ -63,10 +64,22 @@ class StageExecutor {
 
   // Validates and runs the step in `message` (once valid, first freeing the
   // slots it lists as released). On success `activations` holds
-  // the residual stream to forward to the next stage and, on the last stage,
-  // `result` gets one SampledToken per chunk with sample = true.
+  // the residual stream to forward to the next stage (unless
+  // rows_on_device(): then SendRows forwards it) and, on the last stage,
+  // `result` gets one SampledToken per chunk with sample = true. A step whose
+  // activations come over the NCCL link is received first, even when it is
+  // then refused, so that the link's transfers stay matched.
   absl::Status Run(const wire::Message& message, std::vector<float>* activations,
                    wire::pb::StepResult* result);
+
+  // The NCCL link of this stage's plan (worker/nccl_link.h), if it has one;
+  // the executor uses it while it is not broken.
+  void set_link(std::unique_ptr<NcclLink> link) { link_ = std::move(link); }
+  NcclLink* link() const { return link_.get(); }
+  // The last step's output stayed in GPU memory for the next stage's link.
+  bool rows_on_device() const { return rows_on_device_; }
+  // Sends the last step's output rows over the link (rows_on_device()).
+  absl::Status SendRows();
 
   // Forgets these slots (out-of-range ids are ignored). When `sequence_ids`
   // is given (parallel to `slots`), a slot is forgotten only if that sequence
@@ -92,6 +105,8 @@ class StageExecutor {
   // Takes the KV pages the step's chunks need: RESOURCE_EXHAUSTED, with no
   // change, when the pool cannot hold them.
   absl::Status ReservePages(const wire::pb::StepHeader& step);
+  // Takes the rows a step announces over the NCCL link (see Run).
+  absl::Status ReceiveRows(const wire::Message& message, bool* received);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
                       wire::pb::StepResult* result);
 
@@ -99,6 +114,9 @@ class StageExecutor {
   StagePlan plan_;
   StageWeights weights_;
   std::unique_ptr<StageCompute> compute_;
+  std::unique_ptr<NcclLink> link_;
+  bool rows_on_device_ = false;
+  int64_t device_rows_ = 0;  // of the last step
   Sampler sampler_;
   std::vector<int64_t> lengths_;                 // positions each slot holds
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot

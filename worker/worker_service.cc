@@ -37,6 +37,7 @@ struct LoadContext {
   std::string model_sha256;
   ThreadPool& pool;
   std::function<void()> wait_hook;  // for the shard cache; runs on the compute thread
+  std::shared_ptr<NcclRendezvous> nccl;  // null: no NCCL group
 };
 
 absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig& config,
@@ -79,6 +80,46 @@ absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig&
   return plan;
 }
 
+// Runs on the loading thread once the stage is built: waits for the group's
+// unique id, joins, and hands the link to the executor. Never fails the
+// stage: without a link its activations go over ZeroMQ.
+void JoinNcclGroup(const LoadContext& ctx, StageExecutor* executor) {
+  NcclRendezvous& group = *ctx.nccl;
+  const auto deadline = std::chrono::steady_clock::now() + ctx.options.nccl_connect_timeout;
+  std::string unique_id;
+  {
+    std::unique_lock lock(group.mutex);
+    group.arrived.wait_until(lock, deadline,
+                             [&] { return group.unique_id.has_value() || group.cancelled.load(); });
+    if (group.unique_id.has_value()) unique_id = *group.unique_id;
+  }
+  absl::StatusOr<std::unique_ptr<NcclLink>> link =
+      absl::DeadlineExceededError("the NCCL group's unique id did not come");
+  if (group.cancelled.load()) {
+    link = absl::CancelledError("a new plan came");
+  } else if (!unique_id.empty()) {
+    NcclLinkOptions options;
+    options.device = ctx.options.device;
+    options.rank = group.rank;
+    options.n_ranks = group.n_ranks;
+    options.unique_id = unique_id;
+    options.connect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    options.transfer_timeout = ctx.options.nccl_transfer_timeout;
+    options.cancelled = [&group] { return group.cancelled.load(); };
+    link = NcclLink::Connect(options);
+  }
+  if (!link.ok()) {
+    log::Warn("worker %s: plan %d: no NCCL link (rank %d of %d): %s; activations go over ZeroMQ",
+              ctx.options.worker_id, group.plan_version, group.rank, group.n_ranks,
+              link.status().ToString());
+    return;
+  }
+  log::Info("worker %s: plan %d: NCCL link up (rank %d of %d)", ctx.options.worker_id, group.plan_version,
+            group.rank, group.n_ranks);
+  executor->set_link(*std::move(link));
+}
+
 // Runs on the loading thread: everything it touches is its own or immutable.
 absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
                                                          const pb::AssignLayers& a) {
@@ -105,7 +146,10 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
                          return ctx.connect(ctx.context, a.loader_endpoint(), ctx.model_sha256);
                        },
                        options));
-  return StageExecutor::Create(config, plan, std::move(weights), ctx.pool);
+  ASSIGN_OR_RETURN(std::unique_ptr<StageExecutor> executor,
+                   StageExecutor::Create(config, plan, std::move(weights), ctx.pool));
+  if (ctx.nccl != nullptr) JoinNcclGroup(ctx, executor.get());
+  return executor;
 }
 
 }  // namespace
@@ -135,6 +179,11 @@ absl::StatusOr<std::unique_ptr<WorkerService>> WorkerService::Create(
     ASSIGN_OR_RETURN(service->options_.weight_bytes_per_second,
                      options.backend == "cuda" ? MeasureCudaWeightThroughput(options.device)
                                                : MeasureWeightThroughput(pool));
+  }
+  if (options.backend == "cuda") {
+    absl::StatusOr<std::string> uuid = CudaDeviceUuid(options.device);
+    if (!uuid.ok()) return uuid.status();
+    service->gpu_uuid_ = *uuid;
   }
   log::Info("worker %s: data socket bound at %s; %.3g weight bytes/s", options.worker_id,
             service->data_endpoint_, service->options_.weight_bytes_per_second);
@@ -223,6 +272,8 @@ void WorkerService::HandleHello(const pb::Hello& hello) {
   r->set_curve_public_key(options_.curve.own.public_key);
   r->set_kv_slots(options_.max_kv_slots);
   r->set_n_ctx(options_.max_n_ctx);
+  r->set_nccl(nccl_capable());
+  r->set_gpu_uuid(gpu_uuid_);
   SendControl(envelope);
   link_ = Link::kRegister;
   last_sent_ = Clock::now();
@@ -260,6 +311,9 @@ void WorkerService::HandleControl(const wire::Message& message) {
     }
     case pb::Envelope::kAssignLayers:
       HandleAssign(e.assign_layers());
+      break;
+    case pb::Envelope::kNcclUniqueId:
+      HandleNcclUniqueId(e.nccl_unique_id());
       break;
     case pb::Envelope::kFreeSlots:
       if (executor_ != nullptr) {
@@ -333,6 +387,7 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   reported_cache_stats_ = {};
   next_.reset();
   plan_version_ = a.plan_version();
+  PrepareNccl(a);
   if (loading_.valid()) {
     queued_ = a;  // started when the current load finishes
     return;
@@ -344,9 +399,55 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   StartLoad(a);
 }
 
+bool WorkerService::nccl_capable() const {
+  return options_.nccl && options_.backend == "cuda" && NcclBuilt() && !gpu_uuid_.empty();
+}
+
+void WorkerService::PrepareNccl(const pb::AssignLayers& a) {
+  if (nccl_ != nullptr && nccl_->plan_version == a.plan_version()) return;  // a queued one, resumed
+  if (nccl_ != nullptr) {
+    std::lock_guard lock(nccl_->mutex);
+    nccl_->cancelled = true;
+    nccl_->arrived.notify_all();
+  }
+  nccl_.reset();
+  if (a.nccl_ranks() < 2 || a.first_layer() == a.end_layer() || !nccl_capable()) return;
+  if (a.nccl_rank() >= a.nccl_ranks()) {
+    log::Warn("worker %s: plan %d names NCCL rank %d of %d; no link", options_.worker_id,
+              a.plan_version(), a.nccl_rank(), a.nccl_ranks());
+    return;
+  }
+  nccl_ = std::make_shared<NcclRendezvous>();
+  nccl_->plan_version = a.plan_version();
+  nccl_->rank = static_cast<int>(a.nccl_rank());
+  nccl_->n_ranks = static_cast<int>(a.nccl_ranks());
+  if (nccl_->rank != 0) return;  // the id comes from rank 0 through the coordinator
+  absl::StatusOr<std::string> id = NewNcclUniqueId();
+  if (!id.ok()) {
+    // The others wait for an id that never comes, then fall back too.
+    log::Warn("worker %s: cannot make an NCCL group id: %s", options_.worker_id, id.status().ToString());
+    return;
+  }
+  nccl_->unique_id = *id;
+  pb::Envelope envelope;
+  pb::NcclUniqueId* out = envelope.mutable_nccl_unique_id();
+  out->set_plan_version(a.plan_version());
+  out->set_first_stage(a.stage_index());
+  out->set_unique_id(*id);
+  SendControl(envelope);
+}
+
+void WorkerService::HandleNcclUniqueId(const pb::NcclUniqueId& id) {
+  if (nccl_ == nullptr || nccl_->plan_version != id.plan_version() || nccl_->rank == 0) return;
+  std::lock_guard lock(nccl_->mutex);
+  nccl_->unique_id = id.unique_id();
+  nccl_->arrived.notify_all();
+}
+
 void WorkerService::StartLoad(const pb::AssignLayers& a) {
   LoadContext ctx{context_,      connect_loader_, options_,
-                  model_sha256_, pool_,           [this] { ServiceControlDuringStep(); }};
+                  model_sha256_, pool_,           [this] { ServiceControlDuringStep(); },
+                  nccl_ != nullptr && nccl_->plan_version == a.plan_version() ? nccl_ : nullptr};
   loading_ = std::async(std::launch::async, [ctx, a]() {
     Loaded loaded{a, absl::InternalError("not loaded")};
     try {
@@ -402,6 +503,7 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
   }
   executor_ = std::move(executor);
   executor_->set_between_layers([this] { ServiceControlDuringStep(); });
+  if (executor_->link() != nullptr) executor_->link()->set_poll_hook([this] { ServiceControlDuringStep(); });
   log::Info("worker %s: plan %d: layers [%d, %d) ready: %d weight bytes, %d KV cache bytes",
             options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(),
             executor_->weight_bytes(), executor_->kv_cache_bytes());
@@ -416,6 +518,7 @@ void WorkerService::SendStageReady(uint64_t plan_version, const absl::Status& st
   if (executor_ != nullptr) {
     ready->set_weight_bytes(executor_->weight_bytes());
     ready->set_kv_cache_bytes(executor_->kv_cache_bytes());
+    ready->set_nccl_linked(executor_->link() != nullptr);
   }
   SendControl(envelope);
 }
@@ -505,8 +608,21 @@ absl::Status WorkerService::Forward(const wire::Message& message) {
     return absl::UnavailableError(
         absl::StrFormat("the next stage took no step for %d ms", options_.forward_timeout.count()));
   }
+  // The header always goes over ZeroMQ; the rows follow over the NCCL link
+  // when the step left them on the GPU, else ride as its payload frame.
+  const bool over_link = executor_->rows_on_device();
+  const pb::Envelope* header = &message.envelope;
+  if (over_link || message.envelope.step().activations_over_nccl()) {
+    forwarded_ = message.envelope;
+    forwarded_.mutable_step()->set_activations_over_nccl(over_link);
+    header = &forwarded_;
+  }
+  if (over_link) {
+    RETURN_IF_ERROR(wire::Send(*next_, *header, {}, {}, /*dont_wait=*/true));
+    return executor_->SendRows();
+  }
   const auto* bytes = reinterpret_cast<const uint8_t*>(activations_.data());
-  return wire::Send(*next_, message.envelope,
+  return wire::Send(*next_, *header,
                     std::span<const uint8_t>(bytes, activations_.size() * sizeof(float)), {},
                     /*dont_wait=*/true);
 }

@@ -21,6 +21,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <functional>
 #include <future>
@@ -64,6 +66,25 @@ struct WorkerOptions {
   // admits peers); control and next-stage links are clients of the keys the
   // setup and the plan name.
   wire::CurveSetup curve;
+  // NCCL links to neighbouring GPU stages (a CUDA worker built with NCCL):
+  // registered as `nccl`, the coordinator groups it with them. Bounded waits:
+  // forming the group once this stage is loaded, and any one transfer.
+  bool nccl = true;
+  std::chrono::milliseconds nccl_connect_timeout{45000};
+  std::chrono::milliseconds nccl_transfer_timeout{10000};
+};
+
+// The NCCL group of one assignment, shared by the control loop (which gets
+// the group's unique id: made here on rank 0, relayed by the coordinator to
+// the others) and the loading thread (which waits for it, then joins).
+struct NcclRendezvous {
+  uint64_t plan_version = 0;
+  int rank = 0;
+  int n_ranks = 0;
+  std::mutex mutex;
+  std::condition_variable arrived;
+  std::optional<std::string> unique_id;  // guarded by mutex
+  std::atomic<bool> cancelled{false};    // a newer plan came
 };
 
 // Connects to a loader; LoaderClient::Connect in production, a fake in tests.
@@ -113,6 +134,10 @@ class WorkerService {
   void HandleHello(const wire::pb::Hello& hello);
   void HandleRegisterReply(const wire::pb::RegisterReply& reply);
   void HandleAssign(const wire::pb::AssignLayers& assignment);
+  // Sets up nccl_ for the assignment (rank 0 makes and announces the id).
+  void PrepareNccl(const wire::pb::AssignLayers& assignment);
+  void HandleNcclUniqueId(const wire::pb::NcclUniqueId& id);
+  bool nccl_capable() const;  // and registered as such
   void StartLoad(const wire::pb::AssignLayers& assignment);
   void FinishLoad();
   absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
@@ -139,6 +164,7 @@ class WorkerService {
   std::optional<zmq::socket_t> data_;
   std::optional<zmq::socket_t> next_;  // PUSH to the next stage
   std::string data_endpoint_;
+  std::string gpu_uuid_;  // CUDA workers: their GPU's
   Link link_ = Link::kHello;
   Clock::time_point last_sent_{};
   Clock::time_point last_heard_{};
@@ -150,10 +176,12 @@ class WorkerService {
   std::string model_sha256_;  // from the coordinator's Hello
 
   std::unique_ptr<StageExecutor> executor_;
+  std::shared_ptr<NcclRendezvous> nccl_;  // of the latest assignment in an NCCL group
   uint64_t plan_version_ = 0;  // of the stage held (or being loaded)
   std::future<Loaded> loading_;
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
+  wire::pb::Envelope forwarded_;  // a step's header as forwarded, when it differs
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.

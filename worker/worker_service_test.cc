@@ -147,6 +147,7 @@ class WorkerServiceTest : public ::testing::Test {
     EXPECT_EQ(reg.identity, id);
     EXPECT_EQ(reg.envelope.register_worker().worker_id(), id);
     EXPECT_GT(reg.envelope.register_worker().weight_bytes_per_second(), 0.0);
+    EXPECT_FALSE(reg.envelope.register_worker().nccl());  // CPU workers pass activations over ZeroMQ
     pb::Envelope ok;
     ok.mutable_register_reply();
     SendTo(id, ok);
@@ -369,6 +370,12 @@ TEST_F(WorkerServiceTest, TwoStagesMatchLocalGenerationAndRejectBadSteps) {
   ASSERT_TRUE(wire::Send(push0, bad).ok());
   ExpectStepError(Expect(pb::Envelope::kStepResult), 903, absl::StatusCode::kFailedPrecondition,
                   "w0", "is for plan 2");
+  // Activations announced over NCCL reach a CPU stage, which has no link: refused, slot unchanged.
+  bad = Step(3, 904, {&a}, {{a.generated[2]}}, {next_a});
+  bad.mutable_step()->set_activations_over_nccl(true);
+  ASSERT_TRUE(wire::Send(push1, bad).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 904, absl::StatusCode::kUnavailable, "w1",
+                  "this stage has no working link");
 
   for (uint64_t step = 4; step <= kTokens; ++step) run_step(step, false);
 

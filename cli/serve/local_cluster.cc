@@ -4,6 +4,7 @@
 
 #include <charconv>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 
 #include "cli/serve/health_probe.h"
@@ -75,6 +76,9 @@ absl::StatusOr<std::string> LocalCluster::Launch(Spec spec) {
 }
 
 absl::Status LocalCluster::StartAll() {
+  // Children inherit it: NCCL's NVLink multicast (NVLS) stays off for GPU
+  // workers (it needs fabric settings chord never changes).
+  setenv("NCCL_NVLS_ENABLE", "0", 1);
   const std::string bin = options_.bin_dir.empty() ? SelfDirectory() : options_.bin_dir;
   std::vector<std::string> common = options_.log_args;
   if (!options_.config_path.empty()) {
@@ -121,6 +125,10 @@ absl::Status LocalCluster::StartAll() {
     SetFlag(worker.args, "--data-bind", "tcp://127.0.0.1:0");
     if (options_.threads_per_worker > 0) {
       SetFlag(worker.args, "--threads", std::to_string(options_.threads_per_worker));
+    }
+    if (!options_.worker_devices.empty()) {
+      const size_t device = static_cast<size_t>(i) % options_.worker_devices.size();
+      SetFlag(worker.args, "--device", std::to_string(options_.worker_devices[device]));
     }
     RETURN_IF_ERROR(Launch(std::move(worker)).status());
   }

@@ -76,6 +76,18 @@ absl::Status ReadChoice(const std::string& field, const YAML::Node& node,
   return FieldError(field, node, absl::StrCat("'", value, "' is not one of: ", allowed));
 }
 
+absl::Status ReadBool(const std::string& field, const YAML::Node& node, bool* out) {
+  ASSIGN_OR_RETURN(std::string value, ReadString(field, node));
+  if (value == "true") {
+    *out = true;
+  } else if (value == "false") {
+    *out = false;
+  } else {
+    return FieldError(field, node, absl::StrCat("expected true or false, got '", value, "'"));
+  }
+  return absl::OkStatus();
+}
+
 // One handler per known key; a key without a handler is an error, so typos
 // surface instead of silently keeping a default.
 using FieldHandler = std::function<absl::Status(const std::string& field, const YAML::Node&)>;
@@ -182,6 +194,8 @@ absl::Status ReadWorker(const std::string& section, const YAML::Node& node, Work
       {"device", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->device); }},
       {"threads", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->threads); }},
       {"curve_key", StringField(&w->curve_key)},
+      {"nccl", [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &w->nccl); }},
+      {"nccl_interface", StringField(&w->nccl_interface)},
   };
   RETURN_IF_ERROR(ReadMap(section, node, table));
   if (w->id.empty()) return FieldError(absl::StrCat(section, ".id"), node, "required");
@@ -316,7 +330,9 @@ std::string ClusterConfig::ToYaml() const {
         << "    memory_budget: " << w.memory_budget << "\n"
         << "    backend: " << w.backend << "\n"
         << "    device: " << w.device << "\n"
-        << "    threads: " << w.threads << "\n";
+        << "    threads: " << w.threads << "\n"
+        << "    nccl: " << (w.nccl ? "true" : "false") << "\n";
+    if (!w.nccl_interface.empty()) out << "    nccl_interface: " << Quote(w.nccl_interface) << "\n";
     if (!w.curve_key.empty()) out << "    curve_key: " << Quote(w.curve_key) << "\n";
   }
   return out.str();

@@ -46,6 +46,9 @@
 //       device: 0
 //       threads: 0             # 0: one per core
 //       curve_key: /etc/chord/keys/w0.key
+//       nccl: true             # cuda: activations to/from neighbouring GPU stages over NCCL
+//       nccl_interface: eth1   # NCCL's bootstrap/socket traffic stays here; default: the
+//                              # interface holding `host` (lo for 127.0.0.1)
 #pragma once
 
 #include <cstdint>
@@ -104,6 +107,8 @@ struct WorkerSection {
   int device = 0;
   int threads = 0;
   std::string curve_key;
+  bool nccl = true;
+  std::string nccl_interface;
 };
 
 // The cluster-wide half of CURVE (each section names its own secret key).

@@ -58,6 +58,8 @@ workers:
     memory_budget: 512M
     backend: cuda
     device: 1
+    nccl: false
+    nccl_interface: eth1
 )";
 
 TEST(ClusterConfigTest, ParsesEveryField) {
@@ -89,6 +91,10 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->workers[0].data_port, 6100);
   EXPECT_EQ(config->workers[0].memory_budget, 2ull << 30);
   EXPECT_EQ(config->workers[0].threads, 3);
+  EXPECT_TRUE(config->workers[0].nccl);
+  EXPECT_TRUE(config->workers[0].nccl_interface.empty());
+  EXPECT_FALSE(config->workers[1].nccl);
+  EXPECT_EQ(config->workers[1].nccl_interface, "eth1");
   EXPECT_EQ(config->workers[0].backend, "cpu");
   EXPECT_EQ(config->workers[1].host, "127.0.0.2");
   EXPECT_EQ(config->workers[1].memory_budget, 512ull << 20);
@@ -175,6 +181,7 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
       {"workers:\n  - host: x\n", "workers[0].id (line 2): required"},
       {"workers:\n  - id: a\n    memory_budget: 2Q\n", "workers[0].memory_budget (line 3): bad size"},
+      {"workers:\n  - id: a\n    nccl: maybe\n", "workers[0].nccl (line 3): expected true or false"},
       {"workers:\n  - id: a\n    backend: tpu\n", "workers[0].backend (line 3)"},
       {"workers:\n  - id: a\n    colour: red\n", "workers[0].colour (line 3): unknown key"},
       {"workers: {id: a}\n", "workers (line 1): expected a list"},

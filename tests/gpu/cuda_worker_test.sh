@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Workers on the GPU, end to end: a loader, a coordinator and chord-worker
-# processes with `--backend cuda` (all-GPU, then one CPU and one CUDA worker)
-# serve the bundled model on loopback; greedy tokens through the gRPC API must
+# processes with `--backend cuda` (all-GPU, then one CPU and one CUDA worker;
+# on a machine with two or more GPUs also one worker per GPU, whose stages
+# pass activations over NCCL, alone and beside CPU and same-GPU stages) serve
+# the bundled model on loopback; greedy tokens through the gRPC API must
 # equal the in-process CPU `chord generate` (F32 model and F32 KV cache: the
 # two backends' logits agree far within the greedy margins of these prompts).
 #   tests/gpu/cuda_worker_test.sh BIN_DIR MODEL
@@ -26,7 +28,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_cluster BACKEND... : one worker per argument.
+# start_cluster BACKEND[:DEVICE]... : one worker per argument.
 start_cluster() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -38,9 +40,11 @@ start_cluster() {
     --control-bind "tcp://127.0.0.1:$CONTROL" --min-workers $# --kv-type f32 --ctx-size 128 \
     >"$WORK/coordinator.log" 2>&1 & PIDS+=($!)
   local i=0
-  for backend in "$@"; do
+  for spec in "$@"; do
+    local backend=${spec%%:*} device=0
+    [ "$spec" != "$backend" ] && device=${spec#*:}
     "$BIN/chord-worker" --id "w$i" --coordinator "tcp://127.0.0.1:$CONTROL" --backend "$backend" \
-      --threads 2 --metrics-port -1 >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
+      --device "$device" --threads 2 --metrics-port -1 >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
     i=$((i + 1))
   done
   for _ in $(seq 1 300); do
@@ -52,17 +56,30 @@ start_cluster() {
 
 tokens() { grep -o '"token_ids":\[[0-9,]*\]' | head -1; }
 
+SETUPS=("cuda" "cuda cuda" "cpu cuda")
+GPUS=$(nvidia-smi -L | grep -c GPU)
+if [ "$GPUS" -ge 2 ]; then
+  SETUPS+=("cuda:0 cuda:1" "cpu cuda:0 cuda:1" "cuda:0 cuda:1 cuda:0")
+else
+  echo "note: one GPU: the NCCL setups (one worker per GPU) are not run"
+fi
+
 status=0
 for prompt in "Once upon a time" "Lily and Ben went to the park"; do
   expected=$("$BIN/chord" generate --model "$MODEL" --prompt "$prompt" --temperature 0 --max-tokens 40 \
     --kv-type f32 --ctx-size 128 --json 2>/dev/null | tokens)
-  for setup in "cuda" "cuda cuda" "cpu cuda"; do
+  for setup in "${SETUPS[@]}"; do
     # shellcheck disable=SC2086
     start_cluster $setup
     got=$("$BIN/chord" generate --server "127.0.0.1:$GRPC" --prompt "$prompt" --temperature 0 \
       --max-tokens 40 --json 2>/dev/null | tokens)
-    if [ -n "$got" ] && [ "$got" = "$expected" ]; then
-      echo "ok: [$setup] '$prompt'"
+    links=$(grep -l "NCCL link up" "$WORK"/w*.log 2>/dev/null | wc -l)
+    if [[ "$setup" == *"cuda:0 cuda:1"* ]] && [ "$links" -lt 2 ]; then
+      echo "FAIL: [$setup] '$prompt': $links worker(s) brought an NCCL link up, expected 2"
+      grep -h "NCCL" "$WORK"/*.log | tail -n 10
+      status=1
+    elif [ -n "$got" ] && [ "$got" = "$expected" ]; then
+      echo "ok: [$setup] '$prompt' ($links NCCL link(s))"
     else
       echo "FAIL: [$setup] '$prompt': expected $expected, got ${got:-nothing}"
       tail -n 5 "$WORK"/*.log

@@ -1,0 +1,19 @@
+// StageCompute's defaults: a stage that cannot hold activations on a GPU
+// (the CPU stage) has no NCCL links.
+#include "worker/stage_compute.h"
+
+namespace chord {
+
+absl::Status StageCompute::ReceiveRows(NcclLink&, int64_t) {
+  return absl::UnimplementedError("this stage's activations live in host memory: no NCCL link");
+}
+
+absl::Status StageCompute::RunLayersOnDevice(std::span<const BatchToken>, float*, bool, bool) {
+  return absl::UnimplementedError("this stage's activations live in host memory: no NCCL link");
+}
+
+absl::Status StageCompute::SendRows(NcclLink&, int64_t) {
+  return absl::UnimplementedError("this stage's activations live in host memory: no NCCL link");
+}
+
+}  // namespace chord
