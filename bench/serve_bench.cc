@@ -285,7 +285,7 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     options.on_line = [](const std::string& child, std::string_view line) {
       std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
     };
-    options.worker_args = {"--backend", "cuda"};
+    options.worker_args = {"--backend", flags.backend};
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
     options.coordinator_args = {"--kv-tokens", std::to_string(options.kv_slots * options.ctx_size),
                                 "--kv-type", "f16"};

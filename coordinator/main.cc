@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("--config", config_path, "cluster YAML (its coordinator: section)")->check(CLI::ExistingFile);
   auto* control = app.add_option("--control-bind", control_bind, "control ROUTER endpoint (port 0: OS pick)");
   chord::CoordinatorFlags flags(app);
-  app.add_option("--prefill-chunk", prefill_chunk, "prompt tokens per sequence per step")->check(CLI::Range(1, 65536));
+  app.add_option("--prefill-chunk", prefill_chunk, "prompt tokens per sequence per step")
+      ->check(CLI::Range(int64_t{1}, chord::wire::kMaxStepTokens));
   app.add_option("--replan-timeout-ms", replan_timeout_ms,
                  "how long requests wait for a re-plan's stages to load")
       ->check(CLI::Range(100, 3600000));

@@ -291,15 +291,17 @@ bool SchedulerCore::LaunchOneStep() {
   const size_t n_stages = static_cast<size_t>(std::max(1, pool_.n_stages()));
   const size_t per_step = (ids.size() + n_stages - 1) / n_stages;
   std::set<uint64_t> in_step;
+  int64_t step_tokens = 0;  // at most wire::kMaxStepTokens: stages refuse larger steps
   for (const uint64_t id : ids) {
-    if (step.entries.size() >= per_step) break;
+    if (step.entries.size() >= per_step || step_tokens >= wire::kMaxStepTokens) break;
     auto it = running_.find(id);
     if (it == running_.end()) continue;  // preempted for an older sequence of this step
     Sequence* sequence = it->second.get();
     if (sequence->in_flight || sequence->ended || sequence->fed >= sequence->journal.size()) continue;
     if (now < sequence->hold_until) continue;
-    const size_t count = std::min(sequence->journal.size() - sequence->fed,
-                                  static_cast<size_t>(options_.prefill_chunk));
+    const size_t count = std::min({sequence->journal.size() - sequence->fed,
+                                   static_cast<size_t>(options_.prefill_chunk),
+                                   static_cast<size_t>(wire::kMaxStepTokens - step_tokens)});
     if (!GrantPages(*sequence, static_cast<int64_t>(sequence->fed + count), in_step)) continue;
     in_step.insert(id);
     const bool sample = sequence->fed + count == sequence->journal.size();
@@ -316,6 +318,7 @@ bool SchedulerCore::LaunchOneStep() {
       chunk.set_logprobs(sequence->request.logprobs);
     }
     step.entries.push_back({id, count, sample});
+    step_tokens += static_cast<int64_t>(count);
   }
   if (step.entries.empty()) return false;
   // Step ids are drawn at random, never 0 (what a stage reports for a frame

@@ -235,6 +235,29 @@ TEST_F(SchedulerTest, LongPromptsArePrefilledInChunks) {
   EXPECT_EQ(steps[1].sequences(0).token_ids(0), 303u);
 }
 
+TEST_F(SchedulerTest, NoStepHoldsMoreTokensThanAStageTakes) {
+  options_.prefill_chunk = static_cast<int>(wire::kMaxStepTokens);
+  options_.pool.n_ctx = 3000;
+  StartServing();
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (int r = 0; r < 3; ++r) {
+    std::vector<TokenId> prompt = {1};
+    for (int i = 1; i < 2000; ++i) prompt.push_back(static_cast<TokenId>(300 + (i * 7 + r) % 200));
+    auto stream = scheduler_->Submit(Request("r" + std::to_string(r), prompt, 2));
+    ASSERT_TRUE(stream.ok());
+    streams.push_back(*stream);
+  }
+  for (const auto& stream : streams) EXPECT_EQ(Collect(*stream).tokens, Expected(2000, 2));
+  int64_t largest = 0;
+  for (const auto& step : workers_[0]->steps()) {
+    int64_t tokens = 0;
+    for (const auto& chunk : step.sequences()) tokens += chunk.token_ids_size();
+    largest = std::max(largest, tokens);
+  }
+  EXPECT_LE(largest, wire::kMaxStepTokens);
+  EXPECT_GT(largest, 2000);  // prompts still share steps
+}
+
 // Four sequences that each grow to 42 positions share a KV pool of one
 // context (4 pages of 16): the newest are preempted and recomputed from their
 // journals, every stream still gets exactly its tokens, and no stage is ever

@@ -10,11 +10,11 @@
 // a receiver takes every transfer announced to it, even for a step it then
 // refuses, so the two never drift apart.
 //
-// Every wait polls (the communicator is non-blocking), runs a hook between
-// polls (the worker answers heartbeats there) and gives up after a timeout:
-// the communicator is then aborted, the link reports broken() and the caller
-// falls back to ZeroMQ. Built with NCCL in CUDA builds; elsewhere Connect
-// says UNIMPLEMENTED.
+// Every wait polls (joining on a non-blocking communicator, each transfer on
+// its CUDA stream), runs a hook between polls (the worker answers heartbeats
+// there) and gives up after a timeout: the communicator is then aborted, the
+// link reports broken() and the caller falls back to ZeroMQ. Built with NCCL
+// in CUDA builds; elsewhere Connect says UNIMPLEMENTED.
 //
 // Thread-safety: one thread at a time (Connect may run on another thread
 // than the later transfers).

@@ -32,7 +32,7 @@ struct StepLimits {
   int64_t n_vocab = 0;
   int64_t kv_slots = 0;
   int64_t n_ctx = 0;
-  int64_t max_step_tokens = 4096;  // bounds the activation buffers a peer can make us allocate
+  int64_t max_step_tokens = wire::kMaxStepTokens;  // bounds the activation buffers a peer can make us allocate
   int64_t max_logprobs = 20;
 };
 

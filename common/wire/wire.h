@@ -26,6 +26,11 @@ namespace pb = ::chord::internal::v1;
 
 inline constexpr uint32_t kProtocolVersion = pb::PROTOCOL_VERSION_CURRENT;
 
+// The most tokens one step may hold: stages refuse more (it bounds the
+// activation buffers a peer can make them allocate), so the coordinator
+// never builds a larger one.
+inline constexpr int64_t kMaxStepTokens = 4096;
+
 struct Message {
   std::string identity;    // ROUTER sockets only; empty otherwise
   std::string peer_key;    // the sender's CURVE public key (Z85) as ZAP admitted it; empty on plaintext
