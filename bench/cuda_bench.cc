@@ -142,6 +142,7 @@ int Run(int argc, char** argv) {
   int64_t decode_steps = 128, prefill_len = 512, prompt_len = 128;
   int64_t gemm_min_tokens = CudaStageOptions{}.gemm_min_tokens;
   bool use_graph = CudaStageOptions{}.use_graph;
+  bool int8_activations = CudaStageOptions{}.int8_activations;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -151,6 +152,8 @@ int Run(int argc, char** argv) {
   app.add_option("--prompt", prompt_len, "prompt tokens per sequence for batched decode");
   app.add_option("--gemm-min-tokens", gemm_min_tokens, "batches this large use dequantize + GEMM");
   app.add_flag("--graph,!--no-graph", use_graph, "replay one-token decode steps from a CUDA graph");
+  app.add_flag("--int8,!--no-int8", int8_activations,
+               "decode products over Q4_K weights with 8-bit activations and integer dot products");
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
 
@@ -185,6 +188,7 @@ int Run(int argc, char** argv) {
   options.n_slots = max_slots;
   options.gemm_min_tokens = gemm_min_tokens;
   options.use_graph = use_graph;
+  options.int8_activations = int8_activations;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -8,6 +8,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matvec.h"
+#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
 #include "worker/models/tensor_lookup.h"
 #include "worker/models/tensor_source.h"
@@ -79,6 +80,7 @@ struct CudaStage::Impl {
   // Scratch, grown to the largest batch seen.
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
+  DeviceBuffer q8x;  // activations rounded to 8 bits for the integer decode path
   std::vector<cuda::TokenSlot> host_tokens;
 
   // The captured one-token decode step (embedding, layers, logits); it bakes
@@ -116,6 +118,9 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(tokens, static_cast<size_t>(n) * sizeof(cuda::TokenSlot)));
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
+  // Allocated here, not on first use: the decode graph bakes in its address.
+  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(std::min(n, options.gemm_min_tokens),
+                                                      std::max(e, ff))));
   capacity = n;
   ++epoch;
   return absl::OkStatus();
@@ -123,6 +128,14 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
+  if (n < options.gemm_min_tokens && options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols)) {
+    const cuda::Q8Activations rounded = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
+    RETURN_IF_ERROR(cuda::CudaStatus(
+        cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, rounded, s()),
+        "LaunchQuantizeActivations"));
+    return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, rounded, static_cast<int>(n), out, accumulate, s()),
+                            "LaunchMatVecQ8");
+  }
   if (n < options.gemm_min_tokens) {
     return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVec");

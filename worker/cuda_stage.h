@@ -40,6 +40,9 @@ struct CudaStageOptions {
   // Forward of a single token replays a captured CUDA graph of the whole step
   // (measured: -1.05 ms per token on llama2-7b; see kernels/cuda/NOTES.md).
   bool use_graph = true;
+  // Decode products over Q4_K weights round their activations to 8 bits and
+  // use integer dot products (kernels/cuda/matvec_q8.h); off: float path.
+  bool int8_activations = true;
 };
 
 class CudaStage {

@@ -2,23 +2,13 @@
 
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/quant_blocks.cuh"
+
 namespace chord::cuda {
 namespace {
 
-// GGUF type codes (chord::DType values) of the types read here.
-constexpr uint32_t kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14;
 constexpr int kUnit = 32;       // elements one lane handles per step
 constexpr int kWarpsPerBlock = 4;
-
-__device__ __forceinline__ float Half(const uint8_t* p) {
-  return __half2float(*reinterpret_cast<const __half*>(p));
-}
-
-// 16 bytes from a 16-byte-aligned address, bypassing L1 allocation: weights
-// are read once per pass.
-__device__ __forceinline__ uint4 Load16(const uint8_t* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
-}
 
 // n (even) bytes from a 2-byte-aligned address into out.
 template <int kN>
@@ -29,16 +19,6 @@ __device__ __forceinline__ void LoadAligned2(const uint8_t* p, uint8_t (&out)[kN
     const uint16_t v = __ldg(h + i);
     out[2 * i] = static_cast<uint8_t>(v & 0xff);
     out[2 * i + 1] = static_cast<uint8_t>(v >> 8);
-  }
-}
-
-__device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* q, float* scale, float* min) {
-  if (j < 4) {
-    *scale = static_cast<float>(q[j] & 63);
-    *min = static_cast<float>(q[j + 4] & 63);
-  } else {
-    *scale = static_cast<float>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
-    *min = static_cast<float>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
   }
 }
 

@@ -73,7 +73,7 @@ for prompt in "Once upon a time" "Lily and Ben went to the park"; do
     start_cluster $setup
     got=$("$BIN/chord" generate --server "127.0.0.1:$GRPC" --prompt "$prompt" --temperature 0 \
       --max-tokens 40 --json 2>/dev/null | tokens)
-    links=$(grep -l "NCCL link up" "$WORK"/w*.log 2>/dev/null | wc -l)
+    links=$(cat "$WORK"/w*.log | grep -c "NCCL link up" || true)
     if [[ "$setup" == *"cuda:0 cuda:1"* ]] && [ "$links" -lt 2 ]; then
       echo "FAIL: [$setup] '$prompt': $links worker(s) brought an NCCL link up, expected 2"
       grep -h "NCCL" "$WORK"/*.log | tail -n 10

@@ -1,0 +1,46 @@
+// The integer path of decode's matrix-vector products: activations rounded
+// once per product to 8-bit integers per 32 elements (a scale each, and the
+// scaled sum of each 16-element half, as llama.cpp's Q8_1 keeps per block),
+// then integer dot products with Q4_K weights four bytes at a time (dp4a).
+// A weight pass costs a quarter of the float path's instructions, which is
+// what bounds that path (kernels/cuda/NOTES.md).
+//
+// Numerics: the result is the float path's with x replaced by its rounded
+// values (relative error of each activation up to 1/254 of its block's
+// largest), the same rounding the CPU backend applies to activations for
+// quantized weights. Launchers never synchronize; reentrant.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/matvec.h"
+
+namespace chord::cuda {
+
+// n_tokens rows of `cols` activations in 8-bit form, carved from one buffer.
+struct Q8Activations {
+  int8_t* q = nullptr;        // n_tokens * cols
+  float* scale = nullptr;     // n_tokens * cols / 32: the value of one step of q
+  float* half_sums = nullptr; // n_tokens * cols / 16: scale * sum of the half's q
+};
+
+// Bytes of a buffer holding n_tokens x cols (cols a multiple of 32).
+size_t Q8ActivationBytes(int64_t n_tokens, int64_t cols);
+// The arrays of such a buffer (256-byte aligned `buffer`).
+Q8Activations Q8ActivationsIn(void* buffer, int64_t n_tokens, int64_t cols);
+
+// Rounds x (n_tokens rows of cols floats, cols a multiple of 32) into out.
+cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols, Q8Activations out,
+                                      cudaStream_t stream);
+
+// True for the weight types and shapes the integer path reads (Q4_K).
+bool MatVecQ8Supports(uint32_t type, int64_t cols);
+
+// As LaunchMatVec, from activations quantized by LaunchQuantizeActivations.
+cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
+                           bool accumulate, cudaStream_t stream);
+
+}  // namespace chord::cuda

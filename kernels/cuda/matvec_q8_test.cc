@@ -1,0 +1,140 @@
+// The integer decode path against a host reference that rounds the
+// activations the same way: activation rounding on random data, then Q4_K
+// products at several shapes and batch sizes.
+#include "kernels/cuda/matvec_q8.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/quant/quant.h"
+#include "common/tensor/dtype.h"
+#include "kernels/cuda/test_util.h"
+
+namespace chord::cuda {
+namespace {
+
+using testing::Poisoned;
+using testing::RandomFloats;
+using testing::ToDevice;
+using testing::ToHost;
+
+// What LaunchQuantizeActivations computes, on the host.
+struct HostQ8 {
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+};
+
+HostQ8 Round(const std::vector<float>& x) {
+  HostQ8 out;
+  out.q.resize(x.size());
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::abs(x[b * 32 + i]));
+    const float d = amax / 127.0f;
+    out.scale.push_back(d);
+    for (size_t i = 0; i < 32; ++i) {
+      const float v = d > 0.0f ? std::nearbyint(x[b * 32 + i] / d) : 0.0f;
+      out.q[b * 32 + i] = static_cast<int8_t>(std::clamp(v, -127.0f, 127.0f));
+    }
+  }
+  return out;
+}
+
+class MatVecQ8Test : public ::testing::Test {
+ protected:
+  void SetUp() override { CHORD_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_F(MatVecQ8Test, ActivationsRoundPerBlockWithHalfSums) {
+  const int n = 3;
+  const int64_t cols = 1024;
+  std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 11, 3.0f);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);  // an all-zero block: scale 0, q 0
+  DeviceBuffer dx = ToDevice(x);
+  DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
+  const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
+  ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+  std::vector<int8_t> q(x.size());
+  std::vector<float> scale(x.size() / 32), sums(x.size() / 16);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(q.data(), a.q, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(scale.data(), a.scale, scale.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(sums.data(), a.half_sums, sums.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  const HostQ8 ref = Round(x);
+  for (size_t b = 0; b < scale.size(); ++b) ASSERT_FLOAT_EQ(scale[b], ref.scale[b]) << b;
+  for (size_t i = 0; i < q.size(); ++i) {
+    // Division on the device may round a tie the other way: one step at most.
+    ASSERT_LE(std::abs(q[i] - ref.q[i]), 1) << i;
+    ASSERT_LE(std::abs(q[i] * scale[i / 32] - x[i]), 0.5001f * scale[i / 32] + 1e-7f) << i;
+  }
+  for (size_t h = 0; h < sums.size(); ++h) {
+    int sum = 0;
+    for (size_t i = 0; i < 16; ++i) sum += q[h * 16 + i];
+    ASSERT_FLOAT_EQ(sums[h], scale[h / 2] * static_cast<float>(sum)) << h;
+  }
+  EXPECT_EQ(scale[2], 0.0f);
+}
+
+TEST_F(MatVecQ8Test, Q4KProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
+  uint32_t seed = 500;
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
+    const std::vector<float> values = RandomFloats(static_cast<size_t>(rows * cols), seed++);
+    const uint64_t row_bytes = *RowBytes(DType::kQ4_K, cols);
+    std::vector<uint8_t> bytes(row_bytes * rows);
+    ASSERT_TRUE(quant::QuantizeRows(DType::kQ4_K, values.data(), rows, cols, bytes.data()).ok());
+    std::vector<float> decoded(values.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      ASSERT_TRUE(quant::DequantizeRow(DType::kQ4_K, bytes.data() + r * row_bytes, decoded.data() + r * cols, cols).ok());
+    }
+    DeviceBuffer dw = ToDevice(bytes);
+    const DeviceMatrix w{static_cast<uint32_t>(DType::kQ4_K), rows, cols, row_bytes, dw.data()};
+    for (const int n : {1, 2, 3, 7, 8, 13}) {
+      const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed++);
+      const std::vector<float> y0 = RandomFloats(static_cast<size_t>(n * rows), seed++);
+      DeviceBuffer dx = ToDevice(x);
+      DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
+      const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
+      ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+      const HostQ8 rounded = Round(x);
+      for (const bool accumulate : {false, true}) {
+        DeviceBuffer dy = accumulate ? ToDevice(y0) : Poisoned<float>(y0.size());
+        ASSERT_EQ(LaunchMatVecQ8(w, a, n, dy.as<float>(), accumulate, nullptr), cudaSuccess);
+        const std::vector<float> y = ToHost<float>(dy, y0.size());
+        for (int t = 0; t < n; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            double ref = accumulate ? y0[t * rows + r] : 0.0, mag = std::abs(ref), exact = ref;
+            for (int64_t c = 0; c < cols; ++c) {
+              const size_t i = static_cast<size_t>(t * cols + c);
+              const double xr = static_cast<double>(rounded.q[i]) * rounded.scale[i / 32];
+              const double term = static_cast<double>(decoded[r * cols + c]) * xr;
+              ref += term;
+              mag += std::abs(term);
+              exact += static_cast<double>(decoded[r * cols + c]) * x[i];
+            }
+            // Against the rounded activations: float rounding only (and a
+            // device tie rounded the other way, one step of one element).
+            ASSERT_NEAR(y[t * rows + r], ref, 3e-5 * mag + 1e-5)
+                << "rows=" << rows << " cols=" << cols << " n=" << n << " t=" << t << " r=" << r;
+            // Against the exact activations: within the rounding's error.
+            ASSERT_NEAR(y[t * rows + r], exact, 1e-2 * mag + 1e-5);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_F(MatVecQ8Test, RefusesWhatItDoesNotRead) {
+  EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ8_0), 256));
+  EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_K), 300));
+  EXPECT_TRUE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_K), 512));
+  const Q8Activations none;
+  const DeviceMatrix w{static_cast<uint32_t>(DType::kQ6_K), 4, 256, 210, nullptr};
+  EXPECT_EQ(LaunchMatVecQ8(w, none, 1, nullptr, false, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchQuantizeActivations(nullptr, 1, 33, none, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace chord::cuda
