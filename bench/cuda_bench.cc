@@ -143,6 +143,7 @@ int Run(int argc, char** argv) {
   int64_t gemm_min_tokens = CudaStageOptions{}.gemm_min_tokens;
   bool use_graph = CudaStageOptions{}.use_graph;
   bool int8_activations = CudaStageOptions{}.int8_activations;
+  int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -154,6 +155,7 @@ int Run(int argc, char** argv) {
   app.add_flag("--graph,!--no-graph", use_graph, "replay one-token decode steps from a CUDA graph");
   app.add_flag("--int8,!--no-int8", int8_activations,
                "decode products over Q4_K weights with 8-bit activations and integer dot products");
+  app.add_option("--int8-max-tokens", int8_max_tokens, "batches up to this size take the integer path (Q4_K)");
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
 
@@ -189,6 +191,7 @@ int Run(int argc, char** argv) {
   options.gemm_min_tokens = gemm_min_tokens;
   options.use_graph = use_graph;
   options.int8_activations = int8_activations;
+  options.int8_max_tokens = int8_max_tokens;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -119,7 +119,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
   // Allocated here, not on first use: the decode graph bakes in its address.
-  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(std::min(n, options.gemm_min_tokens),
+  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(std::min(n, options.int8_max_tokens),
                                                       std::max(e, ff))));
   capacity = n;
   ++epoch;
@@ -128,7 +128,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
-  if (n < options.gemm_min_tokens && options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols)) {
+  if (n <= options.int8_max_tokens && options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols)) {
     const cuda::Q8Activations rounded = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
     RETURN_IF_ERROR(cuda::CudaStatus(
         cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, rounded, s()),
@@ -379,7 +379,7 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
         config.n_layer));
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
-      options.n_ctx < 0 || options.gemm_min_tokens < 1) {
+      options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (!cuda::HasCudaDevice()) return absl::UnavailableError("no usable CUDA device");
