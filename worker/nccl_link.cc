@@ -1,6 +1,7 @@
-// NcclLink over NCCL's point-to-point calls: the group is joined on a
-// non-blocking communicator (so that joining can time out and be cancelled),
-// the transfers run on a blocking child of it.
+// NcclLink over NCCL's point-to-point calls on a non-blocking communicator
+// (so that joining and every transfer can time out). Each call on such a
+// communicator is issued by a thread of NCCL's own, which costs more than a
+// decode step's transfer (BENCHMARKS.md, "two GPUs").
 #include <cuda_runtime.h>
 #include <nccl.h>
 
@@ -137,29 +138,6 @@ class NcclLinkImpl final : public NcclLink {
   ncclComm_t comm_;
 };
 
-// The transfers run on a blocking child of the group (ncclCommSplit, made
-// while every rank is known to be up): a non-blocking communicator hands each
-// send or receive to a thread of its own, which costs more than the transfer
-// of a decode step's rows. Keeps the parent when the split fails.
-ncclComm_t BlockingChild(ncclComm_t parent, int rank, Clock::time_point deadline) {
-  ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-  config.blocking = 1;
-  ncclComm_t child = nullptr;
-  ncclResult_t state = ncclCommSplit(parent, 0, rank, &child, &config);
-  while (state == ncclInProgress && child != nullptr && Clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    if (ncclResult_t r = ncclCommGetAsyncError(child, &state); r != ncclSuccess) state = r;
-  }
-  if (state != ncclSuccess || child == nullptr) {
-    log::Warn("NCCL: no blocking communicator for the transfers (%s); each one goes through a thread",
-              ncclGetErrorString(state));
-    if (child != nullptr) ncclCommAbort(child);
-    return parent;
-  }
-  ncclCommAbort(parent);  // local: the child holds resources of its own
-  return child;
-}
-
 }  // namespace
 
 bool NcclBuilt() { return true; }
@@ -218,7 +196,6 @@ absl::StatusOr<std::unique_ptr<NcclLink>> NcclLink::Connect(const NcclLinkOption
     if (comm != nullptr) ncclCommAbort(comm);
     return status;
   }
-  comm = BlockingChild(comm, options.rank, deadline);
   auto link = std::make_unique<NcclLinkImpl>(options, comm);
   float* scratch = nullptr;
   cudaStream_t stream = nullptr;

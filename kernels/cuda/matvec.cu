@@ -2,7 +2,7 @@
 
 #include <cuda_fp16.h>
 
-#include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -184,16 +184,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   for (int u = lane; u < units; u += 32) {
     DotUnit<kType, B>(r, u, x, cols, acc);
   }
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    float v = acc[b];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) {
-      float* out = y + b * y_stride + row;
-      *out = accumulate ? *out + v : v;
-    }
-  }
+  StoreRowSums<B>(acc, lane, y, y_stride, row, accumulate);
 }
 
 template <uint32_t kType>
@@ -321,25 +312,9 @@ void LaunchMatVecTyped(const DeviceMatrix& w, const float* x, float* y, bool acc
 template <uint32_t kType>
 void LaunchMatVecBatch(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
                        bool accumulate, cudaStream_t stream) {
-  int done = 0;
-  while (done < n_tokens) {
-    const int left = n_tokens - done;
-    const float* xs = x + static_cast<int64_t>(done) * w.cols;
-    float* ys = y + static_cast<int64_t>(done) * w.rows;
-    if (left >= 8) {
-      LaunchMatVecTyped<kType, 8>(w, xs, ys, accumulate, stream);
-      done += 8;
-    } else if (left >= 4) {
-      LaunchMatVecTyped<kType, 4>(w, xs, ys, accumulate, stream);
-      done += 4;
-    } else if (left >= 2) {
-      LaunchMatVecTyped<kType, 2>(w, xs, ys, accumulate, stream);
-      done += 2;
-    } else {
-      LaunchMatVecTyped<kType, 1>(w, xs, ys, accumulate, stream);
-      done += 1;
-    }
-  }
+  ForEachPass(n_tokens, [&]<int B>(int64_t first) {
+    LaunchMatVecTyped<kType, B>(w, x + first * w.cols, y + first * w.rows, accumulate, stream);
+  });
 }
 
 // Calls fn.template operator()<kType>() for the matrix's type.

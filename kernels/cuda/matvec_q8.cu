@@ -1,6 +1,6 @@
 #include "kernels/cuda/matvec_q8.h"
 
-#include "kernels/cuda/quant_blocks.cuh"
+#include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -89,16 +89,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
                 d2 * sb[qb0 + 1] * static_cast<float>(s1) - m2 * hb[hs0 + 2];
     }
   }
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    float v = acc[b];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) {
-      float* out = y + b * y_stride + row;
-      *out = accumulate ? *out + v : v;
-    }
-  }
+  StoreRowSums<B>(acc, lane, y, y_stride, row, accumulate);
 }
 
 template <int B>
@@ -143,23 +134,7 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols) { return type == kQ4_K && col
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
                            bool accumulate, cudaStream_t stream) {
   if (!MatVecQ8Supports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
-  int64_t done = 0;
-  while (done < n_tokens) {
-    const int64_t left = n_tokens - done;
-    if (left >= 8) {
-      LaunchQ4K<8>(w, x, done, y, accumulate, stream);
-      done += 8;
-    } else if (left >= 4) {
-      LaunchQ4K<4>(w, x, done, y, accumulate, stream);
-      done += 4;
-    } else if (left >= 2) {
-      LaunchQ4K<2>(w, x, done, y, accumulate, stream);
-      done += 2;
-    } else {
-      LaunchQ4K<1>(w, x, done, y, accumulate, stream);
-      done += 1;
-    }
-  }
+  ForEachPass(n_tokens, [&]<int B>(int64_t first) { LaunchQ4K<B>(w, x, first, y, accumulate, stream); });
   return cudaGetLastError();
 }
 
