@@ -31,75 +31,167 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n
   if (lane % 16 == 0) half_sums[block * 2 + lane / 16] = d * static_cast<float>(sum);
 }
 
-// One warp per row of Q4_K weights, lanes over the row's 32-element units as
-// in the float kernel: unit u holds 16 bytes of nibbles, whose low halves are
-// 16 elements of sub-block 2i and high halves 16 of sub-block 2i + 1.
+// Where a warp's lanes find their activations: row b of the rounded x.
+struct RoundedX {
+  const int8_t* __restrict__ q;
+  const float* __restrict__ scale;
+  const float* __restrict__ half_sums;
+  int64_t cols;
+  __device__ const int8_t* Q(int b, int element) const { return q + b * cols + element; }
+  __device__ float Scale(int b, int element) const { return scale[b * (cols / 32) + element / 32]; }
+  __device__ float HalfSum(int b, int element) const { return half_sums[b * (cols / 16) + element / 16]; }
+};
+
+// 8 bytes from a 2-byte-aligned address (Q6_K and Q8_0 blocks are 210 and
+// 34 bytes long) as two words.
+__device__ __forceinline__ int2 Load8Aligned2(const uint8_t* p) {
+  const auto* h = reinterpret_cast<const uint16_t*>(p);
+  const uint32_t w0 = __ldg(h) | (static_cast<uint32_t>(__ldg(h + 1)) << 16);
+  const uint32_t w1 = __ldg(h + 2) | (static_cast<uint32_t>(__ldg(h + 3)) << 16);
+  return make_int2(static_cast<int>(w0), static_cast<int>(w1));
+}
+
+// Q4_K, unit u as in the float kernel: 16 bytes of nibbles, whose low halves
+// are 16 elements of sub-block 2i and high halves 16 of sub-block 2i + 1.
 // element = d * scale_j * nibble - dmin * min_j, so a run's dot product is
 // d * scale_j * (x's step) * sum(nibble * q) - dmin * min_j * (x's half sum).
 template <int B>
+__device__ __forceinline__ void UnitQ4K(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
+  const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
+  const uint8_t* block = row + blk * 144;
+  const float d = Half(block), dmin = Half(block + 2);
+  float sc, m;
+  ScaleMinK4(2 * i, block + 4, &sc, &m);
+  const float d1 = d * sc, m1 = dmin * m;
+  ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
+  const float d2 = d * sc, m2 = dmin * m;
+  const uint4 qv = Load16(block + 16 + 32 * i + 16 * h);
+  const int words[4] = {static_cast<int>(qv.x), static_cast<int>(qv.y), static_cast<int>(qv.z),
+                        static_cast<int>(qv.w)};
+  int lo[4], hi[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    lo[c] = words[c] & 0x0F0F0F0F;
+    hi[c] = (words[c] >> 4) & 0x0F0F0F0F;
+  }
+  const int e0 = blk * 256 + 64 * i + 16 * h;  // run 0's first element; run 1 is 32 further
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const int4 a0 = *reinterpret_cast<const int4*>(x.Q(b, e0));
+    const int4 a1 = *reinterpret_cast<const int4*>(x.Q(b, e0 + 32));
+    int s0 = __dp4a(lo[0], a0.x, 0);
+    s0 = __dp4a(lo[1], a0.y, s0);
+    s0 = __dp4a(lo[2], a0.z, s0);
+    s0 = __dp4a(lo[3], a0.w, s0);
+    int s1 = __dp4a(hi[0], a1.x, 0);
+    s1 = __dp4a(hi[1], a1.y, s1);
+    s1 = __dp4a(hi[2], a1.z, s1);
+    s1 = __dp4a(hi[3], a1.w, s1);
+    acc[b] += d1 * x.Scale(b, e0) * static_cast<float>(s0) - m1 * x.HalfSum(b, e0) +
+              d2 * x.Scale(b, e0 + 32) * static_cast<float>(s1) - m2 * x.HalfSum(b, e0 + 32);
+  }
+}
+
+// Q6_K, unit u as in the float kernel: four runs of 8 elements, 32 apart,
+// each 4 low bits (ql) and 2 high bits (qh) minus 32, times d * its 16-element
+// group's scale.
+template <int B>
+__device__ __forceinline__ void UnitQ6K(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
+  const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
+  const uint8_t* block = row + blk * 210;
+  const float d = Half(block + 208);
+  const int2 ql0 = Load8Aligned2(block + 64 * half + 8 * g);
+  const int2 ql1 = Load8Aligned2(block + 64 * half + 32 + 8 * g);
+  const int2 qh = Load8Aligned2(block + 128 + 32 * half + 8 * g);
+  const auto* scales = reinterpret_cast<const int8_t*>(block + 192 + 8 * half);
+  const int is = g >> 1;
+  const int lo0[2] = {ql0.x, ql0.y}, lo1[2] = {ql1.x, ql1.y}, hb[2] = {qh.x, qh.y};
+  int v[4][2];  // run r, word c: four signed 6-bit values
+#pragma unroll
+  for (int c = 0; c < 2; ++c) {
+    const unsigned bias = 0x20202020u;
+    v[0][c] = static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
+    v[1][c] = static_cast<int>(__vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
+    v[2][c] = static_cast<int>(__vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
+    v[3][c] = static_cast<int>(__vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
+  }
+  const int e0 = blk * 256 + 128 * half + 8 * g;
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int2 a = *reinterpret_cast<const int2*>(x.Q(b, e0 + 32 * r));
+      const int s = __dp4a(v[r][1], a.y, __dp4a(v[r][0], a.x, 0));
+      sum += static_cast<float>(scales[is + 2 * r]) * x.Scale(b, e0 + 32 * r) * static_cast<float>(s);
+    }
+    acc[b] += d * sum;
+  }
+}
+
+// Q8_0: unit u is block u (a scale and 32 signed bytes), aligned with x's.
+template <int B>
+__device__ __forceinline__ void UnitQ8_0(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
+  const uint8_t* block = row + u * 34;
+  const float d = Half(block);
+  int q[8];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const int2 pair = Load8Aligned2(block + 2 + 8 * c);
+    q[2 * c] = pair.x;
+    q[2 * c + 1] = pair.y;
+  }
+#pragma unroll
+  for (int b = 0; b < B; ++b) {
+    const int4 a0 = *reinterpret_cast<const int4*>(x.Q(b, 32 * u));
+    const int4 a1 = *reinterpret_cast<const int4*>(x.Q(b, 32 * u + 16));
+    int s = __dp4a(q[0], a0.x, 0);
+    s = __dp4a(q[1], a0.y, s);
+    s = __dp4a(q[2], a0.z, s);
+    s = __dp4a(q[3], a0.w, s);
+    s = __dp4a(q[4], a1.x, s);
+    s = __dp4a(q[5], a1.y, s);
+    s = __dp4a(q[6], a1.z, s);
+    s = __dp4a(q[7], a1.w, s);
+    acc[b] += d * x.Scale(b, 32 * u) * static_cast<float>(s);
+  }
+}
+
+// One warp per row, lanes over the row's 32-element units (so a warp's loads
+// of one step cover contiguous weight bytes); B tokens share each weight read.
+template <uint32_t kType, int B>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ4KQ8Kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows, int64_t cols,
-                      const int8_t* __restrict__ xq, const float* __restrict__ xscale,
-                      const float* __restrict__ xsums, float* __restrict__ y, int64_t y_stride,
-                      bool accumulate) {
+    MatVecQ8Kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows, RoundedX x,
+                   float* __restrict__ y, int64_t y_stride, bool accumulate) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (row >= rows) return;
   const int lane = threadIdx.x % 32;
   const uint8_t* r = w + row * row_bytes;
-  const int units = static_cast<int>(cols / 32);
+  const int units = static_cast<int>(x.cols / 32);
   float acc[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) acc[b] = 0.0f;
 #pragma unroll 2
   for (int u = lane; u < units; u += 32) {
-    const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
-    const uint8_t* block = r + blk * 144;
-    const float d = Half(block), dmin = Half(block + 2);
-    float sc, m;
-    ScaleMinK4(2 * i, block + 4, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
-    const uint4 qv = Load16(block + 16 + 32 * i + 16 * h);
-    const int words[4] = {static_cast<int>(qv.x), static_cast<int>(qv.y), static_cast<int>(qv.z),
-                          static_cast<int>(qv.w)};
-    int lo[4], hi[4];
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      lo[c] = words[c] & 0x0F0F0F0F;
-      hi[c] = (words[c] >> 4) & 0x0F0F0F0F;
-    }
-    const int e0 = blk * 256 + 64 * i + 16 * h;  // run 0's first element; run 1 is 32 further
-    const int qb0 = e0 / 32, hs0 = e0 / 16;       // x's block and half of run 0 (run 1: +1, +2)
-#pragma unroll
-    for (int b = 0; b < B; ++b) {
-      const int4 a0 = *reinterpret_cast<const int4*>(xq + b * cols + e0);
-      const int4 a1 = *reinterpret_cast<const int4*>(xq + b * cols + e0 + 32);
-      int s0 = __dp4a(lo[0], a0.x, 0);
-      s0 = __dp4a(lo[1], a0.y, s0);
-      s0 = __dp4a(lo[2], a0.z, s0);
-      s0 = __dp4a(lo[3], a0.w, s0);
-      int s1 = __dp4a(hi[0], a1.x, 0);
-      s1 = __dp4a(hi[1], a1.y, s1);
-      s1 = __dp4a(hi[2], a1.z, s1);
-      s1 = __dp4a(hi[3], a1.w, s1);
-      const float* sb = xscale + b * (cols / 32);
-      const float* hb = xsums + b * (cols / 16);
-      acc[b] += d1 * sb[qb0] * static_cast<float>(s0) - m1 * hb[hs0] +
-                d2 * sb[qb0 + 1] * static_cast<float>(s1) - m2 * hb[hs0 + 2];
+    if constexpr (kType == kQ4_K) {
+      UnitQ4K<B>(r, u, x, acc);
+    } else if constexpr (kType == kQ6_K) {
+      UnitQ6K<B>(r, u, x, acc);
+    } else {
+      UnitQ8_0<B>(r, u, x, acc);
     }
   }
   StoreRowSums<B>(acc, lane, y, y_stride, row, accumulate);
 }
 
-template <int B>
-void LaunchQ4K(const DeviceMatrix& w, const Q8Activations& x, int64_t first, float* y, bool accumulate,
-               cudaStream_t stream) {
+template <uint32_t kType, int B>
+void LaunchPass(const DeviceMatrix& w, const Q8Activations& x, int64_t first, float* y, bool accumulate,
+                cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  MatVecQ4KQ8Kernel<B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-      static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, w.cols, x.q + first * w.cols,
-      x.scale + first * (w.cols / 32), x.half_sums + first * (w.cols / 16), y + first * w.rows, w.rows,
-      accumulate);
+  const RoundedX rx{x.q + first * w.cols, x.scale + first * (w.cols / 32), x.half_sums + first * (w.cols / 16),
+                    w.cols};
+  MatVecQ8Kernel<kType, B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
+      static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, rx, y + first * w.rows, w.rows, accumulate);
 }
 
 }  // namespace
@@ -129,12 +221,26 @@ cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols
   return cudaGetLastError();
 }
 
-bool MatVecQ8Supports(uint32_t type, int64_t cols) { return type == kQ4_K && cols > 0 && cols % 256 == 0; }
+bool MatVecQ8Supports(uint32_t type, int64_t cols) {
+  switch (type) {
+    case kQ4_K: case kQ6_K: return cols > 0 && cols % 256 == 0;
+    case kQ8_0: return cols > 0 && cols % 32 == 0;
+    default: return false;
+  }
+}
 
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
                            bool accumulate, cudaStream_t stream) {
   if (!MatVecQ8Supports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
-  ForEachPass(n_tokens, [&]<int B>(int64_t first) { LaunchQ4K<B>(w, x, first, y, accumulate, stream); });
+  ForEachPass(n_tokens, [&]<int B>(int64_t first) {
+    if (w.type == kQ4_K) {
+      LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, stream);
+    } else if (w.type == kQ6_K) {
+      LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, stream);
+    } else {
+      LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, stream);
+    }
+  });
   return cudaGetLastError();
 }
 

@@ -1,7 +1,8 @@
 // The integer path of decode's matrix-vector products: activations rounded
 // once per product to 8-bit integers per 32 elements (a scale each, and the
 // scaled sum of each 16-element half, as llama.cpp's Q8_1 keeps per block),
-// then integer dot products with Q4_K weights four bytes at a time (dp4a).
+// then integer dot products with Q4_K, Q6_K or Q8_0 weights four bytes at a
+// time (dp4a).
 // A weight pass costs a quarter of the float path's instructions, which is
 // what bounds that path (kernels/cuda/NOTES.md).
 //
@@ -36,7 +37,8 @@ Q8Activations Q8ActivationsIn(void* buffer, int64_t n_tokens, int64_t cols);
 cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols, Q8Activations out,
                                       cudaStream_t stream);
 
-// True for the weight types and shapes the integer path reads (Q4_K).
+// True for the weight types and shapes the integer path reads (Q4_K, Q6_K,
+// Q8_0).
 bool MatVecQ8Supports(uint32_t type, int64_t cols);
 
 // As LaunchMatVec, from activations quantized by LaunchQuantizeActivations.

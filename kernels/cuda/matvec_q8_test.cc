@@ -1,6 +1,6 @@
 // The integer decode path against a host reference that rounds the
-// activations the same way: activation rounding on random data, then Q4_K
-// products at several shapes and batch sizes.
+// activations the same way: activation rounding on random data, then Q4_K,
+// Q6_K and Q8_0 products at several shapes and batch sizes.
 #include "kernels/cuda/matvec_q8.h"
 
 #include <gtest/gtest.h>
@@ -77,19 +77,25 @@ TEST_F(MatVecQ8Test, ActivationsRoundPerBlockWithHalfSums) {
   EXPECT_EQ(scale[2], 0.0f);
 }
 
-TEST_F(MatVecQ8Test, Q4KProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
-  uint32_t seed = 500;
+class MatVecQ8TypeTest : public ::testing::TestWithParam<DType> {
+ protected:
+  void SetUp() override { CHORD_SKIP_WITHOUT_GPU(); }
+};
+
+TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
+  const DType type = GetParam();
+  uint32_t seed = 500 + static_cast<uint32_t>(type);
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
     const std::vector<float> values = RandomFloats(static_cast<size_t>(rows * cols), seed++);
-    const uint64_t row_bytes = *RowBytes(DType::kQ4_K, cols);
+    const uint64_t row_bytes = *RowBytes(type, cols);
     std::vector<uint8_t> bytes(row_bytes * rows);
-    ASSERT_TRUE(quant::QuantizeRows(DType::kQ4_K, values.data(), rows, cols, bytes.data()).ok());
+    ASSERT_TRUE(quant::QuantizeRows(type, values.data(), rows, cols, bytes.data()).ok());
     std::vector<float> decoded(values.size());
     for (int64_t r = 0; r < rows; ++r) {
-      ASSERT_TRUE(quant::DequantizeRow(DType::kQ4_K, bytes.data() + r * row_bytes, decoded.data() + r * cols, cols).ok());
+      ASSERT_TRUE(quant::DequantizeRow(type, bytes.data() + r * row_bytes, decoded.data() + r * cols, cols).ok());
     }
     DeviceBuffer dw = ToDevice(bytes);
-    const DeviceMatrix w{static_cast<uint32_t>(DType::kQ4_K), rows, cols, row_bytes, dw.data()};
+    const DeviceMatrix w{static_cast<uint32_t>(type), rows, cols, row_bytes, dw.data()};
     for (const int n : {1, 2, 3, 7, 8, 13}) {
       const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed++);
       const std::vector<float> y0 = RandomFloats(static_cast<size_t>(n * rows), seed++);
@@ -116,7 +122,7 @@ TEST_F(MatVecQ8Test, Q4KProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
             // Against the rounded activations: float rounding only (and a
             // device tie rounded the other way, one step of one element).
             ASSERT_NEAR(y[t * rows + r], ref, 3e-5 * mag + 1e-5)
-                << "rows=" << rows << " cols=" << cols << " n=" << n << " t=" << t << " r=" << r;
+                << DTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n << " t=" << t << " r=" << r;
             // Against the exact activations: within the rounding's error.
             ASSERT_NEAR(y[t * rows + r], exact, 1e-2 * mag + 1e-5);
           }
@@ -126,12 +132,17 @@ TEST_F(MatVecQ8Test, Q4KProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
   }
 }
 
+INSTANTIATE_TEST_SUITE_P(Types, MatVecQ8TypeTest, ::testing::Values(DType::kQ4_K, DType::kQ6_K, DType::kQ8_0),
+                         [](const auto& param_info) { return std::string(DTypeName(param_info.param)); });
+
 TEST_F(MatVecQ8Test, RefusesWhatItDoesNotRead) {
-  EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ8_0), 256));
+  EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_0), 256));
   EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_K), 300));
+  EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ6_K), 288));
   EXPECT_TRUE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_K), 512));
+  EXPECT_TRUE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ8_0), 96));
   const Q8Activations none;
-  const DeviceMatrix w{static_cast<uint32_t>(DType::kQ6_K), 4, 256, 210, nullptr};
+  const DeviceMatrix w{static_cast<uint32_t>(DType::kQ4_0), 4, 256, 144, nullptr};
   EXPECT_EQ(LaunchMatVecQ8(w, none, 1, nullptr, false, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchQuantizeActivations(nullptr, 1, 33, none, nullptr), cudaErrorInvalidValue);
 }
