@@ -79,12 +79,7 @@ __device__ __forceinline__ void DequantUnit(const uint8_t* row, int u, float (&w
     constexpr int kQsOffset = kType == kQ4_K ? 16 : 48;
     const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
     const uint8_t* block = row + blk * kBlockBytes;
-    const float d = Half(block), dmin = Half(block + 2);
-    float sc, m;
-    ScaleMinK4(2 * i, block + 4, &sc, &m);
-    const float d1 = d * sc, m1 = dmin * m;
-    ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
-    const float d2 = d * sc, m2 = dmin * m;
+    const auto [d1, m1, d2, m2] = ScalesOfPair(block, i);
     const uint4 qv = Load16(block + kQsOffset + 32 * i + 16 * h);
     const auto* q = reinterpret_cast<const uint8_t*>(&qv);
     uint4 hv = make_uint4(0, 0, 0, 0);

@@ -33,6 +33,25 @@ __device__ __forceinline__ void ScaleMinK4(int j, const uint8_t* q, float* scale
   }
 }
 
+// The effective scales and mins of sub-blocks 2i and 2i + 1 of a Q4_K/Q5_K
+// block (d * scale, dmin * min): what a unit of 16 bytes of nibbles needs.
+struct SubBlockPair {
+  float d1, m1, d2, m2;
+};
+
+__device__ __forceinline__ SubBlockPair ScalesOfPair(const uint8_t* block, int i) {
+  const float d = Half(block), dmin = Half(block + 2);
+  float sc, m;
+  ScaleMinK4(2 * i, block + 4, &sc, &m);
+  SubBlockPair p;
+  p.d1 = d * sc;
+  p.m1 = dmin * m;
+  ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
+  p.d2 = d * sc;
+  p.m2 = dmin * m;
+  return p;
+}
+
 // Sums each of the B per-lane partial dot products over the warp and lane 0
 // stores (or adds) them: y[b * y_stride + row].
 template <int B>

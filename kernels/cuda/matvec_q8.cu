@@ -59,12 +59,7 @@ template <int B>
 __device__ __forceinline__ void UnitQ4K(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
   const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
   const uint8_t* block = row + blk * 144;
-  const float d = Half(block), dmin = Half(block + 2);
-  float sc, m;
-  ScaleMinK4(2 * i, block + 4, &sc, &m);
-  const float d1 = d * sc, m1 = dmin * m;
-  ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
-  const float d2 = d * sc, m2 = dmin * m;
+  const auto [d1, m1, d2, m2] = ScalesOfPair(block, i);
   const uint4 qv = Load16(block + 16 + 32 * i + 16 * h);
   const int words[4] = {static_cast<int>(qv.x), static_cast<int>(qv.y), static_cast<int>(qv.z),
                         static_cast<int>(qv.w)};

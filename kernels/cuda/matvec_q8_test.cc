@@ -15,9 +15,11 @@
 namespace chord::cuda {
 namespace {
 
+using testing::MakeMatrix;
 using testing::Poisoned;
 using testing::RandomFloats;
 using testing::ToDevice;
+using testing::TestMatrix;
 using testing::ToHost;
 
 // What LaunchQuantizeActivations computes, on the host.
@@ -86,16 +88,9 @@ TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
   const DType type = GetParam();
   uint32_t seed = 500 + static_cast<uint32_t>(type);
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
-    const std::vector<float> values = RandomFloats(static_cast<size_t>(rows * cols), seed++);
-    const uint64_t row_bytes = *RowBytes(type, cols);
-    std::vector<uint8_t> bytes(row_bytes * rows);
-    ASSERT_TRUE(quant::QuantizeRows(type, values.data(), rows, cols, bytes.data()).ok());
-    std::vector<float> decoded(values.size());
-    for (int64_t r = 0; r < rows; ++r) {
-      ASSERT_TRUE(quant::DequantizeRow(type, bytes.data() + r * row_bytes, decoded.data() + r * cols, cols).ok());
-    }
-    DeviceBuffer dw = ToDevice(bytes);
-    const DeviceMatrix w{static_cast<uint32_t>(type), rows, cols, row_bytes, dw.data()};
+    const TestMatrix m = MakeMatrix(type, rows, cols, seed++);
+    const std::vector<float>& decoded = m.decoded;
+    const DeviceMatrix& w = m.view;
     for (const int n : {1, 2, 3, 7, 8, 13}) {
       const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed++);
       const std::vector<float> y0 = RandomFloats(static_cast<size_t>(n * rows), seed++);

@@ -13,35 +13,12 @@
 namespace chord::cuda {
 namespace {
 
+using testing::MakeMatrix;
 using testing::Poisoned;
 using testing::RandomFloats;
 using testing::ToDevice;
+using testing::TestMatrix;
 using testing::ToHost;
-
-// A random matrix stored as `type`, on host and device, and its decoded values.
-struct TestMatrix {
-  std::vector<uint8_t> bytes;
-  std::vector<float> decoded;  // rows * cols, what DequantizeRow gives
-  DeviceBuffer device;
-  DeviceMatrix view;
-};
-
-TestMatrix MakeMatrix(DType type, int64_t rows, int64_t cols, uint32_t seed) {
-  TestMatrix m;
-  const std::vector<float> values = RandomFloats(static_cast<size_t>(rows * cols), seed);
-  const uint64_t row_bytes = *RowBytes(type, cols);
-  m.bytes.resize(row_bytes * static_cast<uint64_t>(rows));
-  EXPECT_TRUE(quant::QuantizeRows(type, values.data(), rows, cols, m.bytes.data()).ok());
-  m.decoded.resize(values.size());
-  for (int64_t r = 0; r < rows; ++r) {
-    EXPECT_TRUE(quant::DequantizeRow(type, m.bytes.data() + r * row_bytes, m.decoded.data() + r * cols,
-                                     cols)
-                    .ok());
-  }
-  m.device = ToDevice(m.bytes);
-  m.view = DeviceMatrix{static_cast<uint32_t>(type), rows, cols, row_bytes, m.device.data()};
-  return m;
-}
 
 class MatVecTest : public ::testing::TestWithParam<DType> {
  protected:

@@ -8,7 +8,10 @@
 #include <random>
 #include <vector>
 
+#include "common/quant/quant.h"
+#include "common/tensor/dtype.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/matvec.h"
 
 namespace chord::cuda::testing {
 
@@ -51,6 +54,31 @@ inline std::vector<float> RandomFloats(size_t n, uint32_t seed, float scale = 1.
   std::vector<float> values(n);
   for (float& v : values) v = dist(rng);
   return values;
+}
+
+// A random matrix stored as `type`, on host and device, and its decoded values.
+struct TestMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> decoded;  // rows * cols, what DequantizeRow gives
+  DeviceBuffer device;
+  DeviceMatrix view;
+};
+
+inline TestMatrix MakeMatrix(DType type, int64_t rows, int64_t cols, uint32_t seed) {
+  TestMatrix m;
+  const std::vector<float> values = RandomFloats(static_cast<size_t>(rows * cols), seed);
+  const uint64_t row_bytes = *RowBytes(type, cols);
+  m.bytes.resize(row_bytes * static_cast<uint64_t>(rows));
+  EXPECT_TRUE(quant::QuantizeRows(type, values.data(), rows, cols, m.bytes.data()).ok());
+  m.decoded.resize(values.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_TRUE(quant::DequantizeRow(type, m.bytes.data() + r * row_bytes, m.decoded.data() + r * cols,
+                                     cols)
+                    .ok());
+  }
+  m.device = ToDevice(m.bytes);
+  m.view = DeviceMatrix{static_cast<uint32_t>(type), rows, cols, row_bytes, m.device.data()};
+  return m;
 }
 
 }  // namespace chord::cuda::testing
