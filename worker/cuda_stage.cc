@@ -1,6 +1,7 @@
 #include "worker/cuda_stage.h"
 
 #include <algorithm>
+#include <functional>
 
 #include "absl/strings/str_format.h"
 #include "common/base/status.h"
@@ -83,11 +84,16 @@ struct CudaStage::Impl {
   DeviceBuffer q8x;  // activations rounded to 8 bits for the integer decode path
   std::vector<cuda::TokenSlot> host_tokens;
 
-  // The captured one-token decode step (embedding, layers, logits); it bakes
-  // in buffer addresses, so it is recaptured whenever Reserve reallocates.
-  cuda::Graph decode_graph;
-  int64_t epoch = 0, graph_epoch = -1;
-  bool graph_failed = false;
+  // Captured one-token work: the whole-model decode step (embedding, layers,
+  // logits) and a pipeline stage's layer pass. Graphs bake in buffer
+  // addresses, so each is recaptured whenever Reserve reallocates (a new epoch).
+  struct CapturedStep {
+    cuda::Graph graph;
+    int64_t epoch = -1;
+    bool failed = false;
+  };
+  CapturedStep decode_step, layers_step;
+  int64_t epoch = 0;
 
   cudaStream_t s() const { return stream.get(); }
   bool has_output_layer() const { return range.end == config.n_layer; }
@@ -97,7 +103,10 @@ struct CudaStage::Impl {
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
   absl::Status EmbedKernel(int64_t n);
-  absl::Status DecodeStepGraph();
+  bool GraphFor(int64_t n_tokens) const {
+    return n_tokens == 1 && options.use_graph && options.gemm_min_tokens > 1;
+  }
+  absl::Status Replay(CapturedStep& step, const std::function<absl::Status()>& issue);
   absl::Status LayersDevice(int64_t n_tokens);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
   cuda::KvLayer KvFor(int64_t layer) const;
@@ -208,29 +217,25 @@ absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
   return EmbedKernel(n);
 }
 
-// Replays (capturing first if needed) embedding, layers and logits of one
-// token whose id and slot/position are already in `ids` and `tokens`. A
-// failed capture turns the graph off and runs the kernels directly.
-absl::Status CudaStage::Impl::DecodeStepGraph() {
-  const auto issue = [this]() -> absl::Status {
-    RETURN_IF_ERROR(EmbedKernel(1));
-    RETURN_IF_ERROR(LayersDevice(1));
-    return LogitsDevice(x.as<float>(), 1);
-  };
-  if (graph_failed) return issue();
-  if (graph_epoch != epoch || !decode_graph.valid()) {
+// Replays `step` (capturing what `issue` launches first, when needed); the
+// work's inputs (token ids, slots and positions, rows) are already in their
+// device buffers. A failed capture turns that graph off and runs the kernels
+// directly.
+absl::Status CudaStage::Impl::Replay(CapturedStep& step, const std::function<absl::Status()>& issue) {
+  if (step.failed) return issue();
+  if (step.epoch != epoch || !step.graph.valid()) {
     RETURN_IF_ERROR(cuda::Graph::BeginCapture(s()));
     const absl::Status issued = issue();
     absl::StatusOr<cuda::Graph> graph = cuda::Graph::EndCapture(s());
     if (!issued.ok() || !graph.ok()) {
       (void)cudaGetLastError();
-      graph_failed = true;
+      step.failed = true;
       return issue();
     }
-    decode_graph = std::move(*graph);
-    graph_epoch = epoch;
+    step.graph = std::move(*graph);
+    step.epoch = epoch;
   }
-  return decode_graph.Launch(s());
+  return step.graph.Launch(s());
 }
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
@@ -308,7 +313,12 @@ absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, b
   if (!input_on_device) {
     CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
   }
-  RETURN_IF_ERROR(impl_->LayersDevice(static_cast<int64_t>(batch.size())));
+  const auto n = static_cast<int64_t>(batch.size());
+  if (impl_->GraphFor(n)) {
+    RETURN_IF_ERROR(impl_->Replay(impl_->layers_step, [this] { return impl_->LayersDevice(1); }));
+  } else {
+    RETURN_IF_ERROR(impl_->LayersDevice(n));
+  }
   if (!output_on_device) {
     CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
   }
@@ -349,11 +359,16 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
   }
   const auto n = static_cast<int64_t>(batch.size());
   RETURN_IF_ERROR(impl_->UploadBatch(batch));
-  if (n == 1 && n_logit_rows == 1 && impl_->options.use_graph && impl_->options.gemm_min_tokens > 1) {
+  if (impl_->GraphFor(n) && n_logit_rows == 1) {
     RETURN_IF_ERROR(impl_->CheckIds(tokens));
     CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->ids.data(), tokens.data(), sizeof(int32_t),
                                       cudaMemcpyHostToDevice, impl_->s()));
-    RETURN_IF_ERROR(impl_->DecodeStepGraph());
+    const auto whole_step = [this]() -> absl::Status {
+      RETURN_IF_ERROR(impl_->EmbedKernel(1));
+      RETURN_IF_ERROR(impl_->LayersDevice(1));
+      return impl_->LogitsDevice(impl_->x.as<float>(), 1);
+    };
+    RETURN_IF_ERROR(impl_->Replay(impl_->decode_step, whole_step));
     CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(),
                                       static_cast<size_t>(impl_->config.n_vocab) * sizeof(float),
                                       cudaMemcpyDeviceToHost, impl_->s()));

@@ -38,8 +38,9 @@ struct CudaStageOptions {
   DType kv_type = DType::kF16;  // kF16 or kF32
   // Batches of at least this many tokens take the dequantize + GEMM path.
   int64_t gemm_min_tokens = 4;
-  // Forward of a single token replays a captured CUDA graph of the whole step
-  // (measured: -1.05 ms per token on llama2-7b; see kernels/cuda/NOTES.md).
+  // One-token work replays a captured CUDA graph: Forward's whole step, and
+  // RunLayers' layer pass (measured: -1.05 ms per token on llama2-7b; see
+  // kernels/cuda/NOTES.md).
   bool use_graph = true;
   // Decode products over Q4_K weights round their activations to 8 bits and
   // use integer dot products (kernels/cuda/matvec_q8.h); off: float path.
@@ -73,7 +74,8 @@ class CudaStage {
   // As LlamaStage, with host buffers: x gets tokens.size() rows of n_embd floats.
   absl::Status Embed(std::span<const int32_t> tokens, float* x);
   // Runs the layers over x (batch.size() rows, host memory, updated in place),
-  // reading and extending this stage's KV cache.
+  // reading and extending this stage's KV cache. One row replays a captured
+  // graph when options.use_graph is set (same kernels, same results).
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x);
   // RunLayers with either end of the residual stream left in GPU memory, in
   // DeviceRows (for NCCL links between GPU stages): `input_on_device`: the

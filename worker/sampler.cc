@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 #include <unordered_map>
 
 namespace chord {
@@ -44,6 +46,33 @@ void Sampler::ApplyPenalties(const SamplingParams& params, std::span<const int32
   }
 }
 
+bool Sampler::Ranked(const Candidate& a, const Candidate& b) {
+  return Before(a.logit, a.id, b.logit, b.id);
+}
+
+// A weighted quickselect: partition around a pivot, keep the side that holds
+// the answer. Expected linear time; `candidates` is reordered.
+Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double need) {
+  auto begin = candidates.begin(), end = candidates.end();
+  while (end - begin > 1) {
+    const Candidate pivot = *(begin + (end - begin) / 2);
+    const auto split = std::partition(begin, end, [&](const Candidate& c) { return Ranked(c, pivot); });
+    double above = 0.0;
+    for (auto it = begin; it != split; ++it) above += it->mass;
+    if (above >= need) {  // within the tokens ranked above the pivot (there is one: need > 0)
+      end = split;
+      continue;
+    }
+    need -= above;
+    if (pivot.mass >= need || end - split == 1) return pivot;
+    need -= pivot.mass;
+    // The rest: what ranks below the pivot.
+    std::iter_swap(split, std::find_if(split, end, [&](const Candidate& c) { return c.id == pivot.id; }));
+    begin = split + 1;
+  }
+  return *begin;
+}
+
 int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& params,
                         std::span<const int32_t> history, int64_t position) {
   logits_.assign(logits.begin(), logits.end());
@@ -53,64 +82,71 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
   }
   ApplyPenalties(params, history);
 
-  if (params.temperature <= 0.0f) {
-    int32_t best = 0;
-    for (int32_t id = 1; id < n_vocab; ++id) {
-      if (logits_[static_cast<size_t>(id)] > logits_[static_cast<size_t>(best)]) best = id;
+  int32_t best = 0;
+  for (int32_t id = 1; id < n_vocab; ++id) {
+    if (logits_[static_cast<size_t>(id)] > logits_[static_cast<size_t>(best)]) best = id;
+  }
+  if (params.temperature <= 0.0f) return best;
+  const float max_logit = logits_[static_cast<size_t>(best)];
+
+  // The truncations keep a prefix of the ranking (higher logit first, ties by
+  // lower id); `last` is the lowest-ranked token kept. Nothing is sorted: a
+  // vocabulary of 32k-150k tokens sorted per token per sequence would cost
+  // more than the step that produced the logits.
+  std::optional<Candidate> last;
+  const bool top_k = params.top_k > 0 && params.top_k < n_vocab;
+  const bool top_p = params.top_p < 1.0f;
+  if (top_k || top_p) {
+    candidates_.resize(static_cast<size_t>(n_vocab));
+    for (int32_t id = 0; id < n_vocab; ++id) {
+      candidates_[static_cast<size_t>(id)] = {id, logits_[static_cast<size_t>(id)], 0.0f};
     }
-    return best;
   }
-
-  candidates_.resize(static_cast<size_t>(n_vocab));
-  for (int32_t id = 0; id < n_vocab; ++id) candidates_[static_cast<size_t>(id)] = {id, logits_[static_cast<size_t>(id)]};
-  const auto by_logit = [](const Candidate& a, const Candidate& b) {
-    return Before(a.logit, a.id, b.logit, b.id);
-  };
-  size_t keep = candidates_.size();
-  if (params.top_k > 0 && static_cast<size_t>(params.top_k) < keep) {
-    keep = static_cast<size_t>(params.top_k);
-    std::partial_sort(candidates_.begin(), candidates_.begin() + static_cast<ptrdiff_t>(keep),
-                      candidates_.end(), by_logit);
-  } else {
-    std::sort(candidates_.begin(), candidates_.end(), by_logit);
+  if (top_k) {
+    const auto kth = candidates_.begin() + (params.top_k - 1);
+    std::nth_element(candidates_.begin(), kth, candidates_.end(), Ranked);
+    last = *kth;
+    candidates_.resize(static_cast<size_t>(params.top_k));  // the k best, in no order
   }
-  candidates_.resize(keep);
-
-  const float max_logit = candidates_.front().logit;
-  if (params.top_p < 1.0f) {
+  if (top_p) {
+    // top-p weighs tokens by their probability at temperature 1.
     double total = 0.0;
-    for (const Candidate& c : candidates_) total += std::exp(static_cast<double>(c.logit - max_logit));
-    double cumulative = 0.0;
-    size_t n = 0;
-    while (n < candidates_.size()) {
-      cumulative += std::exp(static_cast<double>(candidates_[n].logit - max_logit)) / total;
-      ++n;
-      if (cumulative >= params.top_p) break;
+    for (Candidate& c : candidates_) {
+      c.mass = std::exp(c.logit - max_logit);
+      total += c.mass;
     }
-    candidates_.resize(std::max<size_t>(n, 1));
+    last = TopPLast(candidates_, static_cast<double>(params.top_p) * total);
   }
-  if (params.min_p > 0.0f) {
-    // p >= min_p * p_max  <=>  logit >= max_logit + log(min_p)
-    const float threshold = max_logit + std::log(params.min_p);
-    size_t n = 1;
-    while (n < candidates_.size() && candidates_[n].logit >= threshold) ++n;
-    candidates_.resize(n);
-  }
+  // min-p: p >= min_p * p_max  <=>  logit >= max_logit + log(min_p); the best always stays.
+  const float min_logit = params.min_p > 0.0f ? max_logit + std::log(params.min_p)
+                                              : -std::numeric_limits<float>::infinity();
+  const auto kept = [&](int32_t id, float logit) {
+    if (id == best) return true;
+    if (logit < min_logit) return false;
+    return !last.has_value() || !Ranked(*last, Candidate{id, logit, 0.0f});
+  };
 
+  // Draw over the kept tokens in id order, weighted at the temperature.
+  weights_.resize(static_cast<size_t>(n_vocab));
+  const float inverse_temperature = 1.0f / params.temperature;
   double total = 0.0;
-  std::vector<double>& weights = weights_;
-  weights.resize(candidates_.size());
-  for (size_t i = 0; i < candidates_.size(); ++i) {
-    weights[i] = std::exp(static_cast<double>((candidates_[i].logit - max_logit) / params.temperature));
-    total += weights[i];
+  for (int32_t id = 0; id < n_vocab; ++id) {
+    const float logit = logits_[static_cast<size_t>(id)];
+    const float weight = kept(id, logit) ? std::exp((logit - max_logit) * inverse_temperature) : 0.0f;
+    weights_[static_cast<size_t>(id)] = weight;
+    total += weight;
   }
   const double target = UniformDraw(params.seed, position) * total;
   double cumulative = 0.0;
-  for (size_t i = 0; i < candidates_.size(); ++i) {
-    cumulative += weights[i];
-    if (target < cumulative) return candidates_[i].id;
+  int32_t drawn = best;
+  for (int32_t id = 0; id < n_vocab; ++id) {
+    const float weight = weights_[static_cast<size_t>(id)];
+    if (weight == 0.0f) continue;
+    cumulative += weight;
+    drawn = id;
+    if (target < cumulative) break;
   }
-  return candidates_.back().id;
+  return drawn;
 }
 
 std::vector<TokenLogprob> Sampler::TopLogprobs(std::span<const float> logits, int n) {

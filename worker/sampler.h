@@ -7,7 +7,10 @@
 //
 // Order, as llama.cpp's default chain: logit bias -> repetition/presence/frequency
 // penalties -> (greedy argmax if temperature is 0) -> top-k -> top-p -> min-p ->
-// temperature -> softmax -> draw.
+// temperature -> softmax -> draw. Each truncation keeps a prefix of the ranking
+// (higher logit first, lower id first among equal logits); the draw walks the
+// kept tokens in id order. Linear in the vocabulary: no sort (selection
+// instead), so sampling many sequences per step stays cheap.
 //
 // Thread-safety: a Sampler holds scratch buffers; use one per thread.
 #pragma once
@@ -44,12 +47,18 @@ class Sampler {
   struct Candidate {
     int32_t id;
     float logit;
+    float mass;  // top-p's weight: exp(logit - max logit)
   };
+  // a ranks before b: higher logit, or the same logit and a lower id.
+  static bool Ranked(const Candidate& a, const Candidate& b);
+  // top-p: the lowest-ranked token of the shortest ranking prefix of
+  // `candidates` whose mass reaches `need`.
+  static Candidate TopPLast(std::vector<Candidate>& candidates, double need);
   void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history);
 
   std::vector<Candidate> candidates_;
   std::vector<float> logits_;
-  std::vector<double> weights_;
+  std::vector<float> weights_;
 };
 
 }  // namespace chord

@@ -1,7 +1,9 @@
 #include "worker/sampler.h"
 
 #include <cmath>
+#include <algorithm>
 #include <map>
+#include <numeric>
 #include <random>
 #include <vector>
 
@@ -138,6 +140,79 @@ TEST(SamplerTest, LogitBiasIsAddedFirst) {
   EXPECT_EQ(sampler.Sample(std::vector<float>{1.0f, 2.0f, 0.0f}, p, {}, 0), 2);
 }
 
+// The sampler's contract spelled out the slow way: rank every token (sort),
+// cut the ranking at top-k, then at top-p (probabilities at temperature 1),
+// drop what min-p drops, then draw over what is left in id order.
+int32_t ReferenceSample(const std::vector<float>& logits, const SamplingParams& p, int64_t position) {
+  const int n = static_cast<int>(logits.size());
+  std::vector<int32_t> ranking(static_cast<size_t>(n));
+  std::iota(ranking.begin(), ranking.end(), 0);
+  std::stable_sort(ranking.begin(), ranking.end(), [&](int32_t a, int32_t b) {
+    return logits[static_cast<size_t>(a)] > logits[static_cast<size_t>(b)];
+  });
+  const float max_logit = logits[static_cast<size_t>(ranking[0])];
+  size_t keep = ranking.size();
+  if (p.top_k > 0) keep = std::min(keep, static_cast<size_t>(p.top_k));
+  if (p.top_p < 1.0f) {
+    double total = 0.0;
+    for (size_t i = 0; i < keep; ++i) total += std::exp(logits[static_cast<size_t>(ranking[i])] - max_logit);
+    double cumulative = 0.0;
+    size_t n_top_p = 0;
+    while (n_top_p < keep) {
+      cumulative += std::exp(logits[static_cast<size_t>(ranking[n_top_p++])] - max_logit);
+      if (cumulative >= static_cast<double>(p.top_p) * total) break;
+    }
+    keep = n_top_p;
+  }
+  std::vector<bool> kept(static_cast<size_t>(n), false);
+  for (size_t i = 0; i < keep; ++i) {
+    const float logit = logits[static_cast<size_t>(ranking[i])];
+    if (i == 0 || p.min_p <= 0.0f || logit >= max_logit + std::log(p.min_p)) kept[static_cast<size_t>(ranking[i])] = true;
+  }
+  std::vector<float> weights(static_cast<size_t>(n), 0.0f);
+  double total = 0.0;
+  for (int id = 0; id < n; ++id) {
+    if (!kept[static_cast<size_t>(id)]) continue;
+    weights[static_cast<size_t>(id)] = std::exp((logits[static_cast<size_t>(id)] - max_logit) * (1.0f / p.temperature));
+    total += weights[static_cast<size_t>(id)];
+  }
+  const double target = Sampler::UniformDraw(p.seed, position) * total;
+  double cumulative = 0.0;
+  int32_t drawn = ranking[0];
+  for (int id = 0; id < n; ++id) {
+    if (weights[static_cast<size_t>(id)] == 0.0f) continue;
+    cumulative += weights[static_cast<size_t>(id)];
+    drawn = id;
+    if (target < cumulative) break;
+  }
+  return drawn;
+}
+
+TEST(SamplerTest, MatchesTheSortingReferenceOverTruncationSettings) {
+  Sampler sampler;
+  for (const int n_vocab : {1, 2, 7, 100, 5003}) {
+    std::vector<float> logits = RandomLogits(n_vocab, static_cast<uint32_t>(n_vocab));
+    // Some exact ties, which the ranking breaks by id.
+    for (size_t i = 3; i < logits.size(); i += 17) logits[i] = logits[i - 3];
+    for (const int top_k : {0, 1, 5, 40, n_vocab}) {
+      for (const float top_p : {1.0f, 0.95f, 0.5f, 0.01f}) {
+        for (const float min_p : {0.0f, 0.05f, 0.5f}) {
+          SamplingParams p = Plain(0.8f);
+          p.top_k = top_k;
+          p.top_p = top_p;
+          p.min_p = min_p;
+          p.seed = static_cast<uint64_t>(top_k * 1000 + n_vocab);
+          for (int64_t pos = 0; pos < 20; ++pos) {
+            ASSERT_EQ(sampler.Sample(logits, p, {}, pos), ReferenceSample(logits, p, pos))
+                << "vocab " << n_vocab << " top_k " << top_k << " top_p " << top_p << " min_p " << min_p
+                << " position " << pos;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(SamplerTest, TopLogprobsAreSortedLogSoftmax) {
   const std::vector<float> logits = RandomLogits(64, 9);
   const std::vector<TokenLogprob> top = Sampler::TopLogprobs(logits, 5);
@@ -147,7 +222,9 @@ TEST(SamplerTest, TopLogprobsAreSortedLogSoftmax) {
   EXPECT_EQ(top[0].id, Argmax(logits));
   for (size_t i = 0; i < top.size(); ++i) {
     EXPECT_NEAR(top[i].logprob, logits[static_cast<size_t>(top[i].id)] - std::log(z), 1e-5);
-    if (i > 0) EXPECT_GE(top[i - 1].logprob, top[i].logprob);
+    if (i > 0) {
+      EXPECT_GE(top[i - 1].logprob, top[i].logprob);
+    }
   }
   EXPECT_TRUE(Sampler::TopLogprobs(logits, 0).empty());
 }

@@ -96,6 +96,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
     return absl::InvalidArgumentError(absl::StrCat("unknown backend '", plan.backend, "'"));
   }
   executor->weights_ = std::move(weights);
+  executor->pool_ = &pool;
+  executor->samplers_.resize(static_cast<size_t>(pool.size()));
   executor->lengths_.assign(static_cast<size_t>(plan.kv_slots), 0);
   executor->owners_.assign(static_cast<size_t>(plan.kv_slots), 0);
   if (executor->is_last()) executor->histories_.resize(static_cast<size_t>(plan.kv_slots));
@@ -237,19 +239,30 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   if (n_sample == 0) return absl::OkStatus();
   logits_.resize(n_sample * n_vocab);
   RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
-  size_t j = 0;
+  // Each sequence samples on its own (a pure function of its logits, settings
+  // and history), so the step's sequences spread over the pool's threads.
+  sampled_.clear();
   for (const pb::SequenceChunk& chunk : step.sequences()) {
-    if (!chunk.sample()) continue;
-    const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
-    ++j;
-    const int64_t position = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+    if (chunk.sample()) sampled_.push_back(&chunk);
+  }
+  tokens_.resize(n_sample);
+  pool_->ParallelFor(static_cast<int64_t>(n_sample), 1, [&](int64_t begin, int64_t end) {
+    Sampler& sampler = samplers_[static_cast<size_t>(ThreadPool::ThreadIndex())];
+    for (auto j = static_cast<size_t>(begin); j < static_cast<size_t>(end); ++j) {
+      const pb::SequenceChunk& chunk = *sampled_[j];
+      const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
+      const int64_t position = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+      tokens_[j] = sampler.Sample(logits, ToSamplingParams(chunk.sampling()), histories_[chunk.slot()], position);
+    }
+  });
+  for (size_t j = 0; j < n_sample; ++j) {
+    const pb::SequenceChunk& chunk = *sampled_[j];
     pb::SampledToken* token = result->add_tokens();
     token->set_sequence_id(chunk.sequence_id());
-    token->set_token_id(static_cast<uint32_t>(sampler_.Sample(
-        logits, ToSamplingParams(chunk.sampling()), histories_[chunk.slot()], position)));
+    token->set_token_id(static_cast<uint32_t>(tokens_[j]));
     if (chunk.logprobs() == 0) continue;
-    for (const TokenLogprob& top :
-         Sampler::TopLogprobs(logits, static_cast<int>(chunk.logprobs()))) {
+    const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
+    for (const TokenLogprob& top : Sampler::TopLogprobs(logits, static_cast<int>(chunk.logprobs()))) {
       pb::TokenLogprob* out = token->add_top_logprobs();
       out->set_id(static_cast<uint32_t>(top.id));
       out->set_logprob(top.logprob);

@@ -5,7 +5,8 @@
 // and on the last stage sample one token per chunk that asks for it.
 //
 // Thread-safety: one thread drives an executor (the worker's control loop);
-// the layers parallelize on the ThreadPool, which must outlive the executor.
+// the layers (and the last stage's sampling) parallelize on the ThreadPool,
+// which must outlive the executor.
 // Errors: a rejected step (see step_validation.h) leaves every slot as it was.
 #pragma once
 
@@ -117,7 +118,10 @@ class StageExecutor {
   std::unique_ptr<NcclLink> link_;
   bool rows_on_device_ = false;
   int64_t device_rows_ = 0;  // of the last step
-  Sampler sampler_;
+  ThreadPool* pool_ = nullptr;
+  std::vector<Sampler> samplers_;  // one per pool thread
+  std::vector<const wire::pb::SequenceChunk*> sampled_;
+  std::vector<int32_t> tokens_;
   std::vector<int64_t> lengths_;                 // positions each slot holds
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot
   std::vector<std::vector<int32_t>> histories_;  // last stage only
