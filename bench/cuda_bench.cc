@@ -7,9 +7,11 @@
 //   cuda_bench --model /tmp/l7.gguf --make-model --preset llama2-7b --type Q4_K_M
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <random>
 #include <thread>
 #include <vector>
 
@@ -17,10 +19,11 @@
 #include "cli/mkmodel/mkmodel.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
-#include "kernels/cuda/cuda_util.h"
-#include "kernels/cuda/matvec.h"
 #include "common/tensor/dtype.h"
-#include <random>
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/gemm.h"
+#include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matvec.h"
 #include "worker/cuda_stage.h"
 #include "worker/models/tensor_source.h"
 
@@ -96,8 +99,39 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
 // Time of one matrix-vector launch over an 11008 x 4096 matrix of random
 // bytes in each type (timing only: the values are meaningless), as GB/s of
 // weights read, for 1 and 8 tokens.
+// Mean microseconds of `reps` launches issued by `launch` on the default stream.
+template <typename Launch>
+absl::StatusOr<double> KernelMicroseconds(Launch&& launch, int reps = 50) {
+  RETURN_IF_ERROR(launch());  // warm-up
+  cudaEvent_t start, stop;
+  CHORD_CUDA_RETURN(cudaEventCreate(&start));
+  CHORD_CUDA_RETURN(cudaEventCreate(&stop));
+  CHORD_CUDA_RETURN(cudaEventRecord(start));
+  for (int i = 0; i < reps; ++i) RETURN_IF_ERROR(launch());
+  CHORD_CUDA_RETURN(cudaEventRecord(stop));
+  CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
+  float ms = 0;
+  CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  return 1e3 * ms / reps;
+}
+
+// One 11008 x 4096 matrix (llama2-7b's FFN) per weight type: the decode
+// kernels at 1 and 8 tokens, then batches of 16 and 64 tokens on the
+// tensor-core kernel against dequantize + cuBLAS.
 absl::Status MatVecMicrobench() {
-  const int64_t rows = 11008, cols = 4096;
+  const int64_t rows = 11008, cols = 4096, max_tokens = 64;
+  ASSIGN_OR_RETURN(cuda::BlasHandle blas, cuda::BlasHandle::Create(nullptr));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(max_tokens * cols * sizeof(float)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer x_half, cuda::DeviceBuffer::Allocate(max_tokens * cols * 2));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer w_half, cuda::DeviceBuffer::Allocate(rows * cols * 2));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(max_tokens * rows * sizeof(float)));
+  const size_t scratch_floats_max = std::max(cuda::MatMulMmaScratchFloats(rows, cols, 16),
+                                            cuda::MatMulMmaScratchFloats(rows, cols, max_tokens));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer scratch, cuda::DeviceBuffer::Allocate(scratch_floats_max * sizeof(float) + 4));
+  CHORD_CUDA_RETURN(cudaMemset(x.data(), 0x3c, x.bytes()));
+  CHORD_CUDA_RETURN(cudaMemset(x_half.data(), 0x3c, x_half.bytes()));
   for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
     ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
     const size_t bytes = row_bytes * static_cast<size_t>(rows);
@@ -105,31 +139,36 @@ absl::Status MatVecMicrobench() {
     std::mt19937 rng(5);
     for (auto& b : host) b = static_cast<uint8_t>(rng() & 0x3b);  // keeps halves finite
     ASSIGN_OR_RETURN(cuda::DeviceBuffer w, cuda::DeviceBuffer::Allocate(bytes));
-    ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(8 * cols * sizeof(float)));
-    ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(8 * rows * sizeof(float)));
     CHORD_CUDA_RETURN(cudaMemcpy(w.data(), host.data(), bytes, cudaMemcpyHostToDevice));
-    CHORD_CUDA_RETURN(cudaMemset(x.data(), 0x3c, x.bytes()));
     const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes, w.data()};
+    const std::string name(DTypeName(type));
+    const auto report = [&](const char* kernel, int n, double us) {
+      std::printf("%s %s %ldx%ld, %d token(s): %.1f us, %.0f GB/s of weights\n", kernel, name.c_str(),
+                  static_cast<long>(rows), static_cast<long>(cols), n, us, static_cast<double>(bytes) / (us * 1e3));
+    };
     for (const int n : {1, 8}) {
-      cudaEvent_t start, stop;
-      CHORD_CUDA_RETURN(cudaEventCreate(&start));
-      CHORD_CUDA_RETURN(cudaEventCreate(&stop));
-      CHORD_CUDA_RETURN(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr));
-      const int reps = 50;
-      CHORD_CUDA_RETURN(cudaEventRecord(start));
-      for (int i = 0; i < reps; ++i) {
-        CHORD_CUDA_RETURN(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr));
-      }
-      CHORD_CUDA_RETURN(cudaEventRecord(stop));
-      CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
-      float ms = 0;
-      CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
-      cudaEventDestroy(start);
-      cudaEventDestroy(stop);
-      const double us = 1e3 * ms / reps;
-      std::printf("matvec %s %ldx%ld, %d token(s): %.1f us, %.0f GB/s of weights\n",
-                  std::string(DTypeName(type)).c_str(), static_cast<long>(rows), static_cast<long>(cols),
-                  n, us, static_cast<double>(bytes) / (us * 1e3));
+      ASSIGN_OR_RETURN(const double us, KernelMicroseconds([&] {
+                         return cuda::CudaStatus(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr),
+                                                 "LaunchMatVec");
+                       }));
+      report("matvec", n, us);
+    }
+    for (const int n : {16, 64}) {
+      const size_t scratch_floats = cuda::MatMulMmaScratchFloats(rows, cols, n);
+      ASSIGN_OR_RETURN(const double mma, KernelMicroseconds([&] {
+                         return cuda::CudaStatus(
+                             cuda::LaunchMatMulMma(m, x_half.as<uint16_t>(), n, y.as<float>(), false,
+                                                   scratch.as<float>(), scratch_floats, nullptr),
+                             "LaunchMatMulMma");
+                       }));
+      report("mma", n, mma);
+      ASSIGN_OR_RETURN(const double gemm, KernelMicroseconds([&]() -> absl::Status {
+                         RETURN_IF_ERROR(cuda::CudaStatus(
+                             cuda::LaunchDequantizeToHalf(m, w_half.as<uint16_t>(), nullptr), "LaunchDequantizeToHalf"));
+                         return blas.GemmHalf(w_half.as<uint16_t>(), rows, cols, x_half.as<uint16_t>(), n,
+                                              y.as<float>(), false);
+                       }));
+      report("dequantize+cublas", n, gemm);
     }
   }
   return absl::OkStatus();
@@ -144,6 +183,7 @@ int Run(int argc, char** argv) {
   bool use_graph = CudaStageOptions{}.use_graph;
   bool int8_activations = CudaStageOptions{}.int8_activations;
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
+  int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -156,6 +196,8 @@ int Run(int argc, char** argv) {
   app.add_flag("--int8,!--no-int8", int8_activations,
                "decode products over Q4_K weights with 8-bit activations and integer dot products");
   app.add_option("--int8-max-tokens", int8_max_tokens, "batches up to this size take the integer path (Q4_K)");
+  app.add_option("--mma-max-tokens", mma_max_tokens,
+                 "larger batches up to this size multiply on tensor cores from the quantized blocks (0: never)");
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
 
@@ -192,6 +234,7 @@ int Run(int argc, char** argv) {
   options.use_graph = use_graph;
   options.int8_activations = int8_activations;
   options.int8_max_tokens = int8_max_tokens;
+  options.mma_max_tokens = mma_max_tokens;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -8,6 +8,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/matmul_mma.h"
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
@@ -82,6 +83,7 @@ struct CudaStage::Impl {
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
   DeviceBuffer q8x;  // activations rounded to 8 bits for the integer decode path
+  DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   std::vector<cuda::TokenSlot> host_tokens;
 
   // Captured one-token work: the whole-model decode step (embedding, layers,
@@ -149,16 +151,24 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
     return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVec");
   }
-  RETURN_IF_ERROR(Ensure(half_w, static_cast<size_t>(w.rows * w.cols) * 2));
   RETURN_IF_ERROR(Ensure(half_x, static_cast<size_t>(n * w.cols) * 2));
+  RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchFloatToHalf(in, n * w.cols, half_x.as<uint16_t>(), s()),
+                                   "LaunchFloatToHalf"));
+  if (n <= options.mma_max_tokens && cuda::MatMulMmaSupports(w.type, w.cols) &&
+      (cuda::MatMulMmaPreferred(w.type) || options.mma_every_type)) {
+    const size_t scratch = cuda::MatMulMmaScratchFloats(w.rows, w.cols, static_cast<int>(n));
+    RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+    return cuda::CudaStatus(cuda::LaunchMatMulMma(w, half_x.as<uint16_t>(), static_cast<int>(n), out, accumulate,
+                                                  mma_partials.as<float>(), scratch, s()),
+                            "LaunchMatMulMma");
+  }
+  RETURN_IF_ERROR(Ensure(half_w, static_cast<size_t>(w.rows * w.cols) * 2));
   if (blas == nullptr) {
     ASSIGN_OR_RETURN(cuda::BlasHandle handle, cuda::BlasHandle::Create(s()));
     blas = std::make_unique<cuda::BlasHandle>(std::move(handle));
   }
   RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchDequantizeToHalf(w, half_w.as<uint16_t>(), s()),
                                    "LaunchDequantizeToHalf"));
-  RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchFloatToHalf(in, n * w.cols, half_x.as<uint16_t>(), s()),
-                                   "LaunchFloatToHalf"));
   return blas->GemmHalf(half_w.as<uint16_t>(), w.rows, w.cols, half_x.as<uint16_t>(), n, out,
                         accumulate);
 }
@@ -394,7 +404,8 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
         config.n_layer));
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
-      options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0) {
+      options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
+      options.mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (!cuda::HasCudaDevice()) return absl::UnavailableError("no usable CUDA device");

@@ -49,6 +49,15 @@ struct CudaStageOptions {
   // whatever gemm_min_tokens says (measured on llama2-7b: 8 sequences decode
   // at 631 tok/s on it, 467 through dequantize + GEMM).
   int64_t int8_max_tokens = 8;
+  // Larger batches up to this many tokens multiply on tensor cores straight
+  // from the quantized blocks (kernels/cuda/matmul_mma.h) for the weight
+  // types where that beats dequantize + cuBLAS; beyond it, and for the other
+  // types, dequantize + cuBLAS. 0: never. Measured on llama2-7b Q4_K_M: 16
+  // sequences 14.4 ms/step against 16.7; even at 64; slower at 128 (each
+  // 64-token tile decodes the weights again).
+  int64_t mma_max_tokens = 32;
+  // Tests: the tensor-core kernel for every type it reads.
+  bool mma_every_type = false;
 };
 
 class CudaStage {

@@ -47,6 +47,7 @@ double ToleranceFor(const std::string& model, bool gemm) {
 struct Case {
   std::string model;
   int64_t gemm_min_tokens;
+  int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
 };
 
 class CudaStageTest : public ::testing::TestWithParam<Case> {
@@ -86,6 +87,8 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
   options.n_ctx = n_ctx;
   options.kv_type = DType::kF32;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
+  options.mma_max_tokens = GetParam().mma_max_tokens;
+  options.mma_every_type = true;
   std::vector<std::unique_ptr<CudaStage>> gpu;
   for (const LayerRange range : {LayerRange{0, mid}, LayerRange{mid, config->n_layer}}) {
     if (range.first == range.end) continue;
@@ -138,6 +141,8 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
   options.n_ctx = 32;
   options.n_slots = 3;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
+  options.mma_max_tokens = GetParam().mma_max_tokens;
+  options.mma_every_type = true;
   const GgufTensorSource source(**file);
   auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
   ASSERT_TRUE(stage.ok()) << stage.status();
@@ -191,6 +196,8 @@ TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
     options.n_ctx = 16;
     options.use_graph = graph;
     options.gemm_min_tokens = GetParam().gemm_min_tokens;
+    options.mma_max_tokens = GetParam().mma_max_tokens;
+    options.mma_every_type = true;
     auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
     ASSERT_TRUE(stage.ok()) << stage.status();
     std::vector<float> all;
@@ -220,6 +227,8 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
     options.n_ctx = 32;
     options.use_graph = graph;
     options.gemm_min_tokens = GetParam().gemm_min_tokens;
+    options.mma_max_tokens = GetParam().mma_max_tokens;
+    options.mma_every_type = true;
     auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
     ASSERT_TRUE(stage.ok()) << stage.status();
     std::vector<float> all;
@@ -273,14 +282,16 @@ std::vector<Case> Cases() {
   for (const char* model : {"stories260K", "llama-2-tiny-random", "synth-llama-256x4v512-f16",
                             "synth-llama-256x4v512-q4_0", "synth-llama-256x4v512-q4_k_m",
                             "synth-llama-256x4v512-q6_k", "synth-llama-256x4v512-q8_0"}) {
-    cases.push_back({model, 1000});  // every batch on the matrix-vector kernels
-    cases.push_back({model, 4});     // prompts through dequantize + GEMM
+    cases.push_back({model, 1000});   // every batch on the matrix-vector kernels
+    cases.push_back({model, 4});      // prompts on tensor cores from the quantized blocks
+    cases.push_back({model, 4, 0});   // prompts through dequantize + cuBLAS
   }
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()), [](const auto& param_info) {
-  std::string name = param_info.param.model + (param_info.param.gemm_min_tokens > 12 ? "_matvec" : "_gemm");
+  const Case& c = param_info.param;
+  std::string name = c.model + (c.gemm_min_tokens > 12 ? "_matvec" : c.mma_max_tokens > 0 ? "_mma" : "_cublas");
   std::replace(name.begin(), name.end(), '-', '_');
   return name;
 });

@@ -7,117 +7,7 @@
 namespace chord::cuda {
 namespace {
 
-constexpr int kUnit = 32;       // elements one lane handles per step
 constexpr int kWarpsPerBlock = 4;
-
-// n (even) bytes from a 2-byte-aligned address into out.
-template <int kN>
-__device__ __forceinline__ void LoadAligned2(const uint8_t* p, uint8_t (&out)[kN]) {
-  const auto* h = reinterpret_cast<const uint16_t*>(p);
-#pragma unroll
-  for (int i = 0; i < kN / 2; ++i) {
-    const uint16_t v = __ldg(h + i);
-    out[2 * i] = static_cast<uint8_t>(v & 0xff);
-    out[2 * i + 1] = static_cast<uint8_t>(v >> 8);
-  }
-}
-
-// Unit `u` of a row (32 elements) decoded into w: kRuns runs of 32 / kRuns
-// contiguous elements, run r starting at element *base + r * kStride. Units are
-// ordered so that neighbouring lanes read neighbouring bytes.
-template <uint32_t kType>
-struct UnitShape {
-  static constexpr int kRuns = kType == kQ6_K ? 4 : (kType == kF32 || kType == kF16 || kType == kQ8_0) ? 1 : 2;
-  static constexpr int kStride = kType == kQ4_0 ? 16 : 32;
-};
-
-template <uint32_t kType>
-__device__ __forceinline__ void DequantUnit(const uint8_t* row, int u, float (&w)[32], int* base) {
-  if constexpr (kType == kF32) {
-    const uint8_t* p = row + u * 128;
-#pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      const float4 v = __ldg(reinterpret_cast<const float4*>(p) + c);
-      w[4 * c] = v.x, w[4 * c + 1] = v.y, w[4 * c + 2] = v.z, w[4 * c + 3] = v.w;
-    }
-    *base = u * 32;
-  } else if constexpr (kType == kF16) {
-    const uint8_t* p = row + u * 64;
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const uint4 v = Load16(p + 16 * c);
-      const auto* h = reinterpret_cast<const __half2*>(&v);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float2 pair = __half22float2(h[k]);
-        w[8 * c + 2 * k] = pair.x;
-        w[8 * c + 2 * k + 1] = pair.y;
-      }
-    }
-    *base = u * 32;
-  } else if constexpr (kType == kQ4_0) {
-    const uint8_t* block = row + u * 18;
-    const float d = Half(block);
-    uint8_t qs[16];
-    LoadAligned2(block + 2, qs);
-#pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      w[k] = static_cast<float>((qs[k] & 0xF) - 8) * d;
-      w[k + 16] = static_cast<float>((qs[k] >> 4) - 8) * d;
-    }
-    *base = u * 32;
-  } else if constexpr (kType == kQ8_0) {
-    const uint8_t* block = row + u * 34;
-    const float d = Half(block);
-    uint8_t qs[32];
-    LoadAligned2(block + 2, qs);
-#pragma unroll
-    for (int k = 0; k < 32; ++k) w[k] = static_cast<float>(static_cast<int8_t>(qs[k])) * d;
-    *base = u * 32;
-  } else if constexpr (kType == kQ4_K || kType == kQ5_K) {
-    constexpr int kBlockBytes = kType == kQ4_K ? 144 : 176;
-    constexpr int kQsOffset = kType == kQ4_K ? 16 : 48;
-    const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
-    const uint8_t* block = row + blk * kBlockBytes;
-    const auto [d1, m1, d2, m2] = ScalesOfPair(block, i);
-    const uint4 qv = Load16(block + kQsOffset + 32 * i + 16 * h);
-    const auto* q = reinterpret_cast<const uint8_t*>(&qv);
-    uint4 hv = make_uint4(0, 0, 0, 0);
-    if constexpr (kType == kQ5_K) hv = Load16(block + 16 + 16 * h);
-    const auto* qh = reinterpret_cast<const uint8_t*>(&hv);
-#pragma unroll
-    for (int k = 0; k < 16; ++k) {
-      int lo = q[k] & 0xF, hi = q[k] >> 4;
-      if constexpr (kType == kQ5_K) {
-        lo += ((qh[k] >> (2 * i)) & 1) << 4;
-        hi += ((qh[k] >> (2 * i + 1)) & 1) << 4;
-      }
-      w[k] = d1 * static_cast<float>(lo) - m1;
-      w[16 + k] = d2 * static_cast<float>(hi) - m2;
-    }
-    *base = blk * 256 + 64 * i + 16 * h;
-  } else if constexpr (kType == kQ6_K) {
-    const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
-    const uint8_t* block = row + blk * 210;
-    const float d = Half(block + 208);
-    uint8_t ql0[8], ql1[8], qh[8];
-    LoadAligned2(block + 64 * half + 8 * g, ql0);
-    LoadAligned2(block + 64 * half + 32 + 8 * g, ql1);
-    LoadAligned2(block + 128 + 32 * half + 8 * g, qh);
-    const auto* scales = reinterpret_cast<const int8_t*>(block + 192 + 8 * half);
-    const int is = g >> 1;
-    const float s0 = d * static_cast<float>(scales[is]), s1 = d * static_cast<float>(scales[is + 2]);
-    const float s2 = d * static_cast<float>(scales[is + 4]), s3 = d * static_cast<float>(scales[is + 6]);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      w[k] = s0 * static_cast<float>(((ql0[k] & 0xF) | ((qh[k] & 3) << 4)) - 32);
-      w[8 + k] = s1 * static_cast<float>(((ql1[k] & 0xF) | (((qh[k] >> 2) & 3) << 4)) - 32);
-      w[16 + k] = s2 * static_cast<float>(((ql0[k] >> 4) | (((qh[k] >> 4) & 3) << 4)) - 32);
-      w[24 + k] = s3 * static_cast<float>(((ql1[k] >> 4) | (((qh[k] >> 6) & 3) << 4)) - 32);
-    }
-    *base = blk * 256 + 128 * half + 8 * g;
-  }
-}
 
 // Calls f(element index, value) for the 32 elements of unit u.
 template <uint32_t kType, typename F>
@@ -310,22 +200,6 @@ void LaunchMatVecBatch(const DeviceMatrix& w, const float* x, int n_tokens, floa
   ForEachPass(n_tokens, [&]<int B>(int64_t first) {
     LaunchMatVecTyped<kType, B>(w, x + first * w.cols, y + first * w.rows, accumulate, stream);
   });
-}
-
-// Calls fn.template operator()<kType>() for the matrix's type.
-template <typename Fn>
-cudaError_t DispatchType(uint32_t type, Fn&& fn) {
-  switch (type) {
-    case kF32: fn.template operator()<kF32>(); break;
-    case kF16: fn.template operator()<kF16>(); break;
-    case kQ4_0: fn.template operator()<kQ4_0>(); break;
-    case kQ8_0: fn.template operator()<kQ8_0>(); break;
-    case kQ4_K: fn.template operator()<kQ4_K>(); break;
-    case kQ5_K: fn.template operator()<kQ5_K>(); break;
-    case kQ6_K: fn.template operator()<kQ6_K>(); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
 }
 
 }  // namespace
