@@ -43,28 +43,36 @@ double Seconds(std::chrono::steady_clock::time_point start) {
     }                                                                               \
   } while (0)
 
-// Device-to-device copy bandwidth, counting bytes read plus bytes written.
-absl::StatusOr<double> CopyBandwidth() {
-  const size_t bytes = size_t{2} << 30;
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::Allocate(bytes));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Allocate(bytes));
-  CHORD_CUDA_RETURN(cudaMemset(a.data(), 1, bytes));
+// Mean microseconds of `reps` launches issued by `launch` on the default stream.
+template <typename Launch>
+absl::StatusOr<double> KernelMicroseconds(Launch&& launch, int reps = 50) {
+  RETURN_IF_ERROR(launch());  // warm-up
   cudaEvent_t start, stop;
   CHORD_CUDA_RETURN(cudaEventCreate(&start));
   CHORD_CUDA_RETURN(cudaEventCreate(&stop));
-  CHORD_CUDA_RETURN(cudaMemcpy(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
-  const int reps = 10;
   CHORD_CUDA_RETURN(cudaEventRecord(start));
-  for (int i = 0; i < reps; ++i) {
-    CHORD_CUDA_RETURN(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
-  }
+  for (int i = 0; i < reps; ++i) RETURN_IF_ERROR(launch());
   CHORD_CUDA_RETURN(cudaEventRecord(stop));
   CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
   float ms = 0;
   CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3);
+  return 1e3 * ms / reps;
+}
+
+// Device-to-device copy bandwidth, counting bytes read plus bytes written.
+absl::StatusOr<double> CopyBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer a, cuda::DeviceBuffer::Allocate(bytes));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Allocate(bytes));
+  CHORD_CUDA_RETURN(cudaMemset(a.data(), 1, bytes));
+  const auto copy = [&]() -> absl::Status {
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+    return absl::OkStatus();
+  };
+  ASSIGN_OR_RETURN(const double us, KernelMicroseconds(copy, 10));
+  return 2.0 * static_cast<double>(bytes) / (us * 1e-6);
 }
 
 std::vector<int32_t> Prompt(int64_t n, int64_t n_vocab, int64_t seed) {
@@ -99,24 +107,6 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
 // Time of one matrix-vector launch over an 11008 x 4096 matrix of random
 // bytes in each type (timing only: the values are meaningless), as GB/s of
 // weights read, for 1 and 8 tokens.
-// Mean microseconds of `reps` launches issued by `launch` on the default stream.
-template <typename Launch>
-absl::StatusOr<double> KernelMicroseconds(Launch&& launch, int reps = 50) {
-  RETURN_IF_ERROR(launch());  // warm-up
-  cudaEvent_t start, stop;
-  CHORD_CUDA_RETURN(cudaEventCreate(&start));
-  CHORD_CUDA_RETURN(cudaEventCreate(&stop));
-  CHORD_CUDA_RETURN(cudaEventRecord(start));
-  for (int i = 0; i < reps; ++i) RETURN_IF_ERROR(launch());
-  CHORD_CUDA_RETURN(cudaEventRecord(stop));
-  CHORD_CUDA_RETURN(cudaEventSynchronize(stop));
-  float ms = 0;
-  CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  return 1e3 * ms / reps;
-}
-
 // One 11008 x 4096 matrix (llama2-7b's FFN) per weight type: the decode
 // kernels at 1 and 8 tokens, then batches of 16 and 64 tokens on the
 // tensor-core kernel against dequantize + cuBLAS.

@@ -57,6 +57,20 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     path_ = SharedDir() / "models" / (GetParam().model + ".gguf");
     if (!fs::exists(path_)) GTEST_SKIP() << path_ << " not found (set CHORD_SHARED_DIR)";
   }
+  // The case's batching options, n_ctx positions, the CUDA graph on or off.
+  CudaStageOptions GraphOptions(int64_t n_ctx, bool graph) const {
+    CudaStageOptions options;
+    options.n_ctx = n_ctx;
+    options.use_graph = graph;
+    options.gemm_min_tokens = GetParam().gemm_min_tokens;
+    options.mma_max_tokens = GetParam().mma_max_tokens;
+    options.mma_every_type = true;
+    return options;
+  }
+  static void ExpectBitIdentical(const std::vector<float>& direct, const std::vector<float>& replayed) {
+    ASSERT_EQ(direct.size(), replayed.size());
+    for (size_t i = 0; i < direct.size(); ++i) ASSERT_EQ(direct[i], replayed[i]) << i;
+  }
   fs::path path_;
 };
 
@@ -192,13 +206,7 @@ TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
   const int64_t n_vocab = config->n_vocab;
   std::vector<std::vector<float>> runs;
   for (const bool graph : {false, true}) {
-    CudaStageOptions options;
-    options.n_ctx = 16;
-    options.use_graph = graph;
-    options.gemm_min_tokens = GetParam().gemm_min_tokens;
-    options.mma_max_tokens = GetParam().mma_max_tokens;
-    options.mma_every_type = true;
-    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, GraphOptions(16, graph));
     ASSERT_TRUE(stage.ok()) << stage.status();
     std::vector<float> all;
     for (int64_t p = 0; p < 6; ++p) {
@@ -210,8 +218,7 @@ TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
     }
     runs.push_back(std::move(all));
   }
-  ASSERT_EQ(runs[0].size(), runs[1].size());
-  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << i;
+  ExpectBitIdentical(runs[0], runs[1]);
 }
 
 TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
@@ -223,13 +230,7 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
   const int64_t n_embd = config->n_embd, n_vocab = config->n_vocab;
   std::vector<std::vector<float>> runs;
   for (const bool graph : {false, true}) {
-    CudaStageOptions options;
-    options.n_ctx = 32;
-    options.use_graph = graph;
-    options.gemm_min_tokens = GetParam().gemm_min_tokens;
-    options.mma_max_tokens = GetParam().mma_max_tokens;
-    options.mma_every_type = true;
-    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, GraphOptions(32, graph));
     ASSERT_TRUE(stage.ok()) << stage.status();
     std::vector<float> all;
     int64_t position = 0;
@@ -250,8 +251,7 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
     }
     runs.push_back(std::move(all));
   }
-  ASSERT_EQ(runs[0].size(), runs[1].size());
-  for (size_t i = 0; i < runs[0].size(); ++i) ASSERT_EQ(runs[0][i], runs[1][i]) << i;
+  ExpectBitIdentical(runs[0], runs[1]);
 }
 
 TEST(CudaStageErrors, RejectsBadRangesAndBatches) {
