@@ -174,6 +174,7 @@ int Run(int argc, char** argv) {
   bool int8_activations = CudaStageOptions{}.int8_activations;
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
+  bool exact = false;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -188,6 +189,7 @@ int Run(int argc, char** argv) {
   app.add_option("--int8-max-tokens", int8_max_tokens, "batches up to this size take the integer path (Q4_K)");
   app.add_option("--mma-max-tokens", mma_max_tokens,
                  "larger batches up to this size multiply on tensor cores from the quantized blocks (0: never)");
+  app.add_flag("--exact", exact, "exact mode: per-token kernels whatever the batch (results independent of it)");
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
 
@@ -225,6 +227,7 @@ int Run(int argc, char** argv) {
   options.int8_activations = int8_activations;
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
+  options.exact = exact;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -90,10 +90,10 @@ int main(int argc, char** argv) {
   if (!api_key.ok()) return Fail(api_key.status());
   if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
   chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
-                   "ctx_size %d, kv_type %s, max_queue %d, prefill_chunk %d, worker_timeout %d ms, "
+                   "ctx_size %d, kv_type %s, exact %s, max_queue %d, prefill_chunk %d, worker_timeout %d ms, "
                    "grace %d ms, step_timeout %d ms, auth %s, tls %s, links %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
-                   s.kv_type, s.max_queue, prefill_chunk, s.worker_timeout_ms, s.grace_ms,
+                   s.kv_type, s.exact ? "on" : "off", s.max_queue, prefill_chunk, s.worker_timeout_ms, s.grace_ms,
                    s.step_timeout_ms, api_key->empty() ? "off" : "bearer",
                    s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual",
                    curve->enabled() ? "CURVE" : "plaintext");
@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
   if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};
   options.scheduler.pool.worker_timeout = std::chrono::milliseconds(s.worker_timeout_ms);
+  options.scheduler.pool.exact = s.exact;
   // KV memory is shared by the sequences in pages; by default it holds four
   // full contexts, not a context per slot, and the newest sequence is
   // preempted (and recomputed later) when running ones outgrow it.

@@ -45,10 +45,9 @@ class WorkerPoolNcclTest : public ::testing::Test {
     model_.sha256 = "model";
     model_.layer_bytes.assign(8, 1000);
     model_.head_bytes = 100;
-    WorkerPoolOptions options;
-    options.min_workers = 3;
-    options.loader_endpoint = "tcp://127.0.0.1:1";
-    pool_ = std::make_unique<WorkerPool>(options, model_);
+    options_.min_workers = 3;
+    options_.loader_endpoint = "tcp://127.0.0.1:1";
+    pool_ = std::make_unique<WorkerPool>(options_, model_);
   }
 
   // Says Hello and registers; returns what the pool sent back to anyone.
@@ -77,9 +76,24 @@ class WorkerPoolNcclTest : public ::testing::Test {
   }
 
   ModelContext model_;
+  WorkerPoolOptions options_;
   std::unique_ptr<WorkerPool> pool_;
   Clock::time_point now_ = Clock::now();
 };
+
+TEST_F(WorkerPoolNcclTest, AssignmentsCarryTheKvCacheTypeAndExactMode) {
+  options_.min_workers = 2;
+  options_.kv_type = "f16";
+  options_.exact = true;
+  pool_ = std::make_unique<WorkerPool>(options_, model_);
+  Join("w1", "cuda", true);
+  const std::map<std::string, pb::AssignLayers> plan = Assignments(Join("w2", "cuda", true));
+  ASSERT_EQ(plan.size(), 2u);
+  for (const auto& [id, a] : plan) {
+    EXPECT_EQ(a.kv_type(), "f16") << id;
+    EXPECT_TRUE(a.exact()) << id;
+  }
+}
 
 TEST_F(WorkerPoolNcclTest, GroupsConsecutiveGpuStagesAndRelaysTheUniqueId) {
   Join("w1", "cuda", true);

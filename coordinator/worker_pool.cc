@@ -249,6 +249,7 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
     assign.set_kv_slots(static_cast<uint32_t>(options_.kv_slots));
     assign.set_n_ctx(static_cast<uint32_t>(options_.n_ctx));
     assign.set_kv_type(options_.kv_type);
+    assign.set_exact(options_.exact);
     assign.set_kv_tokens(static_cast<uint32_t>(options_.kv_tokens));
     assign.set_kv_page_size(static_cast<uint32_t>(options_.kv_page_size));
     assign.set_nccl_rank(worker.nccl.rank);

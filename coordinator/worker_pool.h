@@ -31,6 +31,7 @@ struct WorkerPoolOptions {
   int n_ctx = 0;
   std::string kv_type = "f32";
   std::string loader_endpoint;
+  bool exact = false;  // AssignLayers.exact
   std::chrono::milliseconds heartbeat_interval{500};
   std::chrono::milliseconds worker_timeout{2000};  // silence before a worker is declared lost
   int64_t kv_tokens = 0;  // every stage's KV pool (common/model/kv_pages.h); 0: kv_slots x n_ctx

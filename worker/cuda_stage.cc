@@ -130,7 +130,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
   // Allocated here, not on first use: the decode graph bakes in its address.
-  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(std::min(n, options.int8_max_tokens),
+  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(options.exact ? n : std::min(n, options.int8_max_tokens),
                                                       std::max(e, ff))));
   capacity = n;
   ++epoch;
@@ -139,7 +139,8 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
-  if (n <= options.int8_max_tokens && options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols)) {
+  const bool int8 = options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols);
+  if (int8 && (n <= options.int8_max_tokens || options.exact)) {
     const cuda::Q8Activations rounded = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
     RETURN_IF_ERROR(cuda::CudaStatus(
         cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, rounded, s()),
@@ -147,7 +148,7 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
     return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, rounded, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVecQ8");
   }
-  if (n < options.gemm_min_tokens) {
+  if (n < options.gemm_min_tokens || options.exact) {
     return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVec");
   }

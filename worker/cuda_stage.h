@@ -58,6 +58,13 @@ struct CudaStageOptions {
   int64_t mma_max_tokens = 32;
   // Tests: the tensor-core kernel for every type it reads.
   bool mma_every_type = false;
+  // Exact mode: every product takes the per-token matrix-vector kernels
+  // (integer where the type has them, whatever the batch size), never GEMM or
+  // the tensor-core product, so a token's results do not depend on the other
+  // tokens of its step: not on its batch, not on how its prompt was chunked.
+  // The other kernels (norms, RoPE, attention: a block per token and head)
+  // already are per token. Costs prompt and large-batch speed (BENCHMARKS.md).
+  bool exact = false;
 };
 
 class CudaStage {

@@ -84,6 +84,7 @@ absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorS
   cuda.n_slots = options.kv.n_slots;
   cuda.n_ctx = options.kv.n_ctx;
   cuda.kv_type = options.kv.type;
+  cuda.exact = options.exact;
   absl::StatusOr<std::unique_ptr<CudaStage>> stage = CudaStage::Load(tensors, config, options.range, cuda);
   if (!stage.ok()) return stage.status();
   return std::make_unique<CudaStageCompute>(*std::move(stage), options.kv.n_slots, options.kv.n_ctx);

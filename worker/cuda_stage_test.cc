@@ -254,6 +254,67 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
   ExpectBitIdentical(runs[0], runs[1]);
 }
 
+// Exact mode: a slot's logits are bit-identical whether it decodes alone or
+// in a batch, and whether its prompt was prefilled in one step or in chunks.
+TEST_P(CudaStageTest, ExactModeResultsDependOnNeitherBatchNorChunking) {
+  auto file = gguf::GgufFile::Open(path_.string());
+  ASSERT_TRUE(file.ok()) << file.status();
+  auto config = ReadModelConfig(**file);
+  ASSERT_TRUE(config.ok()) << config.status();
+  const GgufTensorSource source(**file);
+  const int64_t n_vocab = config->n_vocab;
+  CudaStageOptions options = GraphOptions(48, true);
+  options.n_slots = 3;
+  options.exact = true;
+  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const auto prompt = [&](int64_t slot) {
+    std::vector<int32_t> tokens;
+    for (int64_t p = 0; p < 13 + slot; ++p) tokens.push_back(static_cast<int32_t>((7 * p + 13 * slot + 1) % n_vocab));
+    return tokens;
+  };
+  // Slot 0's prompt in one step, slot 1's (the same tokens) in chunks of 5.
+  std::vector<float> one_shot(static_cast<size_t>(n_vocab)), chunked(one_shot.size());
+  {
+    const std::vector<int32_t> tokens = prompt(0);
+    std::vector<BatchToken> batch;
+    for (int64_t p = 0; p < static_cast<int64_t>(tokens.size()); ++p) batch.push_back({0, p});
+    ASSERT_TRUE((*stage)->Forward(tokens, batch, 1, one_shot.data()).ok());
+    for (size_t first = 0; first < tokens.size(); first += 5) {
+      const size_t n = std::min<size_t>(5, tokens.size() - first);
+      std::vector<BatchToken> chunk;
+      for (size_t i = 0; i < n; ++i) chunk.push_back({1, static_cast<int64_t>(first + i)});
+      ASSERT_TRUE((*stage)->Forward({tokens.data() + first, n}, chunk, 1, chunked.data()).ok());
+    }
+  }
+  ExpectBitIdentical(one_shot, chunked);
+  // Slot 2 gets another prompt; then each slot decodes one token alone, and
+  // the same tokens at the same positions again as one batch of three (they
+  // rewrite their cache entries with the same values).
+  const std::vector<int32_t> third = prompt(2);
+  std::vector<BatchToken> third_batch;
+  for (int64_t p = 0; p < static_cast<int64_t>(third.size()); ++p) third_batch.push_back({2, p});
+  std::vector<float> ignored(static_cast<size_t>(n_vocab));
+  ASSERT_TRUE((*stage)->Forward(third, third_batch, 1, ignored.data()).ok());
+  const std::vector<int64_t> lengths = {13, 13, 15};
+  std::vector<std::vector<float>> alone(3, std::vector<float>(static_cast<size_t>(n_vocab)));
+  std::vector<int32_t> next;
+  std::vector<BatchToken> together;
+  for (int64_t s = 0; s < 3; ++s) {
+    const int32_t token = static_cast<int32_t>((5 * s + 3) % n_vocab);
+    const BatchToken at{s, lengths[static_cast<size_t>(s)]};
+    ASSERT_TRUE((*stage)->Forward({&token, 1}, {&at, 1}, 1, alone[static_cast<size_t>(s)].data()).ok());
+    next.push_back(token);
+    together.push_back(at);  // the same position again: rewrites the same cache entries
+  }
+  std::vector<float> batched(static_cast<size_t>(3 * n_vocab));
+  ASSERT_TRUE((*stage)->Forward(next, together, 3, batched.data()).ok());
+  for (int64_t s = 0; s < 3; ++s) {
+    ExpectBitIdentical(alone[static_cast<size_t>(s)],
+                       std::vector<float>(batched.begin() + s * n_vocab, batched.begin() + (s + 1) * n_vocab));
+  }
+}
+
 TEST(CudaStageErrors, RejectsBadRangesAndBatches) {
   if (!cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present";
   const fs::path path = SharedDir() / "models" / "stories260K.gguf";

@@ -64,6 +64,10 @@ struct StageComputeOptions {
   LayerRange range;
   KvCacheShape kv;  // n_layers is taken from the range
   int device = 0;   // CUDA device ordinal
+  // Every token through the same kernels whatever its batch or prompt chunk
+  // (the CPU stage always is; the CUDA stage then keeps to its per-token
+  // matrix-vector kernels).
+  bool exact = false;
 };
 
 // The CPU stage over `tensors` (and `streamed` layers when the range does not

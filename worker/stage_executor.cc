@@ -81,6 +81,7 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
   options.kv.kv_tokens = plan.kv_tokens;
   options.kv.page_size = plan.kv_page_size;
   options.device = plan.device;
+  options.exact = plan.exact;
   if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
   std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan));
   if (plan.backend == "cuda") {

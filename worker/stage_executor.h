@@ -42,6 +42,7 @@ struct StagePlan {
   int64_t kv_page_size = kDefaultKvPageSize;
   std::string backend = "cpu";  // "cpu" or "cuda" (this worker's, not the coordinator's)
   int device = 0;
+  bool exact = false;  // results independent of batching (see StageComputeOptions)
 };
 
 // The proto's sampling parameters as the Sampler takes them. A

@@ -70,6 +70,7 @@ absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig&
   plan.kv_tokens = a.kv_tokens();
   plan.backend = options.backend;
   plan.device = options.device;
+  plan.exact = a.exact();
   if (a.kv_page_size() != 0) plan.kv_page_size = a.kv_page_size();
   if (options.max_kv_slots > 0 && options.max_n_ctx > 0 &&
       plan.kv_tokens > int64_t{options.max_kv_slots} * options.max_n_ctx) {

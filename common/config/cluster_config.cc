@@ -137,6 +137,7 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
        }},
       {"kv_type",
        [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"f32", "f16"}, &c->kv_type); }},
+      {"exact", [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &c->exact); }},
       {"max_queue", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
       {"min_workers",
        [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->min_workers); }},
@@ -288,6 +289,7 @@ std::string ClusterConfig::ToYaml() const {
       << "  ctx_size: " << coordinator.ctx_size << "\n"
       << "  kv_tokens: " << coordinator.kv_tokens << "\n"
       << "  kv_type: " << coordinator.kv_type << "\n"
+      << "  exact: " << (coordinator.exact ? "true" : "false") << "\n"
       << "  max_queue: " << coordinator.max_queue << "\n"
       << "  min_workers: " << coordinator.min_workers << "\n"
       << "  worker_timeout_ms: " << coordinator.worker_timeout_ms << "\n"

@@ -13,6 +13,9 @@
 //                              # (paged); 0: 4 full contexts (at most kv_slots); beyond it
 //                              # the newest sequence is preempted and recomputed later
 //     kv_type: f32             # f32 or f16
+//     exact: false             # true: a sequence's results never depend on its batch or on
+//                              # how its prompt was chunked, on GPU stages too (slower prompts
+//                              # and large batches there; CPU stages are always exact)
 //     max_queue: 256
 //     min_workers: 1           # workers that must register before the first plan
 //     http_port: 8080          # OpenAI-compatible HTTP API; off when absent
@@ -68,6 +71,7 @@ struct CoordinatorSection {
   int64_t ctx_size = 0;
   int64_t kv_tokens = 0;  // 0: min(kv_slots, 4) full contexts
   std::string kv_type = "f32";
+  bool exact = false;  // batch-invariant results on GPU stages too (AssignLayers.exact)
   int max_queue = 256;
   int min_workers = 1;
   int http_port = -1;          // -1: no HTTP server; 0: chosen by the OS

@@ -25,6 +25,7 @@ constexpr char kFull[] = R"(coordinator:
   ctx_size: 512
   kv_tokens: 1024
   kv_type: f16
+  exact: true
   max_queue: 32
   min_workers: 2
   http_port: 8080
@@ -71,6 +72,7 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.ctx_size, 512);
   EXPECT_EQ(config->coordinator.kv_tokens, 1024);
   EXPECT_EQ(config->coordinator.kv_type, "f16");
+  EXPECT_TRUE(config->coordinator.exact);
   EXPECT_EQ(config->coordinator.max_queue, 32);
   EXPECT_EQ(config->coordinator.min_workers, 2);
   EXPECT_EQ(config->coordinator.http_port, 8080);
@@ -135,6 +137,7 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   EXPECT_EQ(again->ToYaml(), yaml);
   EXPECT_EQ(again->workers[1].memory_budget, 512ull << 20);
   EXPECT_EQ(again->coordinator.kv_type, "f16");
+  EXPECT_TRUE(again->coordinator.exact);
   EXPECT_EQ(again->coordinator.http_port, 8080);
   EXPECT_EQ(again->coordinator.tls_key, "/etc/chord/tls/server.key");
   EXPECT_EQ(again->coordinator.step_timeout_ms, 4500);
@@ -163,6 +166,7 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"coordinator:\n  kv_tokens: -16\n", "coordinator.kv_tokens (line 2)"},
       {"coordinator:\n  grpc_port: 70000\n", "coordinator.grpc_port (line 2): 70000 is out of range"},
       {"coordinator:\n  kv_type: q8\n", "coordinator.kv_type (line 2): 'q8' is not one of"},
+      {"coordinator:\n  exact: maybe\n", "coordinator.exact (line 2): expected true or false"},
       {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},
       {"coordinator: 3\n", "coordinator (line 1): expected a mapping"},
       {"coordinator:\n  http_port: -1\n", "coordinator.http_port (line 2)"},
@@ -256,6 +260,7 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   // Not given: the file's values.
   EXPECT_EQ(s->control_port, 6001);
   EXPECT_EQ(s->kv_type, "f16");
+  EXPECT_TRUE(s->exact);
   EXPECT_EQ(s->max_queue, 32);
   EXPECT_EQ(s->tls_cert, "/etc/chord/tls/server.crt");
   EXPECT_EQ(s->grace_ms, 3000);
@@ -264,8 +269,9 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->http_port, 8080);
   EXPECT_EQ(s->step_timeout_ms, 4500);
-  s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16"});
+  s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16", "--exact"});
   ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->exact);
   EXPECT_EQ(s->http_port, -1);
   EXPECT_EQ(s->grpc_port, 50051);
   EXPECT_EQ(s->kv_type, "f16");
@@ -275,6 +281,7 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
 TEST(CoordinatorFlagsTest, BadValuesAndHalfTlsAreRefused) {
   EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--http-port", "70000"}).ok());
   EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--kv-type", "q4"}).ok());
+  EXPECT_FALSE(ApplyFlags(CoordinatorSection(), {"--exact=sometimes"}).ok());
   for (const char* bad : {"0", "-1", "soon", "3600001"}) {
     const absl::Status refused =
         ApplyFlags(CoordinatorSection(), {"--step-timeout-ms", bad}).status();

@@ -6,15 +6,32 @@
 
 namespace chord {
 
-template <typename T>
-CLI::Option* CoordinatorFlags::Add(CLI::App& app, const char* name, T CoordinatorSection::*field,
-                                   const char* help) {
-  // Every flag also reads from a variable: --grpc-port from CHORD_GRPC_PORT.
+namespace {
+
+// Every flag also reads from a variable: --grpc-port from CHORD_GRPC_PORT.
+std::string VariableOf(const char* name) {
   std::string variable = "CHORD_";
   for (const char* c = name + 2; *c != '\0'; ++c) {
     variable += *c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(*c)));
   }
-  CLI::Option* option = app.add_option(name, values_.*field, help)->envname(variable);
+  return variable;
+}
+
+}  // namespace
+
+CLI::Option* CoordinatorFlags::AddFlag(CLI::App& app, const char* name, bool CoordinatorSection::*field,
+                                       const char* help) {
+  CLI::Option* option = app.add_flag(name, values_.*field, help)->envname(VariableOf(name));
+  overrides_.push_back([this, option, field](CoordinatorSection& section) {
+    if (option->count() > 0) section.*field = values_.*field;
+  });
+  return option;
+}
+
+template <typename T>
+CLI::Option* CoordinatorFlags::Add(CLI::App& app, const char* name, T CoordinatorSection::*field,
+                                   const char* help) {
+  CLI::Option* option = app.add_option(name, values_.*field, help)->envname(VariableOf(name));
   overrides_.push_back([this, option, field](CoordinatorSection& section) {
     if (option->count() > 0) section.*field = values_.*field;
   });
@@ -35,6 +52,8 @@ CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
       "is preempted (0: min(kv-slots, 4) full contexts)")
       ->check(CLI::Range(int64_t{0}, int64_t{std::numeric_limits<int32_t>::max()}));
   Add(app, "--kv-type", &S::kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
+  AddFlag(app, "--exact", &S::exact,
+          "results independent of batching and prompt chunking on GPU stages too (CPU stages always are)");
   Add(app, "--max-queue", &S::max_queue, "queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber);
   Add(app, "--worker-timeout-ms", &S::worker_timeout_ms,

@@ -16,7 +16,7 @@ namespace chord {
 
 class CoordinatorFlags {
  public:
-  // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type,
+  // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type, --exact,
   // --max-queue, --worker-timeout-ms, --grace-ms, --step-timeout-ms, --http-port, --http-host,
   // --chat-template, --api-key-file, --tls-cert, --tls-key and --tls-client-ca to `app`.
   explicit CoordinatorFlags(CLI::App& app);
@@ -29,6 +29,8 @@ class CoordinatorFlags {
  private:
   template <typename T>
   CLI::Option* Add(CLI::App& app, const char* name, T CoordinatorSection::*field, const char* help);
+  // A flag without a value (--exact), likewise from its variable (CHORD_EXACT=true).
+  CLI::Option* AddFlag(CLI::App& app, const char* name, bool CoordinatorSection::*field, const char* help);
 
   CoordinatorSection values_;
   std::vector<std::function<void(CoordinatorSection&)>> overrides_;
