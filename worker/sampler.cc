@@ -1,6 +1,7 @@
 #include "worker/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -22,6 +23,29 @@ bool Before(float logit_a, int32_t id_a, float logit_b, int32_t id_b) {
 }
 
 }  // namespace
+
+float Sampler::ExpNonPositive(float x) {
+  // e^x = 2^n * e^r with n = round(x / ln 2) and |r| <= ln(2) / 2; ln 2 in two
+  // parts so that r is exact; e^r by its Taylor series to r^6 / 720 (the
+  // first term left out is below 1.3e-7 relative).
+  const bool underflows = x < -87.0f;
+  x = underflows ? -87.0f : x;
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // + 1.5 * 2^23 rounds
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float two_to_n = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  return underflows ? 0.0f : p * two_to_n;
+}
+
+void Sampler::ExpOf(std::span<const float> logits, float max_logit, float scale, std::span<float> out) {
+  for (size_t i = 0; i < logits.size(); ++i) out[i] = ExpNonPositive((logits[i] - max_logit) * scale);
+}
 
 double Sampler::UniformDraw(uint64_t seed, int64_t position) {
   const uint64_t bits = SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(position));
@@ -112,7 +136,7 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
     // top-p weighs tokens by their probability at temperature 1.
     double total = 0.0;
     for (Candidate& c : candidates_) {
-      c.mass = std::exp(c.logit - max_logit);
+      c.mass = ExpNonPositive(c.logit - max_logit);
       total += c.mass;
     }
     last = TopPLast(candidates_, static_cast<double>(params.top_p) * total);
@@ -128,12 +152,11 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
 
   // Draw over the kept tokens in id order, weighted at the temperature.
   weights_.resize(static_cast<size_t>(n_vocab));
-  const float inverse_temperature = 1.0f / params.temperature;
+  ExpOf(logits_, max_logit, 1.0f / params.temperature, weights_);
   double total = 0.0;
   for (int32_t id = 0; id < n_vocab; ++id) {
-    const float logit = logits_[static_cast<size_t>(id)];
-    const float weight = kept(id, logit) ? std::exp((logit - max_logit) * inverse_temperature) : 0.0f;
-    weights_[static_cast<size_t>(id)] = weight;
+    float& weight = weights_[static_cast<size_t>(id)];
+    if (!kept(id, logits_[static_cast<size_t>(id)])) weight = 0.0f;
     total += weight;
   }
   const double target = UniformDraw(params.seed, position) * total;

@@ -173,7 +173,8 @@ int32_t ReferenceSample(const std::vector<float>& logits, const SamplingParams& 
   double total = 0.0;
   for (int id = 0; id < n; ++id) {
     if (!kept[static_cast<size_t>(id)]) continue;
-    weights[static_cast<size_t>(id)] = std::exp((logits[static_cast<size_t>(id)] - max_logit) * (1.0f / p.temperature));
+    weights[static_cast<size_t>(id)] =
+        Sampler::ExpNonPositive((logits[static_cast<size_t>(id)] - max_logit) * (1.0f / p.temperature));
     total += weights[static_cast<size_t>(id)];
   }
   const double target = Sampler::UniformDraw(p.seed, position) * total;
@@ -186,6 +187,23 @@ int32_t ReferenceSample(const std::vector<float>& logits, const SamplingParams& 
     if (target < cumulative) break;
   }
   return drawn;
+}
+
+TEST(SamplerTest, ExpNonPositiveMatchesTheLibraryWithin3e7) {
+  double worst = 0.0;
+  for (float x = 0.0f; x > -87.0f; x -= 0.00731f) {
+    const double exact = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::abs(Sampler::ExpNonPositive(x) - exact) / exact);
+  }
+  EXPECT_LT(worst, 3e-7);
+  EXPECT_EQ(Sampler::ExpNonPositive(0.0f), 1.0f);
+  EXPECT_EQ(Sampler::ExpNonPositive(-88.0f), 0.0f);
+  EXPECT_EQ(Sampler::ExpNonPositive(-1e30f), 0.0f);
+  // The vectorized loop gives what the function gives.
+  const std::vector<float> logits = RandomLogits(1003, 4);
+  std::vector<float> out(logits.size());
+  Sampler::ExpOf(logits, 9.0f, 1.25f, out);
+  for (size_t i = 0; i < logits.size(); ++i) ASSERT_EQ(out[i], Sampler::ExpNonPositive((logits[i] - 9.0f) * 1.25f));
 }
 
 TEST(SamplerTest, MatchesTheSortingReferenceOverTruncationSettings) {

@@ -183,8 +183,8 @@ INSTANTIATE_TEST_SUITE_P(SharedModels, ReferenceTest,
                          ::testing::ValuesIn(ReferenceModels().empty()
                                                  ? std::vector<std::string>{"stories260K"}
                                                  : ReferenceModels()),
-                         [](const auto& info) {
-                           std::string name = info.param;
+                         [](const auto& param_info) {
+                           std::string name = param_info.param;
                            for (char& ch : name) {
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            }
