@@ -56,6 +56,13 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     if (!cuda::HasCudaDevice()) GTEST_SKIP() << "no CUDA device present";
     path_ = SharedDir() / "models" / (GetParam().model + ".gguf");
     if (!fs::exists(path_)) GTEST_SKIP() << path_ << " not found (set CHORD_SHARED_DIR)";
+    auto file = gguf::GgufFile::Open(path_.string());
+    ASSERT_TRUE(file.ok()) << file.status();
+    file_ = *std::move(file);
+    auto config = ReadModelConfig(*file_);
+    ASSERT_TRUE(config.ok()) << config.status();
+    config_ = *config;
+    source_ = std::make_unique<GgufTensorSource>(*file_);
   }
   // The case's batching options, n_ctx positions, the CUDA graph on or off.
   CudaStageOptions GraphOptions(int64_t n_ctx, bool graph) const {
@@ -72,6 +79,9 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     for (size_t i = 0; i < direct.size(); ++i) ASSERT_EQ(direct[i], replayed[i]) << i;
   }
   fs::path path_;
+  std::unique_ptr<gguf::GgufFile> file_;
+  ModelConfig config_;
+  std::unique_ptr<GgufTensorSource> source_;
 };
 
 int64_t Argmax(const float* v, int64_t n) { return std::max_element(v, v + n) - v; }
@@ -83,12 +93,9 @@ double Margin(const float* v, int64_t n) {
 }
 
 TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
-  auto file = gguf::GgufFile::Open(path_.string());
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
+  const ModelConfig* config = &config_;
   const int64_t n_ctx = 64, n_vocab = config->n_vocab, n_embd = config->n_embd;
-  const GgufTensorSource source(**file);
+  const GgufTensorSource& source = *source_;
   ThreadPool pool(2);
   auto cpu = LlamaStage::Load(source, *config, LayerRange{0, config->n_layer}, pool);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -147,17 +154,14 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
 }
 
 TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
-  auto file = gguf::GgufFile::Open(path_.string());
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
+  const ModelConfig* config = &config_;
   CudaStageOptions options;
   options.n_ctx = 32;
   options.n_slots = 3;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
   options.mma_every_type = true;
-  const GgufTensorSource source(**file);
+  const GgufTensorSource& source = *source_;
   auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
   ASSERT_TRUE(stage.ok()) << stage.status();
   const int64_t n_vocab = config->n_vocab;
@@ -198,11 +202,8 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
 }
 
 TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
-  auto file = gguf::GgufFile::Open(path_.string());
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
-  const GgufTensorSource source(**file);
+  const ModelConfig* config = &config_;
+  const GgufTensorSource& source = *source_;
   const int64_t n_vocab = config->n_vocab;
   std::vector<std::vector<float>> runs;
   for (const bool graph : {false, true}) {
@@ -222,11 +223,8 @@ TEST_P(CudaStageTest, GraphReplayGivesTheSameLogitsAsDirectLaunches) {
 }
 
 TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
-  auto file = gguf::GgufFile::Open(path_.string());
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
-  const GgufTensorSource source(**file);
+  const ModelConfig* config = &config_;
+  const GgufTensorSource& source = *source_;
   const int64_t n_embd = config->n_embd, n_vocab = config->n_vocab;
   std::vector<std::vector<float>> runs;
   for (const bool graph : {false, true}) {
@@ -257,11 +255,8 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
 // Exact mode: a slot's logits are bit-identical whether it decodes alone or
 // in a batch, and whether its prompt was prefilled in one step or in chunks.
 TEST_P(CudaStageTest, ExactModeResultsDependOnNeitherBatchNorChunking) {
-  auto file = gguf::GgufFile::Open(path_.string());
-  ASSERT_TRUE(file.ok()) << file.status();
-  auto config = ReadModelConfig(**file);
-  ASSERT_TRUE(config.ok()) << config.status();
-  const GgufTensorSource source(**file);
+  const ModelConfig* config = &config_;
+  const GgufTensorSource& source = *source_;
   const int64_t n_vocab = config->n_vocab;
   CudaStageOptions options = GraphOptions(48, true);
   options.n_slots = 3;
