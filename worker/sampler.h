@@ -43,7 +43,7 @@ class Sampler {
   // Uniform double in [0, 1) for (seed, position): SplitMix64 over a mix of both.
   static double UniformDraw(uint64_t seed, int64_t position);
 
-  // e^x for x <= 0 in plain float arithmetic (within 2e-7 relative; 0 below
+  // e^x for x <= 0 in plain float arithmetic (within 3e-7 relative; 0 below
   // -87): the same value on every machine, unlike a C library's exp, and a
   // loop of it vectorizes. The weights of the draw and of top-p.
   static float ExpNonPositive(float x);
