@@ -19,23 +19,23 @@ std::string VariableOf(const char* name) {
 
 }  // namespace
 
-CLI::Option* CoordinatorFlags::AddFlag(CLI::App& app, const char* name, bool CoordinatorSection::*field,
-                                       const char* help) {
-  CLI::Option* option = app.add_flag(name, values_.*field, help)->envname(VariableOf(name));
+template <typename T>
+CLI::Option* CoordinatorFlags::Override(CLI::Option* option, T CoordinatorSection::*field) {
   overrides_.push_back([this, option, field](CoordinatorSection& section) {
     if (option->count() > 0) section.*field = values_.*field;
   });
   return option;
 }
 
+CLI::Option* CoordinatorFlags::AddFlag(CLI::App& app, const char* name, bool CoordinatorSection::*field,
+                                       const char* help) {
+  return Override(app.add_flag(name, values_.*field, help)->envname(VariableOf(name)), field);
+}
+
 template <typename T>
 CLI::Option* CoordinatorFlags::Add(CLI::App& app, const char* name, T CoordinatorSection::*field,
                                    const char* help) {
-  CLI::Option* option = app.add_option(name, values_.*field, help)->envname(VariableOf(name));
-  overrides_.push_back([this, option, field](CoordinatorSection& section) {
-    if (option->count() > 0) section.*field = values_.*field;
-  });
-  return option;
+  return Override(app.add_option(name, values_.*field, help)->envname(VariableOf(name)), field);
 }
 
 CoordinatorFlags::CoordinatorFlags(CLI::App& app) {

@@ -31,6 +31,9 @@ class CoordinatorFlags {
   CLI::Option* Add(CLI::App& app, const char* name, T CoordinatorSection::*field, const char* help);
   // A flag without a value (--exact), likewise from its variable (CHORD_EXACT=true).
   CLI::Option* AddFlag(CLI::App& app, const char* name, bool CoordinatorSection::*field, const char* help);
+  // Applies `option` to `field` in Apply when it was given.
+  template <typename T>
+  CLI::Option* Override(CLI::Option* option, T CoordinatorSection::*field);
 
   CoordinatorSection values_;
   std::vector<std::function<void(CoordinatorSection&)>> overrides_;
