@@ -44,6 +44,7 @@ struct ServeFlags {
   int64_t worker_timeout_ms = 0;  // 0: the coordinator's (or the cluster file's)
   bool quiet = false;
   std::string worker_budget;        // per worker, e.g. 200M; empty: unlimited
+  std::string gpu_budget;           // per CUDA worker, for weights in GPU memory; empty: unlimited
   int prefetch_depth = -1;          // -1: derived
   std::string loader_max_bandwidth;  // bytes/s, e.g. 500M; empty: unlimited
   std::string loader_transport = "shm";
@@ -161,6 +162,9 @@ int RunServe(const CLI::App& app, ServeFlags flags) {
     options.worker_args.insert(options.worker_args.end(), {"--loader-local-reads", "false"});
   }
   if (!flags.backend.empty()) options.worker_args.insert(options.worker_args.end(), {"--backend", flags.backend});
+  if (!flags.gpu_budget.empty()) {
+    options.worker_args.insert(options.worker_args.end(), {"--gpu-memory-budget", flags.gpu_budget});
+  }
   options.worker_devices = flags.devices;
   if (flags.http_port >= 0) options.coordinator_args = {"--http-port", std::to_string(flags.http_port)};
   options.coordinator_args.insert(options.coordinator_args.end(),
@@ -271,6 +275,10 @@ Subcommand AddServeCommand(CLI::App& parent) {
   app->add_option("--worker-budget", flags->worker_budget,
                   "memory for each worker's weights, e.g. 300K, 200M, 4G; a layer range over it "
                   "streams from the loader through a shard cache (default: unlimited)")
+      ->check(ByteSizeValidator());
+  app->add_option("--gpu-budget", flags->gpu_budget,
+                  "with --backend cuda: GPU memory for each worker's weights, e.g. 2G; layers over "
+                  "it stream from host memory each step (default: unlimited)")
       ->check(ByteSizeValidator());
   app->add_option("--prefetch-depth", flags->prefetch_depth,
                   "layers fetched ahead when a range streams (0: off; -1: derived from measured "

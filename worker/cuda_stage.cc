@@ -12,6 +12,7 @@
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
+#include "worker/cuda_layer_stream.h"
 #include "worker/models/tensor_lookup.h"
 #include "worker/models/tensor_source.h"
 
@@ -30,6 +31,11 @@ struct GpuMatrix {
 struct GpuLayer {
   DeviceBuffer attn_norm, ffn_norm;
   GpuMatrix wq, wk, wv, wo, gate, up, down;
+
+  GpuLayerView View() const {
+    return GpuLayerView{attn_norm.as<float>(), ffn_norm.as<float>(), wq.view, wk.view, wv.view,
+                        wo.view, gate.view, up.view, down.view};
+  }
 };
 
 absl::StatusOr<GpuMatrix> UploadMatrix(const TensorSource& source, const std::string& name,
@@ -72,7 +78,8 @@ struct CudaStage::Impl {
   CudaStageOptions options;
   cuda::Stream stream;
   std::unique_ptr<cuda::BlasHandle> blas;
-  std::vector<GpuLayer> layers;
+  std::vector<GpuLayer> layers;          // resident: range.first .. + layers.size()
+  std::unique_ptr<CudaLayerStream> streamed;  // the rest, when they do not fit
   GpuMatrix token_embd, output;  // output.view aliases token_embd when tied
   DeviceBuffer output_norm, rope_freq_factors;
   DeviceBuffer kv_keys, kv_values;
@@ -106,10 +113,12 @@ struct CudaStage::Impl {
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
   absl::Status EmbedKernel(int64_t n);
   bool GraphFor(int64_t n_tokens) const {
-    return n_tokens == 1 && options.use_graph && options.gemm_min_tokens > 1;
+    // Streamed layers wait on the host for their copies: not capturable.
+    return n_tokens == 1 && options.use_graph && options.gemm_min_tokens > 1 && streamed == nullptr;
   }
   absl::Status Replay(CapturedStep& step, const std::function<absl::Status()>& issue);
   absl::Status LayersDevice(int64_t n_tokens);
+  absl::Status RunLayer(const GpuLayerView& layer, int64_t index, int64_t n_tokens);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
   cuda::KvLayer KvFor(int64_t layer) const;
 };
@@ -250,6 +259,25 @@ absl::Status CudaStage::Impl::Replay(CapturedStep& step, const std::function<abs
 }
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
+  for (size_t i = 0; i < layers.size(); ++i) {
+    RETURN_IF_ERROR(RunLayer(layers[i].View(), static_cast<int64_t>(i), n));
+  }
+  if (streamed == nullptr) return absl::OkStatus();
+  for (int64_t l = streamed->streamed().first; l < range.end; ++l) {
+    absl::StatusOr<GpuLayerView> layer = streamed->Begin(l, s());
+    absl::Status status = layer.status();
+    if (status.ok()) status = RunLayer(*layer, l - range.first, n);
+    if (status.ok()) status = streamed->End(l, s());
+    if (!status.ok()) {
+      streamed->Reset(s());
+      return status;
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Layer `index` of the range (its KV cache) over the n rows of x.
+absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index, int64_t n) {
   const int64_t e = config.n_embd;
   const auto nt = static_cast<int>(n);
   const auto* slots = tokens.as<cuda::TokenSlot>();
@@ -261,28 +289,23 @@ absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
   const cuda::AttentionParams attention{static_cast<int>(config.n_head),
                                         static_cast<int>(config.n_head_kv),
                                         static_cast<int>(config.head_dim)};
-  for (size_t i = 0; i < layers.size(); ++i) {
-    const GpuLayer& layer = layers[i];
-    CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm.as<float>(), e, nt,
-                                          config.rms_eps, norm.as<float>(), s()));
-    RETURN_IF_ERROR(MatMul(layer.wq.view, norm.as<float>(), n, q.as<float>(), false));
-    RETURN_IF_ERROR(MatMul(layer.wk.view, norm.as<float>(), n, k.as<float>(), false));
-    RETURN_IF_ERROR(MatMul(layer.wv.view, norm.as<float>(), n, v.as<float>(), false));
-    CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), nt, slots, rope, s()));
-    CHORD_CUDA_RETURN(cuda::LaunchRope(k.as<float>(), nt, slots, rope_k, s()));
-    const cuda::KvLayer kv = KvFor(static_cast<int64_t>(i));
-    CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
-    CHORD_CUDA_RETURN(
-        cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
-    RETURN_IF_ERROR(MatMul(layer.wo.view, attn.as<float>(), n, x.as<float>(), true));
-    CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm.as<float>(), e, nt,
-                                          config.rms_eps, norm.as<float>(), s()));
-    RETURN_IF_ERROR(MatMul(layer.gate.view, norm.as<float>(), n, gate.as<float>(), false));
-    RETURN_IF_ERROR(MatMul(layer.up.view, norm.as<float>(), n, up.as<float>(), false));
-    CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
-    RETURN_IF_ERROR(MatMul(layer.down.view, gate.as<float>(), n, x.as<float>(), true));
-  }
-  return absl::OkStatus();
+  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm, e, nt, config.rms_eps,
+                                        norm.as<float>(), s()));
+  RETURN_IF_ERROR(MatMul(layer.wq, norm.as<float>(), n, q.as<float>(), false));
+  RETURN_IF_ERROR(MatMul(layer.wk, norm.as<float>(), n, k.as<float>(), false));
+  RETURN_IF_ERROR(MatMul(layer.wv, norm.as<float>(), n, v.as<float>(), false));
+  CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), nt, slots, rope, s()));
+  CHORD_CUDA_RETURN(cuda::LaunchRope(k.as<float>(), nt, slots, rope_k, s()));
+  const cuda::KvLayer kv = KvFor(index);
+  CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
+  CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+  RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
+  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm, e, nt, config.rms_eps,
+                                        norm.as<float>(), s()));
+  RETURN_IF_ERROR(MatMul(layer.gate, norm.as<float>(), n, gate.as<float>(), false));
+  RETURN_IF_ERROR(MatMul(layer.up, norm.as<float>(), n, up.as<float>(), false));
+  CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
+  return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }
 
 absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
@@ -298,6 +321,9 @@ CudaStage::~CudaStage() = default;
 const ModelConfig& CudaStage::config() const { return impl_->config; }
 LayerRange CudaStage::range() const { return impl_->range; }
 uint64_t CudaStage::weight_bytes() const { return impl_->weight_bytes; }
+uint64_t CudaStage::streamed_bytes() const {
+  return impl_->streamed == nullptr ? 0 : impl_->streamed->bytes_copied();
+}
 uint64_t CudaStage::kv_bytes() const { return impl_->kv_keys.bytes() + impl_->kv_values.bytes(); }
 
 absl::Status CudaStage::Synchronize() { return impl_->stream.Synchronize(); }
@@ -398,7 +424,8 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
 absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& source,
                                                            const ModelConfig& config,
                                                            LayerRange range,
-                                                           const CudaStageOptions& options) {
+                                                           const CudaStageOptions& options,
+                                                           CudaStreamedLayers streamed) {
   if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "layer range [%d, %d) is not within the model's %d layers", range.first, range.end,
@@ -408,6 +435,11 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
       options.mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
+  }
+  const int64_t resident_end = streamed.source != nullptr ? streamed.first : range.end;
+  if (resident_end < range.first || resident_end > range.end) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "streamed layers from %d are not within the range [%d, %d)", resident_end, range.first, range.end));
   }
   if (!cuda::HasCudaDevice()) return absl::UnavailableError("no usable CUDA device");
   CHORD_CUDA_RETURN(cudaSetDevice(options.device));
@@ -419,7 +451,7 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   ASSIGN_OR_RETURN(impl->stream, cuda::Stream::Create());
   const int64_t e = config.n_embd, kv = config.n_embd_kv();
   uint64_t* total = &impl->weight_bytes;
-  for (int64_t l = range.first; l < range.end; ++l) {
+  for (int64_t l = range.first; l < resident_end; ++l) {
     GpuLayer layer;
     const auto name = [l](const char* suffix) { return LayerTensorName(l, suffix); };
     ASSIGN_OR_RETURN(std::vector<float> attn_norm, LoadVector(source, name("attn_norm"), e));
@@ -455,6 +487,11 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   const size_t kv_bytes = static_cast<size_t>((range.end - range.first) * options.n_slots *
                                               impl->n_ctx * kv) *
                           (options.kv_type == DType::kF16 ? 2 : 4);
+  if (resident_end < range.end) {
+    ASSIGN_OR_RETURN(impl->streamed, CudaLayerStream::Create(*streamed.source, config,
+                                                             {resident_end, range.end}, streamed.buffer_bytes));
+    *total += 2 * streamed.buffer_bytes;
+  }
   ASSIGN_OR_RETURN(impl->kv_keys, DeviceBuffer::Allocate(kv_bytes));
   ASSIGN_OR_RETURN(impl->kv_values, DeviceBuffer::Allocate(kv_bytes));
   return std::unique_ptr<CudaStage>(new CudaStage(std::move(impl)));

@@ -1,7 +1,9 @@
 // A pipeline stage on an NVIDIA GPU: the CUDA counterpart of LlamaStage
 // (worker/models/llama.h). It runs a contiguous layer range [first, end) of a
 // Llama model with weights copied once into GPU memory in their GGUF block
-// layouts (no dequantized copy), and owns its KV cache in GPU memory.
+// layouts (no dequantized copy), and owns its KV cache in GPU memory. When
+// its weights do not fit a GPU budget, the last layers of the range stream
+// from host memory instead, each step (CudaStreamedLayers).
 //
 // Decode batches (fewer than `gemm_min_tokens` tokens, or up to
 // `int8_max_tokens` over Q4_K weights) use quantized matrix-vector kernels
@@ -29,7 +31,18 @@
 
 namespace chord {
 
+class LayerSource;
 class TensorSource;
+
+// Layers of a stage that do not fit in GPU memory (worker/shard/device_split.h):
+// [first, range.end) come from `source` (host memory, pinned for speed) and
+// stream through two GPU buffers of `buffer_bytes` each
+// (worker/cuda_layer_stream.h); `source` must outlive the stage.
+struct CudaStreamedLayers {
+  LayerSource* source = nullptr;  // null: every layer is copied to the GPU at Load
+  int64_t first = 0;
+  uint64_t buffer_bytes = 0;
+};
 
 struct CudaStageOptions {
   int device = 0;
@@ -72,10 +85,12 @@ class CudaStage {
   // INVALID_ARGUMENT for a bad range or options, UNIMPLEMENTED for a weight
   // type the GPU kernels do not read, UNAVAILABLE without a usable device,
   // RESOURCE_EXHAUSTED when GPU memory runs out.
+  // `source` holds the stage tensors and the layers that do not stream.
   static absl::StatusOr<std::unique_ptr<CudaStage>> Load(const TensorSource& source,
                                                          const ModelConfig& config,
                                                          LayerRange range,
-                                                         const CudaStageOptions& options);
+                                                         const CudaStageOptions& options,
+                                                         CudaStreamedLayers streamed = {});
   ~CudaStage();
   CudaStage(const CudaStage&) = delete;
   CudaStage& operator=(const CudaStage&) = delete;
@@ -84,7 +99,9 @@ class CudaStage {
   LayerRange range() const;
   bool has_embedding() const { return range().first == 0; }
   bool has_output() const { return range().end == config().n_layer; }
-  uint64_t weight_bytes() const;  // GPU memory held by weights
+  uint64_t weight_bytes() const;  // GPU memory held by weights (stream buffers included)
+  // Bytes copied to the GPU for streamed layers so far.
+  uint64_t streamed_bytes() const;
   uint64_t kv_bytes() const;      // GPU memory held by the KV cache
 
   // As LlamaStage, with host buffers: x gets tokens.size() rows of n_embd floats.

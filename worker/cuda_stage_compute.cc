@@ -78,19 +78,39 @@ class CudaStageCompute final : public StageCompute {
 
 absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource& tensors,
                                                                    const ModelConfig& config,
-                                                                   const StageComputeOptions& options) {
+                                                                   const StageComputeOptions& options,
+                                                                   DeviceStreamedLayers streamed) {
   CudaStageOptions cuda;
   cuda.device = options.device;
   cuda.n_slots = options.kv.n_slots;
   cuda.n_ctx = options.kv.n_ctx;
   cuda.kv_type = options.kv.type;
   cuda.exact = options.exact;
-  absl::StatusOr<std::unique_ptr<CudaStage>> stage = CudaStage::Load(tensors, config, options.range, cuda);
+  absl::StatusOr<std::unique_ptr<CudaStage>> stage = CudaStage::Load(
+      tensors, config, options.range, cuda,
+      CudaStreamedLayers{streamed.source, streamed.first, streamed.buffer_bytes});
   if (!stage.ok()) return stage.status();
   return std::make_unique<CudaStageCompute>(*std::move(stage), options.kv.n_slots, options.kv.n_ctx);
 }
 
 bool CudaBackendBuilt() { return true; }
+
+namespace {
+
+class CudaHostPinner final : public MemoryPinner {
+ public:
+  absl::Status Pin(void* data, uint64_t bytes) const override {
+    return cuda::CudaStatus(cudaHostRegister(data, bytes, cudaHostRegisterDefault), "cudaHostRegister");
+  }
+  void Unpin(void* data) const override { (void)cudaHostUnregister(data); }
+};
+
+}  // namespace
+
+const MemoryPinner* CudaMemoryPinner() {
+  static const CudaHostPinner pinner;
+  return &pinner;
+}
 
 absl::StatusOr<double> MeasureCudaWeightThroughput(int device) {
   CHORD_CUDA_RETURN(cudaSetDevice(device));

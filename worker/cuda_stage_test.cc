@@ -10,16 +10,22 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <random>
+#include <span>
 
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/cuda/cuda_util.h"
+#include "worker/fetched_tensors.h"
 #include "worker/kv_cache.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
+#include "worker/shard/shard_cache.h"
+#include "worker/shard/stage_weights.h"
+#include "worker/stage_compute.h"
 
 namespace chord {
 namespace {
@@ -307,6 +313,125 @@ TEST_P(CudaStageTest, ExactModeResultsDependOnNeitherBatchNorChunking) {
   for (int64_t s = 0; s < 3; ++s) {
     ExpectBitIdentical(alone[static_cast<size_t>(s)],
                        std::vector<float>(batched.begin() + s * n_vocab, batched.begin() + (s + 1) * n_vocab));
+  }
+}
+
+// Hands out the layers of a TensorSource; fails the `fail_at`-th Acquire
+// (counting from 1) once, as a loader that went away would.
+class FlakyLayers final : public LayerSource {
+ public:
+  explicit FlakyLayers(LayerSource& inner, int fail_at = 0) : inner_(inner), fail_at_(fail_at) {}
+  absl::StatusOr<const TensorSource*> Acquire(int64_t layer) override {
+    if (++acquired_ == fail_at_) return absl::UnavailableError("the loader went away");
+    return inner_.Acquire(layer);
+  }
+  void Release(int64_t layer) override { inner_.Release(layer); }
+
+ private:
+  LayerSource& inner_;
+  int fail_at_;
+  int acquired_ = 0;
+};
+
+// A stage whose last layers stream from host memory computes the same bits as
+// one holding every layer (same kernels; the copies only move bytes), from
+// pageable memory, pinned memory, and a one-layer shard cache alike; a failed
+// layer fetch fails the step, and the step then runs again.
+TEST_P(CudaStageTest, StreamedLayersGiveTheSameRowsAsResidentOnes) {
+  const ModelConfig& config = config_;
+  const int64_t n_embd = config.n_embd, n_vocab = config.n_vocab;
+  const int64_t first = config.n_layer >= 4 ? 1 : 0;
+  const LayerRange all{0, config.n_layer}, streamed{first, config.n_layer};
+  std::vector<uint64_t> layer_bytes;
+  for (int64_t l = streamed.first; l < streamed.end; ++l) {
+    auto bytes = FetchedTensors::BytesNeeded(*file_, LlamaStage::LayerTensorNames(l));
+    ASSERT_TRUE(bytes.ok()) << bytes.status();
+    layer_bytes.push_back(*bytes);
+  }
+  const uint64_t buffer = *std::max_element(layer_bytes.begin(), layer_bytes.end());
+  const auto from_file = [this](std::span<const gguf::TensorRead> reads) {
+    for (const gguf::TensorRead& read : reads) {
+      std::memcpy(read.out, file_->FindTensor(read.info->name)->data, read.info->n_bytes);
+    }
+    return absl::OkStatus();
+  };
+  std::vector<std::string> streamed_names;
+  for (int64_t l = streamed.first; l < streamed.end; ++l) {
+    for (std::string& name : LlamaStage::LayerTensorNames(l)) streamed_names.push_back(name);
+  }
+  auto pinned = FetchedTensors::FetchBatch(*file_, streamed_names, from_file, CudaMemoryPinner());
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_TRUE((*pinned)->pinned());
+  HeldLayers pinned_layers(*std::move(pinned));
+  HeldLayers pageable_layers(std::make_unique<GgufTensorSource>(*file_));
+  ShardCacheOptions cache_options;
+  cache_options.capacity_bytes = buffer;  // one layer at a time
+  auto cache = ShardCache::Create(streamed, layer_bytes, cache_options,
+                                  [&](int64_t layer, const std::atomic<bool>&) {
+                                    return FetchedTensors::FetchBatch(*file_, LlamaStage::LayerTensorNames(layer),
+                                                                      from_file, CudaMemoryPinner());
+                                  });
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  FlakyLayers flaky(pinned_layers, /*fail_at=*/4);  // within the first step's layer pass
+
+  struct Variant {
+    const char* name;
+    LayerSource* layers;
+  };
+  const std::vector<int64_t> steps = {5, 1, 1, 1, 2, 1};
+  std::vector<float> resident_rows;
+  for (const Variant& variant : {Variant{"resident", nullptr}, Variant{"pageable", &pageable_layers},
+                                 Variant{"pinned", &pinned_layers}, Variant{"shard cache", cache->get()},
+                                 Variant{"failing once", &flaky}}) {
+    SCOPED_TRACE(variant.name);
+    const CudaStreamedLayers layers{variant.layers, streamed.first, buffer};
+    auto stage = CudaStage::Load(*source_, config, all, GraphOptions(32, true), layers);
+    ASSERT_TRUE(stage.ok()) << stage.status();
+    std::vector<float> rows;
+    int64_t position = 0;
+    bool failed = false;
+    for (const int64_t n : steps) {
+      std::vector<int32_t> tokens;
+      std::vector<BatchToken> batch;
+      for (int64_t t = 0; t < n; ++t) {
+        tokens.push_back(static_cast<int32_t>((7 * (position + t) + 3) % n_vocab));
+        batch.push_back({0, position + t});
+      }
+      std::vector<float> x(static_cast<size_t>(n * n_embd));
+      ASSERT_TRUE((*stage)->Embed(tokens, x.data()).ok());
+      const std::vector<float> input = x;
+      absl::Status ran = (*stage)->RunLayers(batch, x.data());
+      if (!ran.ok() && variant.layers == &flaky && !failed) {
+        EXPECT_EQ(ran.code(), absl::StatusCode::kUnavailable) << ran;
+        failed = true;
+        x = input;
+        ran = (*stage)->RunLayers(batch, x.data());  // the same positions again
+      }
+      ASSERT_TRUE(ran.ok()) << ran;
+      std::vector<float> logits(static_cast<size_t>(n_vocab));
+      ASSERT_TRUE((*stage)->Logits(x.data() + (n - 1) * n_embd, 1, logits.data()).ok());
+      rows.insert(rows.end(), x.begin(), x.end());
+      rows.insert(rows.end(), logits.begin(), logits.end());
+      position += n;
+    }
+    if (variant.layers == nullptr) {
+      EXPECT_EQ((*stage)->streamed_bytes(), 0u);
+      resident_rows = std::move(rows);
+      continue;
+    }
+    if (variant.layers == &flaky) EXPECT_TRUE(failed);
+    if (variant.layers == &pinned_layers) {
+      // Two layers (or the only one) copied at the first step, then one per layer run.
+      uint64_t expected = 0;
+      int64_t l = streamed.first;
+      const int64_t n_streamed = streamed.end - streamed.first;
+      const auto copies = std::min<int64_t>(2, n_streamed) + static_cast<int64_t>(steps.size()) * n_streamed;
+      for (int64_t c = 0; c < copies; ++c, l = l + 1 < streamed.end ? l + 1 : streamed.first) {
+        expected += layer_bytes[static_cast<size_t>(l - streamed.first)];
+      }
+      EXPECT_EQ((*stage)->streamed_bytes(), expected);
+    }
+    ExpectBitIdentical(resident_rows, rows);
   }
 }
 

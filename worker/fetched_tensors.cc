@@ -22,6 +22,7 @@ absl::StatusOr<const gguf::TensorInfo*> Describe(const gguf::GgufFile& header,
 }  // namespace
 
 FetchedTensors::~FetchedTensors() {
+  if (pinner_ != nullptr) pinner_->Unpin(memory_);
   if (memory_ != nullptr) munmap(memory_, size_);
 }
 
@@ -44,7 +45,8 @@ absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::Fetch(
 }
 
 absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::FetchBatch(
-    const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch) {
+    const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch,
+    const MemoryPinner* pinner) {
   ASSIGN_OR_RETURN(const uint64_t total, BytesNeeded(header, names));
   std::unique_ptr<FetchedTensors> tensors(new FetchedTensors());
   if (total > 0) {
@@ -56,6 +58,10 @@ absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchedTensors::FetchBatch(
     }
     tensors->memory_ = static_cast<uint8_t*>(memory);
     tensors->size_ = total;
+    if (pinner != nullptr) {
+      RETURN_IF_ERROR(pinner->Pin(memory, total));
+      tensors->pinner_ = pinner;
+    }
   }
   uint64_t offset = 0;
   for (const std::string& name : names) {

@@ -21,6 +21,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/gguf/gguf_file.h"
+#include "worker/memory_pinner.h"
 #include "worker/models/tensor_source.h"
 
 namespace chord {
@@ -45,10 +46,12 @@ class FetchedTensors final : public TensorSource {
                                                                const FetchFn& fetch);
 
   // The same with every tensor asked for at once (LoaderClient::FetchTensors
-  // pipelines them).
+  // pipelines them). With a `pinner` (which must outlive the result) the
+  // memory is page-locked before it is filled.
   using BatchFetchFn = std::function<absl::Status(std::span<const gguf::TensorRead> reads)>;
   static absl::StatusOr<std::unique_ptr<FetchedTensors>> FetchBatch(
-      const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch);
+      const gguf::GgufFile& header, std::span<const std::string> names, const BatchFetchFn& fetch,
+      const MemoryPinner* pinner = nullptr);
 
   ~FetchedTensors() override;
   FetchedTensors(const FetchedTensors&) = delete;
@@ -56,6 +59,7 @@ class FetchedTensors final : public TensorSource {
 
   const gguf::TensorInfo* Find(std::string_view name) const override;
   uint64_t bytes() const { return size_; }
+  bool pinned() const { return pinner_ != nullptr; }
   size_t size() const { return tensors_.size(); }
 
  private:
@@ -63,6 +67,7 @@ class FetchedTensors final : public TensorSource {
 
   uint8_t* memory_ = nullptr;  // mmap'd, size_ bytes
   uint64_t size_ = 0;
+  const MemoryPinner* pinner_ = nullptr;  // set once memory_ is pinned
   std::vector<gguf::TensorInfo> tensors_;
   std::map<std::string, size_t, std::less<>> index_;
 };

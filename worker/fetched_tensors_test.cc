@@ -96,6 +96,59 @@ TEST_F(FetchedTensorsTest, ReportsUnknownNamesAndFetchErrors) {
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kDataLoss);
 }
 
+// Records what it is asked to pin (the CUDA build's pinner page-locks it).
+class RecordingPinner final : public MemoryPinner {
+ public:
+  absl::Status Pin(void* data, uint64_t bytes) const override {
+    if (fail) return absl::ResourceExhaustedError("cannot lock that much memory");
+    pinned.emplace_back(data, bytes);
+    return absl::OkStatus();
+  }
+  void Unpin(void* data) const override { unpinned.push_back(data); }
+
+  bool fail = false;
+  mutable std::vector<std::pair<void*, uint64_t>> pinned;
+  mutable std::vector<void*> unpinned;
+};
+
+TEST_F(FetchedTensorsTest, PinsItsMemoryBeforeFillingItAndUnpinsBeforeFreeing) {
+  const std::vector<std::string> names = LlamaStage::LayerTensorNames(1);
+  RecordingPinner pinner;
+  const auto fetch = [&](std::span<const gguf::TensorRead> reads) {
+    EXPECT_EQ(pinner.pinned.size(), 1u) << "filled before it was pinned";
+    for (const gguf::TensorRead& read : reads) {
+      std::memcpy(read.out, file_->FindTensor(read.info->name)->data, read.info->n_bytes);
+    }
+    return absl::OkStatus();
+  };
+  auto tensors = FetchedTensors::FetchBatch(*header_, names, fetch, &pinner);
+  ASSERT_TRUE(tensors.ok()) << tensors.status();
+  EXPECT_TRUE((*tensors)->pinned());
+  ASSERT_EQ(pinner.pinned.size(), 1u);
+  EXPECT_EQ(pinner.pinned[0].first, (*tensors)->Find(names[0])->data);
+  EXPECT_EQ(pinner.pinned[0].second, (*tensors)->bytes());
+  EXPECT_TRUE(pinner.unpinned.empty());
+  void* memory = pinner.pinned[0].first;
+  tensors->reset();
+  EXPECT_EQ(pinner.unpinned, std::vector<void*>{memory});
+}
+
+TEST_F(FetchedTensorsTest, APinningFailureIsTheFetchsError) {
+  RecordingPinner pinner;
+  pinner.fail = true;
+  bool fetched = false;
+  auto tensors = FetchedTensors::FetchBatch(
+      *header_, LlamaStage::LayerTensorNames(0),
+      [&](std::span<const gguf::TensorRead>) {
+        fetched = true;
+        return absl::OkStatus();
+      },
+      &pinner);
+  EXPECT_EQ(tensors.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_FALSE(fetched);
+  EXPECT_TRUE(pinner.unpinned.empty());
+}
+
 // A stage built over fetched tensors computes the same bits as one over the mapped file.
 TEST_F(FetchedTensorsTest, AStageOverFetchedTensorsMatchesTheMappedFile) {
   const LayerRange all{0, config_.n_layer};

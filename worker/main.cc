@@ -35,7 +35,7 @@ int Fail(const absl::Status& status) {
 int main(int argc, char** argv) {
   CLI::App app{"chord-worker: runs a range of a model's layers for the coordinator"};
   chord::WorkerOptions o;
-  std::string config_path, budget, log_level = "info";
+  std::string config_path, budget, gpu_budget, log_level = "info";
   int threads = 0;
   bool log_json = false;
   auto* coordinator =
@@ -45,6 +45,10 @@ int main(int argc, char** argv) {
       app.add_option("--data-bind", o.data_bind, "data PULL endpoint (port 0 or *: OS pick)");
   auto* memory =
       app.add_option("--memory-budget", budget, "bytes for weights, e.g. 2G; 0: unlimited");
+  auto* gpu_memory = app.add_option(
+      "--gpu-memory-budget", gpu_budget,
+      "with --backend cuda: bytes for weights in GPU memory, e.g. 40G; 0: unlimited. Layers "
+      "beyond it stream from host memory (pinned, within --memory-budget) each step");
   app.add_option("--prefetch-depth", o.prefetch_depth,
                  "layers fetched ahead when the range is over the budget; 0: off; -1: derived "
                  "from measured fetch and compute times")
@@ -103,6 +107,7 @@ int main(int argc, char** argv) {
       if (!data_bind->count())
         o.data_bind = "tcp://" + w->host + ":" + std::to_string(w->data_port);
       if (!memory->count()) o.memory_budget_bytes = w->memory_budget;
+      if (!gpu_memory->count()) o.gpu_memory_budget_bytes = w->gpu_memory_budget;
       if (!threads_flag->count()) threads = w->threads;
       if (!backend->count()) o.backend = w->backend;
       if (!device->count()) o.device = w->device;
@@ -117,11 +122,27 @@ int main(int argc, char** argv) {
   if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
   o.curve = *curve;
   loader_options.curve = *curve;
+  if (memory->count()) {
+    absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(budget);
+    if (!bytes.ok())
+      return Fail(
+          absl::InvalidArgumentError(absl::StrCat("--memory-budget: ", bytes.status().message())));
+    o.memory_budget_bytes = *bytes;
+  }
+  if (gpu_memory->count()) {
+    absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(gpu_budget);
+    if (!bytes.ok()) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--gpu-memory-budget: ", bytes.status().message())));
+    }
+    o.gpu_memory_budget_bytes = *bytes;
+  }
   chord::ClusterConfig effective = config.value_or(chord::ClusterConfig{});
   if (effective.FindWorker(o.worker_id) == nullptr) effective.workers.push_back({.id = o.worker_id});
   for (chord::WorkerSection& w : effective.workers) {
     if (w.id != o.worker_id) continue;
     w.memory_budget = o.memory_budget_bytes;
+    w.gpu_memory_budget = o.gpu_memory_budget_bytes;
     w.backend = o.backend;
     w.device = o.device;
     w.threads = threads;
@@ -130,13 +151,6 @@ int main(int argc, char** argv) {
   }
   chord::log::Info("effective config (file, then flags; this worker binds %s):\n%s", o.data_bind,
                    effective.ToYaml());
-  if (memory->count()) {
-    absl::StatusOr<uint64_t> bytes = chord::ParseByteSize(budget);
-    if (!bytes.ok())
-      return Fail(
-          absl::InvalidArgumentError(absl::StrCat("--memory-budget: ", bytes.status().message())));
-    o.memory_budget_bytes = *bytes;
-  }
   if (o.coordinator_endpoint.empty())
     return Fail(absl::InvalidArgumentError("--coordinator (or --config) is required"));
   if (o.backend == "cuda" && !chord::CudaBackendBuilt()) {
@@ -154,9 +168,10 @@ int main(int argc, char** argv) {
                      nccl_interface.empty() ? "(NCCL's choice)" : nccl_interface);
   }
   chord::log::Info(
-      "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, backend %s, threads "
-      "%d, links %s",
-      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.backend, threads,
+      "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, GPU memory budget %d "
+      "bytes, backend %s, threads %d, links %s",
+      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.gpu_memory_budget_bytes,
+      o.backend, threads,
       o.curve.enabled() ? "CURVE" : "plaintext");
 
   chord::metrics::Registry registry;

@@ -4,11 +4,14 @@
 namespace chord {
 
 absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource&, const ModelConfig&,
-                                                                   const StageComputeOptions&) {
+                                                                   const StageComputeOptions&,
+                                                                   DeviceStreamedLayers) {
   return absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)");
 }
 
 bool CudaBackendBuilt() { return false; }
+
+const MemoryPinner* CudaMemoryPinner() { return nullptr; }
 
 absl::StatusOr<double> MeasureCudaWeightThroughput(int) {
   return absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)");

@@ -17,6 +17,7 @@
 #include "common/model/model_config.h"
 #include "kernels/cpu/thread_pool.h"
 #include "worker/kv_cache.h"
+#include "worker/memory_pinner.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
 
@@ -78,12 +79,27 @@ absl::StatusOr<std::unique_ptr<StageCompute>> MakeCpuStageCompute(const TensorSo
                                                                   ThreadPool& pool,
                                                                   ShardCache* streamed);
 
-// The CUDA stage (weights copied to the GPU once; `tensors` need not outlive
-// it). UNIMPLEMENTED when chord was built without CUDA; UNAVAILABLE without a
+// Layers of a GPU stage that stream to it from host memory each step
+// (worker/shard/device_split.h): [first, range.end) from `source` through two
+// GPU buffers of `buffer_bytes`. `source` must outlive the stage.
+struct DeviceStreamedLayers {
+  LayerSource* source = nullptr;  // null: every layer is copied to the GPU once
+  int64_t first = 0;
+  uint64_t buffer_bytes = 0;
+};
+
+// The CUDA stage (weights copied to the GPU once; `tensors`, which hold the
+// stage tensors and the layers that do not stream, need not outlive it).
+// UNIMPLEMENTED when chord was built without CUDA; UNAVAILABLE without a
 // usable device.
 absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource& tensors,
                                                                    const ModelConfig& config,
-                                                                   const StageComputeOptions& options);
+                                                                   const StageComputeOptions& options,
+                                                                   DeviceStreamedLayers streamed = {});
+
+// Page-locks host memory for GPU copies (cudaHostRegister); null in a build
+// without CUDA.
+const MemoryPinner* CudaMemoryPinner();
 
 // True when this build has the CUDA backend.
 bool CudaBackendBuilt();

@@ -85,11 +85,18 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
   if (weights.tensors == nullptr) return absl::InvalidArgumentError("a stage needs its tensors");
   std::unique_ptr<StageExecutor> executor(new StageExecutor(config, plan));
   if (plan.backend == "cuda") {
-    if (weights.layers != nullptr) {
+    DeviceStreamedLayers streamed;
+    if (weights.device_streamed_first >= 0) {
+      streamed = {weights.device_streamed(), weights.device_streamed_first, weights.device_buffer_bytes};
+    } else if (weights.layers != nullptr) {
       return absl::UnimplementedError(
-          "the cuda backend runs only a layer range that fits in the worker's memory budget");
+          "the cuda backend streams layers only beyond a GPU memory budget (--gpu-memory-budget); "
+          "give the memory budget room for the whole range, or set a GPU budget");
     }
-    ASSIGN_OR_RETURN(executor->compute_, MakeCudaStageCompute(*weights.tensors, config, options));
+    ASSIGN_OR_RETURN(executor->compute_,
+                     MakeCudaStageCompute(*weights.tensors, config, options, streamed));
+    // What stays on the GPU was copied there: the host copy is not needed.
+    weights.tensors.reset();
   } else if (plan.backend == "cpu") {
     ASSIGN_OR_RETURN(executor->compute_, MakeCpuStageCompute(*weights.tensors, config, options, pool,
                                                              weights.layers.get()));

@@ -140,6 +140,10 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> LoadStage(const LoadContext& ctx,
   options.prefetch_depth = ctx.options.prefetch_depth;
   options.wait_hook = ctx.wait_hook;
   options.loader_endpoint = a.loader_endpoint();
+  if (plan.backend == "cuda") {
+    options.device_budget_bytes = ctx.options.gpu_memory_budget_bytes;
+    options.pinner = CudaMemoryPinner();
+  }
   ASSIGN_OR_RETURN(StageWeights weights,
                    FetchStageWeights(
                        config, std::move(info.header), plan.range, *client,

@@ -46,6 +46,9 @@ struct WorkerOptions {
   std::string coordinator_endpoint;             // required, e.g. tcp://127.0.0.1:5555
   std::string data_bind = "tcp://127.0.0.1:0";  // port 0 or *: the OS picks one
   uint64_t memory_budget_bytes = 0;             // for weights; 0: unlimited
+  // cuda: for weights in GPU memory; 0: unlimited. Layers beyond it stream
+  // from host memory (the memory budget's) each step.
+  uint64_t gpu_memory_budget_bytes = 0;
   int prefetch_depth = -1;  // layers fetched ahead when the range streams; 0: off; -1: derived
   std::string backend = "cpu";
   int device = 0;

@@ -178,18 +178,22 @@ absl::Status ReadLoader(const YAML::Node& node, LoaderSection* l) {
   return ReadMap("loader", node, table);
 }
 
+absl::Status ReadSize(const std::string& f, const YAML::Node& n, uint64_t* out) {
+  if (!n.IsScalar()) return FieldError(f, n, "expected a size such as 2G");
+  absl::StatusOr<uint64_t> size = ParseByteSize(n.Scalar());
+  if (!size.ok()) return FieldError(f, n, std::string(size.status().message()));
+  *out = *size;
+  return absl::OkStatus();
+}
+
 absl::Status ReadWorker(const std::string& section, const YAML::Node& node, WorkerSection* w) {
   const FieldTable table = {
       {"id", StringField(&w->id)},
       {"host", StringField(&w->host)},
       {"data_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &w->data_port); }},
-      {"memory_budget", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
-         if (!n.IsScalar()) return FieldError(f, n, "expected a size such as 2G");
-         absl::StatusOr<uint64_t> size = ParseByteSize(n.Scalar());
-         if (!size.ok()) return FieldError(f, n, std::string(size.status().message()));
-         w->memory_budget = *size;
-         return absl::OkStatus();
-       }},
+      {"memory_budget", [&](const std::string& f, const YAML::Node& n) { return ReadSize(f, n, &w->memory_budget); }},
+      {"gpu_memory_budget",
+       [&](const std::string& f, const YAML::Node& n) { return ReadSize(f, n, &w->gpu_memory_budget); }},
       {"backend",
        [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"cpu", "cuda"}, &w->backend); }},
       {"device", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->device); }},
@@ -330,6 +334,7 @@ std::string ClusterConfig::ToYaml() const {
         << "    host: " << Quote(w.host) << "\n"
         << "    data_port: " << w.data_port << "\n"
         << "    memory_budget: " << w.memory_budget << "\n"
+        << "    gpu_memory_budget: " << w.gpu_memory_budget << "\n"
         << "    backend: " << w.backend << "\n"
         << "    device: " << w.device << "\n"
         << "    threads: " << w.threads << "\n"

@@ -45,6 +45,8 @@
 //       host: 127.0.0.1
 //       data_port: 5600
 //       memory_budget: 2G      # bytes; K/M/G/T suffixes are powers of 1024; 0 = unlimited
+//       gpu_memory_budget: 40G # cuda: bytes for weights in GPU memory; 0 = unlimited; layers
+//                              # beyond it stream from host memory each step
 //       backend: cpu           # cpu or cuda
 //       device: 0
 //       threads: 0             # 0: one per core
@@ -107,6 +109,7 @@ struct WorkerSection {
   std::string host = "127.0.0.1";
   int data_port = 0;
   uint64_t memory_budget = 0;
+  uint64_t gpu_memory_budget = 0;
   std::string backend = "cpu";
   int device = 0;
   int threads = 0;

@@ -57,6 +57,7 @@ workers:
   - id: w1
     host: 127.0.0.2
     memory_budget: 512M
+    gpu_memory_budget: 40G
     backend: cuda
     device: 1
     nccl: false
@@ -100,6 +101,8 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->workers[0].backend, "cpu");
   EXPECT_EQ(config->workers[1].host, "127.0.0.2");
   EXPECT_EQ(config->workers[1].memory_budget, 512ull << 20);
+  EXPECT_EQ(config->workers[1].gpu_memory_budget, 40ull << 30);
+  EXPECT_EQ(config->workers[0].gpu_memory_budget, 0u);
   EXPECT_EQ(config->workers[1].backend, "cuda");
   EXPECT_EQ(config->workers[1].device, 1);
   ASSERT_NE(config->FindWorker("w1"), nullptr);
@@ -136,6 +139,7 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   ASSERT_TRUE(again.ok()) << again.status() << "\n" << yaml;
   EXPECT_EQ(again->ToYaml(), yaml);
   EXPECT_EQ(again->workers[1].memory_budget, 512ull << 20);
+  EXPECT_EQ(again->workers[1].gpu_memory_budget, 40ull << 30);
   EXPECT_EQ(again->coordinator.kv_type, "f16");
   EXPECT_TRUE(again->coordinator.exact);
   EXPECT_EQ(again->coordinator.http_port, 8080);
@@ -185,6 +189,8 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
       {"workers:\n  - host: x\n", "workers[0].id (line 2): required"},
       {"workers:\n  - id: a\n    memory_budget: 2Q\n", "workers[0].memory_budget (line 3): bad size"},
+      {"workers:\n  - id: a\n    gpu_memory_budget: [1]\n",
+       "workers[0].gpu_memory_budget (line 3): expected a size"},
       {"workers:\n  - id: a\n    nccl: maybe\n", "workers[0].nccl (line 3): expected true or false"},
       {"workers:\n  - id: a\n    backend: tpu\n", "workers[0].backend (line 3)"},
       {"workers:\n  - id: a\n    colour: red\n", "workers[0].colour (line 3): unknown key"},

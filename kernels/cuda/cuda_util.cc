@@ -81,6 +81,36 @@ absl::Status Stream::Synchronize() const {
   return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
 }
 
+absl::StatusOr<Event> Event::Create() {
+  Event event;
+  CHORD_CUDA_RETURN(cudaEventCreateWithFlags(&event.event_, cudaEventDisableTiming));
+  return event;
+}
+
+Event& Event::operator=(Event&& other) noexcept {
+  if (this != &other) {
+    if (event_ != nullptr) cudaEventDestroy(event_);
+    event_ = std::exchange(other.event_, nullptr);
+  }
+  return *this;
+}
+
+Event::~Event() {
+  if (event_ != nullptr) cudaEventDestroy(event_);
+}
+
+absl::Status Event::Record(cudaStream_t stream) const {
+  return CudaStatus(cudaEventRecord(event_, stream), "cudaEventRecord");
+}
+
+absl::Status Event::MakeWait(cudaStream_t stream) const {
+  return CudaStatus(cudaStreamWaitEvent(stream, event_, 0), "cudaStreamWaitEvent");
+}
+
+absl::Status Event::Synchronize() const {
+  return CudaStatus(cudaEventSynchronize(event_), "cudaEventSynchronize");
+}
+
 Graph& Graph::operator=(Graph&& other) noexcept {
   if (this != &other) {
     if (exec_ != nullptr) cudaGraphExecDestroy(exec_);

@@ -74,6 +74,27 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
+// An event without timing, for ordering work across streams.
+class Event {
+ public:
+  Event() = default;
+  static absl::StatusOr<Event> Create();
+  Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
+  Event& operator=(Event&& other) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event();
+
+  cudaEvent_t get() const { return event_; }
+  absl::Status Record(cudaStream_t stream) const;
+  // Work issued to `stream` from now on waits for the last Record's work.
+  absl::Status MakeWait(cudaStream_t stream) const;
+  absl::Status Synchronize() const;
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 // An executable CUDA graph captured from a stream.
 class Graph {
  public:

@@ -6,6 +6,8 @@
 # the bundled model on loopback; greedy tokens through the gRPC API must
 # equal the in-process CPU `chord generate` (F32 model and F32 KV cache: the
 # two backends' logits agree far within the greedy margins of these prompts).
+# Setups with a GPU memory budget stream layers to the GPU each step: from
+# pinned host memory holding them all, or from a shard cache smaller than them.
 #   tests/gpu/cuda_worker_test.sh BIN_DIR MODEL
 # Exit 77 (skipped) without an NVIDIA GPU or without a CUDA build.
 set -euo pipefail
@@ -28,7 +30,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_cluster BACKEND[:DEVICE]... : one worker per argument.
+# start_cluster BACKEND[:DEVICE][/GPU_BUDGET[/MEMORY_BUDGET]]... : one worker per argument.
 start_cluster() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -41,10 +43,16 @@ start_cluster() {
     >"$WORK/coordinator.log" 2>&1 & PIDS+=($!)
   local i=0
   for spec in "$@"; do
-    local backend=${spec%%:*} device=0
-    [ "$spec" != "$backend" ] && device=${spec#*:}
+    local where=${spec%%/*} budgets=() device=0
+    local backend=${where%%:*}
+    [ "$where" != "$backend" ] && device=${where#*:}
+    if [ "$spec" != "$where" ]; then
+      local sizes=${spec#*/}
+      budgets+=(--gpu-memory-budget "${sizes%%/*}")
+      [ "$sizes" != "${sizes%%/*}" ] && budgets+=(--memory-budget "${sizes#*/}")
+    fi
     "$BIN/chord-worker" --id "w$i" --coordinator "tcp://127.0.0.1:$CONTROL" --backend "$backend" \
-      --device "$device" --threads 2 --metrics-port -1 >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
+      --device "$device" --threads 2 --metrics-port -1 "${budgets[@]}" >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
     i=$((i + 1))
   done
   for _ in $(seq 1 300); do
@@ -56,7 +64,12 @@ start_cluster() {
 
 tokens() { grep -o '"token_ids":\[[0-9,]*\]' | head -1; }
 
-SETUPS=("cuda" "cuda cuda" "cpu cuda")
+# stories260K: 262,400 bytes of embedding and output tensors, layers of
+# 181,760. A GPU budget of 1,000,000 keeps layers 0-1 and streams 2-4 from
+# pinned memory holding them; 700,000 streams all five, here through a
+# 400,000-byte shard cache (two layers) that fetches the others from the
+# loader as they come.
+SETUPS=("cuda" "cuda cuda" "cpu cuda" "cuda/1000000" "cuda/700000/400000")
 GPUS=$(nvidia-smi -L | grep -c GPU)
 if [ "$GPUS" -ge 2 ]; then
   SETUPS+=("cuda:0 cuda:1" "cpu cuda:0 cuda:1" "cuda:0 cuda:1 cuda:0")
@@ -74,7 +87,12 @@ for prompt in "Once upon a time" "Lily and Ben went to the park"; do
     got=$("$BIN/chord" generate --server "127.0.0.1:$GRPC" --prompt "$prompt" --temperature 0 \
       --max-tokens 40 --json 2>/dev/null | tokens)
     links=$(cat "$WORK"/w*.log | grep -c "NCCL link up" || true)
-    if [[ "$setup" == *"cuda:0 cuda:1"* ]] && [ "$links" -lt 2 ]; then
+    streaming=$(cat "$WORK"/w*.log | grep -c "stream to it through" || true)
+    if [[ "$setup" == *"/"* ]] && [ "$streaming" -lt 1 ]; then
+      echo "FAIL: [$setup] '$prompt': no worker streams layers to its GPU"
+      grep -h "layers" "$WORK"/w*.log | tail -n 10
+      status=1
+    elif [[ "$setup" == *"cuda:0 cuda:1"* ]] && [ "$links" -lt 2 ]; then
       echo "FAIL: [$setup] '$prompt': $links worker(s) brought an NCCL link up, expected 2"
       grep -h "NCCL" "$WORK"/*.log | tail -n 10
       status=1
