@@ -263,6 +263,7 @@ int Run(int argc, char** argv) {
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
   bool exact = false;
   double stream_budget = 0.0;
+  bool microbench = true;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -278,6 +279,7 @@ int Run(int argc, char** argv) {
   app.add_option("--mma-max-tokens", mma_max_tokens,
                  "larger batches up to this size multiply on tensor cores from the quantized blocks (0: never)");
   app.add_flag("--exact", exact, "exact mode: per-token kernels whatever the batch (results independent of it)");
+  app.add_flag("--microbench,!--no-microbench", microbench, "time single products of each weight type first");
   app.add_option("--stream-budget", stream_budget,
                  "also decode with a GPU budget of this fraction of the weights (layers over it stream "
                  "from pinned host memory); 0: skip")
@@ -311,7 +313,7 @@ int Run(int argc, char** argv) {
 
   auto copy = CopyBandwidth();
   BENCH_CHECK(copy.status());
-  BENCH_CHECK(MatVecMicrobench());
+  if (microbench) BENCH_CHECK(MatVecMicrobench());
   CudaStageOptions options;
   options.n_slots = max_slots;
   options.gemm_min_tokens = gemm_min_tokens;
@@ -340,17 +342,19 @@ int Run(int argc, char** argv) {
 
   // Prefill: one prompt of prefill_len tokens, logits of the last.
   const int64_t n_vocab = config->n_vocab;
-  std::vector<float> logits(static_cast<size_t>(n_vocab));
-  std::vector<BatchToken> batch;
-  for (int64_t p = 0; p < prefill_len; ++p) batch.push_back({0, p});
-  const std::vector<int32_t> prompt = Prompt(prefill_len, n_vocab, 99);
-  BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
-  const auto start = std::chrono::steady_clock::now();
-  const int reps = 5;
-  for (int i = 0; i < reps; ++i) BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
-  const double prefill_s = Seconds(start) / reps;
-  std::printf("prefill %ld tokens: %.1f ms, %.0f tok/s\n", static_cast<long>(prefill_len),
-              prefill_s * 1e3, static_cast<double>(prefill_len) / prefill_s);
+  if (prefill_len > 0) {
+    std::vector<float> logits(static_cast<size_t>(n_vocab));
+    std::vector<BatchToken> batch;
+    for (int64_t p = 0; p < prefill_len; ++p) batch.push_back({0, p});
+    const std::vector<int32_t> prompt = Prompt(prefill_len, n_vocab, 99);
+    BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
+    const auto start = std::chrono::steady_clock::now();
+    const int reps = 5;
+    for (int i = 0; i < reps; ++i) BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
+    const double prefill_s = Seconds(start) / reps;
+    std::printf("prefill %ld tokens: %.1f ms, %.0f tok/s\n", static_cast<long>(prefill_len),
+                prefill_s * 1e3, static_cast<double>(prefill_len) / prefill_s);
+  }
 
   for (const int64_t b : batch_sizes) {
     auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps);

@@ -90,6 +90,13 @@ struct CudaStage::Impl {
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
   DeviceBuffer q8x;  // activations rounded to 8 bits for the integer decode path
+  // What q8x holds: `in` of n rows of cols, rounded; Q/K/V (and gate/up) read
+  // the same normed rows and so round them once. Forgotten whenever the
+  // kernels rewrite a product's input buffer (ForgetRounded).
+  struct Rounded {
+    const float* in = nullptr;
+    int64_t n = 0, cols = 0;
+  } rounded;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   std::vector<cuda::TokenSlot> host_tokens;
 
@@ -108,6 +115,7 @@ struct CudaStage::Impl {
   bool has_output_layer() const { return range.end == config.n_layer; }
   absl::Status Reserve(int64_t n_tokens);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out, bool accumulate);
+  void ForgetRounded() { rounded = {}; }
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
@@ -143,6 +151,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
                                                       std::max(e, ff))));
   capacity = n;
   ++epoch;
+  ForgetRounded();
   return absl::OkStatus();
 }
 
@@ -150,11 +159,13 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
                                      bool accumulate) {
   const bool int8 = options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols);
   if (int8 && (n <= options.int8_max_tokens || options.exact)) {
-    const cuda::Q8Activations rounded = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
-    RETURN_IF_ERROR(cuda::CudaStatus(
-        cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, rounded, s()),
-        "LaunchQuantizeActivations"));
-    return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, rounded, static_cast<int>(n), out, accumulate, s()),
+    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
+    if (rounded.in != in || rounded.n != n || rounded.cols != w.cols) {
+      RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, q8, s()),
+                                       "LaunchQuantizeActivations"));
+      rounded = {in, n, w.cols};
+    }
+    return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVecQ8");
   }
   if (n < options.gemm_min_tokens || options.exact) {
@@ -291,6 +302,7 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                                         static_cast<int>(config.head_dim)};
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm, e, nt, config.rms_eps,
                                         norm.as<float>(), s()));
+  ForgetRounded();
   RETURN_IF_ERROR(MatMul(layer.wq, norm.as<float>(), n, q.as<float>(), false));
   RETURN_IF_ERROR(MatMul(layer.wk, norm.as<float>(), n, k.as<float>(), false));
   RETURN_IF_ERROR(MatMul(layer.wv, norm.as<float>(), n, v.as<float>(), false));
@@ -299,12 +311,15 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   const cuda::KvLayer kv = KvFor(index);
   CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
   CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+  ForgetRounded();  // attn, and below gate, are read by one product each
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm, e, nt, config.rms_eps,
                                         norm.as<float>(), s()));
+  ForgetRounded();
   RETURN_IF_ERROR(MatMul(layer.gate, norm.as<float>(), n, gate.as<float>(), false));
   RETURN_IF_ERROR(MatMul(layer.up, norm.as<float>(), n, up.as<float>(), false));
   CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
+  ForgetRounded();
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }
 
@@ -312,6 +327,7 @@ absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, output_norm.as<float>(), config.n_embd,
                                         static_cast<int>(n_rows), config.rms_eps, norm.as<float>(),
                                         s()));
+  ForgetRounded();
   return MatMul(output.view, norm.as<float>(), n_rows, logits.as<float>(), false);
 }
 

@@ -166,7 +166,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float acc[B];
 #pragma unroll
   for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-#pragma unroll 2
+  // Up to four units' loads in flight per lane at batch 1 (a 4096-wide row is
+  // four units a lane); two with more tokens, whose accumulators take registers.
+#pragma unroll(B <= 2 ? 4 : 2)
   for (int u = lane; u < units; u += 32) {
     if constexpr (kType == kQ4_K) {
       UnitQ4K<B>(r, u, x, acc);

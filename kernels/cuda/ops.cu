@@ -2,19 +2,39 @@
 
 #include <cuda_fp16.h>
 
+#include <cstdint>
+
 namespace chord::cuda {
 namespace {
 
-constexpr int kNormThreads = 256;
+constexpr int kNormThreads = 512;
 
-__global__ void RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight,
-                              int64_t n, float eps, float* __restrict__ y) {
+// One block per row. Rows of whole float4s (n % 4 == 0, 16-byte aligned: every
+// row of the stage's buffers) are read with 16-byte loads, so a 4096-wide row
+// takes two loads per thread, issued together; the sum of squares is kept in
+// double and reduced in a fixed order (the same bits for a row whatever the
+// other rows are).
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
+                  float* __restrict__ y) {
   const float* xr = x + blockIdx.x * n;
   float* yr = y + blockIdx.x * n;
+  const bool vector = n % 4 == 0 && (reinterpret_cast<uintptr_t>(xr) | reinterpret_cast<uintptr_t>(yr) |
+                                     reinterpret_cast<uintptr_t>(weight)) % 16 == 0;
   double sum = 0.0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const double v = xr[i];
-    sum += v * v;
+  if (vector) {
+    const auto* x4 = reinterpret_cast<const float4*>(xr);
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      const float4 v = x4[i];
+      sum += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y +
+             static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const double v = xr[i];
+      sum += v * v;
+    }
   }
   __shared__ double partial[kNormThreads / 32];
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
@@ -23,7 +43,18 @@ __global__ void RmsNormKernel(const float* __restrict__ x, const float* __restri
   double total = 0.0;
   for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
   const float scale = static_cast<float>(1.0 / sqrt(total / static_cast<double>(n) + eps));
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * weight[i];
+  if (vector) {
+    const auto* x4 = reinterpret_cast<const float4*>(xr);
+    const auto* w4 = reinterpret_cast<const float4*>(weight);
+    auto* y4 = reinterpret_cast<float4*>(yr);
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      const float4 v = x4[i], g = w4[i];
+      y4[i] = make_float4(v.x * scale * g.x, v.y * scale * g.y, v.z * scale * g.z, v.w * scale * g.w);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * weight[i];
+  }
 }
 
 // One thread per (token, head, pair); the angle is advanced by repeated
@@ -60,20 +91,22 @@ __global__ void FloatToHalfKernel(const float* __restrict__ x, int64_t n, __half
   if (i < n) out[i] = __float2half(x[i]);
 }
 
+// Grid (token, chunk of 256 elements): a row spreads over many blocks, so
+// one token's store is not a single block's serial loop.
 __global__ void StoreKvKernel(KvLayer layer, const float* __restrict__ k, const float* __restrict__ v,
                               const TokenSlot* __restrict__ tokens) {
   const int t = blockIdx.x;
+  const int i = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
+  if (i >= layer.n_embd_kv) return;
   const int64_t row = static_cast<int64_t>(tokens[t].slot) * layer.n_ctx + tokens[t].position;
-  const int64_t dst = row * layer.n_embd_kv;
-  const int64_t src = static_cast<int64_t>(t) * layer.n_embd_kv;
-  for (int i = threadIdx.x; i < layer.n_embd_kv; i += blockDim.x) {
-    if (layer.half) {
-      static_cast<__half*>(layer.keys)[dst + i] = __float2half(k[src + i]);
-      static_cast<__half*>(layer.values)[dst + i] = __float2half(v[src + i]);
-    } else {
-      static_cast<float*>(layer.keys)[dst + i] = k[src + i];
-      static_cast<float*>(layer.values)[dst + i] = v[src + i];
-    }
+  const int64_t dst = row * layer.n_embd_kv + i;
+  const int64_t src = static_cast<int64_t>(t) * layer.n_embd_kv + i;
+  if (layer.half) {
+    static_cast<__half*>(layer.keys)[dst] = __float2half(k[src]);
+    static_cast<__half*>(layer.values)[dst] = __float2half(v[src]);
+  } else {
+    static_cast<float*>(layer.keys)[dst] = k[src];
+    static_cast<float*>(layer.values)[dst] = v[src];
   }
 }
 
@@ -112,7 +145,8 @@ cudaError_t LaunchFloatToHalf(const float* x, int64_t n, uint16_t* out, cudaStre
 cudaError_t LaunchStoreKv(const KvLayer& layer, const float* k, const float* v, int n_tokens,
                           const TokenSlot* tokens, cudaStream_t stream) {
   if (n_tokens <= 0) return cudaErrorInvalidValue;
-  StoreKvKernel<<<n_tokens, 256, 0, stream>>>(layer, k, v, tokens);
+  const dim3 grid(static_cast<unsigned>(n_tokens), Blocks(layer.n_embd_kv, 256));
+  StoreKvKernel<<<grid, 256, 0, stream>>>(layer, k, v, tokens);
   return cudaGetLastError();
 }
 

@@ -24,7 +24,8 @@ class CudaOpsTest : public ::testing::Test {
 };
 
 TEST_F(CudaOpsTest, RmsNormMatchesCpu) {
-  for (const int64_t n : {64, 4096, 5120}) {
+  // Whole float4 rows take the vector path; odd widths (rows then unaligned) the scalar one.
+  for (const int64_t n : {64, 4096, 5120, 37, 4099}) {
     const int rows = 5;
     const std::vector<float> x = RandomFloats(static_cast<size_t>(rows * n), 1 + n, 3.0f);
     const std::vector<float> w = RandomFloats(static_cast<size_t>(n), 2 + n);
