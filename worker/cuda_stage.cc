@@ -114,7 +114,18 @@ struct CudaStage::Impl {
   cudaStream_t s() const { return stream.get(); }
   bool has_output_layer() const { return range.end == config.n_layer; }
   absl::Status Reserve(int64_t n_tokens);
+  bool Int8Batch(int64_t n) const {
+    return options.int8_activations && (n <= options.int8_max_tokens || options.exact);
+  }
+  absl::StatusOr<cuda::Q8Activations> RoundInput(const float* in, int64_t n, int64_t cols);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out, bool accumulate);
+  // Products of the same input rows (Q/K/V, gate/up): on the integer path,
+  // consecutive matrices of one type and width go in one launch.
+  struct Product {
+    const DeviceMatrix& w;
+    float* out;
+  };
+  absl::Status MatMuls(std::initializer_list<Product> products, const float* in, int64_t n);
   void ForgetRounded() { rounded = {}; }
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
@@ -155,16 +166,45 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n, int64_t cols) {
+  const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols) {
+    RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), cols, q8, s()),
+                                     "LaunchQuantizeActivations"));
+    rounded = {in, n, cols};
+  }
+  return q8;
+}
+
+absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in, int64_t n) {
+  const std::vector<Product> list(products);
+  for (size_t i = 0; i < list.size();) {
+    const DeviceMatrix& w = list[i].w;
+    if (!Int8Batch(n) || !cuda::MatVecQ8Supports(w.type, w.cols)) {
+      RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
+      ++i;
+      continue;
+    }
+    DeviceMatrix group[cuda::kMatVecQ8MaxGroup];
+    float* outs[cuda::kMatVecQ8MaxGroup];
+    size_t count = 0;
+    for (; i < list.size() && count < std::size(group) && list[i].w.type == w.type && list[i].w.cols == w.cols;
+         ++i, ++count) {
+      group[count] = list[i].w;
+      outs[count] = list[i].out;
+    }
+    ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
+    RETURN_IF_ERROR(cuda::CudaStatus(
+        cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s()),
+        "LaunchMatVecQ8Group"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
-  const bool int8 = options.int8_activations && cuda::MatVecQ8Supports(w.type, w.cols);
-  if (int8 && (n <= options.int8_max_tokens || options.exact)) {
-    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, w.cols);
-    if (rounded.in != in || rounded.n != n || rounded.cols != w.cols) {
-      RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), w.cols, q8, s()),
-                                       "LaunchQuantizeActivations"));
-      rounded = {in, n, w.cols};
-    }
+  if (Int8Batch(n) && cuda::MatVecQ8Supports(w.type, w.cols)) {
+    ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVecQ8");
   }
@@ -303,9 +343,8 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm, e, nt, config.rms_eps,
                                         norm.as<float>(), s()));
   ForgetRounded();
-  RETURN_IF_ERROR(MatMul(layer.wq, norm.as<float>(), n, q.as<float>(), false));
-  RETURN_IF_ERROR(MatMul(layer.wk, norm.as<float>(), n, k.as<float>(), false));
-  RETURN_IF_ERROR(MatMul(layer.wv, norm.as<float>(), n, v.as<float>(), false));
+  RETURN_IF_ERROR(MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
+                          norm.as<float>(), n));
   CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), nt, slots, rope, s()));
   CHORD_CUDA_RETURN(cuda::LaunchRope(k.as<float>(), nt, slots, rope_k, s()));
   const cuda::KvLayer kv = KvFor(index);
@@ -316,8 +355,7 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm, e, nt, config.rms_eps,
                                         norm.as<float>(), s()));
   ForgetRounded();
-  RETURN_IF_ERROR(MatMul(layer.gate, norm.as<float>(), n, gate.as<float>(), false));
-  RETURN_IF_ERROR(MatMul(layer.up, norm.as<float>(), n, up.as<float>(), false));
+  RETURN_IF_ERROR(MatMuls({{layer.gate, gate.as<float>()}, {layer.up, up.as<float>()}}, norm.as<float>(), n));
   CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
   ForgetRounded();
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);

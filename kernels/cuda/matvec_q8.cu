@@ -6,6 +6,7 @@ namespace chord::cuda {
 namespace {
 
 constexpr int kWarpsPerBlock = 4;
+constexpr int kMaxGroup = kMatVecQ8MaxGroup;
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
@@ -152,16 +153,37 @@ __device__ __forceinline__ void UnitQ8_0(const uint8_t* row, int u, const Rounde
   }
 }
 
+// Up to kMaxGroup matrices of one type and width whose products read the
+// same activations (Q/K/V, gate/up), in one launch: their rows are numbered
+// one after the other, each matrix writing its own y (rows[m] apart per token).
+struct RowGroup {
+  const uint8_t* w[kMaxGroup];
+  float* y[kMaxGroup];
+  int64_t rows[kMaxGroup];
+  int64_t end[kMaxGroup];  // rows of matrices 0..m
+  int count;
+  int64_t total_rows;
+  uint64_t row_bytes;
+};
+
 // One warp per row, lanes over the row's 32-element units (so a warp's loads
 // of one step cover contiguous weight bytes); B tokens share each weight read.
 template <uint32_t kType, int B>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ8Kernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t rows, RoundedX x,
-                   float* __restrict__ y, int64_t y_stride, bool accumulate) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (row >= rows) return;
+    MatVecQ8Kernel(RowGroup group, RoundedX x, bool accumulate) {
+  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= group.total_rows) return;
+  // The matrix by comparisons and selects, never an index into the
+  // parameters (which would copy them to local memory in every thread).
+  static_assert(kMaxGroup == 3);
+  const bool second = group.count > 1 && row >= group.end[0];
+  const bool third = group.count > 2 && row >= group.end[1];
+  const uint8_t* w = third ? group.w[2] : second ? group.w[1] : group.w[0];
+  float* y = third ? group.y[2] : second ? group.y[1] : group.y[0];
+  const int64_t y_stride = third ? group.rows[2] : second ? group.rows[1] : group.rows[0];
+  row -= third ? group.end[1] : second ? group.end[0] : 0;
   const int lane = threadIdx.x % 32;
-  const uint8_t* r = w + row * row_bytes;
+  const uint8_t* r = w + row * group.row_bytes;
   const int units = static_cast<int>(x.cols / 32);
   float acc[B];
 #pragma unroll
@@ -182,13 +204,46 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 template <uint32_t kType, int B>
-void LaunchPass(const DeviceMatrix& w, const Q8Activations& x, int64_t first, float* y, bool accumulate,
-                cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  const RoundedX rx{x.q + first * w.cols, x.scale + first * (w.cols / 32), x.half_sums + first * (w.cols / 16),
-                    w.cols};
-  MatVecQ8Kernel<kType, B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(
-      static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, rx, y + first * w.rows, w.rows, accumulate);
+void LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
+                bool accumulate, cudaStream_t stream) {
+  const int64_t cols = w[0].cols;
+  RowGroup group{};
+  group.count = static_cast<int>(w.size());
+  group.row_bytes = w[0].row_bytes;
+  int64_t rows = 0;
+  for (size_t m = 0; m < w.size(); ++m) {
+    group.w[m] = static_cast<const uint8_t*>(w[m].data);
+    group.y[m] = y[m] + first * w[m].rows;
+    group.rows[m] = w[m].rows;
+    rows += w[m].rows;
+    group.end[m] = rows;
+  }
+  group.total_rows = rows;
+  const auto blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
+  MatVecQ8Kernel<kType, B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(group, rx, accumulate);
+}
+
+cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
+                        std::span<float* const> y, bool accumulate, cudaStream_t stream) {
+  if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() || n_tokens <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  for (const DeviceMatrix& m : w) {
+    if (!MatVecQ8Supports(m.type, m.cols) || m.type != w[0].type || m.cols != w[0].cols || m.rows <= 0) {
+      return cudaErrorInvalidValue;
+    }
+  }
+  ForEachPass(n_tokens, [&]<int B>(int64_t first) {
+    if (w[0].type == kQ4_K) {
+      LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, stream);
+    } else if (w[0].type == kQ6_K) {
+      LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, stream);
+    } else {
+      LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, stream);
+    }
+  });
+  return cudaGetLastError();
 }
 
 }  // namespace
@@ -228,17 +283,12 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols) {
 
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
                            bool accumulate, cudaStream_t stream) {
-  if (!MatVecQ8Supports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
-  ForEachPass(n_tokens, [&]<int B>(int64_t first) {
-    if (w.type == kQ4_K) {
-      LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, stream);
-    } else if (w.type == kQ6_K) {
-      LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, stream);
-    } else {
-      LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, stream);
-    }
-  });
-  return cudaGetLastError();
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, stream);
+}
+
+cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
+                                std::span<float* const> y, cudaStream_t stream) {
+  return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, stream);
 }
 
 }  // namespace chord::cuda

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "kernels/cuda/matvec.h"
 
@@ -44,5 +45,12 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols);
 // As LaunchMatVec, from activations quantized by LaunchQuantizeActivations.
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
                            bool accumulate, cudaStream_t stream);
+
+// y[i] = w[i] x for up to kMatVecQ8MaxGroup matrices of one type and width
+// in one launch (Q/K/V, gate/up read the same activations): one wave of
+// blocks instead of several short ones. The same values as one launch each.
+constexpr int kMatVecQ8MaxGroup = 3;
+cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
+                                std::span<float* const> y, cudaStream_t stream);
 
 }  // namespace chord::cuda

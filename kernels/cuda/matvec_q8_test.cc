@@ -127,6 +127,52 @@ TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
   }
 }
 
+// A group launch (Q/K/V, gate/up) writes what one launch per matrix writes.
+TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
+  const DType type = GetParam();
+  const int64_t cols = 512;
+  std::vector<TestMatrix> matrices;
+  for (const int64_t rows : {37, 128, 5}) matrices.push_back(MakeMatrix(type, rows, cols, 900 + static_cast<uint32_t>(rows)));
+  std::vector<DeviceMatrix> views;
+  for (const TestMatrix& m : matrices) views.push_back(m.view);
+  for (const int n : {1, 5, 8}) {
+    const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 77 + static_cast<uint32_t>(n));
+    DeviceBuffer dx = ToDevice(x);
+    DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
+    const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
+    ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+    for (size_t count = 1; count <= views.size(); ++count) {
+      std::vector<DeviceBuffer> grouped, alone;
+      std::vector<float*> outs;
+      for (size_t m = 0; m < count; ++m) {
+        grouped.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
+        alone.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
+        outs.push_back(grouped.back().as<float>());
+        ASSERT_EQ(LaunchMatVecQ8(views[m], a, n, alone.back().as<float>(), false, nullptr), cudaSuccess);
+      }
+      ASSERT_EQ(LaunchMatVecQ8Group({views.data(), count}, a, n, outs, nullptr), cudaSuccess);
+      for (size_t m = 0; m < count; ++m) {
+        const auto size = static_cast<size_t>(n * views[m].rows);
+        EXPECT_EQ(ToHost<float>(grouped[m], size), ToHost<float>(alone[m], size)) << "n=" << n << " matrix " << m;
+      }
+    }
+  }
+  // Matrices of another type or width, or too many, are refused.
+  const TestMatrix other = MakeMatrix(type == DType::kQ8_0 ? DType::kQ4_K : DType::kQ8_0, 4, cols, 5);
+  const TestMatrix wider = MakeMatrix(type, 4, 2 * cols, 6);
+  DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(1, 2 * cols));
+  const Q8Activations a = Q8ActivationsIn(buffer.data(), 1, 2 * cols);
+  DeviceBuffer y = Poisoned<float>(256);
+  float* outs[4] = {y.as<float>(), y.as<float>(), y.as<float>(), y.as<float>()};
+  const DeviceMatrix mixed[2] = {views[0], other.view};
+  const DeviceMatrix widths[2] = {views[0], wider.view};
+  const DeviceMatrix four[4] = {views[0], views[1], views[2], views[0]};
+  EXPECT_EQ(LaunchMatVecQ8Group({mixed, 2}, a, 1, {outs, 2}, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMatVecQ8Group({widths, 2}, a, 1, {outs, 2}, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMatVecQ8Group({four, 4}, a, 1, {outs, 4}, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMatVecQ8Group({four, 2}, a, 1, {outs, 1}, nullptr), cudaErrorInvalidValue);
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, MatVecQ8TypeTest, ::testing::Values(DType::kQ4_K, DType::kQ6_K, DType::kQ8_0),
                          [](const auto& param_info) { return std::string(DTypeName(param_info.param)); });
 
