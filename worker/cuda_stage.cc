@@ -127,6 +127,14 @@ struct CudaStage::Impl {
   };
   absl::Status MatMuls(std::initializer_list<Product> products, const float* in, int64_t n);
   void ForgetRounded() { rounded = {}; }
+  // Whether a product of w over n rows reads rounded activations.
+  bool RoundsFor(const DeviceMatrix& w, int64_t n) const {
+    return Int8Batch(n) && cuda::MatVecQ8Supports(w.type, w.cols);
+  }
+  // RMSNorm of n rows of `rows` into `norm`, the input of a product by
+  // `next`: when that product reads rounded activations, the rounding comes
+  // out of the same launch.
+  absl::Status Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next);
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
@@ -166,6 +174,20 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   return absl::OkStatus();
 }
 
+absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next) {
+  const int64_t e = config.n_embd;
+  if (RoundsFor(next, n) && next.cols == e) {
+    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, e);
+    CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n), config.rms_eps,
+                                                  norm.as<float>(), q8, s()));
+    rounded = {norm.as<float>(), n, e};
+    return absl::OkStatus();
+  }
+  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps, norm.as<float>(), s()));
+  ForgetRounded();
+  return absl::OkStatus();
+}
+
 absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n, int64_t cols) {
   const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
   if (rounded.in != in || rounded.n != n || rounded.cols != cols) {
@@ -180,7 +202,7 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
   const std::vector<Product> list(products);
   for (size_t i = 0; i < list.size();) {
     const DeviceMatrix& w = list[i].w;
-    if (!Int8Batch(n) || !cuda::MatVecQ8Supports(w.type, w.cols)) {
+    if (!RoundsFor(w, n)) {
       RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
       ++i;
       continue;
@@ -203,7 +225,7 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
-  if (Int8Batch(n) && cuda::MatVecQ8Supports(w.type, w.cols)) {
+  if (RoundsFor(w, n)) {
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVecQ8");
@@ -329,43 +351,39 @@ absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
 
 // Layer `index` of the range (its KV cache) over the n rows of x.
 absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index, int64_t n) {
-  const int64_t e = config.n_embd;
   const auto nt = static_cast<int>(n);
   const auto* slots = tokens.as<cuda::TokenSlot>();
   cuda::RopeParams rope{static_cast<int>(config.n_head), static_cast<int>(config.head_dim),
                         static_cast<int>(config.n_rot), config.rope_freq_base, config.rope_freq_scale,
                         config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
-  cuda::RopeParams rope_k = rope;
-  rope_k.n_heads = static_cast<int>(config.n_head_kv);
-  const cuda::AttentionParams attention{static_cast<int>(config.n_head),
-                                        static_cast<int>(config.n_head_kv),
-                                        static_cast<int>(config.head_dim)};
-  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.attn_norm, e, nt, config.rms_eps,
-                                        norm.as<float>(), s()));
-  ForgetRounded();
+  const cuda::AttentionParams attention{static_cast<int>(config.n_head), static_cast<int>(config.n_head_kv),
+                                        static_cast<int>(config.head_dim), options.exact};
+  RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
   RETURN_IF_ERROR(MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
                           norm.as<float>(), n));
-  CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), nt, slots, rope, s()));
-  CHORD_CUDA_RETURN(cuda::LaunchRope(k.as<float>(), nt, slots, rope_k, s()));
+  CHORD_CUDA_RETURN(
+      cuda::LaunchRope(q.as<float>(), k.as<float>(), static_cast<int>(config.n_head_kv), nt, slots, rope, s()));
   const cuda::KvLayer kv = KvFor(index);
   CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
   CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
   ForgetRounded();  // attn, and below gate, are read by one product each
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
-  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(x.as<float>(), layer.ffn_norm, e, nt, config.rms_eps,
-                                        norm.as<float>(), s()));
-  ForgetRounded();
+  RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
   RETURN_IF_ERROR(MatMuls({{layer.gate, gate.as<float>()}, {layer.up, up.as<float>()}}, norm.as<float>(), n));
-  CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
-  ForgetRounded();
+  if (RoundsFor(layer.down, n)) {
+    // SwiGLU and the rounding of its result for the down product, in one launch.
+    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, config.n_ff);
+    CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff, q8, s()));
+    rounded = {gate.as<float>(), n, config.n_ff};
+  } else {
+    CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
+    ForgetRounded();
+  }
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }
 
 absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
-  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, output_norm.as<float>(), config.n_embd,
-                                        static_cast<int>(n_rows), config.rms_eps, norm.as<float>(),
-                                        s()));
-  ForgetRounded();
+  RETURN_IF_ERROR(Norm(rows, output_norm.as<float>(), n_rows, output.view));
   return MatMul(output.view, norm.as<float>(), n_rows, logits.as<float>(), false);
 }
 

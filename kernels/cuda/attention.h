@@ -18,6 +18,9 @@ struct AttentionParams {
   int n_heads = 0;
   int n_kv_heads = 0;
   int head_dim = 0;  // at most 256
+  // The same kernel shape for a token whatever the batch (exact mode); else
+  // small batches (decode) get more warps per (head, token) than large ones.
+  bool batch_invariant = false;
 };
 
 // q and out: n_tokens rows of n_heads * head_dim floats.

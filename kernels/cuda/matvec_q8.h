@@ -38,6 +38,15 @@ Q8Activations Q8ActivationsIn(void* buffer, int64_t n_tokens, int64_t cols);
 cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols, Q8Activations out,
                                       cudaStream_t stream);
 
+// What LaunchRmsNorm (ops.h) then LaunchQuantizeActivations of its result
+// write, in one launch (n a multiple of 32).
+cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows, float eps, float* y,
+                                  Q8Activations out, cudaStream_t stream);
+// What LaunchSwiGlu (ops.h) over n_tokens rows of cols then
+// LaunchQuantizeActivations of gate write, in one launch.
+cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols, Q8Activations out,
+                                 cudaStream_t stream);
+
 // True for the weight types and shapes the integer path reads (Q4_K, Q6_K,
 // Q8_0).
 bool MatVecQ8Supports(uint32_t type, int64_t cols);

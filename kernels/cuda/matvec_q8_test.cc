@@ -10,6 +10,7 @@
 
 #include "common/quant/quant.h"
 #include "common/tensor/dtype.h"
+#include "kernels/cuda/ops.h"
 #include "kernels/cuda/test_util.h"
 
 namespace chord::cuda {
@@ -77,6 +78,56 @@ TEST_F(MatVecQ8Test, ActivationsRoundPerBlockWithHalfSums) {
     ASSERT_FLOAT_EQ(sums[h], scale[h / 2] * static_cast<float>(sum)) << h;
   }
   EXPECT_EQ(scale[2], 0.0f);
+}
+
+// The fused launches write what the separate ones do, bit for bit: RMSNorm
+// then rounding, SwiGLU then rounding.
+TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
+  const auto same_rounding = [](const Q8Activations& a, const Q8Activations& b, size_t n) {
+    std::vector<int8_t> qa(n), qb(n);
+    std::vector<float> sa(n / 32), sb(n / 32), ha(n / 16), hb(n / 16);
+    EXPECT_EQ(cudaMemcpy(qa.data(), a.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(qb.data(), b.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(sa.data(), a.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(sb.data(), b.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(ha.data(), a.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(cudaMemcpy(hb.data(), b.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    EXPECT_EQ(qa, qb);
+    EXPECT_EQ(sa, sb);
+    EXPECT_EQ(ha, hb);
+  };
+  for (const int64_t cols : {int64_t{64}, int64_t{4096}, int64_t{11008}}) {
+    const int rows = 3;
+    const auto n = static_cast<size_t>(rows * cols);
+    const std::vector<float> x = RandomFloats(n, 61 + static_cast<uint32_t>(cols), 3.0f);
+    const std::vector<float> w = RandomFloats(static_cast<size_t>(cols), 62);
+    const std::vector<float> up = RandomFloats(n, 63);
+    DeviceBuffer dx = ToDevice(x), dw = ToDevice(w), dup = ToDevice(up);
+    DeviceBuffer fused_y = Poisoned<float>(n), plain_y = Poisoned<float>(n);
+    DeviceBuffer fused_q = Poisoned<uint8_t>(Q8ActivationBytes(rows, cols));
+    DeviceBuffer plain_q = Poisoned<uint8_t>(Q8ActivationBytes(rows, cols));
+    const Q8Activations fused = Q8ActivationsIn(fused_q.data(), rows, cols);
+    const Q8Activations plain = Q8ActivationsIn(plain_q.data(), rows, cols);
+    ASSERT_EQ(LaunchRmsNormQuantize(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, fused_y.as<float>(), fused,
+                                    nullptr),
+              cudaSuccess);
+    ASSERT_EQ(LaunchRmsNorm(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, plain_y.as<float>(), nullptr),
+              cudaSuccess);
+    ASSERT_EQ(LaunchQuantizeActivations(plain_y.as<float>(), rows, cols, plain, nullptr), cudaSuccess);
+    EXPECT_EQ(ToHost<float>(fused_y, n), ToHost<float>(plain_y, n)) << cols;
+    same_rounding(fused, plain, n);
+
+    DeviceBuffer fused_gate = ToDevice(x), plain_gate = ToDevice(x);
+    ASSERT_EQ(LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(LaunchSwiGlu(plain_gate.as<float>(), dup.as<float>(), static_cast<int64_t>(n), nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchQuantizeActivations(plain_gate.as<float>(), rows, cols, plain, nullptr), cudaSuccess);
+    EXPECT_EQ(ToHost<float>(fused_gate, n), ToHost<float>(plain_gate, n)) << cols;
+    same_rounding(fused, plain, n);
+  }
+  DeviceBuffer y = Poisoned<float>(40);
+  EXPECT_EQ(LaunchRmsNormQuantize(y.as<float>(), y.as<float>(), 40, 1, 1e-5f, y.as<float>(), {}, nullptr),
+            cudaErrorInvalidValue);
 }
 
 class MatVecQ8TypeTest : public ::testing::TestWithParam<DType> {

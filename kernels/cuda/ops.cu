@@ -4,46 +4,23 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/rms_scale.cuh"
+
 namespace chord::cuda {
 namespace {
 
 constexpr int kNormThreads = 512;
 
-// One block per row. Rows of whole float4s (n % 4 == 0, 16-byte aligned: every
-// row of the stage's buffers) are read with 16-byte loads, so a 4096-wide row
-// takes two loads per thread, issued together; the sum of squares is kept in
-// double and reduced in a fixed order (the same bits for a row whatever the
-// other rows are).
+// One block per row (RmsScale), written back with 16-byte stores where the
+// row allows.
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
                   float* __restrict__ y) {
   const float* xr = x + blockIdx.x * n;
   float* yr = y + blockIdx.x * n;
-  const bool vector = n % 4 == 0 && (reinterpret_cast<uintptr_t>(xr) | reinterpret_cast<uintptr_t>(yr) |
-                                     reinterpret_cast<uintptr_t>(weight)) % 16 == 0;
-  double sum = 0.0;
-  if (vector) {
-    const auto* x4 = reinterpret_cast<const float4*>(xr);
-#pragma unroll 4
-    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
-      const float4 v = x4[i];
-      sum += static_cast<double>(v.x) * v.x + static_cast<double>(v.y) * v.y +
-             static_cast<double>(v.z) * v.z + static_cast<double>(v.w) * v.w;
-    }
-  } else {
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const double v = xr[i];
-      sum += v * v;
-    }
-  }
-  __shared__ double partial[kNormThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
-  __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
-  const float scale = static_cast<float>(1.0 / sqrt(total / static_cast<double>(n) + eps));
-  if (vector) {
+  const bool float4s = RowOfFloat4s(xr, weight, n);
+  const float scale = RmsScale<kNormThreads>(xr, n, eps, float4s);
+  if (float4s && reinterpret_cast<uintptr_t>(yr) % 16 == 0) {
     const auto* x4 = reinterpret_cast<const float4*>(xr);
     const auto* w4 = reinterpret_cast<const float4*>(weight);
     auto* y4 = reinterpret_cast<float4*>(yr);
@@ -57,23 +34,34 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-// One thread per (token, head, pair); the angle is advanced by repeated
-// multiplication as the CPU path does, so both round alike.
-__global__ void RopeKernel(float* __restrict__ x, int n_tokens, const TokenSlot* __restrict__ tokens,
+// Rows of n_heads heads a RoPE launch rotates.
+struct RopeTarget {
+  float* x;
+  int n_heads;
+};
+
+// One thread per (token, head, pair) of target a, then of target b; the
+// angle is advanced by repeated multiplication as the CPU path does, so both
+// round alike.
+__global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens, const TokenSlot* __restrict__ tokens,
                            RopeParams p, float theta_scale) {
   const int pairs = p.n_rot / 2;
-  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (id >= static_cast<int64_t>(n_tokens) * p.n_heads * pairs) return;
+  int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t in_a = static_cast<int64_t>(n_tokens) * a.n_heads * pairs;
+  const bool second = id >= in_a;
+  const RopeTarget t = second ? b : a;
+  if (second) id -= in_a;
+  if (id >= static_cast<int64_t>(n_tokens) * t.n_heads * pairs) return;
   const int pair = static_cast<int>(id % pairs);
   const int64_t head_row = id / pairs;  // token * n_heads + head
-  const int token = static_cast<int>(head_row / p.n_heads);
+  const int token = static_cast<int>(head_row / t.n_heads);
   float theta = static_cast<float>(tokens[token].position);
   for (int i = 0; i < pair; ++i) theta *= theta_scale;
   const float factor = p.freq_factors != nullptr ? p.freq_factors[pair] : 1.0f;
   const float angle = p.freq_scale * (theta / factor);
   float sin_theta, cos_theta;
   sincosf(angle, &sin_theta, &cos_theta);
-  float* head = x + head_row * p.head_dim;
+  float* head = t.x + head_row * p.head_dim;
   const float x0 = head[2 * pair], x1 = head[2 * pair + 1];
   head[2 * pair] = x0 * cos_theta - x1 * sin_theta;
   head[2 * pair + 1] = x0 * sin_theta + x1 * cos_theta;
@@ -121,15 +109,22 @@ cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,
-                       cudaStream_t stream) {
-  if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 || params.n_rot > params.head_dim) {
+cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const TokenSlot* tokens,
+                       const RopeParams& params, cudaStream_t stream) {
+  if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 || params.n_rot > params.head_dim ||
+      n_k_heads < 0 || (k == nullptr && n_k_heads > 0)) {
     return cudaErrorInvalidValue;
   }
   const float theta_scale = powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
-  const int64_t total = static_cast<int64_t>(n_tokens) * params.n_heads * (params.n_rot / 2);
-  RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(x, n_tokens, tokens, params, theta_scale);
+  const int64_t total = static_cast<int64_t>(n_tokens) * (params.n_heads + n_k_heads) * (params.n_rot / 2);
+  RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(RopeTarget{q, params.n_heads}, RopeTarget{k, n_k_heads},
+                                                     n_tokens, tokens, params, theta_scale);
   return cudaGetLastError();
+}
+
+cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,
+                       cudaStream_t stream) {
+  return LaunchRope(x, nullptr, 0, n_tokens, tokens, params, stream);
 }
 
 cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t stream) {

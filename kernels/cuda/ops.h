@@ -32,6 +32,10 @@ struct RopeParams {
 };
 cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,
                        cudaStream_t stream);
+// Queries (params.n_heads) and keys (n_k_heads) of the same tokens in one
+// launch; the same values as a LaunchRope each.
+cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const TokenSlot* tokens,
+                       const RopeParams& params, cudaStream_t stream);
 
 // gate = silu(gate) * up, n values.
 cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t stream);

@@ -64,6 +64,28 @@ TEST_F(CudaOpsTest, RopeMatchesCpuWithAndWithoutFreqFactors) {
   }
 }
 
+// Queries and keys in one launch: the bits of one launch each.
+TEST_F(CudaOpsTest, RopeOfQueriesAndKeysTogetherEqualsOneLaunchEach) {
+  const int n_heads = 6, n_k_heads = 2, head_dim = 64, n_tokens = 3;
+  const std::vector<TokenSlot> tokens = {{0, 7}, {1, 0}, {0, 300}};
+  DeviceBuffer d_tokens = ToDevice(tokens);
+  const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens * n_heads * head_dim), 21);
+  const std::vector<float> k = RandomFloats(static_cast<size_t>(n_tokens * n_k_heads * head_dim), 22);
+  const RopeParams params{n_heads, head_dim, head_dim, 10000.0f, 1.0f, nullptr};
+  RopeParams k_params = params;
+  k_params.n_heads = n_k_heads;
+  DeviceBuffer q1 = ToDevice(q), k1 = ToDevice(k), q2 = ToDevice(q), k2 = ToDevice(k);
+  ASSERT_EQ(LaunchRope(q1.as<float>(), k1.as<float>(), n_k_heads, n_tokens, d_tokens.as<TokenSlot>(), params, nullptr),
+            cudaSuccess);
+  ASSERT_EQ(LaunchRope(q2.as<float>(), n_tokens, d_tokens.as<TokenSlot>(), params, nullptr), cudaSuccess);
+  ASSERT_EQ(LaunchRope(k2.as<float>(), n_tokens, d_tokens.as<TokenSlot>(), k_params, nullptr), cudaSuccess);
+  EXPECT_EQ(ToHost<float>(q1, q.size()), ToHost<float>(q2, q.size()));
+  EXPECT_EQ(ToHost<float>(k1, k.size()), ToHost<float>(k2, k.size()));
+  EXPECT_NE(ToHost<float>(k1, k.size()), k);
+  EXPECT_EQ(LaunchRope(q1.as<float>(), nullptr, 2, n_tokens, d_tokens.as<TokenSlot>(), params, nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST_F(CudaOpsTest, SwiGluMatchesCpu) {
   const int64_t n = 10001;
   std::vector<float> gate = RandomFloats(n, 11, 4.0f);
@@ -98,32 +120,38 @@ TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
       ASSERT_EQ(LaunchStoreKv(layer, dk.as<float>(), dv.as<float>(), n, dt.as<TokenSlot>(), nullptr),
                 cudaSuccess);
     }
-    const std::vector<TokenSlot> batch = {{0, 0}, {1, 649}, {2, 5}, {2, 128}, {1, 300}};
-    const auto n_tokens = static_cast<int>(batch.size());
-    const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens) * n_heads * head_dim, 40);
-    DeviceBuffer dq = ToDevice(q), db = ToDevice(batch);
-    DeviceBuffer dout = Poisoned<float>(q.size());
-    const AttentionParams params{n_heads, n_kv_heads, head_dim};
-    ASSERT_EQ(LaunchAttention(params, layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
-                              dout.as<float>(), nullptr),
-              cudaSuccess);
-    const std::vector<float> out = ToHost<float>(dout, q.size());
-    const std::vector<uint8_t> hk = ToHost<uint8_t>(keys, cache_elems * elem);
-    const std::vector<uint8_t> hv = ToHost<uint8_t>(values, cache_elems * elem);
-    const kernels::AttentionShape shape{n_heads, n_kv_heads, head_dim};
-    std::vector<float> scores(n_ctx), ref(static_cast<size_t>(n_heads) * head_dim);
-    const auto row_bytes = static_cast<int64_t>(n_embd_kv * elem);
-    for (int t = 0; t < n_tokens; ++t) {
-      const size_t base = static_cast<size_t>(batch[t].slot) * n_ctx * row_bytes;
-      const DType type = half ? DType::kF16 : DType::kF32;
-      const kernels::KvView kv{type, hk.data() + base, row_bytes};
-      const kernels::KvView vv{type, hv.data() + base, row_bytes};
-      for (int h = 0; h < n_heads; ++h) {
-        kernels::AttendOneToken(shape, &q[t * n_heads * head_dim], kv, vv, batch[t].position + 1, h,
-                                scores.data(), ref.data());
-      }
-      for (int i = 0; i < n_heads * head_dim; ++i) {
-        ASSERT_NEAR(out[t * n_heads * head_dim + i], ref[i], 1e-5f) << "half=" << half << " t=" << t;
+    // 5 (head, token) x 8 heads takes the decode shape (16 warps); the same
+    // five tokens 13 times over (520 pairs) the prefill shape (4 warps).
+    const std::vector<TokenSlot> five = {{0, 0}, {1, 649}, {2, 5}, {2, 128}, {1, 300}};
+    for (const int repeat : {1, 13}) {
+      std::vector<TokenSlot> batch;
+      for (int r = 0; r < repeat; ++r) batch.insert(batch.end(), five.begin(), five.end());
+      const auto n_tokens = static_cast<int>(batch.size());
+      const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens) * n_heads * head_dim, 40);
+      DeviceBuffer dq = ToDevice(q), db = ToDevice(batch);
+      DeviceBuffer dout = Poisoned<float>(q.size());
+      const AttentionParams params{n_heads, n_kv_heads, head_dim};
+      ASSERT_EQ(LaunchAttention(params, layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                                dout.as<float>(), nullptr),
+                cudaSuccess);
+      const std::vector<float> out = ToHost<float>(dout, q.size());
+      const std::vector<uint8_t> hk = ToHost<uint8_t>(keys, cache_elems * elem);
+      const std::vector<uint8_t> hv = ToHost<uint8_t>(values, cache_elems * elem);
+      const kernels::AttentionShape shape{n_heads, n_kv_heads, head_dim};
+      std::vector<float> scores(n_ctx), ref(static_cast<size_t>(n_heads) * head_dim);
+      const auto row_bytes = static_cast<int64_t>(n_embd_kv * elem);
+      for (int t = 0; t < n_tokens; ++t) {
+        const size_t base = static_cast<size_t>(batch[t].slot) * n_ctx * row_bytes;
+        const DType type = half ? DType::kF16 : DType::kF32;
+        const kernels::KvView kv{type, hk.data() + base, row_bytes};
+        const kernels::KvView vv{type, hv.data() + base, row_bytes};
+        for (int h = 0; h < n_heads; ++h) {
+          kernels::AttendOneToken(shape, &q[t * n_heads * head_dim], kv, vv, batch[t].position + 1, h,
+                                  scores.data(), ref.data());
+        }
+        for (int i = 0; i < n_heads * head_dim; ++i) {
+          ASSERT_NEAR(out[t * n_heads * head_dim + i], ref[i], 1e-5f) << "half=" << half << " t=" << t;
+        }
       }
     }
   }
