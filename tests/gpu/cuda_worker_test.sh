@@ -35,6 +35,7 @@ start_cluster() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   PIDS=()
+  rm -f "$WORK"/w*.log  # the checks below read this setup's logs only
   LOADER=$(free_port); CONTROL=$(free_port); GRPC=$(free_port)
   "$BIN/chord-loader" --model "$MODEL" --bind "tcp://127.0.0.1:$LOADER" --metrics-port -1 \
     >"$WORK/loader.log" 2>&1 & PIDS+=($!)
