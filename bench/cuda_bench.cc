@@ -264,6 +264,7 @@ int Run(int argc, char** argv) {
   bool exact = false;
   double stream_budget = 0.0;
   bool microbench = true;
+  bool overlap_launches = CudaStageOptions{}.overlap_launches;
   app.add_option("--model", model_path, "GGUF model")->required();
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -279,6 +280,8 @@ int Run(int argc, char** argv) {
   app.add_option("--mma-max-tokens", mma_max_tokens,
                  "larger batches up to this size multiply on tensor cores from the quantized blocks (0: never)");
   app.add_flag("--exact", exact, "exact mode: per-token kernels whatever the batch (results independent of it)");
+  app.add_flag("--overlap,!--no-overlap", overlap_launches,
+               "integer products start while the kernel before them runs (programmatic dependent launch)");
   app.add_flag("--microbench,!--no-microbench", microbench, "time single products of each weight type first");
   app.add_option("--stream-budget", stream_budget,
                  "also decode with a GPU budget of this fraction of the weights (layers over it stream "
@@ -322,6 +325,7 @@ int Run(int argc, char** argv) {
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
   options.exact = exact;
+  options.overlap_launches = overlap_launches;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());

@@ -217,7 +217,8 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
     }
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     RETURN_IF_ERROR(cuda::CudaStatus(
-        cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s()),
+        cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s(),
+                                  options.overlap_launches),
         "LaunchMatVecQ8Group"));
   }
   return absl::OkStatus();
@@ -227,8 +228,9 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
                                      bool accumulate) {
   if (RoundsFor(w, n)) {
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
-    return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s()),
-                            "LaunchMatVecQ8");
+    return cuda::CudaStatus(
+        cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s(), options.overlap_launches),
+        "LaunchMatVecQ8");
   }
   if (n < options.gemm_min_tokens || options.exact) {
     return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),

@@ -69,6 +69,10 @@ struct CudaStageOptions {
   // sequences 14.4 ms/step against 16.7; even at 64; slower at 128 (each
   // 64-token tile decodes the weights again).
   int64_t mma_max_tokens = 32;
+  // Integer matrix-vector products start while the kernel before them runs
+  // (programmatic dependent launch: their weights stream into L2 meanwhile);
+  // the same results either way.
+  bool overlap_launches = true;
   // Tests: the tensor-core kernel for every type it reads.
   bool mma_every_type = false;
   // Exact mode: every product takes the per-token matrix-vector kernels

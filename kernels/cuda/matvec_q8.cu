@@ -11,6 +11,20 @@ constexpr int kMaxGroup = kMatVecQ8MaxGroup;
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
+// Programmatic dependent launch (sm_90): a product launched with
+// `overlap_previous` may start while the kernel before it runs, once every
+// block of that kernel has let it (LetNextKernelStart); it then pulls its
+// first weights into L2 (weights are never written by kernels) and waits for
+// the previous kernel's results before it reads activations. Both
+// instructions do nothing for a launch without the attribute.
+__device__ __forceinline__ void LetNextKernelStart() { asm volatile("griddepcontrol.launch_dependents;"); }
+__device__ __forceinline__ void WaitForPreviousKernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void PrefetchToL2(const uint8_t* p, uint64_t bytes, int lane) {
+  for (uint64_t offset = static_cast<uint64_t>(lane) * 128; offset < bytes; offset += 32 * 128) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p + offset));
+  }
+}
+
 // Rounds one 32-element block of activations, one value per lane of a warp:
 // the block's largest magnitude sets the scale, each element rounds to the
 // nearest step (ties to even). Every rounding kernel goes through here, so a
@@ -36,6 +50,7 @@ constexpr int kRoundWarps = 8;
 __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n_blocks,
                                           int8_t* __restrict__ q, float* __restrict__ scale,
                                           float* __restrict__ half_sums) {
+  LetNextKernelStart();
   const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (block >= n_blocks) return;
   const int lane = threadIdx.x % 32;
@@ -47,6 +62,7 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n
 __global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n_blocks,
                                      int8_t* __restrict__ q, float* __restrict__ scale,
                                      float* __restrict__ half_sums) {
+  LetNextKernelStart();
   const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (block >= n_blocks) return;
   const int lane = threadIdx.x % 32;
@@ -68,6 +84,7 @@ __global__ void __launch_bounds__(kNormThreads)
     RmsNormQuantizeKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
                           float* __restrict__ y, int8_t* __restrict__ q, float* __restrict__ scale,
                           float* __restrict__ half_sums) {
+  LetNextKernelStart();
   const float* xr = x + blockIdx.x * n;
   const float factor = RmsScale<kNormThreads>(xr, n, eps, RowOfFloat4s(xr, weight, n));
   const int64_t blocks = n / 32;
@@ -232,6 +249,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   row -= third ? group.end[1] : second ? group.end[0] : 0;
   const int lane = threadIdx.x % 32;
   const uint8_t* r = w + row * group.row_bytes;
+  PrefetchToL2(r, group.row_bytes, lane);
+  LetNextKernelStart();
+  WaitForPreviousKernel();
   const int units = static_cast<int>(x.cols / 32);
   float acc[B];
 #pragma unroll
@@ -252,8 +272,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 }
 
 template <uint32_t kType, int B>
-void LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
-                bool accumulate, cudaStream_t stream) {
+cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
+                bool accumulate, bool overlap_previous, cudaStream_t stream) {
   const int64_t cols = w[0].cols;
   RowGroup group{};
   group.count = static_cast<int>(w.size());
@@ -269,11 +289,20 @@ void LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t
   group.total_rows = rows;
   const auto blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
   const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
-  MatVecQ8Kernel<kType, B><<<blocks, kWarpsPerBlock * 32, 0, stream>>>(group, rx, accumulate);
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kWarpsPerBlock * 32);
+  config.stream = stream;
+  cudaLaunchAttribute overlap{};
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &overlap;
+  config.numAttrs = overlap_previous ? 1 : 0;
+  return cudaLaunchKernelEx(&config, MatVecQ8Kernel<kType, B>, group, rx, accumulate);
 }
 
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                        std::span<float* const> y, bool accumulate, cudaStream_t stream) {
+                        std::span<float* const> y, bool accumulate, bool overlap_previous, cudaStream_t stream) {
   if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() || n_tokens <= 0) {
     return cudaErrorInvalidValue;
   }
@@ -282,15 +311,18 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
       return cudaErrorInvalidValue;
     }
   }
+  cudaError_t error = cudaSuccess;
   ForEachPass(n_tokens, [&]<int B>(int64_t first) {
+    if (error != cudaSuccess) return;
     if (w[0].type == kQ4_K) {
-      LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, stream);
+      error = LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, overlap_previous, stream);
     } else if (w[0].type == kQ6_K) {
-      LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, stream);
+      error = LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, overlap_previous, stream);
     } else {
-      LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, stream);
+      error = LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, overlap_previous, stream);
     }
   });
+  if (error != cudaSuccess) return error;
   return cudaGetLastError();
 }
 
@@ -348,13 +380,13 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols) {
 }
 
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                           bool accumulate, cudaStream_t stream) {
-  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, stream);
+                           bool accumulate, cudaStream_t stream, bool overlap_previous) {
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, overlap_previous, stream);
 }
 
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream) {
-  return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, stream);
+                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous) {
+  return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, overlap_previous, stream);
 }
 
 }  // namespace chord::cuda

@@ -52,14 +52,19 @@ cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int
 bool MatVecQ8Supports(uint32_t type, int64_t cols);
 
 // As LaunchMatVec, from activations quantized by LaunchQuantizeActivations.
+// `overlap_previous`: a programmatic dependent launch (sm_90), which starts
+// pulling its weights into L2 while the kernel before it on the stream still
+// runs and reads the activations only once that kernel is done; the results
+// are the same. The rounding, RMSNorm and SwiGLU launches here let it start
+// as soon as all their blocks run.
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                           bool accumulate, cudaStream_t stream);
+                           bool accumulate, cudaStream_t stream, bool overlap_previous = false);
 
 // y[i] = w[i] x for up to kMatVecQ8MaxGroup matrices of one type and width
 // in one launch (Q/K/V, gate/up read the same activations): one wave of
 // blocks instead of several short ones. The same values as one launch each.
 constexpr int kMatVecQ8MaxGroup = 3;
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream);
+                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous = false);
 
 }  // namespace chord::cuda
