@@ -54,6 +54,12 @@ class CudaStageCompute final : public StageCompute {
   }
   void set_between_layers(std::function<void()>) override {}
 
+  bool can_forward() const override { return stage_->has_embedding() && stage_->has_output(); }
+  absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch, int64_t n_logit_rows,
+                       float* logits) override {
+    return stage_->Forward(tokens, batch, n_logit_rows, logits);
+  }
+
   bool can_link() const override { return true; }
   absl::Status ReceiveRows(NcclLink& link, int64_t n_rows) override {
     ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));

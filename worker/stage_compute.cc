@@ -1,5 +1,5 @@
 // StageCompute's defaults: a stage that cannot hold activations on a GPU
-// (the CPU stage) has no NCCL links.
+// (the CPU stage) has no NCCL links and no one-call whole-model step.
 #include "worker/stage_compute.h"
 
 namespace chord {
@@ -14,6 +14,10 @@ absl::Status StageCompute::RunLayersOnDevice(std::span<const BatchToken>, float*
 
 absl::Status StageCompute::SendRows(NcclLink&, int64_t) {
   return absl::UnimplementedError("this stage's activations live in host memory: no NCCL link");
+}
+
+absl::Status StageCompute::Forward(std::span<const int32_t>, std::span<const BatchToken>, int64_t, float*) {
+  return absl::UnimplementedError("this stage runs a step as Embed, RunLayers and Logits");
 }
 
 }  // namespace chord

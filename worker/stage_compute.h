@@ -57,6 +57,13 @@ class StageCompute {
   virtual absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x,
                                          bool input_on_device, bool output_on_device);
   virtual absl::Status SendRows(NcclLink& link, int64_t n_rows);
+  // A stage holding the whole model can run a step from token ids to the
+  // logits of its last n_logit_rows rows in one call, the rows staying where
+  // the stage computes (the CUDA stage: on the GPU, a one-token step as one
+  // captured graph). False: the caller uses Embed, RunLayers and Logits.
+  virtual bool can_forward() const { return false; }
+  virtual absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                               int64_t n_logit_rows, float* logits);
   // See LlamaStage::set_between_layers (a GPU stage's steps are short: unused).
   virtual void set_between_layers(std::function<void()> hook) = 0;
 };

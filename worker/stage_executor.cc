@@ -149,18 +149,27 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
       token_ids_.push_back(static_cast<int32_t>(chunk.token_ids(i)));
     }
   }
-  if (limits.first_stage) {
-    activations->resize(static_cast<size_t>(total * config_.n_embd));
-    RETURN_IF_ERROR(compute_->Embed(token_ids_, activations->data()));
-  }
   const bool send_rows = link_ != nullptr && link_->has_next() && !link_->broken();
-  if (rows_received || send_rows) {
-    activations->resize(static_cast<size_t>(total * config_.n_embd));
-    RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received, send_rows));
-    rows_on_device_ = send_rows;
-    device_rows_ = total;
+  const int64_t trailing = TrailingSampledRows(step);
+  const bool whole_step = limits.first_stage && is_last() && !rows_received && !send_rows &&
+                          compute_->can_forward() && trailing >= 0;
+  if (whole_step) {
+    // Token ids in, logits out: the rows never leave the stage.
+    logits_.resize(static_cast<size_t>(trailing * config_.n_vocab));
+    RETURN_IF_ERROR(compute_->Forward(token_ids_, batch_, trailing, logits_.data()));
   } else {
-    RETURN_IF_ERROR(compute_->RunLayers(batch_, activations->data()));
+    if (limits.first_stage) {
+      activations->resize(static_cast<size_t>(total * config_.n_embd));
+      RETURN_IF_ERROR(compute_->Embed(token_ids_, activations->data()));
+    }
+    if (rows_received || send_rows) {
+      activations->resize(static_cast<size_t>(total * config_.n_embd));
+      RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received, send_rows));
+      rows_on_device_ = send_rows;
+      device_rows_ = total;
+    } else {
+      RETURN_IF_ERROR(compute_->RunLayers(batch_, activations->data()));
+    }
   }
   for (const pb::SequenceChunk& chunk : step.sequences()) {
     lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
@@ -174,6 +183,7 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     if (chunk.first_position() == 0) history.clear();
     for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
   }
+  if (whole_step) return SampleLogits(step, static_cast<size_t>(trailing), result);
   return Sample(step, *activations, result);
 }
 
@@ -247,6 +257,12 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   if (n_sample == 0) return absl::OkStatus();
   logits_.resize(n_sample * n_vocab);
   RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
+  return SampleLogits(step, n_sample, result);
+}
+
+absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sample, pb::StepResult* result) {
+  if (n_sample == 0) return absl::OkStatus();
+  const auto n_vocab = static_cast<size_t>(config_.n_vocab);
   // Each sequence samples on its own (a pure function of its logits, settings
   // and history), so the step's sequences spread over the pool's threads.
   sampled_.clear();

@@ -109,6 +109,8 @@ class StageExecutor {
   absl::Status ReservePages(const wire::pb::StepHeader& step);
   // Takes the rows a step announces over the NCCL link (see Run).
   absl::Status ReceiveRows(const wire::Message& message, bool* received);
+  // Samples the step's sequences from logits_ (n_sample rows, in chunk order).
+  absl::Status SampleLogits(const wire::pb::StepHeader& step, size_t n_sample, wire::pb::StepResult* result);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
                       wire::pb::StepResult* result);
 

@@ -146,4 +146,24 @@ absl::Status ReadStepPayload(const wire::Message& message, const StepLimits& lim
   return absl::OkStatus();
 }
 
+int64_t TrailingSampledRows(const wire::pb::StepHeader& step) {
+  int64_t total = 0;
+  for (const wire::pb::SequenceChunk& chunk : step.sequences()) total += chunk.token_ids_size();
+  // Each chunk that samples does so at its last row; they must be the step's
+  // last rows, one after the other.
+  int64_t row = 0, expected = -1, count = 0;
+  for (const wire::pb::SequenceChunk& chunk : step.sequences()) {
+    row += chunk.token_ids_size();
+    if (!chunk.sample()) {
+      if (count > 0) return -1;  // a row after the sampled ones
+      continue;
+    }
+    if (count > 0 && row - 1 != expected + 1) return -1;
+    expected = row - 1;
+    ++count;
+  }
+  if (count == 0 || expected != total - 1) return count == 0 ? 0 : -1;
+  return count;
+}
+
 }  // namespace chord

@@ -52,4 +52,10 @@ absl::StatusOr<int64_t> ValidateStep(const wire::pb::StepHeader& step, const Ste
 absl::Status ReadStepPayload(const wire::Message& message, const StepLimits& limits,
                              int64_t total_tokens, std::vector<float>* x);
 
+// How many rows a (valid) step samples when they are its last rows, one after
+// the other, as a whole-model stage's one-call step can return them
+// (StageCompute::Forward): that count; 0 when it samples none; -1 when a row
+// it samples has an unsampled row after it.
+int64_t TrailingSampledRows(const wire::pb::StepHeader& step);
+
 }  // namespace chord

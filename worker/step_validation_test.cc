@@ -206,5 +206,27 @@ TEST_F(StepValidationTest, LaterStagesNeedExactlyTheActivations) {
   }
 }
 
+TEST_F(StepValidationTest, CountsTheSampledRowsWhenTheyEndTheStep) {
+  // SetUp: chunks of 3 and 2 tokens, both sampling: rows 2 and 4, not adjacent.
+  EXPECT_EQ(TrailingSampledRows(step_), -1);
+  step_.mutable_sequences(0)->set_sample(false);  // prefill chunk that does not sample
+  EXPECT_EQ(TrailingSampledRows(step_), 1);
+  AddChunk(2, 0, {7});  // one more sampling row: rows 4 (slot 0) and 5 (slot 2)
+  EXPECT_EQ(TrailingSampledRows(step_), 2);
+  AddChunk(3, 0, {8})->set_sample(false);  // an unsampled row after them
+  EXPECT_EQ(TrailingSampledRows(step_), -1);
+  for (int i = 0; i < step_.sequences_size(); ++i) step_.mutable_sequences(i)->set_sample(false);
+  EXPECT_EQ(TrailingSampledRows(step_), 0);
+  // One-token chunks that all sample (batched decode): every row.
+  pb::StepHeader decode;
+  for (uint32_t slot = 0; slot < 3; ++slot) {
+    pb::SequenceChunk* chunk = decode.add_sequences();
+    chunk->set_slot(slot);
+    chunk->add_token_ids(slot + 1);
+    chunk->set_sample(true);
+  }
+  EXPECT_EQ(TrailingSampledRows(decode), 3);
+}
+
 }  // namespace
 }  // namespace chord
