@@ -147,8 +147,6 @@ absl::Status ReadStepPayload(const wire::Message& message, const StepLimits& lim
 }
 
 int64_t TrailingSampledRows(const wire::pb::StepHeader& step) {
-  int64_t total = 0;
-  for (const wire::pb::SequenceChunk& chunk : step.sequences()) total += chunk.token_ids_size();
   // Each chunk that samples does so at its last row; they must be the step's
   // last rows, one after the other.
   int64_t row = 0, expected = -1, count = 0;
@@ -162,8 +160,8 @@ int64_t TrailingSampledRows(const wire::pb::StepHeader& step) {
     expected = row - 1;
     ++count;
   }
-  if (count == 0 || expected != total - 1) return count == 0 ? 0 : -1;
-  return count;
+  if (count == 0) return 0;
+  return expected == row - 1 ? count : -1;  // row: the step's row count
 }
 
 }  // namespace chord
