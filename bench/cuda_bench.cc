@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/strings/str_format.h"
 #include "cli/mkmodel/mkmodel.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
@@ -29,6 +30,7 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_mma.h"
 #include "kernels/cuda/matvec.h"
+#include "kernels/cuda/matvec_q8.h"
 #include "worker/cuda_stage.h"
 #include "worker/fetched_tensors.h"
 #include "worker/models/tensor_source.h"
@@ -251,6 +253,76 @@ absl::Status MatVecMicrobench() {
   return absl::OkStatus();
 }
 
+// The integer decode products (LaunchMatVecQ8Shaped) over llama2-7b's
+// matrix shapes, each launch on another copy of the matrix so that weights
+// come from memory, not from the 50 MB L2: microseconds a launch, weight
+// bytes a second and their ratio to the device-to-device copy, for 1, 2 and
+// 8 tokens and several launch shapes. `only`: the rows whose label (as
+// "q4_K 11008x4096 n=1 r=1 b=0 s=1") contains it.
+absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only) {
+  const size_t pool_bytes = size_t{768} << 20;
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer pool, cuda::DeviceBuffer::Allocate(pool_bytes));
+  const int64_t max_cols = 11008, max_tokens = 8;
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer q8, cuda::DeviceBuffer::Allocate(cuda::Q8ActivationBytes(max_tokens, max_cols)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
+  {
+    std::vector<float> host(static_cast<size_t>(max_tokens * max_cols));
+    std::mt19937 rng(3);
+    std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+    for (float& v : host) v = dist(rng);
+    CHORD_CUDA_RETURN(cudaMemcpy(x.data(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  std::printf("int8 matvec (weights from memory; %% of the %.0f GB/s copy; r: rows a warp, b: blocks an SM (0: "
+              "a block per rows, or as many as fit with s > 1), s: shared-memory row buffers a warp (1: none)):\n",
+              copy_bandwidth / 1e9);
+  std::printf("| type | rows x cols | tokens | r | b | s | us | GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|\n");
+  for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
+    for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+      ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
+      const size_t bytes = row_bytes * static_cast<size_t>(rows);
+      const size_t stride = (bytes + 255) / 256 * 256;
+      const size_t copies = pool_bytes / stride;
+      bool filled = false;
+      for (const int n : {1, 2, 8}) {
+        const cuda::Q8Activations a = cuda::Q8ActivationsIn(q8.data(), n, cols);
+        CHORD_CUDA_RETURN(cuda::LaunchQuantizeActivations(x.as<float>(), n, cols, a, nullptr));
+        for (const cuda::MatVecQ8Shape shape :
+             {cuda::MatVecQ8Shape{1, 0, 1}, cuda::MatVecQ8Shape{2, 0, 1}, cuda::MatVecQ8Shape{1, 0, 2},
+              cuda::MatVecQ8Shape{1, 0, 3}}) {
+          if ((n > 2 && shape.rows_per_warp > 1) || ((n > 1 || cols > 4096) && shape.stages > 1)) continue;
+          const std::string label = absl::StrFormat("%s %ldx%ld n=%d r=%d b=%d s=%d", DTypeName(type), rows, cols, n,
+                                                    shape.rows_per_warp, shape.blocks_per_sm, shape.stages);
+          if (label.find(only) == std::string::npos) continue;
+          if (!filled) {
+            std::vector<uint8_t> host(bytes);
+            std::mt19937 rng(5);
+            for (auto& b : host) b = static_cast<uint8_t>(rng() & 0x3b);  // keeps halves finite
+            for (size_t c = 0; c < copies; ++c) {
+              CHORD_CUDA_RETURN(
+                  cudaMemcpy(pool.as<uint8_t>() + c * stride, host.data(), bytes, cudaMemcpyHostToDevice));
+            }
+            filled = true;
+          }
+          size_t next = 0;
+          ASSIGN_OR_RETURN(const double us, KernelMicroseconds([&] {
+                             const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes,
+                                                        pool.as<uint8_t>() + (next++ % copies) * stride};
+                             return cuda::CudaStatus(cuda::LaunchMatVecQ8Shaped(m, a, n, y.as<float>(), shape, nullptr),
+                                                     "LaunchMatVecQ8Shaped");
+                           }, 200));
+          const double gbs = static_cast<double>(bytes) / (us * 1e3);
+          std::printf("| %s | %ldx%ld | %d | %d | %d | %d | %.1f | %.0f | %.1f%% |\n",
+                      std::string(DTypeName(type)).c_str(), static_cast<long>(rows), static_cast<long>(cols), n,
+                      shape.rows_per_warp, shape.blocks_per_sm, shape.stages, us, gbs,
+                      100.0 * gbs * 1e9 / copy_bandwidth);
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{"chord CUDA stage benchmark"};
   std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
@@ -264,8 +336,10 @@ int Run(int argc, char** argv) {
   bool exact = false;
   double stream_budget = 0.0;
   bool microbench = true;
+  bool int8_microbench = false;
+  std::string int8_only;
   bool overlap_launches = CudaStageOptions{}.overlap_launches;
-  app.add_option("--model", model_path, "GGUF model")->required();
+  app.add_option("--model", model_path, "GGUF model (required unless --int8-microbench)");
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
   app.add_option("--type", type, "mkmodel file type for --make-model");
@@ -283,12 +357,25 @@ int Run(int argc, char** argv) {
   app.add_flag("--overlap,!--no-overlap", overlap_launches,
                "integer products start while the kernel before them runs (programmatic dependent launch)");
   app.add_flag("--microbench,!--no-microbench", microbench, "time single products of each weight type first");
+  app.add_flag("--int8-microbench", int8_microbench,
+               "time the integer decode products over llama2-7b's shapes (weights from memory), then stop");
+  app.add_option("--int8-only", int8_only, "with --int8-microbench: the rows whose label contains this");
   app.add_option("--stream-budget", stream_budget,
                  "also decode with a GPU budget of this fraction of the weights (layers over it stream "
                  "from pinned host memory); 0: skip")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
+  if (int8_microbench) {
+    auto copy = CopyBandwidth();
+    BENCH_CHECK(copy.status());
+    BENCH_CHECK(Int8MatVecMicrobench(*copy, int8_only));
+    return 0;
+  }
+  if (model_path.empty()) {
+    std::fprintf(stderr, "--model is required\n");
+    return 1;
+  }
 
   if (make_model && !std::filesystem::exists(model_path)) {
     mkmodel::MkmodelOptions options;

@@ -218,7 +218,7 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     RETURN_IF_ERROR(cuda::CudaStatus(
         cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s(),
-                                  options.overlap_launches),
+                                  options.overlap_launches, options.exact),
         "LaunchMatVecQ8Group"));
   }
   return absl::OkStatus();
@@ -229,7 +229,8 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
   if (RoundsFor(w, n)) {
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     return cuda::CudaStatus(
-        cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s(), options.overlap_launches),
+        cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s(), options.overlap_launches,
+                             options.exact),
         "LaunchMatVecQ8");
   }
   if (n < options.gemm_min_tokens || options.exact) {

@@ -1,5 +1,7 @@
 #include "kernels/cuda/matvec_q8.h"
 
+#include <algorithm>
+
 #include "kernels/cuda/matvec_common.cuh"
 #include "kernels/cuda/rms_scale.cuh"
 
@@ -103,120 +105,321 @@ struct RoundedX {
   const float* __restrict__ scale;
   const float* __restrict__ half_sums;
   int64_t cols;
-  __device__ const int8_t* Q(int b, int element) const { return q + b * cols + element; }
-  __device__ float Scale(int b, int element) const { return scale[b * (cols / 32) + element / 32]; }
-  __device__ float HalfSum(int b, int element) const { return half_sums[b * (cols / 16) + element / 16]; }
 };
+
+// Where a unit's weight bytes are read from: global memory through the
+// read-only path, or the shared memory a staged kernel copied them into.
+struct FromGlobal {
+  __device__ static uint4 U128(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+  __device__ static uint32_t U16(const uint8_t* p) { return __ldg(reinterpret_cast<const uint16_t*>(p)); }
+  __device__ static int S8(const uint8_t* p) { return __ldg(reinterpret_cast<const int8_t*>(p)); }
+};
+struct FromShared {
+  __device__ static uint4 U128(const uint8_t* p) { return *reinterpret_cast<const uint4*>(p); }
+  __device__ static uint32_t U16(const uint8_t* p) { return *reinterpret_cast<const uint16_t*>(p); }
+  __device__ static int S8(const uint8_t* p) { return *reinterpret_cast<const int8_t*>(p); }
+};
+
+template <typename Mem>
+__device__ __forceinline__ float HalfAt(const uint8_t* p) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(Mem::U16(p))));
+}
 
 // 8 bytes from a 2-byte-aligned address (Q6_K and Q8_0 blocks are 210 and
 // 34 bytes long) as two words.
+template <typename Mem>
 __device__ __forceinline__ int2 Load8Aligned2(const uint8_t* p) {
-  const auto* h = reinterpret_cast<const uint16_t*>(p);
-  const uint32_t w0 = __ldg(h) | (static_cast<uint32_t>(__ldg(h + 1)) << 16);
-  const uint32_t w1 = __ldg(h + 2) | (static_cast<uint32_t>(__ldg(h + 3)) << 16);
+  const uint32_t w0 = Mem::U16(p) | (Mem::U16(p + 2) << 16);
+  const uint32_t w1 = Mem::U16(p + 4) | (Mem::U16(p + 6) << 16);
   return make_int2(static_cast<int>(w0), static_cast<int>(w1));
 }
 
-// Q4_K, unit u as in the float kernel: 16 bytes of nibbles, whose low halves
-// are 16 elements of sub-block 2i and high halves 16 of sub-block 2i + 1.
-// element = d * scale_j * nibble - dmin * min_j, so a run's dot product is
-// d * scale_j * (x's step) * sum(nibble * q) - dmin * min_j * (x's half sum).
-template <int B>
-__device__ __forceinline__ void UnitQ4K(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
-  const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
-  const uint8_t* block = row + blk * 144;
-  const auto [d1, m1, d2, m2] = ScalesOfPair(block, i);
-  const uint4 qv = Load16(block + 16 + 32 * i + 16 * h);
-  const int words[4] = {static_cast<int>(qv.x), static_cast<int>(qv.y), static_cast<int>(qv.z),
-                        static_cast<int>(qv.w)};
-  int lo[4], hi[4];
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    lo[c] = words[c] & 0x0F0F0F0F;
-    hi[c] = (words[c] >> 4) & 0x0F0F0F0F;
-  }
-  const int e0 = blk * 256 + 64 * i + 16 * h;  // run 0's first element; run 1 is 32 further
-#pragma unroll
-  for (int b = 0; b < B; ++b) {
-    const int4 a0 = *reinterpret_cast<const int4*>(x.Q(b, e0));
-    const int4 a1 = *reinterpret_cast<const int4*>(x.Q(b, e0 + 32));
-    int s0 = __dp4a(lo[0], a0.x, 0);
-    s0 = __dp4a(lo[1], a0.y, s0);
-    s0 = __dp4a(lo[2], a0.z, s0);
-    s0 = __dp4a(lo[3], a0.w, s0);
-    int s1 = __dp4a(hi[0], a1.x, 0);
-    s1 = __dp4a(hi[1], a1.y, s1);
-    s1 = __dp4a(hi[2], a1.z, s1);
-    s1 = __dp4a(hi[3], a1.w, s1);
-    acc[b] += d1 * x.Scale(b, e0) * static_cast<float>(s0) - m1 * x.HalfSum(b, e0) +
-              d2 * x.Scale(b, e0 + 32) * static_cast<float>(s1) - m2 * x.HalfSum(b, e0 + 32);
-  }
-}
+// A kernel's unit u of a row is U::kElements weights of one block; each type
+// says which activations the unit multiplies (Acts, loaded once per token and
+// applied to every row a warp takes), how a row's unit is read (Fetch) and
+// unpacked once for all tokens (Decode), and what it adds to one token's dot
+// product (Apply). The per-row arithmetic is the same whatever the number of
+// rows or tokens a kernel takes at once, so every launch shape writes the
+// same bits for a row.
+template <uint32_t kType>
+struct Unit;
 
-// Q6_K, unit u as in the float kernel: four runs of 8 elements, 32 apart,
-// each 4 low bits (ql) and 2 high bits (qh) minus 32, times d * its 16-element
-// group's scale.
-template <int B>
-__device__ __forceinline__ void UnitQ6K(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
-  const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
-  const uint8_t* block = row + blk * 210;
-  const float d = Half(block + 208);
-  const int2 ql0 = Load8Aligned2(block + 64 * half + 8 * g);
-  const int2 ql1 = Load8Aligned2(block + 64 * half + 32 + 8 * g);
-  const int2 qh = Load8Aligned2(block + 128 + 32 * half + 8 * g);
-  const auto* scales = reinterpret_cast<const int8_t*>(block + 192 + 8 * half);
-  const int is = g >> 1;
-  const int lo0[2] = {ql0.x, ql0.y}, lo1[2] = {ql1.x, ql1.y}, hb[2] = {qh.x, qh.y};
-  int v[4][2];  // run r, word c: four signed 6-bit values
-#pragma unroll
-  for (int c = 0; c < 2; ++c) {
-    const unsigned bias = 0x20202020u;
-    v[0][c] = static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
-    v[1][c] = static_cast<int>(__vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
-    v[2][c] = static_cast<int>(__vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
-    v[3][c] = static_cast<int>(__vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
+// Q4_K for passes of 1 or 2 tokens, unit u: sub-blocks 2i and 2i + 1 of
+// block blk (4 units a 256-element block), whose 32 bytes of nibbles hold sub-block 2i in their low halves and
+// 2i + 1 in their high halves. element = d * scale_j * nibble - dmin * min_j,
+// so a sub-block's dot product is d * scale_j * (x's step) * sum(nibble * q)
+// - dmin * min_j * (x's block sum). One lane decodes the pair's scales once
+// for 64 weights.
+template <>
+struct Unit<kQ4_K> {
+  static constexpr int kElements = 64;
+  struct Acts {
+    int4 a0[2], a1[2];  // sub-blocks 2i and 2i + 1
+    float2 scale;       // their steps
+    float sum0, sum1;   // their sums (step * sum of q)
+  };
+  __device__ static Acts Load(const RoundedX& x, int b, int u) {
+    const int64_t e0 = b * x.cols + 64 * u;
+    Acts a;
+    a.a0[0] = *reinterpret_cast<const int4*>(x.q + e0);
+    a.a0[1] = *reinterpret_cast<const int4*>(x.q + e0 + 16);
+    a.a1[0] = *reinterpret_cast<const int4*>(x.q + e0 + 32);
+    a.a1[1] = *reinterpret_cast<const int4*>(x.q + e0 + 48);
+    a.scale = *reinterpret_cast<const float2*>(x.scale + e0 / 32);
+    // The four half sums of the two sub-blocks: one 16-byte load.
+    const float4 hs = *reinterpret_cast<const float4*>(x.half_sums + e0 / 16);
+    a.sum0 = hs.x + hs.y;
+    a.sum1 = hs.z + hs.w;
+    return a;
   }
-  const int e0 = blk * 256 + 128 * half + 8 * g;
+
+  // The weights of one row's unit: the block's 16-byte header (d, dmin and
+  // the 12 bytes of packed 6-bit scales and mins) and the pair's 32 bytes of
+  // nibbles.
+  struct Weights {
+    uint4 header, q0, q1;
+  };
+  template <typename Mem = FromGlobal>
+  __device__ static Weights Fetch(const uint8_t* row, int u) {
+    const uint8_t* block = row + (u >> 2) * 144;
+    const uint8_t* q = block + 16 + 32 * (u & 3);
+    return {Mem::U128(block), Mem::U128(q), Mem::U128(q + 16)};
+  }
+
+  // The scales and mins of sub-blocks 2i and 2i + 1 from the header, as
+  // ScaleMinK4 reads them from memory: byte j of the 12 is q[j]; sub-block
+  // j < 4 has q[j] & 63 and q[j + 4] & 63, j >= 4 has the low (high) nibble
+  // of q[j + 4] and the top two bits of q[j - 4] (q[j]). Both sub-blocks'
+  // values sit in adjacent bytes, so they are extracted as byte pairs.
+  __device__ static SubBlockPair Scales(uint4 header, int i) {
+    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x & 0xFFFF)));
+    const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x >> 16)));
+    const int shift = 16 * (i & 1);
+    const unsigned s0 = header.y >> shift, s1 = header.z >> shift, s2 = header.w >> shift;
+    const unsigned sc = i < 2 ? s0 & 0x3F3F : (s2 & 0x0F0F) | ((s0 >> 2) & 0x3030);
+    const unsigned mn = i < 2 ? s1 & 0x3F3F : ((s2 >> 4) & 0x0F0F) | ((s1 >> 2) & 0x3030);
+    return {d * static_cast<float>(sc & 0xFF), dmin * static_cast<float>(mn & 0xFF),
+            d * static_cast<float>((sc >> 8) & 0xFF), dmin * static_cast<float>((mn >> 8) & 0xFF)};
+  }
+
+  // A unit's weights ready for any number of tokens: the scales and the
+  // nibbles of each sub-block, four to a word.
+  struct Decoded {
+    SubBlockPair scales;
+    int lo[8], hi[8];
+  };
+  __device__ static Decoded Decode(const Weights& w, int u) {
+    Decoded d;
+    d.scales = Scales(w.header, u & 3);
+    const uint32_t words[8] = {w.q0.x, w.q0.y, w.q0.z, w.q0.w, w.q1.x, w.q1.y, w.q1.z, w.q1.w};
 #pragma unroll
-  for (int b = 0; b < B; ++b) {
+    for (int c = 0; c < 8; ++c) {
+      d.lo[c] = static_cast<int>(words[c] & 0x0F0F0F0F);
+      d.hi[c] = static_cast<int>((words[c] >> 4) & 0x0F0F0F0F);
+    }
+    return d;
+  }
+  __device__ static float Apply(const Decoded& w, const Acts& a) {
+    const auto [d1, m1, d2, m2] = w.scales;
+    const int x0[8] = {a.a0[0].x, a.a0[0].y, a.a0[0].z, a.a0[0].w, a.a0[1].x, a.a0[1].y, a.a0[1].z, a.a0[1].w};
+    const int x1[8] = {a.a1[0].x, a.a1[0].y, a.a1[0].z, a.a1[0].w, a.a1[1].x, a.a1[1].y, a.a1[1].z, a.a1[1].w};
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      s0 = __dp4a(w.lo[c], x0[c], s0);
+      s1 = __dp4a(w.hi[c], x1[c], s1);
+    }
+    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.sum0 + d2 * a.scale.y * static_cast<float>(s1) -
+           m2 * a.sum1;
+  }
+};
+
+// Q4_K read in 32-element units, for passes of several tokens: unit u is 16
+// bytes of nibbles, 16 elements of sub-block 2i in their low halves and 16 of
+// sub-block 2i + 1 in their high halves (8 units a block). Half the weight
+// bytes of the 64-element unit per lane, so that the activations of 4 or 8
+// tokens fit in registers beside them.
+constexpr uint32_t kQ4_K32 = 0x100 | kQ4_K;
+template <>
+struct Unit<kQ4_K32> {
+  static constexpr int kElements = 32;
+  struct Acts {
+    int4 a0, a1;     // the two 16-element runs, 32 apart
+    float2 scale;    // their blocks' steps
+    float hs0, hs1;  // their halves' sums
+  };
+  __device__ static Acts Load(const RoundedX& x, int b, int u) {
+    const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
+    const int64_t pair = b * x.cols + blk * 256 + 64 * i;
+    Acts a;
+    a.a0 = *reinterpret_cast<const int4*>(x.q + pair + 16 * h);
+    a.a1 = *reinterpret_cast<const int4*>(x.q + pair + 16 * h + 32);
+    a.scale = *reinterpret_cast<const float2*>(x.scale + pair / 32);
+    const float4 hs = *reinterpret_cast<const float4*>(x.half_sums + pair / 16);
+    a.hs0 = h ? hs.y : hs.x;
+    a.hs1 = h ? hs.w : hs.z;
+    return a;
+  }
+
+  struct Weights {
+    uint4 header, q;
+  };
+  template <typename Mem = FromGlobal>
+  __device__ static Weights Fetch(const uint8_t* row, int u) {
+    const uint8_t* block = row + (u >> 3) * 144;
+    return {Mem::U128(block), Mem::U128(block + 16 + 32 * ((u >> 1) & 3) + 16 * (u & 1))};
+  }
+
+  struct Decoded {
+    SubBlockPair scales;
+    int lo[4], hi[4];
+  };
+  __device__ static Decoded Decode(const Weights& w, int u) {
+    Decoded d;
+    d.scales = Unit<kQ4_K>::Scales(w.header, (u >> 1) & 3);
+    const uint32_t words[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      d.lo[c] = static_cast<int>(words[c] & 0x0F0F0F0F);
+      d.hi[c] = static_cast<int>((words[c] >> 4) & 0x0F0F0F0F);
+    }
+    return d;
+  }
+  __device__ static float Apply(const Decoded& w, const Acts& a) {
+    const auto [d1, m1, d2, m2] = w.scales;
+    const int x0[4] = {a.a0.x, a.a0.y, a.a0.z, a.a0.w}, x1[4] = {a.a1.x, a.a1.y, a.a1.z, a.a1.w};
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      s0 = __dp4a(w.lo[c], x0[c], s0);
+      s1 = __dp4a(w.hi[c], x1[c], s1);
+    }
+    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.hs0 + d2 * a.scale.y * static_cast<float>(s1) -
+           m2 * a.hs1;
+  }
+};
+
+// Q6_K, unit u: four runs of 8 elements, 32 apart, each 4 low bits (ql) and
+// 2 high bits (qh) minus 32, times d * its 16-element group's scale.
+template <>
+struct Unit<kQ6_K> {
+  static constexpr int kElements = 32;
+  struct Acts {
+    int2 a[4];     // the four runs
+    float4 scale;  // their blocks' steps
+  };
+  __device__ static Acts Load(const RoundedX& x, int b, int u) {
+    const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
+    const int64_t e0 = b * x.cols + blk * 256 + 128 * half + 8 * g;
+    Acts a;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) a.a[r] = *reinterpret_cast<const int2*>(x.q + e0 + 32 * r);
+    a.scale = *reinterpret_cast<const float4*>(x.scale + (b * x.cols + blk * 256 + 128 * half) / 32);
+    return a;
+  }
+
+  struct Weights {
+    int2 ql0, ql1, qh;
+    int scales[4];  // the runs' 16-element groups
+    float d;
+  };
+  template <typename Mem = FromGlobal>
+  __device__ static Weights Fetch(const uint8_t* row, int u) {
+    const int blk = u >> 3, half = (u >> 2) & 1, g = u & 3;
+    const uint8_t* block = row + blk * 210;
+    Weights w;
+    w.ql0 = Load8Aligned2<Mem>(block + 64 * half + 8 * g);
+    w.ql1 = Load8Aligned2<Mem>(block + 64 * half + 32 + 8 * g);
+    w.qh = Load8Aligned2<Mem>(block + 128 + 32 * half + 8 * g);
+    const uint8_t* scales = block + 192 + 8 * half;
+#pragma unroll
+    for (int r = 0; r < 4; ++r) w.scales[r] = Mem::S8(scales + (g >> 1) + 2 * r);
+    w.d = HalfAt<Mem>(block + 208);
+    return w;
+  }
+
+  // A unit's weights ready for any number of tokens: run r, word c holds
+  // four signed 6-bit values.
+  struct Decoded {
+    int v[4][2];
+    int scales[4];
+    float d;
+  };
+  __device__ static Decoded Decode(const Weights& w, int /*u*/) {
+    const int lo0[2] = {w.ql0.x, w.ql0.y}, lo1[2] = {w.ql1.x, w.ql1.y}, hb[2] = {w.qh.x, w.qh.y};
+    Decoded out;
+    auto& v = out.v;
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const unsigned bias = 0x20202020u;
+      v[0][c] = static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
+      v[1][c] = static_cast<int>(__vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
+      v[2][c] = static_cast<int>(__vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
+      v[3][c] = static_cast<int>(__vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) out.scales[r] = w.scales[r];
+    out.d = w.d;
+    return out;
+  }
+  __device__ static float Apply(const Decoded& w, const Acts& a) {
+    const float steps[4] = {a.scale.x, a.scale.y, a.scale.z, a.scale.w};
     float sum = 0.0f;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const int2 a = *reinterpret_cast<const int2*>(x.Q(b, e0 + 32 * r));
-      const int s = __dp4a(v[r][1], a.y, __dp4a(v[r][0], a.x, 0));
-      sum += static_cast<float>(scales[is + 2 * r]) * x.Scale(b, e0 + 32 * r) * static_cast<float>(s);
+      const int s = __dp4a(w.v[r][1], a.a[r].y, __dp4a(w.v[r][0], a.a[r].x, 0));
+      sum += static_cast<float>(w.scales[r]) * steps[r] * static_cast<float>(s);
     }
-    acc[b] += d * sum;
+    return w.d * sum;
   }
-}
+};
 
 // Q8_0: unit u is block u (a scale and 32 signed bytes), aligned with x's.
-template <int B>
-__device__ __forceinline__ void UnitQ8_0(const uint8_t* row, int u, const RoundedX& x, float (&acc)[B]) {
-  const uint8_t* block = row + u * 34;
-  const float d = Half(block);
-  int q[8];
-#pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const int2 pair = Load8Aligned2(block + 2 + 8 * c);
-    q[2 * c] = pair.x;
-    q[2 * c + 1] = pair.y;
+template <>
+struct Unit<kQ8_0> {
+  static constexpr int kElements = 32;
+  struct Acts {
+    int4 a0, a1;
+    float scale;
+  };
+  __device__ static Acts Load(const RoundedX& x, int b, int u) {
+    const int64_t e0 = b * x.cols + 32 * u;
+    return {*reinterpret_cast<const int4*>(x.q + e0), *reinterpret_cast<const int4*>(x.q + e0 + 16),
+            x.scale[e0 / 32]};
   }
+
+  struct Weights {
+    int q[8];
+    float d;
+  };
+  template <typename Mem = FromGlobal>
+  __device__ static Weights Fetch(const uint8_t* row, int u) {
+    const uint8_t* block = row + u * 34;
+    Weights w;
+    w.d = HalfAt<Mem>(block);
 #pragma unroll
-  for (int b = 0; b < B; ++b) {
-    const int4 a0 = *reinterpret_cast<const int4*>(x.Q(b, 32 * u));
-    const int4 a1 = *reinterpret_cast<const int4*>(x.Q(b, 32 * u + 16));
-    int s = __dp4a(q[0], a0.x, 0);
-    s = __dp4a(q[1], a0.y, s);
-    s = __dp4a(q[2], a0.z, s);
-    s = __dp4a(q[3], a0.w, s);
-    s = __dp4a(q[4], a1.x, s);
-    s = __dp4a(q[5], a1.y, s);
-    s = __dp4a(q[6], a1.z, s);
-    s = __dp4a(q[7], a1.w, s);
-    acc[b] += d * x.Scale(b, 32 * u) * static_cast<float>(s);
+    for (int c = 0; c < 4; ++c) {
+      const int2 pair = Load8Aligned2<Mem>(block + 2 + 8 * c);
+      w.q[2 * c] = pair.x;
+      w.q[2 * c + 1] = pair.y;
+    }
+    return w;
   }
-}
+
+  using Decoded = Weights;
+  __device__ static const Decoded& Decode(const Weights& w, int /*u*/) { return w; }
+  __device__ static float Apply(const Decoded& w, const Acts& a) {
+    int s = __dp4a(w.q[0], a.a0.x, 0);
+    s = __dp4a(w.q[1], a.a0.y, s);
+    s = __dp4a(w.q[2], a.a0.z, s);
+    s = __dp4a(w.q[3], a.a0.w, s);
+    s = __dp4a(w.q[4], a.a1.x, s);
+    s = __dp4a(w.q[5], a.a1.y, s);
+    s = __dp4a(w.q[6], a.a1.z, s);
+    s = __dp4a(w.q[7], a.a1.w, s);
+    return w.d * a.scale * static_cast<float>(s);
+  }
+};
 
 // Up to kMaxGroup matrices of one type and width whose products read the
 // same activations (Q/K/V, gate/up), in one launch: their rows are numbered
@@ -231,13 +434,15 @@ struct RowGroup {
   uint64_t row_bytes;
 };
 
-// One warp per row, lanes over the row's 32-element units (so a warp's loads
-// of one step cover contiguous weight bytes); B tokens share each weight read.
-template <uint32_t kType, int B>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ8Kernel(RowGroup group, RoundedX x, bool accumulate) {
-  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (row >= group.total_rows) return;
+// Row `row` of the group: its matrix's weights, output and the row within it.
+struct GroupRow {
+  const uint8_t* weights;
+  float* y;
+  int64_t y_stride;
+  int64_t row;
+};
+
+__device__ __forceinline__ GroupRow Locate(const RowGroup& group, int64_t row) {
   // The matrix by comparisons and selects, never an index into the
   // parameters (which would copy them to local memory in every thread).
   static_assert(kMaxGroup == 3);
@@ -247,33 +452,148 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float* y = third ? group.y[2] : second ? group.y[1] : group.y[0];
   const int64_t y_stride = third ? group.rows[2] : second ? group.rows[1] : group.rows[0];
   row -= third ? group.end[1] : second ? group.end[0] : 0;
-  const int lane = threadIdx.x % 32;
-  const uint8_t* r = w + row * group.row_bytes;
-  PrefetchToL2(r, group.row_bytes, lane);
-  LetNextKernelStart();
-  WaitForPreviousKernel();
-  const int units = static_cast<int>(x.cols / 32);
-  float acc[B];
-#pragma unroll
-  for (int b = 0; b < B; ++b) acc[b] = 0.0f;
-  // Up to four units' loads in flight per lane at batch 1 (a 4096-wide row is
-  // four units a lane); two with more tokens, whose accumulators take registers.
-#pragma unroll(B <= 2 ? 4 : 2)
-  for (int u = lane; u < units; u += 32) {
-    if constexpr (kType == kQ4_K) {
-      UnitQ4K<B>(r, u, x, acc);
-    } else if constexpr (kType == kQ6_K) {
-      UnitQ6K<B>(r, u, x, acc);
-    } else {
-      UnitQ8_0<B>(r, u, x, acc);
-    }
-  }
-  StoreRowSums<B>(acc, lane, y, y_stride, row, accumulate);
+  return {w + row * group.row_bytes, y, y_stride, row};
 }
 
-template <uint32_t kType, int B>
+// A warp takes R consecutive rows at a time, lanes over the rows' units (so
+// a warp's loads of one step cover contiguous weight bytes); each unit's activations are loaded once and serve the R rows, and
+// the B tokens share each weight read. With fewer blocks than row groups
+// (MatVecQ8Shape::blocks_per_sm) the warps go on to the grid's next rows.
+template <uint32_t kType, int B, int R>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    MatVecQ8Kernel(RowGroup group, RoundedX x, bool accumulate) {
+  using U = Unit<kType>;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  int64_t first_row = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32) * R;
+  if (first_row >= group.total_rows) return;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    PrefetchToL2(Locate(group, min(first_row + r, group.total_rows - 1)).weights, group.row_bytes, lane);
+  }
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  const int units = static_cast<int>(x.cols / U::kElements);
+  for (; first_row < group.total_rows; first_row += warps * R) {
+    GroupRow rows[R];
+    // A warp's rows past the end repeat the last row and store nothing.
+#pragma unroll
+    for (int r = 0; r < R; ++r) rows[r] = Locate(group, min(first_row + r, group.total_rows - 1));
+    float acc[R][B];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+#pragma unroll
+      for (int b = 0; b < B; ++b) acc[r][b] = 0.0f;
+    }
+    // Up to four 32-element units' loads in flight per lane for one row and
+    // one token (a 4096-wide row is four a lane), fewer as rows and tokens
+    // take registers.
+    constexpr int kUnroll = std::max(1, (B * R <= 2 ? 4 : B * R <= 4 ? 2 : 1) * 32 / U::kElements);
+#pragma unroll(kUnroll)
+    for (int u = lane; u < units; u += 32) {
+      typename U::Weights w[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) w[r] = U::Fetch(rows[r].weights, u);
+      typename U::Decoded decoded[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) decoded[r] = U::Decode(w[r], u);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        const typename U::Acts a = U::Load(x, b, u);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r][b] += U::Apply(decoded[r], a);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (first_row + r < group.total_rows) {
+        StoreRowSums<B>(acc[r], lane, rows[r].y, rows[r].y_stride, rows[r].row, accumulate);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void CopyAsync16(uint8_t* shared, const uint8_t* global) {
+  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global));
+}
+__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void WaitForCopiesBut() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// One token over rows of up to 32 * UPL units whose length is a multiple of
+// 16 bytes: each warp takes rows warp, warp + warps, ... (a grid of as many blocks
+// as fit on the SMs) and copies whole rows into its own ring of S row buffers
+// in shared memory with asynchronous copies, S - 1 rows ahead of the row it
+// multiplies. The copies hold no registers, so an SM keeps far more weight
+// bytes in flight than loads into registers could (kernels/cuda/NOTES.md,
+// v16); each lane keeps its activations in registers. Per row, each lane adds
+// the same units in the same order as MatVecQ8Kernel and the warp sums them
+// alike: the same bits. The first rows are requested before waiting for the
+// previous kernel (weights are never written by kernels).
+template <uint32_t kType, int UPL, int S>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    MatVecQ8StagedKernel(RowGroup group, RoundedX x, bool accumulate) {
+  using U = Unit<kType>;
+  extern __shared__ __align__(16) uint8_t staged[];
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  if (row >= group.total_rows) return;
+  const auto row_bytes = static_cast<int>(group.row_bytes);
+  uint8_t* ring = staged + static_cast<size_t>(threadIdx.x / 32) * S * row_bytes;
+  // Row r into buffer b; a group is committed even without a row, so that
+  // "all but the newest S - 1 groups" is always this row's.
+  const auto copy_row = [&](int64_t r, int b) {
+    if (r < group.total_rows) {
+      const uint8_t* source = Locate(group, r).weights;
+      uint8_t* target = ring + b * row_bytes;
+      for (int c = lane * 16; c < row_bytes; c += 32 * 16) CopyAsync16(target + c, source + c);
+    }
+    CommitCopies();
+  };
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) copy_row(row + s * warps, s);
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  const int units = static_cast<int>(x.cols / U::kElements);
+  typename U::Acts acts[UPL];
+#pragma unroll
+  for (int j = 0; j < UPL; ++j) {
+    if (lane + 32 * j < units) acts[j] = U::Load(x, 0, lane + 32 * j);
+  }
+  for (int b = 0; row < group.total_rows; row += warps, b = b + 1 == S ? 0 : b + 1) {
+    copy_row(row + (S - 1) * warps, b == 0 ? S - 1 : b - 1);
+    WaitForCopiesBut<S - 1>();
+    __syncwarp();
+    const uint8_t* weights = ring + b * row_bytes;
+    float acc[1] = {0.0f};
+#pragma unroll
+    for (int j = 0; j < UPL; ++j) {
+      const int u = lane + 32 * j;
+      if (u < units) acc[0] += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
+    }
+    const GroupRow out = Locate(group, row);
+    StoreRowSums<1>(acc, lane, out.y, out.y_stride, out.row, accumulate);
+    __syncwarp();  // the buffer is refilled next
+  }
+}
+
+// The SMs of the current device (for grids capped per SM).
+int MultiprocessorCount() {
+  int device = 0, count = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    return 0;
+  }
+  return count;
+}
+
+template <uint32_t kType, int B, int R>
 cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
-                bool accumulate, bool overlap_previous, cudaStream_t stream) {
+                       bool accumulate, bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
   const int64_t cols = w[0].cols;
   RowGroup group{};
   group.count = static_cast<int>(w.size());
@@ -287,10 +607,12 @@ cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, 
     group.end[m] = rows;
   }
   group.total_rows = rows;
-  const auto blocks = static_cast<unsigned>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
+  const int64_t rows_per_block = int64_t{kWarpsPerBlock} * R;
+  int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
+  if (blocks_per_sm > 0) blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
   const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kWarpsPerBlock * 32);
   config.stream = stream;
   cudaLaunchAttribute overlap{};
@@ -298,12 +620,104 @@ cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, 
   overlap.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &overlap;
   config.numAttrs = overlap_previous ? 1 : 0;
-  return cudaLaunchKernelEx(&config, MatVecQ8Kernel<kType, B>, group, rx, accumulate);
+  return cudaLaunchKernelEx(&config, MatVecQ8Kernel<kType, B, R>, group, rx, accumulate);
+}
+
+// Units a lane takes in MatVecQ8StagedKernel over rows of `cols`: 2 or 4,
+// or 0 where it does not read them (more units, or rows not a multiple of
+// 16 bytes long).
+template <uint32_t kType>
+int StagedUnitsPerLane(int64_t cols, uint64_t row_bytes) {
+  const int64_t units = cols / Unit<kType>::kElements;
+  if (row_bytes % 16 != 0 || units > 32 * 4) return 0;
+  return units <= 32 * 2 ? 2 : 4;
+}
+
+template <uint32_t kType, int UPL, int S>
+cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
+                         std::span<float* const> y, bool accumulate, bool overlap_previous, int blocks_per_sm,
+                         cudaStream_t stream) {
+  const int64_t cols = w[0].cols;
+  RowGroup group{};
+  group.count = static_cast<int>(w.size());
+  group.row_bytes = w[0].row_bytes;
+  int64_t rows = 0;
+  for (size_t m = 0; m < w.size(); ++m) {
+    group.w[m] = static_cast<const uint8_t*>(w[m].data);
+    group.y[m] = y[m] + first * w[m].rows;
+    group.rows[m] = w[m].rows;
+    rows += w[m].rows;
+    group.end[m] = rows;
+  }
+  group.total_rows = rows;
+  const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
+  const auto kernel = MatVecQ8StagedKernel<kType, UPL, S>;
+  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+  if (error != cudaSuccess) return error;
+  if (blocks_per_sm == 0) {
+    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kWarpsPerBlock * 32, shared);
+    if (error != cudaSuccess) return error;
+    blocks_per_sm = std::max(1, blocks_per_sm);
+  }
+  const int64_t blocks = std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
+                                           int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(kWarpsPerBlock * 32);
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  cudaLaunchAttribute overlap{};
+  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  overlap.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &overlap;
+  config.numAttrs = overlap_previous ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, group, rx, accumulate);
+}
+
+// Rows a warp takes at B tokens by default: more rows share each unit's
+// activation loads, at the cost of registers (kernels/cuda/NOTES.md, v16).
+constexpr int DefaultRowsPerWarp(int b) { return b <= 2 ? 2 : 1; }
+// Shared-memory row buffers a warp of the staged one-token kernel has by
+// default: two measured fastest (more take shared memory from other blocks).
+constexpr int kDefaultStages = 2;
+
+// R rows a warp where the pass size allows it: passes of up to 2 tokens (with
+// more, the accumulators and activations of 2 rows spill registers).
+template <uint32_t kType, int B>
+cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> w, const Q8Activations& x,
+                             int64_t first, std::span<float* const> y, bool accumulate, bool overlap_previous,
+                             cudaStream_t stream) {
+  const int r = shape.rows_per_warp == 0 ? DefaultRowsPerWarp(B) : shape.rows_per_warp;
+  const int per_sm = shape.blocks_per_sm;
+  if constexpr (B == 1) {
+    const int per_lane = StagedUnitsPerLane<kType>(w[0].cols, w[0].row_bytes);
+    const int stages = shape.stages == 0 ? kDefaultStages : shape.stages;
+    if (stages > 1 && per_lane > 0) {
+      const auto launch = [&]<int S>() {
+        return per_lane == 2 ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream)
+                      : LaunchStaged<kType, 4, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+      };
+      if (stages == 2) return launch.template operator()<2>();
+      if (stages == 3) return launch.template operator()<3>();
+      if (stages == 4) return launch.template operator()<4>();
+      return launch.template operator()<6>();
+    }
+  }
+  if constexpr (B <= 2) {
+    if (r >= 4) return LaunchPass<kType, B, 4>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+    if (r >= 2) return LaunchPass<kType, B, 2>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+  }
+  return LaunchPass<kType, B, 1>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
 }
 
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                        std::span<float* const> y, bool accumulate, bool overlap_previous, cudaStream_t stream) {
-  if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() || n_tokens <= 0) {
+                        std::span<float* const> y, bool accumulate, bool overlap_previous, MatVecQ8Shape shape,
+                        cudaStream_t stream) {
+  if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() || n_tokens <= 0 ||
+      (shape.rows_per_warp != 0 && shape.rows_per_warp != 1 && shape.rows_per_warp != 2 && shape.rows_per_warp != 4) ||
+      shape.stages < 0 || shape.stages == 5 || shape.stages > 6 ||
+      shape.blocks_per_sm < 0) {
     return cudaErrorInvalidValue;
   }
   for (const DeviceMatrix& m : w) {
@@ -314,12 +728,14 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
   cudaError_t error = cudaSuccess;
   ForEachPass(n_tokens, [&]<int B>(int64_t first) {
     if (error != cudaSuccess) return;
-    if (w[0].type == kQ4_K) {
-      error = LaunchPass<kQ4_K, B>(w, x, first, y, accumulate, overlap_previous, stream);
+    if (w[0].type == kQ4_K && B <= 2 && !shape.batch_invariant) {
+      error = LaunchPassShaped<kQ4_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
+    } else if (w[0].type == kQ4_K) {
+      error = LaunchPassShaped<kQ4_K32, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     } else if (w[0].type == kQ6_K) {
-      error = LaunchPass<kQ6_K, B>(w, x, first, y, accumulate, overlap_previous, stream);
+      error = LaunchPassShaped<kQ6_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     } else {
-      error = LaunchPass<kQ8_0, B>(w, x, first, y, accumulate, overlap_previous, stream);
+      error = LaunchPassShaped<kQ8_0, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     }
   });
   if (error != cudaSuccess) return error;
@@ -380,13 +796,23 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols) {
 }
 
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                           bool accumulate, cudaStream_t stream, bool overlap_previous) {
-  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, overlap_previous, stream);
+                           bool accumulate, cudaStream_t stream, bool overlap_previous, bool batch_invariant) {
+  MatVecQ8Shape shape;
+  shape.batch_invariant = batch_invariant;
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, overlap_previous, shape, stream);
+}
+
+cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
+                                 MatVecQ8Shape shape, cudaStream_t stream) {
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, /*accumulate=*/false, /*overlap_previous=*/false, shape, stream);
 }
 
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous) {
-  return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, overlap_previous, stream);
+                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous,
+                                bool batch_invariant) {
+  MatVecQ8Shape shape;
+  shape.batch_invariant = batch_invariant;
+  return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, overlap_previous, shape, stream);
 }
 
 }  // namespace chord::cuda

@@ -57,14 +57,40 @@ bool MatVecQ8Supports(uint32_t type, int64_t cols);
 // runs and reads the activations only once that kernel is done; the results
 // are the same. The rounding, RMSNorm and SwiGLU launches here let it start
 // as soon as all their blocks run.
+// `batch_invariant`: a token's results do not depend on how many tokens the
+// launch takes (every pass reads Q4_K in 32-element units; otherwise passes
+// of 1 or 2 tokens read it in 64-element units, which decode each block's
+// scales half as often, and their sums round differently).
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                           bool accumulate, cudaStream_t stream, bool overlap_previous = false);
+                           bool accumulate, cudaStream_t stream, bool overlap_previous = false,
+                           bool batch_invariant = false);
 
 // y[i] = w[i] x for up to kMatVecQ8MaxGroup matrices of one type and width
 // in one launch (Q/K/V, gate/up read the same activations): one wave of
 // blocks instead of several short ones. The same values as one launch each.
 constexpr int kMatVecQ8MaxGroup = 3;
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous = false);
+                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous = false,
+                                bool batch_invariant = false);
+
+// How a launch lays the rows over warps and blocks (for benchmarks and
+// tests; 0 = the tuned default). Every shape writes the same bits.
+struct MatVecQ8Shape {
+  // Rows each warp takes at a time: 1, 2 or 4. Passes of more than 2 tokens
+  // take one whatever is asked (registers).
+  int rows_per_warp = 0;
+  // At most this many blocks per SM, the warps looping over the rows; 0: a
+  // block per group of rows (with `stages`: as many as fit).
+  int blocks_per_sm = 0;
+  // One-token passes over rows of up to 4096 elements (and a multiple of 16
+  // bytes) copy each warp's rows into this many shared-memory buffers (2, 3,
+  // 4 or 6), the copies of the next rows in flight while one is multiplied;
+  // 1: read the weights straight into registers.
+  int stages = 0;
+  // As LaunchMatVecQ8's batch_invariant.
+  bool batch_invariant = false;
+};
+cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
+                                 MatVecQ8Shape shape, cudaStream_t stream);
 
 }  // namespace chord::cuda

@@ -224,6 +224,78 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
   EXPECT_EQ(LaunchMatVecQ8Group({four, 2}, a, 1, {outs, 1}, nullptr), cudaErrorInvalidValue);
 }
 
+// A warp taking 1, 2 or 4 rows (the last warp's partly past the end), a grid
+// capped at one block per SM whose warps loop over the rows, or the one-token
+// kernel that stages rows in shared memory, writes the same bits: the per-row arithmetic does not
+// depend on the launch's shape.
+TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
+  const DType type = GetParam();
+  for (const auto& [rows, cols] :
+       std::vector<std::pair<int64_t, int64_t>>{{37, 512}, {130, 2816}, {300, 4096}, {45, 1280}}) {
+    const TestMatrix m = MakeMatrix(type, rows, cols, 1300 + static_cast<uint32_t>(rows));
+    for (const int n : {1, 2, 3}) {
+      const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 1400 + static_cast<uint32_t>(n));
+      DeviceBuffer dx = ToDevice(x);
+      DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
+      const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
+      ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+      const auto size = static_cast<size_t>(n * rows);
+      DeviceBuffer one = Poisoned<float>(size);
+      ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, one.as<float>(), {1, 0, 1}, nullptr), cudaSuccess);
+      const std::vector<float> expected = ToHost<float>(one, size);
+      for (const MatVecQ8Shape shape :
+           {MatVecQ8Shape{2, 0, 1}, MatVecQ8Shape{4, 0, 1}, MatVecQ8Shape{1, 1, 1}, MatVecQ8Shape{4, 1, 1},
+            MatVecQ8Shape{0, 0, 0}, MatVecQ8Shape{1, 0, 2}, MatVecQ8Shape{1, 1, 3}, MatVecQ8Shape{1, 2, 4},
+            MatVecQ8Shape{1, 0, 6}}) {
+        DeviceBuffer y = Poisoned<float>(size);
+        ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), shape, nullptr), cudaSuccess);
+        EXPECT_EQ(ToHost<float>(y, size), expected)
+            << "rows=" << rows << " n=" << n << " per warp " << shape.rows_per_warp << " blocks per SM "
+            << shape.blocks_per_sm << " stages " << shape.stages;
+      }
+      DeviceBuffer y = Poisoned<float>(size);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {3, 0, 0}, nullptr), cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, -1, 0}, nullptr), cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, 5}, nullptr), cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, -1}, nullptr), cudaErrorInvalidValue);
+    }
+  }
+}
+
+// Batch-invariant launches give each token the bits of a one-token launch
+// whatever the number of tokens (the passes of 8, 4, 2 and 1 they cut it
+// into); the default launch may round passes of 1-2 tokens differently but
+// stays within float rounding of them.
+TEST_P(MatVecQ8TypeTest, BatchInvariantLaunchesGiveEachTokenItsOneTokenBits) {
+  const DType type = GetParam();
+  const int64_t rows = 70, cols = 1024;
+  const TestMatrix m = MakeMatrix(type, rows, cols, 1500);
+  const int n = 15;
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 1501);
+  DeviceBuffer dx = ToDevice(x);
+  DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
+  const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
+  ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+  for (const bool invariant : {true, false}) {
+    DeviceBuffer all = Poisoned<float>(static_cast<size_t>(n * rows));
+    ASSERT_EQ(LaunchMatVecQ8(m.view, a, n, all.as<float>(), false, nullptr, false, invariant), cudaSuccess);
+    const std::vector<float> together = ToHost<float>(all, static_cast<size_t>(n * rows));
+    for (int t = 0; t < n; ++t) {
+      const Q8Activations one{a.q + t * cols, a.scale + t * (cols / 32), a.half_sums + t * (cols / 16)};
+      DeviceBuffer y = Poisoned<float>(static_cast<size_t>(rows));
+      ASSERT_EQ(LaunchMatVecQ8(m.view, one, 1, y.as<float>(), false, nullptr, false, invariant), cudaSuccess);
+      const std::vector<float> alone = ToHost<float>(y, static_cast<size_t>(rows));
+      for (int64_t r = 0; r < rows; ++r) {
+        if (invariant) {
+          ASSERT_EQ(together[t * rows + r], alone[r]) << "token " << t << " row " << r;
+        } else {
+          ASSERT_NEAR(together[t * rows + r], alone[r], 1e-4 * (std::abs(alone[r]) + 1.0)) << "token " << t;
+        }
+      }
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, MatVecQ8TypeTest, ::testing::Values(DType::kQ4_K, DType::kQ6_K, DType::kQ8_0),
                          [](const auto& param_info) { return std::string(DTypeName(param_info.param)); });
 
