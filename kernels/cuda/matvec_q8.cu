@@ -524,15 +524,16 @@ __device__ __forceinline__ void WaitForCopiesBut() {
 }
 
 // One token over rows of up to 32 * UPL units whose length is a multiple of
-// 16 bytes: each warp takes rows warp, warp + warps, ... (a grid of as many blocks
-// as fit on the SMs) and copies whole rows into its own ring of S row buffers
-// in shared memory with asynchronous copies, S - 1 rows ahead of the row it
-// multiplies. The copies hold no registers, so an SM keeps far more weight
-// bytes in flight than loads into registers could (kernels/cuda/NOTES.md,
-// v16); each lane keeps its activations in registers. Per row, each lane adds
-// the same units in the same order as MatVecQ8Kernel and the warp sums them
-// alike: the same bits. The first rows are requested before waiting for the
-// previous kernel (weights are never written by kernels).
+// 16 bytes: each warp takes rows warp, warp + warps, ... (a grid of as many
+// blocks as fit on the SMs) and copies whole rows into its own ring of S row
+// buffers in shared memory with asynchronous copies, S - 1 rows ahead of the
+// row it multiplies. The copies hold no registers, so an SM keeps far more
+// weight bytes in flight than loads into registers could
+// (kernels/cuda/NOTES.md, v16); each lane keeps its activations in registers.
+// Per row, each lane adds the same units in the same order as MatVecQ8Kernel
+// and the warp sums them alike: the same bits. The first rows are requested
+// before waiting for the previous kernel (weights are never written by
+// kernels).
 template <uint32_t kType, int UPL, int S>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     MatVecQ8StagedKernel(RowGroup group, RoundedX x, bool accumulate) {
@@ -591,10 +592,8 @@ int MultiprocessorCount() {
   return count;
 }
 
-template <uint32_t kType, int B, int R>
-cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
-                       bool accumulate, bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
-  const int64_t cols = w[0].cols;
+// The launch's matrices as one numbering of rows, outputs from token `first`.
+RowGroup MakeRowGroup(std::span<const DeviceMatrix> w, int64_t first, std::span<float* const> y) {
   RowGroup group{};
   group.count = static_cast<int>(w.size());
   group.row_bytes = w[0].row_bytes;
@@ -607,61 +606,18 @@ cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, 
     group.end[m] = rows;
   }
   group.total_rows = rows;
-  const int64_t rows_per_block = int64_t{kWarpsPerBlock} * R;
-  int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
-  if (blocks_per_sm > 0) blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
-  const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kWarpsPerBlock * 32);
-  config.stream = stream;
-  cudaLaunchAttribute overlap{};
-  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &overlap;
-  config.numAttrs = overlap_previous ? 1 : 0;
-  return cudaLaunchKernelEx(&config, MatVecQ8Kernel<kType, B, R>, group, rx, accumulate);
+  return group;
 }
 
-// Units a lane takes in MatVecQ8StagedKernel over rows of `cols`: 2 or 4,
-// or 0 where it does not read them (more units, or rows not a multiple of
-// 16 bytes long).
-template <uint32_t kType>
-int StagedUnitsPerLane(int64_t cols, uint64_t row_bytes) {
-  const int64_t units = cols / Unit<kType>::kElements;
-  if (row_bytes % 16 != 0 || units > 32 * 4) return 0;
-  return units <= 32 * 2 ? 2 : 4;
+RoundedX RoundedFrom(const Q8Activations& x, int64_t first, int64_t cols) {
+  return {x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
 }
 
-template <uint32_t kType, int UPL, int S>
-cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
-                         std::span<float* const> y, bool accumulate, bool overlap_previous, int blocks_per_sm,
-                         cudaStream_t stream) {
-  const int64_t cols = w[0].cols;
-  RowGroup group{};
-  group.count = static_cast<int>(w.size());
-  group.row_bytes = w[0].row_bytes;
-  int64_t rows = 0;
-  for (size_t m = 0; m < w.size(); ++m) {
-    group.w[m] = static_cast<const uint8_t*>(w[m].data);
-    group.y[m] = y[m] + first * w[m].rows;
-    group.rows[m] = w[m].rows;
-    rows += w[m].rows;
-    group.end[m] = rows;
-  }
-  group.total_rows = rows;
-  const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
-  const auto kernel = MatVecQ8StagedKernel<kType, UPL, S>;
-  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-  if (error != cudaSuccess) return error;
-  if (blocks_per_sm == 0) {
-    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kWarpsPerBlock * 32, shared);
-    if (error != cudaSuccess) return error;
-    blocks_per_sm = std::max(1, blocks_per_sm);
-  }
-  const int64_t blocks = std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
-                                           int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
-  const RoundedX rx{x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
+// Launches one of the product kernels, as a programmatic dependent launch
+// when `overlap_previous`.
+cudaError_t LaunchProduct(void (*kernel)(RowGroup, RoundedX, bool), int64_t blocks, size_t shared,
+                          bool overlap_previous, cudaStream_t stream, const RowGroup& group, const RoundedX& x,
+                          bool accumulate) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kWarpsPerBlock * 32);
@@ -672,7 +628,51 @@ cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x
   overlap.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &overlap;
   config.numAttrs = overlap_previous ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, group, rx, accumulate);
+  return cudaLaunchKernelEx(&config, kernel, group, x, accumulate);
+}
+
+template <uint32_t kType, int B, int R>
+cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
+                       bool accumulate, bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
+  const RowGroup group = MakeRowGroup(w, first, y);
+  const int64_t rows_per_block = int64_t{kWarpsPerBlock} * R;
+  int64_t blocks = (group.total_rows + rows_per_block - 1) / rows_per_block;
+  if (blocks_per_sm > 0) blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  return LaunchProduct(MatVecQ8Kernel<kType, B, R>, blocks, 0, overlap_previous, stream, group,
+                       RoundedFrom(x, first, w[0].cols), accumulate);
+}
+
+// Units a lane takes in MatVecQ8StagedKernel over rows of `cols`: 2 or 4,
+// or 0 where it does not read them (wider rows measured slower staged: their
+// activations do not fit in registers).
+template <uint32_t kType>
+int StagedUnitsPerLane(std::span<const DeviceMatrix> w) {
+  for (const DeviceMatrix& m : w) {
+    if (reinterpret_cast<uintptr_t>(m.data) % 16 != 0 || m.row_bytes % 16 != 0) return 0;
+  }
+  const int64_t units = w[0].cols / Unit<kType>::kElements;
+  return units <= 32 * 2 ? 2 : units <= 32 * 4 ? 4 : 0;
+}
+
+template <uint32_t kType, int UPL, int S>
+cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
+                         std::span<float* const> y, bool accumulate, bool overlap_previous, int blocks_per_sm,
+                         cudaStream_t stream) {
+  const RowGroup group = MakeRowGroup(w, first, y);
+  const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
+  const auto kernel = MatVecQ8StagedKernel<kType, UPL, S>;
+  cudaError_t error =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+  if (error != cudaSuccess) return error;
+  if (blocks_per_sm == 0) {
+    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kWarpsPerBlock * 32, shared);
+    if (error != cudaSuccess) return error;
+    blocks_per_sm = std::max(1, blocks_per_sm);
+  }
+  const int64_t blocks = std::min<int64_t>((group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
+                                           int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  return LaunchProduct(kernel, blocks, shared, overlap_previous, stream, group, RoundedFrom(x, first, w[0].cols),
+                       accumulate);
 }
 
 // Rows a warp takes at B tokens by default: more rows share each unit's
@@ -691,12 +691,13 @@ cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> 
   const int r = shape.rows_per_warp == 0 ? DefaultRowsPerWarp(B) : shape.rows_per_warp;
   const int per_sm = shape.blocks_per_sm;
   if constexpr (B == 1) {
-    const int per_lane = StagedUnitsPerLane<kType>(w[0].cols, w[0].row_bytes);
+    const int per_lane = StagedUnitsPerLane<kType>(w);
     const int stages = shape.stages == 0 ? kDefaultStages : shape.stages;
     if (stages > 1 && per_lane > 0) {
       const auto launch = [&]<int S>() {
-        return per_lane == 2 ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream)
-                      : LaunchStaged<kType, 4, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+        return per_lane == 2
+                   ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream)
+                   : LaunchStaged<kType, 4, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
       };
       if (stages == 2) return launch.template operator()<2>();
       if (stages == 3) return launch.template operator()<3>();

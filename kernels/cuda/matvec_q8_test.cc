@@ -231,7 +231,7 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
 TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
   const DType type = GetParam();
   for (const auto& [rows, cols] :
-       std::vector<std::pair<int64_t, int64_t>>{{37, 512}, {130, 2816}, {300, 4096}, {45, 1280}}) {
+       std::vector<std::pair<int64_t, int64_t>>{{37, 512}, {130, 2816}, {300, 4096}, {45, 1280}, {64, 2816}, {48, 11008}}) {
     const TestMatrix m = MakeMatrix(type, rows, cols, 1300 + static_cast<uint32_t>(rows));
     for (const int n : {1, 2, 3}) {
       const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 1400 + static_cast<uint32_t>(n));
