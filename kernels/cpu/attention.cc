@@ -34,7 +34,7 @@ void PortableAxpy(float a, const void* row, float* out, int n) {
 
 KvRowOps GetKvRowOps(DType kv_type, KernelIsa isa) {
 #if defined(CHORD_HAVE_AVX2_KERNELS)
-  if (isa == KernelIsa::kAvx2) return GetKvRowOpsAvx2(kv_type);
+  if (HasAvx2(isa)) return GetKvRowOpsAvx2(kv_type);
 #else
   (void)isa;
 #endif

@@ -18,7 +18,7 @@ struct KvRowOps {
 // kv_type: kF32 or kF16.
 KvRowOps GetKvRowOps(DType kv_type, KernelIsa isa);
 
-// Defined in x86/attention_avx2.cc; call only when BestKernelIsa() is kAvx2.
+// Defined in x86/attention_avx2.cc; call only when HasAvx2(BestKernelIsa()).
 KvRowOps GetKvRowOpsAvx2(DType kv_type);
 
 }  // namespace chord::kernels

@@ -8,13 +8,17 @@ namespace chord::kernels {
 KernelIsa BestKernelIsa() {
 #if defined(__x86_64__) && defined(CHORD_HAVE_AVX2_KERNELS)
   static const KernelIsa isa = [] {
-    // CHORD_KERNEL_ISA=portable forces the portable kernels (comparisons, debugging).
+    // CHORD_KERNEL_ISA=portable or =avx2 caps the choice (comparisons, debugging).
     const char* forced = std::getenv("CHORD_KERNEL_ISA");
     if (forced != nullptr && std::strcmp(forced, "portable") == 0) return KernelIsa::kPortable;
     __builtin_cpu_init();
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                       __builtin_cpu_supports("f16c");
-    return avx2 ? KernelIsa::kAvx2 : KernelIsa::kPortable;
+    if (!avx2) return KernelIsa::kPortable;
+    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    if (!avx512 || (forced != nullptr && std::strcmp(forced, "avx2") == 0)) return KernelIsa::kAvx2;
+    return KernelIsa::kAvx512Vnni;
   }();
   return isa;
 #else
@@ -26,6 +30,8 @@ const char* KernelIsaName(KernelIsa isa) {
   switch (isa) {
     case KernelIsa::kAvx2:
       return "avx2";
+    case KernelIsa::kAvx512Vnni:
+      return "avx512-vnni";
     case KernelIsa::kPortable:
       return "portable";
   }
@@ -34,7 +40,10 @@ const char* KernelIsaName(KernelIsa isa) {
 
 MultiDotFn GetMultiDot(DType weight_type, KernelIsa isa) {
 #if defined(CHORD_HAVE_AVX2_KERNELS)
-  if (isa == KernelIsa::kAvx2) return GetMultiDotAvx2(weight_type);
+  if (isa == KernelIsa::kAvx512Vnni) {
+    if (MultiDotFn fn = GetMultiDotAvx512Vnni(weight_type)) return fn;
+  }
+  if (HasAvx2(isa)) return GetMultiDotAvx2(weight_type);
 #else
   (void)weight_type;
   (void)isa;

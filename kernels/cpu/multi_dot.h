@@ -30,19 +30,26 @@ inline constexpr int kMaxDotGroup = 4;
 using MultiDotFn = void (*)(const void* weights, const void* const* acts, int n_acts, int64_t n,
                             float* out);
 
-enum class KernelIsa { kPortable, kAvx2 };
+// kAvx512Vnni: AVX-512 F/BW/VL and VNNI kernels where they exist (Q4_K, Q6_K,
+// Q8_0), the AVX2 ones for the other types.
+enum class KernelIsa { kPortable, kAvx2, kAvx512Vnni };
 
 // The best instruction set this CPU supports (CPUID, once); the environment
-// variable CHORD_KERNEL_ISA=portable forces the portable kernels.
+// variable CHORD_KERNEL_ISA=portable or =avx2 caps it (comparisons,
+// debugging).
 KernelIsa BestKernelIsa();
 const char* KernelIsaName(KernelIsa isa);
+// True for the sets that include the AVX2 kernels.
+inline bool HasAvx2(KernelIsa isa) { return isa == KernelIsa::kAvx2 || isa == KernelIsa::kAvx512Vnni; }
 
 // nullptr when `isa` has no kernel for the type (the caller then uses the
 // portable row dot product of vec_dot.h once per activation row).
 MultiDotFn GetMultiDot(DType weight_type, KernelIsa isa);
 
-// Defined in x86/multi_dot_avx2.cc (built for AVX2+FMA+F16C); call only when
-// BestKernelIsa() says so.
+// Defined in x86/multi_dot_avx2.cc (built for AVX2+FMA+F16C) and
+// x86/multi_dot_avx512.cc (AVX-512 F/BW/VL + VNNI; nullptr for the types it
+// leaves to AVX2); call only when BestKernelIsa() says so.
 MultiDotFn GetMultiDotAvx2(DType weight_type);
+MultiDotFn GetMultiDotAvx512Vnni(DType weight_type);
 
 }  // namespace chord::kernels

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -21,7 +22,7 @@ namespace {
 const DType kSimdTypes[] = {DType::kF32,  DType::kF16,  DType::kQ4_0, DType::kQ8_0,
                             DType::kQ4_K, DType::kQ5_K, DType::kQ6_K};
 
-bool HaveAvx2() { return BestKernelIsa() == KernelIsa::kAvx2; }
+bool HaveAvx2() { return HasAvx2(BestKernelIsa()); }
 
 std::vector<uint8_t> Quantized(DType type, const std::vector<float>& x, int64_t rows,
                                int64_t cols) {
@@ -40,11 +41,22 @@ std::vector<int64_t> ColumnsFor(DType type) {
   return {block, 3 * block, 8 * block, 11 * block};
 }
 
-TEST(MultiDotTest, Avx2MatchesPortableReference) {
-  if (!HaveAvx2()) GTEST_SKIP() << "this CPU has no AVX2+FMA+F16C; only the portable kernels run";
+// sum_i |w_i| * |x_i| of one weight row and one activation row: the scale of
+// the float rounding two summation orders may differ by.
+double Magnitude(DType type, const uint8_t* row, const float* x, int64_t cols) {
+  std::vector<float> w(static_cast<size_t>(cols));
+  EXPECT_TRUE(quant::DequantizeRow(type, row, w.data(), cols).ok());
+  double magnitude = 0.0;
+  for (int64_t i = 0; i < cols; ++i) magnitude += std::fabs(w[static_cast<size_t>(i)]) * std::fabs(x[i]);
+  return magnitude;
+}
+
+// Each of `types` through the kernels of `isa` against the portable row dot
+// product, and a row alone against the same row in a group of 4.
+void ExpectMatchesPortableReference(KernelIsa isa, std::span<const DType> types) {
   std::mt19937 rng(20261129);
-  for (DType type : kSimdTypes) {
-    const MultiDotFn multi = GetMultiDot(type, KernelIsa::kAvx2);
+  for (DType type : types) {
+    const MultiDotFn multi = GetMultiDot(type, isa);
     const VecDotFn reference = GetVecDot(type);
     ASSERT_NE(multi, nullptr) << DTypeName(type);
     for (int64_t cols : ColumnsFor(type)) {
@@ -64,13 +76,7 @@ TEST(MultiDotTest, Avx2MatchesPortableReference) {
           const float expected = reference(row, acts[g], cols);
           // Both sum exact per-block integers (or float products) in float, in
           // different orders: allow float rounding of the magnitudes involved.
-          std::vector<float> abs_x(x.begin() + g * cols, x.begin() + (g + 1) * cols);
-          for (float& v : abs_x) v = std::fabs(v);
-          std::vector<float> deq(static_cast<size_t>(cols));
-          ASSERT_TRUE(quant::DequantizeRow(type, row, deq.data(), cols).ok());
-          double magnitude = 0.0;
-          for (int64_t i = 0; i < cols; ++i)
-            magnitude += std::fabs(deq[static_cast<size_t>(i)]) * abs_x[static_cast<size_t>(i)];
+          const double magnitude = Magnitude(type, row, x.data() + g * cols, cols);
           EXPECT_NEAR(out[g], expected, 1e-5 * magnitude + 1e-6)
               << DTypeName(type) << " cols " << cols << " row " << r << " act " << g;
           float alone;
@@ -81,6 +87,24 @@ TEST(MultiDotTest, Avx2MatchesPortableReference) {
       }
     }
   }
+}
+
+TEST(MultiDotTest, Avx2MatchesPortableReference) {
+  if (!HaveAvx2()) GTEST_SKIP() << "this CPU has no AVX2+FMA+F16C; only the portable kernels run";
+  ExpectMatchesPortableReference(KernelIsa::kAvx2, kSimdTypes);
+}
+
+TEST(MultiDotTest, Avx512VnniMatchesPortableReference) {
+  if (BestKernelIsa() != KernelIsa::kAvx512Vnni) {
+    GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL + VNNI (or CHORD_KERNEL_ISA caps it)";
+  }
+  const DType with_avx512[] = {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K};
+  for (DType type : with_avx512) {
+    EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni), GetMultiDot(type, KernelIsa::kAvx2)) << DTypeName(type);
+  }
+  // The other types fall back to their AVX2 kernels.
+  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni), GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2));
+  ExpectMatchesPortableReference(KernelIsa::kAvx512Vnni, kSimdTypes);
 }
 
 // Every kernel set (portable and the CPU's best), every type: one token alone
@@ -132,9 +156,13 @@ TEST(MultiDotTest, MatMulBestIsaCloseToPortable) {
     std::vector<float> y_ref(static_cast<size_t>(n_tokens * rows)), y(y_ref.size());
     ASSERT_TRUE(portable.Run(w, x.data(), n_tokens, y_ref.data()).ok());
     ASSERT_TRUE(best.Run(w, x.data(), n_tokens, y.data()).ok());
-    for (size_t i = 0; i < y.size(); ++i) {
-      EXPECT_NEAR(y[i], y_ref[i], 1e-4 * (1.0 + std::fabs(y_ref[i])))
-          << DTypeName(type) << " index " << i;
+    // The two sum in different orders: float rounding of the magnitudes summed.
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        const size_t i = static_cast<size_t>(t * rows + r);
+        const double magnitude = Magnitude(type, weights.data() + r * w.row_bytes, x.data() + t * cols, cols);
+        EXPECT_NEAR(y[i], y_ref[i], 1e-5 * magnitude + 1e-6) << DTypeName(type) << " token " << t << " row " << r;
+      }
     }
   }
 }
