@@ -40,7 +40,9 @@ enum class KernelIsa { kPortable, kAvx2, kAvx512Vnni };
 KernelIsa BestKernelIsa();
 const char* KernelIsaName(KernelIsa isa);
 // True for the sets that include the AVX2 kernels.
-inline bool HasAvx2(KernelIsa isa) { return isa == KernelIsa::kAvx2 || isa == KernelIsa::kAvx512Vnni; }
+inline bool HasAvx2(KernelIsa isa) {
+  return isa == KernelIsa::kAvx2 || isa == KernelIsa::kAvx512Vnni;
+}
 
 // nullptr when `isa` has no kernel for the type (the caller then uses the
 // portable row dot product of vec_dot.h once per activation row).

@@ -47,7 +47,8 @@ double Magnitude(DType type, const uint8_t* row, const float* x, int64_t cols) {
   std::vector<float> w(static_cast<size_t>(cols));
   EXPECT_TRUE(quant::DequantizeRow(type, row, w.data(), cols).ok());
   double magnitude = 0.0;
-  for (int64_t i = 0; i < cols; ++i) magnitude += std::fabs(w[static_cast<size_t>(i)]) * std::fabs(x[i]);
+  for (int64_t i = 0; i < cols; ++i)
+    magnitude += std::fabs(w[static_cast<size_t>(i)]) * std::fabs(x[i]);
   return magnitude;
 }
 
@@ -100,10 +101,12 @@ TEST(MultiDotTest, Avx512VnniMatchesPortableReference) {
   }
   const DType with_avx512[] = {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K};
   for (DType type : with_avx512) {
-    EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni), GetMultiDot(type, KernelIsa::kAvx2)) << DTypeName(type);
+    EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni), GetMultiDot(type, KernelIsa::kAvx2))
+        << DTypeName(type);
   }
   // The other types fall back to their AVX2 kernels.
-  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni), GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2));
+  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni),
+            GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2));
   ExpectMatchesPortableReference(KernelIsa::kAvx512Vnni, kSimdTypes);
 }
 
@@ -160,8 +163,10 @@ TEST(MultiDotTest, MatMulBestIsaCloseToPortable) {
     for (int64_t t = 0; t < n_tokens; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         const size_t i = static_cast<size_t>(t * rows + r);
-        const double magnitude = Magnitude(type, weights.data() + r * w.row_bytes, x.data() + t * cols, cols);
-        EXPECT_NEAR(y[i], y_ref[i], 1e-5 * magnitude + 1e-6) << DTypeName(type) << " token " << t << " row " << r;
+        const double magnitude =
+            Magnitude(type, weights.data() + r * w.row_bytes, x.data() + t * cols, cols);
+        EXPECT_NEAR(y[i], y_ref[i], 1e-5 * magnitude + 1e-6)
+            << DTypeName(type) << " token " << t << " row " << r;
       }
     }
   }

@@ -1,8 +1,7 @@
-#include "kernels/cuda/matvec_q8.h"
-
 #include <algorithm>
 
 #include "kernels/cuda/matvec_common.cuh"
+#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/rms_scale.cuh"
 
 namespace chord::cuda {
@@ -19,8 +18,12 @@ size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 // first weights into L2 (weights are never written by kernels) and waits for
 // the previous kernel's results before it reads activations. Both
 // instructions do nothing for a launch without the attribute.
-__device__ __forceinline__ void LetNextKernelStart() { asm volatile("griddepcontrol.launch_dependents;"); }
-__device__ __forceinline__ void WaitForPreviousKernel() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void LetNextKernelStart() {
+  asm volatile("griddepcontrol.launch_dependents;");
+}
+__device__ __forceinline__ void WaitForPreviousKernel() {
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+}
 __device__ __forceinline__ void PrefetchToL2(const uint8_t* p, uint64_t bytes, int lane) {
   for (uint64_t offset = static_cast<uint64_t>(lane) * 128; offset < bytes; offset += 32 * 128) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p + offset));
@@ -32,10 +35,12 @@ __device__ __forceinline__ void PrefetchToL2(const uint8_t* p, uint64_t bytes, i
 // nearest step (ties to even). Every rounding kernel goes through here, so a
 // fused one writes the same bits as LaunchQuantizeActivations.
 __device__ __forceinline__ void RoundBlock(float v, int lane, int64_t block, int8_t* __restrict__ q,
-                                           float* __restrict__ scale, float* __restrict__ half_sums) {
+                                           float* __restrict__ scale,
+                                           float* __restrict__ half_sums) {
   float amax = fabsf(v);
 #pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  for (int offset = 16; offset > 0; offset /= 2)
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
   const float d = amax / 127.0f;
   const int qi = d > 0.0f ? max(-127, min(127, __float2int_rn(v / d))) : 0;
   q[block * 32 + lane] = static_cast<int8_t>(qi);
@@ -61,9 +66,9 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n
 
 // SwiGLU (gate = silu(gate) * up, as LaunchSwiGlu) and the rounding of the
 // result, one warp per 32-element block.
-__global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n_blocks,
-                                     int8_t* __restrict__ q, float* __restrict__ scale,
-                                     float* __restrict__ half_sums) {
+__global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __restrict__ up,
+                                     int64_t n_blocks, int8_t* __restrict__ q,
+                                     float* __restrict__ scale, float* __restrict__ half_sums) {
   LetNextKernelStart();
   const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (block >= n_blocks) return;
@@ -83,9 +88,9 @@ constexpr int kNormThreads = 512;  // as LaunchRmsNorm's
 // blocks, one a warp, so the rounding spreads over SMs as it does unfused
 // (one block rounding a whole 4096-wide row measured 5% slower at batch 1).
 __global__ void __launch_bounds__(kNormThreads)
-    RmsNormQuantizeKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
-                          float* __restrict__ y, int8_t* __restrict__ q, float* __restrict__ scale,
-                          float* __restrict__ half_sums) {
+    RmsNormQuantizeKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n,
+                          float eps, float* __restrict__ y, int8_t* __restrict__ q,
+                          float* __restrict__ scale, float* __restrict__ half_sums) {
   LetNextKernelStart();
   const float* xr = x + blockIdx.x * n;
   const float factor = RmsScale<kNormThreads>(xr, n, eps, RowOfFloat4s(xr, weight, n));
@@ -110,8 +115,12 @@ struct RoundedX {
 // Where a unit's weight bytes are read from: global memory through the
 // read-only path, or the shared memory a staged kernel copied them into.
 struct FromGlobal {
-  __device__ static uint4 U128(const uint8_t* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
-  __device__ static uint32_t U16(const uint8_t* p) { return __ldg(reinterpret_cast<const uint16_t*>(p)); }
+  __device__ static uint4 U128(const uint8_t* p) {
+    return __ldg(reinterpret_cast<const uint4*>(p));
+  }
+  __device__ static uint32_t U16(const uint8_t* p) {
+    return __ldg(reinterpret_cast<const uint16_t*>(p));
+  }
   __device__ static int S8(const uint8_t* p) { return __ldg(reinterpret_cast<const int8_t*>(p)); }
 };
 struct FromShared {
@@ -145,9 +154,9 @@ template <uint32_t kType>
 struct Unit;
 
 // Q4_K for passes of 1 or 2 tokens, unit u: sub-blocks 2i and 2i + 1 of
-// block blk (4 units a 256-element block), whose 32 bytes of nibbles hold sub-block 2i in their low halves and
-// 2i + 1 in their high halves. element = d * scale_j * nibble - dmin * min_j,
-// so a sub-block's dot product is d * scale_j * (x's step) * sum(nibble * q)
+// block blk (4 units a 256-element block), whose 32 bytes of nibbles hold sub-block 2i in their low
+// halves and 2i + 1 in their high halves. element = d * scale_j * nibble - dmin * min_j, so a
+// sub-block's dot product is d * scale_j * (x's step) * sum(nibble * q)
 // - dmin * min_j * (x's block sum). One lane decodes the pair's scales once
 // for 64 weights.
 template <>
@@ -221,16 +230,18 @@ struct Unit<kQ4_K> {
   }
   __device__ static float Apply(const Decoded& w, const Acts& a) {
     const auto [d1, m1, d2, m2] = w.scales;
-    const int x0[8] = {a.a0[0].x, a.a0[0].y, a.a0[0].z, a.a0[0].w, a.a0[1].x, a.a0[1].y, a.a0[1].z, a.a0[1].w};
-    const int x1[8] = {a.a1[0].x, a.a1[0].y, a.a1[0].z, a.a1[0].w, a.a1[1].x, a.a1[1].y, a.a1[1].z, a.a1[1].w};
+    const int x0[8] = {a.a0[0].x, a.a0[0].y, a.a0[0].z, a.a0[0].w,
+                       a.a0[1].x, a.a0[1].y, a.a0[1].z, a.a0[1].w};
+    const int x1[8] = {a.a1[0].x, a.a1[0].y, a.a1[0].z, a.a1[0].w,
+                       a.a1[1].x, a.a1[1].y, a.a1[1].z, a.a1[1].w};
     int s0 = 0, s1 = 0;
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       s0 = __dp4a(w.lo[c], x0[c], s0);
       s1 = __dp4a(w.hi[c], x1[c], s1);
     }
-    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.sum0 + d2 * a.scale.y * static_cast<float>(s1) -
-           m2 * a.sum1;
+    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.sum0 +
+           d2 * a.scale.y * static_cast<float>(s1) - m2 * a.sum1;
   }
 };
 
@@ -238,7 +249,9 @@ struct Unit<kQ4_K> {
 // bytes of nibbles, 16 elements of sub-block 2i in their low halves and 16 of
 // sub-block 2i + 1 in their high halves (8 units a block). Half the weight
 // bytes of the 64-element unit per lane, so that the activations of 4 or 8
-// tokens fit in registers beside them.
+// tokens fit in registers beside them. (One template over both widths
+// measured 6% slower at 8 sequences and 2% at batch 1: more registers in the
+// kernels of several tokens; so the two stay separate.)
 constexpr uint32_t kQ4_K32 = 0x100 | kQ4_K;
 template <>
 struct Unit<kQ4_K32> {
@@ -294,8 +307,8 @@ struct Unit<kQ4_K32> {
       s0 = __dp4a(w.lo[c], x0[c], s0);
       s1 = __dp4a(w.hi[c], x1[c], s1);
     }
-    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.hs0 + d2 * a.scale.y * static_cast<float>(s1) -
-           m2 * a.hs1;
+    return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.hs0 +
+           d2 * a.scale.y * static_cast<float>(s1) - m2 * a.hs1;
   }
 };
 
@@ -314,7 +327,8 @@ struct Unit<kQ6_K> {
     Acts a;
 #pragma unroll
     for (int r = 0; r < 4; ++r) a.a[r] = *reinterpret_cast<const int2*>(x.q + e0 + 32 * r);
-    a.scale = *reinterpret_cast<const float4*>(x.scale + (b * x.cols + blk * 256 + 128 * half) / 32);
+    a.scale =
+        *reinterpret_cast<const float4*>(x.scale + (b * x.cols + blk * 256 + 128 * half) / 32);
     return a;
   }
 
@@ -352,10 +366,14 @@ struct Unit<kQ6_K> {
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
       const unsigned bias = 0x20202020u;
-      v[0][c] = static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
-      v[1][c] = static_cast<int>(__vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
-      v[2][c] = static_cast<int>(__vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
-      v[3][c] = static_cast<int>(__vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
+      v[0][c] =
+          static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
+      v[1][c] = static_cast<int>(
+          __vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
+      v[2][c] = static_cast<int>(
+          __vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
+      v[3][c] = static_cast<int>(
+          __vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) out.scales[r] = w.scales[r];
@@ -456,9 +474,9 @@ __device__ __forceinline__ GroupRow Locate(const RowGroup& group, int64_t row) {
 }
 
 // A warp takes R consecutive rows at a time, lanes over the rows' units (so
-// a warp's loads of one step cover contiguous weight bytes); each unit's activations are loaded once and serve the R rows, and
-// the B tokens share each weight read. With fewer blocks than row groups
-// (MatVecQ8Shape::blocks_per_sm) the warps go on to the grid's next rows.
+// a warp's loads of one step cover contiguous weight bytes); each unit's activations are loaded
+// once and serve the R rows, and the B tokens share each weight read. With fewer blocks than row
+// groups (MatVecQ8Shape::blocks_per_sm) the warps go on to the grid's next rows.
 template <uint32_t kType, int B, int R>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     MatVecQ8Kernel(RowGroup group, RoundedX x, bool accumulate) {
@@ -469,7 +487,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    PrefetchToL2(Locate(group, min(first_row + r, group.total_rows - 1)).weights, group.row_bytes, lane);
+    PrefetchToL2(Locate(group, min(first_row + r, group.total_rows - 1)).weights, group.row_bytes,
+                 lane);
   }
   LetNextKernelStart();
   WaitForPreviousKernel();
@@ -574,7 +593,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 #pragma unroll
     for (int j = 0; j < UPL; ++j) {
       const int u = lane + 32 * j;
-      if (u < units) acc[0] += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
+      if (u < units)
+        acc[0] += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
     }
     const GroupRow out = Locate(group, row);
     StoreRowSums<1>(acc, lane, out.y, out.y_stride, out.row, accumulate);
@@ -610,14 +630,15 @@ RowGroup MakeRowGroup(std::span<const DeviceMatrix> w, int64_t first, std::span<
 }
 
 RoundedX RoundedFrom(const Q8Activations& x, int64_t first, int64_t cols) {
-  return {x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16), cols};
+  return {x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16),
+          cols};
 }
 
 // Launches one of the product kernels, as a programmatic dependent launch
 // when `overlap_previous`.
 cudaError_t LaunchProduct(void (*kernel)(RowGroup, RoundedX, bool), int64_t blocks, size_t shared,
-                          bool overlap_previous, cudaStream_t stream, const RowGroup& group, const RoundedX& x,
-                          bool accumulate) {
+                          bool overlap_previous, cudaStream_t stream, const RowGroup& group,
+                          const RoundedX& x, bool accumulate) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(static_cast<unsigned>(blocks));
   config.blockDim = dim3(kWarpsPerBlock * 32);
@@ -632,12 +653,14 @@ cudaError_t LaunchProduct(void (*kernel)(RowGroup, RoundedX, bool), int64_t bloc
 }
 
 template <uint32_t kType, int B, int R>
-cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first, std::span<float* const> y,
-                       bool accumulate, bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
+cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
+                       std::span<float* const> y, bool accumulate, bool overlap_previous,
+                       int blocks_per_sm, cudaStream_t stream) {
   const RowGroup group = MakeRowGroup(w, first, y);
   const int64_t rows_per_block = int64_t{kWarpsPerBlock} * R;
   int64_t blocks = (group.total_rows + rows_per_block - 1) / rows_per_block;
-  if (blocks_per_sm > 0) blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  if (blocks_per_sm > 0)
+    blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
   return LaunchProduct(MatVecQ8Kernel<kType, B, R>, blocks, 0, overlap_previous, stream, group,
                        RoundedFrom(x, first, w[0].cols), accumulate);
 }
@@ -656,23 +679,25 @@ int StagedUnitsPerLane(std::span<const DeviceMatrix> w) {
 
 template <uint32_t kType, int UPL, int S>
 cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
-                         std::span<float* const> y, bool accumulate, bool overlap_previous, int blocks_per_sm,
-                         cudaStream_t stream) {
+                         std::span<float* const> y, bool accumulate, bool overlap_previous,
+                         int blocks_per_sm, cudaStream_t stream) {
   const RowGroup group = MakeRowGroup(w, first, y);
   const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
   const auto kernel = MatVecQ8StagedKernel<kType, UPL, S>;
-  cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared));
   if (error != cudaSuccess) return error;
   if (blocks_per_sm == 0) {
-    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kWarpsPerBlock * 32, shared);
+    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel,
+                                                          kWarpsPerBlock * 32, shared);
     if (error != cudaSuccess) return error;
     blocks_per_sm = std::max(1, blocks_per_sm);
   }
-  const int64_t blocks = std::min<int64_t>((group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
-                                           int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
-  return LaunchProduct(kernel, blocks, shared, overlap_previous, stream, group, RoundedFrom(x, first, w[0].cols),
-                       accumulate);
+  const int64_t blocks =
+      std::min<int64_t>((group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
+                        int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  return LaunchProduct(kernel, blocks, shared, overlap_previous, stream, group,
+                       RoundedFrom(x, first, w[0].cols), accumulate);
 }
 
 // Rows a warp takes at B tokens by default: more rows share each unit's
@@ -685,9 +710,9 @@ constexpr int kDefaultStages = 2;
 // R rows a warp where the pass size allows it: passes of up to 2 tokens (with
 // more, the accumulators and activations of 2 rows spill registers).
 template <uint32_t kType, int B>
-cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> w, const Q8Activations& x,
-                             int64_t first, std::span<float* const> y, bool accumulate, bool overlap_previous,
-                             cudaStream_t stream) {
+cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> w,
+                             const Q8Activations& x, int64_t first, std::span<float* const> y,
+                             bool accumulate, bool overlap_previous, cudaStream_t stream) {
   const int r = shape.rows_per_warp == 0 ? DefaultRowsPerWarp(B) : shape.rows_per_warp;
   const int per_sm = shape.blocks_per_sm;
   if constexpr (B == 1) {
@@ -695,9 +720,10 @@ cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> 
     const int stages = shape.stages == 0 ? kDefaultStages : shape.stages;
     if (stages > 1 && per_lane > 0) {
       const auto launch = [&]<int S>() {
-        return per_lane == 2
-                   ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream)
-                   : LaunchStaged<kType, 4, S>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+        return per_lane == 2 ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate,
+                                                         overlap_previous, per_sm, stream)
+                             : LaunchStaged<kType, 4, S>(w, x, first, y, accumulate,
+                                                         overlap_previous, per_sm, stream);
       };
       if (stages == 2) return launch.template operator()<2>();
       if (stages == 3) return launch.template operator()<3>();
@@ -706,23 +732,27 @@ cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> 
     }
   }
   if constexpr (B <= 2) {
-    if (r >= 4) return LaunchPass<kType, B, 4>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
-    if (r >= 2) return LaunchPass<kType, B, 2>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+    if (r >= 4)
+      return LaunchPass<kType, B, 4>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
+    if (r >= 2)
+      return LaunchPass<kType, B, 2>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
   }
   return LaunchPass<kType, B, 1>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
 }
 
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                        std::span<float* const> y, bool accumulate, bool overlap_previous, MatVecQ8Shape shape,
-                        cudaStream_t stream) {
-  if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() || n_tokens <= 0 ||
-      (shape.rows_per_warp != 0 && shape.rows_per_warp != 1 && shape.rows_per_warp != 2 && shape.rows_per_warp != 4) ||
-      shape.stages < 0 || shape.stages == 5 || shape.stages > 6 ||
-      shape.blocks_per_sm < 0) {
+                        std::span<float* const> y, bool accumulate, bool overlap_previous,
+                        MatVecQ8Shape shape, cudaStream_t stream) {
+  if (w.empty() || w.size() > static_cast<size_t>(kMaxGroup) || w.size() != y.size() ||
+      n_tokens <= 0 ||
+      (shape.rows_per_warp != 0 && shape.rows_per_warp != 1 && shape.rows_per_warp != 2 &&
+       shape.rows_per_warp != 4) ||
+      shape.stages < 0 || shape.stages == 5 || shape.stages > 6 || shape.blocks_per_sm < 0) {
     return cudaErrorInvalidValue;
   }
   for (const DeviceMatrix& m : w) {
-    if (!MatVecQ8Supports(m.type, m.cols) || m.type != w[0].type || m.cols != w[0].cols || m.rows <= 0) {
+    if (!MatVecQ8Supports(m.type, m.cols) || m.type != w[0].type || m.cols != w[0].cols ||
+        m.rows <= 0) {
       return cudaErrorInvalidValue;
     }
   }
@@ -730,13 +760,17 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
   ForEachPass(n_tokens, [&]<int B>(int64_t first) {
     if (error != cudaSuccess) return;
     if (w[0].type == kQ4_K && B <= 2 && !shape.batch_invariant) {
-      error = LaunchPassShaped<kQ4_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
+      error =
+          LaunchPassShaped<kQ4_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     } else if (w[0].type == kQ4_K) {
-      error = LaunchPassShaped<kQ4_K32, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
+      error =
+          LaunchPassShaped<kQ4_K32, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     } else if (w[0].type == kQ6_K) {
-      error = LaunchPassShaped<kQ6_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
+      error =
+          LaunchPassShaped<kQ6_K, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     } else {
-      error = LaunchPassShaped<kQ8_0, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
+      error =
+          LaunchPassShaped<kQ8_0, B>(shape, w, x, first, y, accumulate, overlap_previous, stream);
     }
   });
   if (error != cudaSuccess) return error;
@@ -765,21 +799,23 @@ cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols
   if (n_tokens <= 0 || cols <= 0 || cols % 32 != 0) return cudaErrorInvalidValue;
   const int64_t n_blocks = n_tokens * cols / 32;
   const auto grid = static_cast<unsigned>((n_blocks + kRoundWarps - 1) / kRoundWarps);
-  QuantizeActivationsKernel<<<grid, kRoundWarps * 32, 0, stream>>>(x, n_blocks, out.q, out.scale, out.half_sums);
+  QuantizeActivationsKernel<<<grid, kRoundWarps * 32, 0, stream>>>(x, n_blocks, out.q, out.scale,
+                                                                   out.half_sums);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows, float eps, float* y,
-                                  Q8Activations out, cudaStream_t stream) {
+cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows,
+                                  float eps, float* y, Q8Activations out, cudaStream_t stream) {
   if (n_rows <= 0 || n <= 0 || n % 32 != 0) return cudaErrorInvalidValue;
   const int64_t slices = (n / 32 + kNormThreads / 32 - 1) / (kNormThreads / 32);
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(slices));
-  RmsNormQuantizeKernel<<<grid, kNormThreads, 0, stream>>>(x, weight, n, eps, y, out.q, out.scale, out.half_sums);
+  RmsNormQuantizeKernel<<<grid, kNormThreads, 0, stream>>>(x, weight, n, eps, y, out.q, out.scale,
+                                                           out.half_sums);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols, Q8Activations out,
-                                 cudaStream_t stream) {
+cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols,
+                                 Q8Activations out, cudaStream_t stream) {
   if (n_tokens <= 0 || cols <= 0 || cols % 32 != 0) return cudaErrorInvalidValue;
   const int64_t n_blocks = n_tokens * cols / 32;
   const auto grid = static_cast<unsigned>((n_blocks + kRoundWarps - 1) / kRoundWarps);
@@ -790,27 +826,33 @@ cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int
 
 bool MatVecQ8Supports(uint32_t type, int64_t cols) {
   switch (type) {
-    case kQ4_K: case kQ6_K: return cols > 0 && cols % 256 == 0;
-    case kQ8_0: return cols > 0 && cols % 32 == 0;
-    default: return false;
+    case kQ4_K:
+    case kQ6_K:
+      return cols > 0 && cols % 256 == 0;
+    case kQ8_0:
+      return cols > 0 && cols % 32 == 0;
+    default:
+      return false;
   }
 }
 
 cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                           bool accumulate, cudaStream_t stream, bool overlap_previous, bool batch_invariant) {
+                           bool accumulate, cudaStream_t stream, bool overlap_previous,
+                           bool batch_invariant) {
   MatVecQ8Shape shape;
   shape.batch_invariant = batch_invariant;
   return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, overlap_previous, shape, stream);
 }
 
-cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                                 MatVecQ8Shape shape, cudaStream_t stream) {
-  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, /*accumulate=*/false, /*overlap_previous=*/false, shape, stream);
+cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens,
+                                 float* y, MatVecQ8Shape shape, cudaStream_t stream) {
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, /*accumulate=*/false,
+                     /*overlap_previous=*/false, shape, stream);
 }
 
-cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous,
-                                bool batch_invariant) {
+cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x,
+                                int n_tokens, std::span<float* const> y, cudaStream_t stream,
+                                bool overlap_previous, bool batch_invariant) {
   MatVecQ8Shape shape;
   shape.batch_invariant = batch_invariant;
   return LaunchGroup(w, x, n_tokens, y, /*accumulate=*/false, overlap_previous, shape, stream);

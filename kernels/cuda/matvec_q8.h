@@ -24,9 +24,9 @@ namespace chord::cuda {
 
 // n_tokens rows of `cols` activations in 8-bit form, carved from one buffer.
 struct Q8Activations {
-  int8_t* q = nullptr;        // n_tokens * cols
-  float* scale = nullptr;     // n_tokens * cols / 32: the value of one step of q
-  float* half_sums = nullptr; // n_tokens * cols / 16: scale * sum of the half's q
+  int8_t* q = nullptr;         // n_tokens * cols
+  float* scale = nullptr;      // n_tokens * cols / 32: the value of one step of q
+  float* half_sums = nullptr;  // n_tokens * cols / 16: scale * sum of the half's q
 };
 
 // Bytes of a buffer holding n_tokens x cols (cols a multiple of 32).
@@ -40,12 +40,12 @@ cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols
 
 // What LaunchRmsNorm (ops.h) then LaunchQuantizeActivations of its result
 // write, in one launch (n a multiple of 32).
-cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows, float eps, float* y,
-                                  Q8Activations out, cudaStream_t stream);
+cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows,
+                                  float eps, float* y, Q8Activations out, cudaStream_t stream);
 // What LaunchSwiGlu (ops.h) over n_tokens rows of cols then
 // LaunchQuantizeActivations of gate write, in one launch.
-cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols, Q8Activations out,
-                                 cudaStream_t stream);
+cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols,
+                                 Q8Activations out, cudaStream_t stream);
 
 // True for the weight types and shapes the integer path reads (Q4_K, Q6_K,
 // Q8_0).
@@ -69,9 +69,9 @@ cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_
 // in one launch (Q/K/V, gate/up read the same activations): one wave of
 // blocks instead of several short ones. The same values as one launch each.
 constexpr int kMatVecQ8MaxGroup = 3;
-cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
-                                std::span<float* const> y, cudaStream_t stream, bool overlap_previous = false,
-                                bool batch_invariant = false);
+cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x,
+                                int n_tokens, std::span<float* const> y, cudaStream_t stream,
+                                bool overlap_previous = false, bool batch_invariant = false);
 
 // How a launch lays the rows over warps and blocks (for benchmarks and
 // tests; 0 = the tuned default). Every shape writes the same bits.
@@ -90,7 +90,7 @@ struct MatVecQ8Shape {
   // As LaunchMatVecQ8's batch_invariant.
   bool batch_invariant = false;
 };
-cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens, float* y,
-                                 MatVecQ8Shape shape, cudaStream_t stream);
+cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, int n_tokens,
+                                 float* y, MatVecQ8Shape shape, cudaStream_t stream);
 
 }  // namespace chord::cuda

@@ -19,8 +19,8 @@ namespace {
 using testing::MakeMatrix;
 using testing::Poisoned;
 using testing::RandomFloats;
-using testing::ToDevice;
 using testing::TestMatrix;
+using testing::ToDevice;
 using testing::ToHost;
 
 // What LaunchQuantizeActivations computes, on the host.
@@ -63,8 +63,10 @@ TEST_F(MatVecQ8Test, ActivationsRoundPerBlockWithHalfSums) {
   std::vector<float> scale(x.size() / 32), sums(x.size() / 16);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(q.data(), a.q, q.size(), cudaMemcpyDeviceToHost), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(scale.data(), a.scale, scale.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  ASSERT_EQ(cudaMemcpy(sums.data(), a.half_sums, sums.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(scale.data(), a.scale, scale.size() * 4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(sums.data(), a.half_sums, sums.size() * 4, cudaMemcpyDeviceToHost),
+            cudaSuccess);
   const HostQ8 ref = Round(x);
   for (size_t b = 0; b < scale.size(); ++b) ASSERT_FLOAT_EQ(scale[b], ref.scale[b]) << b;
   for (size_t i = 0; i < q.size(); ++i) {
@@ -108,26 +110,33 @@ TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
     DeviceBuffer plain_q = Poisoned<uint8_t>(Q8ActivationBytes(rows, cols));
     const Q8Activations fused = Q8ActivationsIn(fused_q.data(), rows, cols);
     const Q8Activations plain = Q8ActivationsIn(plain_q.data(), rows, cols);
-    ASSERT_EQ(LaunchRmsNormQuantize(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, fused_y.as<float>(), fused,
-                                    nullptr),
+    ASSERT_EQ(LaunchRmsNormQuantize(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f,
+                                    fused_y.as<float>(), fused, nullptr),
               cudaSuccess);
-    ASSERT_EQ(LaunchRmsNorm(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, plain_y.as<float>(), nullptr),
+    ASSERT_EQ(LaunchRmsNorm(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, plain_y.as<float>(),
+                            nullptr),
               cudaSuccess);
-    ASSERT_EQ(LaunchQuantizeActivations(plain_y.as<float>(), rows, cols, plain, nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchQuantizeActivations(plain_y.as<float>(), rows, cols, plain, nullptr),
+              cudaSuccess);
     EXPECT_EQ(ToHost<float>(fused_y, n), ToHost<float>(plain_y, n)) << cols;
     same_rounding(fused, plain, n);
 
     DeviceBuffer fused_gate = ToDevice(x), plain_gate = ToDevice(x);
-    ASSERT_EQ(LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr),
+    ASSERT_EQ(
+        LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr),
+        cudaSuccess);
+    ASSERT_EQ(
+        LaunchSwiGlu(plain_gate.as<float>(), dup.as<float>(), static_cast<int64_t>(n), nullptr),
+        cudaSuccess);
+    ASSERT_EQ(LaunchQuantizeActivations(plain_gate.as<float>(), rows, cols, plain, nullptr),
               cudaSuccess);
-    ASSERT_EQ(LaunchSwiGlu(plain_gate.as<float>(), dup.as<float>(), static_cast<int64_t>(n), nullptr), cudaSuccess);
-    ASSERT_EQ(LaunchQuantizeActivations(plain_gate.as<float>(), rows, cols, plain, nullptr), cudaSuccess);
     EXPECT_EQ(ToHost<float>(fused_gate, n), ToHost<float>(plain_gate, n)) << cols;
     same_rounding(fused, plain, n);
   }
   DeviceBuffer y = Poisoned<float>(40);
-  EXPECT_EQ(LaunchRmsNormQuantize(y.as<float>(), y.as<float>(), 40, 1, 1e-5f, y.as<float>(), {}, nullptr),
-            cudaErrorInvalidValue);
+  EXPECT_EQ(
+      LaunchRmsNormQuantize(y.as<float>(), y.as<float>(), 40, 1, 1e-5f, y.as<float>(), {}, nullptr),
+      cudaErrorInvalidValue);
 }
 
 class MatVecQ8TypeTest : public ::testing::TestWithParam<DType> {
@@ -138,7 +147,8 @@ class MatVecQ8TypeTest : public ::testing::TestWithParam<DType> {
 TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
   const DType type = GetParam();
   uint32_t seed = 500 + static_cast<uint32_t>(type);
-  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
+  for (const auto& [rows, cols] :
+       std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
     const TestMatrix m = MakeMatrix(type, rows, cols, seed++);
     const std::vector<float>& decoded = m.decoded;
     const DeviceMatrix& w = m.view;
@@ -168,7 +178,8 @@ TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
             // Against the rounded activations: float rounding only (and a
             // device tie rounded the other way, one step of one element).
             ASSERT_NEAR(y[t * rows + r], ref, 3e-5 * mag + 1e-5)
-                << DTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n << " t=" << t << " r=" << r;
+                << DTypeName(type) << " rows=" << rows << " cols=" << cols << " n=" << n
+                << " t=" << t << " r=" << r;
             // Against the exact activations: within the rounding's error.
             ASSERT_NEAR(y[t * rows + r], exact, 1e-2 * mag + 1e-5);
           }
@@ -183,11 +194,13 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
   const DType type = GetParam();
   const int64_t cols = 512;
   std::vector<TestMatrix> matrices;
-  for (const int64_t rows : {37, 128, 5}) matrices.push_back(MakeMatrix(type, rows, cols, 900 + static_cast<uint32_t>(rows)));
+  for (const int64_t rows : {37, 128, 5})
+    matrices.push_back(MakeMatrix(type, rows, cols, 900 + static_cast<uint32_t>(rows)));
   std::vector<DeviceMatrix> views;
   for (const TestMatrix& m : matrices) views.push_back(m.view);
   for (const int n : {1, 5, 8}) {
-    const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 77 + static_cast<uint32_t>(n));
+    const std::vector<float> x =
+        RandomFloats(static_cast<size_t>(n * cols), 77 + static_cast<uint32_t>(n));
     DeviceBuffer dx = ToDevice(x);
     DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
     const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
@@ -199,17 +212,20 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
         grouped.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
         alone.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
         outs.push_back(grouped.back().as<float>());
-        ASSERT_EQ(LaunchMatVecQ8(views[m], a, n, alone.back().as<float>(), false, nullptr), cudaSuccess);
+        ASSERT_EQ(LaunchMatVecQ8(views[m], a, n, alone.back().as<float>(), false, nullptr),
+                  cudaSuccess);
       }
       ASSERT_EQ(LaunchMatVecQ8Group({views.data(), count}, a, n, outs, nullptr), cudaSuccess);
       for (size_t m = 0; m < count; ++m) {
         const auto size = static_cast<size_t>(n * views[m].rows);
-        EXPECT_EQ(ToHost<float>(grouped[m], size), ToHost<float>(alone[m], size)) << "n=" << n << " matrix " << m;
+        EXPECT_EQ(ToHost<float>(grouped[m], size), ToHost<float>(alone[m], size))
+            << "n=" << n << " matrix " << m;
       }
     }
   }
   // Matrices of another type or width, or too many, are refused.
-  const TestMatrix other = MakeMatrix(type == DType::kQ8_0 ? DType::kQ4_K : DType::kQ8_0, 4, cols, 5);
+  const TestMatrix other =
+      MakeMatrix(type == DType::kQ8_0 ? DType::kQ4_K : DType::kQ8_0, 4, cols, 5);
   const TestMatrix wider = MakeMatrix(type, 4, 2 * cols, 6);
   DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(1, 2 * cols));
   const Q8Activations a = Q8ActivationsIn(buffer.data(), 1, 2 * cols);
@@ -230,34 +246,40 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
 // depend on the launch's shape.
 TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
   const DType type = GetParam();
-  for (const auto& [rows, cols] :
-       std::vector<std::pair<int64_t, int64_t>>{{37, 512}, {130, 2816}, {300, 4096}, {45, 1280}, {64, 2816}, {48, 11008}}) {
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+           {37, 512}, {130, 2816}, {300, 4096}, {45, 1280}, {64, 2816}, {48, 11008}}) {
     const TestMatrix m = MakeMatrix(type, rows, cols, 1300 + static_cast<uint32_t>(rows));
     for (const int n : {1, 2, 3}) {
-      const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 1400 + static_cast<uint32_t>(n));
+      const std::vector<float> x =
+          RandomFloats(static_cast<size_t>(n * cols), 1400 + static_cast<uint32_t>(n));
       DeviceBuffer dx = ToDevice(x);
       DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
       const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
       ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
       const auto size = static_cast<size_t>(n * rows);
       DeviceBuffer one = Poisoned<float>(size);
-      ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, one.as<float>(), {1, 0, 1}, nullptr), cudaSuccess);
+      ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, one.as<float>(), {1, 0, 1}, nullptr),
+                cudaSuccess);
       const std::vector<float> expected = ToHost<float>(one, size);
       for (const MatVecQ8Shape shape :
-           {MatVecQ8Shape{2, 0, 1}, MatVecQ8Shape{4, 0, 1}, MatVecQ8Shape{1, 1, 1}, MatVecQ8Shape{4, 1, 1},
-            MatVecQ8Shape{0, 0, 0}, MatVecQ8Shape{1, 0, 2}, MatVecQ8Shape{1, 1, 3}, MatVecQ8Shape{1, 2, 4},
-            MatVecQ8Shape{1, 0, 6}}) {
+           {MatVecQ8Shape{2, 0, 1}, MatVecQ8Shape{4, 0, 1}, MatVecQ8Shape{1, 1, 1},
+            MatVecQ8Shape{4, 1, 1}, MatVecQ8Shape{0, 0, 0}, MatVecQ8Shape{1, 0, 2},
+            MatVecQ8Shape{1, 1, 3}, MatVecQ8Shape{1, 2, 4}, MatVecQ8Shape{1, 0, 6}}) {
         DeviceBuffer y = Poisoned<float>(size);
         ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), shape, nullptr), cudaSuccess);
         EXPECT_EQ(ToHost<float>(y, size), expected)
-            << "rows=" << rows << " n=" << n << " per warp " << shape.rows_per_warp << " blocks per SM "
-            << shape.blocks_per_sm << " stages " << shape.stages;
+            << "rows=" << rows << " n=" << n << " per warp " << shape.rows_per_warp
+            << " blocks per SM " << shape.blocks_per_sm << " stages " << shape.stages;
       }
       DeviceBuffer y = Poisoned<float>(size);
-      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {3, 0, 0}, nullptr), cudaErrorInvalidValue);
-      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, -1, 0}, nullptr), cudaErrorInvalidValue);
-      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, 5}, nullptr), cudaErrorInvalidValue);
-      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, -1}, nullptr), cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {3, 0, 0}, nullptr),
+                cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, -1, 0}, nullptr),
+                cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, 5}, nullptr),
+                cudaErrorInvalidValue);
+      EXPECT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), {1, 0, -1}, nullptr),
+                cudaErrorInvalidValue);
     }
   }
 }
@@ -278,26 +300,33 @@ TEST_P(MatVecQ8TypeTest, BatchInvariantLaunchesGiveEachTokenItsOneTokenBits) {
   ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
   for (const bool invariant : {true, false}) {
     DeviceBuffer all = Poisoned<float>(static_cast<size_t>(n * rows));
-    ASSERT_EQ(LaunchMatVecQ8(m.view, a, n, all.as<float>(), false, nullptr, false, invariant), cudaSuccess);
+    ASSERT_EQ(LaunchMatVecQ8(m.view, a, n, all.as<float>(), false, nullptr, false, invariant),
+              cudaSuccess);
     const std::vector<float> together = ToHost<float>(all, static_cast<size_t>(n * rows));
     for (int t = 0; t < n; ++t) {
-      const Q8Activations one{a.q + t * cols, a.scale + t * (cols / 32), a.half_sums + t * (cols / 16)};
+      const Q8Activations one{a.q + t * cols, a.scale + t * (cols / 32),
+                              a.half_sums + t * (cols / 16)};
       DeviceBuffer y = Poisoned<float>(static_cast<size_t>(rows));
-      ASSERT_EQ(LaunchMatVecQ8(m.view, one, 1, y.as<float>(), false, nullptr, false, invariant), cudaSuccess);
+      ASSERT_EQ(LaunchMatVecQ8(m.view, one, 1, y.as<float>(), false, nullptr, false, invariant),
+                cudaSuccess);
       const std::vector<float> alone = ToHost<float>(y, static_cast<size_t>(rows));
       for (int64_t r = 0; r < rows; ++r) {
         if (invariant) {
           ASSERT_EQ(together[t * rows + r], alone[r]) << "token " << t << " row " << r;
         } else {
-          ASSERT_NEAR(together[t * rows + r], alone[r], 1e-4 * (std::abs(alone[r]) + 1.0)) << "token " << t;
+          ASSERT_NEAR(together[t * rows + r], alone[r], 1e-4 * (std::abs(alone[r]) + 1.0))
+              << "token " << t;
         }
       }
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Types, MatVecQ8TypeTest, ::testing::Values(DType::kQ4_K, DType::kQ6_K, DType::kQ8_0),
-                         [](const auto& param_info) { return std::string(DTypeName(param_info.param)); });
+INSTANTIATE_TEST_SUITE_P(Types, MatVecQ8TypeTest,
+                         ::testing::Values(DType::kQ4_K, DType::kQ6_K, DType::kQ8_0),
+                         [](const auto& param_info) {
+                           return std::string(DTypeName(param_info.param));
+                         });
 
 TEST_F(MatVecQ8Test, RefusesWhatItDoesNotRead) {
   EXPECT_FALSE(MatVecQ8Supports(static_cast<uint32_t>(DType::kQ4_0), 256));

@@ -12,6 +12,7 @@
 #include "common/quant/blocks.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/multi_dot.h"
+#include "kernels/cpu/x86/simd_common.h"
 
 namespace chord::kernels {
 namespace {
@@ -24,23 +25,6 @@ using quant::BlockQ8_0;
 using quant::BlockQ8_K;
 using quant::kQK;
 using quant::kQKK;
-
-inline float Half(uint16_t h) { return _cvtsh_ss(h); }
-
-inline float Hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline float Hsum128(__m128 s) {
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-inline __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // Sum of signed x * signed y over 32 bytes, as 8 int32 lanes (x != -128 or y
 // small enough: |x| * |y| * 2 <= 32512 for activations in [-127, 127]).
@@ -98,34 +82,9 @@ void DotQ4_0(const void* w, const void* const* acts, int64_t n, float* out) {
   for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
 }
 
-// The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K/Q5_K block.
-inline __m256i UnpackScalesMins(const uint8_t* packed) {
-  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
-  uint32_t u[4];
-  std::memcpy(u, packed, 12);
-  u[3] = ((u[2] >> 4) & kLow4) | (((u[1] >> 6) & kLow2) << 4);
-  const uint32_t mins_lo = u[1] & kLow6;
-  u[1] = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
-  u[2] = mins_lo;
-  u[0] &= kLow6;
-  // u[0], u[1]: scales 0..7; u[2], u[3]: mins 0..7.
-  return _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(u[3]), static_cast<int>(u[2]),
-                                            static_cast<int>(u[1]), static_cast<int>(u[0])));
-}
-
 // Broadcasts int16 lane k (0..7) of each 128-bit half.
 inline __m256i ScaleShuffle(int k) {
   return _mm256_set1_epi16(static_cast<int16_t>((2 * k) | ((2 * k + 1) << 8)));
-}
-
-// Shared by Q4_K and Q5_K: the min term -dmin * sum_j m_j * (sum of sub-block j's activations).
-inline __m128 MinTerm(__m256i scales_mins, const BlockQ8_K& y, float dmin, __m128 acc) {
-  const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
-  const __m256i bsums = Load256(y.bsums);
-  const __m128i q8s =
-      _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-  const __m128i prod = _mm_madd_epi16(mins, q8s);
-  return _mm_fmadd_ps(_mm_set1_ps(-dmin * y.d), _mm_cvtepi32_ps(prod), acc);
 }
 
 template <int NT, bool kFiveBit>
@@ -188,26 +147,14 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
     y[t] = static_cast<const BlockQ8_K*>(acts[t]);
     acc[t] = _mm256_setzero_ps();
   }
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  const __m256i m2 = _mm256_set1_epi8(3);
   const __m256i m32 = _mm256_set1_epi8(32);
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales));
     __m256i sumi[NT];
     for (int t = 0; t < NT; ++t) sumi[t] = _mm256_setzero_si256();
     for (int half = 0; half < 2; ++half) {
-      const __m256i ql0 = Load256(x[b].ql + 64 * half);
-      const __m256i ql1 = Load256(x[b].ql + 64 * half + 32);
-      const __m256i qh = Load256(x[b].qh + 32 * half);
       __m256i q[4];
-      q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-      q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-      q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-      q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                             _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      UnpackQ6Half(x[b], half, q);
       __m256i sc[4];
       for (int i = 0; i < 4; ++i) {
         // int16 lanes 0..7: scale of group 8*half + 2i, lanes 8..15: group 8*half + 2i + 1.
@@ -274,57 +221,28 @@ void DotFloat(const void* w, const void* const* acts, int64_t n, float* out) {
   }
 }
 
-enum class Kernel { kF32, kF16, kQ4_0, kQ8_0, kQ4_K, kQ5_K, kQ6_K };
-
-template <Kernel K, int NT>
-void RunGroup(const void* w, const void* const* acts, int64_t n, float* out) {
-  if constexpr (K == Kernel::kF32) DotFloat<NT, false>(w, acts, n, out);
-  if constexpr (K == Kernel::kF16) DotFloat<NT, true>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ4_0) DotQ4_0<NT>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ8_0) DotQ8_0<NT>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ4_K) DotQ45_K<NT, false>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ5_K) DotQ45_K<NT, true>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ6_K) DotQ6_K<NT>(w, acts, n, out);
-}
-
-template <Kernel K>
-void Dispatch(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
-  switch (n_acts) {
-    case 1:
-      RunGroup<K, 1>(w, acts, n, out);
-      return;
-    case 2:
-      RunGroup<K, 2>(w, acts, n, out);
-      return;
-    case 3:
-      RunGroup<K, 3>(w, acts, n, out);
-      return;
-    default:
-      RunGroup<K, 4>(w, acts, n, out);
-      return;
-  }
-}
-
-static_assert(kMaxDotGroup == 4, "Dispatch covers groups of 1..4");
-
 }  // namespace
 
 MultiDotFn GetMultiDotAvx2(DType weight_type) {
   switch (weight_type) {
     case DType::kF32:
-      return Dispatch<Kernel::kF32>;
+      return ForGroupSize<DotFloat<1, false>, DotFloat<2, false>, DotFloat<3, false>,
+                          DotFloat<4, false>>;
     case DType::kF16:
-      return Dispatch<Kernel::kF16>;
+      return ForGroupSize<DotFloat<1, true>, DotFloat<2, true>, DotFloat<3, true>,
+                          DotFloat<4, true>>;
     case DType::kQ4_0:
-      return Dispatch<Kernel::kQ4_0>;
+      return ForGroupSize<DotQ4_0<1>, DotQ4_0<2>, DotQ4_0<3>, DotQ4_0<4>>;
     case DType::kQ8_0:
-      return Dispatch<Kernel::kQ8_0>;
+      return ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>>;
     case DType::kQ4_K:
-      return Dispatch<Kernel::kQ4_K>;
+      return ForGroupSize<DotQ45_K<1, false>, DotQ45_K<2, false>, DotQ45_K<3, false>,
+                          DotQ45_K<4, false>>;
     case DType::kQ5_K:
-      return Dispatch<Kernel::kQ5_K>;
+      return ForGroupSize<DotQ45_K<1, true>, DotQ45_K<2, true>, DotQ45_K<3, true>,
+                          DotQ45_K<4, true>>;
     case DType::kQ6_K:
-      return Dispatch<Kernel::kQ6_K>;
+      return ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>>;
     default:
       return nullptr;
   }

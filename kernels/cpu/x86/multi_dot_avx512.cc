@@ -17,6 +17,7 @@
 #include "common/quant/blocks.h"
 #include "kernels/cpu/activation_quant.h"
 #include "kernels/cpu/multi_dot.h"
+#include "kernels/cpu/x86/simd_common.h"
 
 // GCC 12's AVX-512 intrinsics start their results from _mm512_undefined_*(),
 // which its flow analysis reports as uninitialized at every inlined use.
@@ -33,21 +34,11 @@ using quant::BlockQ8_K;
 using quant::kQK;
 using quant::kQKK;
 
-inline float Half(uint16_t h) { return _cvtsh_ss(h); }
-
-inline float Hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
 inline float Hsum512(__m512 v) {
-  const __m256 high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));  // AVX-512F only
-  return Hsum256(_mm256_add_ps(_mm512_castps512_ps256(v), high));
+  const __m256 high =
+      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));  // AVX-512F only
+  return Hsum(_mm256_add_ps(_mm512_castps512_ps256(v), high));
 }
-
-inline __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 inline __m512i Load512(const void* p) { return _mm512_loadu_si512(p); }
 
 // The permutation that SpreadScales applies: int16 lane i of the result takes
@@ -79,34 +70,13 @@ void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
     const float dx = Half(x[b].d);
     for (int t = 0; t < NT; ++t) {
       // |x| (unsigned) times y with x's sign: x * y, four bytes a lane.
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, _mm256_sign_epi8(Load256(y[t][b].qs), qx));
-      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax,
+                                              _mm256_sign_epi8(Load256(y[t][b].qs), qx));
+      acc[t] =
+          _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum256(acc[t]);
-}
-
-// The 8 six-bit scales (int16 lanes 0..7) and mins (lanes 8..15) of a Q4_K
-// block, as the AVX2 kernel unpacks them.
-inline __m256i UnpackScalesMins(const uint8_t* packed) {
-  constexpr uint32_t kLow6 = 0x3f3f3f3f, kLow4 = 0x0f0f0f0f, kLow2 = 0x03030303;
-  uint32_t u[4];
-  std::memcpy(u, packed, 12);
-  u[3] = ((u[2] >> 4) & kLow4) | (((u[1] >> 6) & kLow2) << 4);
-  const uint32_t mins_lo = u[1] & kLow6;
-  u[1] = (u[2] & kLow4) | (((u[0] >> 6) & kLow2) << 4);
-  u[2] = mins_lo;
-  u[0] &= kLow6;
-  return _mm256_cvtepu8_epi16(_mm_set_epi32(static_cast<int>(u[3]), static_cast<int>(u[2]),
-                                            static_cast<int>(u[1]), static_cast<int>(u[0])));
-}
-
-// -dmin * sum_j m_j * (sum of sub-block j's activations), added to acc.
-inline __m128 MinTerm(__m256i scales_mins, const BlockQ8_K& y, float dmin, __m128 acc) {
-  const __m128i mins = _mm256_extracti128_si256(scales_mins, 1);
-  const __m256i bsums = Load256(y.bsums);
-  const __m128i q8s = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-  return _mm_fmadd_ps(_mm_set1_ps(-dmin * y.d), _mm_cvtepi32_ps(_mm_madd_epi16(mins, q8s)), acc);
+  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
 }
 
 template <int NT>
@@ -122,7 +92,8 @@ void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
   }
   const __m256i m4 = _mm256_set1_epi8(0xF);
   // Sub-blocks 2j and 2j + 1: 16 int16 pair positions each.
-  const __m512i spread[4] = {SpreadIndex(0, 2), SpreadIndex(2, 2), SpreadIndex(4, 2), SpreadIndex(6, 2)};
+  const __m512i spread[4] = {SpreadIndex(0, 2), SpreadIndex(2, 2), SpreadIndex(4, 2),
+                             SpreadIndex(6, 2)};
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const __m256i scales_mins = UnpackScalesMins(x[b].scales);
     const float d = Half(x[b].d);
@@ -146,12 +117,7 @@ void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
       acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * y[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) {
-    __m128 m = acc_min[t];
-    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_add_ss(m, _mm_movehdup_ps(m));
-    out[t] = Hsum512(acc[t]) + _mm_cvtss_f32(m);
-  }
+  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]) + Hsum128(acc_min[t]);
 }
 
 // Q6_K: each 6-bit value q (0..63) stands for q - 32. The products take q as
@@ -166,39 +132,32 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
     y[t] = static_cast<const BlockQ8_K*>(acts[t]);
     acc[t] = _mm512_setzero_ps();
   }
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  const __m256i m2 = _mm256_set1_epi8(3);
   // 16-element groups 4k..4k+3: 8 int16 pair positions each.
-  const __m512i spread[4] = {SpreadIndex(0, 4), SpreadIndex(4, 4), SpreadIndex(8, 4), SpreadIndex(12, 4)};
+  const __m512i spread[4] = {SpreadIndex(0, 4), SpreadIndex(4, 4), SpreadIndex(8, 4),
+                             SpreadIndex(12, 4)};
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const __m256i scales16 =
         _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales)));
     __m512i sumi[NT];
     for (int t = 0; t < NT; ++t) {
       // 32 * sum_g scale_g * bsum_g, exact in int32, taken off up front.
-      const __m256i offset = _mm256_slli_epi32(_mm256_madd_epi16(scales16, Load256(y[t][b].bsums)), 5);
+      const __m256i offset =
+          _mm256_slli_epi32(_mm256_madd_epi16(scales16, Load256(y[t][b].bsums)), 5);
       sumi[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
     }
     for (int half = 0; half < 2; ++half) {
-      const __m256i ql0 = Load256(x[b].ql + 64 * half);
-      const __m256i ql1 = Load256(x[b].ql + 64 * half + 32);
-      const __m256i qh = Load256(x[b].qh + 32 * half);
-      const __m256i q0 = _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-      const __m256i q1 = _mm256_or_si256(_mm256_and_si256(ql1, m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-      const __m256i q2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-      const __m256i q3 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+      __m256i q[4];
+      UnpackQ6Half(x[b], half, q);
       // Elements 128 half + 0..63 and + 64..127, each four 16-element groups.
-      const __m512i q01 = _mm512_inserti64x4(_mm512_zextsi256_si512(q0), q1, 1);
-      const __m512i q23 = _mm512_inserti64x4(_mm512_zextsi256_si512(q2), q3, 1);
+      const __m512i q01 = _mm512_inserti64x4(_mm512_zextsi256_si512(q[0]), q[1], 1);
+      const __m512i q23 = _mm512_inserti64x4(_mm512_zextsi256_si512(q[2]), q[3], 1);
       const __m512i scales01 = SpreadScales(spread[2 * half], scales16);
       const __m512i scales23 = SpreadScales(spread[2 * half + 1], scales16);
       for (int t = 0; t < NT; ++t) {
         const int8_t* q8 = y[t][b].qs + 128 * half;
         sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q01, Load512(q8)), scales01);
-        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q23, Load512(q8 + 64)), scales23);
+        sumi[t] =
+            _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q23, Load512(q8 + 64)), scales23);
       }
     }
     const float d = Half(x[b].d);
@@ -209,45 +168,16 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
   for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
 }
 
-enum class Kernel { kQ8_0, kQ4_K, kQ6_K };
-
-template <Kernel K, int NT>
-void RunGroup(const void* w, const void* const* acts, int64_t n, float* out) {
-  if constexpr (K == Kernel::kQ8_0) DotQ8_0<NT>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ4_K) DotQ4_K<NT>(w, acts, n, out);
-  if constexpr (K == Kernel::kQ6_K) DotQ6_K<NT>(w, acts, n, out);
-}
-
-template <Kernel K>
-void Dispatch(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
-  switch (n_acts) {
-    case 1:
-      RunGroup<K, 1>(w, acts, n, out);
-      return;
-    case 2:
-      RunGroup<K, 2>(w, acts, n, out);
-      return;
-    case 3:
-      RunGroup<K, 3>(w, acts, n, out);
-      return;
-    default:
-      RunGroup<K, 4>(w, acts, n, out);
-      return;
-  }
-}
-
-static_assert(kMaxDotGroup == 4, "Dispatch covers groups of 1..4");
-
 }  // namespace
 
 MultiDotFn GetMultiDotAvx512Vnni(DType weight_type) {
   switch (weight_type) {
     case DType::kQ8_0:
-      return Dispatch<Kernel::kQ8_0>;
+      return ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>>;
     case DType::kQ4_K:
-      return Dispatch<Kernel::kQ4_K>;
+      return ForGroupSize<DotQ4_K<1>, DotQ4_K<2>, DotQ4_K<3>, DotQ4_K<4>>;
     case DType::kQ6_K:
-      return Dispatch<Kernel::kQ6_K>;
+      return ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>>;
     default:
       return nullptr;
   }
