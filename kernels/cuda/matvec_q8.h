@@ -74,7 +74,8 @@ cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activat
                                 bool overlap_previous = false, bool batch_invariant = false);
 
 // How a launch lays the rows over warps and blocks (for benchmarks and
-// tests; 0 = the tuned default). Every shape writes the same bits.
+// tests; 0 = the tuned default). Every choice of rows_per_warp, blocks_per_sm
+// and stages writes the same bits.
 struct MatVecQ8Shape {
   // Rows each warp takes at a time: 1, 2 or 4. Passes of more than 2 tokens
   // take one whatever is asked (registers).
