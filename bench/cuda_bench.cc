@@ -9,6 +9,7 @@
 //
 //   cuda_bench --model /tmp/l7.gguf --make-model --preset llama2-7b --type Q4_K_M
 //   cuda_bench --model /tmp/l7.gguf --stream-budget 0.5
+//   cuda_bench --int8-microbench [--int8-only "q4_K 11008x4096 n=1"]
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -274,7 +275,8 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
     CHORD_CUDA_RETURN(cudaMemcpy(x.data(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
   std::printf("int8 matvec (weights from memory; %% of the %.0f GB/s copy; r: rows a warp, b: blocks an SM (0: "
-              "a block per rows, or as many as fit with s > 1), s: shared-memory row buffers a warp (1: none)):\n",
+              "a block per rows, or as many as fit with s > 1), s: shared-memory row buffers a warp (1: none); "
+              "r = b = s = 0: the tuned default the stage uses):\n",
               copy_bandwidth / 1e9);
   std::printf("| type | rows x cols | tokens | r | b | s | us | GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|\n");
   for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
@@ -289,7 +291,7 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
         CHORD_CUDA_RETURN(cuda::LaunchQuantizeActivations(x.as<float>(), n, cols, a, nullptr));
         for (const cuda::MatVecQ8Shape shape :
              {cuda::MatVecQ8Shape{1, 0, 1}, cuda::MatVecQ8Shape{2, 0, 1}, cuda::MatVecQ8Shape{1, 0, 2},
-              cuda::MatVecQ8Shape{1, 0, 3}}) {
+              cuda::MatVecQ8Shape{1, 0, 3}, cuda::MatVecQ8Shape{}}) {
           if ((n > 2 && shape.rows_per_warp > 1) || ((n > 1 || cols > 4096) && shape.stages > 1)) continue;
           const std::string label = absl::StrFormat("%s %ldx%ld n=%d r=%d b=%d s=%d", DTypeName(type), rows, cols, n,
                                                     shape.rows_per_warp, shape.blocks_per_sm, shape.stages);

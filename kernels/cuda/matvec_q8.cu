@@ -154,11 +154,11 @@ template <uint32_t kType>
 struct Unit;
 
 // Q4_K for passes of 1 or 2 tokens, unit u: sub-blocks 2i and 2i + 1 of
-// block blk (4 units a 256-element block), whose 32 bytes of nibbles hold sub-block 2i in their low
-// halves and 2i + 1 in their high halves. element = d * scale_j * nibble - dmin * min_j, so a
-// sub-block's dot product is d * scale_j * (x's step) * sum(nibble * q)
-// - dmin * min_j * (x's block sum). One lane decodes the pair's scales once
-// for 64 weights.
+// block blk (4 units a 256-element block), whose 32 bytes of nibbles hold
+// sub-block 2i in their low halves and 2i + 1 in their high halves.
+// element = d * scale_j * nibble - dmin * min_j, so a sub-block's dot product
+// is d * scale_j * (x's step) * sum(nibble * q) - dmin * min_j * (x's block
+// sum). One lane decodes the pair's scales once for 64 weights.
 template <>
 struct Unit<kQ4_K> {
   static constexpr int kElements = 64;

@@ -242,8 +242,8 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
 
 // A warp taking 1, 2 or 4 rows (the last warp's partly past the end), a grid
 // capped at one block per SM whose warps loop over the rows, or the one-token
-// kernel that stages rows in shared memory, writes the same bits: the per-row arithmetic does not
-// depend on the launch's shape.
+// kernel that stages rows in shared memory, writes the same bits: the per-row
+// arithmetic does not depend on the launch's shape.
 TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
   const DType type = GetParam();
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
