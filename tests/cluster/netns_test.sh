@@ -222,7 +222,10 @@ until grep -qF "refused CURVE peer $INTRUDER_KEY" "$WORK/coordinator.log"; do
   [ "$SECONDS" -lt "$deadline" ] || fail "the coordinator did not log refusing the unknown key"
   sleep 0.2
 done
-if grep -q "w9" "$WORK/coordinator.log"; then fail "the unknown worker w9 was registered"; fi
+# The refusal line quotes the intruder's Z85 key, whose characters may spell "w9" by chance.
+if grep -vF "refused CURVE peer" "$WORK/coordinator.log" | grep -qw "w9"; then
+  fail "the unknown worker w9 was registered"
+fi
 echo "netns_test: a worker with an unknown key is refused and logged"
 check_tokens "TLS + token + CURVE, after the refused worker" --api-key "$TOKEN" --tls-ca "$WORK/server.crt"
 stop_all
