@@ -6,6 +6,7 @@
 
 #include "common/base/status.h"
 #include "common/quant/quant.h"
+#include "kernels/cpu/multi_dot.h"
 
 namespace chord::kernels {
 namespace {
@@ -103,22 +104,38 @@ DType ActivationTypeFor(DType weight_type) {
 
 int64_t ActivationRowBytes(DType weight_type, int64_t n) {
   switch (ActivationTypeFor(weight_type)) {
-    case DType::kQ8_0: return n / kQK * static_cast<int64_t>(sizeof(quant::BlockQ8_0));
-    case DType::kQ8_1: return n / kQK * static_cast<int64_t>(sizeof(BlockQ8_1));
-    case DType::kQ8_K: return n / kQKK * static_cast<int64_t>(sizeof(quant::BlockQ8_K));
-    default: return n * static_cast<int64_t>(sizeof(float));
+    case DType::kQ8_0:
+      return n / kQK * static_cast<int64_t>(sizeof(quant::BlockQ8_0));
+    case DType::kQ8_1:
+      return n / kQK * static_cast<int64_t>(sizeof(BlockQ8_1));
+    case DType::kQ8_K:
+      return n / kQKK * static_cast<int64_t>(sizeof(quant::BlockQ8_K));
+    default:
+      return n * static_cast<int64_t>(sizeof(float));
   }
 }
 
 void QuantizeActivations(DType weight_type, const float* x, int64_t n, void* out) {
   switch (ActivationTypeFor(weight_type)) {
     case DType::kQ8_0:
+#if defined(CHORD_HAVE_AVX2_KERNELS)
+      if (HasAvx2(BestKernelIsa())) {
+        QuantizeActivationsQ8_0Avx2(x, n, static_cast<quant::BlockQ8_0*>(out));
+        return;
+      }
+#endif
       QuantizeActivationsQ8_0(x, n, static_cast<quant::BlockQ8_0*>(out));
       return;
     case DType::kQ8_1:
       QuantizeActivationsQ8_1(x, n, static_cast<BlockQ8_1*>(out));
       return;
     case DType::kQ8_K:
+#if defined(CHORD_HAVE_AVX2_KERNELS)
+      if (HasAvx2(BestKernelIsa())) {
+        QuantizeActivationsQ8_KAvx2(x, n, static_cast<quant::BlockQ8_K*>(out));
+        return;
+      }
+#endif
       QuantizeActivationsQ8_K(x, n, static_cast<quant::BlockQ8_K*>(out));
       return;
     default:

@@ -25,6 +25,12 @@ void QuantizeActivationsQ8_0(const float* x, int64_t n, quant::BlockQ8_0* out);
 void QuantizeActivationsQ8_1(const float* x, int64_t n, BlockQ8_1* out);
 void QuantizeActivationsQ8_K(const float* x, int64_t n, quant::BlockQ8_K* out);
 
+// The same with AVX2 (x86/activation_quant_avx2.cc): identical bytes; call
+// only when the CPU has AVX2 (HasAvx2(BestKernelIsa())), as
+// QuantizeActivations does.
+void QuantizeActivationsQ8_0Avx2(const float* x, int64_t n, quant::BlockQ8_0* out);
+void QuantizeActivationsQ8_KAvx2(const float* x, int64_t n, quant::BlockQ8_K* out);
+
 // The activation format a weight type's dot product consumes; kF32 means the
 // activations stay float (F32, F16 and BF16 weights).
 DType ActivationTypeFor(DType weight_type);

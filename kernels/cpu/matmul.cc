@@ -50,16 +50,28 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
     return absl::InvalidArgumentError(
         absl::StrCat("no matrix product for weight type ", std::string(DTypeName(w.type))));
   }
-  const MultiDotFn multi = GetMultiDot(w.type, isa_);
-  const int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
+  const MultiDot multi = GetMultiDot(w.type, isa_);
+  int64_t act_bytes = ActivationRowBytes(w.type, w.cols);
   const uint8_t* act = reinterpret_cast<const uint8_t*>(x);
   if (ActivationTypeFor(w.type) != DType::kF32) {
-    quantized_.resize(static_cast<size_t>(act_bytes * n_tokens));
-    uint8_t* out = quantized_.data();
+    const int64_t quantized_bytes = act_bytes;
+    const bool prepared = multi.prepare != nullptr;
+    if (prepared) act_bytes = multi.prepared_bytes(w.cols);
+    // One quantized row per token, then (for kernels that want it) the
+    // prepared row, 64-byte aligned, after all of them.
+    const int64_t prepared_offset = (quantized_bytes * n_tokens + 63) & ~int64_t{63};
+    const int64_t total =
+        prepared ? prepared_offset + act_bytes * n_tokens : quantized_bytes * n_tokens;
+    scratch_.resize(static_cast<size_t>((total + 64) / 64));
+    uint8_t* quantized = reinterpret_cast<uint8_t*>(scratch_.data());
+    uint8_t* out = prepared ? quantized + prepared_offset : quantized;
     const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(w.cols, 1));
     pool_.ParallelFor(n_tokens, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t)
-        QuantizeActivations(w.type, x + t * w.cols, w.cols, out + t * act_bytes);
+      for (int64_t t = begin; t < end; ++t) {
+        uint8_t* q = quantized + t * quantized_bytes;
+        QuantizeActivations(w.type, x + t * w.cols, w.cols, q);
+        if (prepared) multi.prepare(q, w.cols, out + t * act_bytes);
+      }
     });
     act = out;
   }
@@ -69,8 +81,9 @@ absl::Status MatMul::Run(const WeightMatrix& w, const float* x, int64_t n_tokens
   const int64_t grain =
       std::max<int64_t>(16, (int64_t{64} << 10) / std::max<int64_t>(work_per_row, 1));
   const Product product{w, act, act_bytes, n_tokens, y};
-  pool_.ParallelFor(w.rows, grain,
-                    [&](int64_t begin, int64_t end) { RunRows(product, multi, dot, begin, end); });
+  pool_.ParallelFor(w.rows, grain, [&](int64_t begin, int64_t end) {
+    RunRows(product, multi.dot, dot, begin, end);
+  });
   return absl::OkStatus();
 }
 

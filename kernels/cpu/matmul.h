@@ -38,7 +38,12 @@ class MatMul {
  private:
   ThreadPool& pool_;
   const KernelIsa isa_;
-  std::vector<uint8_t> quantized_;  // activations in the weight type's dot format
+  // Activations in the weight type's dot format (and the kernel's prepared
+  // layout); 64-byte units keep the prepared rows aligned.
+  struct alignas(64) Line {
+    uint8_t bytes[64];
+  };
+  std::vector<Line> scratch_;
 };
 
 }  // namespace chord::kernels

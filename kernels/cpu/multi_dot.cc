@@ -38,17 +38,18 @@ const char* KernelIsaName(KernelIsa isa) {
   return "unknown";
 }
 
-MultiDotFn GetMultiDot(DType weight_type, KernelIsa isa) {
+MultiDot GetMultiDot(DType weight_type, KernelIsa isa) {
 #if defined(CHORD_HAVE_AVX2_KERNELS)
   if (isa == KernelIsa::kAvx512Vnni) {
-    if (MultiDotFn fn = GetMultiDotAvx512Vnni(weight_type)) return fn;
+    const MultiDot avx512 = GetMultiDotAvx512Vnni(weight_type);
+    if (avx512.dot != nullptr) return avx512;
   }
-  if (HasAvx2(isa)) return GetMultiDotAvx2(weight_type);
+  if (HasAvx2(isa)) return {GetMultiDotAvx2(weight_type)};
 #else
   (void)weight_type;
   (void)isa;
 #endif
-  return nullptr;
+  return {};
 }
 
 }  // namespace chord::kernels

@@ -11,6 +11,10 @@
 // bits; one process uses one of them for every product.
 //
 // Weights are read in their GGUF layout (no repacking, no extra memory).
+// Activations are quantized once per product (activation_quant.h); a kernel may
+// also ask for each quantized row to be converted, once per product, into a
+// layout of its own (MultiDot::prepare) that carries what every weight row
+// would otherwise recompute, such as float scales and per-group sums.
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -22,13 +26,24 @@
 namespace chord::kernels {
 
 // Largest group a MultiDotFn accepts.
-inline constexpr int kMaxDotGroup = 4;
+inline constexpr int kMaxDotGroup = 8;
 
 // out[t] = dot(weights, acts[t]) for t < n_acts (1..kMaxDotGroup); `weights` is
 // one row of `n` elements in the weight type's layout, each acts[t] one row in
-// ActivationTypeFor(type) (activation_quant.h).
+// ActivationTypeFor(type) (activation_quant.h), or in the kernel's own layout
+// when it has a `prepare` step.
 using MultiDotFn = void (*)(const void* weights, const void* const* acts, int n_acts, int64_t n,
                             float* out);
+
+// A group kernel and, optionally, the conversion of its activations.
+struct MultiDot {
+  MultiDotFn dot = nullptr;
+  // Both null: `dot` reads the quantized rows as they are. Otherwise each
+  // quantized row of n elements becomes prepared_bytes(n) bytes (a multiple of
+  // 64) at a 64-byte aligned address, through prepare(quantized, n, out).
+  int64_t (*prepared_bytes)(int64_t n) = nullptr;
+  void (*prepare)(const void* quantized, int64_t n, void* out) = nullptr;
+};
 
 // kAvx512Vnni: AVX-512 F/BW/VL and VNNI kernels where they exist (Q4_K, Q6_K,
 // Q8_0), the AVX2 ones for the other types.
@@ -44,14 +59,14 @@ inline bool HasAvx2(KernelIsa isa) {
   return isa == KernelIsa::kAvx2 || isa == KernelIsa::kAvx512Vnni;
 }
 
-// nullptr when `isa` has no kernel for the type (the caller then uses the
-// portable row dot product of vec_dot.h once per activation row).
-MultiDotFn GetMultiDot(DType weight_type, KernelIsa isa);
+// dot == nullptr when `isa` has no kernel for the type (the caller then uses
+// the portable row dot product of vec_dot.h once per activation row).
+MultiDot GetMultiDot(DType weight_type, KernelIsa isa);
 
 // Defined in x86/multi_dot_avx2.cc (built for AVX2+FMA+F16C) and
-// x86/multi_dot_avx512.cc (AVX-512 F/BW/VL + VNNI; nullptr for the types it
-// leaves to AVX2); call only when BestKernelIsa() says so.
+// x86/multi_dot_avx512.cc (AVX-512 F/BW/VL + VNNI; dot == nullptr for the
+// types it leaves to AVX2); call only when BestKernelIsa() says so.
 MultiDotFn GetMultiDotAvx2(DType weight_type);
-MultiDotFn GetMultiDotAvx512Vnni(DType weight_type);
+MultiDot GetMultiDotAvx512Vnni(DType weight_type);
 
 }  // namespace chord::kernels

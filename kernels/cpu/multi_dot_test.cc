@@ -34,6 +34,35 @@ std::vector<uint8_t> Quantized(DType type, const std::vector<float>& x, int64_t 
   return out;
 }
 
+// The rows of `quantized` (each `bytes` long) in the kernel's prepared layout
+// when it has one, 64-byte aligned; the quantized rows themselves otherwise.
+class KernelActivations {
+ public:
+  KernelActivations(const MultiDot& multi, const std::vector<uint8_t>& quantized, int64_t bytes,
+                    int64_t rows, int64_t cols) {
+    if (multi.prepare == nullptr) {
+      for (int64_t t = 0; t < rows; ++t) pointers_.push_back(quantized.data() + t * bytes);
+      return;
+    }
+    const int64_t prepared = multi.prepared_bytes(cols);
+    EXPECT_EQ(prepared % 64, 0);
+    storage_.resize(static_cast<size_t>(rows * prepared / 64 + 1));
+    uint8_t* base = reinterpret_cast<uint8_t*>(storage_.data());
+    for (int64_t t = 0; t < rows; ++t) {
+      multi.prepare(quantized.data() + t * bytes, cols, base + t * prepared);
+      pointers_.push_back(base + t * prepared);
+    }
+  }
+  const void* const* rows() const { return pointers_.data(); }
+
+ private:
+  struct alignas(64) Line {
+    uint8_t bytes[64];
+  };
+  std::vector<Line> storage_;
+  std::vector<const void*> pointers_;
+};
+
 // Shapes: columns for one block up to several thousand, for each type.
 std::vector<int64_t> ColumnsFor(DType type) {
   const int64_t block = GetDTypeInfo(type).block_size;
@@ -53,37 +82,37 @@ double Magnitude(DType type, const uint8_t* row, const float* x, int64_t cols) {
 }
 
 // Each of `types` through the kernels of `isa` against the portable row dot
-// product, and a row alone against the same row in a group of 4.
+// product, and a row alone against the same row in a group of kMaxDotGroup.
 void ExpectMatchesPortableReference(KernelIsa isa, std::span<const DType> types) {
   std::mt19937 rng(20261129);
   for (DType type : types) {
-    const MultiDotFn multi = GetMultiDot(type, isa);
+    const MultiDot multi = GetMultiDot(type, isa);
     const VecDotFn reference = GetVecDot(type);
-    ASSERT_NE(multi, nullptr) << DTypeName(type);
+    ASSERT_NE(multi.dot, nullptr) << DTypeName(type);
     for (int64_t cols : ColumnsFor(type)) {
       const int64_t rows = 7;
       std::vector<uint8_t> w = RandomWeights(type, rows, cols, rng);
       std::vector<float> x = RandomActivations(kMaxDotGroup * cols, rng);
       std::vector<uint8_t> act = Quantized(type, x, kMaxDotGroup, cols);
       const int64_t act_bytes = ActivationRowBytes(type, cols);
+      const KernelActivations kernel_acts(multi, act, act_bytes, kMaxDotGroup, cols);
+      const void* const* acts = kernel_acts.rows();
       const uint64_t row_bytes = RowBytes(type, cols).value();
       for (int64_t r = 0; r < rows; ++r) {
         const uint8_t* row = w.data() + r * row_bytes;
-        const void* acts[kMaxDotGroup];
-        for (int g = 0; g < kMaxDotGroup; ++g) acts[g] = act.data() + g * act_bytes;
         float out[kMaxDotGroup];
-        multi(row, acts, kMaxDotGroup, cols, out);
+        multi.dot(row, acts, kMaxDotGroup, cols, out);
         for (int g = 0; g < kMaxDotGroup; ++g) {
-          const float expected = reference(row, acts[g], cols);
+          const float expected = reference(row, act.data() + g * act_bytes, cols);
           // Both sum exact per-block integers (or float products) in float, in
           // different orders: allow float rounding of the magnitudes involved.
           const double magnitude = Magnitude(type, row, x.data() + g * cols, cols);
           EXPECT_NEAR(out[g], expected, 1e-5 * magnitude + 1e-6)
               << DTypeName(type) << " cols " << cols << " row " << r << " act " << g;
           float alone;
-          multi(row, &acts[g], 1, cols, &alone);
+          multi.dot(row, &acts[g], 1, cols, &alone);
           EXPECT_EQ(0, std::memcmp(&alone, &out[g], sizeof(float)))
-              << DTypeName(type) << " cols " << cols << ": group of 4 differs from alone";
+              << DTypeName(type) << " cols " << cols << ": the full group differs from alone";
         }
       }
     }
@@ -101,12 +130,13 @@ TEST(MultiDotTest, Avx512VnniMatchesPortableReference) {
   }
   const DType with_avx512[] = {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K};
   for (DType type : with_avx512) {
-    EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni), GetMultiDot(type, KernelIsa::kAvx2))
+    EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni).dot,
+              GetMultiDot(type, KernelIsa::kAvx2).dot)
         << DTypeName(type);
   }
   // The other types fall back to their AVX2 kernels.
-  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni),
-            GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2));
+  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni).dot,
+            GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2).dot);
   ExpectMatchesPortableReference(KernelIsa::kAvx512Vnni, kSimdTypes);
 }
 

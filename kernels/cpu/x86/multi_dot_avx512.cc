@@ -1,15 +1,27 @@
-// AVX-512 (F, BW, VL) + VNNI group dot products (see multi_dot.h) for the
-// types whose inner loop gains from 64-byte registers: Q4_K and Q6_K (a
-// 64-element slice of a block, both of its 32-element sub-blocks, in one
-// register against 64 contiguous activation bytes) and Q8_0 (one vpdpbusd
-// instead of maddubs + madd). The other types keep their AVX2 kernels. Built
-// with those target flags and -ffp-contract=off; only reached after a CPUID
-// check.
+// AVX-512 (F, BW, VL) + VNNI group dot products (see multi_dot.h) for Q4_K,
+// Q6_K and Q8_0 weights; the other types keep their AVX2 kernels. Built with
+// those target flags and -ffp-contract=off; only reached after a CPUID check.
 //
-// Integer parts: maddubs (unsigned weight byte x signed activation byte ->
-// int16 pairs, which cannot saturate for these ranges), then vpdpwssd
-// multiplies the pairs by the sub-block scales and accumulates int32 in one
-// instruction; one float FMA per block and token as in the AVX2 kernels.
+// These kernels read prepared activations (MultiDot::prepare): each quantized
+// row is converted once per product so that what depends on the activations
+// alone is not recomputed for every weight row:
+// - K-quants (Q8_K rows): per 16-element group, d * (sum of the group's
+//   quantized values) as a float, which turns the Q4_K min term and the Q6_K
+//   minus-32 offset into one 16-lane FMA per block and token;
+// - Q8_0: the values plus 128 as unsigned bytes (vpdpbusd wants one unsigned
+//   operand: (q + 128) * w summed, minus 128 * sum(w), which the weight row
+//   gives once for every token) and each block's scale spread over its 8
+//   int32 lanes, so two blocks go through one 64-byte register.
+//
+// Integer parts: Q4_K/Q6_K take a 64-element slice of a block (two Q4_K
+// sub-blocks, four Q6_K groups) in one register: maddubs (unsigned weight x
+// signed activation -> int16 pairs, which cannot saturate for these ranges),
+// then vpdpwssd multiplies the pairs by the sub-block scales and accumulates
+// int32. The float part is one multiply and two FMAs per block and token.
+//
+// Groups of up to 8 tokens share each unpacked weight block; every token has
+// its own accumulators and the same instruction sequence whatever the group
+// (batch invariance).
 #include <immintrin.h>
 
 #include <cstring>
@@ -34,6 +46,55 @@ using quant::BlockQ8_K;
 using quant::kQK;
 using quant::kQKK;
 
+// A Q8_K activation block as the K-quant kernels read it.
+struct alignas(64) PreparedQ8K {
+  int8_t qs[kQKK];
+  float group_sums[kQKK / 16];  // d * (sum of the 16 quantized values of group g)
+  float d;
+};
+static_assert(sizeof(PreparedQ8K) == 384);
+
+// Two Q8_0 activation blocks (the second all zero past the end of an odd row).
+struct alignas(64) PreparedQ8_0Pair {
+  uint8_t qs[2 * kQK];  // quantized value + 128
+  float d[16];          // lanes 0..7: the first block's scale, 8..15: the second's
+};
+static_assert(sizeof(PreparedQ8_0Pair) == 128);
+
+int64_t PreparedQ8KBytes(int64_t n) { return n / kQKK * int64_t{sizeof(PreparedQ8K)}; }
+
+void PrepareQ8K(const void* quantized, int64_t n, void* out) {
+  const auto* in = static_cast<const BlockQ8_K*>(quantized);
+  auto* prepared = static_cast<PreparedQ8K*>(out);
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    std::memcpy(prepared[b].qs, in[b].qs, kQKK);
+    for (int g = 0; g < kQKK / 16; ++g)
+      prepared[b].group_sums[g] = in[b].d * static_cast<float>(in[b].bsums[g]);
+    prepared[b].d = in[b].d;
+  }
+}
+
+int64_t PreparedQ8_0Bytes(int64_t n) {
+  return (n / kQK + 1) / 2 * int64_t{sizeof(PreparedQ8_0Pair)};
+}
+
+void PrepareQ8_0(const void* quantized, int64_t n, void* out) {
+  const auto* in = static_cast<const BlockQ8_0*>(quantized);
+  auto* pairs = static_cast<PreparedQ8_0Pair*>(out);
+  const int64_t blocks = n / kQK;
+  for (int64_t p = 0; p < (blocks + 1) / 2; ++p) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t b = 2 * p + h;
+      const float d = b < blocks ? Half(in[b].d) : 0.0f;
+      for (int i = 0; i < kQK; ++i) {
+        const int q = b < blocks ? in[b].qs[i] : 0;
+        pairs[p].qs[h * kQK + i] = static_cast<uint8_t>(q + 128);
+      }
+      for (int i = 0; i < 8; ++i) pairs[p].d[h * 8 + i] = d;
+    }
+  }
+}
+
 inline float Hsum512(__m512 v) {
   const __m256 high =
       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));  // AVX-512F only
@@ -55,50 +116,71 @@ inline __m512i SpreadScales(__m512i index, __m256i values) {
   return _mm512_permutexvar_epi16(index, _mm512_zextsi256_si512(values));
 }
 
+// acc += float(sumi) * d * y.d, then + per_group * y.group_sums: the block's
+// scaled integer sum and its per-group correction (Q4_K mins, Q6_K offset).
+inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_group,
+                              const PreparedQ8K& y) {
+  const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(y.d));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), scale, acc);
+  return _mm512_fmadd_ps(per_group, _mm512_load_ps(y.group_sums), acc);
+}
+
 template <int NT>
 void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
-  const BlockQ8_0* y[NT];
-  __m256 acc[NT];
+  const PreparedQ8_0Pair* y[NT];
+  __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const BlockQ8_0*>(acts[t]);
-    acc[t] = _mm256_setzero_ps();
+    y[t] = static_cast<const PreparedQ8_0Pair*>(acts[t]);
+    acc[t] = _mm512_setzero_ps();
   }
-  for (int64_t b = 0; b < n / kQK; ++b) {
-    const __m256i qx = Load256(x[b].qs);
-    const __m256i ax = _mm256_sign_epi8(qx, qx);
-    const float dx = Half(x[b].d);
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t blocks = n / kQK;
+  for (int64_t p = 0; p < (blocks + 1) / 2; ++p) {
+    const BlockQ8_0& first = x[2 * p];
+    const bool pair = 2 * p + 1 < blocks;
+    // The second block's half stays zero past the end of an odd row.
+    const __m256i second = pair ? Load256(x[2 * p + 1].qs) : _mm256_setzero_si256();
+    const __m512i qx = _mm512_inserti64x4(_mm512_zextsi256_si512(Load256(first.qs)), second, 1);
+    const uint16_t second_d = pair ? x[2 * p + 1].d : 0;
+    const __m512 dx =
+        _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(second_d)),
+                                         _mm_set1_epi16(static_cast<int16_t>(first.d))));
+    // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
+    const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qx));
     for (int t = 0; t < NT; ++t) {
-      // |x| (unsigned) times y with x's sign: x * y, four bytes a lane.
-      const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ax,
-                                              _mm256_sign_epi8(Load256(y[t][b].qs), qx));
-      acc[t] =
-          _mm256_fmadd_ps(_mm256_set1_ps(dx * Half(y[t][b].d)), _mm256_cvtepi32_ps(dot), acc[t]);
+      const __m512i dot = _mm512_dpbusd_epi32(start, Load512(y[t][p].qs), qx);
+      const __m512 scale = _mm512_mul_ps(dx, _mm512_load_ps(y[t][p].d));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum(acc[t]);
+  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
 }
 
 template <int NT>
 void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ4_K* x = static_cast<const BlockQ4_K*>(w);
-  const BlockQ8_K* y[NT];
+  const PreparedQ8K* y[NT];
   __m512 acc[NT];
-  __m128 acc_min[NT];
   for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const BlockQ8_K*>(acts[t]);
+    y[t] = static_cast<const PreparedQ8K*>(acts[t]);
     acc[t] = _mm512_setzero_ps();
-    acc_min[t] = _mm_setzero_ps();
   }
   const __m256i m4 = _mm256_set1_epi8(0xF);
   // Sub-blocks 2j and 2j + 1: 16 int16 pair positions each.
   const __m512i spread[4] = {SpreadIndex(0, 2), SpreadIndex(2, 2), SpreadIndex(4, 2),
                              SpreadIndex(6, 2)};
+  // 16-element group g belongs to sub-block g / 2, whose min is lane 8 + g / 2.
+  const __m512i min_of_group =
+      _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
   for (int64_t b = 0; b < n / kQKK; ++b) {
     const __m256i scales_mins = UnpackScalesMins(x[b].scales);
-    const float d = Half(x[b].d);
-    const float dmin = Half(x[b].dmin);
-    for (int t = 0; t < NT; ++t) acc_min[t] = MinTerm(scales_mins, y[t][b], dmin, acc_min[t]);
+    const __m512 d = _mm512_set1_ps(Half(x[b].d));
+    // -dmin * m_(g/2) for each group g: the min term is its dot with y.group_sums.
+    const __m512 mins = _mm512_mul_ps(_mm512_set1_ps(-Half(x[b].dmin)),
+                                      _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
+                                          min_of_group, _mm512_cvtepi16_epi32(scales_mins))));
     __m512i sumi[NT];
     for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
     for (int j = 0; j < kQKK / 64; ++j) {
@@ -113,38 +195,35 @@ void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
         sumi[t] = _mm512_dpwssd_epi32(sumi[t], pairs, scales);
       }
     }
-    for (int t = 0; t < NT; ++t) {
-      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * y[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
-    }
+    for (int t = 0; t < NT; ++t) acc[t] = AccumulateBlock(acc[t], sumi[t], d, mins, y[t][b]);
   }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]) + Hsum128(acc_min[t]);
+  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
 }
 
 // Q6_K: each 6-bit value q (0..63) stands for q - 32. The products take q as
-// unsigned and subtract 32 * sum_g scale_g * (sum of group g's activations)
-// once per block, from the activation block's 16-element sums.
+// unsigned; the -32 is -32 * d * sum_g scale_g * (group g's activation sum),
+// one FMA with y.group_sums per block and token.
 template <int NT>
 void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ6_K* x = static_cast<const BlockQ6_K*>(w);
-  const BlockQ8_K* y[NT];
+  const PreparedQ8K* y[NT];
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const BlockQ8_K*>(acts[t]);
+    y[t] = static_cast<const PreparedQ8K*>(acts[t]);
     acc[t] = _mm512_setzero_ps();
   }
   // 16-element groups 4k..4k+3: 8 int16 pair positions each.
   const __m512i spread[4] = {SpreadIndex(0, 4), SpreadIndex(4, 4), SpreadIndex(8, 4),
                              SpreadIndex(12, 4)};
   for (int64_t b = 0; b < n / kQKK; ++b) {
-    const __m256i scales16 =
-        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales)));
+    const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales));
+    const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
+    const float d_value = Half(x[b].d);
+    const __m512 d = _mm512_set1_ps(d_value);
+    const __m512 offsets = _mm512_mul_ps(_mm512_set1_ps(-32.0f * d_value),
+                                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(scales8)));
     __m512i sumi[NT];
-    for (int t = 0; t < NT; ++t) {
-      // 32 * sum_g scale_g * bsum_g, exact in int32, taken off up front.
-      const __m256i offset =
-          _mm256_slli_epi32(_mm256_madd_epi16(scales16, Load256(y[t][b].bsums)), 5);
-      sumi[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(offset));
-    }
+    for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
     for (int half = 0; half < 2; ++half) {
       __m256i q[4];
       UnpackQ6Half(x[b], half, q);
@@ -160,26 +239,29 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
             _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q23, Load512(q8 + 64)), scales23);
       }
     }
-    const float d = Half(x[b].d);
-    for (int t = 0; t < NT; ++t) {
-      acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(d * y[t][b].d), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
-    }
+    for (int t = 0; t < NT; ++t) acc[t] = AccumulateBlock(acc[t], sumi[t], d, offsets, y[t][b]);
   }
   for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
 }
 
 }  // namespace
 
-MultiDotFn GetMultiDotAvx512Vnni(DType weight_type) {
+MultiDot GetMultiDotAvx512Vnni(DType weight_type) {
   switch (weight_type) {
     case DType::kQ8_0:
-      return ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>>;
+      return {ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>, DotQ8_0<5>, DotQ8_0<6>,
+                           DotQ8_0<7>, DotQ8_0<8>>,
+              PreparedQ8_0Bytes, PrepareQ8_0};
     case DType::kQ4_K:
-      return ForGroupSize<DotQ4_K<1>, DotQ4_K<2>, DotQ4_K<3>, DotQ4_K<4>>;
+      return {ForGroupSize<DotQ4_K<1>, DotQ4_K<2>, DotQ4_K<3>, DotQ4_K<4>, DotQ4_K<5>, DotQ4_K<6>,
+                           DotQ4_K<7>, DotQ4_K<8>>,
+              PreparedQ8KBytes, PrepareQ8K};
     case DType::kQ6_K:
-      return ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>>;
+      return {ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>, DotQ6_K<5>, DotQ6_K<6>,
+                           DotQ6_K<7>, DotQ6_K<8>>,
+              PreparedQ8KBytes, PrepareQ8K};
     default:
-      return nullptr;
+      return {};
   }
 }
 

@@ -80,23 +80,15 @@ inline void UnpackQ6Half(const quant::BlockQ6_K& x, int half, __m256i (&q)[4]) {
 // One kernel instantiation per group size.
 using GroupDotFn = void (*)(const void* w, const void* const* acts, int64_t n, float* out);
 
-// A MultiDotFn from a kernel's instantiations for groups of 1..4.
-template <GroupDotFn k1, GroupDotFn k2, GroupDotFn k3, GroupDotFn k4>
+// A MultiDotFn from a kernel's instantiations for groups of 1..K (in order);
+// a larger group runs as consecutive groups of K and one of the rest.
+template <GroupDotFn... kernels>
 void ForGroupSize(const void* w, const void* const* acts, int n_acts, int64_t n, float* out) {
-  static_assert(kMaxDotGroup == 4, "the switch covers groups of 1..4");
-  switch (n_acts) {
-    case 1:
-      k1(w, acts, n, out);
-      return;
-    case 2:
-      k2(w, acts, n, out);
-      return;
-    case 3:
-      k3(w, acts, n, out);
-      return;
-    default:
-      k4(w, acts, n, out);
-      return;
+  static constexpr GroupDotFn kBySize[] = {kernels...};
+  constexpr int kWidest = static_cast<int>(sizeof...(kernels));
+  for (int t0 = 0; t0 < n_acts; t0 += kWidest) {
+    const int group = n_acts - t0 < kWidest ? n_acts - t0 : kWidest;
+    kBySize[group - 1](w, acts + t0, n, out + t0);
   }
 }
 
