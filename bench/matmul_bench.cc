@@ -3,7 +3,8 @@
 // kernel instruction sets, in multiply-accumulates per second. The kernels'
 // own speed, without attention, norms or thread hand-offs of a whole model.
 //
-//   matmul_bench --threads 1 --runs 5 [--layer 0] [--tokens 1,4,16,64] MODEL.gguf
+//   matmul_bench --threads 1 --runs 5 [--layer 0] [--matrix ffn_down] [--tokens 1,4,16,64]
+//   MODEL.gguf
 //
 // Each cell is the median of --runs passes over every matrix of the layer.
 #include <algorithm>
@@ -32,11 +33,12 @@ struct Matrix {
   kernels::WeightMatrix view;
 };
 
-std::vector<Matrix> LayerMatrices(const gguf::GgufFile& file, int layer) {
+std::vector<Matrix> LayerMatrices(const gguf::GgufFile& file, int layer, const std::string& only) {
   static const char* const kNames[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
                                        "ffn_gate", "ffn_up", "ffn_down"};
   std::vector<Matrix> out;
   for (const char* name : kNames) {
+    if (!only.empty() && only != name) continue;
     const std::string full = "blk." + std::to_string(layer) + "." + name + ".weight";
     const gguf::TensorInfo* info = file.FindTensor(full);
     if (info == nullptr || info->dims.size() != 2) continue;
@@ -52,13 +54,14 @@ std::vector<Matrix> LayerMatrices(const gguf::GgufFile& file, int layer) {
 
 int Run(int argc, char** argv) {
   CLI::App app{"chord CPU matrix-product benchmark"};
-  std::string path;
+  std::string path, only;
   int threads = 1, runs = 5, layer = 0;
   std::vector<int> token_counts{1, 4, 16, 64};
   app.add_option("model", path, "GGUF model")->required()->check(CLI::ExistingFile);
   app.add_option("--threads", threads, "compute threads")->check(CLI::PositiveNumber);
   app.add_option("--runs", runs, "passes per cell (median reported)")->check(CLI::PositiveNumber);
   app.add_option("--layer", layer, "which layer's matrices")->check(CLI::NonNegativeNumber);
+  app.add_option("--matrix", only, "only this matrix of the layer (attn_q, ffn_down, ...)");
   app.add_option("--tokens", token_counts, "token counts (rows of activations)")->delimiter(',');
   CLI11_PARSE(app, argc, argv);
 
@@ -67,7 +70,7 @@ int Run(int argc, char** argv) {
     std::fprintf(stderr, "matmul_bench: %s\n", std::string(file.status().message()).c_str());
     return 1;
   }
-  const std::vector<Matrix> matrices = LayerMatrices(**file, layer);
+  const std::vector<Matrix> matrices = LayerMatrices(**file, layer, only);
   if (matrices.empty()) {
     std::fprintf(stderr, "matmul_bench: no 2-D matrices in layer %d of %s\n", layer, path.c_str());
     return 1;

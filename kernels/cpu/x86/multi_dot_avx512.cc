@@ -10,8 +10,8 @@
 //   minus-32 offset into one 16-lane FMA per block and token;
 // - Q8_0: the values plus 128 as unsigned bytes (vpdpbusd wants one unsigned
 //   operand: (q + 128) * w summed, minus 128 * sum(w), which the weight row
-//   gives once for every token) and each block's scale spread over its 8
-//   int32 lanes, so two blocks go through one 64-byte register.
+//   gives once for every token), two blocks interleaved so that they go
+//   through one 64-byte register, and the scales as floats.
 //
 // Integer parts: Q4_K/Q6_K take a 64-element slice of a block (two Q4_K
 // sub-blocks, four Q6_K groups) in one register: maddubs (unsigned weight x
@@ -54,12 +54,13 @@ struct alignas(64) PreparedQ8K {
 };
 static_assert(sizeof(PreparedQ8K) == 384);
 
-// Two Q8_0 activation blocks (the second all zero past the end of an odd row).
-struct alignas(64) PreparedQ8_0Pair {
-  uint8_t qs[2 * kQK];  // quantized value + 128
-  float d[16];          // lanes 0..7: the first block's scale, 8..15: the second's
-};
-static_assert(sizeof(PreparedQ8_0Pair) == 128);
+// Q8_0 activations go through the kernel two blocks at a time, with their
+// 4-byte runs interleaved (DwordsOfPair) so that the even int32 lanes of one
+// vpdpbusd sum the first block and the odd lanes the second: the lanes' scales
+// are then one 8-byte pair of floats, broadcast. A prepared row is the
+// interleaved values plus 128 (64 bytes a pair; an odd row's last pair ends in
+// a zero block), then the pairs' scales (two floats a pair).
+int64_t Q8_0Pairs(int64_t n) { return (n / kQK + 1) / 2; }
 
 int64_t PreparedQ8KBytes(int64_t n) { return n / kQKK * int64_t{sizeof(PreparedQ8K)}; }
 
@@ -75,22 +76,24 @@ void PrepareQ8K(const void* quantized, int64_t n, void* out) {
 }
 
 int64_t PreparedQ8_0Bytes(int64_t n) {
-  return (n / kQK + 1) / 2 * int64_t{sizeof(PreparedQ8_0Pair)};
+  const int64_t bytes = Q8_0Pairs(n) * (2 * kQK + 2 * int64_t{sizeof(float)});
+  return (bytes + 63) & ~int64_t{63};
 }
 
 void PrepareQ8_0(const void* quantized, int64_t n, void* out) {
   const auto* in = static_cast<const BlockQ8_0*>(quantized);
-  auto* pairs = static_cast<PreparedQ8_0Pair*>(out);
+  uint8_t* qs = static_cast<uint8_t*>(out);
+  float* d = reinterpret_cast<float*>(qs + Q8_0Pairs(n) * 2 * kQK);
   const int64_t blocks = n / kQK;
-  for (int64_t p = 0; p < (blocks + 1) / 2; ++p) {
+  for (int64_t p = 0; p < Q8_0Pairs(n); ++p) {
     for (int h = 0; h < 2; ++h) {
       const int64_t b = 2 * p + h;
-      const float d = b < blocks ? Half(in[b].d) : 0.0f;
+      d[2 * p + h] = b < blocks ? Half(in[b].d) : 0.0f;
+      // Byte i of the block goes to dword 2 * (i / 4) + h, byte i % 4 of it.
       for (int i = 0; i < kQK; ++i) {
         const int q = b < blocks ? in[b].qs[i] : 0;
-        pairs[p].qs[h * kQK + i] = static_cast<uint8_t>(q + 128);
+        qs[p * 2 * kQK + 8 * (i / 4) + 4 * h + i % 4] = static_cast<uint8_t>(q + 128);
       }
-      for (int i = 0; i < 8; ++i) pairs[p].d[h * 8 + i] = d;
     }
   }
 }
@@ -128,31 +131,37 @@ inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_gro
 template <int NT>
 void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
-  const PreparedQ8_0Pair* y[NT];
+  const int64_t pairs = Q8_0Pairs(n);
+  const uint8_t* y[NT];
+  const float* yd[NT];
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const PreparedQ8_0Pair*>(acts[t]);
+    y[t] = static_cast<const uint8_t*>(acts[t]);
+    yd[t] = reinterpret_cast<const float*>(y[t] + pairs * 2 * kQK);
     acc[t] = _mm512_setzero_ps();
   }
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+  // Dword k of the first block to lane 2k, of the second to lane 2k + 1.
+  const __m512i interleave = _mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
   const int64_t blocks = n / kQK;
-  for (int64_t p = 0; p < (blocks + 1) / 2; ++p) {
+  for (int64_t p = 0; p < pairs; ++p) {
     const BlockQ8_0& first = x[2 * p];
-    const bool pair = 2 * p + 1 < blocks;
+    const bool both = 2 * p + 1 < blocks;
     // The second block's half stays zero past the end of an odd row.
-    const __m256i second = pair ? Load256(x[2 * p + 1].qs) : _mm256_setzero_si256();
-    const __m512i qx = _mm512_inserti64x4(_mm512_zextsi256_si512(Load256(first.qs)), second, 1);
-    const uint16_t second_d = pair ? x[2 * p + 1].d : 0;
-    const __m512 dx =
-        _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(second_d)),
-                                         _mm_set1_epi16(static_cast<int16_t>(first.d))));
+    const __m256i second = both ? Load256(x[2 * p + 1].qs) : _mm256_setzero_si256();
+    const __m512i qx = _mm512_permutexvar_epi32(
+        interleave, _mm512_inserti64x4(_mm512_zextsi256_si512(Load256(first.qs)), second, 1));
+    const uint32_t halves = first.d | (both ? uint32_t{x[2 * p + 1].d} << 16 : 0u);
+    const __m512 dx = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(halves)));
     // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
     const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
                                            _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qx));
     for (int t = 0; t < NT; ++t) {
-      const __m512i dot = _mm512_dpbusd_epi32(start, Load512(y[t][p].qs), qx);
-      const __m512 scale = _mm512_mul_ps(dx, _mm512_load_ps(y[t][p].d));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[t]);
+      const __m512i dot = _mm512_dpbusd_epi32(start, Load512(y[t] + p * 2 * kQK), qx);
+      double scales;  // the pair's two floats, broadcast as one 8-byte unit
+      std::memcpy(&scales, yd[t] + 2 * p, sizeof(scales));
+      const __m512 dy = _mm512_castpd_ps(_mm512_set1_pd(scales));
+      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dx, dy), acc[t]);
     }
   }
   for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
