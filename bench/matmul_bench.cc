@@ -35,11 +35,14 @@ struct Matrix {
 
 std::vector<Matrix> LayerMatrices(const gguf::GgufFile& file, int layer, const std::string& only) {
   static const char* const kNames[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-                                       "ffn_gate", "ffn_up", "ffn_down"};
+                                       "ffn_gate", "ffn_up", "ffn_down", "output"};
   std::vector<Matrix> out;
   for (const char* name : kNames) {
-    if (!only.empty() && only != name) continue;
-    const std::string full = "blk." + std::to_string(layer) + "." + name + ".weight";
+    // The output projection is not in a layer: only when asked for.
+    if (only.empty() ? std::string(name) == "output" : only != name) continue;
+    const std::string full = std::string(name) == "output"
+                                 ? "output.weight"
+                                 : "blk." + std::to_string(layer) + "." + name + ".weight";
     const gguf::TensorInfo* info = file.FindTensor(full);
     if (info == nullptr || info->dims.size() != 2) continue;
     Matrix m;
@@ -61,7 +64,7 @@ int Run(int argc, char** argv) {
   app.add_option("--threads", threads, "compute threads")->check(CLI::PositiveNumber);
   app.add_option("--runs", runs, "passes per cell (median reported)")->check(CLI::PositiveNumber);
   app.add_option("--layer", layer, "which layer's matrices")->check(CLI::NonNegativeNumber);
-  app.add_option("--matrix", only, "only this matrix of the layer (attn_q, ffn_down, ...)");
+  app.add_option("--matrix", only, "only this matrix of the layer (attn_q, ffn_down, ...; output)");
   app.add_option("--tokens", token_counts, "token counts (rows of activations)")->delimiter(',');
   CLI11_PARSE(app, argc, argv);
 

@@ -154,23 +154,24 @@ TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
     MatMul single(pool_one, isa);
     MatMul multi(pool_three, isa);
     for (DType type : all) {
-      const int64_t cols =
-          GetDTypeInfo(type).block_size == 1 ? 300 : 2 * GetDTypeInfo(type).block_size * 4;
-      for (int64_t rows : {1, 13, 301}) {
-        const int64_t n_tokens = 9;
-        std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
-        const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
-        std::vector<float> x = RandomActivations(n_tokens * cols, rng);
-        std::vector<float> batched(static_cast<size_t>(n_tokens * rows));
-        ASSERT_TRUE(multi.Run(w, x.data(), n_tokens, batched.data()).ok());
-        for (int64_t t = 0; t < n_tokens; ++t) {
-          std::vector<float> alone(static_cast<size_t>(rows));
-          ASSERT_TRUE(single.Run(w, x.data() + t * cols, 1, alone.data()).ok());
-          ASSERT_EQ(
-              0, std::memcmp(alone.data(), batched.data() + t * rows, alone.size() * sizeof(float)))
-              << KernelIsaName(isa) << " " << DTypeName(type) << " rows " << rows << " token " << t;
+      const int64_t block = GetDTypeInfo(type).block_size;
+      for (int64_t cols : {block == 1 ? int64_t{300} : 8 * block, 2 * 2048 + 3 * block})
+        for (int64_t rows : {1, 13, 301}) {
+          const int64_t n_tokens = 9;
+          std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
+          const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
+          std::vector<float> x = RandomActivations(n_tokens * cols, rng);
+          std::vector<float> batched(static_cast<size_t>(n_tokens * rows));
+          ASSERT_TRUE(multi.Run(w, x.data(), n_tokens, batched.data()).ok());
+          for (int64_t t = 0; t < n_tokens; ++t) {
+            std::vector<float> alone(static_cast<size_t>(rows));
+            ASSERT_TRUE(single.Run(w, x.data() + t * cols, 1, alone.data()).ok());
+            ASSERT_EQ(0, std::memcmp(alone.data(), batched.data() + t * rows,
+                                     alone.size() * sizeof(float)))
+                << KernelIsaName(isa) << " " << DTypeName(type) << " rows " << rows << " token "
+                << t;
+          }
         }
-      }
     }
   }
 }
@@ -181,22 +182,25 @@ TEST(MultiDotTest, MatMulBestIsaCloseToPortable) {
   MatMul portable(pool, KernelIsa::kPortable);
   MatMul best(pool);
   for (DType type : kSimdTypes) {
-    const int64_t cols = GetDTypeInfo(type).block_size == 1 ? 1000 : 2048;
-    const int64_t rows = 65, n_tokens = 6;
-    std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
-    const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
-    std::vector<float> x = RandomActivations(n_tokens * cols, rng);
-    std::vector<float> y_ref(static_cast<size_t>(n_tokens * rows)), y(y_ref.size());
-    ASSERT_TRUE(portable.Run(w, x.data(), n_tokens, y_ref.data()).ok());
-    ASSERT_TRUE(best.Run(w, x.data(), n_tokens, y.data()).ok());
-    // The two sum in different orders: float rounding of the magnitudes summed.
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      for (int64_t r = 0; r < rows; ++r) {
-        const size_t i = static_cast<size_t>(t * rows + r);
-        const double magnitude =
-            Magnitude(type, weights.data() + r * w.row_bytes, x.data() + t * cols, cols);
-        EXPECT_NEAR(y[i], y_ref[i], 1e-5 * magnitude + 1e-6)
-            << DTypeName(type) << " token " << t << " row " << r;
+    // A row of 2048 and a longer one of an odd number of blocks.
+    const int64_t block = GetDTypeInfo(type).block_size;
+    for (int64_t cols : {block == 1 ? int64_t{1000} : int64_t{2048}, 2 * 2048 + 3 * block}) {
+      const int64_t rows = 65, n_tokens = 11;
+      std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
+      const WeightMatrix w{type, rows, cols, RowBytes(type, cols).value(), weights.data()};
+      std::vector<float> x = RandomActivations(n_tokens * cols, rng);
+      std::vector<float> y_ref(static_cast<size_t>(n_tokens * rows)), y(y_ref.size());
+      ASSERT_TRUE(portable.Run(w, x.data(), n_tokens, y_ref.data()).ok());
+      ASSERT_TRUE(best.Run(w, x.data(), n_tokens, y.data()).ok());
+      // The two sum in different orders: float rounding of the magnitudes summed.
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const size_t i = static_cast<size_t>(t * rows + r);
+          const double magnitude =
+              Magnitude(type, weights.data() + r * w.row_bytes, x.data() + t * cols, cols);
+          EXPECT_NEAR(y[i], y_ref[i], 1e-5 * magnitude + 1e-6)
+              << DTypeName(type) << " cols " << cols << " token " << t << " row " << r;
+        }
       }
     }
   }
