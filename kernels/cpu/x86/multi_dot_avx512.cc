@@ -55,7 +55,7 @@ struct alignas(64) PreparedQ8K {
 static_assert(sizeof(PreparedQ8K) == 384);
 
 // Q8_0 activations go through the kernel two blocks at a time, with their
-// 4-byte runs interleaved (DwordsOfPair) so that the even int32 lanes of one
+// 4-byte runs interleaved (InterleaveDwords) so that the even int32 lanes of one
 // vpdpbusd sum the first block and the odd lanes the second: the lanes' scales
 // are then one 8-byte pair of floats, broadcast. A prepared row is the
 // interleaved values plus 128 (64 bytes a pair; an odd row's last pair ends in
@@ -80,21 +80,27 @@ int64_t PreparedQ8_0Bytes(int64_t n) {
   return (bytes + 63) & ~int64_t{63};
 }
 
+// Dword k of `first` to dword 2k of the result, of `second` to 2k + 1.
+inline __m512i InterleaveDwords(__m256i first, __m256i second) {
+  const __m512i order = _mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
+  return _mm512_permutexvar_epi32(order,
+                                  _mm512_inserti64x4(_mm512_zextsi256_si512(first), second, 1));
+}
+
 void PrepareQ8_0(const void* quantized, int64_t n, void* out) {
   const auto* in = static_cast<const BlockQ8_0*>(quantized);
   uint8_t* qs = static_cast<uint8_t*>(out);
   float* d = reinterpret_cast<float*>(qs + Q8_0Pairs(n) * 2 * kQK);
   const int64_t blocks = n / kQK;
+  const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   for (int64_t p = 0; p < Q8_0Pairs(n); ++p) {
-    for (int h = 0; h < 2; ++h) {
-      const int64_t b = 2 * p + h;
-      d[2 * p + h] = b < blocks ? Half(in[b].d) : 0.0f;
-      // Byte i of the block goes to dword 2 * (i / 4) + h, byte i % 4 of it.
-      for (int i = 0; i < kQK; ++i) {
-        const int q = b < blocks ? in[b].qs[i] : 0;
-        qs[p * 2 * kQK + 8 * (i / 4) + 4 * h + i % 4] = static_cast<uint8_t>(q + 128);
-      }
-    }
+    const bool both = 2 * p + 1 < blocks;
+    const __m256i second = both ? Load256(in[2 * p + 1].qs) : _mm256_setzero_si256();
+    // q + 128 as an unsigned byte is q with its top bit flipped.
+    _mm512_store_si512(qs + p * 2 * kQK,
+                       _mm512_xor_si512(InterleaveDwords(Load256(in[2 * p].qs), second), bias));
+    d[2 * p] = Half(in[2 * p].d);
+    d[2 * p + 1] = both ? Half(in[2 * p + 1].d) : 0.0f;
   }
 }
 
@@ -141,16 +147,13 @@ void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
     acc[t] = _mm512_setzero_ps();
   }
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
-  // Dword k of the first block to lane 2k, of the second to lane 2k + 1.
-  const __m512i interleave = _mm512_set_epi32(15, 7, 14, 6, 13, 5, 12, 4, 11, 3, 10, 2, 9, 1, 8, 0);
   const int64_t blocks = n / kQK;
   for (int64_t p = 0; p < pairs; ++p) {
     const BlockQ8_0& first = x[2 * p];
     const bool both = 2 * p + 1 < blocks;
     // The second block's half stays zero past the end of an odd row.
     const __m256i second = both ? Load256(x[2 * p + 1].qs) : _mm256_setzero_si256();
-    const __m512i qx = _mm512_permutexvar_epi32(
-        interleave, _mm512_inserti64x4(_mm512_zextsi256_si512(Load256(first.qs)), second, 1));
+    const __m512i qx = InterleaveDwords(Load256(first.qs), second);
     const uint32_t halves = first.d | (both ? uint32_t{x[2 * p + 1].d} << 16 : 0u);
     const __m512 dx = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(halves)));
     // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
