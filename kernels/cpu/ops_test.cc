@@ -1,9 +1,11 @@
 #include "kernels/cpu/ops.h"
 
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
+#include "common/quant/quant.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention.h"
 
@@ -68,33 +70,63 @@ TEST(OpsTest, SwiGluMatchesDefinition) {
   std::vector<float> g = Random(20, 6);
   const std::vector<float> gate = g, up = Random(20, 7);
   SwiGlu(g.data(), up.data(), 20);
-  for (size_t i = 0; i < 20; ++i) EXPECT_NEAR(g[i], gate[i] / (1 + std::exp(-gate[i])) * up[i], 1e-6);
+  for (size_t i = 0; i < 20; ++i)
+    EXPECT_NEAR(g[i], gate[i] / (1 + std::exp(-gate[i])) * up[i], 1e-6);
 }
 
+// Every head of one query token against attention computed in double from the
+// cache's values as stored (F32, or F16 rounded), for head sizes that take the
+// vector code's full and partial 32-wide runs and the portable code (head_dim
+// 4), and cache lengths that leave short last groups of keys.
 TEST(AttentionTest, MatchesNaiveGroupedQueryAttention) {
-  const AttentionShape shape{4, 2, 8};
-  const int64_t n_kv = 6, kv_width = shape.n_kv_heads * shape.head_dim;
-  const std::vector<float> q = Random(shape.n_heads * shape.head_dim, 8);
-  const std::vector<float> k = Random(n_kv * kv_width, 9), v = Random(n_kv * kv_width, 10);
-  const KvView keys{DType::kF32, reinterpret_cast<const uint8_t*>(k.data()), kv_width * 4};
-  const KvView values{DType::kF32, reinterpret_cast<const uint8_t*>(v.data()), kv_width * 4};
-  std::vector<float> out(q.size()), scores(n_kv);
-  for (int h = 0; h < shape.n_heads; ++h) {
-    AttendOneToken(shape, q.data(), keys, values, n_kv, h, scores.data(), out.data());
-    const int kvh = h / 2;
-    std::vector<double> s(n_kv);
-    double max = -1e30, total = 0;
-    for (int64_t p = 0; p < n_kv; ++p) {
-      double dot = 0;
-      for (int d = 0; d < 8; ++d) dot += double(q[h * 8 + d]) * k[p * kv_width + kvh * 8 + d];
-      s[p] = dot / std::sqrt(8.0);
-      max = std::max(max, s[p]);
-    }
-    for (double& x : s) total += (x = std::exp(x - max));
-    for (int d = 0; d < 8; ++d) {
-      double expected = 0;
-      for (int64_t p = 0; p < n_kv; ++p) expected += s[p] / total * v[p * kv_width + kvh * 8 + d];
-      EXPECT_NEAR(out[h * 8 + d], expected, 1e-5) << "head " << h << " dim " << d;
+  uint32_t seed = 8;
+  for (DType type : {DType::kF32, DType::kF16}) {
+    for (int head_dim : {4, 8, 40, 64, 128}) {
+      for (int64_t n_kv : {1, 6, 8, 9, 37, 300}) {
+        const AttentionShape shape{4, 2, head_dim};
+        const int64_t kv_width = shape.n_kv_heads * head_dim;
+        const std::vector<float> q = Random(shape.n_heads * head_dim, ++seed);
+        std::vector<float> k = Random(n_kv * kv_width, ++seed), v = Random(n_kv * kv_width, ++seed);
+        const int64_t element = type == DType::kF16 ? 2 : 4;
+        std::vector<uint8_t> k_bytes(k.size() * element), v_bytes(v.size() * element);
+        for (size_t i = 0; i < k.size(); ++i) {
+          if (type == DType::kF16) {
+            const uint16_t hk = quant::FloatToHalf(k[i]), hv = quant::FloatToHalf(v[i]);
+            std::memcpy(&k_bytes[2 * i], &hk, 2);
+            std::memcpy(&v_bytes[2 * i], &hv, 2);
+            k[i] = quant::HalfToFloat(hk);
+            v[i] = quant::HalfToFloat(hv);
+          } else {
+            std::memcpy(&k_bytes[4 * i], &k[i], 4);
+            std::memcpy(&v_bytes[4 * i], &v[i], 4);
+          }
+        }
+        const KvView keys{type, k_bytes.data(), kv_width * element};
+        const KvView values{type, v_bytes.data(), kv_width * element};
+        std::vector<float> out(q.size()), scores(static_cast<size_t>(n_kv));
+        for (int h = 0; h < shape.n_heads; ++h) {
+          AttendOneToken(shape, q.data(), keys, values, n_kv, h, scores.data(), out.data());
+          const int kvh = h / 2;
+          std::vector<double> s(static_cast<size_t>(n_kv));
+          double max = -1e30, total = 0;
+          for (int64_t p = 0; p < n_kv; ++p) {
+            double dot = 0;
+            for (int d = 0; d < head_dim; ++d)
+              dot += double(q[h * head_dim + d]) * k[p * kv_width + kvh * head_dim + d];
+            s[p] = dot / std::sqrt(double(head_dim));
+            max = std::max(max, s[p]);
+          }
+          for (double& x : s) total += (x = std::exp(x - max));
+          for (int d = 0; d < head_dim; ++d) {
+            double expected = 0;
+            for (int64_t p = 0; p < n_kv; ++p)
+              expected += s[p] / total * v[p * kv_width + kvh * head_dim + d];
+            ASSERT_NEAR(out[h * head_dim + d], expected, 2e-5)
+                << DTypeName(type) << " head_dim " << head_dim << " n_kv " << n_kv << " head " << h
+                << " dim " << d;
+          }
+        }
+      }
     }
   }
 }

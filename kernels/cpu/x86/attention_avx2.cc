@@ -1,60 +1,157 @@
-// AVX2 + FMA + F16C inner loops of attention (see attention_rows.h). Built with
-// those target flags and -ffp-contract=off; only reached after a CPUID check.
+// AVX2 + FMA + F16C body of AttendOneToken for one query head (see
+// attention_head.h). Built with those target flags and -ffp-contract=off; only
+// reached after a CPUID check.
+//
+// Every key's score goes through the same instructions wherever it falls in a
+// group of four (a short last group repeats a real key and drops its copies),
+// and positions are reduced in order, so a token's result depends only on its
+// query and the cache, never on the batch.
 #include <immintrin.h>
 
-#include "kernels/cpu/attention_rows.h"
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/attention_head.h"
 
 namespace chord::kernels {
 namespace {
 
 template <bool kHalf>
-inline __m256 Load8(const void* row, int i) {
+inline __m256 Load8(const uint8_t* row, int i) {
   if constexpr (kHalf) {
-    return _mm256_cvtph_ps(
-        _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(row) + i)));
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * i)));
   } else {
-    return _mm256_loadu_ps(static_cast<const float*>(row) + i);
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + i);
   }
 }
 
-template <bool kHalf>
-inline float Scalar(const void* row, int i) {
-  if constexpr (kHalf) {
-    return _cvtsh_ss(static_cast<const uint16_t*>(row)[i]);
-  } else {
-    return static_cast<const float*>(row)[i];
-  }
+// e^x for x <= 0 (softmax arguments): x = n ln2 + r with |r| <= ln2 / 2, e^r
+// by a degree-6 polynomial (relative error ~2e-7), 2^n through the exponent
+// bits; arguments below -87 give ~2^-126 instead of 0.
+inline __m256 ExpNonPositive(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);  // ln2, high part
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);      // ln2, low part
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-template <bool kHalf>
-float Dot(const float* q, const void* row, int n) {
-  __m256 acc = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 8 <= n; i += 8)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), Load8<kHalf>(row, i), acc);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  float sum = _mm_cvtss_f32(s);
-  for (; i < n; ++i) sum += q[i] * Scalar<kHalf>(row, i);
-  return sum;
+  return _mm_cvtss_f32(s);
+}
+
+inline float Hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// scores[p] = scale * dot(q, key p) for p < n_kv, four keys at a time.
+template <bool kHalf>
+void Scores(const HeadAttention& job) {
+  const int dim = job.head_dim;
+  const __m128 scale = _mm_set1_ps(job.scale);
+  for (int64_t p = 0; p < job.n_kv; p += 4) {
+    const uint8_t* k[4];
+    for (int j = 0; j < 4; ++j)
+      k[j] = job.keys->Row(std::min(p + j, job.n_kv - 1)) + job.key_offset;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int i = 0; i < dim; i += 8) {
+      const __m256 q = _mm256_loadu_ps(job.q + i);
+      for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(q, Load8<kHalf>(k[j], i), acc[j]);
+    }
+    // Lane j of the result sums acc[j]; each key's sum takes the same steps.
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+    const __m128 sums =
+        _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), scale);
+    if (p + 4 <= job.n_kv) {
+      _mm_storeu_ps(job.scores + p, sums);
+    } else {
+      alignas(16) float last[4];
+      _mm_store_ps(last, sums);
+      for (int64_t j = 0; p + j < job.n_kv; ++j) job.scores[p + j] = last[j];
+    }
+  }
+}
+
+// scores[0..n) = softmax(scores), in place. A short last run of 8 goes through
+// the same vector code from a padded copy.
+void SoftmaxInPlace(float* scores, int64_t n) {
+  __m256 max8 = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) max8 = _mm256_max_ps(max8, _mm256_loadu_ps(scores + i));
+  float max = Hmax(max8);
+  for (int64_t j = i; j < n; ++j) max = std::max(max, scores[j]);
+  const __m256 vmax = _mm256_set1_ps(max);
+  __m256 sum8 = _mm256_setzero_ps();
+  alignas(32) float tail[8];
+  for (int64_t j = 0; j < 8; ++j) tail[j] = i + j < n ? scores[i + j] : -INFINITY;
+  for (int64_t k = 0; k <= i; k += 8) {
+    float* at = k < i ? scores + k : tail;
+    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(at), vmax));
+    // The padding's -inf - max clamps to e^-87, not 0: keep it out of the sum.
+    const __m256 kept =
+        k < i ? e
+              : _mm256_and_ps(
+                    e, _mm256_cmp_ps(_mm256_load_ps(tail), _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ));
+    _mm256_storeu_ps(at, kept);
+    sum8 = _mm256_add_ps(sum8, kept);
+  }
+  const __m256 inv = _mm256_set1_ps(1.0f / Hsum(sum8));
+  for (int64_t k = 0; k < i; k += 8)
+    _mm256_storeu_ps(scores + k, _mm256_mul_ps(_mm256_loadu_ps(scores + k), inv));
+  const __m256 last = _mm256_mul_ps(_mm256_load_ps(tail), inv);
+  _mm256_store_ps(tail, last);
+  for (int64_t j = 0; i + j < n; ++j) scores[i + j] = tail[j];
+}
+
+// out = sum_p scores[p] * value p, 32 dimensions at a time in registers.
+template <bool kHalf>
+void WeightedValues(const HeadAttention& job) {
+  for (int d0 = 0; d0 < job.head_dim; d0 += 32) {
+    const int width = std::min(32, job.head_dim - d0);  // a multiple of 8
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t p = 0; p < job.n_kv; ++p) {
+      const uint8_t* v = job.values->Row(p) + job.value_offset;
+      const __m256 w = _mm256_broadcast_ss(job.scores + p);
+      for (int j = 0; j < width / 8; ++j)
+        acc[j] = _mm256_fmadd_ps(w, Load8<kHalf>(v, d0 + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < width / 8; ++j) _mm256_storeu_ps(job.out + d0 + 8 * j, acc[j]);
+  }
 }
 
 template <bool kHalf>
-void Axpy(float a, const void* row, float* out, int n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(va, Load8<kHalf>(row, i), _mm256_loadu_ps(out + i)));
-  }
-  for (; i < n; ++i) out[i] += a * Scalar<kHalf>(row, i);
+void AttendHead(const HeadAttention& job) {
+  Scores<kHalf>(job);
+  SoftmaxInPlace(job.scores, job.n_kv);
+  WeightedValues<kHalf>(job);
 }
 
 }  // namespace
 
-KvRowOps GetKvRowOpsAvx2(DType kv_type) {
-  if (kv_type == DType::kF16) return {Dot<true>, Axpy<true>};
-  return {Dot<false>, Axpy<false>};
+void AttendHeadAvx2(const HeadAttention& job) {
+  if (job.keys->type == DType::kF16) {
+    AttendHead<true>(job);
+  } else {
+    AttendHead<false>(job);
+  }
 }
 
 }  // namespace chord::kernels
