@@ -138,12 +138,13 @@ template <int NT>
 void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
   const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
   const int64_t pairs = Q8_0Pairs(n);
+  // Every row's scales start at the same offset: one pointer per token (and
+  // offsets shared by all tokens) keeps the addresses in registers.
+  const int64_t scales_offset = pairs * 2 * kQK;
   const uint8_t* y[NT];
-  const float* yd[NT];
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
     y[t] = static_cast<const uint8_t*>(acts[t]);
-    yd[t] = reinterpret_cast<const float*>(y[t] + pairs * 2 * kQK);
     acc[t] = _mm512_setzero_ps();
   }
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -162,7 +163,7 @@ void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
     for (int t = 0; t < NT; ++t) {
       const __m512i dot = _mm512_dpbusd_epi32(start, Load512(y[t] + p * 2 * kQK), qx);
       double scales;  // the pair's two floats, broadcast as one 8-byte unit
-      std::memcpy(&scales, yd[t] + 2 * p, sizeof(scales));
+      std::memcpy(&scales, y[t] + scales_offset + 8 * p, sizeof(scales));
       const __m512 dy = _mm512_castpd_ps(_mm512_set1_pd(scales));
       acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dx, dy), acc[t]);
     }
