@@ -11,6 +11,11 @@ namespace {
 
 // Weight bytes per tile: re-read from L2 by every token group of a batch.
 constexpr int64_t kTileBytes = 96 << 10;
+// The first token group of a batch reads each tile from memory while its
+// products run long enough per row that the hardware prefetcher falls behind:
+// it asks for the rows this far ahead itself (measured: +10-25% on 16-64
+// tokens). One token streams fine without.
+constexpr int64_t kPrefetchRows = 4;
 
 struct Product {
   const WeightMatrix& w;
@@ -30,6 +35,10 @@ void RunRows(const Product& p, MultiDotFn multi, VecDotFn dot, int64_t begin, in
       const void* acts[kMaxDotGroup];
       for (int g = 0; g < group; ++g) acts[g] = p.act + (t0 + g) * p.act_bytes;
       for (int64_t r = r0; r < r1; ++r) {
+        if (t0 == 0 && p.n_tokens > 1 && r + kPrefetchRows < end) {
+          const uint8_t* ahead = p.w.row(r + kPrefetchRows);
+          for (uint64_t b = 0; b < p.w.row_bytes; b += 64) __builtin_prefetch(ahead + b, 0, 2);
+        }
         float out[kMaxDotGroup];
         if (multi != nullptr) {
           multi(p.w.row(r), acts, group, p.w.cols, out);
