@@ -34,7 +34,7 @@ struct Matrix {
 };
 
 std::vector<Matrix> LayerMatrices(const gguf::GgufFile& file, int layer, const std::string& only) {
-  static const char* const kNames[] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+  static const char* const kNames[] = {"attn_q",   "attn_k", "attn_v",   "attn_output",
                                        "ffn_gate", "ffn_up", "ffn_down", "output"};
   std::vector<Matrix> out;
   for (const char* name : kNames) {

@@ -9,6 +9,7 @@
 
 #include "common/quant/quant.h"
 #include "kernels/cpu/activation_quant.h"
+#include "kernels/cpu/x86/simd_common.h"
 
 namespace chord::kernels {
 namespace {
@@ -17,13 +18,6 @@ using quant::kQK;
 using quant::kQKK;
 
 inline __m256 Abs(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
-
-inline float Hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
 
 inline int Hsum(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));

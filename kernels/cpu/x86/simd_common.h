@@ -1,4 +1,4 @@
-// What the x86 group-dot-product files share: horizontal sums, loads, the
+// What the x86 kernel files share: horizontal sums and maxima, loads, the
 // Q4_K/Q5_K scale unpacking and min term, and the switch from a group size to
 // a kernel instantiation.
 //
@@ -29,6 +29,13 @@ inline float Hsum128(__m128 s) {
 
 inline float Hsum(__m256 v) {
   return Hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+
+inline float Hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
 }
 
 inline __m256i Load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
