@@ -27,8 +27,44 @@ absl::Status FieldError(const std::string& field, const YAML::Node& node, const 
       absl::StrCat("cluster config: ", field, " (line ", LineOf(node), "): ", what));
 }
 
+// Well-formed UTF-8 (no overlong forms, surrogates or code points past
+// U+10FFFF). YAML text is Unicode: the printer replaces other bytes, so two
+// different strings could print the same (two worker ids, for one).
+bool IsValidUtf8(std::string_view text) {
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<uint8_t>(text[i]);
+    size_t length = 0;
+    uint8_t low = 0x80, high = 0xBF;  // range of the second byte
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    } else if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      if (lead == 0xE0) low = 0xA0;
+      if (lead == 0xED) high = 0x9F;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      if (lead == 0xF0) low = 0x90;
+      if (lead == 0xF4) high = 0x8F;
+    } else {
+      return false;
+    }
+    if (i + length > text.size()) return false;
+    for (size_t k = 1; k < length; ++k) {
+      const auto byte = static_cast<uint8_t>(text[i + k]);
+      if (k == 1 ? (byte < low || byte > high) : (byte < 0x80 || byte > 0xBF)) return false;
+    }
+    i += length;
+  }
+  return true;
+}
+
 absl::StatusOr<std::string> ReadString(const std::string& field, const YAML::Node& node) {
   if (!node.IsScalar()) return FieldError(field, node, "expected a string");
+  if (!IsValidUtf8(node.Scalar())) return FieldError(field, node, "not valid UTF-8");
   return node.Scalar();
 }
 
@@ -42,8 +78,7 @@ absl::StatusOr<int64_t> ReadInt(const std::string& field, const YAML::Node& node
     return FieldError(field, node, absl::StrCat("expected an integer, got '", text, "'"));
   }
   if (value < min || value > max) {
-    return FieldError(field, node,
-                      absl::StrCat(value, " is out of range [", min, ", ", max, "]"));
+    return FieldError(field, node, absl::StrCat(value, " is out of range [", min, ", ", max, "]"));
   }
   return value;
 }
@@ -123,40 +158,52 @@ absl::Status ReadMap(const std::string& section, const YAML::Node& node, const F
 absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
   const FieldTable table = {
       {"host", StringField(&c->host)},
-      {"grpc_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->grpc_port); }},
+      {"grpc_port",
+       [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->grpc_port); }},
       {"control_port",
        [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->control_port); }},
-      {"kv_slots", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->kv_slots); }},
-      {"ctx_size", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+      {"kv_slots",
+       [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->kv_slots); }},
+      {"ctx_size",
+       [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          ASSIGN_OR_RETURN(c->ctx_size, ReadInt(f, n, 0, std::numeric_limits<int32_t>::max()));
          return absl::OkStatus();
        }},
-      {"kv_tokens", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+      {"kv_tokens",
+       [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          ASSIGN_OR_RETURN(c->kv_tokens, ReadInt(f, n, 0, std::numeric_limits<int32_t>::max()));
          return absl::OkStatus();
        }},
       {"kv_type",
-       [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"f32", "f16"}, &c->kv_type); }},
-      {"exact", [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &c->exact); }},
-      {"max_queue", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
-      {"min_workers",
-       [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 1, &c->min_workers); }},
-      {"http_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->http_port); }},
+       [&](const std::string& f, const YAML::Node& n) {
+         return ReadChoice(f, n, {"f32", "f16"}, &c->kv_type);
+       }},
+      {"exact",
+       [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &c->exact); }},
+      {"max_queue", [&](const std::string& f,
+                        const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
+      {"min_workers", [&](const std::string& f,
+                          const YAML::Node& n) { return ReadCount(f, n, 1, &c->min_workers); }},
+      {"http_port",
+       [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &c->http_port); }},
       {"http_host", StringField(&c->http_host)},
       {"chat_template", StringField(&c->chat_template)},
       {"api_key_file", StringField(&c->api_key_file)},
       {"tls_cert", StringField(&c->tls_cert)},
       {"tls_key", StringField(&c->tls_key)},
       {"tls_client_ca", StringField(&c->tls_client_ca)},
-      {"worker_timeout_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+      {"worker_timeout_ms",
+       [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          ASSIGN_OR_RETURN(c->worker_timeout_ms, ReadInt(f, n, 100, 3600000));
          return absl::OkStatus();
        }},
-      {"grace_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+      {"grace_ms",
+       [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          ASSIGN_OR_RETURN(c->grace_ms, ReadInt(f, n, 0, 3600000));
          return absl::OkStatus();
        }},
-      {"step_timeout_ms", [&](const std::string& f, const YAML::Node& n) -> absl::Status {
+      {"step_timeout_ms",
+       [&](const std::string& f, const YAML::Node& n) -> absl::Status {
          ASSIGN_OR_RETURN(c->step_timeout_ms, ReadInt(f, n, 1, 3600000));
          return absl::OkStatus();
        }},
@@ -190,14 +237,22 @@ absl::Status ReadWorker(const std::string& section, const YAML::Node& node, Work
   const FieldTable table = {
       {"id", StringField(&w->id)},
       {"host", StringField(&w->host)},
-      {"data_port", [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &w->data_port); }},
-      {"memory_budget", [&](const std::string& f, const YAML::Node& n) { return ReadSize(f, n, &w->memory_budget); }},
+      {"data_port",
+       [&](const std::string& f, const YAML::Node& n) { return ReadPort(f, n, &w->data_port); }},
+      {"memory_budget", [&](const std::string& f,
+                            const YAML::Node& n) { return ReadSize(f, n, &w->memory_budget); }},
       {"gpu_memory_budget",
-       [&](const std::string& f, const YAML::Node& n) { return ReadSize(f, n, &w->gpu_memory_budget); }},
+       [&](const std::string& f, const YAML::Node& n) {
+         return ReadSize(f, n, &w->gpu_memory_budget);
+       }},
       {"backend",
-       [&](const std::string& f, const YAML::Node& n) { return ReadChoice(f, n, {"cpu", "cuda"}, &w->backend); }},
-      {"device", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->device); }},
-      {"threads", [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->threads); }},
+       [&](const std::string& f, const YAML::Node& n) {
+         return ReadChoice(f, n, {"cpu", "cuda"}, &w->backend);
+       }},
+      {"device",
+       [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->device); }},
+      {"threads",
+       [&](const std::string& f, const YAML::Node& n) { return ReadCount(f, n, 0, &w->threads); }},
       {"curve_key", StringField(&w->curve_key)},
       {"nccl", [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &w->nccl); }},
       {"nccl_interface", StringField(&w->nccl_interface)},
@@ -310,8 +365,7 @@ std::string ClusterConfig::ToYaml() const {
         {"curve_key", &coordinator.curve_key}}) {
     if (!value->empty()) out << "  " << key << ": " << Quote(*value) << "\n";
   }
-  out
-      << "loader:\n"
+  out << "loader:\n"
       << "  host: " << Quote(loader.host) << "\n"
       << "  port: " << loader.port << "\n"
       << "  model: " << Quote(loader.model) << "\n";
@@ -379,11 +433,20 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
   int shift = 0;
   if (!body.empty()) {
     switch (absl::ascii_toupper(body.back())) {
-      case 'K': shift = 10; break;
-      case 'M': shift = 20; break;
-      case 'G': shift = 30; break;
-      case 'T': shift = 40; break;
-      default: break;
+      case 'K':
+        shift = 10;
+        break;
+      case 'M':
+        shift = 20;
+        break;
+      case 'G':
+        shift = 30;
+        break;
+      case 'T':
+        shift = 40;
+        break;
+      default:
+        break;
     }
     if (shift != 0) body.remove_suffix(1);
   }
@@ -394,7 +457,8 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
         absl::StrCat("bad size '", std::string(text), "' (expected e.g. 4096, 512K, 2M, 2G, 1T)"));
   }
   if (shift != 0 && value > (std::numeric_limits<uint64_t>::max() >> shift)) {
-    return absl::InvalidArgumentError(absl::StrCat("size '", std::string(text), "' overflows 64 bits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("size '", std::string(text), "' overflows 64 bits"));
   }
   return value << shift;
 }

@@ -160,6 +160,19 @@ struct BadCase {
   const char* expect;  // substring of the error message
 };
 
+TEST(ClusterConfigTest, UnicodeStringsRoundTrip) {
+  const char* yaml = "workers:\n  - id: w\xc3\xa9\n  - id: w\xf0\x9f\x98\x80\n";
+  absl::StatusOr<ClusterConfig> config = ParseClusterConfig(yaml);
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->workers.size(), 2u);
+  EXPECT_EQ(config->workers[0].id, "w\xc3\xa9");
+  EXPECT_EQ(config->workers[1].id, "w\xf0\x9f\x98\x80");
+  absl::StatusOr<ClusterConfig> again = ParseClusterConfig(config->ToYaml());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->ToYaml(), config->ToYaml());
+  EXPECT_EQ(again->workers[1].id, config->workers[1].id);
+}
+
 TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
   const BadCase cases[] = {
       {"coordinator:\n  grpc_prot: 1\n", "coordinator.grpc_prot (line 2): unknown key"},
@@ -168,7 +181,8 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"coordinator:\n  kv_slots: many\n", "coordinator.kv_slots (line 2): expected an integer"},
       {"coordinator:\n  kv_slots: 0\n", "coordinator.kv_slots (line 2)"},
       {"coordinator:\n  kv_tokens: -16\n", "coordinator.kv_tokens (line 2)"},
-      {"coordinator:\n  grpc_port: 70000\n", "coordinator.grpc_port (line 2): 70000 is out of range"},
+      {"coordinator:\n  grpc_port: 70000\n",
+       "coordinator.grpc_port (line 2): 70000 is out of range"},
       {"coordinator:\n  kv_type: q8\n", "coordinator.kv_type (line 2): 'q8' is not one of"},
       {"coordinator:\n  exact: maybe\n", "coordinator.exact (line 2): expected true or false"},
       {"coordinator:\n  host: [a, b]\n", "coordinator.host (line 2): expected a string"},
@@ -180,7 +194,8 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
        "coordinator.step_timeout_ms (line 2): -5 is out of range"},
       {"coordinator:\n  step_timeout_ms: 2s\n",
        "coordinator.step_timeout_ms (line 2): expected an integer, got '2s'"},
-      {"coordinator:\n  api_key_file: [a]\n", "coordinator.api_key_file (line 2): expected a string"},
+      {"coordinator:\n  api_key_file: [a]\n",
+       "coordinator.api_key_file (line 2): expected a string"},
       {"coordinator:\n  tls_cert: c.pem\n", "tls_cert and tls_key go together"},
       {"coordinator:\n  tls_key: k.pem\n", "tls_cert and tls_key go together"},
       {"coordinator:\n  tls_client_ca: ca.pem\n", "tls_client_ca (mutual TLS) needs tls_cert"},
@@ -188,10 +203,12 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       {"loader:\n  model:\n", "loader.model (line 2): missing value"},
       {"workers:\n  - id: a\n  - id: a\n", "workers[1].id (line 3): duplicate worker id 'a'"},
       {"workers:\n  - host: x\n", "workers[0].id (line 2): required"},
-      {"workers:\n  - id: a\n    memory_budget: 2Q\n", "workers[0].memory_budget (line 3): bad size"},
+      {"workers:\n  - id: a\n    memory_budget: 2Q\n",
+       "workers[0].memory_budget (line 3): bad size"},
       {"workers:\n  - id: a\n    gpu_memory_budget: [1]\n",
        "workers[0].gpu_memory_budget (line 3): expected a size"},
-      {"workers:\n  - id: a\n    nccl: maybe\n", "workers[0].nccl (line 3): expected true or false"},
+      {"workers:\n  - id: a\n    nccl: maybe\n",
+       "workers[0].nccl (line 3): expected true or false"},
       {"workers:\n  - id: a\n    backend: tpu\n", "workers[0].backend (line 3)"},
       {"workers:\n  - id: a\n    colour: red\n", "workers[0].colour (line 3): unknown key"},
       {"workers: {id: a}\n", "workers (line 1): expected a list"},
@@ -202,6 +219,14 @@ TEST(ClusterConfigTest, RejectsBadDocumentsNamingFieldAndLine) {
       // would otherwise join past the duplicate-id check.
       {"workers:\n  - id: a\nworkers:\n  - id: a\n", "workers (line 3): duplicate key"},
       {"loader:\n  port: 1\n  port: 2\n", "loader.port (line 3): duplicate key"},
+      // YAML is Unicode: other bytes would print as replacement characters, and
+      // two different ids could then print the same.
+      {"workers:\n  - id: w\xff"
+       "0\n",
+       "workers[0].id (line 2): not valid UTF-8"},
+      {"workers:\n  - id: w\xc0\xb0\n", "workers[0].id (line 2): not valid UTF-8"},  // overlong
+      {"workers:\n  - id: w\xed\xa0\x80\n", "not valid UTF-8"},                      // surrogate
+      {"loader:\n  model: m\xe2\x82\n", "loader.model (line 2): not valid UTF-8"},   // cut short
   };
   for (const BadCase& c : cases) {
     absl::StatusOr<ClusterConfig> config = ParseClusterConfig(c.yaml);
@@ -232,7 +257,8 @@ TEST(ClusterConfigTest, LoadsFromFileAndReportsPath) {
 
 // Parses `args` (after the program name) with CoordinatorFlags and applies
 // them over `file`.
-absl::StatusOr<CoordinatorSection> ApplyFlags(const CoordinatorSection& file, std::vector<std::string> args) {
+absl::StatusOr<CoordinatorSection> ApplyFlags(const CoordinatorSection& file,
+                                              std::vector<std::string> args) {
   CLI::App app;
   CoordinatorFlags flags(app);
   std::reverse(args.begin(), args.end());  // CLI11 takes a vector in reverse order
@@ -250,10 +276,10 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   const std::string key_file =
       std::filesystem::temp_directory_path() / ("chord_flags_key_" + std::to_string(::getpid()));
   std::ofstream(key_file) << "sekret\n";
-  absl::StatusOr<CoordinatorSection> s = ApplyFlags(
-      config->coordinator, {"--grpc-port", "7000", "--http-port", "0", "--http-host", "127.0.0.2",
-                            "--chat-template", "llama3", "--api-key-file", key_file, "--kv-slots", "9",
-                            "--step-timeout-ms", "250"});
+  absl::StatusOr<CoordinatorSection> s =
+      ApplyFlags(config->coordinator, {"--grpc-port", "7000", "--http-port", "0", "--http-host",
+                                       "127.0.0.2", "--chat-template", "llama3", "--api-key-file",
+                                       key_file, "--kv-slots", "9", "--step-timeout-ms", "250"});
   std::filesystem::remove(key_file);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->grpc_port, 7000);
