@@ -35,7 +35,14 @@ inline constexpr int kMaxDotGroup = 8;
 using MultiDotFn = void (*)(const void* weights, const void* const* acts, int n_acts, int64_t n,
                             float* out);
 
-// A group kernel and, optionally, the conversion of its activations.
+// Two weight rows (the second row_bytes after the first) against the same
+// group: first[t] and second[t] bit-identical to two MultiDotFn calls.
+using TwoRowDotFn = void (*)(const void* weights, int64_t row_bytes, const void* const* acts,
+                             int n_acts, int64_t n, float* first, float* second);
+
+// A group kernel and, optionally, the conversion of its activations and a
+// kernel over two rows at once (for types whose products are bound by
+// activation loads; MatMul takes rows in pairs when it exists).
 struct MultiDot {
   MultiDotFn dot = nullptr;
   // Both null: `dot` reads the quantized rows as they are. Otherwise each
@@ -43,6 +50,7 @@ struct MultiDot {
   // 64) at a 64-byte aligned address, through prepare(quantized, n, out).
   int64_t (*prepared_bytes)(int64_t n) = nullptr;
   void (*prepare)(const void* quantized, int64_t n, void* out) = nullptr;
+  TwoRowDotFn two_rows = nullptr;
 };
 
 // kAvx512Vnni: AVX-512 F/BW/VL and VNNI kernels where they exist (Q4_K, Q6_K,

@@ -114,6 +114,21 @@ void ExpectMatchesPortableReference(KernelIsa isa, std::span<const DType> types)
           EXPECT_EQ(0, std::memcmp(&alone, &out[g], sizeof(float)))
               << DTypeName(type) << " cols " << cols << ": the full group differs from alone";
         }
+        if (multi.two_rows != nullptr && r > 0) {
+          // Rows r - 1 and r together, for groups of every size.
+          for (int group = 1; group <= kMaxDotGroup; ++group) {
+            float first[kMaxDotGroup], second[kMaxDotGroup], previous[kMaxDotGroup];
+            multi.two_rows(row - row_bytes, static_cast<int64_t>(row_bytes), acts, group, cols,
+                           first, second);
+            multi.dot(row - row_bytes, acts, group, cols, previous);
+            EXPECT_EQ(0, std::memcmp(first, previous, group * sizeof(float)))
+                << DTypeName(type) << " cols " << cols << " group " << group
+                << ": first of two rows";
+            EXPECT_EQ(0, std::memcmp(second, out, group * sizeof(float)))
+                << DTypeName(type) << " cols " << cols << " group " << group
+                << ": second of two rows";
+          }
+        }
       }
     }
   }

@@ -134,41 +134,69 @@ inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_gro
   return _mm512_fmadd_ps(per_group, _mm512_load_ps(y.group_sums), acc);
 }
 
-template <int NT>
-void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
-  const BlockQ8_0* x = static_cast<const BlockQ8_0*>(w);
+// Rows 0..NR-1 of the matrix at w (row_bytes apart) against NT tokens:
+// out[r][t]. Two rows share each token's activation load and scale broadcast;
+// every row's sums take the same instructions whatever NR is.
+template <int NR, int NT>
+void DotQ8_0Rows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
+                 float* const* out) {
+  const BlockQ8_0* x[NR];
+  for (int r = 0; r < NR; ++r)
+    x[r] = reinterpret_cast<const BlockQ8_0*>(static_cast<const uint8_t*>(w) + r * row_bytes);
   const int64_t pairs = Q8_0Pairs(n);
   // Every row's scales start at the same offset: one pointer per token (and
   // offsets shared by all tokens) keeps the addresses in registers.
   const int64_t scales_offset = pairs * 2 * kQK;
   const uint8_t* y[NT];
-  __m512 acc[NT];
+  __m512 acc[NR][NT];
   for (int t = 0; t < NT; ++t) {
     y[t] = static_cast<const uint8_t*>(acts[t]);
-    acc[t] = _mm512_setzero_ps();
+    for (int r = 0; r < NR; ++r) acc[r][t] = _mm512_setzero_ps();
   }
   const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
   const int64_t blocks = n / kQK;
   for (int64_t p = 0; p < pairs; ++p) {
-    const BlockQ8_0& first = x[2 * p];
     const bool both = 2 * p + 1 < blocks;
-    // The second block's half stays zero past the end of an odd row.
-    const __m256i second = both ? Load256(x[2 * p + 1].qs) : _mm256_setzero_si256();
-    const __m512i qx = InterleaveDwords(Load256(first.qs), second);
-    const uint32_t halves = first.d | (both ? uint32_t{x[2 * p + 1].d} << 16 : 0u);
-    const __m512 dx = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(halves)));
-    // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
-    const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(),
-                                           _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qx));
+    __m512i qx[NR], start[NR];
+    __m512 dx[NR];
+    for (int r = 0; r < NR; ++r) {
+      const BlockQ8_0& first = x[r][2 * p];
+      // The second block's half stays zero past the end of an odd row.
+      const __m256i second = both ? Load256(x[r][2 * p + 1].qs) : _mm256_setzero_si256();
+      qx[r] = InterleaveDwords(Load256(first.qs), second);
+      const uint32_t halves = first.d | (both ? uint32_t{x[r][2 * p + 1].d} << 16 : 0u);
+      dx[r] = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(halves)));
+      // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
+      start[r] = _mm512_sub_epi32(_mm512_setzero_si512(),
+                                  _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, qx[r]));
+    }
     for (int t = 0; t < NT; ++t) {
-      const __m512i dot = _mm512_dpbusd_epi32(start, Load512(y[t] + p * 2 * kQK), qx);
+      const __m512i a = Load512(y[t] + p * 2 * kQK);
       double scales;  // the pair's two floats, broadcast as one 8-byte unit
       std::memcpy(&scales, y[t] + scales_offset + 8 * p, sizeof(scales));
       const __m512 dy = _mm512_castpd_ps(_mm512_set1_pd(scales));
-      acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dx, dy), acc[t]);
+      for (int r = 0; r < NR; ++r) {
+        const __m512i dot = _mm512_dpbusd_epi32(start[r], a, qx[r]);
+        acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(dx[r], dy), acc[r][t]);
+      }
     }
   }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
+  for (int r = 0; r < NR; ++r) {
+    for (int t = 0; t < NT; ++t) out[r][t] = Hsum512(acc[r][t]);
+  }
+}
+
+template <int NT>
+void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
+  float* const rows[1] = {out};
+  DotQ8_0Rows<1, NT>(w, 0, acts, n, rows);
+}
+
+template <int NT>
+void DotQ8_0TwoRows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
+                    float* first, float* second) {
+  float* const rows[2] = {first, second};
+  DotQ8_0Rows<2, NT>(w, row_bytes, acts, n, rows);
 }
 
 template <int NT>
@@ -264,7 +292,10 @@ MultiDot GetMultiDotAvx512Vnni(DType weight_type) {
     case DType::kQ8_0:
       return {ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>, DotQ8_0<5>, DotQ8_0<6>,
                            DotQ8_0<7>, DotQ8_0<8>>,
-              PreparedQ8_0Bytes, PrepareQ8_0};
+              PreparedQ8_0Bytes, PrepareQ8_0,
+              ForGroupSizeTwoRows<DotQ8_0TwoRows<1>, DotQ8_0TwoRows<2>, DotQ8_0TwoRows<3>,
+                                  DotQ8_0TwoRows<4>, DotQ8_0TwoRows<5>, DotQ8_0TwoRows<6>,
+                                  DotQ8_0TwoRows<7>, DotQ8_0TwoRows<8>>};
     case DType::kQ4_K:
       return {ForGroupSize<DotQ4_K<1>, DotQ4_K<2>, DotQ4_K<3>, DotQ4_K<4>, DotQ4_K<5>, DotQ4_K<6>,
                            DotQ4_K<7>, DotQ4_K<8>>,

@@ -99,5 +99,20 @@ void ForGroupSize(const void* w, const void* const* acts, int n_acts, int64_t n,
   }
 }
 
+// The same for kernels over two weight rows (MultiDot::two_rows).
+using TwoRowGroupDotFn = void (*)(const void* w, int64_t row_bytes, const void* const* acts,
+                                  int64_t n, float* first, float* second);
+
+template <TwoRowGroupDotFn... kernels>
+void ForGroupSizeTwoRows(const void* w, int64_t row_bytes, const void* const* acts, int n_acts,
+                         int64_t n, float* first, float* second) {
+  static constexpr TwoRowGroupDotFn kBySize[] = {kernels...};
+  constexpr int kWidest = static_cast<int>(sizeof...(kernels));
+  for (int t0 = 0; t0 < n_acts; t0 += kWidest) {
+    const int group = n_acts - t0 < kWidest ? n_acts - t0 : kWidest;
+    kBySize[group - 1](w, row_bytes, acts + t0, n, first + t0, second + t0);
+  }
+}
+
 }  // namespace
 }  // namespace chord::kernels
