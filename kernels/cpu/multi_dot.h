@@ -53,8 +53,8 @@ struct MultiDot {
   TwoRowDotFn two_rows = nullptr;
 };
 
-// kAvx512Vnni: AVX-512 F/BW/VL and VNNI kernels where they exist (Q4_K, Q6_K,
-// Q8_0), the AVX2 ones for the other types.
+// kAvx512Vnni: AVX-512 F/BW/VL and VNNI kernels where they exist (Q4_0, Q8_0,
+// Q4_K, Q5_K, Q6_K), the AVX2 ones for the other types.
 enum class KernelIsa { kPortable, kAvx2, kAvx512Vnni };
 
 // The best instruction set this CPU supports (CPUID, once); the environment

@@ -143,15 +143,16 @@ TEST(MultiDotTest, Avx512VnniMatchesPortableReference) {
   if (BestKernelIsa() != KernelIsa::kAvx512Vnni) {
     GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL + VNNI (or CHORD_KERNEL_ISA caps it)";
   }
-  const DType with_avx512[] = {DType::kQ8_0, DType::kQ4_K, DType::kQ6_K};
+  const DType with_avx512[] = {DType::kQ4_0, DType::kQ8_0, DType::kQ4_K, DType::kQ5_K,
+                               DType::kQ6_K};
   for (DType type : with_avx512) {
     EXPECT_NE(GetMultiDot(type, KernelIsa::kAvx512Vnni).dot,
               GetMultiDot(type, KernelIsa::kAvx2).dot)
         << DTypeName(type);
   }
   // The other types fall back to their AVX2 kernels.
-  EXPECT_EQ(GetMultiDot(DType::kQ4_0, KernelIsa::kAvx512Vnni).dot,
-            GetMultiDot(DType::kQ4_0, KernelIsa::kAvx2).dot);
+  EXPECT_EQ(GetMultiDot(DType::kF16, KernelIsa::kAvx512Vnni).dot,
+            GetMultiDot(DType::kF16, KernelIsa::kAvx2).dot);
   ExpectMatchesPortableReference(KernelIsa::kAvx512Vnni, kSimdTypes);
 }
 

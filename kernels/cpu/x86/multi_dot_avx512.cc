@@ -1,19 +1,21 @@
-// AVX-512 (F, BW, VL) + VNNI group dot products (see multi_dot.h) for Q4_K,
-// Q6_K and Q8_0 weights; the other types keep their AVX2 kernels. Built with
-// those target flags and -ffp-contract=off; only reached after a CPUID check.
+// AVX-512 (F, BW, VL) + VNNI group dot products (see multi_dot.h) for Q4_0,
+// Q8_0, Q4_K, Q5_K and Q6_K weights; the other types keep their AVX2 kernels.
+// Built with those target flags and -ffp-contract=off; only reached after a
+// CPUID check.
 //
 // These kernels read prepared activations (MultiDot::prepare): each quantized
 // row is converted once per product so that what depends on the activations
 // alone is not recomputed for every weight row:
 // - K-quants (Q8_K rows): per 16-element group, d * (sum of the group's
-//   quantized values) as a float, which turns the Q4_K min term and the Q6_K
-//   minus-32 offset into one 16-lane FMA per block and token;
-// - Q8_0: the values plus 128 as unsigned bytes (vpdpbusd wants one unsigned
+//   quantized values) as a float, which turns the Q4_K/Q5_K min term and the
+//   Q6_K minus-32 offset into one 16-lane FMA per block and token;
+// - Q8_0 (for Q8_0 and Q4_0 weights): the values plus 128 as unsigned bytes
+//   (vpdpbusd wants one unsigned
 //   operand: (q + 128) * w summed, minus 128 * sum(w), which the weight row
 //   gives once for every token), two blocks interleaved so that they go
 //   through one 64-byte register, and the scales as floats.
 //
-// Integer parts: Q4_K/Q6_K take a 64-element slice of a block (two Q4_K
+// Integer parts: the K-quants take a 64-element slice of a block (two Q4_K/Q5_K
 // sub-blocks, four Q6_K groups) in one register: maddubs (unsigned weight x
 // signed activation -> int16 pairs, which cannot saturate for these ranges),
 // then vpdpwssd multiplies the pairs by the sub-block scales and accumulates
@@ -25,6 +27,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "common/quant/blocks.h"
 #include "kernels/cpu/activation_quant.h"
@@ -39,7 +42,9 @@
 namespace chord::kernels {
 namespace {
 
+using quant::BlockQ4_0;
 using quant::BlockQ4_K;
+using quant::BlockQ5_K;
 using quant::BlockQ6_K;
 using quant::BlockQ8_0;
 using quant::BlockQ8_K;
@@ -134,15 +139,33 @@ inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_gro
   return _mm512_fmadd_ps(per_group, _mm512_load_ps(y.group_sums), acc);
 }
 
-// Rows 0..NR-1 of the matrix at w (row_bytes apart) against NT tokens:
-// out[r][t]. Two rows share each token's activation load and scale broadcast;
-// every row's sums take the same instructions whatever NR is.
-template <int NR, int NT>
-void DotQ8_0Rows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
-                 float* const* out) {
-  const BlockQ8_0* x[NR];
+// The weight types that take Q8_0 activations: a block's 32 values as signed
+// bytes in element order, and its half-float scale.
+struct Q8_0Weights {
+  using Block = BlockQ8_0;
+  static __m256i Values(const Block& block) { return Load256(block.qs); }
+};
+struct Q4_0Weights {
+  using Block = BlockQ4_0;
+  // Elements 0..15 in the low nibbles, 16..31 in the high ones; value - 8.
+  static __m256i Values(const Block& block) {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.qs));
+    const __m256i nibbles = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed),
+                                             _mm256_set1_epi8(0xF));
+    return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8));
+  }
+};
+
+// Rows 0..NR-1 of the matrix at w (row_bytes apart) against NT tokens of Q8_0
+// activations: out[r][t]. Two rows share each token's activation load and
+// scale broadcast; every row's sums take the same instructions whatever NR is.
+template <class Weights, int NR, int NT>
+void DotPairs(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
+              float* const* out) {
+  using Block = typename Weights::Block;
+  const Block* x[NR];
   for (int r = 0; r < NR; ++r)
-    x[r] = reinterpret_cast<const BlockQ8_0*>(static_cast<const uint8_t*>(w) + r * row_bytes);
+    x[r] = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(w) + r * row_bytes);
   const int64_t pairs = Q8_0Pairs(n);
   // Every row's scales start at the same offset: one pointer per token (and
   // offsets shared by all tokens) keeps the addresses in registers.
@@ -160,10 +183,10 @@ void DotQ8_0Rows(const void* w, int64_t row_bytes, const void* const* acts, int6
     __m512i qx[NR], start[NR];
     __m512 dx[NR];
     for (int r = 0; r < NR; ++r) {
-      const BlockQ8_0& first = x[r][2 * p];
+      const Block& first = x[r][2 * p];
       // The second block's half stays zero past the end of an odd row.
-      const __m256i second = both ? Load256(x[r][2 * p + 1].qs) : _mm256_setzero_si256();
-      qx[r] = InterleaveDwords(Load256(first.qs), second);
+      const __m256i second = both ? Weights::Values(x[r][2 * p + 1]) : _mm256_setzero_si256();
+      qx[r] = InterleaveDwords(Weights::Values(first), second);
       const uint32_t halves = first.d | (both ? uint32_t{x[r][2 * p + 1].d} << 16 : 0u);
       dx[r] = _mm512_cvtph_ps(_mm256_set1_epi32(static_cast<int>(halves)));
       // -128 * sum(w), four weights a lane: what the +128 of the activations adds.
@@ -186,22 +209,38 @@ void DotQ8_0Rows(const void* w, int64_t row_bytes, const void* const* acts, int6
   }
 }
 
-template <int NT>
-void DotQ8_0(const void* w, const void* const* acts, int64_t n, float* out) {
+template <class Weights, int NT>
+void DotOneRow(const void* w, const void* const* acts, int64_t n, float* out) {
   float* const rows[1] = {out};
-  DotQ8_0Rows<1, NT>(w, 0, acts, n, rows);
+  DotPairs<Weights, 1, NT>(w, 0, acts, n, rows);
 }
 
-template <int NT>
-void DotQ8_0TwoRows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
-                    float* first, float* second) {
+template <class Weights, int NT>
+void DotTwoRows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n, float* first,
+                float* second) {
   float* const rows[2] = {first, second};
-  DotQ8_0Rows<2, NT>(w, row_bytes, acts, n, rows);
+  DotPairs<Weights, 2, NT>(w, row_bytes, acts, n, rows);
 }
 
-template <int NT>
-void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
-  const BlockQ4_K* x = static_cast<const BlockQ4_K*>(w);
+// The MultiDot of a weight type over Q8_0 activations.
+template <class Weights>
+MultiDot PairsKernel() {
+  return {
+      ForGroupSize<DotOneRow<Weights, 1>, DotOneRow<Weights, 2>, DotOneRow<Weights, 3>,
+                   DotOneRow<Weights, 4>, DotOneRow<Weights, 5>, DotOneRow<Weights, 6>,
+                   DotOneRow<Weights, 7>, DotOneRow<Weights, 8>>,
+      PreparedQ8_0Bytes, PrepareQ8_0,
+      ForGroupSizeTwoRows<DotTwoRows<Weights, 1>, DotTwoRows<Weights, 2>, DotTwoRows<Weights, 3>,
+                          DotTwoRows<Weights, 4>, DotTwoRows<Weights, 5>, DotTwoRows<Weights, 6>,
+                          DotTwoRows<Weights, 7>, DotTwoRows<Weights, 8>>};
+}
+
+// Q4_K, and Q5_K (kFiveBit): the fifth bit of each value comes from qh, bit
+// 2j of byte i for element i of sub-block 2j.
+template <int NT, bool kFiveBit>
+void DotQ45_K(const void* w, const void* const* acts, int64_t n, float* out) {
+  using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
+  const Block* x = static_cast<const Block*>(w);
   const PreparedQ8K* y[NT];
   __m512 acc[NT];
   for (int t = 0; t < NT; ++t) {
@@ -224,12 +263,22 @@ void DotQ4_K(const void* w, const void* const* acts, int64_t n, float* out) {
                                           min_of_group, _mm512_cvtepi16_epi32(scales_mins))));
     __m512i sumi[NT];
     for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
+    __m256i high_bits = _mm256_setzero_si256();
+    if constexpr (kFiveBit) high_bits = Load256(x[b].qh);
     for (int j = 0; j < kQKK / 64; ++j) {
       // Elements 64j..64j+63: sub-block 2j in the low nibbles, 2j + 1 in the
       // high ones; the activations of both are 64 contiguous bytes.
       const __m256i q4 = Load256(x[b].qs + 32 * j);
-      const __m512i nibbles = _mm512_inserti64x4(_mm512_zextsi256_si512(_mm256_and_si256(q4, m4)),
-                                                 _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), 1);
+      __m256i lo = _mm256_and_si256(q4, m4);
+      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+      if constexpr (kFiveBit) {
+        const __m256i bit = _mm256_set1_epi8(1);
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
+        high_bits = _mm256_srli_epi16(high_bits, 1);
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
+        high_bits = _mm256_srli_epi16(high_bits, 1);
+      }
+      const __m512i nibbles = _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1);
       const __m512i scales = SpreadScales(spread[j], scales_mins);
       for (int t = 0; t < NT; ++t) {
         const __m512i pairs = _mm512_maddubs_epi16(nibbles, Load512(y[t][b].qs + 64 * j));
@@ -290,16 +339,19 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
 MultiDot GetMultiDotAvx512Vnni(DType weight_type) {
   switch (weight_type) {
     case DType::kQ8_0:
-      return {ForGroupSize<DotQ8_0<1>, DotQ8_0<2>, DotQ8_0<3>, DotQ8_0<4>, DotQ8_0<5>, DotQ8_0<6>,
-                           DotQ8_0<7>, DotQ8_0<8>>,
-              PreparedQ8_0Bytes, PrepareQ8_0,
-              ForGroupSizeTwoRows<DotQ8_0TwoRows<1>, DotQ8_0TwoRows<2>, DotQ8_0TwoRows<3>,
-                                  DotQ8_0TwoRows<4>, DotQ8_0TwoRows<5>, DotQ8_0TwoRows<6>,
-                                  DotQ8_0TwoRows<7>, DotQ8_0TwoRows<8>>};
+      return PairsKernel<Q8_0Weights>();
+    case DType::kQ4_0:
+      return PairsKernel<Q4_0Weights>();
     case DType::kQ4_K:
-      return {ForGroupSize<DotQ4_K<1>, DotQ4_K<2>, DotQ4_K<3>, DotQ4_K<4>, DotQ4_K<5>, DotQ4_K<6>,
-                           DotQ4_K<7>, DotQ4_K<8>>,
+      return {ForGroupSize<DotQ45_K<1, false>, DotQ45_K<2, false>, DotQ45_K<3, false>,
+                           DotQ45_K<4, false>, DotQ45_K<5, false>, DotQ45_K<6, false>,
+                           DotQ45_K<7, false>, DotQ45_K<8, false>>,
               PreparedQ8KBytes, PrepareQ8K};
+    case DType::kQ5_K:
+      return {
+          ForGroupSize<DotQ45_K<1, true>, DotQ45_K<2, true>, DotQ45_K<3, true>, DotQ45_K<4, true>,
+                       DotQ45_K<5, true>, DotQ45_K<6, true>, DotQ45_K<7, true>, DotQ45_K<8, true>>,
+          PreparedQ8KBytes, PrepareQ8K};
     case DType::kQ6_K:
       return {ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>, DotQ6_K<5>, DotQ6_K<6>,
                            DotQ6_K<7>, DotQ6_K<8>>,
