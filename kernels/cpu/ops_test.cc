@@ -131,5 +131,45 @@ TEST(AttentionTest, MatchesNaiveGroupedQueryAttention) {
   }
 }
 
+// A run of consecutive tokens through AttendTokens gives each token the bits
+// AttendOneToken gives it alone, for runs of every length up to 9, head sizes
+// of the vector code and the portable one (4), F32 and F16 caches.
+TEST(AttentionTest, RunOfTokensGivesEachTokenItsOwnBits) {
+  uint32_t seed = 100;
+  for (DType type : {DType::kF32, DType::kF16}) {
+    for (int head_dim : {4, 8, 64, 128}) {
+      for (int64_t first_n_kv : {1, 5, 37}) {
+        for (int n_queries : {1, 2, 3, 8, 9}) {
+          const AttentionShape shape{4, 2, head_dim};
+          const int64_t n_embd = shape.n_heads * head_dim, kv_width = shape.n_kv_heads * head_dim;
+          const int64_t n_kv = first_n_kv + n_queries - 1;
+          const int64_t element = type == DType::kF16 ? 2 : 4;
+          const std::vector<float> q = Random(n_queries * n_embd, ++seed);
+          std::vector<uint8_t> k(n_kv * kv_width * element), v(k.size());
+          std::mt19937 rng(++seed);
+          for (uint8_t& byte : k)
+            byte = static_cast<uint8_t>(rng() % 64);  // finite halves and floats
+          for (uint8_t& byte : v) byte = static_cast<uint8_t>(rng() % 64);
+          const KvView keys{type, k.data(), kv_width * element};
+          const KvView values{type, v.data(), kv_width * element};
+          std::vector<float> run_out(q.size()), alone(q.size());
+          std::vector<float> scores(static_cast<size_t>(n_queries * n_kv));
+          for (int h = 0; h < shape.n_heads; ++h) {
+            AttendTokens(shape, q.data(), n_embd, keys, values, first_n_kv, n_queries, h,
+                         scores.data(), run_out.data(), n_embd);
+            for (int i = 0; i < n_queries; ++i) {
+              AttendOneToken(shape, q.data() + i * n_embd, keys, values, first_n_kv + i, h,
+                             scores.data(), alone.data() + i * n_embd);
+            }
+          }
+          ASSERT_EQ(0, std::memcmp(run_out.data(), alone.data(), run_out.size() * sizeof(float)))
+              << DTypeName(type) << " head_dim " << head_dim << " n_kv " << first_n_kv
+              << " queries " << n_queries;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace chord::kernels

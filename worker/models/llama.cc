@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <vector>
 
 #include "common/base/status.h"
 #include "common/gguf/gguf_file.h"
@@ -202,26 +203,50 @@ absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
     cache.Store(layer_index, token.slot, token.position, k_.data() + t * n_kv,
                 v_.data() + t * n_kv);
   }
-  // Every (token, head) pair is one independent task; each thread has its own scores row.
+  // Runs of consecutive positions of one sequence (a prompt, or a chunk of one)
+  // go through attention together, up to kQueryRun tokens: they share every
+  // cached row they read, and each token's result is the one it gets alone.
+  // Every (run, head) pair is one task; each thread has its own scores rows.
+  constexpr int kQueryRun = 8;
+  struct QueryRun {
+    int64_t first = 0;
+    int count = 0;
+  };
+  std::vector<QueryRun> runs;
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    const BatchToken& token = batch[static_cast<size_t>(t)];
+    if (!runs.empty()) {
+      QueryRun& last = runs.back();
+      const BatchToken& previous = batch[static_cast<size_t>(last.first + last.count - 1)];
+      if (last.count < kQueryRun && previous.slot == token.slot &&
+          previous.position + 1 == token.position) {
+        ++last.count;
+        continue;
+      }
+    }
+    runs.push_back({t, 1});
+  }
   const kernels::AttentionShape shape{static_cast<int>(config_.n_head),
                                       static_cast<int>(config_.n_head_kv), head_dim};
-  const int64_t n_ctx = cache.shape().n_ctx;
-  if (static_cast<int64_t>(scores_.size()) < pool_.size() * n_ctx) {
-    scores_.resize(static_cast<size_t>(pool_.size() * n_ctx));
+  const int64_t scores_per_thread = kQueryRun * (cache.shape().n_ctx + kQueryRun);
+  if (static_cast<int64_t>(scores_.size()) < pool_.size() * scores_per_thread) {
+    scores_.resize(static_cast<size_t>(pool_.size() * scores_per_thread));
   }
-  // A (token, head) task reads about position * head_dim cache elements; group
+  // A task reads about position * head_dim cache elements per token; group
   // small tasks so that waking a thread is worth it.
   const int64_t work = std::max<int64_t>(1, (batch.back().position + 1) * config_.head_dim);
   const int64_t grain = std::max<int64_t>(1, 16384 / work);
-  pool_.ParallelFor(n_tokens * config_.n_head, grain, [&](int64_t begin, int64_t end) {
-    float* scores = scores_.data() + ThreadPool::ThreadIndex() * n_ctx;
+  const auto n_runs = static_cast<int64_t>(runs.size());
+  pool_.ParallelFor(n_runs * config_.n_head, grain, [&](int64_t begin, int64_t end) {
+    float* scores = scores_.data() + ThreadPool::ThreadIndex() * scores_per_thread;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t t = task / config_.n_head;
+      const QueryRun& run = runs[static_cast<size_t>(task / config_.n_head)];
       const int head = static_cast<int>(task % config_.n_head);
-      const BatchToken& token = batch[static_cast<size_t>(t)];
-      kernels::AttendOneToken(shape, q_.data() + t * n_embd, cache.Keys(layer_index, token.slot),
-                              cache.Values(layer_index, token.slot), token.position + 1, head,
-                              scores, attn_.data() + t * n_embd);
+      const BatchToken& token = batch[static_cast<size_t>(run.first)];
+      kernels::AttendTokens(shape, q_.data() + run.first * n_embd, n_embd,
+                            cache.Keys(layer_index, token.slot),
+                            cache.Values(layer_index, token.slot), token.position + 1, run.count,
+                            head, scores, attn_.data() + run.first * n_embd, n_embd);
     }
   });
   return absl::OkStatus();

@@ -1,4 +1,4 @@
-// AVX2 + FMA + F16C body of AttendOneToken for one query head (see
+// AVX2 + FMA + F16C body of AttendTokens for one query head (see
 // attention_head.h). Built with those target flags and -ffp-contract=off; only
 // reached after a CPUID check.
 //
@@ -47,31 +47,40 @@ inline __m256 ExpNonPositive(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
-// scores[p] = scale * dot(q, key p) for p < n_kv, four keys at a time.
+// Query i's scores[p] = scale * dot(q_i, key p) for p < n_kv + i, four keys at
+// a time; each group of four keys serves every query of the run.
 template <bool kHalf>
 void Scores(const HeadAttention& job) {
   const int dim = job.head_dim;
   const __m128 scale = _mm_set1_ps(job.scale);
-  for (int64_t p = 0; p < job.n_kv; p += 4) {
+  const int64_t n_last = job.n_kv + job.n_queries - 1;  // the last query's keys
+  for (int64_t p = 0; p < n_last; p += 4) {
     const uint8_t* k[4];
-    for (int j = 0; j < 4; ++j)
-      k[j] = job.keys->Row(std::min(p + j, job.n_kv - 1)) + job.key_offset;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (int i = 0; i < dim; i += 8) {
-      const __m256 q = _mm256_loadu_ps(job.q + i);
-      for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(q, Load8<kHalf>(k[j], i), acc[j]);
-    }
-    // Lane j of the result sums acc[j]; each key's sum takes the same steps.
-    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-    const __m128 sums =
-        _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), scale);
-    if (p + 4 <= job.n_kv) {
-      _mm_storeu_ps(job.scores + p, sums);
-    } else {
-      alignas(16) float last[4];
-      _mm_store_ps(last, sums);
-      for (int64_t j = 0; p + j < job.n_kv; ++j) job.scores[p + j] = last[j];
+    for (int j = 0; j < 4; ++j) k[j] = job.keys->Row(std::min(p + j, n_last - 1)) + job.key_offset;
+    for (int i = 0; i < job.n_queries; ++i) {
+      const int64_t n_kv = job.n_kv + i;
+      if (p >= n_kv) continue;
+      const float* q = job.q + i * job.q_stride;
+      float* scores = job.scores + i * job.scores_stride;
+      __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                       _mm256_setzero_ps()};
+      for (int d = 0; d < dim; d += 8) {
+        const __m256 qd = _mm256_loadu_ps(q + d);
+        for (int j = 0; j < 4; ++j) acc[j] = _mm256_fmadd_ps(qd, Load8<kHalf>(k[j], d), acc[j]);
+      }
+      // Lane j of the result sums acc[j] alone: a key's score takes the same
+      // steps whichever keys share its group.
+      const __m256 h =
+          _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
+      const __m128 sums =
+          _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)), scale);
+      if (p + 4 <= n_kv) {
+        _mm_storeu_ps(scores + p, sums);
+      } else {
+        alignas(16) float last[4];
+        _mm_store_ps(last, sums);
+        for (int64_t j = 0; p + j < n_kv; ++j) scores[p + j] = last[j];
+      }
     }
   }
 }
@@ -107,27 +116,45 @@ void SoftmaxInPlace(float* scores, int64_t n) {
   for (int64_t j = 0; i + j < n; ++j) scores[i + j] = tail[j];
 }
 
-// out = sum_p scores[p] * value p, 32 dimensions at a time in registers.
+// Query i's out = sum_p scores[p] * value p over its positions, 32 dimensions
+// at a time in registers, two queries at a time sharing each value row. Every
+// output lane adds its terms in position order, as for a query alone.
 template <bool kHalf>
 void WeightedValues(const HeadAttention& job) {
-  for (int d0 = 0; d0 < job.head_dim; d0 += 32) {
-    const int width = std::min(32, job.head_dim - d0);  // a multiple of 8
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                     _mm256_setzero_ps()};
-    for (int64_t p = 0; p < job.n_kv; ++p) {
-      const uint8_t* v = job.values->Row(p) + job.value_offset;
-      const __m256 w = _mm256_broadcast_ss(job.scores + p);
-      for (int j = 0; j < width / 8; ++j)
-        acc[j] = _mm256_fmadd_ps(w, Load8<kHalf>(v, d0 + 8 * j), acc[j]);
+  constexpr int kQueries = 2;
+  for (int i0 = 0; i0 < job.n_queries; i0 += kQueries) {
+    const int count = std::min(kQueries, job.n_queries - i0);
+    const int64_t n_last = job.n_kv + i0 + count - 1;
+    for (int d0 = 0; d0 < job.head_dim; d0 += 32) {
+      const int width = std::min(32, job.head_dim - d0);  // a multiple of 8
+      __m256 acc[kQueries][4];
+      for (auto& query : acc)
+        for (__m256& a : query) a = _mm256_setzero_ps();
+      for (int64_t p = 0; p < n_last; ++p) {
+        const uint8_t* v = job.values->Row(p) + job.value_offset;
+        // Query i0 + i reaches position n_kv - 1 + i0 + i: the first ones stop first.
+        const int first = static_cast<int>(std::max<int64_t>(0, p - (job.n_kv - 1 + i0)));
+        __m256 w[kQueries];
+        for (int i = first; i < count; ++i)
+          w[i] = _mm256_broadcast_ss(job.scores + (i0 + i) * job.scores_stride + p);
+        for (int j = 0; j < width / 8; ++j) {
+          const __m256 vj = Load8<kHalf>(v, d0 + 8 * j);
+          for (int i = first; i < count; ++i) acc[i][j] = _mm256_fmadd_ps(w[i], vj, acc[i][j]);
+        }
+      }
+      for (int i = 0; i < count; ++i) {
+        float* out = job.out + (i0 + i) * job.out_stride;
+        for (int j = 0; j < width / 8; ++j) _mm256_storeu_ps(out + d0 + 8 * j, acc[i][j]);
+      }
     }
-    for (int j = 0; j < width / 8; ++j) _mm256_storeu_ps(job.out + d0 + 8 * j, acc[j]);
   }
 }
 
 template <bool kHalf>
 void AttendHead(const HeadAttention& job) {
   Scores<kHalf>(job);
-  SoftmaxInPlace(job.scores, job.n_kv);
+  for (int i = 0; i < job.n_queries; ++i)
+    SoftmaxInPlace(job.scores + i * job.scores_stride, job.n_kv + i);
   WeightedValues<kHalf>(job);
 }
 
