@@ -171,7 +171,7 @@ TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
     MatMul multi(pool_three, isa);
     for (DType type : all) {
       const int64_t block = GetDTypeInfo(type).block_size;
-      for (int64_t cols : {block == 1 ? int64_t{300} : 8 * block, 2 * 2048 + 3 * block})
+      for (int64_t cols : {block == 1 ? int64_t{300} : 8 * block, 2 * 2048 + 3 * block}) {
         for (int64_t rows : {1, 13, 301}) {
           const int64_t n_tokens = 9;
           std::vector<uint8_t> weights = RandomWeights(type, rows, cols, rng);
@@ -188,6 +188,7 @@ TEST(MultiDotTest, MatMulSameBitsForAnyBatchSizeAndThreadCount) {
                 << t;
           }
         }
+      }
     }
   }
 }

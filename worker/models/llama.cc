@@ -146,8 +146,8 @@ absl::Status LlamaStage::RunLayers(std::span<const BatchToken> batch, float* x, 
     }
     if (token.position >= cache.slot_pages(token.slot) * cache.shape().page_size) {
       return absl::FailedPreconditionError(absl::StrFormat(
-          "batch token (slot %d, position %d): no KV page is reserved for the position",
-          token.slot, token.position));
+          "batch token (slot %d, position %d): no KV page is reserved for the position", token.slot,
+          token.position));
     }
   }
   Reserve(n_tokens);
@@ -208,11 +208,8 @@ absl::Status LlamaStage::Attention(const Layer& layer, int64_t layer_index,
   // cached row they read, and each token's result is the one it gets alone.
   // Every (run, head) pair is one task; each thread has its own scores rows.
   constexpr int kQueryRun = 8;
-  struct QueryRun {
-    int64_t first = 0;
-    int count = 0;
-  };
-  std::vector<QueryRun> runs;
+  std::vector<QueryRun>& runs = runs_;
+  runs.clear();
   for (int64_t t = 0; t < n_tokens; ++t) {
     const BatchToken& token = batch[static_cast<size_t>(t)];
     if (!runs.empty()) {

@@ -127,8 +127,15 @@ class LlamaStage {
   std::vector<float> output_norm_;
   std::vector<float> rope_freq_factors_;
 
+  // Attention's runs of consecutive positions of one sequence (Attention()).
+  struct QueryRun {
+    int64_t first = 0;  // index into the batch
+    int count = 0;
+  };
+
   // Scratch, grown to the largest batch seen.
   std::vector<float> norm_, q_, k_, v_, attn_, proj_, gate_, up_, scores_;
+  std::vector<QueryRun> runs_;
 };
 
 }  // namespace chord
