@@ -10,12 +10,13 @@
 //   cuda_bench --model /tmp/l7.gguf --make-model --preset llama2-7b --type Q4_K_M
 //   cuda_bench --model /tmp/l7.gguf --stream-budget 0.5
 //   cuda_bench --int8-microbench [--int8-only "q4_K 11008x4096 n=1"]
+//   cuda_bench --microbench-only [--microbench-tokens 16,64,128]
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -30,6 +31,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "worker/cuda_stage.h"
@@ -46,13 +48,13 @@ double Seconds(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-#define BENCH_CHECK(expr)                                                           \
-  do {                                                                              \
-    const absl::Status status_ = (expr);                                            \
-    if (!status_.ok()) {                                                            \
+#define BENCH_CHECK(expr)                                                              \
+  do {                                                                                 \
+    const absl::Status status_ = (expr);                                               \
+    if (!status_.ok()) {                                                               \
       std::fprintf(stderr, "%s: %s\n", #expr, std::string(status_.message()).c_str()); \
-      return 1;                                                                     \
-    }                                                                               \
+      return 1;                                                                        \
+    }                                                                                  \
   } while (0)
 
 // Mean microseconds of `reps` launches issued by `launch` on the default stream.
@@ -106,13 +108,15 @@ absl::StatusOr<double> HostToDeviceBandwidth() {
 
 std::vector<int32_t> Prompt(int64_t n, int64_t n_vocab, int64_t seed) {
   std::vector<int32_t> tokens(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) tokens[i] = static_cast<int32_t>((i * 7919 + seed * 104729 + 1) % n_vocab);
+  for (int64_t i = 0; i < n; ++i)
+    tokens[i] = static_cast<int32_t>((i * 7919 + seed * 104729 + 1) % n_vocab);
   return tokens;
 }
 
 // Prefills `slots` sequences with `prompt_len` tokens each, then decodes
 // `steps` tokens for all of them in one batch per step; returns decode seconds.
-absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prompt_len, int64_t steps) {
+absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prompt_len,
+                                   int64_t steps) {
   const int64_t n_vocab = stage.config().n_vocab;
   std::vector<float> logits(static_cast<size_t>(slots * n_vocab));
   for (int64_t s = 0; s < slots; ++s) {
@@ -135,15 +139,16 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
 
 // Batch-1 decode (and 8 sequences) with a GPU budget of `fraction` of the
 // weights: the layers over it stream from pinned host memory each step.
-absl::Status StreamedDecode(const gguf::GgufFile& file, const ModelConfig& config, CudaStageOptions options,
-                            double fraction, int64_t steps) {
+absl::Status StreamedDecode(const gguf::GgufFile& file, const ModelConfig& config,
+                            CudaStageOptions options, double fraction, int64_t steps) {
   const LayerRange all{0, config.n_layer};
   ASSIGN_OR_RETURN(const uint64_t stage_bytes,
                    FetchedTensors::BytesNeeded(file, LlamaStage::StageTensorNames(config, all)));
   std::vector<uint64_t> layer_bytes;
   uint64_t total = stage_bytes;
   for (int64_t l = 0; l < config.n_layer; ++l) {
-    ASSIGN_OR_RETURN(const uint64_t bytes, FetchedTensors::BytesNeeded(file, LlamaStage::LayerTensorNames(l)));
+    ASSIGN_OR_RETURN(const uint64_t bytes,
+                     FetchedTensors::BytesNeeded(file, LlamaStage::LayerTensorNames(l)));
     layer_bytes.push_back(bytes);
     total += bytes;
   }
@@ -159,23 +164,27 @@ absl::Status StreamedDecode(const gguf::GgufFile& file, const ModelConfig& confi
                        file, names,
                        [&file](std::span<const gguf::TensorRead> reads) {
                          for (const gguf::TensorRead& read : reads) {
-                           std::memcpy(read.out, file.FindTensor(read.info->name)->data, read.info->n_bytes);
+                           std::memcpy(read.out, file.FindTensor(read.info->name)->data,
+                                       read.info->n_bytes);
                          }
                          return absl::OkStatus();
                        },
                        CudaMemoryPinner()));
   const double host_tier_gb = static_cast<double>(host->bytes()) / 1e9;
-  std::printf("streamed: GPU budget %.3f GB (%.2f of %.3f GB): layers [0, %ld) resident, [%ld, %ld) (%.3f GB) "
-              "stream from pinned host memory (filled and pinned in %.1f s) through two %.1f MB buffers\n",
-              static_cast<double>(budget) / 1e9, fraction, static_cast<double>(total) / 1e9,
-              static_cast<long>(split.streamed_first), static_cast<long>(split.streamed_first),
-              static_cast<long>(config.n_layer), host_tier_gb, Seconds(pin_start),
-              static_cast<double>(split.buffer_bytes) / 1e6);
+  std::printf(
+      "streamed: GPU budget %.3f GB (%.2f of %.3f GB): layers [0, %ld) resident, [%ld, %ld) (%.3f "
+      "GB) "
+      "stream from pinned host memory (filled and pinned in %.1f s) through two %.1f MB buffers\n",
+      static_cast<double>(budget) / 1e9, fraction, static_cast<double>(total) / 1e9,
+      static_cast<long>(split.streamed_first), static_cast<long>(split.streamed_first),
+      static_cast<long>(config.n_layer), host_tier_gb, Seconds(pin_start),
+      static_cast<double>(split.buffer_bytes) / 1e6);
   HeldLayers layers(std::move(host));
   ASSIGN_OR_RETURN(const double h2d, HostToDeviceBandwidth());
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaStage> stage,
-                   CudaStage::Load(GgufTensorSource(file), config, all, options,
-                                   CudaStreamedLayers{&layers, split.streamed_first, split.buffer_bytes}));
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<CudaStage> stage,
+      CudaStage::Load(GgufTensorSource(file), config, all, options,
+                      CudaStreamedLayers{&layers, split.streamed_first, split.buffer_bytes}));
   std::printf("streamed: %.3f GB of weights on the GPU; host-to-device copy (pinned): %.1f GB/s\n",
               static_cast<double>(stage->weight_bytes()) / 1e9, h2d / 1e9);
   for (const int64_t slots : {int64_t{1}, int64_t{8}}) {
@@ -184,34 +193,52 @@ absl::Status StreamedDecode(const gguf::GgufFile& file, const ModelConfig& confi
     const uint64_t before = stage->streamed_bytes();
     ASSIGN_OR_RETURN(const double seconds, DecodeBatch(*stage, slots, 16, steps));
     // DecodeBatch prefills first: count the bytes of the decode steps only.
-    const double per_step = static_cast<double>(stage->streamed_bytes() - before) / static_cast<double>(steps + slots);
+    const double per_step =
+        static_cast<double>(stage->streamed_bytes() - before) / static_cast<double>(steps + slots);
     const double step_s = seconds / static_cast<double>(steps);
-    std::printf("streamed decode %ld sequences: %.1f tok/s, %.2f ms/step; %.3f GB streamed per step = %.1f GB/s "
-                "(%.0f%% of the host-to-device copy; bound %.1f steps/s)\n",
-                static_cast<long>(slots), static_cast<double>(slots) / step_s, step_s * 1e3, per_step / 1e9,
-                per_step / step_s / 1e9, 100.0 * per_step / step_s / h2d, h2d / per_step);
+    std::printf(
+        "streamed decode %ld sequences: %.1f tok/s, %.2f ms/step; %.3f GB streamed per step = %.1f "
+        "GB/s "
+        "(%.0f%% of the host-to-device copy; bound %.1f steps/s)\n",
+        static_cast<long>(slots), static_cast<double>(slots) / step_s, step_s * 1e3, per_step / 1e9,
+        per_step / step_s / 1e9, 100.0 * per_step / step_s / h2d, h2d / per_step);
   }
   return absl::OkStatus();
 }
 
-// Time of one matrix-vector launch over an 11008 x 4096 matrix of random
-// bytes in each type (timing only: the values are meaningless), as GB/s of
-// weights read, for 1 and 8 tokens.
-// One 11008 x 4096 matrix (llama2-7b's FFN) per weight type: the decode
-// kernels at 1 and 8 tokens, then batches of 16 and 64 tokens on the
-// tensor-core kernel against dequantize + cuBLAS.
-absl::Status MatVecMicrobench() {
-  const int64_t rows = 11008, cols = 4096, max_tokens = 64;
+// One 11008 x 4096 matrix (llama2-7b's FFN) of random bytes per weight type
+// (timing only: the values are meaningless), as GB/s of weights read: the
+// decode kernels at 1 and 8 tokens, then batches of 16, 64 and 128 tokens on
+// the tensor-core kernels (integer for Q4_K/Q6_K, half) against dequantize +
+// cuBLAS.
+absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
+  const int64_t rows = 11008, cols = 4096, max_tokens = 128;
   ASSIGN_OR_RETURN(cuda::BlasHandle blas, cuda::BlasHandle::Create(nullptr));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(max_tokens * cols * sizeof(float)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer x,
+                   cuda::DeviceBuffer::Allocate(max_tokens * cols * sizeof(float)));
   ASSIGN_OR_RETURN(cuda::DeviceBuffer x_half, cuda::DeviceBuffer::Allocate(max_tokens * cols * 2));
   ASSIGN_OR_RETURN(cuda::DeviceBuffer w_half, cuda::DeviceBuffer::Allocate(rows * cols * 2));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(max_tokens * rows * sizeof(float)));
-  const size_t scratch_floats_max = std::max(cuda::MatMulMmaScratchFloats(rows, cols, 16),
-                                            cuda::MatMulMmaScratchFloats(rows, cols, max_tokens));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer scratch, cuda::DeviceBuffer::Allocate(scratch_floats_max * sizeof(float) + 4));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer y,
+                   cuda::DeviceBuffer::Allocate(max_tokens * rows * sizeof(float)));
+  size_t scratch_floats_max = 0;
+  for (const int n : batch_tokens) {
+    if (n < 1 || n > max_tokens)
+      return absl::InvalidArgumentError("--microbench-tokens: 1 to 128 each");
+    scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulMmaScratchFloats(rows, cols, n));
+    for (const DType type : {DType::kQ4_K, DType::kQ6_K}) {
+      const cuda::DeviceMatrix shape{static_cast<uint32_t>(type), rows, cols, *RowBytes(type, cols),
+                                     x.data()};
+      scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulQ8MmaScratchFloats(shape, n));
+    }
+  }
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer q8k,
+                   cuda::DeviceBuffer::Allocate(cuda::Q8KActivationBytes(max_tokens, cols)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer scratch,
+                   cuda::DeviceBuffer::Allocate(scratch_floats_max * sizeof(float) + 4));
   CHORD_CUDA_RETURN(cudaMemset(x.data(), 0x3c, x.bytes()));
   CHORD_CUDA_RETURN(cudaMemset(x_half.data(), 0x3c, x_half.bytes()));
+  CHORD_CUDA_RETURN(
+      cuda::LaunchQuantizeActivationsQ8K(x.as<float>(), max_tokens, cols, q8k.data(), nullptr));
   for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
     ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
     const size_t bytes = row_bytes * static_cast<size_t>(rows);
@@ -223,30 +250,44 @@ absl::Status MatVecMicrobench() {
     const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes, w.data()};
     const std::string name(DTypeName(type));
     const auto report = [&](const char* kernel, int n, double us) {
-      std::printf("%s %s %ldx%ld, %d token(s): %.1f us, %.0f GB/s of weights\n", kernel, name.c_str(),
-                  static_cast<long>(rows), static_cast<long>(cols), n, us, static_cast<double>(bytes) / (us * 1e3));
+      std::printf("%s %s %ldx%ld, %d token(s): %.1f us, %.0f GB/s of weights\n", kernel,
+                  name.c_str(), static_cast<long>(rows), static_cast<long>(cols), n, us,
+                  static_cast<double>(bytes) / (us * 1e3));
     };
     for (const int n : {1, 8}) {
       ASSIGN_OR_RETURN(const double us, KernelMicroseconds([&] {
-                         return cuda::CudaStatus(cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr),
-                                                 "LaunchMatVec");
+                         return cuda::CudaStatus(
+                             cuda::LaunchMatVec(m, x.as<float>(), n, y.as<float>(), false, nullptr),
+                             "LaunchMatVec");
                        }));
       report("matvec", n, us);
     }
-    for (const int n : {16, 64}) {
+    for (const int n : batch_tokens) {
+      if (cuda::MatMulQ8MmaSupports(m)) {
+        const size_t q8_scratch = cuda::MatMulQ8MmaScratchFloats(m, n);
+        ASSIGN_OR_RETURN(const double int8_mma, KernelMicroseconds([&] {
+                           return cuda::CudaStatus(
+                               cuda::LaunchMatMulQ8Mma(m, q8k.data(), n, y.as<float>(), false,
+                                                       scratch.as<float>(), q8_scratch, nullptr),
+                               "LaunchMatMulQ8Mma");
+                         }));
+        report("int8 mma", n, int8_mma);
+      }
       const size_t scratch_floats = cuda::MatMulMmaScratchFloats(rows, cols, n);
-      ASSIGN_OR_RETURN(const double mma, KernelMicroseconds([&] {
-                         return cuda::CudaStatus(
-                             cuda::LaunchMatMulMma(m, x_half.as<uint16_t>(), n, y.as<float>(), false,
-                                                   scratch.as<float>(), scratch_floats, nullptr),
-                             "LaunchMatMulMma");
-                       }));
+      ASSIGN_OR_RETURN(
+          const double mma, KernelMicroseconds([&] {
+            return cuda::CudaStatus(
+                cuda::LaunchMatMulMma(m, x_half.as<uint16_t>(), n, y.as<float>(), false,
+                                      scratch.as<float>(), scratch_floats, nullptr),
+                "LaunchMatMulMma");
+          }));
       report("mma", n, mma);
       ASSIGN_OR_RETURN(const double gemm, KernelMicroseconds([&]() -> absl::Status {
                          RETURN_IF_ERROR(cuda::CudaStatus(
-                             cuda::LaunchDequantizeToHalf(m, w_half.as<uint16_t>(), nullptr), "LaunchDequantizeToHalf"));
-                         return blas.GemmHalf(w_half.as<uint16_t>(), rows, cols, x_half.as<uint16_t>(), n,
-                                              y.as<float>(), false);
+                             cuda::LaunchDequantizeToHalf(m, w_half.as<uint16_t>(), nullptr),
+                             "LaunchDequantizeToHalf"));
+                         return blas.GemmHalf(w_half.as<uint16_t>(), rows, cols,
+                                              x_half.as<uint16_t>(), n, y.as<float>(), false);
                        }));
       report("dequantize+cublas", n, gemm);
     }
@@ -264,23 +305,33 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
   const size_t pool_bytes = size_t{768} << 20;
   ASSIGN_OR_RETURN(cuda::DeviceBuffer pool, cuda::DeviceBuffer::Allocate(pool_bytes));
   const int64_t max_cols = 11008, max_tokens = 8;
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer x, cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer q8, cuda::DeviceBuffer::Allocate(cuda::Q8ActivationBytes(max_tokens, max_cols)));
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer y, cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer x,
+                   cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer q8,
+                   cuda::DeviceBuffer::Allocate(cuda::Q8ActivationBytes(max_tokens, max_cols)));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer y,
+                   cuda::DeviceBuffer::Allocate(max_tokens * max_cols * sizeof(float)));
   {
     std::vector<float> host(static_cast<size_t>(max_tokens * max_cols));
     std::mt19937 rng(3);
     std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
     for (float& v : host) v = dist(rng);
-    CHORD_CUDA_RETURN(cudaMemcpy(x.data(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CHORD_CUDA_RETURN(
+        cudaMemcpy(x.data(), host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   }
-  std::printf("int8 matvec (weights from memory; %% of the %.0f GB/s copy; r: rows a warp, b: blocks an SM (0: "
-              "a block per rows, or as many as fit with s > 1), s: shared-memory row buffers a warp (1: none); "
-              "r = b = s = 0: the tuned default the stage uses):\n",
-              copy_bandwidth / 1e9);
-  std::printf("| type | rows x cols | tokens | r | b | s | us | GB/s | of copy |\n|---|---|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "int8 matvec (weights from memory; %% of the %.0f GB/s copy; r: rows a warp, b: blocks an SM "
+      "(0: "
+      "a block per rows, or as many as fit with s > 1), s: shared-memory row buffers a warp (1: "
+      "none); "
+      "r = b = s = 0: the tuned default the stage uses):\n",
+      copy_bandwidth / 1e9);
+  std::printf(
+      "| type | rows x cols | tokens | r | b | s | us | GB/s | of copy "
+      "|\n|---|---|---|---|---|---|---|---|---|\n");
   for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0}) {
-    for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
+    for (const auto& [rows, cols] :
+         std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {11008, 4096}, {4096, 11008}}) {
       ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
       const size_t bytes = row_bytes * static_cast<size_t>(rows);
       const size_t stride = (bytes + 255) / 256 * 256;
@@ -290,34 +341,41 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
         const cuda::Q8Activations a = cuda::Q8ActivationsIn(q8.data(), n, cols);
         CHORD_CUDA_RETURN(cuda::LaunchQuantizeActivations(x.as<float>(), n, cols, a, nullptr));
         for (const cuda::MatVecQ8Shape shape :
-             {cuda::MatVecQ8Shape{1, 0, 1}, cuda::MatVecQ8Shape{2, 0, 1}, cuda::MatVecQ8Shape{1, 0, 2},
-              cuda::MatVecQ8Shape{1, 0, 3}, cuda::MatVecQ8Shape{}}) {
-          if ((n > 2 && shape.rows_per_warp > 1) || ((n > 1 || cols > 4096) && shape.stages > 1)) continue;
-          const std::string label = absl::StrFormat("%s %ldx%ld n=%d r=%d b=%d s=%d", DTypeName(type), rows, cols, n,
-                                                    shape.rows_per_warp, shape.blocks_per_sm, shape.stages);
+             {cuda::MatVecQ8Shape{1, 0, 1}, cuda::MatVecQ8Shape{2, 0, 1},
+              cuda::MatVecQ8Shape{1, 0, 2}, cuda::MatVecQ8Shape{1, 0, 3}, cuda::MatVecQ8Shape{}}) {
+          if ((n > 2 && shape.rows_per_warp > 1) || ((n > 1 || cols > 4096) && shape.stages > 1))
+            continue;
+          const std::string label =
+              absl::StrFormat("%s %ldx%ld n=%d r=%d b=%d s=%d", DTypeName(type), rows, cols, n,
+                              shape.rows_per_warp, shape.blocks_per_sm, shape.stages);
           if (label.find(only) == std::string::npos) continue;
           if (!filled) {
             std::vector<uint8_t> host(bytes);
             std::mt19937 rng(5);
             for (auto& b : host) b = static_cast<uint8_t>(rng() & 0x3b);  // keeps halves finite
             for (size_t c = 0; c < copies; ++c) {
-              CHORD_CUDA_RETURN(
-                  cudaMemcpy(pool.as<uint8_t>() + c * stride, host.data(), bytes, cudaMemcpyHostToDevice));
+              CHORD_CUDA_RETURN(cudaMemcpy(pool.as<uint8_t>() + c * stride, host.data(), bytes,
+                                           cudaMemcpyHostToDevice));
             }
             filled = true;
           }
           size_t next = 0;
-          ASSIGN_OR_RETURN(const double us, KernelMicroseconds([&] {
-                             const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes,
-                                                        pool.as<uint8_t>() + (next++ % copies) * stride};
-                             return cuda::CudaStatus(cuda::LaunchMatVecQ8Shaped(m, a, n, y.as<float>(), shape, nullptr),
-                                                     "LaunchMatVecQ8Shaped");
-                           }, 200));
+          ASSIGN_OR_RETURN(
+              const double us,
+              KernelMicroseconds(
+                  [&] {
+                    const cuda::DeviceMatrix m{static_cast<uint32_t>(type), rows, cols, row_bytes,
+                                               pool.as<uint8_t>() + (next++ % copies) * stride};
+                    return cuda::CudaStatus(
+                        cuda::LaunchMatVecQ8Shaped(m, a, n, y.as<float>(), shape, nullptr),
+                        "LaunchMatVecQ8Shaped");
+                  },
+                  200));
           const double gbs = static_cast<double>(bytes) / (us * 1e3);
           std::printf("| %s | %ldx%ld | %d | %d | %d | %d | %.1f | %.0f | %.1f%% |\n",
-                      std::string(DTypeName(type)).c_str(), static_cast<long>(rows), static_cast<long>(cols), n,
-                      shape.rows_per_warp, shape.blocks_per_sm, shape.stages, us, gbs,
-                      100.0 * gbs * 1e9 / copy_bandwidth);
+                      std::string(DTypeName(type)).c_str(), static_cast<long>(rows),
+                      static_cast<long>(cols), n, shape.rows_per_warp, shape.blocks_per_sm,
+                      shape.stages, us, gbs, 100.0 * gbs * 1e9 / copy_bandwidth);
         }
       }
     }
@@ -335,9 +393,11 @@ int Run(int argc, char** argv) {
   bool int8_activations = CudaStageOptions{}.int8_activations;
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
+  int64_t int8_mma_max_tokens = CudaStageOptions{}.int8_mma_max_tokens;
   bool exact = false;
   double stream_budget = 0.0;
-  bool microbench = true;
+  bool microbench = true, microbench_only = false;
+  std::string microbench_tokens = "16,64,128";
   bool int8_microbench = false;
   std::string int8_only;
   bool overlap_launches = CudaStageOptions{}.overlap_launches;
@@ -352,19 +412,33 @@ int Run(int argc, char** argv) {
   app.add_flag("--graph,!--no-graph", use_graph, "replay one-token decode steps from a CUDA graph");
   app.add_flag("--int8,!--no-int8", int8_activations,
                "decode products over Q4_K weights with 8-bit activations and integer dot products");
-  app.add_option("--int8-max-tokens", int8_max_tokens, "batches up to this size take the integer path (Q4_K)");
+  app.add_option("--int8-max-tokens", int8_max_tokens,
+                 "batches up to this size take the integer path (Q4_K)");
   app.add_option("--mma-max-tokens", mma_max_tokens,
-                 "larger batches up to this size multiply on tensor cores from the quantized blocks (0: never)");
-  app.add_flag("--exact", exact, "exact mode: per-token kernels whatever the batch (results independent of it)");
-  app.add_flag("--overlap,!--no-overlap", overlap_launches,
-               "integer products start while the kernel before them runs (programmatic dependent launch)");
-  app.add_flag("--microbench,!--no-microbench", microbench, "time single products of each weight type first");
-  app.add_flag("--int8-microbench", int8_microbench,
-               "time the integer decode products over llama2-7b's shapes (weights from memory), then stop");
-  app.add_option("--int8-only", int8_only, "with --int8-microbench: the rows whose label contains this");
-  app.add_option("--stream-budget", stream_budget,
-                 "also decode with a GPU budget of this fraction of the weights (layers over it stream "
-                 "from pinned host memory); 0: skip")
+                 "larger batches up to this size multiply on tensor cores from the quantized "
+                 "blocks (0: never)");
+  app.add_option(
+      "--int8-mma-max-tokens", int8_mma_max_tokens,
+      "larger batches up to this size multiply Q4_K/Q6_K on tensor cores in integers (0: never)");
+  app.add_flag("--exact", exact,
+               "exact mode: per-token kernels whatever the batch (results independent of it)");
+  app.add_flag(
+      "--overlap,!--no-overlap", overlap_launches,
+      "integer products start while the kernel before them runs (programmatic dependent launch)");
+  app.add_flag("--microbench,!--no-microbench", microbench,
+               "time single products of each weight type first");
+  app.add_flag("--microbench-only", microbench_only, "only the single products (no model)");
+  app.add_option("--microbench-tokens", microbench_tokens,
+                 "comma-separated batch sizes of the tensor-core products");
+  app.add_flag(
+      "--int8-microbench", int8_microbench,
+      "time the integer decode products over llama2-7b's shapes (weights from memory), then stop");
+  app.add_option("--int8-only", int8_only,
+                 "with --int8-microbench: the rows whose label contains this");
+  app.add_option(
+         "--stream-budget", stream_budget,
+         "also decode with a GPU budget of this fraction of the weights (layers over it stream "
+         "from pinned host memory); 0: skip")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
   CLI11_PARSE(app, argc, argv);
@@ -372,6 +446,13 @@ int Run(int argc, char** argv) {
     auto copy = CopyBandwidth();
     BENCH_CHECK(copy.status());
     BENCH_CHECK(Int8MatVecMicrobench(*copy, int8_only));
+    return 0;
+  }
+  std::vector<int> product_tokens;
+  for (const auto& part : CLI::detail::split(microbench_tokens, ','))
+    product_tokens.push_back(std::stoi(part));
+  if (microbench_only) {
+    BENCH_CHECK(MatVecMicrobench(product_tokens));
     return 0;
   }
   if (model_path.empty()) {
@@ -401,11 +482,12 @@ int Run(int argc, char** argv) {
   BENCH_CHECK(config.status());
   std::vector<int64_t> batch_sizes;
   for (const auto& part : CLI::detail::split(batches, ',')) batch_sizes.push_back(std::stoll(part));
-  const int64_t max_slots = std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
+  const int64_t max_slots =
+      std::max<int64_t>(1, *std::max_element(batch_sizes.begin(), batch_sizes.end()));
 
   auto copy = CopyBandwidth();
   BENCH_CHECK(copy.status());
-  if (microbench) BENCH_CHECK(MatVecMicrobench());
+  if (microbench) BENCH_CHECK(MatVecMicrobench(product_tokens));
   CudaStageOptions options;
   options.n_slots = max_slots;
   options.gemm_min_tokens = gemm_min_tokens;
@@ -413,10 +495,12 @@ int Run(int argc, char** argv) {
   options.int8_activations = int8_activations;
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
+  options.int8_mma_max_tokens = int8_mma_max_tokens;
   options.exact = exact;
   options.overlap_launches = overlap_launches;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
-  auto stage = CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
+  auto stage =
+      CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);
   BENCH_CHECK(stage.status());
   const double weight_gb = static_cast<double>((*stage)->weight_bytes()) / 1e9;
   std::printf("model %s: %.3f GB of weights on the GPU, KV cache %.2f GB\n", model_path.c_str(),
@@ -430,8 +514,10 @@ int Run(int argc, char** argv) {
   BENCH_CHECK(one.status());
   const double tps = static_cast<double>(decode_steps) / *one;
   const double achieved = weight_gb * 1e9 * tps;
-  std::printf("decode batch 1: %.1f tok/s, %.3f ms/token, %.0f GB/s weights = %.1f%% of copy (copy bound %.0f tok/s)\n",
-              tps, 1e3 / tps, achieved / 1e9, 100.0 * achieved / *copy, *copy / (weight_gb * 1e9));
+  std::printf(
+      "decode batch 1: %.1f tok/s, %.3f ms/token, %.0f GB/s weights = %.1f%% of copy (copy bound "
+      "%.0f tok/s)\n",
+      tps, 1e3 / tps, achieved / 1e9, 100.0 * achieved / *copy, *copy / (weight_gb * 1e9));
 
   // Prefill: one prompt of prefill_len tokens, logits of the last.
   const int64_t n_vocab = config->n_vocab;
@@ -452,13 +538,16 @@ int Run(int argc, char** argv) {
   for (const int64_t b : batch_sizes) {
     auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps);
     BENCH_CHECK(seconds.status());
-    std::printf("aggregate decode %ld sequences (%ld-token prompts, %ld new): %.0f tok/s, %.2f ms/step\n",
-                static_cast<long>(b), static_cast<long>(prompt_len), static_cast<long>(decode_steps),
-                static_cast<double>(b * decode_steps) / *seconds, 1e3 * *seconds / static_cast<double>(decode_steps));
+    std::printf(
+        "aggregate decode %ld sequences (%ld-token prompts, %ld new): %.0f tok/s, %.2f ms/step\n",
+        static_cast<long>(b), static_cast<long>(prompt_len), static_cast<long>(decode_steps),
+        static_cast<double>(b * decode_steps) / *seconds,
+        1e3 * *seconds / static_cast<double>(decode_steps));
   }
   if (stream_budget > 0.0) {
     stage->reset();
-    BENCH_CHECK(StreamedDecode(**file, *config, options, stream_budget, std::min<int64_t>(decode_steps, 32)));
+    BENCH_CHECK(StreamedDecode(**file, *config, options, stream_budget,
+                               std::min<int64_t>(decode_steps, 32)));
   }
   return 0;
 }

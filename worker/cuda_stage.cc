@@ -9,6 +9,7 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
@@ -33,8 +34,15 @@ struct GpuLayer {
   GpuMatrix wq, wk, wv, wo, gate, up, down;
 
   GpuLayerView View() const {
-    return GpuLayerView{attn_norm.as<float>(), ffn_norm.as<float>(), wq.view, wk.view, wv.view,
-                        wo.view, gate.view, up.view, down.view};
+    return GpuLayerView{attn_norm.as<float>(),
+                        ffn_norm.as<float>(),
+                        wq.view,
+                        wk.view,
+                        wv.view,
+                        wo.view,
+                        gate.view,
+                        up.view,
+                        down.view};
   }
 };
 
@@ -57,7 +65,8 @@ absl::StatusOr<GpuMatrix> UploadMatrix(const TensorSource& source, const std::st
 
 absl::StatusOr<DeviceBuffer> UploadFloats(const std::vector<float>& values, uint64_t* total) {
   ASSIGN_OR_RETURN(DeviceBuffer buffer, DeviceBuffer::Allocate(values.size() * sizeof(float)));
-  CHORD_CUDA_RETURN(cudaMemcpy(buffer.data(), values.data(), buffer.bytes(), cudaMemcpyHostToDevice));
+  CHORD_CUDA_RETURN(
+      cudaMemcpy(buffer.data(), values.data(), buffer.bytes(), cudaMemcpyHostToDevice));
   *total += buffer.bytes();
   return buffer;
 }
@@ -78,9 +87,9 @@ struct CudaStage::Impl {
   CudaStageOptions options;
   cuda::Stream stream;
   std::unique_ptr<cuda::BlasHandle> blas;
-  std::vector<GpuLayer> layers;          // resident: range.first .. + layers.size()
+  std::vector<GpuLayer> layers;               // resident: range.first .. + layers.size()
   std::unique_ptr<CudaLayerStream> streamed;  // the rest, when they do not fit
-  GpuMatrix token_embd, output;  // output.view aliases token_embd when tied
+  GpuMatrix token_embd, output;               // output.view aliases token_embd when tied
   DeviceBuffer output_norm, rope_freq_factors;
   DeviceBuffer kv_keys, kv_values;
   uint64_t weight_bytes = 0;
@@ -89,13 +98,18 @@ struct CudaStage::Impl {
   // Scratch, grown to the largest batch seen.
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
-  DeviceBuffer q8x;  // activations rounded to 8 bits for the integer decode path
-  // What q8x holds: `in` of n rows of cols, rounded; Q/K/V (and gate/up) read
-  // the same normed rows and so round them once. Forgotten whenever the
-  // kernels rewrite a product's input buffer (ForgetRounded).
+  // Activations rounded to 8 bits for the integer kernels: per 32 elements
+  // for the decode path (Q8Activations), per 256 for the tensor-core path
+  // (Q8K records).
+  DeviceBuffer q8x;
+  // What q8x holds: `in` of n rows of cols, rounded in one of those forms;
+  // Q/K/V (and gate/up) read the same normed rows and so round them once.
+  // Forgotten whenever the kernels rewrite a product's input buffer
+  // (ForgetRounded).
   struct Rounded {
     const float* in = nullptr;
     int64_t n = 0, cols = 0;
+    bool q8k = false;
   } rounded;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   std::vector<cuda::TokenSlot> host_tokens;
@@ -117,8 +131,20 @@ struct CudaStage::Impl {
   bool Int8Batch(int64_t n) const {
     return options.int8_activations && (n <= options.int8_max_tokens || options.exact);
   }
+  // Whether a product of w over n rows takes the integer tensor-core kernel.
+  bool Int8Mma(const DeviceMatrix& w, int64_t n) const {
+    return options.int8_activations && !options.exact && n > options.int8_max_tokens &&
+           n <= options.int8_mma_max_tokens && cuda::MatMulQ8MmaSupports(w);
+  }
+  // The most tokens a rounding of activations holds.
+  int64_t RoundedTokens(int64_t n) const {
+    if (options.exact) return n;
+    return std::min(n, std::max(options.int8_max_tokens, options.int8_mma_max_tokens));
+  }
   absl::StatusOr<cuda::Q8Activations> RoundInput(const float* in, int64_t n, int64_t cols);
-  absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out, bool accumulate);
+  absl::StatusOr<const void*> RoundInputQ8K(const float* in, int64_t n, int64_t cols);
+  absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
+                      bool accumulate);
   // Products of the same input rows (Q/K/V, gate/up): on the integer path,
   // consecutive matrices of one type and width go in one launch.
   struct Product {
@@ -166,43 +192,60 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
   // Allocated here, not on first use: the decode graph bakes in its address.
-  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(options.exact ? n : std::min(n, options.int8_max_tokens),
-                                                      std::max(e, ff))));
+  const int64_t widest = std::max(e, ff);
+  RETURN_IF_ERROR(Ensure(q8x, std::max(cuda::Q8ActivationBytes(RoundedTokens(n), widest),
+                                       cuda::Q8KActivationBytes(RoundedTokens(n), widest))));
   capacity = n;
   ++epoch;
   ForgetRounded();
   return absl::OkStatus();
 }
 
-absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next) {
+absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64_t n,
+                                   const DeviceMatrix& next) {
   const int64_t e = config.n_embd;
   if (RoundsFor(next, n) && next.cols == e) {
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, e);
-    CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n), config.rms_eps,
-                                                  norm.as<float>(), q8, s()));
+    CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n),
+                                                  config.rms_eps, norm.as<float>(), q8, s()));
     rounded = {norm.as<float>(), n, e};
     return absl::OkStatus();
   }
-  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps, norm.as<float>(), s()));
+  CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps,
+                                        norm.as<float>(), s()));
   ForgetRounded();
   return absl::OkStatus();
 }
 
-absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n, int64_t cols) {
+absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n,
+                                                                int64_t cols) {
   const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
-  if (rounded.in != in || rounded.n != n || rounded.cols != cols) {
-    RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), cols, q8, s()),
-                                     "LaunchQuantizeActivations"));
-    rounded = {in, n, cols};
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.q8k) {
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), cols, q8, s()),
+                         "LaunchQuantizeActivations"));
+    rounded = {in, n, cols, false};
   }
   return q8;
 }
 
-absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in, int64_t n) {
+absl::StatusOr<const void*> CudaStage::Impl::RoundInputQ8K(const float* in, int64_t n,
+                                                           int64_t cols) {
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols || !rounded.q8k) {
+    RETURN_IF_ERROR(cuda::CudaStatus(
+        cuda::LaunchQuantizeActivationsQ8K(in, static_cast<int>(n), cols, q8x.data(), s()),
+        "LaunchQuantizeActivationsQ8K"));
+    rounded = {in, n, cols, true};
+  }
+  return q8x.data();
+}
+
+absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in,
+                                      int64_t n) {
   const std::vector<Product> list(products);
   for (size_t i = 0; i < list.size();) {
     const DeviceMatrix& w = list[i].w;
-    if (!RoundsFor(w, n)) {
+    if (!Int8Batch(n) || !cuda::MatVecQ8Supports(w.type, w.cols)) {
       RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
       ++i;
       continue;
@@ -210,7 +253,8 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
     DeviceMatrix group[cuda::kMatVecQ8MaxGroup];
     float* outs[cuda::kMatVecQ8MaxGroup];
     size_t count = 0;
-    for (; i < list.size() && count < std::size(group) && list[i].w.type == w.type && list[i].w.cols == w.cols;
+    for (; i < list.size() && count < std::size(group) && list[i].w.type == w.type &&
+           list[i].w.cols == w.cols;
          ++i, ++count) {
       group[count] = list[i].w;
       outs[count] = list[i].out;
@@ -226,27 +270,36 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
+  if (Int8Mma(w, n)) {
+    ASSIGN_OR_RETURN(const void* records, RoundInputQ8K(in, n, w.cols));
+    const size_t scratch = cuda::MatMulQ8MmaScratchFloats(w, static_cast<int>(n));
+    RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+    return cuda::CudaStatus(
+        cuda::LaunchMatMulQ8Mma(w, records, static_cast<int>(n), out, accumulate,
+                                mma_partials.as<float>(), scratch, s()),
+        "LaunchMatMulQ8Mma");
+  }
   if (RoundsFor(w, n)) {
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
-    return cuda::CudaStatus(
-        cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s(), options.overlap_launches,
-                             options.exact),
-        "LaunchMatVecQ8");
+    return cuda::CudaStatus(cuda::LaunchMatVecQ8(w, q8, static_cast<int>(n), out, accumulate, s(),
+                                                 options.overlap_launches, options.exact),
+                            "LaunchMatVecQ8");
   }
   if (n < options.gemm_min_tokens || options.exact) {
     return cuda::CudaStatus(cuda::LaunchMatVec(w, in, static_cast<int>(n), out, accumulate, s()),
                             "LaunchMatVec");
   }
   RETURN_IF_ERROR(Ensure(half_x, static_cast<size_t>(n * w.cols) * 2));
-  RETURN_IF_ERROR(cuda::CudaStatus(cuda::LaunchFloatToHalf(in, n * w.cols, half_x.as<uint16_t>(), s()),
-                                   "LaunchFloatToHalf"));
+  RETURN_IF_ERROR(cuda::CudaStatus(
+      cuda::LaunchFloatToHalf(in, n * w.cols, half_x.as<uint16_t>(), s()), "LaunchFloatToHalf"));
   if (n <= options.mma_max_tokens && cuda::MatMulMmaSupports(w.type, w.cols) &&
       (cuda::MatMulMmaPreferred(w.type) || options.mma_every_type)) {
     const size_t scratch = cuda::MatMulMmaScratchFloats(w.rows, w.cols, static_cast<int>(n));
     RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
-    return cuda::CudaStatus(cuda::LaunchMatMulMma(w, half_x.as<uint16_t>(), static_cast<int>(n), out, accumulate,
-                                                  mma_partials.as<float>(), scratch, s()),
-                            "LaunchMatMulMma");
+    return cuda::CudaStatus(
+        cuda::LaunchMatMulMma(w, half_x.as<uint16_t>(), static_cast<int>(n), out, accumulate,
+                              mma_partials.as<float>(), scratch, s()),
+        "LaunchMatMulMma");
   }
   RETURN_IF_ERROR(Ensure(half_w, static_cast<size_t>(w.rows * w.cols) * 2));
   if (blas == nullptr) {
@@ -308,8 +361,9 @@ absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
   RETURN_IF_ERROR(CheckIds(token_ids));
   const auto n = static_cast<int64_t>(token_ids.size());
   RETURN_IF_ERROR(Reserve(n));
-  CHORD_CUDA_RETURN(cudaMemcpyAsync(ids.data(), token_ids.data(), token_ids.size() * sizeof(int32_t),
-                                    cudaMemcpyHostToDevice, s()));
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(ids.data(), token_ids.data(),
+                                    token_ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                    s()));
   return EmbedKernel(n);
 }
 
@@ -317,7 +371,8 @@ absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
 // work's inputs (token ids, slots and positions, rows) are already in their
 // device buffers. A failed capture turns that graph off and runs the kernels
 // directly.
-absl::Status CudaStage::Impl::Replay(CapturedStep& step, const std::function<absl::Status()>& issue) {
+absl::Status CudaStage::Impl::Replay(CapturedStep& step,
+                                     const std::function<absl::Status()>& issue) {
   if (step.failed) return issue();
   if (step.epoch != epoch || !step.graph.valid()) {
     RETURN_IF_ERROR(cuda::Graph::BeginCapture(s()));
@@ -356,27 +411,35 @@ absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
 absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index, int64_t n) {
   const auto nt = static_cast<int>(n);
   const auto* slots = tokens.as<cuda::TokenSlot>();
-  cuda::RopeParams rope{static_cast<int>(config.n_head), static_cast<int>(config.head_dim),
-                        static_cast<int>(config.n_rot), config.rope_freq_base, config.rope_freq_scale,
+  cuda::RopeParams rope{static_cast<int>(config.n_head),
+                        static_cast<int>(config.head_dim),
+                        static_cast<int>(config.n_rot),
+                        config.rope_freq_base,
+                        config.rope_freq_scale,
                         config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
-  const cuda::AttentionParams attention{static_cast<int>(config.n_head), static_cast<int>(config.n_head_kv),
+  const cuda::AttentionParams attention{static_cast<int>(config.n_head),
+                                        static_cast<int>(config.n_head_kv),
                                         static_cast<int>(config.head_dim), options.exact};
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
-  RETURN_IF_ERROR(MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
-                          norm.as<float>(), n));
-  CHORD_CUDA_RETURN(
-      cuda::LaunchRope(q.as<float>(), k.as<float>(), static_cast<int>(config.n_head_kv), nt, slots, rope, s()));
+  RETURN_IF_ERROR(
+      MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
+              norm.as<float>(), n));
+  CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), k.as<float>(),
+                                     static_cast<int>(config.n_head_kv), nt, slots, rope, s()));
   const cuda::KvLayer kv = KvFor(index);
   CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
-  CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+  CHORD_CUDA_RETURN(
+      cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
   ForgetRounded();  // attn, and below gate, are read by one product each
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
-  RETURN_IF_ERROR(MatMuls({{layer.gate, gate.as<float>()}, {layer.up, up.as<float>()}}, norm.as<float>(), n));
+  RETURN_IF_ERROR(
+      MatMuls({{layer.gate, gate.as<float>()}, {layer.up, up.as<float>()}}, norm.as<float>(), n));
   if (RoundsFor(layer.down, n)) {
     // SwiGLU and the rounding of its result for the down product, in one launch.
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, config.n_ff);
-    CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff, q8, s()));
+    CHORD_CUDA_RETURN(
+        cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff, q8, s()));
     rounded = {gate.as<float>(), n, config.n_ff};
   } else {
     CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
@@ -423,7 +486,8 @@ absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, b
   RETURN_IF_ERROR(impl_->UploadBatch(batch));
   const size_t bytes = batch.size() * static_cast<size_t>(impl_->config.n_embd) * sizeof(float);
   if (!input_on_device) {
-    CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+    CHORD_CUDA_RETURN(
+        cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
   }
   const auto n = static_cast<int64_t>(batch.size());
   if (impl_->GraphFor(n)) {
@@ -432,7 +496,8 @@ absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, b
     RETURN_IF_ERROR(impl_->LayersDevice(n));
   }
   if (!output_on_device) {
-    CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
+    CHORD_CUDA_RETURN(
+        cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
   }
   return Synchronize();
 }
@@ -455,7 +520,8 @@ absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
   CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
   RETURN_IF_ERROR(impl_->LogitsDevice(impl_->x.as<float>(), n_rows));
   const size_t out = static_cast<size_t>(n_rows * impl_->config.n_vocab) * sizeof(float);
-  CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
+  CHORD_CUDA_RETURN(
+      cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
   return Synchronize();
 }
 
@@ -492,7 +558,8 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
   const float* last = impl_->x.as<float>() + (n - n_logit_rows) * impl_->config.n_embd;
   RETURN_IF_ERROR(impl_->LogitsDevice(last, n_logit_rows));
   const size_t out = static_cast<size_t>(n_logit_rows * impl_->config.n_vocab) * sizeof(float);
-  CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
+  CHORD_CUDA_RETURN(
+      cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
   return Synchronize();
 }
 
@@ -502,19 +569,20 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
                                                            const CudaStageOptions& options,
                                                            CudaStreamedLayers streamed) {
   if (range.first < 0 || range.end > config.n_layer || range.first >= range.end) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "layer range [%d, %d) is not within the model's %d layers", range.first, range.end,
-        config.n_layer));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("layer range [%d, %d) is not within the model's %d layers", range.first,
+                        range.end, config.n_layer));
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
-      options.mma_max_tokens < 0) {
+      options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   const int64_t resident_end = streamed.source != nullptr ? streamed.first : range.end;
   if (resident_end < range.first || resident_end > range.end) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "streamed layers from %d are not within the range [%d, %d)", resident_end, range.first, range.end));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("streamed layers from %d are not within the range [%d, %d)", resident_end,
+                        range.first, range.end));
   }
   if (!cuda::HasCudaDevice()) return absl::UnavailableError("no usable CUDA device");
   CHORD_CUDA_RETURN(cudaSetDevice(options.device));
@@ -543,12 +611,14 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
     impl->layers.push_back(std::move(layer));
   }
   if (config.has_rope_freq_factors) {
-    ASSIGN_OR_RETURN(std::vector<float> factors, LoadVector(source, kRopeFreqsName, config.n_rot / 2));
+    ASSIGN_OR_RETURN(std::vector<float> factors,
+                     LoadVector(source, kRopeFreqsName, config.n_rot / 2));
     ASSIGN_OR_RETURN(impl->rope_freq_factors, UploadFloats(factors, total));
   }
   const bool last = range.end == config.n_layer;
   if (range.first == 0 || (last && config.tied_embeddings)) {
-    ASSIGN_OR_RETURN(impl->token_embd, UploadMatrix(source, kTokenEmbdName, e, config.n_vocab, total));
+    ASSIGN_OR_RETURN(impl->token_embd,
+                     UploadMatrix(source, kTokenEmbdName, e, config.n_vocab, total));
   }
   if (last) {
     ASSIGN_OR_RETURN(std::vector<float> norm, LoadVector(source, kOutputNormName, e));
@@ -559,12 +629,13 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
       ASSIGN_OR_RETURN(impl->output, UploadMatrix(source, kOutputName, e, config.n_vocab, total));
     }
   }
-  const size_t kv_bytes = static_cast<size_t>((range.end - range.first) * options.n_slots *
-                                              impl->n_ctx * kv) *
-                          (options.kv_type == DType::kF16 ? 2 : 4);
+  const size_t kv_bytes =
+      static_cast<size_t>((range.end - range.first) * options.n_slots * impl->n_ctx * kv) *
+      (options.kv_type == DType::kF16 ? 2 : 4);
   if (resident_end < range.end) {
-    ASSIGN_OR_RETURN(impl->streamed, CudaLayerStream::Create(*streamed.source, config,
-                                                             {resident_end, range.end}, streamed.buffer_bytes));
+    ASSIGN_OR_RETURN(impl->streamed,
+                     CudaLayerStream::Create(*streamed.source, config, {resident_end, range.end},
+                                             streamed.buffer_bytes));
     *total += 2 * streamed.buffer_bytes;
   }
   ASSIGN_OR_RETURN(impl->kv_keys, DeviceBuffer::Allocate(kv_bytes));

@@ -6,10 +6,12 @@
 // from host memory instead, each step (CudaStreamedLayers).
 //
 // Decode batches (fewer than `gemm_min_tokens` tokens, or up to
-// `int8_max_tokens` over Q4_K weights) use quantized matrix-vector kernels
-// that read each weight once per step for up to eight tokens; larger batches
-// (prefill) dequantize each weight matrix to half precision and multiply on
-// tensor cores (cuBLAS), accumulating in float32.
+// `int8_max_tokens` over Q4_K/Q6_K/Q8_0 weights) use quantized
+// matrix-vector kernels that read each weight once per step for up to eight
+// tokens; larger batches (many sequences, prefill) multiply Q4_K and Q6_K
+// blocks on tensor cores in integer arithmetic, and the other types on tensor
+// cores in half precision (from the blocks, or dequantized for cuBLAS),
+// accumulating in float32.
 // Activations crossing the stage boundary are the float32 residual stream in
 // host memory, as with LlamaStage.
 //
@@ -69,6 +71,14 @@ struct CudaStageOptions {
   // sequences 14.4 ms/step against 16.7; even at 64; slower at 128 (each
   // 64-token tile decodes the weights again).
   int64_t mma_max_tokens = 32;
+  // Batches of more than int8_max_tokens up to this many tokens multiply
+  // Q4_K and Q6_K weights on tensor cores in integer arithmetic, from
+  // activations rounded per 256 (kernels/cuda/matmul_q8_mma.h), ahead of the
+  // two paths above. 0: never. Measured on llama2-7b Q4_K_M (H200): 16, 32
+  // and 64 sequences decode at 1.47x, 1.37x and 1.32x the other paths; a
+  // 128-token batch (two token tiles) and prompts run faster through
+  // dequantize + cuBLAS.
+  int64_t int8_mma_max_tokens = 64;
   // Integer matrix-vector products start while the kernel before them runs
   // (programmatic dependent launch: their weights stream into L2 meanwhile);
   // the same results either way.

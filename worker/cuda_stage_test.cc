@@ -54,6 +54,7 @@ struct Case {
   std::string model;
   int64_t gemm_min_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
+  int64_t int8_mma_max_tokens = 0;
 };
 
 class CudaStageTest : public ::testing::TestWithParam<Case> {
@@ -77,10 +78,12 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     options.use_graph = graph;
     options.gemm_min_tokens = GetParam().gemm_min_tokens;
     options.mma_max_tokens = GetParam().mma_max_tokens;
+    options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
     options.mma_every_type = true;
     return options;
   }
-  static void ExpectBitIdentical(const std::vector<float>& direct, const std::vector<float>& replayed) {
+  static void ExpectBitIdentical(const std::vector<float>& direct,
+                                 const std::vector<float>& replayed) {
     ASSERT_EQ(direct.size(), replayed.size());
     for (size_t i = 0; i < direct.size(); ++i) ASSERT_EQ(direct[i], replayed[i]) << i;
   }
@@ -115,6 +118,7 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
   options.kv_type = DType::kF32;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
+  options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
   options.mma_every_type = true;
   std::vector<std::unique_ptr<CudaStage>> gpu;
   for (const LayerRange range : {LayerRange{0, mid}, LayerRange{mid, config->n_layer}}) {
@@ -166,6 +170,7 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
   options.n_slots = 3;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
+  options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
   options.mma_every_type = true;
   const GgufTensorSource& source = *source_;
   auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
@@ -240,7 +245,8 @@ TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
   const int64_t n_embd = config->n_embd, n_vocab = config->n_vocab;
   std::vector<std::vector<float>> runs;
   for (const bool graph : {false, true}) {
-    auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, GraphOptions(32, graph));
+    auto stage =
+        CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, GraphOptions(32, graph));
     ASSERT_TRUE(stage.ok()) << stage.status();
     std::vector<float> all;
     int64_t position = 0;
@@ -277,7 +283,8 @@ TEST_P(CudaStageTest, ExactModeResultsDependOnNeitherBatchNorChunking) {
   ASSERT_TRUE(stage.ok()) << stage.status();
   const auto prompt = [&](int64_t slot) {
     std::vector<int32_t> tokens;
-    for (int64_t p = 0; p < 13 + slot; ++p) tokens.push_back(static_cast<int32_t>((7 * p + 13 * slot + 1) % n_vocab));
+    for (int64_t p = 0; p < 13 + slot; ++p)
+      tokens.push_back(static_cast<int32_t>((7 * p + 13 * slot + 1) % n_vocab));
     return tokens;
   };
   // Slot 0's prompt in one step, slot 1's (the same tokens) in chunks of 5.
@@ -310,15 +317,17 @@ TEST_P(CudaStageTest, ExactModeResultsDependOnNeitherBatchNorChunking) {
   for (int64_t s = 0; s < 3; ++s) {
     const int32_t token = static_cast<int32_t>((5 * s + 3) % n_vocab);
     const BatchToken at{s, lengths[static_cast<size_t>(s)]};
-    ASSERT_TRUE((*stage)->Forward({&token, 1}, {&at, 1}, 1, alone[static_cast<size_t>(s)].data()).ok());
+    ASSERT_TRUE(
+        (*stage)->Forward({&token, 1}, {&at, 1}, 1, alone[static_cast<size_t>(s)].data()).ok());
     next.push_back(token);
     together.push_back(at);  // the same position again: rewrites the same cache entries
   }
   std::vector<float> batched(static_cast<size_t>(3 * n_vocab));
   ASSERT_TRUE((*stage)->Forward(next, together, 3, batched.data()).ok());
   for (int64_t s = 0; s < 3; ++s) {
-    ExpectBitIdentical(alone[static_cast<size_t>(s)],
-                       std::vector<float>(batched.begin() + s * n_vocab, batched.begin() + (s + 1) * n_vocab));
+    ExpectBitIdentical(
+        alone[static_cast<size_t>(s)],
+        std::vector<float>(batched.begin() + s * n_vocab, batched.begin() + (s + 1) * n_vocab));
   }
 }
 
@@ -372,11 +381,11 @@ TEST_P(CudaStageTest, StreamedLayersGiveTheSameRowsAsResidentOnes) {
   HeldLayers pageable_layers(std::make_unique<GgufTensorSource>(*file_));
   ShardCacheOptions cache_options;
   cache_options.capacity_bytes = buffer;  // one layer at a time
-  auto cache = ShardCache::Create(streamed, layer_bytes, cache_options,
-                                  [&](int64_t layer, const std::atomic<bool>&) {
-                                    return FetchedTensors::FetchBatch(*file_, LlamaStage::LayerTensorNames(layer),
-                                                                      from_file, CudaMemoryPinner());
-                                  });
+  auto cache = ShardCache::Create(
+      streamed, layer_bytes, cache_options, [&](int64_t layer, const std::atomic<bool>&) {
+        return FetchedTensors::FetchBatch(*file_, LlamaStage::LayerTensorNames(layer), from_file,
+                                          CudaMemoryPinner());
+      });
   ASSERT_TRUE(cache.ok()) << cache.status();
   FlakyLayers flaky(pinned_layers, /*fail_at=*/4);  // within the first step's layer pass
 
@@ -386,9 +395,10 @@ TEST_P(CudaStageTest, StreamedLayersGiveTheSameRowsAsResidentOnes) {
   };
   const std::vector<int64_t> steps = {5, 1, 1, 1, 2, 1};
   std::vector<float> resident_rows;
-  for (const Variant& variant : {Variant{"resident", nullptr}, Variant{"pageable", &pageable_layers},
-                                 Variant{"pinned", &pinned_layers}, Variant{"shard cache", cache->get()},
-                                 Variant{"failing once", &flaky}}) {
+  for (const Variant& variant :
+       {Variant{"resident", nullptr}, Variant{"pageable", &pageable_layers},
+        Variant{"pinned", &pinned_layers}, Variant{"shard cache", cache->get()},
+        Variant{"failing once", &flaky}}) {
     SCOPED_TRACE(variant.name);
     const CudaStreamedLayers layers{variant.layers, streamed.first, buffer};
     auto stage = CudaStage::Load(*source_, config, all, GraphOptions(32, true), layers);
@@ -433,7 +443,8 @@ TEST_P(CudaStageTest, StreamedLayersGiveTheSameRowsAsResidentOnes) {
       uint64_t expected = 0;
       int64_t l = streamed.first;
       const int64_t n_streamed = streamed.end - streamed.first;
-      const auto copies = std::min<int64_t>(2, n_streamed) + static_cast<int64_t>(steps.size()) * n_streamed;
+      const auto copies =
+          std::min<int64_t>(2, n_streamed) + static_cast<int64_t>(steps.size()) * n_streamed;
       for (int64_t c = 0; c < copies; ++c, l = l + 1 < streamed.end ? l + 1 : streamed.first) {
         expected += layer_bytes[static_cast<size_t>(l - streamed.first)];
       }
@@ -471,19 +482,26 @@ std::vector<Case> Cases() {
   for (const char* model : {"stories260K", "llama-2-tiny-random", "synth-llama-256x4v512-f16",
                             "synth-llama-256x4v512-q4_0", "synth-llama-256x4v512-q4_k_m",
                             "synth-llama-256x4v512-q6_k", "synth-llama-256x4v512-q8_0"}) {
-    cases.push_back({model, 1000});   // every batch on the matrix-vector kernels
-    cases.push_back({model, 4});      // prompts on tensor cores from the quantized blocks
-    cases.push_back({model, 4, 0});   // prompts through dequantize + cuBLAS
+    cases.push_back({model, 1000});  // every batch on the matrix-vector kernels
+    cases.push_back({model, 4});     // prompts on tensor cores from the quantized blocks
+    cases.push_back({model, 4, 0});  // prompts through dequantize + cuBLAS
+    // Q4_K/Q6_K prompts on tensor cores in integers (the other types as _mma).
+    cases.push_back(
+        {model, 4, CudaStageOptions{}.mma_max_tokens, CudaStageOptions{}.int8_mma_max_tokens});
   }
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()), [](const auto& param_info) {
-  const Case& c = param_info.param;
-  std::string name = c.model + (c.gemm_min_tokens > 12 ? "_matvec" : c.mma_max_tokens > 0 ? "_mma" : "_cublas");
-  std::replace(name.begin(), name.end(), '-', '_');
-  return name;
-});
+INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()),
+                         [](const auto& param_info) {
+                           const Case& c = param_info.param;
+                           std::string name = c.model + (c.gemm_min_tokens > 12      ? "_matvec"
+                                                         : c.int8_mma_max_tokens > 0 ? "_int8mma"
+                                                         : c.mma_max_tokens > 0      ? "_mma"
+                                                                                     : "_cublas");
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace chord

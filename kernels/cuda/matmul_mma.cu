@@ -176,9 +176,15 @@ cudaError_t LaunchMatMulMma(const DeviceMatrix& w, const uint16_t* x_half, int n
         n_tokens, per_split, split ? scratch : y, split ? false : accumulate);
   });
   if (launched != cudaSuccess || !split) return launched;
-  const int64_t n = static_cast<int64_t>(n_tokens) * w.rows;
-  SumSplitsKernel<<<static_cast<unsigned>(CeilDiv(n, 256)), 256, 0, stream>>>(scratch, static_cast<int>(grid.z), n, y,
-                                                                                accumulate);
+  return LaunchSumSplits(scratch, static_cast<int>(grid.z), static_cast<int64_t>(n_tokens) * w.rows, y, accumulate,
+                         stream);
+}
+
+cudaError_t LaunchSumSplits(const float* partials, int splits, int64_t n, float* y, bool accumulate,
+                            cudaStream_t stream) {
+  if (splits < 1 || n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  SumSplitsKernel<<<static_cast<unsigned>(CeilDiv(n, 256)), 256, 0, stream>>>(partials, splits, n, y, accumulate);
   return cudaGetLastError();
 }
 

@@ -40,4 +40,9 @@ size_t MatMulMmaScratchFloats(int64_t rows, int64_t cols, int n_tokens);
 cudaError_t LaunchMatMulMma(const DeviceMatrix& w, const uint16_t* x_half, int n_tokens, float* y,
                             bool accumulate, float* scratch, size_t scratch_floats, cudaStream_t stream);
 
+// y[i] (+)= partials[0 * n + i] + ... + partials[(splits - 1) * n + i],
+// added in that order (split-K products finish with this, deterministically).
+cudaError_t LaunchSumSplits(const float* partials, int splits, int64_t n, float* y, bool accumulate,
+                            cudaStream_t stream);
+
 }  // namespace chord::cuda

@@ -94,6 +94,23 @@ void ForEachPass(int64_t n_tokens, Pass&& pass) {
   }
 }
 
+// Asynchronous copies into shared memory (sm_80+): 16 bytes from a
+// 16-byte-aligned address; with `bytes` < 16 only that many are read and the
+// rest of the 16 shared bytes are zeros (the end of a matrix).
+__device__ __forceinline__ void CopyAsync16(uint8_t* shared, const uint8_t* global) {
+  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global));
+}
+__device__ __forceinline__ void CopyAsync16Partial(uint8_t* shared, const uint8_t* global, unsigned bytes) {
+  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(address), "l"(global), "r"(bytes));
+}
+__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void WaitForCopiesBut() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 constexpr int kUnit = 32;  // elements of a row one thread decodes at a time
 
 // n (even) bytes from a 2-byte-aligned address into out.

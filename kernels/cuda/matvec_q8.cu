@@ -532,16 +532,6 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
-__device__ __forceinline__ void CopyAsync16(uint8_t* shared, const uint8_t* global) {
-  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(address), "l"(global));
-}
-__device__ __forceinline__ void CommitCopies() { asm volatile("cp.async.commit_group;"); }
-template <int N>
-__device__ __forceinline__ void WaitForCopiesBut() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // One token over rows of up to 32 * UPL units whose length is a multiple of
 // 16 bytes: each warp takes rows warp, warp + warps, ... (a grid of as many
 // blocks as fit on the SMs) and copies whole rows into its own ring of S row

@@ -1,0 +1,649 @@
+#include <algorithm>
+#include <atomic>
+
+#include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matmul_q8_mma.h"
+#include "kernels/cuda/matvec_common.cuh"
+
+namespace chord::cuda {
+namespace {
+
+// A block: 64 weight rows x 64 tokens of output over a share of K, one
+// 256-element weight block (a K step) at a time. Four warps, each 32 rows x 32
+// tokens: 2 x 4 mma tiles of 16 rows x 8 tokens. K steps go through two
+// shared-memory stages filled by asynchronous copies, the next step's bytes in
+// flight while this one is multiplied.
+constexpr int kTileRows = 64;
+constexpr int kTileTokens = 64;
+constexpr int kThreads = 128;
+constexpr int kStep = 256;  // elements of a K step: one Q4_K/Q6_K block, one activation record
+constexpr int kRecordSums = 256, kRecordScale = 272;  // byte offsets in a record
+constexpr int kTokenSlot = 304;  // bytes a record takes in shared memory: 76 words, so the
+                                 // eight tokens of an mma tile start in banks 12g mod 32
+constexpr int kMaxSplits = 8;
+constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
+
+// Per weight type: bytes of a block and the shared-memory slot of a row's
+// block. Q6_K blocks (210 bytes) start at any even address: the copy starts at
+// the 16-byte boundary below and the block sits `offset` bytes into its slot.
+// kRowWords: a row's entry in the scale table (int scales, then the rest).
+template <uint32_t kType>
+struct Layout;
+template <>
+struct Layout<kQ4_K> {
+  static constexpr int kBlockBytes = 144;
+  static constexpr int kSlot = 144;    // 36 words: rows g = 0..7 of a tile start in banks 4g
+  static constexpr int kRowWords = 8;  // scales, mins (4 + 4 bytes each), d, dmin, padding
+  static constexpr int kBlocksPerSm = 3;
+};
+template <>
+struct Layout<kQ6_K> {
+  static constexpr int kBlockBytes = 210;
+  static constexpr int kSlot = 224;    // at most 14 copies of 16 bytes (offset 14 + 210)
+  static constexpr int kRowWords = 8;  // 16 signed scales (bytes), d, padding
+  static constexpr int kBlocksPerSm = 2;
+};
+
+constexpr int kDecodedStride = kStep + 16;  // Q6_K rows decoded to int8: 68 words, banks 4g
+
+template <uint32_t kType>
+struct SharedLayout {
+  using L = Layout<kType>;
+  static constexpr int kTokens = kTileRows * L::kSlot;  // in a stage, after the weights
+  static constexpr int kStageBytes = kTokens + kTileTokens * kTokenSlot;
+  static constexpr int kTable = 2 * kStageBytes;                          // after the two stages
+  static constexpr int kDecoded = kTable + kTileRows * L::kRowWords * 4;  // Q6_K only
+  static constexpr int kBytes = kDecoded + (kType == kQ6_K ? kTileRows * kDecodedStride : 0);
+};
+
+// Four bytes from a 2-byte-aligned shared address.
+__device__ __forceinline__ uint32_t Lds32Unaligned2(const uint8_t* p) {
+  const auto address = reinterpret_cast<uintptr_t>(p);
+  const auto* word = reinterpret_cast<const uint32_t*>(address & ~uintptr_t{3});
+  return __funnelshift_r(word[0], word[1], static_cast<unsigned>(address & 3) * 8);
+}
+
+// Four bytes of 0..63 minus 32 each, with no borrow between bytes.
+__device__ __forceinline__ uint32_t Minus32(uint32_t v) { return (v + 0x60606060u) ^ 0x80808080u; }
+
+// c = a (16 x 32, row-major s8) x b (32 x 8, column-major s8).
+__device__ __forceinline__ void MmaK32(const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                       int (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%10,%11,%12,%13};"
+      : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0), "r"(0), "r"(0),
+        "r"(0));
+}
+// c = a (16 x 16 s8) x b (16 x 8 s8).
+__device__ __forceinline__ void MmaK16(const uint32_t (&a)[2], uint32_t b, int (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%7,%8,%9,%10};"
+      : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(b), "r"(0), "r"(0), "r"(0), "r"(0));
+}
+
+struct Problem {
+  const uint8_t* w;
+  uint64_t row_bytes;
+  int rows;
+  int cols;
+  const uint8_t* x;  // activation records
+  int n_tokens;
+  int steps_per_split;
+  float* y;
+  bool accumulate;
+};
+
+// What one thread copies each K step: two threads a weight row (alternate 16
+// bytes of its block) and two threads a token (one half of its record each).
+struct CopyPlan {
+  const uint8_t* row;    // the thread's weight row
+  const uint8_t* token;  // its half of the token's first record
+  int r, half;
+  bool row_live, token_live;  // within the matrix, within the batch
+};
+
+template <uint32_t kType>
+__device__ __forceinline__ CopyPlan PlanCopies(const Problem& p, int row0, int tok0) {
+  CopyPlan plan;
+  plan.r = static_cast<int>(threadIdx.x) >> 1;
+  plan.half = static_cast<int>(threadIdx.x) & 1;
+  // Rows and tokens past the matrix or batch copy nothing: their slots hold
+  // stale bytes whose results are not stored.
+  plan.row_live = row0 + plan.r < p.rows;
+  plan.token_live = tok0 + plan.r < p.n_tokens;
+  const int row = min(row0 + plan.r, p.rows - 1);
+  plan.row = p.w + static_cast<uint64_t>(row) * p.row_bytes;
+  const int token = min(tok0 + plan.r, p.n_tokens - 1);
+  plan.token = p.x + static_cast<uint64_t>(token) * (p.cols / kStep) * kQ8KRecordBytes +
+               plan.half * (kQ8KRecordBytes / 2);
+  return plan;
+}
+
+// The byte offset of a row's block at K step kb from the 16-byte boundary below.
+template <uint32_t kType>
+__device__ __forceinline__ int BlockOffset(const uint8_t* row, int kb) {
+  if constexpr (kType == kQ4_K) return 0;  // 144-byte blocks in 16-byte-aligned rows
+  return static_cast<int>(reinterpret_cast<uintptr_t>(row + kb * Layout<kType>::kBlockBytes) & 15);
+}
+
+template <uint32_t kType>
+__device__ __forceinline__ void IssueStage(const Problem& p, const CopyPlan& plan, int kb,
+                                           uint8_t* stage) {
+  using L = Layout<kType>;
+  const uint8_t* block = plan.row + static_cast<uint64_t>(kb) * L::kBlockBytes;
+  const int offset = BlockOffset<kType>(plan.row, kb);
+  const uint8_t* first = block - offset;
+  const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
+  const int chunks = (offset + L::kBlockBytes + 15) / 16;
+  uint8_t* slot = stage + plan.r * L::kSlot;
+  for (int c = plan.half; plan.row_live && c < chunks; c += 2) {
+    const uint8_t* src = first + 16 * c;
+    const int64_t left = matrix_end - src;
+    if (left >= 16) {
+      CopyAsync16(slot + 16 * c, src);
+    } else {
+      CopyAsync16Partial(slot + 16 * c, src, static_cast<unsigned>(left));
+    }
+  }
+  const uint8_t* record = plan.token + static_cast<uint64_t>(kb) * kQ8KRecordBytes;
+  uint8_t* token_slot = stage + SharedLayout<kType>::kTokens + plan.r * kTokenSlot +
+                        plan.half * (kQ8KRecordBytes / 2);
+  if (!plan.token_live) return;
+#pragma unroll
+  for (int c = 0; c < kQ8KRecordBytes / 2 / 16; ++c)
+    CopyAsync16(token_slot + 16 * c, record + 16 * c);
+}
+
+// Four 8 x 16-byte matrices from shared memory, one register of each per
+// thread (row lane / 4, bytes 4 (lane % 4)): the fragment layout of mma's
+// 8-bit operands. Lanes 8j..8j+7 give the row addresses of matrix j.
+__device__ __forceinline__ void LoadMatrices(const uint8_t* row, uint32_t (&r)[4]) {
+  const auto address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address));
+}
+
+// Q4_K: a row's table entry (two threads a row, four sub-blocks each): the
+// 6-bit scales and mins as bytes, d and dmin as floats.
+__device__ __forceinline__ void DecodeQ4KRow(const uint8_t* block, int half, uint32_t* entry) {
+  const uint8_t* q = block + 4;
+  uint32_t scales = 0, mins = 0;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float sc, m;
+    ScaleMinK4(4 * half + i, q, &sc, &m);
+    scales |= static_cast<uint32_t>(sc) << (8 * i);
+    mins |= static_cast<uint32_t>(m) << (8 * i);
+  }
+  entry[half] = scales;
+  entry[2 + half] = mins;
+  if (half == 0) {
+    entry[4] = __float_as_uint(Half(block));
+    entry[5] = __float_as_uint(Half(block + 2));
+  }
+}
+
+// Q6_K: a row's table entry (the 16 signed 8-bit scales, d) and its 256
+// values minus 32 as int8 in `decoded` (two threads a row, one 128-element
+// half each).
+__device__ __forceinline__ void DecodeQ6KRow(const uint8_t* block, int half, uint32_t* entry,
+                                             uint8_t* decoded) {
+  entry[2 * half] = Lds32Unaligned2(block + 192 + 8 * half);
+  entry[2 * half + 1] = Lds32Unaligned2(block + 196 + 8 * half);
+  if (half == 0) entry[4] = __float_as_uint(Half(block + 208));
+  // Element 128 h + 32 quarter + l: low 4 bits in ql[64 h + 32 (quarter & 1) + l]
+  // >> 4 (quarter >> 1), high 2 bits in qh[32 h + l] >> 2 quarter.
+  const uint8_t* ql = block + 64 * half;
+  const uint8_t* qh = block + 128 + 32 * half;
+  uint8_t* out = decoded + 128 * half;
+#pragma unroll
+  for (int l = 0; l < 32; l += 4) {
+    const uint32_t lo0 = Lds32Unaligned2(ql + l), lo1 = Lds32Unaligned2(ql + 32 + l);
+    const uint32_t hi = Lds32Unaligned2(qh + l);
+    const auto store = [&](int at, uint32_t low, uint32_t high) {
+      *reinterpret_cast<uint32_t*>(out + at) =
+          Minus32((low & 0x0F0F0F0Fu) | ((high & 0x03030303u) << 4));
+    };
+    store(l, lo0, hi);
+    store(32 + l, lo1, hi >> 2);
+    store(64 + l, lo0 >> 4, hi >> 4);
+    store(96 + l, lo1 >> 4, hi >> 6);
+  }
+}
+
+__device__ __forceinline__ int Byte(uint32_t word, int i) {
+  return static_cast<int>((word >> (8 * i)) & 0xffu);
+}
+
+// One warp's 32 rows x 32 tokens over one Q4_K K step: eight 32-element
+// sub-blocks, an m16n8k32 per tile each, whose sums times the sub-block's
+// scale add up in iacc; then the block's float scales and mins apply.
+__device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint32_t* table, int wm,
+                                           int wn, int lane, float (&acc)[2][4][4]) {
+  using L = Layout<kQ4_K>;
+  const int g = lane >> 2, t = lane & 3;
+  const uint8_t* tokens = stage + SharedLayout<kQ4_K>::kTokens;
+  // ldmatrix rows: A, matrix j = rows (j & 1) * 8.. of a tile, bytes (j >> 1) * 16..;
+  // B, matrix j = tokens of tile (j >> 1), bytes (j & 1) * 16.. of a sub-block.
+  const int j = lane >> 3, i = lane & 7;
+  const uint8_t* a_rows = stage + (wm + (j & 1) * 8 + i) * L::kSlot + 16 + (j >> 1) * 16;
+  const uint8_t* b_rows = tokens + (wn + (j >> 1) * 8 + i) * kTokenSlot + (j & 1) * 16;
+  uint32_t scales[2][2][2];  // [mt][row g, g + 8][sub-blocks 0-3, 4-7]
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const uint2 packed =
+          *reinterpret_cast<const uint2*>(table + (wm + mt * 16 + g + 8 * rr) * L::kRowWords);
+      scales[mt][rr][0] = packed.x;
+      scales[mt][rr][1] = packed.y;
+    }
+  }
+  int iacc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) iacc[mt][nt][e] = 0;
+    }
+  }
+#pragma unroll 2
+  for (int pair = 0; pair < 4; ++pair) {
+    // The nibbles of sub-blocks 2 * pair (low) and 2 * pair + 1 (high) share bytes.
+    uint32_t raw[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) LoadMatrices(a_rows + mt * 16 * L::kSlot + 32 * pair, raw[mt]);
+#pragma unroll
+    for (int high = 0; high < 2; ++high) {
+      const int sub = 2 * pair + high;
+      uint32_t b[4][2];
+#pragma unroll
+      for (int np = 0; np < 2; ++np) {
+        uint32_t r[4];
+        LoadMatrices(b_rows + np * 16 * kTokenSlot + 32 * sub, r);
+        b[2 * np][0] = r[0];
+        b[2 * np][1] = r[1];
+        b[2 * np + 1][0] = r[2];
+        b[2 * np + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        uint32_t a[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[e] = (raw[mt][e] >> (4 * high)) & 0x0F0F0F0Fu;
+        const int sc[2] = {Byte(sub < 4 ? scales[mt][0][0] : scales[mt][0][1], sub % 4),
+                           Byte(sub < 4 ? scales[mt][1][0] : scales[mt][1][1], sub % 4)};
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          int c[4];
+          MmaK32(a, b[nt], c);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) iacc[mt][nt][e] += sc[e >> 1] * c[e];
+        }
+      }
+    }
+  }
+  // value = d_act * (d * sum(sc * q_w q_a) - dmin * sum(m * sum(q_a))), the
+  // last sum over the eight sub-blocks with their int16 activation sums.
+  uint2 mins[2][2];
+  float2 scale[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const uint32_t* entry = table + (wm + mt * 16 + g + 8 * rr) * L::kRowWords;
+      mins[mt][rr] = *reinterpret_cast<const uint2*>(entry + 2);
+      scale[mt][rr] = *reinterpret_cast<const float2*>(entry + 4);
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int jt = 0; jt < 2; ++jt) {
+      const uint8_t* record = tokens + (wn + nt * 8 + 2 * t + jt) * kTokenSlot;
+      const uint4 sums = *reinterpret_cast<const uint4*>(record + kRecordSums);
+      const float d_act = *reinterpret_cast<const float*>(record + kRecordScale);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const uint2 m = mins[mt][rr];
+          int sum_mins = __dp2a_lo(static_cast<int>(sums.x), static_cast<int>(m.x), 0);
+          sum_mins = __dp2a_hi(static_cast<int>(sums.y), static_cast<int>(m.x), sum_mins);
+          sum_mins = __dp2a_lo(static_cast<int>(sums.z), static_cast<int>(m.y), sum_mins);
+          sum_mins = __dp2a_hi(static_cast<int>(sums.w), static_cast<int>(m.y), sum_mins);
+          const int e = 2 * rr + jt;
+          const float v = scale[mt][rr].x * static_cast<float>(iacc[mt][nt][e]) -
+                          scale[mt][rr].y * static_cast<float>(sum_mins);
+          acc[mt][nt][e] = fmaf(d_act, v, acc[mt][nt][e]);
+        }
+      }
+    }
+  }
+}
+
+// The same for Q6_K from the decoded rows: sixteen 16-element groups, an
+// m16n8k16 per tile each, times the group's signed 8-bit scale.
+__device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t* table,
+                                           const uint8_t* decoded, int wm, int wn, int lane,
+                                           float (&acc)[2][4][4]) {
+  using L = Layout<kQ6_K>;
+  const int g = lane >> 2, t = lane & 3;
+  const uint8_t* tokens = stage + SharedLayout<kQ6_K>::kTokens;
+  // ldmatrix rows: A, matrix j = rows (j & 1) * 8.. of a tile, group (j >> 1)
+  // of a pair; B, matrix j = the tokens of tile j.
+  const int j = lane >> 3, i = lane & 7;
+  const uint8_t* a_rows = decoded + (wm + (j & 1) * 8 + i) * kDecodedStride + (j >> 1) * 16;
+  const uint8_t* b_rows = tokens + (wn + j * 8 + i) * kTokenSlot;
+  uint4 scales[2][2];  // [mt][row g, g + 8]: 16 signed bytes
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      scales[mt][rr] =
+          *reinterpret_cast<const uint4*>(table + (wm + mt * 16 + g + 8 * rr) * L::kRowWords);
+    }
+  }
+  const auto scale_of = [](const uint4& s, int group) {
+    const uint32_t word = group < 4 ? s.x : group < 8 ? s.y : group < 12 ? s.z : s.w;
+    return static_cast<int>(static_cast<int8_t>(Byte(word, group % 4)));
+  };
+  int iacc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) iacc[mt][nt][e] = 0;
+    }
+  }
+#pragma unroll 2
+  for (int pair = 0; pair < 8; ++pair) {
+    uint32_t a[2][4];  // [mt]: group 2 pair rows g, g + 8, then group 2 pair + 1
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+      LoadMatrices(a_rows + mt * 16 * kDecodedStride + 32 * pair, a[mt]);
+#pragma unroll
+    for (int second = 0; second < 2; ++second) {
+      const int group = 2 * pair + second;
+      uint32_t b[4];
+      LoadMatrices(b_rows + 16 * group, b);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        const uint32_t a_group[2] = {a[mt][2 * second], a[mt][2 * second + 1]};
+        const int sc[2] = {scale_of(scales[mt][0], group), scale_of(scales[mt][1], group)};
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          int c[4];
+          MmaK16(a_group, b[nt], c);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) iacc[mt][nt][e] += sc[e >> 1] * c[e];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+    for (int jt = 0; jt < 2; ++jt) {
+      const float d_act = *reinterpret_cast<const float*>(
+          tokens + (wn + nt * 8 + 2 * t + jt) * kTokenSlot + kRecordScale);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const float d = __uint_as_float(table[(wm + mt * 16 + g + 8 * rr) * L::kRowWords + 4]);
+          const int e = 2 * rr + jt;
+          acc[mt][nt][e] = fmaf(d * d_act, static_cast<float>(iacc[mt][nt][e]), acc[mt][nt][e]);
+        }
+      }
+    }
+  }
+}
+
+// Registers bound the blocks an SM holds as much as shared memory does: the
+// launch bounds ask for as many as the shared memory allows.
+template <uint32_t kType>
+__global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
+    MatMulQ8MmaKernel(Problem p) {
+  extern __shared__ __align__(16) uint8_t shared[];
+  using L = Layout<kType>;
+  using SL = SharedLayout<kType>;
+  auto* table = reinterpret_cast<uint32_t*>(shared + SL::kTable);
+  uint8_t* decoded = shared + SL::kDecoded;
+  const int tok0 = static_cast<int>(blockIdx.x) * kTileTokens;
+  const int row0 = static_cast<int>(blockIdx.y) * kTileRows;
+  const int k_steps = p.cols / kStep;
+  const int kb_begin = static_cast<int>(blockIdx.z) * p.steps_per_split;
+  const int kb_end = min(k_steps, kb_begin + p.steps_per_split);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
+  const CopyPlan plan = PlanCopies<kType>(p, row0, tok0);
+
+  float acc[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+    }
+  }
+
+  // Row tiles start their K range at different steps, so that they do not
+  // all read the same activation records from L2 at once.
+  const int steps = kb_end - kb_begin;
+  const int rotate = static_cast<int>(blockIdx.y) % steps;
+  const auto step_at = [&](int i) {
+    return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
+  };
+  IssueStage<kType>(p, plan, step_at(0), shared);
+  CommitCopies();
+  for (int i = 0; i < steps; ++i) {
+    const int kb = step_at(i);
+    uint8_t* stage = shared + (i & 1) * SL::kStageBytes;
+    if (i + 1 < steps) {
+      IssueStage<kType>(p, plan, step_at(i + 1), shared + ((i + 1) & 1) * SL::kStageBytes);
+      CommitCopies();
+      WaitForCopiesBut<1>();
+    } else {
+      WaitForCopiesBut<0>();
+    }
+    __syncthreads();
+    // The scale table (and Q6_K's decoded rows) of this step, two threads a row.
+    const uint8_t* block = stage + plan.r * L::kSlot + BlockOffset<kType>(plan.row, kb);
+    if constexpr (kType == kQ4_K) {
+      DecodeQ4KRow(block, plan.half, table + plan.r * L::kRowWords);
+    } else {
+      DecodeQ6KRow(block, plan.half, table + plan.r * L::kRowWords,
+                   decoded + plan.r * kDecodedStride);
+    }
+    __syncthreads();
+    // A warp whose rows or tokens all lie past the matrix or batch has nothing to add.
+    if (row0 + wm < p.rows && tok0 + wn < p.n_tokens) {
+      if constexpr (kType == kQ4_K) {
+        ComputeQ4K(stage, table, wm, wn, lane, acc);
+      } else {
+        ComputeQ6K(stage, table, decoded, wm, wn, lane, acc);
+      }
+    }
+    __syncthreads();  // the stage and the table are rewritten next
+  }
+
+  // With split-K, y is this split's slice of the partial sums.
+  float* out = p.y + static_cast<int64_t>(blockIdx.z) * p.n_tokens * p.rows;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = row0 + wm + mt * 16 + g + 8 * (i >> 1);
+        const int token = tok0 + wn + nt * 8 + 2 * t + (i & 1);
+        if (row >= p.rows || token >= p.n_tokens) continue;
+        float* target = out + static_cast<int64_t>(token) * p.rows + row;
+        *target = p.accumulate ? *target + acc[mt][nt][i] : acc[mt][nt][i];
+      }
+    }
+  }
+}
+
+// One warp per 256-element record: amax, the int8 values, the sums of each
+// 32 (four lanes' eight values), the scale.
+__global__ void QuantizeQ8KKernel(const float* __restrict__ x, int64_t records,
+                                  uint8_t* __restrict__ out) {
+  const int64_t record = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (record >= records) return;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const float* src = x + record * kStep + lane * 8;
+  const float4 lo = *reinterpret_cast<const float4*>(src);
+  const float4 hi = *reinterpret_cast<const float4*>(src + 4);
+  const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) amax = fmaxf(amax, fabsf(v[i]));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
+  const float d = amax / 127.0f;
+  uint32_t packed[2] = {0, 0};
+  int sum = 0;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int q = d > 0.0f ? static_cast<int>(fminf(fmaxf(rintf(v[i] / d), -127.0f), 127.0f)) : 0;
+    sum += q;
+    packed[i / 4] |= (static_cast<uint32_t>(q) & 0xffu) << (8 * (i % 4));
+  }
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  uint8_t* record_out = out + record * kQ8KRecordBytes;
+  *reinterpret_cast<uint2*>(record_out + lane * 8) = make_uint2(packed[0], packed[1]);
+  if (lane % 4 == 0)
+    *reinterpret_cast<int16_t*>(record_out + kRecordSums + (lane / 4) * 2) =
+        static_cast<int16_t>(sum);
+  if (lane == 0) *reinterpret_cast<float*>(record_out + kRecordScale) = d;
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// How many blocks share each output tile's K range: when the tiles alone
+// leave SMs idle, the count (up to kMaxSplits, at least two K steps a block)
+// whose blocks best fill one wave, the smallest when several come within 5%.
+// Never more than a wave: the partial sums cost memory traffic of their own.
+int SplitsFor(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
+  const int64_t tiles = CeilDiv(rows, kTileRows) * CeilDiv(n_tokens, kTileTokens);
+  const int64_t k_steps = cols / kStep;
+  const int64_t slots =
+      int64_t{kSms} * (type == kQ4_K ? Layout<kQ4_K>::kBlocksPerSm : Layout<kQ6_K>::kBlocksPerSm);
+  const int64_t most = std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, k_steps / 2));
+  int best = 1;
+  double best_fill = static_cast<double>(tiles) / static_cast<double>(slots);
+  for (int64_t z = 2; z <= most; ++z) {
+    const int64_t blocks = tiles * CeilDiv(k_steps, CeilDiv(k_steps, z));
+    if (blocks > slots) break;
+    const double fill = static_cast<double>(blocks) / static_cast<double>(slots);
+    if (fill > best_fill + 0.05) {
+      best = static_cast<int>(z);
+      best_fill = fill;
+    }
+  }
+  return best;
+}
+
+// The kernel's dynamic shared memory exceeds the default 48 KB: raised once
+// per device (a bit per device in `done`).
+template <uint32_t kType>
+cudaError_t AllowSharedMemory() {
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  const uint64_t bit = uint64_t{1} << (device % 64);
+  if (done.load(std::memory_order_acquire) & bit) return cudaSuccess;
+  const cudaError_t e =
+      cudaFuncSetAttribute(MatMulQ8MmaKernel<kType>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           SharedLayout<kType>::kBytes);
+  if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
+  return e;
+}
+
+}  // namespace
+
+size_t Q8KActivationBytes(int64_t n_tokens, int64_t cols) {
+  if (n_tokens <= 0 || cols <= 0) return 0;
+  return static_cast<size_t>(n_tokens) * static_cast<size_t>(cols / kStep) * kQ8KRecordBytes;
+}
+
+cudaError_t LaunchQuantizeActivationsQ8K(const float* x, int n_tokens, int64_t cols, void* records,
+                                         cudaStream_t stream) {
+  if (n_tokens <= 0 || cols <= 0 || cols % kStep != 0 || x == nullptr || records == nullptr ||
+      reinterpret_cast<uintptr_t>(records) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t count = static_cast<int64_t>(n_tokens) * (cols / kStep);
+  constexpr int kWarps = 4;
+  QuantizeQ8KKernel<<<static_cast<unsigned>(CeilDiv(count, kWarps)), kWarps * 32, 0, stream>>>(
+      x, count, static_cast<uint8_t*>(records));
+  return cudaGetLastError();
+}
+
+bool MatMulQ8MmaSupports(const DeviceMatrix& w) {
+  return (w.type == kQ4_K || w.type == kQ6_K) && w.cols > 0 && w.cols % kStep == 0 && w.rows > 0 &&
+         w.rows <= int64_t{65535} * kTileRows && w.cols <= (int64_t{1} << 30) &&
+         w.data != nullptr && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+}
+
+size_t MatMulQ8MmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
+  if (!MatMulQ8MmaSupports(w) || n_tokens <= 0) return 0;
+  const int splits = SplitsFor(w.type, w.rows, w.cols, n_tokens);
+  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
+                          static_cast<size_t>(w.rows)
+                    : 0;
+}
+
+cudaError_t LaunchMatMulQ8Mma(const DeviceMatrix& w, const void* x, int n_tokens, float* y,
+                              bool accumulate, float* scratch, size_t scratch_floats,
+                              cudaStream_t stream) {
+  if (!MatMulQ8MmaSupports(w) || n_tokens <= 0 || x == nullptr || y == nullptr ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t wanted = MatMulQ8MmaScratchFloats(w, n_tokens);
+  const bool split = wanted > 0 && scratch != nullptr && scratch_floats >= wanted;
+  const int splits = split ? SplitsFor(w.type, w.rows, w.cols, n_tokens) : 1;
+  const auto k_steps = static_cast<int>(w.cols / kStep);
+  const int per_split = static_cast<int>(CeilDiv(k_steps, splits));
+  const dim3 grid(static_cast<unsigned>(CeilDiv(n_tokens, kTileTokens)),
+                  static_cast<unsigned>(CeilDiv(w.rows, kTileRows)),
+                  static_cast<unsigned>(CeilDiv(k_steps, per_split)));
+  const Problem p{static_cast<const uint8_t*>(w.data),
+                  w.row_bytes,
+                  static_cast<int>(w.rows),
+                  static_cast<int>(w.cols),
+                  static_cast<const uint8_t*>(x),
+                  n_tokens,
+                  per_split,
+                  split ? scratch : y,
+                  split ? false : accumulate};
+  cudaError_t launched = cudaSuccess;
+  const auto launch = [&]<uint32_t kType>() {
+    launched = AllowSharedMemory<kType>();
+    if (launched != cudaSuccess) return;
+    MatMulQ8MmaKernel<kType><<<grid, kThreads, SharedLayout<kType>::kBytes, stream>>>(p);
+    launched = cudaGetLastError();
+  };
+  if (w.type == kQ4_K) {
+    launch.template operator()<kQ4_K>();
+  } else {
+    launch.template operator()<kQ6_K>();
+  }
+  if (launched != cudaSuccess || !split) return launched;
+  return LaunchSumSplits(scratch, static_cast<int>(grid.z), static_cast<int64_t>(n_tokens) * w.rows,
+                         y, accumulate, stream);
+}
+
+}  // namespace chord::cuda
