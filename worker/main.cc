@@ -60,9 +60,16 @@ int main(int argc, char** argv) {
   auto* device = app.add_option("--device", o.device, "CUDA device ordinal (with --backend cuda)")
                      ->check(CLI::NonNegativeNumber);
   std::string nccl_interface;
-  auto* nccl = app.add_flag("--nccl,!--no-nccl", o.nccl,
-                            "with --backend cuda: pass activations to and from neighbouring GPU stages over "
-                            "NCCL (default on; ZeroMQ otherwise)");
+  auto* nccl =
+      app.add_flag("--nccl,!--no-nccl", o.nccl,
+                   "with --backend cuda: pass activations to and from neighbouring GPU stages over "
+                   "NCCL (default on; ZeroMQ otherwise)");
+  app.add_option(
+         "--nccl-min-rows", o.nccl_min_rows,
+         "with NCCL links: steps of fewer rows (tokens) send their activations over ZeroMQ, "
+         "which is faster for small ones")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   auto* nccl_interface_flag =
       app.add_option("--nccl-interface", nccl_interface,
                      "network interface for NCCL's bootstrap and socket traffic (default: the one "
@@ -119,7 +126,8 @@ int main(int argc, char** argv) {
   absl::StatusOr<chord::wire::CurveSetup> curve =
       chord::wire::LoadCurveSetup(curve_flags.Resolve(config ? &*config : nullptr, curve_key));
   if (!curve.ok()) return Fail(curve.status());
-  if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok()) return Fail(needed);
+  if (absl::Status needed = chord::wire::RequireLoaderKey(*curve); !needed.ok())
+    return Fail(needed);
   o.curve = *curve;
   loader_options.curve = *curve;
   if (memory->count()) {
@@ -138,7 +146,8 @@ int main(int argc, char** argv) {
     o.gpu_memory_budget_bytes = *bytes;
   }
   chord::ClusterConfig effective = config.value_or(chord::ClusterConfig{});
-  if (effective.FindWorker(o.worker_id) == nullptr) effective.workers.push_back({.id = o.worker_id});
+  if (effective.FindWorker(o.worker_id) == nullptr)
+    effective.workers.push_back({.id = o.worker_id});
   for (chord::WorkerSection& w : effective.workers) {
     if (w.id != o.worker_id) continue;
     w.memory_budget = o.memory_budget_bytes;
@@ -154,11 +163,14 @@ int main(int argc, char** argv) {
   if (o.coordinator_endpoint.empty())
     return Fail(absl::InvalidArgumentError("--coordinator (or --config) is required"));
   if (o.backend == "cuda" && !chord::CudaBackendBuilt()) {
-    return Fail(absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)"));
+    return Fail(
+        absl::UnimplementedError("this chord-worker was built without CUDA (nvcc was not found)"));
   }
   if (nccl_interface.empty()) {
     // NCCL's own traffic stays on the interface of the address this worker serves on.
-    if (absl::StatusOr<std::string> held = chord::InterfaceHolding(chord::EndpointHost(o.data_bind)); held.ok()) {
+    if (absl::StatusOr<std::string> held =
+            chord::InterfaceHolding(chord::EndpointHost(o.data_bind));
+        held.ok()) {
       nccl_interface = *held;
     }
   }
@@ -170,9 +182,8 @@ int main(int argc, char** argv) {
   chord::log::Info(
       "chord-worker %s: coordinator %s, data bind %s, memory budget %d bytes, GPU memory budget %d "
       "bytes, backend %s, threads %d, links %s",
-      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes, o.gpu_memory_budget_bytes,
-      o.backend, threads,
-      o.curve.enabled() ? "CURVE" : "plaintext");
+      o.worker_id, o.coordinator_endpoint, o.data_bind, o.memory_budget_bytes,
+      o.gpu_memory_budget_bytes, o.backend, threads, o.curve.enabled() ? "CURVE" : "plaintext");
 
   chord::metrics::Registry registry;
   chord::metrics::WorkerMetrics worker_metrics(registry);

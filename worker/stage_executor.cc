@@ -87,7 +87,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
   if (plan.backend == "cuda") {
     DeviceStreamedLayers streamed;
     if (weights.device_streamed_first >= 0) {
-      streamed = {weights.device_streamed(), weights.device_streamed_first, weights.device_buffer_bytes};
+      streamed = {weights.device_streamed(), weights.device_streamed_first,
+                  weights.device_buffer_bytes};
     } else if (weights.layers != nullptr) {
       return absl::UnimplementedError(
           "the cuda backend streams layers only beyond a GPU memory budget (--gpu-memory-budget); "
@@ -98,8 +99,8 @@ absl::StatusOr<std::unique_ptr<StageExecutor>> StageExecutor::Create(const Model
     // What stays on the GPU was copied there: the host copy is not needed.
     weights.tensors.reset();
   } else if (plan.backend == "cpu") {
-    ASSIGN_OR_RETURN(executor->compute_, MakeCpuStageCompute(*weights.tensors, config, options, pool,
-                                                             weights.layers.get()));
+    ASSIGN_OR_RETURN(executor->compute_, MakeCpuStageCompute(*weights.tensors, config, options,
+                                                             pool, weights.layers.get()));
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown backend '", plan.backend, "'"));
   }
@@ -137,8 +138,9 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   // (a chunk restarting a released slot is valid before and after).
   const pb::FreeSlots& released = step.released();
   if (released.sequence_ids_size() == released.slots_size()) {
-    FreeSlots(std::span<const uint32_t>(released.slots().data(), released.slots_size()),
-              std::span<const uint64_t>(released.sequence_ids().data(), released.sequence_ids_size()));
+    FreeSlots(
+        std::span<const uint32_t>(released.slots().data(), released.slots_size()),
+        std::span<const uint64_t>(released.sequence_ids().data(), released.sequence_ids_size()));
   }
   RETURN_IF_ERROR(ReservePages(step));
   batch_.clear();
@@ -149,7 +151,8 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
       token_ids_.push_back(static_cast<int32_t>(chunk.token_ids(i)));
     }
   }
-  const bool send_rows = link_ != nullptr && link_->has_next() && !link_->broken();
+  const bool send_rows =
+      link_ != nullptr && link_->has_next() && !link_->broken() && total >= link_min_rows_;
   const int64_t trailing = TrailingSampledRows(step);
   const bool whole_step = limits.first_stage && is_last() && !rows_received && !send_rows &&
                           compute_->can_forward() && trailing >= 0;
@@ -164,7 +167,8 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     }
     if (rows_received || send_rows) {
       activations->resize(static_cast<size_t>(total * config_.n_embd));
-      RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received, send_rows));
+      RETURN_IF_ERROR(
+          compute_->RunLayersOnDevice(batch_, activations->data(), rows_received, send_rows));
       rows_on_device_ = send_rows;
       device_rows_ = total;
     } else {
@@ -195,9 +199,9 @@ absl::Status StageExecutor::ReceiveRows(const wire::Message& message, bool* rece
   // The transfer belongs to the sender's plan: another plan's went over
   // another communicator, which is gone.
   if (step.plan_version() != plan_.plan_version) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "step %d of plan %d is stale (this stage runs plan %d)", step.step_id(), step.plan_version(),
-        plan_.plan_version));
+    return absl::FailedPreconditionError(
+        absl::StrFormat("step %d of plan %d is stale (this stage runs plan %d)", step.step_id(),
+                        step.plan_version(), plan_.plan_version));
   }
   if (link_ == nullptr || !link_->has_previous() || link_->broken()) {
     return absl::UnavailableError(
@@ -260,7 +264,8 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   return SampleLogits(step, n_sample, result);
 }
 
-absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sample, pb::StepResult* result) {
+absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sample,
+                                         pb::StepResult* result) {
   if (n_sample == 0) return absl::OkStatus();
   const auto n_vocab = static_cast<size_t>(config_.n_vocab);
   // Each sequence samples on its own (a pure function of its logits, settings
@@ -275,8 +280,10 @@ absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sa
     for (auto j = static_cast<size_t>(begin); j < static_cast<size_t>(end); ++j) {
       const pb::SequenceChunk& chunk = *sampled_[j];
       const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
-      const int64_t position = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
-      tokens_[j] = sampler.Sample(logits, ToSamplingParams(chunk.sampling()), histories_[chunk.slot()], position);
+      const int64_t position =
+          static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
+      tokens_[j] = sampler.Sample(logits, ToSamplingParams(chunk.sampling()),
+                                  histories_[chunk.slot()], position);
     }
   });
   for (size_t j = 0; j < n_sample; ++j) {
@@ -286,7 +293,8 @@ absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sa
     token->set_token_id(static_cast<uint32_t>(tokens_[j]));
     if (chunk.logprobs() == 0) continue;
     const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
-    for (const TokenLogprob& top : Sampler::TopLogprobs(logits, static_cast<int>(chunk.logprobs()))) {
+    for (const TokenLogprob& top :
+         Sampler::TopLogprobs(logits, static_cast<int>(chunk.logprobs()))) {
       pb::TokenLogprob* out = token->add_top_logprobs();
       out->set_id(static_cast<uint32_t>(top.id));
       out->set_logprob(top.logprob);

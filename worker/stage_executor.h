@@ -22,9 +22,9 @@
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
 #include "worker/kv_cache.h"
-#include "worker/nccl_link.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
+#include "worker/nccl_link.h"
 #include "worker/sampler.h"
 #include "worker/shard/stage_weights.h"
 #include "worker/stage_compute.h"
@@ -75,8 +75,13 @@ class StageExecutor {
                    wire::pb::StepResult* result);
 
   // The NCCL link of this stage's plan (worker/nccl_link.h), if it has one;
-  // the executor uses it while it is not broken.
-  void set_link(std::unique_ptr<NcclLink> link) { link_ = std::move(link); }
+  // the executor sends steps of at least `min_rows` rows over it while it is
+  // not broken (smaller ones ride the ZeroMQ message), and takes whatever a
+  // step's header announces on it.
+  void set_link(std::unique_ptr<NcclLink> link, int64_t min_rows = 1) {
+    link_ = std::move(link);
+    link_min_rows_ = min_rows;
+  }
   NcclLink* link() const { return link_.get(); }
   // The last step's output stayed in GPU memory for the next stage's link.
   bool rows_on_device() const { return rows_on_device_; }
@@ -89,7 +94,9 @@ class StageExecutor {
   void FreeSlots(std::span<const uint32_t> slots, std::span<const uint64_t> sequence_ids = {});
 
   // See LlamaStage::set_between_layers.
-  void set_between_layers(std::function<void()> hook) { compute_->set_between_layers(std::move(hook)); }
+  void set_between_layers(std::function<void()> hook) {
+    compute_->set_between_layers(std::move(hook));
+  }
 
   const StagePlan& plan() const { return plan_; }
   const ModelConfig& config() const { return config_; }
@@ -110,7 +117,8 @@ class StageExecutor {
   // Takes the rows a step announces over the NCCL link (see Run).
   absl::Status ReceiveRows(const wire::Message& message, bool* received);
   // Samples the step's sequences from logits_ (n_sample rows, in chunk order).
-  absl::Status SampleLogits(const wire::pb::StepHeader& step, size_t n_sample, wire::pb::StepResult* result);
+  absl::Status SampleLogits(const wire::pb::StepHeader& step, size_t n_sample,
+                            wire::pb::StepResult* result);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
                       wire::pb::StepResult* result);
 
@@ -119,6 +127,7 @@ class StageExecutor {
   StageWeights weights_;
   std::unique_ptr<StageCompute> compute_;
   std::unique_ptr<NcclLink> link_;
+  int64_t link_min_rows_ = 1;
   bool rows_on_device_ = false;
   int64_t device_rows_ = 0;  // of the last step
   ThreadPool* pool_ = nullptr;

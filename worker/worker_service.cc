@@ -36,7 +36,7 @@ struct LoadContext {
   const WorkerOptions& options;
   std::string model_sha256;
   ThreadPool& pool;
-  std::function<void()> wait_hook;  // for the shard cache; runs on the compute thread
+  std::function<void()> wait_hook;       // for the shard cache; runs on the compute thread
   std::shared_ptr<NcclRendezvous> nccl;  // null: no NCCL group
 };
 
@@ -74,9 +74,9 @@ absl::StatusOr<StagePlan> MakePlan(const pb::AssignLayers& a, const ModelConfig&
   if (a.kv_page_size() != 0) plan.kv_page_size = a.kv_page_size();
   if (options.max_kv_slots > 0 && options.max_n_ctx > 0 &&
       plan.kv_tokens > int64_t{options.max_kv_slots} * options.max_n_ctx) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "kv_tokens %d exceed what this worker registered (%d x %d)", plan.kv_tokens,
-        options.max_kv_slots, options.max_n_ctx));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("kv_tokens %d exceed what this worker registered (%d x %d)", plan.kv_tokens,
+                        options.max_kv_slots, options.max_n_ctx));
   }
   return plan;
 }
@@ -116,9 +116,9 @@ void JoinNcclGroup(const LoadContext& ctx, StageExecutor* executor) {
               link.status().ToString());
     return;
   }
-  log::Info("worker %s: plan %d: NCCL link up (rank %d of %d)", ctx.options.worker_id, group.plan_version,
-            group.rank, group.n_ranks);
-  executor->set_link(*std::move(link));
+  log::Info("worker %s: plan %d: NCCL link up (rank %d of %d)", ctx.options.worker_id,
+            group.plan_version, group.rank, group.n_ranks);
+  executor->set_link(*std::move(link), ctx.options.nccl_min_rows);
 }
 
 // Runs on the loading thread: everything it touches is its own or immutable.
@@ -243,12 +243,13 @@ void WorkerService::KeepLink() {
   if (now - hello_unanswered_since_ >= kUnansweredWarning &&
       now - last_unanswered_warning_ >= kUnansweredWarning) {
     last_unanswered_warning_ = now;
-    log::Warn("worker %s: no answer from the coordinator at %s for %d s (is it up? %s)",
-              options_.worker_id, options_.coordinator_endpoint,
-              std::chrono::duration_cast<std::chrono::seconds>(now - hello_unanswered_since_).count(),
-              options_.curve.enabled()
-                  ? "with CURVE: is this worker's public key in the coordinator's allow-list?"
-                  : "plaintext: does the coordinator expect CURVE?");
+    log::Warn(
+        "worker %s: no answer from the coordinator at %s for %d s (is it up? %s)",
+        options_.worker_id, options_.coordinator_endpoint,
+        std::chrono::duration_cast<std::chrono::seconds>(now - hello_unanswered_since_).count(),
+        options_.curve.enabled()
+            ? "with CURVE: is this worker's public key in the coordinator's allow-list?"
+            : "plaintext: does the coordinator expect CURVE?");
   }
   pb::Envelope envelope;
   *envelope.mutable_hello() = wire::MakeHello("worker", options_.worker_id, model_sha256_);
@@ -430,7 +431,8 @@ void WorkerService::PrepareNccl(const pb::AssignLayers& a) {
   absl::StatusOr<std::string> id = NewNcclUniqueId();
   if (!id.ok()) {
     // The others wait for an id that never comes, then fall back too.
-    log::Warn("worker %s: cannot make an NCCL group id: %s", options_.worker_id, id.status().ToString());
+    log::Warn("worker %s: cannot make an NCCL group id: %s", options_.worker_id,
+              id.status().ToString());
     return;
   }
   nccl_->unique_id = *id;
@@ -450,8 +452,12 @@ void WorkerService::HandleNcclUniqueId(const pb::NcclUniqueId& id) {
 }
 
 void WorkerService::StartLoad(const pb::AssignLayers& a) {
-  LoadContext ctx{context_,      connect_loader_, options_,
-                  model_sha256_, pool_,           [this] { ServiceControlDuringStep(); },
+  LoadContext ctx{context_,
+                  connect_loader_,
+                  options_,
+                  model_sha256_,
+                  pool_,
+                  [this] { ServiceControlDuringStep(); },
                   nccl_ != nullptr && nccl_->plan_version == a.plan_version() ? nccl_ : nullptr};
   loading_ = std::async(std::launch::async, [ctx, a]() {
     Loaded loaded{a, absl::InternalError("not loaded")};
@@ -493,7 +499,8 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
       next_->set(zmq::sockopt::linger, 0);
       next_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
       next_->set(zmq::sockopt::immediate, 1);
-      if (absl::Status secured = wire::SecureClient(*next_, options_.curve, a.next_data_public_key());
+      if (absl::Status secured =
+              wire::SecureClient(*next_, options_.curve, a.next_data_public_key());
           !secured.ok()) {
         next_.reset();
         return absl::InvalidArgumentError(
@@ -508,7 +515,8 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
   }
   executor_ = std::move(executor);
   executor_->set_between_layers([this] { ServiceControlDuringStep(); });
-  if (executor_->link() != nullptr) executor_->link()->set_poll_hook([this] { ServiceControlDuringStep(); });
+  if (executor_->link() != nullptr)
+    executor_->link()->set_poll_hook([this] { ServiceControlDuringStep(); });
   log::Info("worker %s: plan %d: layers [%d, %d) ready: %d weight bytes, %d KV cache bytes",
             options_.worker_id, a.plan_version(), a.first_layer(), a.end_layer(),
             executor_->weight_bytes(), executor_->kv_cache_bytes());

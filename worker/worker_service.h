@@ -22,11 +22,11 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <mutex>
 #include <cstdint>
 #include <functional>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -63,8 +63,8 @@ struct WorkerOptions {
   // (heartbeats) waits meanwhile, and the coordinator replays a step that
   // failed this way.
   std::chrono::milliseconds forward_timeout{250};
-  int high_water_mark = 64;                         // messages queued per socket
-  metrics::WorkerMetrics* metrics = nullptr;        // optional; must outlive the service
+  int high_water_mark = 64;                   // messages queued per socket
+  metrics::WorkerMetrics* metrics = nullptr;  // optional; must outlive the service
   // CURVE when enabled: the data socket is a server (the context's ZAP handler
   // admits peers); control and next-stage links are clients of the keys the
   // setup and the plan name.
@@ -73,6 +73,12 @@ struct WorkerOptions {
   // registered as `nccl`, the coordinator groups it with them. Bounded waits:
   // forming the group once this stage is loaded, and any one transfer.
   bool nccl = true;
+  // Steps of fewer rows than this send their activations over ZeroMQ even
+  // when a link exists: a one-token step's 16 KB crosses through host memory
+  // in about half the time an NCCL call on the link's non-blocking
+  // communicator takes (BENCHMARKS.md, "two GPUs"); large steps gain from
+  // the link.
+  int64_t nccl_min_rows = 16;
   std::chrono::milliseconds nccl_connect_timeout{45000};
   std::chrono::milliseconds nccl_transfer_timeout{10000};
 };
@@ -180,18 +186,18 @@ class WorkerService {
 
   std::unique_ptr<StageExecutor> executor_;
   std::shared_ptr<NcclRendezvous> nccl_;  // of the latest assignment in an NCCL group
-  uint64_t plan_version_ = 0;  // of the stage held (or being loaded)
+  uint64_t plan_version_ = 0;             // of the stage held (or being loaded)
   std::future<Loaded> loading_;
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
-  wire::pb::Envelope forwarded_;  // a step's header as forwarded, when it differs
+  wire::pb::Envelope forwarded_;                 // a step's header as forwarded, when it differs
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.
   static constexpr std::chrono::seconds kLateStepLogInterval{1};
   Clock::time_point late_step_logged_{};
   int64_t late_steps_unlogged_ = 0;
-  ShardCacheStats reported_cache_stats_;         // what the metrics have counted
+  ShardCacheStats reported_cache_stats_;  // what the metrics have counted
   Clock::time_point cache_stats_logged_{};
 };
 

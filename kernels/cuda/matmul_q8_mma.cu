@@ -533,7 +533,7 @@ int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // How many blocks share each output tile's K range: when the tiles alone
 // leave SMs idle, the count (up to kMaxSplits, at least two K steps a block)
-// whose blocks best fill one wave, the smallest when several come within 5%.
+// whose blocks best fill one wave, the smallest of those within 5% of it.
 // Never more than a wave: the partial sums cost memory traffic of their own.
 int SplitsFor(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
   const int64_t tiles = CeilDiv(rows, kTileRows) * CeilDiv(n_tokens, kTileTokens);
@@ -547,7 +547,7 @@ int SplitsFor(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
     const int64_t blocks = tiles * CeilDiv(k_steps, CeilDiv(k_steps, z));
     if (blocks > slots) break;
     const double fill = static_cast<double>(blocks) / static_cast<double>(slots);
-    if (fill > best_fill + 0.05) {
+    if (fill > best_fill * 1.05) {
       best = static_cast<int>(z);
       best_fill = fill;
     }

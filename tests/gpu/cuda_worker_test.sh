@@ -53,7 +53,8 @@ start_cluster() {
       [ "$sizes" != "${sizes%%/*}" ] && budgets+=(--memory-budget "${sizes#*/}")
     fi
     "$BIN/chord-worker" --id "w$i" --coordinator "tcp://127.0.0.1:$CONTROL" --backend "$backend" \
-      --device "$device" --threads 2 --metrics-port -1 "${budgets[@]}" >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
+      --device "$device" --threads 2 --metrics-port -1 --nccl-min-rows 1 "${budgets[@]}" \
+      >"$WORK/w$i.log" 2>&1 & PIDS+=($!)
     i=$((i + 1))
   done
   for _ in $(seq 1 300); do
