@@ -15,9 +15,10 @@ namespace {
 // flight while this one is multiplied.
 constexpr int kTileRows = 64;
 constexpr int kTileTokens = 64;
-constexpr int kThreads = 128;
 constexpr int kStep = 256;  // elements of a K step: one Q4_K/Q6_K block, one activation record
-constexpr int kRecordSums = 256, kRecordScale = 272;  // byte offsets in a record
+// Byte offsets in a record: each 32 values' sum as 32 * high + low (high int8,
+// low 0..31), then the scale.
+constexpr int kRecordSumsHigh = 256, kRecordSumsLow = 264, kRecordScale = 272;
 constexpr int kTokenSlot = 304;  // bytes a record takes in shared memory: 76 words, so the
                                  // eight tokens of an mma tile start in banks 12g mod 32
 constexpr int kMaxSplits = 8;
@@ -34,14 +35,14 @@ struct Layout<kQ4_K> {
   static constexpr int kBlockBytes = 144;
   static constexpr int kSlot = 144;    // 36 words: rows g = 0..7 of a tile start in banks 4g
   static constexpr int kRowWords = 8;  // scales, mins (4 + 4 bytes each), d, dmin, padding
-  static constexpr int kBlocksPerSm = 3;
+  static constexpr int kThreads = 128, kTokenTiles = 4, kBlocksPerSm = 3;
 };
 template <>
 struct Layout<kQ6_K> {
   static constexpr int kBlockBytes = 210;
   static constexpr int kSlot = 224;    // at most 14 copies of 16 bytes (offset 14 + 210)
   static constexpr int kRowWords = 8;  // 16 signed scales (bytes), d, padding
-  static constexpr int kBlocksPerSm = 2;
+  static constexpr int kThreads = 128, kTokenTiles = 4, kBlocksPerSm = 2;
 };
 
 constexpr int kDecodedStride = kStep + 16;  // Q6_K rows decoded to int8: 68 words, banks 4g
@@ -61,6 +62,12 @@ __device__ __forceinline__ uint32_t Lds32Unaligned2(const uint8_t* p) {
   const auto address = reinterpret_cast<uintptr_t>(p);
   const auto* word = reinterpret_cast<const uint32_t*>(address & ~uintptr_t{3});
   return __funnelshift_r(word[0], word[1], static_cast<unsigned>(address & 3) * 8);
+}
+
+// An exact int -> float for |v| < 2^22 on the full-rate pipes: 1.5 * 2^23 + v
+// is a float whose last bits are v; subtracting 1.5 * 2^23 leaves v.
+__device__ __forceinline__ float SmallIntToFloat(int v) {
+  return __int_as_float(v + 0x4B400000) - 12582912.0f;
 }
 
 // Four bytes of 0..63 minus 32 each, with no borrow between bytes.
@@ -95,20 +102,21 @@ struct Problem {
   bool accumulate;
 };
 
-// What one thread copies each K step: two threads a weight row (alternate 16
-// bytes of its block) and two threads a token (one half of its record each).
+// What one thread copies each K step: kParts = threads / 64 threads a weight
+// row (every kParts-th 16 bytes of its block) and as many a token (every
+// kParts-th 16 bytes of its record).
 struct CopyPlan {
   const uint8_t* row;    // the thread's weight row
-  const uint8_t* token;  // its half of the token's first record
-  int r, half;
+  const uint8_t* token;  // its token's first record
+  int r, part;
   bool row_live, token_live;  // within the matrix, within the batch
 };
 
-template <uint32_t kType>
+template <int kParts>
 __device__ __forceinline__ CopyPlan PlanCopies(const Problem& p, int row0, int tok0) {
   CopyPlan plan;
-  plan.r = static_cast<int>(threadIdx.x) >> 1;
-  plan.half = static_cast<int>(threadIdx.x) & 1;
+  plan.r = static_cast<int>(threadIdx.x) / kParts;
+  plan.part = static_cast<int>(threadIdx.x) % kParts;
   // Rows and tokens past the matrix or batch copy nothing: their slots hold
   // stale bytes whose results are not stored.
   plan.row_live = row0 + plan.r < p.rows;
@@ -116,8 +124,7 @@ __device__ __forceinline__ CopyPlan PlanCopies(const Problem& p, int row0, int t
   const int row = min(row0 + plan.r, p.rows - 1);
   plan.row = p.w + static_cast<uint64_t>(row) * p.row_bytes;
   const int token = min(tok0 + plan.r, p.n_tokens - 1);
-  plan.token = p.x + static_cast<uint64_t>(token) * (p.cols / kStep) * kQ8KRecordBytes +
-               plan.half * (kQ8KRecordBytes / 2);
+  plan.token = p.x + static_cast<uint64_t>(token) * (p.cols / kStep) * kQ8KRecordBytes;
   return plan;
 }
 
@@ -128,7 +135,7 @@ __device__ __forceinline__ int BlockOffset(const uint8_t* row, int kb) {
   return static_cast<int>(reinterpret_cast<uintptr_t>(row + kb * Layout<kType>::kBlockBytes) & 15);
 }
 
-template <uint32_t kType>
+template <uint32_t kType, int kParts>
 __device__ __forceinline__ void IssueStage(const Problem& p, const CopyPlan& plan, int kb,
                                            uint8_t* stage) {
   using L = Layout<kType>;
@@ -138,7 +145,7 @@ __device__ __forceinline__ void IssueStage(const Problem& p, const CopyPlan& pla
   const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
   const int chunks = (offset + L::kBlockBytes + 15) / 16;
   uint8_t* slot = stage + plan.r * L::kSlot;
-  for (int c = plan.half; plan.row_live && c < chunks; c += 2) {
+  for (int c = plan.part; plan.row_live && c < chunks; c += kParts) {
     const uint8_t* src = first + 16 * c;
     const int64_t left = matrix_end - src;
     if (left >= 16) {
@@ -147,13 +154,13 @@ __device__ __forceinline__ void IssueStage(const Problem& p, const CopyPlan& pla
       CopyAsync16Partial(slot + 16 * c, src, static_cast<unsigned>(left));
     }
   }
-  const uint8_t* record = plan.token + static_cast<uint64_t>(kb) * kQ8KRecordBytes;
-  uint8_t* token_slot = stage + SharedLayout<kType>::kTokens + plan.r * kTokenSlot +
-                        plan.half * (kQ8KRecordBytes / 2);
   if (!plan.token_live) return;
+  const uint8_t* record = plan.token + static_cast<uint64_t>(kb) * kQ8KRecordBytes;
+  uint8_t* token_slot = stage + SharedLayout<kType>::kTokens + plan.r * kTokenSlot;
 #pragma unroll
-  for (int c = 0; c < kQ8KRecordBytes / 2 / 16; ++c)
+  for (int c = plan.part; c < kQ8KRecordBytes / 16; c += kParts) {
     CopyAsync16(token_slot + 16 * c, record + 16 * c);
+  }
 }
 
 // Four 8 x 16-byte matrices from shared memory, one register of each per
@@ -218,11 +225,27 @@ __device__ __forceinline__ int Byte(uint32_t word, int i) {
   return static_cast<int>((word >> (8 * i)) & 0xffu);
 }
 
-// One warp's 32 rows x 32 tokens over one Q4_K K step: eight 32-element
+// The B fragments of one 32-element sub-block for the warp's NT token tiles.
+template <int NT>
+__device__ __forceinline__ void LoadSubBlock(const uint8_t* b_rows, int sub, uint32_t (&b)[NT][2]) {
+#pragma unroll
+  for (int np = 0; np < NT / 2; ++np) {
+    uint32_t r[4];
+    LoadMatrices(b_rows + np * 16 * kTokenSlot + 32 * sub, r);
+    b[2 * np][0] = r[0];
+    b[2 * np][1] = r[1];
+    b[2 * np + 1][0] = r[2];
+    b[2 * np + 1][1] = r[3];
+  }
+}
+
+// One warp's 32 rows x 8 NT tokens over one Q4_K K step: eight 32-element
 // sub-blocks, an m16n8k32 per tile each, whose sums times the sub-block's
-// scale add up in iacc; then the block's float scales and mins apply.
+// scale add up in iacc; then the block's float scales and mins apply. Each
+// sub-block's fragments are loaded while the one before is multiplied.
+template <int NT>
 __device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint32_t* table, int wm,
-                                           int wn, int lane, float (&acc)[2][4][4]) {
+                                           int wn, int lane, float (&acc)[2][NT][4]) {
   using L = Layout<kQ4_K>;
   const int g = lane >> 2, t = lane & 3;
   const uint8_t* tokens = stage + SharedLayout<kQ4_K>::kTokens;
@@ -242,85 +265,100 @@ __device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint32_t*
       scales[mt][rr][1] = packed.y;
     }
   }
-  int iacc[2][4][4];
+  int iacc[2][NT][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) iacc[mt][nt][e] = 0;
     }
   }
-#pragma unroll 2
-  for (int pair = 0; pair < 4; ++pair) {
-    // The nibbles of sub-blocks 2 * pair (low) and 2 * pair + 1 (high) share bytes.
-    uint32_t raw[2][4];
+  // Sub-block 2p reads the low nibbles of pair p's bytes, 2p + 1 the high ones.
+  // Each sub-block's activation fragments (and each pair's weight bytes) load
+  // while the one before is multiplied; a loop over pairs, not unrolled, so
+  // that the compiler does not hoist every load and run out of registers.
+  uint32_t raw[2][4], b_even[NT][2], b_odd[NT][2];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) LoadMatrices(a_rows + mt * 16 * L::kSlot + 32 * pair, raw[mt]);
+  for (int mt = 0; mt < 2; ++mt) LoadMatrices(a_rows + mt * 16 * L::kSlot, raw[mt]);
+  LoadSubBlock(b_rows, 0, b_even);
+  const auto multiply = [&](const uint32_t(&a)[2][4], const uint32_t(&b)[NT][2], int sub) {
 #pragma unroll
-    for (int high = 0; high < 2; ++high) {
-      const int sub = 2 * pair + high;
-      uint32_t b[4][2];
+    for (int mt = 0; mt < 2; ++mt) {
+      const int shift = 8 * (sub % 4);
+      const int sc[2] = {
+          static_cast<int>(((sub < 4 ? scales[mt][0][0] : scales[mt][0][1]) >> shift) & 0xffu),
+          static_cast<int>(((sub < 4 ? scales[mt][1][0] : scales[mt][1][1]) >> shift) & 0xffu)};
 #pragma unroll
-      for (int np = 0; np < 2; ++np) {
-        uint32_t r[4];
-        LoadMatrices(b_rows + np * 16 * kTokenSlot + 32 * sub, r);
-        b[2 * np][0] = r[0];
-        b[2 * np][1] = r[1];
-        b[2 * np + 1][0] = r[2];
-        b[2 * np + 1][1] = r[3];
-      }
+      for (int nt = 0; nt < NT; ++nt) {
+        int c[4];
+        MmaK32(a[mt], b[nt], c);
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        uint32_t a[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) a[e] = (raw[mt][e] >> (4 * high)) & 0x0F0F0F0Fu;
-        const int sc[2] = {Byte(sub < 4 ? scales[mt][0][0] : scales[mt][0][1], sub % 4),
-                           Byte(sub < 4 ? scales[mt][1][0] : scales[mt][1][1], sub % 4)};
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          int c[4];
-          MmaK32(a, b[nt], c);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) iacc[mt][nt][e] += sc[e >> 1] * c[e];
-        }
+        for (int e = 0; e < 4; ++e) iacc[mt][nt][e] += sc[e >> 1] * c[e];
       }
     }
+  };
+#pragma unroll 1
+  for (int pair = 0; pair < 4; ++pair) {
+    uint32_t a[2][4];
+    LoadSubBlock(b_rows, 2 * pair + 1, b_odd);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[mt][e] = raw[mt][e] & 0x0F0F0F0Fu;
+    }
+    multiply(a, b_even, 2 * pair);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) a[mt][e] = (raw[mt][e] >> 4) & 0x0F0F0F0Fu;
+    }
+    if (pair < 3) {
+      LoadSubBlock(b_rows, 2 * pair + 2, b_even);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt)
+        LoadMatrices(a_rows + mt * 16 * L::kSlot + 32 * (pair + 1), raw[mt]);
+    }
+    multiply(a, b_odd, 2 * pair + 1);
   }
-  // value = d_act * (d * sum(sc * q_w q_a) - dmin * sum(m * sum(q_a))), the
-  // last sum over the eight sub-blocks with their int16 activation sums.
-  uint2 mins[2][2];
+  // value = d_act * (d * sum(sc * q_w q_a) - dmin * sum(m * sum(q_a))). The
+  // last sum, over the eight sub-blocks, is an m16n8k16 of the mins (k = the
+  // sub-block, 8 of 16 used) with the activation sums split as 32 hi + lo.
+  uint32_t min_rows[2][2];
   float2 scale[2][2];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr) {
       const uint32_t* entry = table + (wm + mt * 16 + g + 8 * rr) * L::kRowWords;
-      mins[mt][rr] = *reinterpret_cast<const uint2*>(entry + 2);
+      min_rows[mt][rr] = t < 2 ? entry[2 + t] : 0u;
       scale[mt][rr] = *reinterpret_cast<const float2*>(entry + 4);
     }
   }
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt) {
+  for (int nt = 0; nt < NT; ++nt) {
+    const uint8_t* record = tokens + (wn + nt * 8 + g) * kTokenSlot;
+    const uint32_t sums_hi =
+        t < 2 ? *reinterpret_cast<const uint32_t*>(record + kRecordSumsHigh + 4 * t) : 0u;
+    const uint32_t sums_lo =
+        t < 2 ? *reinterpret_cast<const uint32_t*>(record + kRecordSumsLow + 4 * t) : 0u;
+    float d_act[2];
 #pragma unroll
     for (int jt = 0; jt < 2; ++jt) {
-      const uint8_t* record = tokens + (wn + nt * 8 + 2 * t + jt) * kTokenSlot;
-      const uint4 sums = *reinterpret_cast<const uint4*>(record + kRecordSums);
-      const float d_act = *reinterpret_cast<const float*>(record + kRecordScale);
+      d_act[jt] = *reinterpret_cast<const float*>(tokens + (wn + nt * 8 + 2 * t + jt) * kTokenSlot +
+                                                  kRecordScale);
+    }
 #pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
+    for (int mt = 0; mt < 2; ++mt) {
+      int hi[4], lo[4];
+      MmaK16(min_rows[mt], sums_hi, hi);
+      MmaK16(min_rows[mt], sums_lo, lo);
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-          const uint2 m = mins[mt][rr];
-          int sum_mins = __dp2a_lo(static_cast<int>(sums.x), static_cast<int>(m.x), 0);
-          sum_mins = __dp2a_hi(static_cast<int>(sums.y), static_cast<int>(m.x), sum_mins);
-          sum_mins = __dp2a_lo(static_cast<int>(sums.z), static_cast<int>(m.y), sum_mins);
-          sum_mins = __dp2a_hi(static_cast<int>(sums.w), static_cast<int>(m.y), sum_mins);
-          const int e = 2 * rr + jt;
-          const float v = scale[mt][rr].x * static_cast<float>(iacc[mt][nt][e]) -
-                          scale[mt][rr].y * static_cast<float>(sum_mins);
-          acc[mt][nt][e] = fmaf(d_act, v, acc[mt][nt][e]);
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int rr = e >> 1;
+        const float v = scale[mt][rr].x * static_cast<float>(iacc[mt][nt][e]) -
+                        scale[mt][rr].y * SmallIntToFloat(32 * hi[e] + lo[e]);
+        acc[mt][nt][e] = fmaf(d_act[e & 1], v, acc[mt][nt][e]);
       }
     }
   }
@@ -405,11 +443,13 @@ __device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t*
   }
 }
 
+// kThreadsT threads, warps of 32 rows x 8 NT tokens (2 x 64 / (8 NT) warps).
 // Registers bound the blocks an SM holds as much as shared memory does: the
-// launch bounds ask for as many as the shared memory allows.
-template <uint32_t kType>
-__global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
-    MatMulQ8MmaKernel(Problem p) {
+// launch bounds ask for kMinBlocks.
+template <uint32_t kType, int kThreadsT, int NT, int kMinBlocks>
+__global__ void __launch_bounds__(kThreadsT, kMinBlocks) MatMulQ8MmaKernel(Problem p) {
+  static_assert(kThreadsT == 2 * (kTileTokens / (8 * NT)) * 32, "warps cover the tile");
+  constexpr int kParts = kThreadsT / kTileRows;
   extern __shared__ __align__(16) uint8_t shared[];
   using L = Layout<kType>;
   using SL = SharedLayout<kType>;
@@ -422,14 +462,14 @@ __global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
   const int kb_end = min(k_steps, kb_begin + p.steps_per_split);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int g = lane >> 2, t = lane & 3;
-  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 32;
-  const CopyPlan plan = PlanCopies<kType>(p, row0, tok0);
+  const int wm = (warp & 1) * 32, wn = (warp >> 1) * 8 * NT;
+  const CopyPlan plan = PlanCopies<kParts>(p, row0, tok0);
 
-  float acc[2][4][4];
+  float acc[2][NT][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
     }
@@ -442,13 +482,13 @@ __global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
   const auto step_at = [&](int i) {
     return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
   };
-  IssueStage<kType>(p, plan, step_at(0), shared);
+  IssueStage<kType, kParts>(p, plan, step_at(0), shared);
   CommitCopies();
   for (int i = 0; i < steps; ++i) {
     const int kb = step_at(i);
     uint8_t* stage = shared + (i & 1) * SL::kStageBytes;
     if (i + 1 < steps) {
-      IssueStage<kType>(p, plan, step_at(i + 1), shared + ((i + 1) & 1) * SL::kStageBytes);
+      IssueStage<kType, kParts>(p, plan, step_at(i + 1), shared + ((i + 1) & 1) * SL::kStageBytes);
       CommitCopies();
       WaitForCopiesBut<1>();
     } else {
@@ -456,19 +496,22 @@ __global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
     }
     __syncthreads();
     // The scale table (and Q6_K's decoded rows) of this step, two threads a row.
-    const uint8_t* block = stage + plan.r * L::kSlot + BlockOffset<kType>(plan.row, kb);
-    if constexpr (kType == kQ4_K) {
-      DecodeQ4KRow(block, plan.half, table + plan.r * L::kRowWords);
-    } else {
-      DecodeQ6KRow(block, plan.half, table + plan.r * L::kRowWords,
-                   decoded + plan.r * kDecodedStride);
+    if (plan.part < 2) {
+      const uint8_t* block = stage + plan.r * L::kSlot + BlockOffset<kType>(plan.row, kb);
+      if constexpr (kType == kQ4_K) {
+        DecodeQ4KRow(block, plan.part, table + plan.r * L::kRowWords);
+      } else {
+        DecodeQ6KRow(block, plan.part, table + plan.r * L::kRowWords,
+                     decoded + plan.r * kDecodedStride);
+      }
     }
     __syncthreads();
     // A warp whose rows or tokens all lie past the matrix or batch has nothing to add.
     if (row0 + wm < p.rows && tok0 + wn < p.n_tokens) {
       if constexpr (kType == kQ4_K) {
-        ComputeQ4K(stage, table, wm, wn, lane, acc);
+        ComputeQ4K<NT>(stage, table, wm, wn, lane, acc);
       } else {
+        static_assert(NT == 4, "the Q6_K path takes four token tiles a warp");
         ComputeQ6K(stage, table, decoded, wm, wn, lane, acc);
       }
     }
@@ -480,7 +523,7 @@ __global__ void __launch_bounds__(kThreads, Layout<kType>::kBlocksPerSm)
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int row = row0 + wm + mt * 16 + g + 8 * (i >> 1);
@@ -523,9 +566,11 @@ __global__ void QuantizeQ8KKernel(const float* __restrict__ x, int64_t records,
   sum += __shfl_xor_sync(0xffffffffu, sum, 2);
   uint8_t* record_out = out + record * kQ8KRecordBytes;
   *reinterpret_cast<uint2*>(record_out + lane * 8) = make_uint2(packed[0], packed[1]);
-  if (lane % 4 == 0)
-    *reinterpret_cast<int16_t*>(record_out + kRecordSums + (lane / 4) * 2) =
-        static_cast<int16_t>(sum);
+  if (lane % 4 == 0) {
+    // |sum| <= 32 * 127: sum >> 5 fits int8, sum & 31 is 0..31.
+    record_out[kRecordSumsHigh + lane / 4] = static_cast<uint8_t>(static_cast<int8_t>(sum >> 5));
+    record_out[kRecordSumsLow + lane / 4] = static_cast<uint8_t>(sum & 31);
+  }
   if (lane == 0) *reinterpret_cast<float*>(record_out + kRecordScale) = d;
 }
 
@@ -557,16 +602,15 @@ int SplitsFor(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
 
 // The kernel's dynamic shared memory exceeds the default 48 KB: raised once
 // per device (a bit per device in `done`).
-template <uint32_t kType>
+template <auto kKernel, uint32_t kType>
 cudaError_t AllowSharedMemory() {
   static std::atomic<uint64_t> done{0};
   int device = 0;
   if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   const uint64_t bit = uint64_t{1} << (device % 64);
   if (done.load(std::memory_order_acquire) & bit) return cudaSuccess;
-  const cudaError_t e =
-      cudaFuncSetAttribute(MatMulQ8MmaKernel<kType>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                           SharedLayout<kType>::kBytes);
+  const cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             SharedLayout<kType>::kBytes);
   if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
   return e;
 }
@@ -630,16 +674,19 @@ cudaError_t LaunchMatMulQ8Mma(const DeviceMatrix& w, const void* x, int n_tokens
                   split ? scratch : y,
                   split ? false : accumulate};
   cudaError_t launched = cudaSuccess;
-  const auto launch = [&]<uint32_t kType>() {
-    launched = AllowSharedMemory<kType>();
+  const auto launch = [&]<uint32_t kType, int kThreadsT, int NT, int kMinBlocks>() {
+    constexpr auto kernel = MatMulQ8MmaKernel<kType, kThreadsT, NT, kMinBlocks>;
+    launched = AllowSharedMemory<kernel, kType>();
     if (launched != cudaSuccess) return;
-    MatMulQ8MmaKernel<kType><<<grid, kThreads, SharedLayout<kType>::kBytes, stream>>>(p);
+    kernel<<<grid, kThreadsT, SharedLayout<kType>::kBytes, stream>>>(p);
     launched = cudaGetLastError();
   };
   if (w.type == kQ4_K) {
-    launch.template operator()<kQ4_K>();
+    using L = Layout<kQ4_K>;
+    launch.template operator()<kQ4_K, L::kThreads, L::kTokenTiles, L::kBlocksPerSm>();
   } else {
-    launch.template operator()<kQ6_K>();
+    using L = Layout<kQ6_K>;
+    launch.template operator()<kQ6_K, L::kThreads, L::kTokenTiles, L::kBlocksPerSm>();
   }
   if (launched != cudaSuccess || !split) return launched;
   return LaunchSumSplits(scratch, static_cast<int>(grid.z), static_cast<int64_t>(n_tokens) * w.rows,

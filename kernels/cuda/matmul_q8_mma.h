@@ -23,8 +23,9 @@ namespace chord::cuda {
 
 // Activations rounded for this product: for each token, for each 256-element
 // block of its row, a record of kQ8KRecordBytes: the 256 values rounded to
-// int8 (bytes 0-255), the sums of each 32 of them (int16, bytes 256-271),
-// the value of one step (float, bytes 272-275; amax / 127), then padding.
+// int8 (bytes 0-255), the sum of each 32 of them as 32 * high + low (high:
+// int8, bytes 256-263; low: 0..31, bytes 264-271), the value of one step
+// (float, bytes 272-275; amax / 127), then padding.
 inline constexpr int kQ8KRecordBytes = 288;
 
 // Bytes of the records of n_tokens rows of cols (a multiple of 256).
@@ -49,7 +50,8 @@ size_t MatMulQ8MmaScratchFloats(const DeviceMatrix& w, int n_tokens);
 // split K and LaunchSumSplits (matmul_mma.h) adds their partial sums in a
 // fixed order; without, one block per output tile. The result does not depend
 // on scheduling either way.
-cudaError_t LaunchMatMulQ8Mma(const DeviceMatrix& w, const void* x, int n_tokens, float* y, bool accumulate,
-                              float* scratch, size_t scratch_floats, cudaStream_t stream);
+cudaError_t LaunchMatMulQ8Mma(const DeviceMatrix& w, const void* x, int n_tokens, float* y,
+                              bool accumulate, float* scratch, size_t scratch_floats,
+                              cudaStream_t stream);
 
 }  // namespace chord::cuda

@@ -49,9 +49,9 @@ Rounded CopyRounded(const DeviceBuffer& records, int n, int64_t cols) {
     r.q.insert(r.q.end(), reinterpret_cast<const int8_t*>(record),
                reinterpret_cast<const int8_t*>(record) + 256);
     for (int s = 0; s < 8; ++s) {
-      int16_t sum;
-      std::memcpy(&sum, record + 256 + 2 * s, 2);
-      r.sums.push_back(sum);
+      r.sums.push_back(
+          static_cast<int16_t>(32 * static_cast<int8_t>(record[256 + s]) + record[264 + s]));
+      EXPECT_LT(record[264 + s], 32);
     }
     float d;
     std::memcpy(&d, record + 272, 4);
