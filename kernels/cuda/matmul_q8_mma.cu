@@ -1,8 +1,9 @@
+#include "kernels/cuda/matmul_q8_mma.h"
+
 #include <algorithm>
 #include <atomic>
 
 #include "kernels/cuda/matmul_mma.h"
-#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {
