@@ -89,4 +89,12 @@ class NcclLink {
   int n_ranks_;
 };
 
+// Whether a stage sends a step of `rows` rows to the next stage over `link`:
+// the link exists, has a next rank and works, and the step has at least
+// `min_rows` rows (smaller ones ride the ZeroMQ message, which is faster for
+// them; the header tells the receiver which way the rows come).
+inline bool SendsOverLink(const NcclLink* link, int64_t rows, int64_t min_rows) {
+  return link != nullptr && link->has_next() && !link->broken() && rows >= min_rows;
+}
+
 }  // namespace chord

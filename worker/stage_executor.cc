@@ -151,8 +151,7 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
       token_ids_.push_back(static_cast<int32_t>(chunk.token_ids(i)));
     }
   }
-  const bool send_rows =
-      link_ != nullptr && link_->has_next() && !link_->broken() && total >= link_min_rows_;
+  const bool send_rows = SendsOverLink(link_.get(), total, link_min_rows_);
   const int64_t trailing = TrailingSampledRows(step);
   const bool whole_step = limits.first_stage && is_last() && !rows_received && !send_rows &&
                           compute_->can_forward() && trailing >= 0;
