@@ -192,16 +192,15 @@ TEST(MatMulQ8MmaTest, RefusesWhatItDoesNotRead) {
   EXPECT_FALSE(MatMulQ8MmaSupports(matrix(DType::kQ8_0, 4096, bytes)));
   EXPECT_FALSE(MatMulQ8MmaSupports(matrix(DType::kQ5_K, 4096, bytes)));
   EXPECT_FALSE(MatMulQ8MmaSupports(matrix(DType::kQ4_K, 4096, bytes + 4)));  // not 16-byte aligned
-  alignas(16) static uint8_t wide[64];
-  const DeviceMatrix square{static_cast<uint32_t>(DType::kQ4_K), 4096, 4096, 2304, wide};
+  const DeviceMatrix square{static_cast<uint32_t>(DType::kQ4_K), 4096, 4096, 2304, bytes};
   EXPECT_GT(MatMulQ8MmaScratchFloats(square, 64), 0u);  // 64 row tiles: too few blocks alone
-  const DeviceMatrix one_step{static_cast<uint32_t>(DType::kQ4_K), 4096, 256, 144, wide};
+  const DeviceMatrix one_step{static_cast<uint32_t>(DType::kQ4_K), 4096, 256, 144, bytes};
   EXPECT_EQ(MatMulQ8MmaScratchFloats(one_step, 64), 0u);  // one K step: nothing to split
-  const DeviceMatrix tall{static_cast<uint32_t>(DType::kQ4_K), 11008, 4096, 2304, wide};
+  const DeviceMatrix tall{static_cast<uint32_t>(DType::kQ4_K), 11008, 4096, 2304, bytes};
   EXPECT_EQ(MatMulQ8MmaScratchFloats(tall, 128), 0u);  // 344 tiles nearly fill a wave
   const DeviceMatrix none{static_cast<uint32_t>(DType::kQ4_K), 64, 256, 144, nullptr};
-  EXPECT_NE(LaunchMatMulQ8Mma(none, wide, 16, nullptr, false, nullptr, 0, nullptr), cudaSuccess);
-  EXPECT_NE(LaunchMatMulQ8Mma(square, wide + 4, 16, nullptr, false, nullptr, 0, nullptr),
+  EXPECT_NE(LaunchMatMulQ8Mma(none, bytes, 16, nullptr, false, nullptr, 0, nullptr), cudaSuccess);
+  EXPECT_NE(LaunchMatMulQ8Mma(square, bytes + 4, 16, nullptr, false, nullptr, 0, nullptr),
             cudaSuccess);
 }
 
