@@ -11,6 +11,11 @@
 //   cuda_bench --model /tmp/l7.gguf --stream-budget 0.5
 //   cuda_bench --int8-microbench [--int8-only "q4_K 11008x4096 n=1"]
 //   cuda_bench --microbench-only [--microbench-tokens 16,64,128]
+//
+// With --profile decode|prefill|batch only one step runs inside the profiler's
+// range (cudaProfilerStart/Stop), for `ncu --profile-from-start off`: a batch-1
+// decode step, one prefill, or the last step of the first --batches size.
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -115,8 +120,9 @@ std::vector<int32_t> Prompt(int64_t n, int64_t n_vocab, int64_t seed) {
 
 // Prefills `slots` sequences with `prompt_len` tokens each, then decodes
 // `steps` tokens for all of them in one batch per step; returns decode seconds.
+// With `profile_last_step` the last step runs inside the profiler's range.
 absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prompt_len,
-                                   int64_t steps) {
+                                   int64_t steps, bool profile_last_step = false) {
   const int64_t n_vocab = stage.config().n_vocab;
   std::vector<float> logits(static_cast<size_t>(slots * n_vocab));
   for (int64_t s = 0; s < slots; ++s) {
@@ -132,7 +138,10 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
       tokens[s] = static_cast<int32_t>((step * 31 + s) % n_vocab);
       batch[s] = {s, prompt_len + step};
     }
+    const bool profiled = profile_last_step && step + 1 == steps;
+    if (profiled) cudaProfilerStart();
     RETURN_IF_ERROR(stage.Forward(tokens, batch, slots, logits.data()));
+    if (profiled) cudaProfilerStop();
   }
   return Seconds(start);
 }
@@ -386,6 +395,7 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
 int Run(int argc, char** argv) {
   CLI::App app{"chord CUDA stage benchmark"};
   std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
+  std::string profile;
   bool make_model = false;
   int64_t decode_steps = 128, prefill_len = 512, prompt_len = 128;
   int64_t gemm_min_tokens = CudaStageOptions{}.gemm_min_tokens;
@@ -441,6 +451,10 @@ int Run(int argc, char** argv) {
          "from pinned host memory); 0: skip")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
+  app.add_option("--profile", profile,
+                 "run one step inside the profiler's range: a batch-1 decode step, one prefill, or "
+                 "the last step of the first --batches size")
+      ->check(CLI::IsMember({"decode", "prefill", "batch"}));
   CLI11_PARSE(app, argc, argv);
   if (int8_microbench) {
     auto copy = CopyBandwidth();
@@ -510,7 +524,7 @@ int Run(int argc, char** argv) {
   // Batch-1 decode after a 16-token prompt; the first steps warm up.
   auto one = DecodeBatch(**stage, 1, 16, 8);
   BENCH_CHECK(one.status());
-  one = DecodeBatch(**stage, 1, 16, decode_steps);
+  one = DecodeBatch(**stage, 1, 16, decode_steps, profile == "decode");
   BENCH_CHECK(one.status());
   const double tps = static_cast<double>(decode_steps) / *one;
   const double achieved = weight_gb * 1e9 * tps;
@@ -531,12 +545,18 @@ int Run(int argc, char** argv) {
     const int reps = 5;
     for (int i = 0; i < reps; ++i) BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
     const double prefill_s = Seconds(start) / reps;
+    if (profile == "prefill") {
+      cudaProfilerStart();
+      BENCH_CHECK((*stage)->Forward(prompt, batch, 1, logits.data()));
+      cudaProfilerStop();
+    }
     std::printf("prefill %ld tokens: %.1f ms, %.0f tok/s\n", static_cast<long>(prefill_len),
                 prefill_s * 1e3, static_cast<double>(prefill_len) / prefill_s);
   }
 
   for (const int64_t b : batch_sizes) {
-    auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps);
+    auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps,
+                               profile == "batch" && b == batch_sizes[0]);
     BENCH_CHECK(seconds.status());
     std::printf(
         "aggregate decode %ld sequences (%ld-token prompts, %ld new): %.0f tok/s, %.2f ms/step\n",

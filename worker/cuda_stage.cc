@@ -24,6 +24,9 @@ using cuda::DeviceMatrix;
 
 namespace {
 
+// Prompt tokens a tile of tiled attention must hold on average to be used.
+constexpr size_t kMinRowsPerTile = 4;
+
 struct GpuMatrix {
   DeviceMatrix view;
   DeviceBuffer storage;
@@ -113,6 +116,11 @@ struct CudaStage::Impl {
   } rounded;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   std::vector<cuda::TokenSlot> host_tokens;
+  // Prompt-shaped batches attend in tiles (cuda::LaunchTiledAttention) when
+  // n_attention_tiles > 0; the tiles are in attention_tiles.
+  std::vector<cuda::AttentionTile> host_tiles;
+  DeviceBuffer attention_tiles;
+  int n_attention_tiles = 0;
 
   // Captured one-token work: the whole-model decode step (embedding, layers,
   // logits) and a pipeline stage's layer pass. Graphs bake in buffer
@@ -162,6 +170,10 @@ struct CudaStage::Impl {
   // out of the same launch.
   absl::Status Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next);
   absl::Status UploadBatch(std::span<const BatchToken> batch);
+  cuda::AttentionParams AttentionParamsFor() const {
+    return {static_cast<int>(config.n_head), static_cast<int>(config.n_head_kv),
+            static_cast<int>(config.head_dim), options.exact};
+  }
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
   absl::Status EmbedKernel(int64_t n);
@@ -189,6 +201,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(gate, f(ff)));
   RETURN_IF_ERROR(Ensure(up, f(ff)));
   RETURN_IF_ERROR(Ensure(tokens, static_cast<size_t>(n) * sizeof(cuda::TokenSlot)));
+  RETURN_IF_ERROR(Ensure(attention_tiles, static_cast<size_t>(n) * sizeof(cuda::AttentionTile)));
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
   if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
   // Allocated here, not on first use: the decode graph bakes in its address.
@@ -338,6 +351,18 @@ absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
   CHORD_CUDA_RETURN(cudaMemcpyAsync(tokens.data(), host_tokens.data(),
                                     host_tokens.size() * sizeof(cuda::TokenSlot),
                                     cudaMemcpyHostToDevice, s()));
+  // Tiles only where they hold several tokens on average (a prompt, a chunk
+  // of one): a batch of one token per sequence attends token by token.
+  n_attention_tiles = 0;
+  if (!options.exact && cuda::TiledAttentionSupports(AttentionParamsFor(), KvFor(0))) {
+    host_tiles = cuda::PlanAttentionTiles(host_tokens);
+    if (host_tiles.size() * kMinRowsPerTile <= host_tokens.size()) {
+      CHORD_CUDA_RETURN(cudaMemcpyAsync(attention_tiles.data(), host_tiles.data(),
+                                        host_tiles.size() * sizeof(cuda::AttentionTile),
+                                        cudaMemcpyHostToDevice, s()));
+      n_attention_tiles = static_cast<int>(host_tiles.size());
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -417,9 +442,7 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                         config.rope_freq_base,
                         config.rope_freq_scale,
                         config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
-  const cuda::AttentionParams attention{static_cast<int>(config.n_head),
-                                        static_cast<int>(config.n_head_kv),
-                                        static_cast<int>(config.head_dim), options.exact};
+  const cuda::AttentionParams attention = AttentionParamsFor();
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
   RETURN_IF_ERROR(
       MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
@@ -428,8 +451,14 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                                      static_cast<int>(config.n_head_kv), nt, slots, rope, s()));
   const cuda::KvLayer kv = KvFor(index);
   CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
-  CHORD_CUDA_RETURN(
-      cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+  if (n_attention_tiles > 0) {
+    CHORD_CUDA_RETURN(cuda::LaunchTiledAttention(attention, kv, q.as<float>(), slots,
+                                                 attention_tiles.as<cuda::AttentionTile>(),
+                                                 n_attention_tiles, attn.as<float>(), s()));
+  } else {
+    CHORD_CUDA_RETURN(
+        cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+  }
   ForgetRounded();  // attn, and below gate, are read by one product each
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
@@ -577,6 +606,10 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
       options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
+  }
+  if (config.head_dim <= 0 || config.head_dim > 256) {
+    return absl::UnimplementedError(absl::StrFormat(
+        "the CUDA backend's attention takes head dimensions up to 256, not %d", config.head_dim));
   }
   const int64_t resident_end = streamed.source != nullptr ? streamed.first : range.end;
   if (resident_end < range.first || resident_end > range.end) {

@@ -1,44 +1,102 @@
-#include "kernels/cuda/attention.h"
-
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <type_traits>
+
+#include "kernels/cuda/attention.h"
 
 namespace chord::cuda {
 namespace {
 
-// Warps per (head, token), each taking every kWarps-th position: 16 for
-// decode-sized grids (the chain of per-position dot products a warp walks is
-// a quarter as long: llama2-7b batch-1 decode 312 -> 361 tok/s), 4 for large
-// ones (prefill of 512 tokens lost 10% with 16).
+// Warps per (head, token), each taking its own positions: 16 for decode-sized
+// grids (the chain of per-position dot products a warp walks is a quarter as
+// long: llama2-7b batch-1 decode 312 -> 361 tok/s), 4 for large ones (prefill
+// of 512 tokens lost 10% with 16).
 constexpr int kDecodeWarps = 16;
 constexpr int kPrefillWarps = 4;
 constexpr int kDecodeMaxBlocks = 512;  // (head, token) pairs that still get kDecodeWarps
-constexpr int kMaxDimsPerLane = 8;  // head_dim <= 256
+constexpr int kMaxHeadDim = 256;
+// Cache rows are read in chunks of 16 bytes (or of one element where
+// head_dim is not a multiple of 16 bytes); a lane holds at most 8 floats of a
+// row (one chunk of halves or two of floats at head_dim 256).
+constexpr int kLaneFloats = 8;
+// Steps of positions a warp has in flight at once (each step: every lane one
+// chunk): at 4 a warp keeps 2 KB of loads outstanding.
+constexpr int kUnroll = 4;
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v) {
-  if constexpr (sizeof(T) == 2) {
-    return __half2float(v);
-  } else {
-    return v;
-  }
+// How a warp's 32 lanes cover cache rows of `chunks` chunks:
+// `lanes` (a power of two) share a row, `per_warp` rows side by side,
+// `per_lane` chunks each lane takes (lane + i * lanes).
+struct RowLayout {
+  int chunks, lanes, per_warp, per_lane;
+};
+
+__host__ __device__ inline RowLayout MakeRowLayout(int chunks) {
+  int lanes = 1;
+  while (lanes < chunks && lanes < 32) lanes *= 2;
+  return {chunks, lanes, 32 / lanes, (chunks + lanes - 1) / lanes};
 }
 
-// One block per (head, token). Scores live in shared memory (n_ctx floats);
-// each warp takes every kWarps-th position, then the warps' partial outputs
-// are summed in a fixed order.
-template <typename T, int kWarps>
+// A chunk of kElements cache elements: one 16-byte load, or one element.
+template <typename T, int kElements>
+struct Chunk {
+  using Raw = std::conditional_t<kElements == 1, T, uint4>;
+  static_assert(kElements == 1 || kElements * sizeof(T) == sizeof(uint4));
+
+  static __device__ __forceinline__ Raw Load(const T* p) {
+    return __ldg(reinterpret_cast<const Raw*>(p));
+  }
+  static __device__ __forceinline__ Raw Zero() {
+    if constexpr (kElements == 1) {
+      return T(0.0f);
+    } else {
+      return make_uint4(0, 0, 0, 0);
+    }
+  }
+  static __device__ __forceinline__ void ToFloats(const Raw& raw, float* out) {
+    if constexpr (kElements == 1) {
+      if constexpr (sizeof(T) == 2) {
+        out[0] = __half2float(raw);
+      } else {
+        out[0] = raw;
+      }
+    } else if constexpr (sizeof(T) == 2) {
+      const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 f = __half22float2(h[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+      }
+    } else {
+      out[0] = __uint_as_float(raw.x);
+      out[1] = __uint_as_float(raw.y);
+      out[2] = __uint_as_float(raw.z);
+      out[3] = __uint_as_float(raw.w);
+    }
+  }
+};
+
+// One block per (head, token). Positions go to warps in steps of
+// `per_warp` rows (warp w takes steps w, w + kWarps, ...), kUnroll steps'
+// loads issued before any is used. Scores live in shared memory (n_ctx
+// floats); every sum has an order fixed by head_dim and kWarps alone, so a
+// token's result does not depend on the rest of the batch.
+template <typename T, int kWarps, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
                     const TokenSlot* __restrict__ tokens, float* __restrict__ out, float scale) {
+  using C = Chunk<T, kChunk>;
+  constexpr int kMaxPerLane = kLaneFloats / kChunk;
   extern __shared__ float smem[];
   float* scores = smem;  // n_ctx
-  __shared__ float partial_out[kWarps][kMaxDimsPerLane * 32];
+  __shared__ float partial_out[kWarps][kMaxHeadDim];
   __shared__ float reduce[kWarps];
   __shared__ double reduce_sum[kWarps];
   const int head = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const RowLayout layout = MakeRowLayout(p.head_dim / kChunk);
+  const int sub = lane / layout.lanes, part = lane % layout.lanes;
   const int n_kv = tokens[t].position + 1;
   const int group = p.n_heads / p.n_kv_heads;
   const int64_t kv_offset = static_cast<int64_t>(head / group) * p.head_dim;
@@ -46,23 +104,62 @@ __global__ void __launch_bounds__(kWarps * 32)
   const T* keys = static_cast<const T*>(cache.keys) + row0 * cache.n_embd_kv + kv_offset;
   const T* values = static_cast<const T*>(cache.values) + row0 * cache.n_embd_kv + kv_offset;
   const float* qh = q + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
+  const int positions_per_pass = kWarps * kUnroll * layout.per_warp;
+  const int first = (warp * kUnroll) * layout.per_warp + sub;  // + u * per_warp + pass
 
-  float qreg[kMaxDimsPerLane];
+  bool chunk_valid[kMaxPerLane];
+  float qreg[kMaxPerLane][kChunk];
 #pragma unroll
-  for (int j = 0; j < kMaxDimsPerLane; ++j) qreg[j] = lane + 32 * j < p.head_dim ? qh[lane + 32 * j] : 0.0f;
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    const int c = part + i * layout.lanes;
+    chunk_valid[i] = i < layout.per_lane && c < layout.chunks;
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) qreg[i][e] = chunk_valid[i] ? qh[c * kChunk + e] : 0.0f;
+  }
+
+  // This lane's chunks of kUnroll steps of positions from `rows` (the keys or
+  // the values), zeros past the token's position.
+  const auto load_steps = [&](const T* rows, int pass,
+                              typename C::Raw(&raw)[kUnroll][kMaxPerLane]) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int pos = pass + first + u * layout.per_warp;
+      const T* row = rows + static_cast<int64_t>(pos) * cache.n_embd_kv;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        raw[u][i] = pos < n_kv && chunk_valid[i] ? C::Load(row + (part + i * layout.lanes) * kChunk)
+                                                 : C::Zero();
+      }
+    }
+  };
 
   float local_max = -INFINITY;
-  for (int pos = warp; pos < n_kv; pos += kWarps) {
-    const T* k = keys + static_cast<int64_t>(pos) * cache.n_embd_kv;
-    float dot = 0.0f;
+  for (int pass = 0; pass < n_kv; pass += positions_per_pass) {
+    typename C::Raw raw[kUnroll][kMaxPerLane];
+    load_steps(keys, pass, raw);
 #pragma unroll
-    for (int j = 0; j < kMaxDimsPerLane; ++j) {
-      if (lane + 32 * j < p.head_dim) dot += qreg[j] * ToFloat(k[lane + 32 * j]);
+    for (int u = 0; u < kUnroll; ++u) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        float k[kChunk];
+        C::ToFloats(raw[u][i], k);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) dot += qreg[i][e] * k[e];
+      }
+      for (int offset = layout.lanes / 2; offset > 0; offset /= 2) {
+        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      }
+      dot *= scale;
+      const int pos = pass + first + u * layout.per_warp;
+      if (pos < n_kv) {
+        if (part == 0) scores[pos] = dot;
+        local_max = fmaxf(local_max, dot);
+      }
     }
-    for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-    dot *= scale;
-    if (lane == 0) scores[pos] = dot;
-    local_max = fmaxf(local_max, dot);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
   }
   if (lane == 0) reduce[warp] = local_max;
   __syncthreads();
@@ -84,20 +181,39 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int w = 0; w < kWarps; ++w) sum += reduce_sum[w];
   const float inv = static_cast<float>(1.0 / sum);
 
-  float acc[kMaxDimsPerLane];
+  float acc[kMaxPerLane][kChunk];
 #pragma unroll
-  for (int j = 0; j < kMaxDimsPerLane; ++j) acc[j] = 0.0f;
-  for (int pos = warp; pos < n_kv; pos += kWarps) {
-    const T* v = values + static_cast<int64_t>(pos) * cache.n_embd_kv;
-    const float weight = scores[pos] * inv;
+  for (int i = 0; i < kMaxPerLane; ++i) {
 #pragma unroll
-    for (int j = 0; j < kMaxDimsPerLane; ++j) {
-      if (lane + 32 * j < p.head_dim) acc[j] += weight * ToFloat(v[lane + 32 * j]);
+    for (int e = 0; e < kChunk; ++e) acc[i][e] = 0.0f;
+  }
+  for (int pass = 0; pass < n_kv; pass += positions_per_pass) {
+    typename C::Raw raw[kUnroll][kMaxPerLane];
+    load_steps(values, pass, raw);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int pos = pass + first + u * layout.per_warp;
+      const float weight = pos < n_kv ? scores[pos] * inv : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        float v[kChunk];
+        C::ToFloats(raw[u][i], v);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) acc[i][e] += weight * v[e];
+      }
     }
   }
+  // The rows side by side in a warp, then the warps in order.
 #pragma unroll
-  for (int j = 0; j < kMaxDimsPerLane; ++j) {
-    if (lane + 32 * j < p.head_dim) partial_out[warp][lane + 32 * j] = acc[j];
+  for (int i = 0; i < kMaxPerLane; ++i) {
+#pragma unroll
+    for (int e = 0; e < kChunk; ++e) {
+      for (int offset = layout.lanes; offset < 32; offset *= 2) {
+        acc[i][e] += __shfl_xor_sync(0xffffffffu, acc[i][e], offset);
+      }
+      if (sub == 0 && chunk_valid[i])
+        partial_out[warp][(part + i * layout.lanes) * kChunk + e] = acc[i][e];
+    }
   }
   __syncthreads();
   float* oh = out + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
@@ -111,29 +227,33 @@ __global__ void __launch_bounds__(kWarps * 32)
 }  // namespace
 
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
-                            int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream) {
-  if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > 32 * kMaxDimsPerLane ||
+                            int n_tokens, const TokenSlot* tokens, float* out,
+                            cudaStream_t stream) {
+  if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > kMaxHeadDim ||
       params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0) {
     return cudaErrorInvalidValue;
   }
   const size_t shared = static_cast<size_t>(cache.n_ctx) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(params.n_heads), static_cast<unsigned>(n_tokens));
   const float scale = 1.0f / std::sqrt(static_cast<float>(params.head_dim));
+  const bool decode =
+      params.batch_invariant || static_cast<int64_t>(n_tokens) * params.n_heads <= kDecodeMaxBlocks;
   const auto launch = [&]<typename T, int kWarps>() -> cudaError_t {
-    auto* kernel = AttentionKernel<T, kWarps>;
-    const cudaError_t error =
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
+    constexpr int kVector = static_cast<int>(sizeof(uint4) / sizeof(T));
+    auto* kernel = params.head_dim % kVector == 0 ? AttentionKernel<T, kWarps, kVector>
+                                                  : AttentionKernel<T, kWarps, 1>;
+    const cudaError_t error = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (error != cudaSuccess) return error;
     kernel<<<grid, kWarps * 32, shared, stream>>>(params, cache, q, tokens, out, scale);
     return cudaSuccess;
   };
-  const bool decode = params.batch_invariant || static_cast<int64_t>(n_tokens) * params.n_heads <= kDecodeMaxBlocks;
-  cudaError_t error;
-  if (cache.half) {
-    error = decode ? launch.operator()<__half, kDecodeWarps>() : launch.operator()<__half, kPrefillWarps>();
-  } else {
-    error = decode ? launch.operator()<float, kDecodeWarps>() : launch.operator()<float, kPrefillWarps>();
-  }
+  const auto launch_type = [&]<typename T>() -> cudaError_t {
+    return decode ? launch.template operator()<T, kDecodeWarps>()
+                  : launch.template operator()<T, kPrefillWarps>();
+  };
+  const cudaError_t error =
+      cache.half ? launch_type.operator()<__half>() : launch_type.operator()<float>();
   if (error != cudaSuccess) return error;
   return cudaGetLastError();
 }

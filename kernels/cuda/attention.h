@@ -9,6 +9,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 #include "kernels/cuda/ops.h"
 
@@ -26,5 +28,33 @@ struct AttentionParams {
 // q and out: n_tokens rows of n_heads * head_dim floats.
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
                             int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream);
+
+// Prompt-shaped batches: runs of consecutive tokens of one slot, up to
+// kAttentionTileRows each, attend together. A tile's rows are tokens
+// first..first+count-1 of the batch; kv_end is one past its largest position.
+inline constexpr int kAttentionTileRows = 64;
+struct AttentionTile {
+  int32_t first = 0, count = 0, slot = 0, kv_end = 0;
+};
+
+// The tiles of a batch, in batch order: a new tile wherever the slot changes
+// or the tile is full.
+std::vector<AttentionTile> PlanAttentionTiles(std::span<const TokenSlot> tokens);
+
+// Whether LaunchTiledAttention takes this shape: a half cache and head_dim 64
+// or 128.
+bool TiledAttentionSupports(const AttentionParams& params, const KvLayer& cache);
+
+// The same attention as LaunchAttention, for every token of `tiles` (device
+// memory, n_tiles of them): each block takes one tile and one head and reads
+// the slot's cache once per pass for all its rows (tensor cores: queries
+// rounded to half, products accumulated in float; two passes over the keys,
+// the first for each row's maximum and sum). A token's result depends on its
+// position and the cache alone, not on its tile, but differs in rounding from
+// LaunchAttention's: exact mode does not use it.
+cudaError_t LaunchTiledAttention(const AttentionParams& params, const KvLayer& cache,
+                                 const float* q, const TokenSlot* tokens,
+                                 const AttentionTile* tiles, int n_tiles, float* out,
+                                 cudaStream_t stream);
 
 }  // namespace chord::cuda

@@ -41,17 +41,21 @@ struct SubBlockPair {
   float d1, m1, d2, m2;
 };
 
-__device__ __forceinline__ SubBlockPair ScalesOfPair(const uint8_t* block, int i) {
-  const float d = Half(block), dmin = Half(block + 2);
-  float sc, m;
-  ScaleMinK4(2 * i, block + 4, &sc, &m);
-  SubBlockPair p;
-  p.d1 = d * sc;
-  p.m1 = dmin * m;
-  ScaleMinK4(2 * i + 1, block + 4, &sc, &m);
-  p.d2 = d * sc;
-  p.m2 = dmin * m;
-  return p;
+// From the block's 16-byte header (d, dmin and the 12 bytes of packed 6-bit
+// scales and mins) in registers, as ScaleMinK4 reads them from memory: byte j
+// of the 12 is q[j]; sub-block j < 4 has q[j] & 63 and q[j + 4] & 63, j >= 4
+// has the low (high) nibble of q[j + 4] and the top two bits of q[j - 4]
+// (q[j]). Both sub-blocks' values sit in adjacent bytes, so they are
+// extracted as byte pairs.
+__device__ __forceinline__ SubBlockPair ScalesOfPair(uint4 header, int i) {
+  const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x & 0xFFFF)));
+  const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x >> 16)));
+  const int shift = 16 * (i & 1);
+  const unsigned s0 = header.y >> shift, s1 = header.z >> shift, s2 = header.w >> shift;
+  const unsigned sc = i < 2 ? s0 & 0x3F3F : (s2 & 0x0F0F) | ((s0 >> 2) & 0x3030);
+  const unsigned mn = i < 2 ? s1 & 0x3F3F : ((s2 >> 4) & 0x0F0F) | ((s1 >> 2) & 0x3030);
+  return {d * static_cast<float>(sc & 0xFF), dmin * static_cast<float>(mn & 0xFF),
+          d * static_cast<float>((sc >> 8) & 0xFF), dmin * static_cast<float>((mn >> 8) & 0xFF)};
 }
 
 // Sums each of the B per-lane partial dot products over the warp and lane 0
@@ -182,7 +186,7 @@ __device__ __forceinline__ void DequantUnit(const uint8_t* row, int u, float (&w
     constexpr int kQsOffset = kType == kQ4_K ? 16 : 48;
     const int blk = u >> 3, i = (u >> 1) & 3, h = u & 1;
     const uint8_t* block = row + blk * kBlockBytes;
-    const auto [d1, m1, d2, m2] = ScalesOfPair(block, i);
+    const auto [d1, m1, d2, m2] = ScalesOfPair(Load16(block), i);
     const uint4 qv = Load16(block + kQsOffset + 32 * i + 16 * h);
     const auto* q = reinterpret_cast<const uint8_t*>(&qv);
     uint4 hv = make_uint4(0, 0, 0, 0);

@@ -195,22 +195,6 @@ struct Unit<kQ4_K> {
     return {Mem::U128(block), Mem::U128(q), Mem::U128(q + 16)};
   }
 
-  // The scales and mins of sub-blocks 2i and 2i + 1 from the header, as
-  // ScaleMinK4 reads them from memory: byte j of the 12 is q[j]; sub-block
-  // j < 4 has q[j] & 63 and q[j + 4] & 63, j >= 4 has the low (high) nibble
-  // of q[j + 4] and the top two bits of q[j - 4] (q[j]). Both sub-blocks'
-  // values sit in adjacent bytes, so they are extracted as byte pairs.
-  __device__ static SubBlockPair Scales(uint4 header, int i) {
-    const float d = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x & 0xFFFF)));
-    const float dmin = __half2float(__ushort_as_half(static_cast<unsigned short>(header.x >> 16)));
-    const int shift = 16 * (i & 1);
-    const unsigned s0 = header.y >> shift, s1 = header.z >> shift, s2 = header.w >> shift;
-    const unsigned sc = i < 2 ? s0 & 0x3F3F : (s2 & 0x0F0F) | ((s0 >> 2) & 0x3030);
-    const unsigned mn = i < 2 ? s1 & 0x3F3F : ((s2 >> 4) & 0x0F0F) | ((s1 >> 2) & 0x3030);
-    return {d * static_cast<float>(sc & 0xFF), dmin * static_cast<float>(mn & 0xFF),
-            d * static_cast<float>((sc >> 8) & 0xFF), dmin * static_cast<float>((mn >> 8) & 0xFF)};
-  }
-
   // A unit's weights ready for any number of tokens: the scales and the
   // nibbles of each sub-block, four to a word.
   struct Decoded {
@@ -219,7 +203,7 @@ struct Unit<kQ4_K> {
   };
   __device__ static Decoded Decode(const Weights& w, int u) {
     Decoded d;
-    d.scales = Scales(w.header, u & 3);
+    d.scales = ScalesOfPair(w.header, u & 3);
     const uint32_t words[8] = {w.q0.x, w.q0.y, w.q0.z, w.q0.w, w.q1.x, w.q1.y, w.q1.z, w.q1.w};
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
@@ -289,7 +273,7 @@ struct Unit<kQ4_K32> {
   };
   __device__ static Decoded Decode(const Weights& w, int u) {
     Decoded d;
-    d.scales = Unit<kQ4_K>::Scales(w.header, (u >> 1) & 3);
+    d.scales = ScalesOfPair(w.header, (u >> 1) & 3);
     const uint32_t words[4] = {w.q.x, w.q.y, w.q.z, w.q.w};
 #pragma unroll
     for (int c = 0; c < 4; ++c) {

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "common/quant/quant.h"
 #include "kernels/cpu/attention.h"
@@ -97,29 +99,67 @@ TEST_F(CudaOpsTest, SwiGluMatchesCpu) {
   for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(y[i], gate[i], 1e-6f * std::abs(gate[i]) + 1e-7f);
 }
 
-// Stores random K/V for several slots, then checks attention of a mixed batch
-// (decode and prefill-like tokens) against the CPU kernel over the same cache.
-TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
-  for (const bool half : {false, true}) {
-    const int n_heads = 8, n_kv_heads = 2, head_dim = 128, n_slots = 3, n_ctx = 700;
-    const int n_embd_kv = n_kv_heads * head_dim;
-    const size_t elem = half ? 2 : 4;
-    const size_t cache_elems = static_cast<size_t>(n_slots) * n_ctx * n_embd_kv;
-    DeviceBuffer keys = Poisoned<uint8_t>(cache_elems * elem);
-    DeviceBuffer values = Poisoned<uint8_t>(cache_elems * elem);
-    const KvLayer layer{keys.data(), values.data(), n_ctx, n_embd_kv, half};
-    // Fill positions 0..fill[s]-1 of each slot.
-    const int fill[n_slots] = {1, 650, 129};
-    for (int s = 0; s < n_slots; ++s) {
-      std::vector<TokenSlot> tokens;
-      for (int p = 0; p < fill[s]; ++p) tokens.push_back({s, p});
-      const auto n = static_cast<int>(tokens.size());
-      DeviceBuffer dk = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 20 + s));
-      DeviceBuffer dv = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 30 + s));
-      DeviceBuffer dt = ToDevice(tokens);
-      ASSERT_EQ(LaunchStoreKv(layer, dk.as<float>(), dv.as<float>(), n, dt.as<TokenSlot>(), nullptr),
-                cudaSuccess);
+// A KV cache of fill.size() slots of n_ctx positions, random rows stored by
+// LaunchStoreKv at positions 0..fill[s]-1 of each slot and poison past them.
+struct FilledCache {
+  DeviceBuffer keys, values;
+  KvLayer layer;
+};
+
+FilledCache FillCache(bool half, int n_embd_kv, int n_ctx, const std::vector<int>& fill) {
+  const size_t elem = half ? 2 : 4;
+  const size_t cache_elems = fill.size() * n_ctx * n_embd_kv;
+  FilledCache cache{Poisoned<uint8_t>(cache_elems * elem), Poisoned<uint8_t>(cache_elems * elem), {}};
+  cache.layer = {cache.keys.data(), cache.values.data(), n_ctx, n_embd_kv, half};
+  for (int s = 0; s < static_cast<int>(fill.size()); ++s) {
+    std::vector<TokenSlot> tokens;
+    for (int p = 0; p < fill[s]; ++p) tokens.push_back({s, p});
+    const auto n = static_cast<int>(tokens.size());
+    DeviceBuffer dk = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 20 + s));
+    DeviceBuffer dv = ToDevice(RandomFloats(static_cast<size_t>(n) * n_embd_kv, 30 + s));
+    DeviceBuffer dt = ToDevice(tokens);
+    EXPECT_EQ(LaunchStoreKv(cache.layer, dk.as<float>(), dv.as<float>(), n, dt.as<TokenSlot>(), nullptr),
+              cudaSuccess);
+  }
+  return cache;
+}
+
+// The CPU kernel's attention of every batch token over the cache.
+std::vector<float> CpuAttention(const FilledCache& cache, const AttentionParams& params,
+                                const std::vector<float>& q, const std::vector<TokenSlot>& batch) {
+  const KvLayer& layer = cache.layer;
+  const size_t elem = layer.half ? 2 : 4;
+  const size_t cache_bytes = static_cast<size_t>(cache.keys.bytes());
+  const std::vector<uint8_t> hk = ToHost<uint8_t>(cache.keys, cache_bytes);
+  const std::vector<uint8_t> hv = ToHost<uint8_t>(cache.values, cache_bytes);
+  const kernels::AttentionShape shape{params.n_heads, params.n_kv_heads, params.head_dim};
+  const int width = params.n_heads * params.head_dim;
+  std::vector<float> scores(static_cast<size_t>(layer.n_ctx)), ref(q.size());
+  const auto row_bytes = static_cast<int64_t>(layer.n_embd_kv * elem);
+  const DType type = layer.half ? DType::kF16 : DType::kF32;
+  for (size_t t = 0; t < batch.size(); ++t) {
+    const size_t base = static_cast<size_t>(batch[t].slot) * layer.n_ctx * row_bytes;
+    const kernels::KvView kv{type, hk.data() + base, row_bytes};
+    const kernels::KvView vv{type, hv.data() + base, row_bytes};
+    for (int h = 0; h < params.n_heads; ++h) {
+      kernels::AttendOneToken(shape, &q[t * width], kv, vv, batch[t].position + 1, h, scores.data(),
+                              &ref[t * width]);
     }
+  }
+  return ref;
+}
+
+// Attention of a mixed batch (decode and prefill-like tokens) against the CPU
+// kernel over the same cache, at head dimensions whose rows take a whole warp,
+// two 16-byte chunks a lane (256 floats), part of a warp (48: 6 or 12 chunks
+// on 8 or 16 lanes), one chunk, or (rows not a multiple of 16 bytes) one
+// element a lane per chunk.
+TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
+  for (const auto& [half, head_dim] : std::vector<std::pair<bool, int>>{
+           {false, 128}, {true, 128}, {false, 256}, {true, 256}, {false, 48}, {true, 48}, {false, 8},
+           {true, 8}, {true, 4}, {false, 6}, {true, 100}}) {
+    const int n_heads = 8, n_kv_heads = 2, n_ctx = 700;
+    const FilledCache cache = FillCache(half, n_kv_heads * head_dim, n_ctx, {1, 650, 129});
     // 5 (head, token) x 8 heads takes the decode shape (16 warps); the same
     // five tokens 13 times over (520 pairs) the prefill shape (4 warps).
     const std::vector<TokenSlot> five = {{0, 0}, {1, 649}, {2, 5}, {2, 128}, {1, 300}};
@@ -131,30 +171,74 @@ TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
       DeviceBuffer dq = ToDevice(q), db = ToDevice(batch);
       DeviceBuffer dout = Poisoned<float>(q.size());
       const AttentionParams params{n_heads, n_kv_heads, head_dim};
-      ASSERT_EQ(LaunchAttention(params, layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+      ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
                                 dout.as<float>(), nullptr),
                 cudaSuccess);
       const std::vector<float> out = ToHost<float>(dout, q.size());
-      const std::vector<uint8_t> hk = ToHost<uint8_t>(keys, cache_elems * elem);
-      const std::vector<uint8_t> hv = ToHost<uint8_t>(values, cache_elems * elem);
-      const kernels::AttentionShape shape{n_heads, n_kv_heads, head_dim};
-      std::vector<float> scores(n_ctx), ref(static_cast<size_t>(n_heads) * head_dim);
-      const auto row_bytes = static_cast<int64_t>(n_embd_kv * elem);
-      for (int t = 0; t < n_tokens; ++t) {
-        const size_t base = static_cast<size_t>(batch[t].slot) * n_ctx * row_bytes;
-        const DType type = half ? DType::kF16 : DType::kF32;
-        const kernels::KvView kv{type, hk.data() + base, row_bytes};
-        const kernels::KvView vv{type, hv.data() + base, row_bytes};
-        for (int h = 0; h < n_heads; ++h) {
-          kernels::AttendOneToken(shape, &q[t * n_heads * head_dim], kv, vv, batch[t].position + 1, h,
-                                  scores.data(), ref.data());
-        }
-        for (int i = 0; i < n_heads * head_dim; ++i) {
-          ASSERT_NEAR(out[t * n_heads * head_dim + i], ref[i], 1e-5f) << "half=" << half << " t=" << t;
-        }
+      const std::vector<float> ref = CpuAttention(cache, params, q, batch);
+      for (size_t i = 0; i < ref.size(); ++i) {
+        ASSERT_NEAR(out[i], ref[i], 1e-5f)
+            << "half=" << half << " head_dim=" << head_dim << " i=" << i;
       }
     }
   }
+}
+
+// Tiles: a new one where the slot changes or 64 rows are full.
+TEST(AttentionTilesTest, RunsOfOneSlotUpToSixtyFourRows) {
+  std::vector<TokenSlot> batch;
+  for (int p = 0; p < 130; ++p) batch.push_back({3, p});
+  batch.push_back({1, 7});
+  batch.push_back({1, 2});
+  batch.push_back({3, 500});
+  const std::vector<AttentionTile> tiles = PlanAttentionTiles(batch);
+  ASSERT_EQ(tiles.size(), 5u);
+  const AttentionTile want[] = {{0, 64, 3, 64}, {64, 64, 3, 128}, {128, 2, 3, 130}, {130, 2, 1, 8},
+                                {132, 1, 3, 501}};
+  for (size_t i = 0; i < tiles.size(); ++i) {
+    EXPECT_EQ(tiles[i].first, want[i].first) << i;
+    EXPECT_EQ(tiles[i].count, want[i].count) << i;
+    EXPECT_EQ(tiles[i].slot, want[i].slot) << i;
+    EXPECT_EQ(tiles[i].kv_end, want[i].kv_end) << i;
+  }
+  EXPECT_TRUE(PlanAttentionTiles({}).empty());
+}
+
+// The tiled kernel against the CPU kernel: a 150-token prompt (tiles of 64,
+// 64, 22 rows), a chunk of 40 tokens at positions 300..339, tokens of one slot
+// out of position order, and single decode tokens; with grouped-query heads.
+// Queries and weights are rounded to half on the way to the tensor cores,
+// hence the tolerance.
+TEST_F(CudaOpsTest, TiledAttentionMatchesCpu) {
+  for (const int head_dim : {64, 128}) {
+    const int n_heads = 8, n_kv_heads = 2, n_ctx = 400;
+    const FilledCache cache = FillCache(true, n_kv_heads * head_dim, n_ctx, {150, 340, 129, 1});
+    std::vector<TokenSlot> batch;
+    for (int p = 0; p < 150; ++p) batch.push_back({0, p});
+    for (int p = 300; p < 340; ++p) batch.push_back({1, p});
+    for (const int p : {100, 3, 128, 64, 0}) batch.push_back({2, p});
+    batch.push_back({3, 0});
+    batch.push_back({1, 17});
+    const auto n_tokens = static_cast<int>(batch.size());
+    const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens) * n_heads * head_dim, 41);
+    const std::vector<AttentionTile> tiles = PlanAttentionTiles(batch);
+    DeviceBuffer dq = ToDevice(q), db = ToDevice(batch), dtiles = ToDevice(tiles);
+    DeviceBuffer dout = Poisoned<float>(q.size());
+    const AttentionParams params{n_heads, n_kv_heads, head_dim};
+    ASSERT_TRUE(TiledAttentionSupports(params, cache.layer));
+    ASSERT_EQ(LaunchTiledAttention(params, cache.layer, dq.as<float>(), db.as<TokenSlot>(),
+                                   dtiles.as<AttentionTile>(), static_cast<int>(tiles.size()),
+                                   dout.as<float>(), nullptr),
+              cudaSuccess);
+    const std::vector<float> out = ToHost<float>(dout, q.size());
+    const std::vector<float> ref = CpuAttention(cache, params, q, batch);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_NEAR(out[i], ref[i], 3e-3f) << "head_dim=" << head_dim << " i=" << i;
+    }
+  }
+  // Shapes it does not take: a float cache, head_dim 48.
+  EXPECT_FALSE(TiledAttentionSupports({8, 2, 64}, KvLayer{nullptr, nullptr, 8, 128, false}));
+  EXPECT_FALSE(TiledAttentionSupports({8, 2, 48}, KvLayer{nullptr, nullptr, 8, 96, true}));
 }
 
 }  // namespace
