@@ -1,9 +1,9 @@
+#include "kernels/cuda/attention.h"
+
 #include <cuda_fp16.h>
 
 #include <cmath>
 #include <type_traits>
-
-#include "kernels/cuda/attention.h"
 
 namespace chord::cuda {
 namespace {
