@@ -115,6 +115,40 @@ __global__ void DequantHalfKernel(const uint8_t* __restrict__ w, uint64_t row_by
   }
 }
 
+// Q4_K in units of 8 bytes of nibbles: 8 elements of sub-block 2i (low
+// halves) and the 8 of sub-block 2i + 1 32 further on (high halves), so that
+// the four lanes of a 32-byte run of nibbles store 64 contiguous output bytes
+// per instruction. (DequantHalfKernel's 32-element units stored 16 bytes
+// every 64 in each instruction: 1.9 TB/s against Q6_K's 3.6 on the same
+// shape.)
+__global__ void DequantHalfQ4KKernel(const uint8_t* __restrict__ w, uint64_t row_bytes,
+                                     int64_t rows, int64_t cols, __half* __restrict__ out) {
+  const int64_t units = cols / 16;
+  const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (id >= rows * units) return;
+  const int64_t row = id / units;
+  const int u = static_cast<int>(id % units);
+  const int blk = u >> 4, i = (u >> 2) & 3, g = u & 3;
+  const uint8_t* block = w + row * row_bytes + blk * 144;
+  const auto [d1, m1, d2, m2] = ScalesOfPair(Load16(block), i);
+  const uint2 q = __ldg(reinterpret_cast<const uint2*>(block + 16 + 32 * i + 8 * g));
+  const uint32_t words[2] = {q.x, q.y};
+  uint4 lo, hi;
+  auto* lo_h = reinterpret_cast<__half2*>(&lo);
+  auto* hi_h = reinterpret_cast<__half2*>(&hi);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t word = words[k / 2] >> (16 * (k % 2));
+    lo_h[k] = __floats2half2_rn(d1 * static_cast<float>(word & 0xF) - m1,
+                                d1 * static_cast<float>((word >> 8) & 0xF) - m1);
+    hi_h[k] = __floats2half2_rn(d2 * static_cast<float>((word >> 4) & 0xF) - m2,
+                                d2 * static_cast<float>((word >> 12) & 0xF) - m2);
+  }
+  __half* o = out + row * cols + blk * 256 + 64 * i + 8 * g;
+  *reinterpret_cast<uint4*>(o) = lo;
+  *reinterpret_cast<uint4*>(o + 32) = hi;
+}
+
 // Rows whose length is not a multiple of 32 (tiny models' F32/F16 tensors):
 // one warp per row, one element per lane and step.
 template <uint32_t kType>
@@ -239,6 +273,13 @@ cudaError_t LaunchDequantizeToHalf(const DeviceMatrix& w, uint16_t* out, cudaStr
   if (Scalar(w)) {
     return LaunchScalar(w, nullptr, 0, nullptr, false, nullptr, w.rows, nullptr,
                         reinterpret_cast<__half*>(out), stream);
+  }
+  if (w.type == kQ4_K) {
+    const int64_t total = w.rows * (w.cols / 16);
+    DequantHalfQ4KKernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, stream>>>(
+        static_cast<const uint8_t*>(w.data), w.row_bytes, w.rows, w.cols,
+        reinterpret_cast<__half*>(out));
+    return cudaGetLastError();
   }
   const int64_t total = w.rows * (w.cols / kUnit);
   const auto blocks = static_cast<unsigned>((total + 255) / 256);
