@@ -12,7 +12,7 @@
 namespace chord::cuda {
 namespace {
 
-using namespace nvcuda;
+namespace wmma = nvcuda::wmma;
 
 constexpr int kRows = kAttentionTileRows;  // query rows a block
 constexpr int kKeys = 64;                  // positions a key/value tile
