@@ -354,7 +354,8 @@ absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
   // Tiles only where they hold several tokens on average (a prompt, a chunk
   // of one): a batch of one token per sequence attends token by token.
   n_attention_tiles = 0;
-  if (!options.exact && cuda::TiledAttentionSupports(AttentionParamsFor(), KvFor(0))) {
+  if (!options.exact && host_tokens.size() >= kMinRowsPerTile &&
+      cuda::TiledAttentionSupports(AttentionParamsFor(), KvFor(0))) {
     host_tiles = cuda::PlanAttentionTiles(host_tokens);
     if (host_tiles.size() * kMinRowsPerTile <= host_tokens.size()) {
       CHORD_CUDA_RETURN(cudaMemcpyAsync(attention_tiles.data(), host_tiles.data(),
