@@ -89,9 +89,10 @@ std::vector<StreamResult> Reference(v1::Inference::Stub& stub) {
   return out;
 }
 
-// Streams every request at once; `fault` runs once, on the first stream's
-// reading thread, as soon as that stream has `after_tokens` tokens (so the
-// fault lands mid-generation). Returns the results and when the fault ran.
+// Streams every request at once; `fault` runs once, on a stream's reading
+// thread, as soon as the first stream has `after_tokens` tokens and every
+// stream has its first (so the fault lands mid-generation, every request in
+// flight). Returns the results and when the fault ran.
 struct FaultRun {
   std::vector<StreamResult> results;
   Clock::time_point fault_at{};
@@ -104,17 +105,27 @@ FaultRun StreamWithFault(v1::Inference::Stub& stub, size_t after_tokens,
   run.results.resize(requests.size());
   run.ended_at.resize(requests.size());
   std::atomic<bool> fired{false};
+  // Tokens each stream has received. The fault waits for every stream's
+  // first token too: a request whose call has not reached the coordinator yet
+  // is not in flight (under load it can start well after the first).
+  std::vector<std::atomic<size_t>> received(requests.size());
+  std::atomic<bool> first_done{false};
   std::vector<std::thread> threads;
   for (size_t i = 0; i < requests.size(); ++i) {
     threads.emplace_back([&, i] {
       auto on_tokens = [&](size_t tokens) {
-        if (i == 0 && tokens >= after_tokens && !fired.exchange(true)) {
+        received[i].store(tokens);
+        bool all_started = true;
+        for (const std::atomic<size_t>& count : received) all_started = all_started && count.load() > 0;
+        if (all_started && received[0].load() >= after_tokens && !first_done.load() &&
+            !fired.exchange(true)) {
           run.fault_at = Clock::now();
           fault();
         }
       };
       run.results[i] = Generate(stub, requests[i], kStreamDeadline, on_tokens);
       run.ended_at[i] = Clock::now();
+      if (i == 0) first_done = true;
     });
   }
   for (std::thread& thread : threads) thread.join();
