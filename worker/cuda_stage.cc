@@ -220,7 +220,8 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
   if (RoundsFor(next, n) && next.cols == e) {
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, e);
     CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n),
-                                                  config.rms_eps, norm.as<float>(), q8, s()));
+                                                  config.rms_eps, norm.as<float>(), q8, s(),
+                                                  options.overlap_launches));
     rounded = {norm.as<float>(), n, e};
     return absl::OkStatus();
   }
@@ -448,19 +449,27 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   RETURN_IF_ERROR(
       MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
               norm.as<float>(), n));
-  CHORD_CUDA_RETURN(cuda::LaunchRope(q.as<float>(), k.as<float>(),
-                                     static_cast<int>(config.n_head_kv), nt, slots, rope, s()));
   const cuda::KvLayer kv = KvFor(index);
-  CHORD_CUDA_RETURN(cuda::LaunchStoreKv(kv, k.as<float>(), v.as<float>(), nt, slots, s()));
+  CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(q.as<float>(), k.as<float>(), v.as<float>(),
+                                            static_cast<int>(config.n_head_kv), nt, slots, rope,
+                                            kv, s(), options.overlap_launches));
   if (n_attention_tiles > 0) {
     CHORD_CUDA_RETURN(cuda::LaunchTiledAttention(attention, kv, q.as<float>(), slots,
                                                  attention_tiles.as<cuda::AttentionTile>(),
                                                  n_attention_tiles, attn.as<float>(), s()));
+    ForgetRounded();
+  } else if (RoundsFor(layer.wo, n) && config.head_dim % 32 == 0 &&
+             layer.wo.cols == config.n_head * config.head_dim) {
+    // The attention output and its rounding for the output product, in one launch.
+    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, layer.wo.cols);
+    CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
+                                            attn.as<float>(), s(), q8, options.overlap_launches));
+    rounded = {attn.as<float>(), n, layer.wo.cols};
   } else {
-    CHORD_CUDA_RETURN(
-        cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots, attn.as<float>(), s()));
+    CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
+                                            attn.as<float>(), s(), {}, options.overlap_launches));
+    ForgetRounded();
   }
-  ForgetRounded();  // attn, and below gate, are read by one product each
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
   RETURN_IF_ERROR(
@@ -468,8 +477,8 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   if (RoundsFor(layer.down, n)) {
     // SwiGLU and the rounding of its result for the down product, in one launch.
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, config.n_ff);
-    CHORD_CUDA_RETURN(
-        cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff, q8, s()));
+    CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt,
+                                                 config.n_ff, q8, s(), options.overlap_launches));
     rounded = {gate.as<float>(), n, config.n_ff};
   } else {
     CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));

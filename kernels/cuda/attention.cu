@@ -5,6 +5,9 @@
 #include <cmath>
 #include <type_traits>
 
+#include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/round_block.cuh"
+
 namespace chord::cuda {
 namespace {
 
@@ -81,11 +84,16 @@ struct Chunk {
 // `per_warp` rows (warp w takes steps w, w + kWarps, ...), kUnroll steps'
 // loads issued before any is used. Scores live in shared memory (n_ctx
 // floats); every sum has an order fixed by head_dim and kWarps alone, so a
-// token's result does not depend on the rest of the batch.
+// token's result does not depend on the rest of the batch. With `rounded.q`
+// set, the head's output is also rounded for the next product (head_dim a
+// multiple of 32: each warp rounds whole 32-element blocks).
 template <typename T, int kWarps, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
-                    const TokenSlot* __restrict__ tokens, float* __restrict__ out, float scale) {
+                    const TokenSlot* __restrict__ tokens, float* __restrict__ out, float scale,
+                    Q8Activations rounded) {
+  LetNextKernelStart();
+  WaitForPreviousKernel();
   using C = Chunk<T, kChunk>;
   constexpr int kMaxPerLane = kLaneFloats / kChunk;
   extern __shared__ float smem[];
@@ -216,11 +224,16 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   }
   __syncthreads();
-  float* oh = out + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
+  const int64_t head_row = static_cast<int64_t>(t) * p.n_heads + head;
+  float* oh = out + head_row * p.head_dim;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float total = 0.0f;
     for (int w = 0; w < kWarps; ++w) total += partial_out[w][d];
     oh[d] = total;
+    if (rounded.q != nullptr) {
+      RoundBlock(total, lane, (head_row * p.head_dim + d) / 32, rounded.q, rounded.scale,
+                 rounded.half_sums);
+    }
   }
 }
 
@@ -228,9 +241,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
                             int n_tokens, const TokenSlot* tokens, float* out,
-                            cudaStream_t stream) {
+                            cudaStream_t stream, const Q8Activations& rounded,
+                            bool overlap_previous) {
   if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > kMaxHeadDim ||
-      params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0) {
+      params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0 ||
+      (rounded.q != nullptr && params.head_dim % 32 != 0)) {
     return cudaErrorInvalidValue;
   }
   const size_t shared = static_cast<size_t>(cache.n_ctx) * sizeof(float);
@@ -245,8 +260,8 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
     const cudaError_t error = cudaFuncSetAttribute(
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (error != cudaSuccess) return error;
-    kernel<<<grid, kWarps * 32, shared, stream>>>(params, cache, q, tokens, out, scale);
-    return cudaSuccess;
+    return LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kWarps * 32), shared, stream,
+                               params, cache, q, tokens, out, scale, rounded);
   };
   const auto launch_type = [&]<typename T>() -> cudaError_t {
     return decode ? launch.template operator()<T, kDecodeWarps>()

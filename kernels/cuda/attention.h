@@ -12,6 +12,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
 
 namespace chord::cuda {
@@ -25,9 +26,14 @@ struct AttentionParams {
   bool batch_invariant = false;
 };
 
-// q and out: n_tokens rows of n_heads * head_dim floats.
+// q and out: n_tokens rows of n_heads * head_dim floats. With `rounded.q`
+// set (head_dim a multiple of 32), out is also rounded into `rounded` as
+// LaunchQuantizeActivations (matvec_q8.h) would round it, in the same launch.
+// `overlap_previous`: a programmatic dependent launch (dependent_launch.cuh);
+// the results are the same.
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
-                            int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream);
+                            int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream,
+                            const Q8Activations& rounded = {}, bool overlap_previous = false);
 
 // Prompt-shaped batches: runs of consecutive tokens of one slot, up to
 // kAttentionTileRows each, attend together. A tile's rows are tokens

@@ -1,8 +1,11 @@
+#include "kernels/cuda/matvec_q8.h"
+
 #include <algorithm>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/matvec_common.cuh"
-#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/rms_scale.cuh"
+#include "kernels/cuda/round_block.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -12,43 +15,13 @@ constexpr int kMaxGroup = kMatVecQ8MaxGroup;
 
 size_t Align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
-// Programmatic dependent launch (sm_90): a product launched with
-// `overlap_previous` may start while the kernel before it runs, once every
-// block of that kernel has let it (LetNextKernelStart); it then pulls its
-// first weights into L2 (weights are never written by kernels) and waits for
-// the previous kernel's results before it reads activations. Both
-// instructions do nothing for a launch without the attribute.
-__device__ __forceinline__ void LetNextKernelStart() {
-  asm volatile("griddepcontrol.launch_dependents;");
-}
-__device__ __forceinline__ void WaitForPreviousKernel() {
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-}
+// A product launched with `overlap_previous` (dependent_launch.cuh) pulls
+// its first weights into L2 (weights are never written by kernels) before it
+// waits for the previous kernel's results.
 __device__ __forceinline__ void PrefetchToL2(const uint8_t* p, uint64_t bytes, int lane) {
   for (uint64_t offset = static_cast<uint64_t>(lane) * 128; offset < bytes; offset += 32 * 128) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p + offset));
   }
-}
-
-// Rounds one 32-element block of activations, one value per lane of a warp:
-// the block's largest magnitude sets the scale, each element rounds to the
-// nearest step (ties to even). Every rounding kernel goes through here, so a
-// fused one writes the same bits as LaunchQuantizeActivations.
-__device__ __forceinline__ void RoundBlock(float v, int lane, int64_t block, int8_t* __restrict__ q,
-                                           float* __restrict__ scale,
-                                           float* __restrict__ half_sums) {
-  float amax = fabsf(v);
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2)
-    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-  const float d = amax / 127.0f;
-  const int qi = d > 0.0f ? max(-127, min(127, __float2int_rn(v / d))) : 0;
-  q[block * 32 + lane] = static_cast<int8_t>(qi);
-  int sum = qi;
-#pragma unroll
-  for (int offset = 8; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-  if (lane == 0) scale[block] = d;
-  if (lane % 16 == 0) half_sums[block * 2 + lane / 16] = d * static_cast<float>(sum);
 }
 
 constexpr int kRoundWarps = 8;
@@ -58,6 +31,7 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n
                                           int8_t* __restrict__ q, float* __restrict__ scale,
                                           float* __restrict__ half_sums) {
   LetNextKernelStart();
+  WaitForPreviousKernel();
   const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (block >= n_blocks) return;
   const int lane = threadIdx.x % 32;
@@ -70,6 +44,7 @@ __global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __re
                                      int64_t n_blocks, int8_t* __restrict__ q,
                                      float* __restrict__ scale, float* __restrict__ half_sums) {
   LetNextKernelStart();
+  WaitForPreviousKernel();
   const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   if (block >= n_blocks) return;
   const int lane = threadIdx.x % 32;
@@ -92,6 +67,7 @@ __global__ void __launch_bounds__(kNormThreads)
                           float eps, float* __restrict__ y, int8_t* __restrict__ q,
                           float* __restrict__ scale, float* __restrict__ half_sums) {
   LetNextKernelStart();
+  WaitForPreviousKernel();
   const float* xr = x + blockIdx.x * n;
   const float factor = RmsScale<kNormThreads>(xr, n, eps, RowOfFloat4s(xr, weight, n));
   const int64_t blocks = n / 32;
@@ -613,17 +589,8 @@ RoundedX RoundedFrom(const Q8Activations& x, int64_t first, int64_t cols) {
 cudaError_t LaunchProduct(void (*kernel)(RowGroup, RoundedX, bool), int64_t blocks, size_t shared,
                           bool overlap_previous, cudaStream_t stream, const RowGroup& group,
                           const RoundedX& x, bool accumulate) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(kWarpsPerBlock * 32);
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  cudaLaunchAttribute overlap{};
-  overlap.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  overlap.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &overlap;
-  config.numAttrs = overlap_previous ? 1 : 0;
-  return cudaLaunchKernelEx(&config, kernel, group, x, accumulate);
+  return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
+                             dim3(kWarpsPerBlock * 32), shared, stream, group, x, accumulate);
 }
 
 template <uint32_t kType, int B, int R>
@@ -772,33 +739,33 @@ Q8Activations Q8ActivationsIn(void* buffer, int64_t n_tokens, int64_t cols) {
 }
 
 cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols, Q8Activations out,
-                                      cudaStream_t stream) {
+                                      cudaStream_t stream, bool overlap_previous) {
   if (n_tokens <= 0 || cols <= 0 || cols % 32 != 0) return cudaErrorInvalidValue;
   const int64_t n_blocks = n_tokens * cols / 32;
   const auto grid = static_cast<unsigned>((n_blocks + kRoundWarps - 1) / kRoundWarps);
-  QuantizeActivationsKernel<<<grid, kRoundWarps * 32, 0, stream>>>(x, n_blocks, out.q, out.scale,
-                                                                   out.half_sums);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, QuantizeActivationsKernel, dim3(grid),
+                             dim3(kRoundWarps * 32), 0, stream, x, n_blocks, out.q, out.scale,
+                             out.half_sums);
 }
 
 cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows,
-                                  float eps, float* y, Q8Activations out, cudaStream_t stream) {
+                                  float eps, float* y, Q8Activations out, cudaStream_t stream,
+                                  bool overlap_previous) {
   if (n_rows <= 0 || n <= 0 || n % 32 != 0) return cudaErrorInvalidValue;
   const int64_t slices = (n / 32 + kNormThreads / 32 - 1) / (kNormThreads / 32);
   const dim3 grid(static_cast<unsigned>(n_rows), static_cast<unsigned>(slices));
-  RmsNormQuantizeKernel<<<grid, kNormThreads, 0, stream>>>(x, weight, n, eps, y, out.q, out.scale,
-                                                           out.half_sums);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, RmsNormQuantizeKernel, grid, dim3(kNormThreads), 0,
+                             stream, x, weight, n, eps, y, out.q, out.scale, out.half_sums);
 }
 
 cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols,
-                                 Q8Activations out, cudaStream_t stream) {
+                                 Q8Activations out, cudaStream_t stream, bool overlap_previous) {
   if (n_tokens <= 0 || cols <= 0 || cols % 32 != 0) return cudaErrorInvalidValue;
   const int64_t n_blocks = n_tokens * cols / 32;
   const auto grid = static_cast<unsigned>((n_blocks + kRoundWarps - 1) / kRoundWarps);
-  SwiGluQuantizeKernel<<<grid, kRoundWarps * 32, 0, stream>>>(gate, up, n_blocks, out.q, out.scale,
-                                                              out.half_sums);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, SwiGluQuantizeKernel, dim3(grid),
+                             dim3(kRoundWarps * 32), 0, stream, gate, up, n_blocks, out.q,
+                             out.scale, out.half_sums);
 }
 
 bool MatVecQ8Supports(uint32_t type, int64_t cols) {

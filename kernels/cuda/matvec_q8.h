@@ -35,17 +35,22 @@ size_t Q8ActivationBytes(int64_t n_tokens, int64_t cols);
 Q8Activations Q8ActivationsIn(void* buffer, int64_t n_tokens, int64_t cols);
 
 // Rounds x (n_tokens rows of cols floats, cols a multiple of 32) into out.
+// `overlap_previous` (here and below): a programmatic dependent launch
+// (dependent_launch.cuh) that waits for the previous kernel before it reads
+// or writes anything; the results are the same either way.
 cudaError_t LaunchQuantizeActivations(const float* x, int n_tokens, int64_t cols, Q8Activations out,
-                                      cudaStream_t stream);
+                                      cudaStream_t stream, bool overlap_previous = false);
 
 // What LaunchRmsNorm (ops.h) then LaunchQuantizeActivations of its result
 // write, in one launch (n a multiple of 32).
 cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n, int n_rows,
-                                  float eps, float* y, Q8Activations out, cudaStream_t stream);
+                                  float eps, float* y, Q8Activations out, cudaStream_t stream,
+                                  bool overlap_previous = false);
 // What LaunchSwiGlu (ops.h) over n_tokens rows of cols then
 // LaunchQuantizeActivations of gate write, in one launch.
 cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols,
-                                 Q8Activations out, cudaStream_t stream);
+                                 Q8Activations out, cudaStream_t stream,
+                                 bool overlap_previous = false);
 
 // True for the weight types and shapes the integer path reads (Q4_K, Q6_K,
 // Q8_0).

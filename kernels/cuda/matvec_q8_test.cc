@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
+#include <vector>
 
 #include "common/quant/quant.h"
 #include "common/tensor/dtype.h"
@@ -16,6 +18,7 @@
 namespace chord::cuda {
 namespace {
 
+using testing::ExpectSameRounding;
 using testing::MakeMatrix;
 using testing::Poisoned;
 using testing::RandomFloats;
@@ -83,22 +86,10 @@ TEST_F(MatVecQ8Test, ActivationsRoundPerBlockWithHalfSums) {
 }
 
 // The fused launches write what the separate ones do, bit for bit: RMSNorm
-// then rounding, SwiGLU then rounding.
+// then rounding, SwiGLU then rounding; as programmatic dependent launches too.
 TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
-  const auto same_rounding = [](const Q8Activations& a, const Q8Activations& b, size_t n) {
-    std::vector<int8_t> qa(n), qb(n);
-    std::vector<float> sa(n / 32), sb(n / 32), ha(n / 16), hb(n / 16);
-    EXPECT_EQ(cudaMemcpy(qa.data(), a.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(qb.data(), b.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(sa.data(), a.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(sb.data(), b.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(ha.data(), a.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(cudaMemcpy(hb.data(), b.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
-    EXPECT_EQ(qa, qb);
-    EXPECT_EQ(sa, sb);
-    EXPECT_EQ(ha, hb);
-  };
-  for (const int64_t cols : {int64_t{64}, int64_t{4096}, int64_t{11008}}) {
+  for (const auto& [cols, overlap] : std::vector<std::pair<int64_t, bool>>{
+           {64, false}, {4096, false}, {11008, false}, {4096, true}, {11008, true}}) {
     const int rows = 3;
     const auto n = static_cast<size_t>(rows * cols);
     const std::vector<float> x = RandomFloats(n, 61 + static_cast<uint32_t>(cols), 3.0f);
@@ -111,7 +102,7 @@ TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
     const Q8Activations fused = Q8ActivationsIn(fused_q.data(), rows, cols);
     const Q8Activations plain = Q8ActivationsIn(plain_q.data(), rows, cols);
     ASSERT_EQ(LaunchRmsNormQuantize(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f,
-                                    fused_y.as<float>(), fused, nullptr),
+                                    fused_y.as<float>(), fused, nullptr, overlap),
               cudaSuccess);
     ASSERT_EQ(LaunchRmsNorm(dx.as<float>(), dw.as<float>(), cols, rows, 1e-5f, plain_y.as<float>(),
                             nullptr),
@@ -119,11 +110,12 @@ TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
     ASSERT_EQ(LaunchQuantizeActivations(plain_y.as<float>(), rows, cols, plain, nullptr),
               cudaSuccess);
     EXPECT_EQ(ToHost<float>(fused_y, n), ToHost<float>(plain_y, n)) << cols;
-    same_rounding(fused, plain, n);
+    ExpectSameRounding(fused, plain, n);
 
     DeviceBuffer fused_gate = ToDevice(x), plain_gate = ToDevice(x);
     ASSERT_EQ(
-        LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr),
+        LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr,
+                             overlap),
         cudaSuccess);
     ASSERT_EQ(
         LaunchSwiGlu(plain_gate.as<float>(), dup.as<float>(), static_cast<int64_t>(n), nullptr),
@@ -131,7 +123,7 @@ TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
     ASSERT_EQ(LaunchQuantizeActivations(plain_gate.as<float>(), rows, cols, plain, nullptr),
               cudaSuccess);
     EXPECT_EQ(ToHost<float>(fused_gate, n), ToHost<float>(plain_gate, n)) << cols;
-    same_rounding(fused, plain, n);
+    ExpectSameRounding(fused, plain, n);
   }
   DeviceBuffer y = Poisoned<float>(40);
   EXPECT_EQ(

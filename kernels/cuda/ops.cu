@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/rms_scale.cuh"
 
 namespace chord::cuda {
@@ -40,9 +41,21 @@ struct RopeTarget {
   int n_heads;
 };
 
-// One thread per (token, head, pair) of target a, then of target b; the
-// angle is advanced by repeated multiplication as the CPU path does, so both
-// round alike.
+// Pair `pair` of a head's row rotated for `position`; the angle is advanced
+// by repeated multiplication as the CPU path does, so both round alike.
+__device__ __forceinline__ float2 RotatedPair(const float* head, int pair, int position,
+                                              const RopeParams& p, float theta_scale) {
+  float theta = static_cast<float>(position);
+  for (int i = 0; i < pair; ++i) theta *= theta_scale;
+  const float factor = p.freq_factors != nullptr ? p.freq_factors[pair] : 1.0f;
+  const float angle = p.freq_scale * (theta / factor);
+  float sin_theta, cos_theta;
+  sincosf(angle, &sin_theta, &cos_theta);
+  const float x0 = head[2 * pair], x1 = head[2 * pair + 1];
+  return make_float2(x0 * cos_theta - x1 * sin_theta, x0 * sin_theta + x1 * cos_theta);
+}
+
+// One thread per (token, head, pair) of target a, then of target b.
 __global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens, const TokenSlot* __restrict__ tokens,
                            RopeParams p, float theta_scale) {
   const int pairs = p.n_rot / 2;
@@ -55,16 +68,62 @@ __global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens, const Token
   const int pair = static_cast<int>(id % pairs);
   const int64_t head_row = id / pairs;  // token * n_heads + head
   const int token = static_cast<int>(head_row / t.n_heads);
-  float theta = static_cast<float>(tokens[token].position);
-  for (int i = 0; i < pair; ++i) theta *= theta_scale;
-  const float factor = p.freq_factors != nullptr ? p.freq_factors[pair] : 1.0f;
-  const float angle = p.freq_scale * (theta / factor);
-  float sin_theta, cos_theta;
-  sincosf(angle, &sin_theta, &cos_theta);
   float* head = t.x + head_row * p.head_dim;
-  const float x0 = head[2 * pair], x1 = head[2 * pair + 1];
-  head[2 * pair] = x0 * cos_theta - x1 * sin_theta;
-  head[2 * pair + 1] = x0 * sin_theta + x1 * cos_theta;
+  const float2 r = RotatedPair(head, pair, tokens[token].position, p, theta_scale);
+  head[2 * pair] = r.x;
+  head[2 * pair + 1] = r.y;
+}
+
+// One thread per (token, head, rotated pair) of the queries, then per (token,
+// kv head, pair of head_dim) of the keys and values: a key pair is rotated
+// (those past n_rot are not) and stored with its value pair at the token's
+// cache row. Each stored key is the one LaunchRope writes to k, which keeps
+// it too.
+__global__ void RopeStoreKvKernel(float* __restrict__ q, float* __restrict__ k,
+                                  const float* __restrict__ v, int n_k_heads, int n_tokens,
+                                  const TokenSlot* __restrict__ tokens, RopeParams p,
+                                  float theta_scale, KvLayer cache) {
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  const int rot_pairs = p.n_rot / 2, head_pairs = p.head_dim / 2;
+  int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t in_q = static_cast<int64_t>(n_tokens) * p.n_heads * rot_pairs;
+  if (id < in_q) {
+    const int pair = static_cast<int>(id % rot_pairs);
+    const int64_t head_row = id / rot_pairs;
+    float* head = q + head_row * p.head_dim;
+    const float2 r =
+        RotatedPair(head, pair, tokens[head_row / p.n_heads].position, p, theta_scale);
+    head[2 * pair] = r.x;
+    head[2 * pair + 1] = r.y;
+    return;
+  }
+  id -= in_q;
+  if (id >= static_cast<int64_t>(n_tokens) * n_k_heads * head_pairs) return;
+  const int pair = static_cast<int>(id % head_pairs);
+  const int64_t head_row = id / head_pairs;  // token * n_k_heads + kv head
+  const auto token = static_cast<int>(head_row / n_k_heads);
+  const TokenSlot at = tokens[token];
+  float* head = k + head_row * p.head_dim;
+  float2 key = make_float2(head[2 * pair], head[2 * pair + 1]);
+  if (pair < rot_pairs) {
+    key = RotatedPair(head, pair, at.position, p, theta_scale);
+    head[2 * pair] = key.x;
+    head[2 * pair + 1] = key.y;
+  }
+  const int64_t src = head_row * p.head_dim + 2 * pair;  // = token * n_embd_kv + element
+  const float2 value = make_float2(v[src], v[src + 1]);
+  const int64_t row = static_cast<int64_t>(at.slot) * cache.n_ctx + at.position;
+  const int64_t dst = row * cache.n_embd_kv + (src - static_cast<int64_t>(token) * cache.n_embd_kv);
+  if (cache.half) {
+    reinterpret_cast<__half2*>(static_cast<__half*>(cache.keys) + dst)[0] =
+        __halves2half2(__float2half(key.x), __float2half(key.y));
+    reinterpret_cast<__half2*>(static_cast<__half*>(cache.values) + dst)[0] =
+        __halves2half2(__float2half(value.x), __float2half(value.y));
+  } else {
+    reinterpret_cast<float2*>(static_cast<float*>(cache.keys) + dst)[0] = key;
+    reinterpret_cast<float2*>(static_cast<float*>(cache.values) + dst)[0] = value;
+  }
 }
 
 __global__ void SwiGluKernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n) {
@@ -120,6 +179,24 @@ cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const To
   RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(RopeTarget{q, params.n_heads}, RopeTarget{k, n_k_heads},
                                                      n_tokens, tokens, params, theta_scale);
   return cudaGetLastError();
+}
+
+cudaError_t LaunchRopeStoreKv(float* q, float* k, const float* v, int n_k_heads, int n_tokens,
+                              const TokenSlot* tokens, const RopeParams& params,
+                              const KvLayer& cache, cudaStream_t stream, bool overlap_previous) {
+  if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 ||
+      params.n_rot > params.head_dim || params.head_dim % 2 != 0 || n_k_heads <= 0 ||
+      q == nullptr || k == nullptr || v == nullptr ||
+      static_cast<int64_t>(n_k_heads) * params.head_dim != cache.n_embd_kv) {
+    return cudaErrorInvalidValue;
+  }
+  const float theta_scale = powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
+  const int64_t total =
+      static_cast<int64_t>(n_tokens) * (static_cast<int64_t>(params.n_heads) * (params.n_rot / 2) +
+                                        static_cast<int64_t>(n_k_heads) * (params.head_dim / 2));
+  return LaunchAfterPrevious(overlap_previous, RopeStoreKvKernel, dim3(Blocks(total, 256)),
+                             dim3(256), 0, stream, q, k, v, n_k_heads, n_tokens, tokens, params,
+                             theta_scale, cache);
 }
 
 cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,

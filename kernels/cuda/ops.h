@@ -57,4 +57,13 @@ struct KvLayer {
 cudaError_t LaunchStoreKv(const KvLayer& layer, const float* k, const float* v, int n_tokens,
                           const TokenSlot* tokens, cudaStream_t stream);
 
+// LaunchRope of q (params.n_heads) and k (n_k_heads) then LaunchStoreKv of
+// k and v, in one launch (the same values in q, k and the cache); `cache`
+// holds rows of n_k_heads * head_dim. `overlap_previous`: a programmatic
+// dependent launch (dependent_launch.cuh); the results are the same.
+cudaError_t LaunchRopeStoreKv(float* q, float* k, const float* v, int n_k_heads, int n_tokens,
+                              const TokenSlot* tokens, const RopeParams& params,
+                              const KvLayer& cache, cudaStream_t stream,
+                              bool overlap_previous = false);
+
 }  // namespace chord::cuda

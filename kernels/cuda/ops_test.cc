@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -15,6 +16,7 @@
 namespace chord::cuda {
 namespace {
 
+using testing::ExpectSameRounding;
 using testing::Poisoned;
 using testing::RandomFloats;
 using testing::ToDevice;
@@ -182,6 +184,101 @@ TEST_F(CudaOpsTest, StoreKvAndAttentionMatchCpu) {
       }
     }
   }
+}
+
+// RoPE and the KV store in one launch: the bits of LaunchRope (queries and
+// keys) then LaunchStoreKv, in q, k and the cache, for every key element
+// rotated (n_rot = head_dim) or only some (n_rot < head_dim), a half and a
+// float cache, and as a programmatic dependent launch.
+TEST_F(CudaOpsTest, RopeAndKvStoreInOneLaunchEqualTheSeparateLaunches) {
+  const int n_heads = 8, n_k_heads = 2, head_dim = 64, n_ctx = 40, n_slots = 3;
+  const std::vector<TokenSlot> tokens = {{0, 7}, {2, 0}, {1, 39}, {0, 8}, {2, 1}};
+  const auto n_tokens = static_cast<int>(tokens.size());
+  DeviceBuffer d_tokens = ToDevice(tokens);
+  const std::vector<float> q = RandomFloats(static_cast<size_t>(n_tokens * n_heads * head_dim), 51);
+  const std::vector<float> k = RandomFloats(static_cast<size_t>(n_tokens * n_k_heads * head_dim), 52);
+  const std::vector<float> v = RandomFloats(k.size(), 53);
+  for (const bool half : {false, true}) {
+    for (const int n_rot : {head_dim, 32}) {
+      for (const bool overlap : {false, true}) {
+        const RopeParams params{n_heads, head_dim, n_rot, 10000.0f, 1.0f, nullptr};
+        const size_t cache_bytes = static_cast<size_t>(n_slots) * n_ctx * n_k_heads * head_dim *
+                                   (half ? 2 : 4);
+        DeviceBuffer q1 = ToDevice(q), k1 = ToDevice(k), q2 = ToDevice(q), k2 = ToDevice(k);
+        DeviceBuffer dv = ToDevice(v);
+        DeviceBuffer keys1 = Poisoned<uint8_t>(cache_bytes), values1 = Poisoned<uint8_t>(cache_bytes);
+        DeviceBuffer keys2 = Poisoned<uint8_t>(cache_bytes), values2 = Poisoned<uint8_t>(cache_bytes);
+        const KvLayer cache1{keys1.data(), values1.data(), n_ctx, n_k_heads * head_dim, half};
+        const KvLayer cache2{keys2.data(), values2.data(), n_ctx, n_k_heads * head_dim, half};
+        ASSERT_EQ(LaunchRopeStoreKv(q1.as<float>(), k1.as<float>(), dv.as<float>(), n_k_heads,
+                                    n_tokens, d_tokens.as<TokenSlot>(), params, cache1, nullptr,
+                                    overlap),
+                  cudaSuccess);
+        ASSERT_EQ(LaunchRope(q2.as<float>(), k2.as<float>(), n_k_heads, n_tokens,
+                             d_tokens.as<TokenSlot>(), params, nullptr),
+                  cudaSuccess);
+        ASSERT_EQ(LaunchStoreKv(cache2, k2.as<float>(), dv.as<float>(), n_tokens,
+                                d_tokens.as<TokenSlot>(), nullptr),
+                  cudaSuccess);
+        EXPECT_EQ(ToHost<float>(q1, q.size()), ToHost<float>(q2, q.size()));
+        EXPECT_EQ(ToHost<float>(k1, k.size()), ToHost<float>(k2, k.size()));
+        EXPECT_EQ(ToHost<uint8_t>(keys1, cache_bytes), ToHost<uint8_t>(keys2, cache_bytes))
+            << "half=" << half << " n_rot=" << n_rot;
+        EXPECT_EQ(ToHost<uint8_t>(values1, cache_bytes), ToHost<uint8_t>(values2, cache_bytes));
+      }
+    }
+  }
+  DeviceBuffer dq = ToDevice(q), dk = ToDevice(k);
+  const KvLayer wrong{dk.data(), dk.data(), n_ctx, 3 * head_dim, false};
+  const RopeParams params{n_heads, head_dim, head_dim, 10000.0f, 1.0f, nullptr};
+  EXPECT_EQ(LaunchRopeStoreKv(dq.as<float>(), dk.as<float>(), dk.as<float>(), n_k_heads, n_tokens,
+                              d_tokens.as<TokenSlot>(), params, wrong, nullptr),
+            cudaErrorInvalidValue);
+}
+
+// Attention that rounds its output for the next product writes the output
+// of LaunchAttention and the rounding of LaunchQuantizeActivations, bit for
+// bit, in the decode shape (16 warps) and the large one (4 warps, two rows
+// of 32 lanes a thread at head_dim 256), as a programmatic dependent launch
+// too; head dimensions that are not whole 32-element blocks are refused.
+TEST_F(CudaOpsTest, AttentionRoundsItsOutputAsTheSeparateRoundingDoes) {
+  for (const auto& [head_dim, repeat, overlap] : std::vector<std::tuple<int, int, bool>>{
+           {128, 1, false}, {128, 1, true}, {64, 13, false}, {256, 13, true}}) {
+    const int n_heads = 8, n_kv_heads = 2, n_ctx = 300;
+    const FilledCache cache = FillCache(true, n_kv_heads * head_dim, n_ctx, {1, 250, 129});
+    const std::vector<TokenSlot> five = {{0, 0}, {1, 249}, {2, 5}, {2, 128}, {1, 100}};
+    std::vector<TokenSlot> batch;
+    for (int r = 0; r < repeat; ++r) batch.insert(batch.end(), five.begin(), five.end());
+    const auto n_tokens = static_cast<int>(batch.size());
+    const int64_t cols = int64_t{n_heads} * head_dim;
+    const auto n = static_cast<size_t>(n_tokens * cols);
+    DeviceBuffer dq = ToDevice(RandomFloats(n, 54)), db = ToDevice(batch);
+    DeviceBuffer fused_out = Poisoned<float>(n), plain_out = Poisoned<float>(n);
+    DeviceBuffer fused_q = Poisoned<uint8_t>(Q8ActivationBytes(n_tokens, cols));
+    DeviceBuffer plain_q = Poisoned<uint8_t>(Q8ActivationBytes(n_tokens, cols));
+    const Q8Activations fused = Q8ActivationsIn(fused_q.data(), n_tokens, cols);
+    const Q8Activations plain = Q8ActivationsIn(plain_q.data(), n_tokens, cols);
+    const AttentionParams params{n_heads, n_kv_heads, head_dim};
+    ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                              fused_out.as<float>(), nullptr, fused, overlap),
+              cudaSuccess);
+    ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                              plain_out.as<float>(), nullptr),
+              cudaSuccess);
+    ASSERT_EQ(LaunchQuantizeActivations(plain_out.as<float>(), n_tokens, cols, plain, nullptr),
+              cudaSuccess);
+    EXPECT_EQ(ToHost<float>(fused_out, n), ToHost<float>(plain_out, n)) << head_dim;
+    ExpectSameRounding(fused, plain, n);
+  }
+  const FilledCache cache = FillCache(true, 2 * 48, 16, {4});
+  const std::vector<TokenSlot> one = {{0, 3}};
+  DeviceBuffer dq = ToDevice(RandomFloats(8 * 48, 55)), db = ToDevice(one);
+  DeviceBuffer out = Poisoned<float>(8 * 48);
+  DeviceBuffer rounding = Poisoned<uint8_t>(Q8ActivationBytes(1, 8 * 48));
+  EXPECT_EQ(LaunchAttention(AttentionParams{8, 2, 48}, cache.layer, dq.as<float>(), 1,
+                            db.as<TokenSlot>(), out.as<float>(), nullptr,
+                            Q8ActivationsIn(rounding.data(), 1, 8 * 48)),
+            cudaErrorInvalidValue);
 }
 
 // Tiles: a new one where the slot changes or 64 rows are full.

@@ -12,6 +12,7 @@
 #include "common/tensor/dtype.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/matvec.h"
+#include "kernels/cuda/matvec_q8.h"
 
 namespace chord::cuda::testing {
 
@@ -79,6 +80,21 @@ inline TestMatrix MakeMatrix(DType type, int64_t rows, int64_t cols, uint32_t se
   m.device = ToDevice(m.bytes);
   m.view = DeviceMatrix{static_cast<uint32_t>(type), rows, cols, row_bytes, m.device.data()};
   return m;
+}
+
+// Two roundings of n activations (matvec_q8.h) hold the same bits.
+inline void ExpectSameRounding(const Q8Activations& a, const Q8Activations& b, size_t n) {
+  std::vector<int8_t> qa(n), qb(n);
+  std::vector<float> sa(n / 32), sb(n / 32), ha(n / 16), hb(n / 16);
+  EXPECT_EQ(cudaMemcpy(qa.data(), a.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(qb.data(), b.q, n, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(sa.data(), a.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(sb.data(), b.scale, n / 8, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(ha.data(), a.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(hb.data(), b.half_sums, n / 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(qa, qb);
+  EXPECT_EQ(sa, sb);
+  EXPECT_EQ(ha, hb);
 }
 
 }  // namespace chord::cuda::testing
