@@ -1,5 +1,6 @@
 // StageCompute on the CPU: LlamaStage over a paged KvCache.
 #include "common/base/status.h"
+#include "worker/sampler.h"
 #include "worker/shard/shard_cache.h"
 #include "worker/stage_compute.h"
 
@@ -23,8 +24,19 @@ class CpuStageCompute final : public StageCompute {
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x) override {
     return stage_->RunLayers(batch, x, cache_);
   }
-  absl::Status Logits(const float* x, int64_t n_rows, float* logits) override {
-    return stage_->Logits(x, n_rows, logits);
+  // Every row's logits are on the host anyway: the greedy tokens are read
+  // from them.
+  absl::Status Logits(const float* x, int64_t n_rows, const LogitsRequest& out) override {
+    RETURN_IF_ERROR(stage_->Logits(x, n_rows, out.logits));
+    if (out.greedy.empty()) return absl::OkStatus();
+    if (out.greedy.size() != static_cast<size_t>(n_rows)) {
+      return absl::InvalidArgumentError("a logits request's greedy entries are not one a row");
+    }
+    const auto n_vocab = static_cast<size_t>(stage_->config().n_vocab);
+    for (size_t r = 0; r < out.greedy.size(); ++r) {
+      out.greedy[r] = Sampler::GreedyToken({out.logits + r * n_vocab, n_vocab});
+    }
+    return absl::OkStatus();
   }
   void set_between_layers(std::function<void()> hook) override { stage_->set_between_layers(std::move(hook)); }
 

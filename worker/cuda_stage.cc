@@ -100,7 +100,7 @@ struct CudaStage::Impl {
 
   // Scratch, grown to the largest batch seen.
   int64_t capacity = 0;
-  DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, half_x, half_w;
+  DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, greedy, half_x, half_w;
   // Activations rounded to 8 bits for the integer kernels: per 32 elements
   // for the decode path (Q8Activations), per 256 for the tensor-core path
   // (Q8K records).
@@ -185,6 +185,8 @@ struct CudaStage::Impl {
   absl::Status LayersDevice(int64_t n_tokens);
   absl::Status RunLayer(const GpuLayerView& layer, int64_t index, int64_t n_tokens);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
+  // Hands the n_rows rows of `logits` to the host as `out` asks, then waits.
+  absl::Status CopyLogits(int64_t n_rows, const LogitsRequest& out);
   cuda::KvLayer KvFor(int64_t layer) const;
 };
 
@@ -203,7 +205,10 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   RETURN_IF_ERROR(Ensure(tokens, static_cast<size_t>(n) * sizeof(cuda::TokenSlot)));
   RETURN_IF_ERROR(Ensure(attention_tiles, static_cast<size_t>(n) * sizeof(cuda::AttentionTile)));
   RETURN_IF_ERROR(Ensure(ids, static_cast<size_t>(n) * sizeof(int32_t)));
-  if (has_output_layer()) RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
+  if (has_output_layer()) {
+    RETURN_IF_ERROR(Ensure(logits, f(config.n_vocab)));
+    RETURN_IF_ERROR(Ensure(greedy, static_cast<size_t>(n) * sizeof(int32_t)));
+  }
   // Allocated here, not on first use: the decode graph bakes in its address.
   const int64_t widest = std::max(e, ff);
   RETURN_IF_ERROR(Ensure(q8x, std::max(cuda::Q8ActivationBytes(RoundedTokens(n), widest),
@@ -492,6 +497,39 @@ absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
   return MatMul(output.view, norm.as<float>(), n_rows, logits.as<float>(), false);
 }
 
+absl::Status CudaStage::Impl::CopyLogits(int64_t n_rows, const LogitsRequest& out) {
+  const auto rows = static_cast<size_t>(n_rows);
+  if ((!out.full.empty() && out.full.size() != rows) ||
+      (!out.greedy.empty() && out.greedy.size() != rows)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("a logits request for %d rows has %d row flags and %d greedy entries",
+                        n_rows, out.full.size(), out.greedy.size()));
+  }
+  const int64_t n_vocab = config.n_vocab;
+  if (!out.greedy.empty()) {
+    CHORD_CUDA_RETURN(cuda::LaunchGreedyTokens(logits.as<float>(), static_cast<int>(n_rows),
+                                               n_vocab, greedy.as<int32_t>(), s()));
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(out.greedy.data(), greedy.data(), rows * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, s()));
+  }
+  // The rows asked for, one copy per run of consecutive ones.
+  const auto wanted = [&](size_t r) { return out.full.empty() || out.full[r] != 0; };
+  for (size_t r = 0; r < rows;) {
+    if (!wanted(r)) {
+      ++r;
+      continue;
+    }
+    size_t end = r + 1;
+    while (end < rows && wanted(end)) ++end;
+    const size_t offset = r * static_cast<size_t>(n_vocab);
+    CHORD_CUDA_RETURN(cudaMemcpyAsync(out.logits + offset, logits.as<float>() + offset,
+                                      (end - r) * static_cast<size_t>(n_vocab) * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s()));
+    r = end;
+  }
+  return stream.Synchronize();
+}
+
 CudaStage::CudaStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaStage::~CudaStage() = default;
 
@@ -551,6 +589,10 @@ absl::StatusOr<float*> CudaStage::DeviceRows(int64_t n_rows) {
 void* CudaStage::stream() const { return impl_->s(); }
 
 absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
+  return Logits(x, n_rows, LogitsRequest{logits});
+}
+
+absl::Status CudaStage::Logits(const float* x, int64_t n_rows, const LogitsRequest& out) {
   CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
   if (n_rows <= 0) return absl::InvalidArgumentError("Logits: no rows");
@@ -558,14 +600,16 @@ absl::Status CudaStage::Logits(const float* x, int64_t n_rows, float* logits) {
   const size_t bytes = static_cast<size_t>(n_rows * impl_->config.n_embd) * sizeof(float);
   CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
   RETURN_IF_ERROR(impl_->LogitsDevice(impl_->x.as<float>(), n_rows));
-  const size_t out = static_cast<size_t>(n_rows * impl_->config.n_vocab) * sizeof(float);
-  CHORD_CUDA_RETURN(
-      cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
-  return Synchronize();
+  return impl_->CopyLogits(n_rows, out);
 }
 
 absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
                                 int64_t n_logit_rows, float* logits) {
+  return Forward(tokens, batch, n_logit_rows, LogitsRequest{logits});
+}
+
+absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                                int64_t n_logit_rows, const LogitsRequest& out) {
   CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_embedding() || !has_output()) {
     return absl::InternalError("Forward needs a stage holding the whole model");
@@ -586,20 +630,14 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
       return impl_->LogitsDevice(impl_->x.as<float>(), 1);
     };
     RETURN_IF_ERROR(impl_->Replay(impl_->decode_step, whole_step));
-    CHORD_CUDA_RETURN(cudaMemcpyAsync(logits, impl_->logits.data(),
-                                      static_cast<size_t>(impl_->config.n_vocab) * sizeof(float),
-                                      cudaMemcpyDeviceToHost, impl_->s()));
-    return Synchronize();
+    return impl_->CopyLogits(1, out);
   }
   RETURN_IF_ERROR(impl_->EmbedDevice(tokens));
   RETURN_IF_ERROR(impl_->LayersDevice(n));
   if (n_logit_rows == 0) return Synchronize();
   const float* last = impl_->x.as<float>() + (n - n_logit_rows) * impl_->config.n_embd;
   RETURN_IF_ERROR(impl_->LogitsDevice(last, n_logit_rows));
-  const size_t out = static_cast<size_t>(n_logit_rows * impl_->config.n_vocab) * sizeof(float);
-  CHORD_CUDA_RETURN(
-      cudaMemcpyAsync(logits, impl_->logits.data(), out, cudaMemcpyDeviceToHost, impl_->s()));
-  return Synchronize();
+  return impl_->CopyLogits(n_logit_rows, out);
 }
 
 absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& source,

@@ -29,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "common/model/model_config.h"
 #include "common/tensor/dtype.h"
+#include "worker/logits_request.h"
 #include "worker/models/llama.h"
 
 namespace chord {
@@ -137,6 +138,9 @@ class CudaStage {
   void* stream() const;
   // Final norm and output projection of n_rows rows of x into n_vocab logits each.
   absl::Status Logits(const float* x, int64_t n_rows, float* logits);
+  // The same, handing back only what `out` asks for: the greedy tokens are
+  // picked on the GPU, and only the rows flagged are copied to the host.
+  absl::Status Logits(const float* x, int64_t n_rows, const LogitsRequest& out);
 
   // A whole-model step with activations kept on the GPU (needs both the
   // embeddings and the output layer): embeds `tokens`, runs the layers and
@@ -145,6 +149,9 @@ class CudaStage {
   // when options.use_graph is set (same kernels, same results).
   absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
                        int64_t n_logit_rows, float* logits);
+  // The same, handing back the logit rows as `out` asks (see Logits).
+  absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                       int64_t n_logit_rows, const LogitsRequest& out);
 
   // Waits for the device and reports any asynchronous error.
   absl::Status Synchronize();

@@ -49,15 +49,15 @@ class CudaStageCompute final : public StageCompute {
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x) override {
     return stage_->RunLayers(batch, x);
   }
-  absl::Status Logits(const float* x, int64_t n_rows, float* logits) override {
-    return stage_->Logits(x, n_rows, logits);
+  absl::Status Logits(const float* x, int64_t n_rows, const LogitsRequest& out) override {
+    return stage_->Logits(x, n_rows, out);
   }
   void set_between_layers(std::function<void()>) override {}
 
   bool can_forward() const override { return stage_->has_embedding() && stage_->has_output(); }
   absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch, int64_t n_logit_rows,
-                       float* logits) override {
-    return stage_->Forward(tokens, batch, n_logit_rows, logits);
+                       const LogitsRequest& out) override {
+    return stage_->Forward(tokens, batch, n_logit_rows, out);
   }
 
   bool can_link() const override { return true; }

@@ -23,6 +23,7 @@
 #include "worker/kv_cache.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
+#include "worker/sampler.h"
 #include "worker/shard/shard_cache.h"
 #include "worker/shard/stage_weights.h"
 #include "worker/stage_compute.h"
@@ -237,6 +238,60 @@ TEST_P(CudaStageTest, GraphReplayAndOverlappedLaunchesGiveTheSameLogitsAsDirectL
     }
   }
   for (size_t i = 1; i < runs.size(); ++i) ExpectBitIdentical(runs[0], runs[i]);
+}
+
+// A logits request: the greedy tokens are those the host scan finds in the
+// full logits, the rows flagged come back bit for bit, the others are not
+// written; through the one-token graph and a batch of slots alike.
+TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
+  const ModelConfig* config = &config_;
+  CudaStageOptions options = GraphOptions(16, true);
+  options.n_slots = 3;
+  const GgufTensorSource& source = *source_;
+  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const auto n_vocab = static_cast<size_t>(config->n_vocab);
+  const float poison = -12345.0f;
+  for (int64_t p = 0; p < 3; ++p) {
+    const int32_t token = static_cast<int32_t>((5 * p + 3) % config->n_vocab);
+    const BatchToken slot{0, p};
+    std::vector<float> full(n_vocab);
+    ASSERT_TRUE((*stage)->Forward({&token, 1}, {&slot, 1}, 1, full.data()).ok());
+    // The same step again over the same cache rows: the same logits.
+    std::vector<float> none(n_vocab, poison);
+    const std::vector<uint8_t> skip = {0};
+    int32_t greedy = -1;
+    ASSERT_TRUE((*stage)
+                    ->Forward({&token, 1}, {&slot, 1}, 1, LogitsRequest{none.data(), skip, {&greedy, 1}})
+                    .ok());
+    EXPECT_EQ(greedy, Sampler::GreedyToken(full)) << "position " << p;
+    EXPECT_EQ(none, std::vector<float>(n_vocab, poison));
+  }
+  std::vector<int32_t> tokens;
+  std::vector<BatchToken> batch;
+  for (int64_t s = 0; s < 3; ++s) {
+    tokens.push_back(static_cast<int32_t>((7 * s + 2) % config->n_vocab));
+    batch.push_back({s + 0, s == 0 ? 3 : 0});
+  }
+  std::vector<float> full(3 * n_vocab);
+  ASSERT_TRUE((*stage)->Forward(tokens, batch, 3, full.data()).ok());
+  std::vector<float> some(3 * n_vocab, poison);
+  const std::vector<uint8_t> rows = {1, 0, 1};
+  std::vector<int32_t> greedy(3, -1);
+  ASSERT_TRUE((*stage)->Forward(tokens, batch, 3, LogitsRequest{some.data(), rows, greedy}).ok());
+  for (size_t r = 0; r < 3; ++r) {
+    const std::span<const float> row(full.data() + r * n_vocab, n_vocab);
+    EXPECT_EQ(greedy[r], Sampler::GreedyToken(row)) << "row " << r;
+    const std::vector<float> got(some.begin() + r * n_vocab, some.begin() + (r + 1) * n_vocab);
+    if (rows[r] != 0) {
+      ExpectBitIdentical(std::vector<float>(row.begin(), row.end()), got);
+    } else {
+      EXPECT_EQ(got, std::vector<float>(n_vocab, poison)) << "row " << r;
+    }
+  }
+  const std::vector<uint8_t> wrong = {1, 0};
+  EXPECT_EQ((*stage)->Forward(tokens, batch, 3, LogitsRequest{some.data(), wrong, {}}).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {

@@ -97,6 +97,22 @@ Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double 
   return *begin;
 }
 
+int32_t Sampler::GreedyToken(std::span<const float> logits) {
+  int32_t best = 0;
+  const auto n = static_cast<int32_t>(logits.size());
+  for (int32_t id = 1; id < n; ++id) {
+    if (logits[static_cast<size_t>(id)] > logits[static_cast<size_t>(best)]) best = id;
+  }
+  return best;
+}
+
+bool Sampler::PicksGreedyToken(const SamplingParams& params) {
+  const bool penalties = params.penalty_last_n != 0 &&
+                         (params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
+                          params.frequency_penalty != 0.0f);
+  return params.temperature <= 0.0f && params.logit_bias.empty() && !penalties;
+}
+
 int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& params,
                         std::span<const int32_t> history, int64_t position) {
   logits_.assign(logits.begin(), logits.end());
@@ -106,10 +122,7 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
   }
   ApplyPenalties(params, history);
 
-  int32_t best = 0;
-  for (int32_t id = 1; id < n_vocab; ++id) {
-    if (logits_[static_cast<size_t>(id)] > logits_[static_cast<size_t>(best)]) best = id;
-  }
+  const int32_t best = GreedyToken(logits_);
   if (params.temperature <= 0.0f) return best;
   const float max_logit = logits_[static_cast<size_t>(best)];
 

@@ -36,6 +36,14 @@ class Sampler {
   int32_t Sample(std::span<const float> logits, const SamplingParams& params,
                  std::span<const int32_t> history, int64_t position);
 
+  // The id of the largest logit, the lowest id among equal ones: the scan
+  // `best = 0; for id: if logits[id] > logits[best] then best = id`, so a NaN
+  // is never chosen unless it is entry 0 (then 0 is). Sample's greedy choice.
+  static int32_t GreedyToken(std::span<const float> logits);
+  // Whether Sample(logits, params, ...) is GreedyToken(logits) for any logits
+  // and history: temperature 0, no logit bias, no penalties.
+  static bool PicksGreedyToken(const SamplingParams& params);
+
   // The n most likely tokens under the raw log-softmax of `logits`, most likely
   // first (ties: lower id first).
   static std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int n);

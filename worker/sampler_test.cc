@@ -41,6 +41,40 @@ TEST(SamplerTest, GreedyPicksArgmaxAndLowestIdOnTies) {
   EXPECT_EQ(sampler.Sample(tied, Plain(0.0f), {}, 0), 1);
 }
 
+// GreedyToken is the sequential scan `if (x[id] > x[best]) best = id` from 0,
+// and is what Sample chooses whenever PicksGreedyToken holds.
+TEST(SamplerTest, GreedyTokenIsTheScanAndSamplesAgreeWhenPicksGreedyToken) {
+  const float nan = std::nanf("");
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{1.0f, 3.0f, 0.5f, 3.0f}), 1);
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{nan, 3.0f, 7.0f}), 0);
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{1.0f, nan, 7.0f, nan}), 2);
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{-0.0f, 0.0f}), 0);
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{-INFINITY, -INFINITY}), 0);
+  EXPECT_EQ(Sampler::GreedyToken(std::vector<float>{nan, nan}), 0);
+  const std::vector<float> logits = RandomLogits(1000, 9);
+  EXPECT_EQ(Sampler::GreedyToken(logits), Argmax(logits));
+
+  Sampler sampler;
+  SamplingParams greedy = Plain(0.0f);
+  greedy.penalty_last_n = 0;
+  greedy.repetition_penalty = 1.3f;  // no window: no penalty
+  ASSERT_TRUE(Sampler::PicksGreedyToken(greedy));
+  ASSERT_TRUE(Sampler::PicksGreedyToken(Plain(0.0f)));
+  const std::vector<int32_t> history = {static_cast<int32_t>(Argmax(logits)), 3, 3};
+  EXPECT_EQ(sampler.Sample(logits, greedy, history, 5), Sampler::GreedyToken(logits));
+  EXPECT_EQ(sampler.Sample(logits, Plain(0.0f), history, 5), Sampler::GreedyToken(logits));
+
+  SamplingParams penalized = Plain(0.0f);
+  penalized.repetition_penalty = 1.3f;
+  SamplingParams biased = Plain(0.0f);
+  biased.logit_bias = {{7, 2.0f}};
+  SamplingParams present = Plain(0.0f);
+  present.presence_penalty = 0.5f;
+  for (const SamplingParams& p : {penalized, biased, present, Plain(0.7f)}) {
+    EXPECT_FALSE(Sampler::PicksGreedyToken(p));
+  }
+}
+
 TEST(SamplerTest, SameSeedAndPositionSameToken_DifferentPositionsVary) {
   Sampler a, b;
   const std::vector<float> logits = RandomLogits(50, 2);

@@ -17,6 +17,7 @@
 #include "common/model/model_config.h"
 #include "kernels/cpu/thread_pool.h"
 #include "worker/kv_cache.h"
+#include "worker/logits_request.h"
 #include "worker/memory_pinner.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
@@ -45,7 +46,9 @@ class StageCompute {
   // Runs the stage's layers over x (batch.size() rows of n_embd floats in host
   // memory, updated in place), reading and extending the KV cache.
   virtual absl::Status RunLayers(std::span<const BatchToken> batch, float* x) = 0;
-  virtual absl::Status Logits(const float* x, int64_t n_rows, float* logits) = 0;
+  // The final norm and output projection of n_rows rows of x, handed back as
+  // `out` asks (worker/logits_request.h).
+  virtual absl::Status Logits(const float* x, int64_t n_rows, const LogitsRequest& out) = 0;
 
   // NCCL links between GPU stages (worker/nccl_link.h); a CPU stage has none
   // (UNIMPLEMENTED). ReceiveRows takes a step's n_rows input rows from the
@@ -63,7 +66,7 @@ class StageCompute {
   // captured graph). False: the caller uses Embed, RunLayers and Logits.
   virtual bool can_forward() const { return false; }
   virtual absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
-                               int64_t n_logit_rows, float* logits);
+                               int64_t n_logit_rows, const LogitsRequest& out);
   // See LlamaStage::set_between_layers (a GPU stage's steps are short: unused).
   virtual void set_between_layers(std::function<void()> hook) = 0;
 };

@@ -157,8 +157,8 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
                           compute_->can_forward() && trailing >= 0;
   if (whole_step) {
     // Token ids in, logits out: the rows never leave the stage.
-    logits_.resize(static_cast<size_t>(trailing * config_.n_vocab));
-    RETURN_IF_ERROR(compute_->Forward(token_ids_, batch_, trailing, logits_.data()));
+    RETURN_IF_ERROR(compute_->Forward(token_ids_, batch_, trailing,
+                                      PrepareLogits(step, static_cast<size_t>(trailing))));
   } else {
     if (limits.first_stage) {
       activations->resize(static_cast<size_t>(total * config_.n_embd));
@@ -258,31 +258,50 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   }
   const size_t n_sample = rows_.size() / n_embd;
   if (n_sample == 0) return absl::OkStatus();
-  logits_.resize(n_sample * n_vocab);
-  RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample), logits_.data()));
+  RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample),
+                                   PrepareLogits(step, n_sample)));
   return SampleLogits(step, n_sample, result);
+}
+
+LogitsRequest StageExecutor::PrepareLogits(const pb::StepHeader& step, size_t n_sample) {
+  sampled_.clear();
+  params_.clear();
+  full_.clear();
+  for (const pb::SequenceChunk& chunk : step.sequences()) {
+    if (!chunk.sample()) continue;
+    sampled_.push_back(&chunk);
+    params_.push_back(ToSamplingParams(chunk.sampling()));
+    // A greedy choice from the raw logits needs only the stage's greedy token.
+    full_.push_back(Sampler::PicksGreedyToken(params_.back()) && chunk.logprobs() == 0 ? 0 : 1);
+  }
+  greedy_.resize(n_sample);
+  logits_.resize(n_sample * static_cast<size_t>(config_.n_vocab));
+  return LogitsRequest{logits_.data(), full_, greedy_};
 }
 
 absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sample,
                                          pb::StepResult* result) {
   if (n_sample == 0) return absl::OkStatus();
   const auto n_vocab = static_cast<size_t>(config_.n_vocab);
-  // Each sequence samples on its own (a pure function of its logits, settings
-  // and history), so the step's sequences spread over the pool's threads.
-  sampled_.clear();
-  for (const pb::SequenceChunk& chunk : step.sequences()) {
-    if (chunk.sample()) sampled_.push_back(&chunk);
+  if (sampled_.size() != n_sample) {
+    return absl::InternalError("the step's sampled rows and its logits disagree");
   }
+  // Each sequence samples on its own (a pure function of its logits, settings
+  // and history), so the step's sequences spread over the pool's threads; a
+  // greedy one takes the token the stage picked from its logits.
   tokens_.resize(n_sample);
   pool_->ParallelFor(static_cast<int64_t>(n_sample), 1, [&](int64_t begin, int64_t end) {
     Sampler& sampler = samplers_[static_cast<size_t>(ThreadPool::ThreadIndex())];
     for (auto j = static_cast<size_t>(begin); j < static_cast<size_t>(end); ++j) {
+      if (full_[j] == 0) {
+        tokens_[j] = greedy_[j];
+        continue;
+      }
       const pb::SequenceChunk& chunk = *sampled_[j];
       const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
       const int64_t position =
           static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
-      tokens_[j] = sampler.Sample(logits, ToSamplingParams(chunk.sampling()),
-                                  histories_[chunk.slot()], position);
+      tokens_[j] = sampler.Sample(logits, params_[j], histories_[chunk.slot()], position);
     }
   });
   for (size_t j = 0; j < n_sample; ++j) {

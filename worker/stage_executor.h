@@ -116,7 +116,11 @@ class StageExecutor {
   absl::Status ReservePages(const wire::pb::StepHeader& step);
   // Takes the rows a step announces over the NCCL link (see Run).
   absl::Status ReceiveRows(const wire::Message& message, bool* received);
-  // Samples the step's sequences from logits_ (n_sample rows, in chunk order).
+  // What the stage hands back of the logits of a step's n_sample sampled rows
+  // (sampled_, params_ and full_ are set here, in chunk order).
+  LogitsRequest PrepareLogits(const wire::pb::StepHeader& step, size_t n_sample);
+  // Samples the step's sequences from logits_ (n_sample rows, in chunk order),
+  // or takes greedy_ where full_ is 0.
   absl::Status SampleLogits(const wire::pb::StepHeader& step, size_t n_sample,
                             wire::pb::StepResult* result);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
@@ -133,6 +137,9 @@ class StageExecutor {
   ThreadPool* pool_ = nullptr;
   std::vector<Sampler> samplers_;  // one per pool thread
   std::vector<const wire::pb::SequenceChunk*> sampled_;
+  std::vector<SamplingParams> params_;  // of sampled_
+  std::vector<uint8_t> full_;           // of sampled_: 1 where the host samples from logits_
+  std::vector<int32_t> greedy_;         // of sampled_: the stage's greedy token
   std::vector<int32_t> tokens_;
   std::vector<int64_t> lengths_;                 // positions each slot holds
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot

@@ -157,6 +157,50 @@ __global__ void StoreKvKernel(KvLayer layer, const float* __restrict__ k, const 
   }
 }
 
+constexpr int kGreedyThreads = 512;
+
+// A candidate of the greedy choice: the largest logit of a range of ids, the
+// lowest id among equal ones, NaNs skipped (valid: one was found).
+struct Greedy {
+  float value;
+  int32_t id;
+  bool valid;
+};
+
+// The better of a (lower ids) and b (higher ids), as the sequential scan
+// would leave it.
+__device__ __forceinline__ Greedy Better(const Greedy& a, const Greedy& b) {
+  if (!b.valid) return a;
+  if (!a.valid || b.value > a.value || (b.value == a.value && b.id < a.id)) return b;
+  return a;
+}
+
+// One block per row: each thread scans ids thread, thread + 512, ... then
+// the block reduces. Entry 0 a NaN: the scan never moves off it, so 0.
+__global__ void __launch_bounds__(kGreedyThreads)
+    GreedyTokensKernel(const float* __restrict__ logits, int64_t n_vocab,
+                       int32_t* __restrict__ tokens) {
+  const float* row = logits + static_cast<int64_t>(blockIdx.x) * n_vocab;
+  Greedy best{0.0f, 0, false};
+  for (int64_t id = threadIdx.x; id < n_vocab; id += kGreedyThreads) {
+    const float v = row[id];
+    if (!isnan(v)) best = Better(best, Greedy{v, static_cast<int32_t>(id), true});
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const Greedy other{__shfl_down_sync(0xffffffffu, best.value, offset),
+                       __shfl_down_sync(0xffffffffu, best.id, offset),
+                       __shfl_down_sync(0xffffffffu, best.valid, offset) != 0};
+    best = Better(best, other);
+  }
+  __shared__ Greedy warps[kGreedyThreads / 32];
+  if (threadIdx.x % 32 == 0) warps[threadIdx.x / 32] = best;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < kGreedyThreads / 32; ++w) best = Better(best, warps[w]);
+  tokens[blockIdx.x] = isnan(row[0]) || !best.valid ? 0 : best.id;
+}
+
 unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 
 }  // namespace
@@ -178,6 +222,15 @@ cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const To
   const int64_t total = static_cast<int64_t>(n_tokens) * (params.n_heads + n_k_heads) * (params.n_rot / 2);
   RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(RopeTarget{q, params.n_heads}, RopeTarget{k, n_k_heads},
                                                      n_tokens, tokens, params, theta_scale);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGreedyTokens(const float* logits, int n_rows, int64_t n_vocab, int32_t* tokens,
+                               cudaStream_t stream) {
+  if (n_rows <= 0 || n_vocab <= 0 || logits == nullptr || tokens == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  GreedyTokensKernel<<<n_rows, kGreedyThreads, 0, stream>>>(logits, n_vocab, tokens);
   return cudaGetLastError();
 }
 

@@ -57,6 +57,13 @@ struct KvLayer {
 cudaError_t LaunchStoreKv(const KvLayer& layer, const float* k, const float* v, int n_tokens,
                           const TokenSlot* tokens, cudaStream_t stream);
 
+// For each of n_rows rows of n_vocab logits, the id of its largest entry,
+// the lowest id among equal ones; a NaN is never chosen unless it is entry 0,
+// which then is (the sequential scan `if (x[id] > x[best]) best = id`: the
+// host sampler's greedy choice, worker/sampler.h).
+cudaError_t LaunchGreedyTokens(const float* logits, int n_rows, int64_t n_vocab, int32_t* tokens,
+                               cudaStream_t stream);
+
 // LaunchRope of q (params.n_heads) and k (n_k_heads) then LaunchStoreKv of
 // k and v, in one launch (the same values in q, k and the cache); `cache`
 // holds rows of n_k_heads * head_dim. `overlap_previous`: a programmatic

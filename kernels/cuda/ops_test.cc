@@ -281,6 +281,55 @@ TEST_F(CudaOpsTest, AttentionRoundsItsOutputAsTheSeparateRoundingDoes) {
             cudaErrorInvalidValue);
 }
 
+// The sequential scan LaunchGreedyTokens matches.
+int32_t ScanGreedy(const float* row, int64_t n) {
+  int32_t best = 0;
+  for (int64_t id = 1; id < n; ++id) {
+    if (row[id] > row[best]) best = static_cast<int32_t>(id);
+  }
+  return best;
+}
+
+// Greedy tokens of random rows and of rows built to catch a parallel scan
+// out: the largest value repeated (lowest id wins), NaNs before and after it,
+// a NaN at entry 0, all NaN, -0 before +0, one entry, widths not a multiple
+// of the block.
+TEST_F(CudaOpsTest, GreedyTokensMatchTheSequentialScan) {
+  const float nan = std::nanf("");
+  for (const int64_t n_vocab : {int64_t{32000}, int64_t{1}, int64_t{7}, int64_t{100003}}) {
+    std::vector<std::vector<float>> rows;
+    for (uint32_t seed = 0; seed < 4; ++seed) {
+      rows.push_back(RandomFloats(static_cast<size_t>(n_vocab), 70 + seed, 8.0f));
+    }
+    std::vector<float> tied = RandomFloats(static_cast<size_t>(n_vocab), 80);
+    for (int64_t id = n_vocab - 1; id >= 0; id -= 997) tied[id] = 9.0f;
+    rows.push_back(tied);
+    std::vector<float> nans = RandomFloats(static_cast<size_t>(n_vocab), 81);
+    for (int64_t id = 0; id < n_vocab; id += 3) nans[id] = id == 0 ? 0.5f : nan;
+    rows.push_back(nans);
+    std::vector<float> first_nan = RandomFloats(static_cast<size_t>(n_vocab), 82);
+    first_nan[0] = nan;
+    rows.push_back(first_nan);
+    rows.push_back(std::vector<float>(static_cast<size_t>(n_vocab), nan));
+    std::vector<float> zeros(static_cast<size_t>(n_vocab), -1.0f);
+    zeros[n_vocab / 2] = -0.0f;
+    zeros[n_vocab - 1] = 0.0f;
+    rows.push_back(zeros);
+    std::vector<float> all;
+    for (const std::vector<float>& row : rows) all.insert(all.end(), row.begin(), row.end());
+    DeviceBuffer d_logits = ToDevice(all);
+    DeviceBuffer d_tokens = Poisoned<int32_t>(rows.size());
+    ASSERT_EQ(LaunchGreedyTokens(d_logits.as<float>(), static_cast<int>(rows.size()), n_vocab,
+                                 d_tokens.as<int32_t>(), nullptr),
+              cudaSuccess);
+    const std::vector<int32_t> tokens = ToHost<int32_t>(d_tokens, rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      EXPECT_EQ(tokens[r], ScanGreedy(rows[r].data(), n_vocab)) << "n_vocab " << n_vocab << " row " << r;
+    }
+  }
+  EXPECT_EQ(LaunchGreedyTokens(nullptr, 1, 10, nullptr, nullptr), cudaErrorInvalidValue);
+}
+
 // Tiles: a new one where the slot changes or 64 rows are full.
 TEST(AttentionTilesTest, RunsOfOneSlotUpToSixtyFourRows) {
   std::vector<TokenSlot> batch;

@@ -2,6 +2,7 @@
 // expired and malformed requests.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <utility>
 #include <string>
 #include <thread>
@@ -175,7 +176,15 @@ TEST_F(ServingTest, AbortEndsTheStreamAndFreesTheSlot) {
 }
 
 TEST_F(ServingTest, DeadlineEndsTheStreamAndFreesTheSlot) {
-  StreamResult result = Generate(*stub_, LongRequest("short-deadline"), std::chrono::milliseconds(40));
+  // A deadline a quarter of the way through the whole stream, as long as it
+  // takes on this machine (a fixed one ran past the end on a fast build).
+  const auto start = std::chrono::steady_clock::now();
+  StreamResult whole = Generate(*stub_, LongRequest("no-deadline"), std::chrono::seconds(60));
+  ASSERT_TRUE(whole.status.ok()) << whole.status.error_message();
+  const auto deadline = std::max(std::chrono::milliseconds(1),
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     (std::chrono::steady_clock::now() - start) / 4));
+  StreamResult result = Generate(*stub_, LongRequest("short-deadline"), deadline);
   EXPECT_EQ(result.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << result.status.error_message();
   EXPECT_FALSE(result.has_final);
   EXPECT_TRUE(WaitUntilIdle(*stub_, std::chrono::seconds(5))) << ServerInfo(*stub_).DebugString();
