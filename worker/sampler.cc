@@ -43,8 +43,10 @@ float Sampler::ExpNonPositive(float x) {
   return underflows ? 0.0f : p * two_to_n;
 }
 
-void Sampler::ExpOf(std::span<const float> logits, float max_logit, float scale, std::span<float> out) {
-  for (size_t i = 0; i < logits.size(); ++i) out[i] = ExpNonPositive((logits[i] - max_logit) * scale);
+void Sampler::ExpOf(std::span<const float> logits, float max_logit, float scale,
+                    std::span<float> out) {
+  for (size_t i = 0; i < logits.size(); ++i)
+    out[i] = ExpNonPositive((logits[i] - max_logit) * scale);
 }
 
 double Sampler::UniformDraw(uint64_t seed, int64_t position) {
@@ -52,12 +54,17 @@ double Sampler::UniformDraw(uint64_t seed, int64_t position) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
+bool Sampler::HasPenalties(const SamplingParams& params) {
+  return params.penalty_last_n != 0 &&
+         (params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
+          params.frequency_penalty != 0.0f);
+}
+
 void Sampler::ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history) {
-  const bool any = params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
-                   params.frequency_penalty != 0.0f;
-  if (!any || params.penalty_last_n == 0) return;
+  if (!HasPenalties(params)) return;
   size_t window = history.size();
-  if (params.penalty_last_n > 0) window = std::min(window, static_cast<size_t>(params.penalty_last_n));
+  if (params.penalty_last_n > 0)
+    window = std::min(window, static_cast<size_t>(params.penalty_last_n));
   std::unordered_map<int32_t, int> counts;
   for (int32_t id : history.subspan(history.size() - window)) ++counts[id];
   for (const auto& [id, count] : counts) {
@@ -80,7 +87,8 @@ Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double 
   auto begin = candidates.begin(), end = candidates.end();
   while (end - begin > 1) {
     const Candidate pivot = *(begin + (end - begin) / 2);
-    const auto split = std::partition(begin, end, [&](const Candidate& c) { return Ranked(c, pivot); });
+    const auto split =
+        std::partition(begin, end, [&](const Candidate& c) { return Ranked(c, pivot); });
     double above = 0.0;
     for (auto it = begin; it != split; ++it) above += it->mass;
     if (above >= need) {  // within the tokens ranked above the pivot (there is one: need > 0)
@@ -91,59 +99,96 @@ Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double 
     if (pivot.mass >= need || end - split == 1) return pivot;
     need -= pivot.mass;
     // The rest: what ranks below the pivot.
-    std::iter_swap(split, std::find_if(split, end, [&](const Candidate& c) { return c.id == pivot.id; }));
+    std::iter_swap(split,
+                   std::find_if(split, end, [&](const Candidate& c) { return c.id == pivot.id; }));
     begin = split + 1;
   }
   return *begin;
 }
 
 int32_t Sampler::GreedyToken(std::span<const float> logits) {
-  int32_t best = 0;
-  const auto n = static_cast<int32_t>(logits.size());
-  for (int32_t id = 1; id < n; ++id) {
-    if (logits[static_cast<size_t>(id)] > logits[static_cast<size_t>(best)]) best = id;
+  // The scan's answer in two passes that vectorize: the largest value (a NaN
+  // never replaces one, as in the scan, whose first entry is never replaced
+  // when it is a NaN), then its first id.
+  const size_t n = logits.size();
+  if (n == 0 || std::isnan(logits[0])) return 0;
+  constexpr size_t kLanes = 8;
+  float lanes[kLanes];
+  for (float& lane : lanes) lane = logits[0];
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l)
+      lanes[l] = logits[i + l] > lanes[l] ? logits[i + l] : lanes[l];
   }
-  return best;
+  float max = lanes[0];
+  for (; i < n; ++i) max = logits[i] > max ? logits[i] : max;
+  for (const float lane : lanes) max = lane > max ? lane : max;
+  size_t id = 0;
+  while (!(logits[id] == max)) ++id;
+  return static_cast<int32_t>(id);
 }
 
 bool Sampler::PicksGreedyToken(const SamplingParams& params) {
-  const bool penalties = params.penalty_last_n != 0 &&
-                         (params.repetition_penalty != 1.0f || params.presence_penalty != 0.0f ||
-                          params.frequency_penalty != 0.0f);
-  return params.temperature <= 0.0f && params.logit_bias.empty() && !penalties;
+  return params.temperature <= 0.0f && params.logit_bias.empty() && !HasPenalties(params);
+}
+
+void Sampler::SelectTopK(std::span<const float> logits, int32_t k) {
+  // A heap of the k best so far whose front ranks last: ids come in rising
+  // order, so a token displaces it exactly when its logit is greater.
+  candidates_.clear();
+  const auto n_vocab = static_cast<int32_t>(logits.size());
+  for (int32_t id = 0; id < n_vocab; ++id) {
+    const float logit = logits[static_cast<size_t>(id)];
+    if (static_cast<int32_t>(candidates_.size()) < k) {
+      candidates_.push_back({id, logit, 0.0f});
+      if (static_cast<int32_t>(candidates_.size()) == k) {
+        std::make_heap(candidates_.begin(), candidates_.end(), Ranked);
+      }
+      continue;
+    }
+    if (!(logit > candidates_.front().logit)) continue;
+    std::pop_heap(candidates_.begin(), candidates_.end(), Ranked);
+    candidates_.back() = {id, logit, 0.0f};
+    std::push_heap(candidates_.begin(), candidates_.end(), Ranked);
+  }
+  std::sort_heap(candidates_.begin(), candidates_.end(), Ranked);  // best first
 }
 
 int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& params,
                         std::span<const int32_t> history, int64_t position) {
-  logits_.assign(logits.begin(), logits.end());
-  const auto n_vocab = static_cast<int32_t>(logits_.size());
-  for (const auto& [id, bias] : params.logit_bias) {
-    if (id >= 0 && id < n_vocab) logits_[static_cast<size_t>(id)] += bias;
+  // The raw logits as they are, or a copy with the bias and penalties applied.
+  std::span<const float> x = logits;
+  if (!params.logit_bias.empty() || HasPenalties(params)) {
+    logits_.assign(logits.begin(), logits.end());
+    for (const auto& [id, bias] : params.logit_bias) {
+      if (id >= 0 && id < static_cast<int32_t>(logits_.size()))
+        logits_[static_cast<size_t>(id)] += bias;
+    }
+    ApplyPenalties(params, history);
+    x = logits_;
   }
-  ApplyPenalties(params, history);
+  const auto n_vocab = static_cast<int32_t>(x.size());
 
-  const int32_t best = GreedyToken(logits_);
+  const int32_t best = GreedyToken(x);
   if (params.temperature <= 0.0f) return best;
-  const float max_logit = logits_[static_cast<size_t>(best)];
+  const float max_logit = x[static_cast<size_t>(best)];
 
   // The truncations keep a prefix of the ranking (higher logit first, ties by
   // lower id); `last` is the lowest-ranked token kept. Nothing is sorted: a
   // vocabulary of 32k-150k tokens sorted per token per sequence would cost
-  // more than the step that produced the logits.
+  // more than the step that produced the logits. After top-k or top-p,
+  // candidates_ holds every token they keep.
   std::optional<Candidate> last;
   const bool top_k = params.top_k > 0 && params.top_k < n_vocab;
   const bool top_p = params.top_p < 1.0f;
-  if (top_k || top_p) {
+  if (top_k) {
+    SelectTopK(x, params.top_k);  // the k best, best first
+    last = candidates_.back();
+  } else if (top_p) {
     candidates_.resize(static_cast<size_t>(n_vocab));
     for (int32_t id = 0; id < n_vocab; ++id) {
-      candidates_[static_cast<size_t>(id)] = {id, logits_[static_cast<size_t>(id)], 0.0f};
+      candidates_[static_cast<size_t>(id)] = {id, x[static_cast<size_t>(id)], 0.0f};
     }
-  }
-  if (top_k) {
-    const auto kth = candidates_.begin() + (params.top_k - 1);
-    std::nth_element(candidates_.begin(), kth, candidates_.end(), Ranked);
-    last = *kth;
-    candidates_.resize(static_cast<size_t>(params.top_k));  // the k best, in no order
   }
   if (top_p) {
     // top-p weighs tokens by their probability at temperature 1.
@@ -163,19 +208,78 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
     return !last.has_value() || !Ranked(*last, Candidate{id, logit, 0.0f});
   };
 
-  // Draw over the kept tokens in id order, weighted at the temperature.
-  weights_.resize(static_cast<size_t>(n_vocab));
-  ExpOf(logits_, max_logit, 1.0f / params.temperature, weights_);
-  double total = 0.0;
-  for (int32_t id = 0; id < n_vocab; ++id) {
-    float& weight = weights_[static_cast<size_t>(id)];
-    if (!kept(id, logits_[static_cast<size_t>(id)])) weight = 0.0f;
-    total += weight;
+  // Draw over the kept tokens in id order, weighted at the temperature. A
+  // token not kept weighs 0 and changes neither sum, so after top-k only its
+  // k candidates (and the best token) need weighing.
+  const float scale = 1.0f / params.temperature;
+  if (!top_k) {
+    const bool truncated = last.has_value() || params.min_p > 0.0f;
+    return DrawFromAll(x, best, truncated, kept, scale, params.seed, position);
   }
+  kept_.clear();
+  bool has_best = false;
+  for (const Candidate& c : candidates_) {
+    if (!kept(c.id, c.logit)) continue;
+    kept_.push_back({c.id, ExpNonPositive((c.logit - max_logit) * scale)});
+    has_best = has_best || c.id == best;
+  }
+  if (!has_best) kept_.push_back({best, ExpNonPositive((max_logit - max_logit) * scale)});
+  std::sort(kept_.begin(), kept_.end(),
+            [](const Weighted& a, const Weighted& b) { return a.id < b.id; });
+  double total = 0.0;
+  for (const Weighted& w : kept_) total += w.weight;
   const double target = UniformDraw(params.seed, position) * total;
   double cumulative = 0.0;
   int32_t drawn = best;
-  for (int32_t id = 0; id < n_vocab; ++id) {
+  for (const Weighted& w : kept_) {
+    if (w.weight == 0.0f) continue;
+    cumulative += w.weight;
+    drawn = w.id;
+    if (target < cumulative) break;
+  }
+  return drawn;
+}
+
+template <typename Kept>
+int32_t Sampler::DrawFromAll(std::span<const float> x, int32_t best, bool truncated,
+                             const Kept& kept, float scale, uint64_t seed, int64_t position) {
+  const auto n_vocab = static_cast<int32_t>(x.size());
+  const float max_logit = x[static_cast<size_t>(best)];
+  weights_.resize(static_cast<size_t>(n_vocab));
+  ExpOf(x, max_logit, scale, weights_);
+  for (int32_t id = 0; truncated && id < n_vocab; ++id) {
+    if (!kept(id, x[static_cast<size_t>(id)])) weights_[static_cast<size_t>(id)] = 0.0f;
+  }
+  // Sums of blocks of kDrawBlock weights, each over kLanes interleaved
+  // accumulators (independent additions, so the loop runs at the adder's
+  // throughput, not its latency); the draw finds its block from them and
+  // walks only that block. The order of every sum is fixed by n_vocab alone.
+  constexpr int32_t kDrawBlock = 1024;
+  constexpr int kLanes = 8;
+  const int32_t n_blocks = (n_vocab + kDrawBlock - 1) / kDrawBlock;
+  block_sums_.resize(static_cast<size_t>(n_blocks));
+  double total = 0.0;
+  for (int32_t b = 0; b < n_blocks; ++b) {
+    const int32_t begin = b * kDrawBlock, end = std::min(n_vocab, begin + kDrawBlock);
+    double lanes[kLanes] = {};
+    int32_t id = begin;
+    for (; id + kLanes <= end; id += kLanes) {
+      for (int l = 0; l < kLanes; ++l) lanes[l] += weights_[static_cast<size_t>(id + l)];
+    }
+    for (int l = 0; id < end; ++id, ++l) lanes[l] += weights_[static_cast<size_t>(id)];
+    double sum = 0.0;
+    for (const double lane : lanes) sum += lane;
+    block_sums_[static_cast<size_t>(b)] = sum;
+    total += sum;
+  }
+  const double target = UniformDraw(seed, position) * total;
+  double cumulative = 0.0;
+  int32_t b = 0;
+  while (b + 1 < n_blocks && cumulative + block_sums_[static_cast<size_t>(b)] <= target) {
+    cumulative += block_sums_[static_cast<size_t>(b++)];
+  }
+  int32_t drawn = best;
+  for (int32_t id = b * kDrawBlock, end = std::min(n_vocab, id + kDrawBlock); id < end; ++id) {
     const float weight = weights_[static_cast<size_t>(id)];
     if (weight == 0.0f) continue;
     cumulative += weight;
@@ -194,7 +298,8 @@ std::vector<TokenLogprob> Sampler::TopLogprobs(std::span<const float> logits, in
   const double log_sum = static_cast<double>(max) + std::log(sum);
   std::vector<TokenLogprob> all(logits.size());
   for (size_t i = 0; i < logits.size(); ++i) {
-    all[i] = {static_cast<int32_t>(i), static_cast<float>(static_cast<double>(logits[i]) - log_sum)};
+    all[i] = {static_cast<int32_t>(i),
+              static_cast<float>(static_cast<double>(logits[i]) - log_sum)};
   }
   const size_t k = std::min(static_cast<size_t>(n), all.size());
   std::partial_sort(all.begin(), all.begin() + static_cast<ptrdiff_t>(k), all.end(),

@@ -56,7 +56,8 @@ class Sampler {
   // loop of it vectorizes. The weights of the draw and of top-p.
   static float ExpNonPositive(float x);
   // out[i] = ExpNonPositive((logits[i] - max_logit) * scale).
-  static void ExpOf(std::span<const float> logits, float max_logit, float scale, std::span<float> out);
+  static void ExpOf(std::span<const float> logits, float max_logit, float scale,
+                    std::span<float> out);
 
  private:
   struct Candidate {
@@ -64,14 +65,30 @@ class Sampler {
     float logit;
     float mass;  // top-p's weight: exp(logit - max logit)
   };
+  struct Weighted {
+    int32_t id;
+    float weight;  // the draw's weight: exp((logit - max logit) / temperature)
+  };
   // a ranks before b: higher logit, or the same logit and a lower id.
   static bool Ranked(const Candidate& a, const Candidate& b);
   // top-p: the lowest-ranked token of the shortest ranking prefix of
   // `candidates` whose mass reaches `need`.
   static Candidate TopPLast(std::vector<Candidate>& candidates, double need);
+  // candidates_ = the k best tokens (0 < k < logits.size()), best first: one
+  // pass with a heap of k, a few hundred updates for random logits.
+  void SelectTopK(std::span<const float> logits, int32_t k);
+  static bool HasPenalties(const SamplingParams& params);
+  // The draw over the whole vocabulary (no top-k): each token weighted at
+  // the temperature (`scale` = 1 / temperature), or 0 where `truncated` and
+  // not kept(id, logit).
+  template <typename Kept>
+  int32_t DrawFromAll(std::span<const float> x, int32_t best, bool truncated, const Kept& kept,
+                      float scale, uint64_t seed, int64_t position);
   void ApplyPenalties(const SamplingParams& params, std::span<const int32_t> history);
 
   std::vector<Candidate> candidates_;
+  std::vector<Weighted> kept_;  // the draw's tokens in id order (after top-k)
+  std::vector<double> block_sums_;
   std::vector<float> logits_;
   std::vector<float> weights_;
 };
