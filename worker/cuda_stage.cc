@@ -603,6 +603,20 @@ absl::Status CudaStage::Logits(const float* x, int64_t n_rows, const LogitsReque
   return impl_->CopyLogits(n_rows, out);
 }
 
+absl::Status CudaStage::LogitsOfDeviceRows(int64_t first_row, int64_t n_rows,
+                                           const LogitsRequest& out) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
+  if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
+  if (n_rows <= 0 || first_row < 0 || first_row + n_rows > impl_->capacity) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "LogitsOfDeviceRows: rows [%d, %d) are not in the stage's %d-row buffer", first_row,
+        first_row + n_rows, impl_->capacity));
+  }
+  RETURN_IF_ERROR(
+      impl_->LogitsDevice(impl_->x.as<float>() + first_row * impl_->config.n_embd, n_rows));
+  return impl_->CopyLogits(n_rows, out);
+}
+
 absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
                                 int64_t n_logit_rows, float* logits) {
   return Forward(tokens, batch, n_logit_rows, LogitsRequest{logits});

@@ -136,6 +136,10 @@ class CudaStage {
   // issued on.
   absl::StatusOr<float*> DeviceRows(int64_t n_rows);
   void* stream() const;
+  // The logits of rows [first_row, first_row + n_rows) of the residual
+  // stream a RunLayers left on the GPU (output_on_device), as Logits hands
+  // them back.
+  absl::Status LogitsOfDeviceRows(int64_t first_row, int64_t n_rows, const LogitsRequest& out);
   // Final norm and output projection of n_rows rows of x into n_vocab logits each.
   absl::Status Logits(const float* x, int64_t n_rows, float* logits);
   // The same, handing back only what `out` asks for: the greedy tokens are

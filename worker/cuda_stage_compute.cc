@@ -69,6 +69,10 @@ class CudaStageCompute final : public StageCompute {
                                  bool output_on_device) override {
     return stage_->RunLayers(batch, x, input_on_device, output_on_device);
   }
+  absl::Status LogitsOfDeviceRows(int64_t first_row, int64_t n_rows,
+                                  const LogitsRequest& out) override {
+    return stage_->LogitsOfDeviceRows(first_row, n_rows, out);
+  }
   absl::Status SendRows(NcclLink& link, int64_t n_rows) override {
     ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));
     return link.Send(rows, n_rows * stage_->config().n_embd, stage_->stream());

@@ -294,6 +294,43 @@ TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The logits of rows left on the GPU by a layer pass are those of the same
+// rows taken to the host and back, bit for bit (one row: the layer-pass
+// graph; four: direct launches).
+TEST_P(CudaStageTest, LogitsOfDeviceRowsEqualLogitsOfTheRowsOnTheHost) {
+  const ModelConfig* config = &config_;
+  const GgufTensorSource& source = *source_;
+  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer},
+                               GraphOptions(16, true));
+  ASSERT_TRUE(stage.ok()) << stage.status();
+  const auto n_vocab = static_cast<size_t>(config->n_vocab);
+  const auto n_embd = static_cast<size_t>(config->n_embd);
+  for (const int64_t n : {int64_t{1}, int64_t{4}}) {
+    std::vector<int32_t> tokens;
+    std::vector<BatchToken> batch;
+    for (int64_t p = 0; p < n; ++p) {
+      tokens.push_back(static_cast<int32_t>((3 * p + 7) % config->n_vocab));
+      batch.push_back({0, p});
+    }
+    std::vector<float> embedded(static_cast<size_t>(n) * n_embd);
+    ASSERT_TRUE((*stage)->Embed(tokens, embedded.data()).ok());
+    std::vector<float> rows = embedded;
+    ASSERT_TRUE((*stage)->RunLayers(batch, rows.data(), false, /*output_on_device=*/true).ok());
+    const int64_t sampled = std::min<int64_t>(n, 2);
+    std::vector<float> on_device(static_cast<size_t>(sampled) * n_vocab);
+    ASSERT_TRUE((*stage)->LogitsOfDeviceRows(n - sampled, sampled, {on_device.data()}).ok());
+    // The same positions again, the rows through the host.
+    rows = embedded;
+    ASSERT_TRUE((*stage)->RunLayers(batch, rows.data()).ok());
+    std::vector<float> on_host(on_device.size());
+    ASSERT_TRUE(
+        (*stage)->Logits(rows.data() + (n - sampled) * n_embd, sampled, on_host.data()).ok());
+    ExpectBitIdentical(on_host, on_device);
+    EXPECT_EQ((*stage)->LogitsOfDeviceRows(n - 1, 2, {on_device.data()}).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST_P(CudaStageTest, LayerPassReplayGivesTheSameRowsAsDirectLaunches) {
   const ModelConfig* config = &config_;
   const GgufTensorSource& source = *source_;

@@ -60,6 +60,11 @@ class StageCompute {
   virtual absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x,
                                          bool input_on_device, bool output_on_device);
   virtual absl::Status SendRows(NcclLink& link, int64_t n_rows);
+  // On a last stage that can_link(): the logits of rows [first_row,
+  // first_row + n_rows) of the output RunLayersOnDevice left on the device,
+  // handed back as `out` asks (the rows never cross to the host).
+  virtual absl::Status LogitsOfDeviceRows(int64_t first_row, int64_t n_rows,
+                                          const LogitsRequest& out);
   // A stage holding the whole model can run a step from token ids to the
   // logits of its last n_logit_rows rows in one call, the rows staying where
   // the stage computes (the CUDA stage: on the GPU, a one-token step as one

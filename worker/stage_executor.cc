@@ -155,10 +155,21 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   const int64_t trailing = TrailingSampledRows(step);
   const bool whole_step = limits.first_stage && is_last() && !rows_received && !send_rows &&
                           compute_->can_forward() && trailing >= 0;
+  // The last of several GPU stages: its output rows stay on the GPU for the
+  // logits instead of a round trip through host memory.
+  const bool logits_on_device =
+      !limits.first_stage && is_last() && compute_->can_link() && trailing >= 0;
   if (whole_step) {
     // Token ids in, logits out: the rows never leave the stage.
     RETURN_IF_ERROR(compute_->Forward(token_ids_, batch_, trailing,
                                       PrepareLogits(step, static_cast<size_t>(trailing))));
+  } else if (logits_on_device) {
+    RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received,
+                                                /*output_on_device=*/true));
+    if (trailing > 0) {
+      RETURN_IF_ERROR(compute_->LogitsOfDeviceRows(
+          total - trailing, trailing, PrepareLogits(step, static_cast<size_t>(trailing))));
+    }
   } else {
     if (limits.first_stage) {
       activations->resize(static_cast<size_t>(total * config_.n_embd));
@@ -186,7 +197,9 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     if (chunk.first_position() == 0) history.clear();
     for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
   }
-  if (whole_step) return SampleLogits(step, static_cast<size_t>(trailing), result);
+  if (whole_step || logits_on_device) {
+    return SampleLogits(static_cast<size_t>(trailing), result);
+  }
   return Sample(step, *activations, result);
 }
 
@@ -248,7 +261,6 @@ absl::Status StageExecutor::ReservePages(const pb::StepHeader& step) {
 absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector<float>& x,
                                    pb::StepResult* result) {
   const auto n_embd = static_cast<size_t>(config_.n_embd);
-  const auto n_vocab = static_cast<size_t>(config_.n_vocab);
   rows_.clear();
   size_t row = 0;
   for (const pb::SequenceChunk& chunk : step.sequences()) {
@@ -260,7 +272,7 @@ absl::Status StageExecutor::Sample(const pb::StepHeader& step, const std::vector
   if (n_sample == 0) return absl::OkStatus();
   RETURN_IF_ERROR(compute_->Logits(rows_.data(), static_cast<int64_t>(n_sample),
                                    PrepareLogits(step, n_sample)));
-  return SampleLogits(step, n_sample, result);
+  return SampleLogits(n_sample, result);
 }
 
 LogitsRequest StageExecutor::PrepareLogits(const pb::StepHeader& step, size_t n_sample) {
@@ -279,8 +291,7 @@ LogitsRequest StageExecutor::PrepareLogits(const pb::StepHeader& step, size_t n_
   return LogitsRequest{logits_.data(), full_, greedy_};
 }
 
-absl::Status StageExecutor::SampleLogits(const pb::StepHeader& step, size_t n_sample,
-                                         pb::StepResult* result) {
+absl::Status StageExecutor::SampleLogits(size_t n_sample, pb::StepResult* result) {
   if (n_sample == 0) return absl::OkStatus();
   const auto n_vocab = static_cast<size_t>(config_.n_vocab);
   if (sampled_.size() != n_sample) {

@@ -121,8 +121,7 @@ class StageExecutor {
   LogitsRequest PrepareLogits(const wire::pb::StepHeader& step, size_t n_sample);
   // Samples the step's sequences from logits_ (n_sample rows, in chunk order),
   // or takes greedy_ where full_ is 0.
-  absl::Status SampleLogits(const wire::pb::StepHeader& step, size_t n_sample,
-                            wire::pb::StepResult* result);
+  absl::Status SampleLogits(size_t n_sample, wire::pb::StepResult* result);
   absl::Status Sample(const wire::pb::StepHeader& step, const std::vector<float>& x,
                       wire::pb::StepResult* result);
 
