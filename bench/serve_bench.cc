@@ -22,7 +22,14 @@
 #include <thread>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
+
+#include "httplib.h"
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
@@ -282,6 +289,44 @@ std::vector<std::vector<uint32_t>> GreedyTokens(v1::Inference::Stub& stub, int t
   return out;
 }
 
+// A loopback TCP port free a moment ago (for a child's metrics server).
+int FreeLoopbackPort() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t length = sizeof(address);
+  int port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
+    port = ntohs(address.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// A worker's decode steps so far, from its /metrics: their count and the
+// seconds they took inside the worker (from the step's arrival to the
+// result sent on). {0, 0} when the metrics cannot be read.
+struct StepTotals {
+  double count = 0.0, seconds = 0.0;
+};
+StepTotals WorkerDecodeSteps(int port) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(5, 0);
+  const httplib::Result response = client.Get("/metrics");
+  StepTotals totals;
+  if (!response || response->status != 200) return totals;
+  const auto value_of = [&](const std::string& series) {
+    const size_t at = response->body.find(series + " ");
+    return at == std::string::npos ? 0.0 : std::atof(response->body.c_str() + at + series.size() + 1);
+  };
+  totals.count = value_of("chord_stage_step_seconds_count{phase=\"decode\"}");
+  totals.seconds = value_of("chord_stage_step_seconds_sum{phase=\"decode\"}");
+  return totals;
+}
+
 void BenchGpus(const BenchFlags& flags, const std::string& model) {
   constexpr int kPrompt = 128, kNew = 128, kMaxStreams = 128;
   std::printf("\nmodel %s on %d GPUs, median of %d runs; batch-1 decode over %d tokens; aggregate: "
@@ -314,6 +359,14 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     };
     options.worker_args = {"--backend", flags.backend};
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
+    // One worker: its metrics say how much of a batch-1 token it spends
+    // inside the worker (the rest is the hops and the coordinator).
+    const int metrics_port = setup.workers == 1 ? FreeLoopbackPort() : 0;
+    if (metrics_port > 0) {
+      options.worker_args.insert(options.worker_args.end(),
+                                 {"--metrics-port", std::to_string(metrics_port), "--metrics-host",
+                                  "127.0.0.1"});
+    }
     options.coordinator_args = {"--kv-tokens", std::to_string(options.kv_slots * options.ctx_size),
                                 "--kv-type", "f16"};
     auto cluster = serve::LocalCluster::Start(options);
@@ -327,8 +380,15 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     if (reference.empty()) reference = greedy;
     SingleStreamTokensPerSecond(*stub, 8);  // warm-up
     std::vector<double> one, s64, s128, steady64, steady128;
+    StepTotals in_worker;
     for (int r = 0; r < flags.runs; ++r) {
+      const StepTotals before = metrics_port > 0 ? WorkerDecodeSteps(metrics_port) : StepTotals{};
       one.push_back(SingleStreamTokensPerSecond(*stub, flags.tokens));
+      if (metrics_port > 0) {
+        const StepTotals after = WorkerDecodeSteps(metrics_port);
+        in_worker.count += after.count - before.count;
+        in_worker.seconds += after.seconds - before.seconds;
+      }
       const Aggregate a64 = AggregateTokensPerSecond(*stub, 64, kNew, kPrompt);
       const Aggregate a128 = AggregateTokensPerSecond(*stub, kMaxStreams, kNew, kPrompt);
       s64.push_back(a64.wall_tok_s);
@@ -346,6 +406,10 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
                 setup.name.c_str(), greedy == reference && !greedy[0].empty() ? "yes" : "NO", batch1,
                 batch1 / one_gpu_batch1, batch1 > 0 ? 1000.0 / batch1 : 0.0, Median(s64), agg128,
                 agg128 / one_gpu_128, Median(steady64), steady, steady / one_gpu_steady_128);
+    if (in_worker.count > 0) {
+      std::printf("(%s, batch 1: %.3f ms a decode step inside the worker, over %.0f steps)\n",
+                  setup.name.c_str(), 1000.0 * in_worker.seconds / in_worker.count, in_worker.count);
+    }
     std::fflush(stdout);
     (*cluster)->Stop(std::chrono::seconds(10));
   }
