@@ -28,21 +28,28 @@ constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
 // Per weight type: bytes of a block and the shared-memory slot of a row's
 // block. Q6_K blocks (210 bytes) start at any even address: the copy starts at
 // the 16-byte boundary below and the block sits `offset` bytes into its slot.
-// kRowWords: a row's entry in the scale table (int scales, then the rest).
+// kRowWords: a row's entry in the scale table (int scales, then the rest),
+// padded so that the entries of the rows a warp reads or writes at once fall
+// in different banks (at 8 words, rows r and r + 4 shared banks: 4-way
+// conflicts on the table's stores).
 template <uint32_t kType>
 struct Layout;
 template <>
 struct Layout<kQ4_K> {
   static constexpr int kBlockBytes = 144;
   static constexpr int kSlot = 144;    // 36 words: rows g = 0..7 of a tile start in banks 4g
-  static constexpr int kRowWords = 8;  // scales, mins (4 + 4 bytes each), d, dmin, padding
+  // scales, mins (4 + 4 bytes each), d, dmin, padding: 10 words (8-byte loads),
+  // so rows 0..15 start in 16 different even banks
+  static constexpr int kRowWords = 10;
   static constexpr int kThreads = 128, kTokenTiles = 4, kBlocksPerSm = 3;
 };
 template <>
 struct Layout<kQ6_K> {
   static constexpr int kBlockBytes = 210;
   static constexpr int kSlot = 224;    // at most 14 copies of 16 bytes (offset 14 + 210)
-  static constexpr int kRowWords = 8;  // 16 signed scales (bytes), d, padding
+  // 16 signed scales (bytes), d, padding: 12 words (16-byte loads), so rows
+  // 0..7 take 8 different groups of 4 banks
+  static constexpr int kRowWords = 12;
   static constexpr int kThreads = 128, kTokenTiles = 4, kBlocksPerSm = 2;
 };
 
