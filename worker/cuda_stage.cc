@@ -669,9 +669,10 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
       options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
-  if (config.head_dim <= 0 || config.head_dim > 256) {
+  if (config.head_dim <= 0 || config.head_dim > 256 || config.head_dim % 2 != 0) {
     return absl::UnimplementedError(absl::StrFormat(
-        "the CUDA backend's attention takes head dimensions up to 256, not %d", config.head_dim));
+        "the CUDA backend's attention takes even head dimensions up to 256, not %d",
+        config.head_dim));
   }
   const int64_t resident_end = streamed.source != nullptr ? streamed.first : range.end;
   if (resident_end < range.first || resident_end > range.end) {
