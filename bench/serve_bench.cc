@@ -22,11 +22,6 @@
 #include <thread>
 #include <vector>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <grpcpp/grpcpp.h>
 
 #include "httplib.h"
@@ -35,6 +30,7 @@
 #include "absl/strings/str_cat.h"
 #include "chord/v1/inference.grpc.pb.h"
 #include "cli/serve/child_process.h"
+#include "cli/serve/free_port.h"
 #include "cli/serve/local_cluster.h"
 
 namespace chord {
@@ -289,23 +285,6 @@ std::vector<std::vector<uint32_t>> GreedyTokens(v1::Inference::Stub& stub, int t
   return out;
 }
 
-// A loopback TCP port free a moment ago (for a child's metrics server).
-int FreeLoopbackPort() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t length = sizeof(address);
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0) {
-    port = ntohs(address.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
 // A worker's decode steps so far, from its /metrics: their count and the
 // seconds they took inside the worker (from the step's arrival to the
 // result sent on). {0, 0} when the metrics cannot be read.
@@ -361,7 +340,7 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
     // One worker: its metrics say how much of a batch-1 token it spends
     // inside the worker (the rest is the hops and the coordinator).
-    const int metrics_port = setup.workers == 1 ? FreeLoopbackPort() : 0;
+    const int metrics_port = setup.workers == 1 ? serve::FreeLoopbackPort() : 0;
     if (metrics_port > 0) {
       options.worker_args.insert(options.worker_args.end(),
                                  {"--metrics-port", std::to_string(metrics_port), "--metrics-host",

@@ -59,9 +59,6 @@ v1::ServerInfo ServerInfo(v1::Inference::Stub& stub);
 // Polls GetServerInfo until running_requests is 0; false after `timeout`.
 bool WaitUntilIdle(v1::Inference::Stub& stub, std::chrono::milliseconds timeout);
 
-// A port that was free a moment ago on 127.0.0.1.
-int FreePort();
-
 // {model name, GGUF path, prompts}: the bundled model (always) and every model
 // with a reference file under CHORD_SHARED_DIR/reference (when present).
 struct TestModel {

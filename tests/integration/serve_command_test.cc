@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "cli/serve/child_process.h"
+#include "cli/serve/free_port.h"
 #include "cli/serve/health_probe.h"
 #include "gtest/gtest.h"
 #include "tests/integration/cluster_helpers.h"
@@ -55,7 +56,7 @@ bool Alive(pid_t pid) {
 }
 
 TEST(ServeCommandTest, ServesGeneratesAndStopsCleanly) {
-  const int port = FreePort();
+  const int port = serve::FreeLoopbackPort();
   ASSERT_GT(port, 0);
   absl::StatusOr<std::unique_ptr<serve::ChildProcess>> serve = serve::ChildProcess::Start(
       "chord serve", BinDir() + "/chord",
@@ -122,7 +123,7 @@ TEST(ServeCommandTest, ServesTlsWithAnApiKeyToChordGenerate) {
                                 key + " -out " + cert + " >/dev/null 2>&1";
   if (std::system(make_cert.c_str()) != 0) GTEST_SKIP() << "the openssl command cannot make a test certificate";
   std::ofstream(token) << "sekret\n";
-  const int port = FreePort();
+  const int port = serve::FreeLoopbackPort();
   ASSERT_GT(port, 0);
   absl::StatusOr<std::unique_ptr<serve::ChildProcess>> serve = serve::ChildProcess::Start(
       "chord serve", BinDir() + "/chord",

@@ -10,6 +10,7 @@
 
 #include <sstream>
 
+#include "cli/serve/free_port.h"
 #include "cli/serve/health_probe.h"
 #include "httplib.h"
 #include "gtest/gtest.h"
@@ -21,7 +22,7 @@ namespace {
 class ServingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    metrics_port_ = FreePort();
+    metrics_port_ = serve::FreeLoopbackPort();
     absl::StatusOr<std::unique_ptr<serve::LocalCluster>> started = StartCluster(
         CHORD_DEFAULT_MODEL, 2, 9, 0, {"--metrics-port", std::to_string(metrics_port_)});
     ASSERT_TRUE(started.ok()) << started.status();
