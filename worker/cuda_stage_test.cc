@@ -271,7 +271,7 @@ TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
   std::vector<BatchToken> batch;
   for (int64_t s = 0; s < 3; ++s) {
     tokens.push_back(static_cast<int32_t>((7 * s + 2) % config->n_vocab));
-    batch.push_back({s + 0, s == 0 ? 3 : 0});
+    batch.push_back({s, s == 0 ? 3 : 0});  // slot 0 goes on after the loop above
   }
   std::vector<float> full(3 * n_vocab);
   ASSERT_TRUE((*stage)->Forward(tokens, batch, 3, full.data()).ok());
