@@ -35,6 +35,7 @@
 #include "common/tensor/dtype.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/matmul_mma.h"
 #include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
@@ -238,6 +239,7 @@ absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
       const cuda::DeviceMatrix shape{static_cast<uint32_t>(type), rows, cols, *RowBytes(type, cols),
                                      x.data()};
       scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulQ8MmaScratchFloats(shape, n));
+      scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulHalfMmaScratchFloats(shape, n));
     }
   }
   ASSIGN_OR_RETURN(cuda::DeviceBuffer q8k,
@@ -281,6 +283,17 @@ absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
                                "LaunchMatMulQ8Mma");
                          }));
         report("int8 mma", n, int8_mma);
+      }
+      if (cuda::MatMulHalfMmaSupports(m)) {
+        const size_t half_scratch = cuda::MatMulHalfMmaScratchFloats(m, n);
+        ASSIGN_OR_RETURN(
+            const double half_mma, KernelMicroseconds([&] {
+              return cuda::CudaStatus(
+                  cuda::LaunchMatMulHalfMma(m, x_half.as<uint16_t>(), n, y.as<float>(), false,
+                                            scratch.as<float>(), half_scratch, nullptr),
+                  "LaunchMatMulHalfMma");
+            }));
+        report("half mma", n, half_mma);
       }
       const size_t scratch_floats = cuda::MatMulMmaScratchFloats(rows, cols, n);
       ASSIGN_OR_RETURN(
@@ -404,6 +417,7 @@ int Run(int argc, char** argv) {
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
   int64_t int8_mma_max_tokens = CudaStageOptions{}.int8_mma_max_tokens;
+  int64_t half_mma_max_tokens = CudaStageOptions{}.half_mma_max_tokens;
   bool exact = false;
   double stream_budget = 0.0;
   bool microbench = true, microbench_only = false;
@@ -430,6 +444,9 @@ int Run(int argc, char** argv) {
   app.add_option(
       "--int8-mma-max-tokens", int8_mma_max_tokens,
       "larger batches up to this size multiply Q4_K/Q6_K on tensor cores in integers (0: never)");
+  app.add_option("--half-mma-max-tokens", half_mma_max_tokens,
+                 "batches up to this size multiply Q4_K/Q6_K on tensor cores in half precision "
+                 "from weights decoded in registers (0: never)");
   app.add_flag("--exact", exact,
                "exact mode: per-token kernels whatever the batch (results independent of it)");
   app.add_flag(
@@ -510,6 +527,7 @@ int Run(int argc, char** argv) {
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
   options.int8_mma_max_tokens = int8_mma_max_tokens;
+  options.half_mma_max_tokens = half_mma_max_tokens;
   options.exact = exact;
   options.overlap_launches = overlap_launches;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;

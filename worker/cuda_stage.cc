@@ -8,6 +8,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/matmul_mma.h"
 #include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
@@ -102,17 +103,20 @@ struct CudaStage::Impl {
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, greedy, half_x, half_w;
   // Activations rounded to 8 bits for the integer kernels: per 32 elements
-  // for the decode path (Q8Activations), per 256 for the tensor-core path
-  // (Q8K records).
+  // for the decode path (Q8Activations), per 256 for the integer tensor-core
+  // path (Q8K records).
   DeviceBuffer q8x;
-  // What q8x holds: `in` of n rows of cols, rounded in one of those forms;
-  // Q/K/V (and gate/up) read the same normed rows and so round them once.
-  // Forgotten whenever the kernels rewrite a product's input buffer
-  // (ForgetRounded).
+  // Activations as halves in mma order for the half tensor-core path.
+  DeviceBuffer mma_x;
+  // What q8x (or, for kHalfMma, mma_x) holds: `in` of n rows of cols in one
+  // of those forms; Q/K/V (and gate/up) read the same normed rows and so
+  // convert them once. Forgotten whenever the kernels rewrite a product's
+  // input buffer (ForgetRounded).
+  enum class Form : uint8_t { kQ8, kQ8K, kHalfMma };
   struct Rounded {
     const float* in = nullptr;
     int64_t n = 0, cols = 0;
-    bool q8k = false;
+    Form form = Form::kQ8;
   } rounded;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   std::vector<cuda::TokenSlot> host_tokens;
@@ -139,6 +143,11 @@ struct CudaStage::Impl {
   bool Int8Batch(int64_t n) const {
     return options.int8_activations && (n <= options.int8_max_tokens || options.exact);
   }
+  // Whether a product of w over n rows takes the half tensor-core kernel.
+  bool HalfMma(const DeviceMatrix& w, int64_t n) const {
+    return !options.exact && n > options.int8_max_tokens && n <= options.half_mma_max_tokens &&
+           cuda::MatMulHalfMmaSupports(w);
+  }
   // Whether a product of w over n rows takes the integer tensor-core kernel.
   bool Int8Mma(const DeviceMatrix& w, int64_t n) const {
     return options.int8_activations && !options.exact && n > options.int8_max_tokens &&
@@ -151,6 +160,7 @@ struct CudaStage::Impl {
   }
   absl::StatusOr<cuda::Q8Activations> RoundInput(const float* in, int64_t n, int64_t cols);
   absl::StatusOr<const void*> RoundInputQ8K(const float* in, int64_t n, int64_t cols);
+  absl::StatusOr<const uint16_t*> HalvesInMmaOrder(const float* in, int64_t n, int64_t cols);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                       bool accumulate);
   // Products of the same input rows (Q/K/V, gate/up): on the integer path,
@@ -239,24 +249,37 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
 absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n,
                                                                 int64_t cols) {
   const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
-  if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.q8k) {
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.form != Form::kQ8) {
     RETURN_IF_ERROR(
         cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), cols, q8, s()),
                          "LaunchQuantizeActivations"));
-    rounded = {in, n, cols, false};
+    rounded = {in, n, cols, Form::kQ8};
   }
   return q8;
 }
 
 absl::StatusOr<const void*> CudaStage::Impl::RoundInputQ8K(const float* in, int64_t n,
                                                            int64_t cols) {
-  if (rounded.in != in || rounded.n != n || rounded.cols != cols || !rounded.q8k) {
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.form != Form::kQ8K) {
     RETURN_IF_ERROR(cuda::CudaStatus(
         cuda::LaunchQuantizeActivationsQ8K(in, static_cast<int>(n), cols, q8x.data(), s()),
         "LaunchQuantizeActivationsQ8K"));
-    rounded = {in, n, cols, true};
+    rounded = {in, n, cols, Form::kQ8K};
   }
   return q8x.data();
+}
+
+absl::StatusOr<const uint16_t*> CudaStage::Impl::HalvesInMmaOrder(const float* in, int64_t n,
+                                                                  int64_t cols) {
+  if (rounded.in != in || rounded.n != n || rounded.cols != cols ||
+      rounded.form != Form::kHalfMma) {
+    RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * cols) * 2));
+    RETURN_IF_ERROR(
+        cuda::CudaStatus(cuda::LaunchFloatToHalfMmaOrder(in, n, cols, mma_x.as<uint16_t>(), s()),
+                         "LaunchFloatToHalfMmaOrder"));
+    rounded = {in, n, cols, Form::kHalfMma};
+  }
+  return mma_x.as<uint16_t>();
 }
 
 absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in,
@@ -289,6 +312,15 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
 
 absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                                      bool accumulate) {
+  if (HalfMma(w, n)) {
+    ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(in, n, w.cols));
+    const size_t scratch = cuda::MatMulHalfMmaScratchFloats(w, static_cast<int>(n));
+    RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+    return cuda::CudaStatus(
+        cuda::LaunchMatMulHalfMma(w, halves, static_cast<int>(n), out, accumulate,
+                                  mma_partials.as<float>(), scratch, s()),
+        "LaunchMatMulHalfMma");
+  }
   if (Int8Mma(w, n)) {
     ASSIGN_OR_RETURN(const void* records, RoundInputQ8K(in, n, w.cols));
     const size_t scratch = cuda::MatMulQ8MmaScratchFloats(w, static_cast<int>(n));
@@ -456,8 +488,8 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
               norm.as<float>(), n));
   const cuda::KvLayer kv = KvFor(index);
   CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(q.as<float>(), k.as<float>(), v.as<float>(),
-                                            static_cast<int>(config.n_head_kv), nt, slots, rope,
-                                            kv, s(), options.overlap_launches));
+                                            static_cast<int>(config.n_head_kv), nt, slots, rope, kv,
+                                            s(), options.overlap_launches));
   if (n_attention_tiles > 0) {
     CHORD_CUDA_RETURN(cuda::LaunchTiledAttention(attention, kv, q.as<float>(), slots,
                                                  attention_tiles.as<cuda::AttentionTile>(),
@@ -482,8 +514,8 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   if (RoundsFor(layer.down, n)) {
     // SwiGLU and the rounding of its result for the down product, in one launch.
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, config.n_ff);
-    CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt,
-                                                 config.n_ff, q8, s(), options.overlap_launches));
+    CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff,
+                                                 q8, s(), options.overlap_launches));
     rounded = {gate.as<float>(), n, config.n_ff};
   } else {
     CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
@@ -608,9 +640,9 @@ absl::Status CudaStage::LogitsOfDeviceRows(int64_t first_row, int64_t n_rows,
   CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   if (!has_output()) return absl::InternalError("this stage does not hold the output layer");
   if (n_rows <= 0 || first_row < 0 || first_row + n_rows > impl_->capacity) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "LogitsOfDeviceRows: rows [%d, %d) are not in the stage's %d-row buffer", first_row,
-        first_row + n_rows, impl_->capacity));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("LogitsOfDeviceRows: rows [%d, %d) are not in the stage's %d-row buffer",
+                        first_row, first_row + n_rows, impl_->capacity));
   }
   RETURN_IF_ERROR(
       impl_->LogitsDevice(impl_->x.as<float>() + first_row * impl_->config.n_embd, n_rows));
@@ -666,13 +698,14 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
-      options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0) {
+      options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0 ||
+      options.half_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (config.head_dim <= 0 || config.head_dim > 256 || config.head_dim % 2 != 0) {
-    return absl::UnimplementedError(absl::StrFormat(
-        "the CUDA backend's attention takes even head dimensions up to 256, not %d",
-        config.head_dim));
+    return absl::UnimplementedError(
+        absl::StrFormat("the CUDA backend's attention takes even head dimensions up to 256, not %d",
+                        config.head_dim));
   }
   const int64_t resident_end = streamed.source != nullptr ? streamed.first : range.end;
   if (resident_end < range.first || resident_end > range.end) {

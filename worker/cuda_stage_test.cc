@@ -56,6 +56,7 @@ struct Case {
   int64_t gemm_min_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
   int64_t int8_mma_max_tokens = 0;
+  int64_t half_mma_max_tokens = 0;
 };
 
 class CudaStageTest : public ::testing::TestWithParam<Case> {
@@ -80,6 +81,8 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     options.gemm_min_tokens = GetParam().gemm_min_tokens;
     options.mma_max_tokens = GetParam().mma_max_tokens;
     options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
+    options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
+    options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
     options.mma_every_type = true;
     return options;
   }
@@ -120,6 +123,7 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
   options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
+  options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
   options.mma_every_type = true;
   std::vector<std::unique_ptr<CudaStage>> gpu;
   for (const LayerRange range : {LayerRange{0, mid}, LayerRange{mid, config->n_layer}}) {
@@ -172,6 +176,7 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
   options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
+  options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
   options.mma_every_type = true;
   const GgufTensorSource& source = *source_;
   auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, options);
@@ -261,9 +266,10 @@ TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
     std::vector<float> none(n_vocab, poison);
     const std::vector<uint8_t> skip = {0};
     int32_t greedy = -1;
-    ASSERT_TRUE((*stage)
-                    ->Forward({&token, 1}, {&slot, 1}, 1, LogitsRequest{none.data(), skip, {&greedy, 1}})
-                    .ok());
+    ASSERT_TRUE(
+        (*stage)
+            ->Forward({&token, 1}, {&slot, 1}, 1, LogitsRequest{none.data(), skip, {&greedy, 1}})
+            .ok());
     EXPECT_EQ(greedy, Sampler::GreedyToken(full)) << "position " << p;
     EXPECT_EQ(none, std::vector<float>(n_vocab, poison));
   }
@@ -300,8 +306,8 @@ TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
 TEST_P(CudaStageTest, LogitsOfDeviceRowsEqualLogitsOfTheRowsOnTheHost) {
   const ModelConfig* config = &config_;
   const GgufTensorSource& source = *source_;
-  auto stage = CudaStage::Load(source, *config, LayerRange{0, config->n_layer},
-                               GraphOptions(16, true));
+  auto stage =
+      CudaStage::Load(source, *config, LayerRange{0, config->n_layer}, GraphOptions(16, true));
   ASSERT_TRUE(stage.ok()) << stage.status();
   const auto n_vocab = static_cast<size_t>(config->n_vocab);
   const auto n_embd = static_cast<size_t>(config->n_embd);
@@ -580,6 +586,9 @@ std::vector<Case> Cases() {
     // Q4_K/Q6_K prompts on tensor cores in integers (the other types as _mma).
     cases.push_back(
         {model, 4, CudaStageOptions{}.mma_max_tokens, CudaStageOptions{}.int8_mma_max_tokens});
+    // Q4_K/Q6_K batches on tensor cores in half precision, weights decoded in registers.
+    cases.push_back(
+        {model, 4, CudaStageOptions{}.mma_max_tokens, 0, CudaStageOptions{}.half_mma_max_tokens});
   }
   return cases;
 }
@@ -588,6 +597,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()),
                          [](const auto& param_info) {
                            const Case& c = param_info.param;
                            std::string name = c.model + (c.gemm_min_tokens > 12      ? "_matvec"
+                                                         : c.half_mma_max_tokens > 0 ? "_halfmma"
                                                          : c.int8_mma_max_tokens > 0 ? "_int8mma"
                                                          : c.mma_max_tokens > 0      ? "_mma"
                                                                                      : "_cublas");

@@ -1,9 +1,8 @@
-#include "kernels/cuda/matmul_q8_mma.h"
-
 #include <algorithm>
-#include <atomic>
 
+#include "kernels/cuda/kquant_tiles.cuh"
 #include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {
@@ -25,9 +24,8 @@ constexpr int kTokenSlot = 304;  // bytes a record takes in shared memory: 76 wo
 constexpr int kMaxSplits = 8;
 constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
 
-// Per weight type: bytes of a block and the shared-memory slot of a row's
-// block. Q6_K blocks (210 bytes) start at any even address: the copy starts at
-// the 16-byte boundary below and the block sits `offset` bytes into its slot.
+// Per weight type: the shared-memory slot of a row's block (CopyKBlock: a
+// Q6_K block sits KBlockOffset bytes into it).
 // kRowWords: a row's entry in the scale table (int scales, then the rest),
 // padded so that the entries of the rows a warp reads or writes at once fall
 // in different banks (at 8 words, rows r and r + 4 shared banks: 4-way
@@ -36,8 +34,7 @@ template <uint32_t kType>
 struct Layout;
 template <>
 struct Layout<kQ4_K> {
-  static constexpr int kBlockBytes = 144;
-  static constexpr int kSlot = 144;    // 36 words: rows g = 0..7 of a tile start in banks 4g
+  static constexpr int kSlot = 144;  // 36 words: rows g = 0..7 of a tile start in banks 4g
   // scales, mins (4 + 4 bytes each), d, dmin, padding: 10 words (8-byte loads),
   // so rows 0..15 start in 16 different even banks
   static constexpr int kRowWords = 10;
@@ -45,8 +42,7 @@ struct Layout<kQ4_K> {
 };
 template <>
 struct Layout<kQ6_K> {
-  static constexpr int kBlockBytes = 210;
-  static constexpr int kSlot = 224;    // at most 14 copies of 16 bytes (offset 14 + 210)
+  static constexpr int kSlot = 224;  // at most 14 copies of 16 bytes (offset 14 + 210)
   // 16 signed scales (bytes), d, padding: 12 words (16-byte loads), so rows
   // 0..7 take 8 different groups of 4 banks
   static constexpr int kRowWords = 12;
@@ -64,13 +60,6 @@ struct SharedLayout {
   static constexpr int kDecoded = kTable + kTileRows * L::kRowWords * 4;  // Q6_K only
   static constexpr int kBytes = kDecoded + (kType == kQ6_K ? kTileRows * kDecodedStride : 0);
 };
-
-// Four bytes from a 2-byte-aligned shared address.
-__device__ __forceinline__ uint32_t Lds32Unaligned2(const uint8_t* p) {
-  const auto address = reinterpret_cast<uintptr_t>(p);
-  const auto* word = reinterpret_cast<const uint32_t*>(address & ~uintptr_t{3});
-  return __funnelshift_r(word[0], word[1], static_cast<unsigned>(address & 3) * 8);
-}
 
 // An exact int -> float for |v| < 2^22 on the full-rate pipes: 1.5 * 2^23 + v
 // is a float whose last bits are v; subtracting 1.5 * 2^23 leaves v.
@@ -136,31 +125,13 @@ __device__ __forceinline__ CopyPlan PlanCopies(const Problem& p, int row0, int t
   return plan;
 }
 
-// The byte offset of a row's block at K step kb from the 16-byte boundary below.
-template <uint32_t kType>
-__device__ __forceinline__ int BlockOffset(const uint8_t* row, int kb) {
-  if constexpr (kType == kQ4_K) return 0;  // 144-byte blocks in 16-byte-aligned rows
-  return static_cast<int>(reinterpret_cast<uintptr_t>(row + kb * Layout<kType>::kBlockBytes) & 15);
-}
-
 template <uint32_t kType, int kParts>
 __device__ __forceinline__ void IssueStage(const Problem& p, const CopyPlan& plan, int kb,
                                            uint8_t* stage) {
-  using L = Layout<kType>;
-  const uint8_t* block = plan.row + static_cast<uint64_t>(kb) * L::kBlockBytes;
-  const int offset = BlockOffset<kType>(plan.row, kb);
-  const uint8_t* first = block - offset;
-  const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
-  const int chunks = (offset + L::kBlockBytes + 15) / 16;
-  uint8_t* slot = stage + plan.r * L::kSlot;
-  for (int c = plan.part; plan.row_live && c < chunks; c += kParts) {
-    const uint8_t* src = first + 16 * c;
-    const int64_t left = matrix_end - src;
-    if (left >= 16) {
-      CopyAsync16(slot + 16 * c, src);
-    } else {
-      CopyAsync16Partial(slot + 16 * c, src, static_cast<unsigned>(left));
-    }
+  if (plan.row_live) {
+    CopyKBlock<kType, kParts>(plan.row, kb, plan.part,
+                              p.w + static_cast<uint64_t>(p.rows) * p.row_bytes,
+                              stage + plan.r * Layout<kType>::kSlot);
   }
   if (!plan.token_live) return;
   const uint8_t* record = plan.token + static_cast<uint64_t>(kb) * kQ8KRecordBytes;
@@ -505,7 +476,7 @@ __global__ void __launch_bounds__(kThreadsT, kMinBlocks) MatMulQ8MmaKernel(Probl
     __syncthreads();
     // The scale table (and Q6_K's decoded rows) of this step, two threads a row.
     if (plan.part < 2) {
-      const uint8_t* block = stage + plan.r * L::kSlot + BlockOffset<kType>(plan.row, kb);
+      const uint8_t* block = stage + plan.r * L::kSlot + KBlockOffset<kType>(plan.row, kb);
       if constexpr (kType == kQ4_K) {
         DecodeQ4KRow(block, plan.part, table + plan.r * L::kRowWords);
       } else {
@@ -584,43 +555,12 @@ __global__ void QuantizeQ8KKernel(const float* __restrict__ x, int64_t records,
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// How many blocks share each output tile's K range: when the tiles alone
-// leave SMs idle, the count (up to kMaxSplits, at least two K steps a block)
-// whose blocks best fill one wave, the smallest of those within 5% of it.
-// Never more than a wave: the partial sums cost memory traffic of their own.
+// How many blocks share each output tile's K range (SplitsToFillWave).
 int SplitsFor(uint32_t type, int64_t rows, int64_t cols, int n_tokens) {
   const int64_t tiles = CeilDiv(rows, kTileRows) * CeilDiv(n_tokens, kTileTokens);
-  const int64_t k_steps = cols / kStep;
   const int64_t slots =
       int64_t{kSms} * (type == kQ4_K ? Layout<kQ4_K>::kBlocksPerSm : Layout<kQ6_K>::kBlocksPerSm);
-  const int64_t most = std::min<int64_t>(kMaxSplits, std::max<int64_t>(1, k_steps / 2));
-  int best = 1;
-  double best_fill = static_cast<double>(tiles) / static_cast<double>(slots);
-  for (int64_t z = 2; z <= most; ++z) {
-    const int64_t blocks = tiles * CeilDiv(k_steps, CeilDiv(k_steps, z));
-    if (blocks > slots) break;
-    const double fill = static_cast<double>(blocks) / static_cast<double>(slots);
-    if (fill > best_fill * 1.05) {
-      best = static_cast<int>(z);
-      best_fill = fill;
-    }
-  }
-  return best;
-}
-
-// The kernel's dynamic shared memory exceeds the default 48 KB: raised once
-// per device (a bit per device in `done`).
-template <auto kKernel, uint32_t kType>
-cudaError_t AllowSharedMemory() {
-  static std::atomic<uint64_t> done{0};
-  int device = 0;
-  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  const uint64_t bit = uint64_t{1} << (device % 64);
-  if (done.load(std::memory_order_acquire) & bit) return cudaSuccess;
-  const cudaError_t e = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             SharedLayout<kType>::kBytes);
-  if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
-  return e;
+  return SplitsToFillWave(tiles, cols / kStep, slots, kMaxSplits);
 }
 
 }  // namespace
@@ -684,7 +624,7 @@ cudaError_t LaunchMatMulQ8Mma(const DeviceMatrix& w, const void* x, int n_tokens
   cudaError_t launched = cudaSuccess;
   const auto launch = [&]<uint32_t kType, int kThreadsT, int NT, int kMinBlocks>() {
     constexpr auto kernel = MatMulQ8MmaKernel<kType, kThreadsT, NT, kMinBlocks>;
-    launched = AllowSharedMemory<kernel, kType>();
+    launched = AllowSharedMemory<kernel, SharedLayout<kType>::kBytes>();
     if (launched != cudaSuccess) return;
     kernel<<<grid, kThreadsT, SharedLayout<kType>::kBytes, stream>>>(p);
     launched = cudaGetLastError();

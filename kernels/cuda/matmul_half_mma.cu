@@ -1,0 +1,511 @@
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cuda/kquant_tiles.cuh"
+#include "kernels/cuda/matmul_half_mma.h"
+#include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matvec_common.cuh"
+
+namespace chord::cuda {
+namespace {
+
+// A block: 64 weight rows x 8 NT tokens of output (NT = 2, 4 or 8: up to 64
+// tokens) over a share of K, one 256-element weight block (a K step) at a
+// time. Four warps: warp w takes rows 32 (w & 1).. for all the block's
+// tokens over half of each K step (w >> 1: elements 0-127 or 128-255), 2 x NT
+// mma tiles of 16 rows x 8 tokens, so that each weight it decodes serves NT
+// tiles; the two halves' sums meet in shared memory at the end. K steps go
+// through two shared-memory stages filled by asynchronous copies, the next
+// step's bytes in flight while this one is multiplied.
+constexpr int kTileRows = 64;
+constexpr int kStep = 256;
+constexpr int kThreads = 128;
+// Threads that copy one row's block each step.
+constexpr int kParts = kThreads / kTileRows;
+// A token's 256 halves in shared memory, padded to 136 words: the eight
+// tokens of an mma tile start 8 banks apart, so a warp's 8-byte fragment
+// loads take the minimum of two wavefronts.
+constexpr int kTokenBytes = kStep * 2 + 32;
+// A row's entry in the scale table. Q4_K: sub-block i's scale at word 2i and
+// its negated min at 2i + 1, each as a pair of equal halves. Q6_K: the scale
+// of 16-element group 8h + 2q + s at word 8h + 4s + q (the four a lane needs
+// at once side by side), as a pair of halves; word 16: the block's offset in
+// its slot. 20 words, so that the rows g = 0..7 a warp reads at once take
+// eight different groups of four banks.
+constexpr int kTableWords = 20;
+constexpr int kMaxSplits = 8;
+constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
+constexpr int kBlocksPerSm = 2;
+
+template <uint32_t kType, int NT>
+struct SharedLayout {
+  static constexpr int kTileTokens = 8 * NT;
+  // A row's block: Q4_K 36 words, so rows g = 0..7 start in banks 4g; Q6_K
+  // up to 14 + 210 bytes, 60 words (banks 28g).
+  static constexpr int kSlot = kType == kQ4_K ? 144 : 240;
+  static constexpr int kTokens = kTileRows * kSlot;  // in a stage, after the weights
+  static constexpr int kStageBytes = kTokens + kTileTokens * kTokenBytes;
+  static constexpr int kTable = 2 * kStageBytes;  // after the two stages
+  static constexpr int kBytes = kTable + kTileRows * kTableWords * 4;
+  // The second K half's sums, handed over at the end (in the stages).
+  static_assert(2 * 32 * 2 * NT * 4 * 4 <= 2 * kStageBytes, "the hand-over fits");
+};
+
+__device__ __forceinline__ __half2 AsHalf2(uint32_t bits) {
+  __half2 h;
+  memcpy(&h, &bits, sizeof(h));
+  return h;
+}
+__device__ __forceinline__ uint32_t Bits(__half2 h) {
+  uint32_t bits;
+  memcpy(&bits, &h, sizeof(bits));
+  return bits;
+}
+
+// (a & mask) | bits in one instruction (the compiler emits an AND and an OR
+// for the two constants).
+template <uint32_t kMask, uint32_t kBits>
+__device__ __forceinline__ uint32_t MaskOr(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
+  return d;
+}
+
+// Two Q4_K weights from the nibbles in bits 0-3 and 16-19 of `fields`:
+// q * scale - min, with `scale` and `neg_min` pairs of equal halves. 1024 + q
+// is a half whose low mantissa bits are q; subtracting 1024 is exact.
+__device__ __forceinline__ uint32_t DecodeQ4Pair(uint32_t fields, uint32_t scale,
+                                                 uint32_t neg_min) {
+  const uint32_t biased = MaskOr<0x000F000Fu, 0x64006400u>(fields);
+  const __half2 q = __hsub2(AsHalf2(biased), AsHalf2(0x64006400u));
+  return Bits(__hfma2(q, AsHalf2(scale), AsHalf2(neg_min)));
+}
+
+// Two Q6_K weights from the low 4 bits in bits 0-3 and 16-19 of `low` and the
+// high 2 bits in bits 4-5 and 20-21 of `high`: (value - 32) * scale.
+// 1024 + value minus 1056 is exact.
+__device__ __forceinline__ uint32_t DecodeQ6Pair(uint32_t low, uint32_t high, uint32_t scale) {
+  uint32_t biased;
+  // (low & 0x000F000F) | (high & 0x00300030) | 0x64006400 in two instructions.
+  const uint32_t low_bits = MaskOr<0x000F000Fu, 0x64006400u>(low);
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(biased) : "r"(high), "n"(0x00300030u), "r"(low_bits));
+  const __half2 v = __hsub2(AsHalf2(biased), AsHalf2(0x64206420u));
+  return Bits(__hmul2(v, AsHalf2(scale)));
+}
+
+// c += a (16 x 16, row-major f16) x b (16 x 8, column-major f16).
+__device__ __forceinline__ void MmaF16(const uint32_t (&a)[4], uint2 b, float (&c)[4]) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b.x), "r"(b.y));
+}
+
+// The fragment layout, and why the activations come in mma order: a lane
+// (g = lane / 4, t = lane % 4) holds, of a 16-element slice, the elements
+// 2t, 2t + 1 (registers a0, a1 for rows g, g + 8; b0 for token g) and 2t + 8,
+// 2t + 9 (a2, a3; b1). Reading a K-quant row, the lane takes four
+// consecutive bytes 4t..4t + 3 of the slice and decodes bytes 0 and 2 into
+// one register, 1 and 3 into the other: the slice's elements 4t, 4t + 2 and
+// 4t + 1, 4t + 3. A product does not depend on the order of its terms, only
+// on the weights and activations meeting in the same positions: the
+// activations are stored so that one 8-byte load gives the lane exactly
+// those elements, (4t, 4t + 2) then (4t + 1, 4t + 3).
+//
+// The B fragments of the 16-element slice at `element` for the warp's NT
+// token tiles; `b_lane` is the lane's token row, 8t bytes in.
+template <int NT>
+__device__ __forceinline__ void LoadSlice(const uint8_t* b_lane, int element, uint2 (&b)[NT]) {
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    b[nt] = *reinterpret_cast<const uint2*>(b_lane + nt * 8 * kTokenBytes + 2 * element);
+  }
+}
+
+// One warp's 32 rows x 8 NT tokens over half (`kh`) of one Q4_K K step.
+// Bytes 32j..32j + 31 of the nibbles hold group j: low nibbles elements
+// 64j..64j + 31 (sub-block 2j), high nibbles 64j + 32.. (2j + 1). A lane's
+// word at byte 32j + 16h + 4t gives its elements of two slices: 64j + 16h
+// (low) and 64j + 32 + 16h (high).
+template <int NT>
+__device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint32_t* table, int wm,
+                                           int kh, int lane, float (&acc)[2][NT][4]) {
+  using SL = SharedLayout<kQ4_K, NT>;
+  const int g = lane >> 2, t = lane & 3;
+  const uint8_t* b_lane = stage + SL::kTokens + g * kTokenBytes + 8 * t;
+  const uint8_t* a_lane = stage + (wm + g) * SL::kSlot + 16 + 4 * t;  // the nibbles: byte 16 on
+  const uint32_t* t_lane = table + (wm + g) * kTableWords;
+#pragma unroll 1
+  for (int j = 2 * kh; j < 2 * kh + 2; ++j) {
+    uint4 sc[2][2];  // [mt][row g, g + 8]: scale, -min of sub-block 2j, then of 2j + 1
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        sc[mt][rr] =
+            *reinterpret_cast<const uint4*>(t_lane + (16 * mt + 8 * rr) * kTableWords + 4 * j);
+      }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t w[2][2];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          w[mt][rr] = *reinterpret_cast<const uint32_t*>(a_lane + (16 * mt + 8 * rr) * SL::kSlot +
+                                                         32 * j + 16 * h);
+        }
+      }
+#pragma unroll
+      for (int high = 0; high < 2; ++high) {
+        uint2 b[NT];
+        LoadSlice<NT>(b_lane, 64 * j + 32 * high + 16 * h, b);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          const uint32_t s0 = high ? sc[mt][0].z : sc[mt][0].x;
+          const uint32_t m0 = high ? sc[mt][0].w : sc[mt][0].y;
+          const uint32_t s1 = high ? sc[mt][1].z : sc[mt][1].x;
+          const uint32_t m1 = high ? sc[mt][1].w : sc[mt][1].y;
+          const int shift = 4 * high;
+          const uint32_t a[4] = {DecodeQ4Pair(w[mt][0] >> shift, s0, m0),
+                                 DecodeQ4Pair(w[mt][1] >> shift, s1, m1),
+                                 DecodeQ4Pair(w[mt][0] >> (shift + 8), s0, m0),
+                                 DecodeQ4Pair(w[mt][1] >> (shift + 8), s1, m1)};
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) MmaF16(a, b[nt], acc[mt][nt]);
+        }
+      }
+    }
+  }
+}
+
+// The same over half (h = kh) of one Q6_K K step. Element 128h + 32q + l has
+// its low 4 bits in ql[64h + 32 (q & 1) + l] >> 4 (q >> 1) and its high 2
+// bits in qh[32h + l] >> 2q; for l = 16s + 4t.., a lane's three words (two of
+// ql, one of qh) give its elements of four slices, 128h + 32q + 16s for
+// q = 0..3.
+template <int NT>
+__device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t* table, int wm,
+                                           int h, int lane, float (&acc)[2][NT][4]) {
+  using SL = SharedLayout<kQ6_K, NT>;
+  const int g = lane >> 2, t = lane & 3;
+  const uint8_t* b_lane = stage + SL::kTokens + g * kTokenBytes + 8 * t;
+  const uint8_t* blocks[2][2];  // [mt][row g, g + 8]: the row's block, 4t bytes in
+  const uint32_t* entries[2][2];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+      const int row = wm + 16 * mt + 8 * rr + g;
+      entries[mt][rr] = table + row * kTableWords;
+      blocks[mt][rr] = stage + row * SL::kSlot + entries[mt][rr][16] + 4 * t;
+    }
+  }
+#pragma unroll 1
+  for (int s = 0; s < 2; ++s) {
+    uint32_t ql[2][2][2], qh[2][2];  // [mt][rr]([q & 1])
+    uint4 sc[2][2];                  // [mt][rr]: the scales of q = 0..3
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const uint8_t* block = blocks[mt][rr];
+        ql[mt][rr][0] = Lds32Unaligned2(block + 64 * h + 16 * s);
+        ql[mt][rr][1] = Lds32Unaligned2(block + 64 * h + 32 + 16 * s);
+        qh[mt][rr] = Lds32Unaligned2(block + 128 + 32 * h + 16 * s);
+        sc[mt][rr] = *reinterpret_cast<const uint4*>(entries[mt][rr] + 8 * h + 4 * s);
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint2 b[NT];
+      LoadSlice<NT>(b_lane, 128 * h + 32 * q + 16 * s, b);
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        uint32_t a[4];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+          const uint32_t low = ql[mt][rr][q & 1] >> (4 * (q >> 1));
+          const uint32_t high = qh[mt][rr] >> (2 * q);
+          const uint4& scales = sc[mt][rr];
+          const uint32_t scale = q == 0   ? scales.x
+                                 : q == 1 ? scales.y
+                                 : q == 2 ? scales.z
+                                          : scales.w;
+          a[rr] = DecodeQ6Pair(low, high << 4, scale);           // bytes 0, 2
+          a[2 + rr] = DecodeQ6Pair(low >> 8, high >> 4, scale);  // bytes 1, 3
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) MmaF16(a, b[nt], acc[mt][nt]);
+      }
+    }
+  }
+}
+
+// A row's scale-table entry for this K step from its block in `slot`
+// (`offset` bytes in), two threads a row: part 0 and 1 take half each.
+template <uint32_t kType>
+__device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, int part,
+                                               uint32_t* entry) {
+  const uint8_t* block = slot + offset;
+  if constexpr (kType == kQ4_K) {
+    const uint4 header = *reinterpret_cast<const uint4*>(block);
+#pragma unroll
+    for (int i = 2 * part; i < 2 * part + 2; ++i) {
+      const SubBlockPair pair = ScalesOfPair(header, i);
+      *reinterpret_cast<uint4*>(entry + 4 * i) =
+          make_uint4(Bits(__float2half2_rn(pair.d1)), Bits(__float2half2_rn(-pair.m1)),
+                     Bits(__float2half2_rn(pair.d2)), Bits(__float2half2_rn(-pair.m2)));
+    }
+  } else {
+    const float d = Half(block + 208);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int q = k >> 1, s = k & 1;
+      const auto scale = static_cast<int8_t>(block[192 + 8 * part + 2 * q + s]);
+      entry[8 * part + 4 * s + q] = Bits(__float2half2_rn(d * static_cast<float>(scale)));
+    }
+    if (part == 0) entry[16] = static_cast<uint32_t>(offset);
+  }
+}
+
+struct Problem {
+  const uint8_t* w;
+  uint64_t row_bytes;
+  int rows;
+  int cols;
+  const uint8_t* x;  // halves in mma order
+  int n_tokens;
+  int steps_per_split;
+  float* y;
+  bool accumulate;
+};
+
+template <uint32_t kType, int NT>
+__global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Problem p) {
+  static_assert(kParts == 2, "two threads fill each row's table entry");
+  extern __shared__ __align__(16) uint8_t shared[];
+  using SL = SharedLayout<kType, NT>;
+  auto* table = reinterpret_cast<uint32_t*>(shared + SL::kTable);
+  const int tok0 = static_cast<int>(blockIdx.x) * SL::kTileTokens;
+  const int row0 = static_cast<int>(blockIdx.y) * kTileRows;
+  const int k_steps = p.cols / kStep;
+  const int kb_begin = static_cast<int>(blockIdx.z) * p.steps_per_split;
+  const int kb_end = min(k_steps, kb_begin + p.steps_per_split);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const int wm = (warp & 1) * 32, kh = warp >> 1;
+
+  // Thread r * kParts + part copies its share of row r's block; warp w the
+  // tokens w, w + 4, ..., a lane 16 bytes of each. Rows and tokens past the
+  // matrix or batch copy nothing: their slots hold stale bytes whose results
+  // are not stored.
+  const int r = static_cast<int>(threadIdx.x) / kParts,
+            part = static_cast<int>(threadIdx.x) % kParts;
+  const bool row_live = row0 + r < p.rows;
+  const uint8_t* row = p.w + static_cast<uint64_t>(min(row0 + r, p.rows - 1)) * p.row_bytes;
+  const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
+  const int live_tokens = min(SL::kTileTokens, p.n_tokens - tok0);
+  const uint64_t token_bytes = static_cast<uint64_t>(p.cols) * 2;
+  const uint8_t* lane_tokens = p.x + static_cast<uint64_t>(tok0 + warp) * token_bytes + 16 * lane;
+  const auto issue = [&](int kb, uint8_t* stage) {
+    if (row_live) CopyKBlock<kType, kParts>(row, kb, part, matrix_end, stage + r * SL::kSlot);
+    const uint8_t* src = lane_tokens + static_cast<uint64_t>(kb) * kStep * 2;
+    uint8_t* dst = stage + SL::kTokens + warp * kTokenBytes + 16 * lane;
+    for (int token = warp; token < live_tokens; token += kThreads / 32) {
+      CopyAsync16(dst, src);
+      src += (kThreads / 32) * token_bytes;
+      dst += (kThreads / 32) * kTokenBytes;
+    }
+    CommitCopies();
+  };
+
+  float acc[2][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+    }
+  }
+
+  // Row tiles start their K range at different steps, so that they do not
+  // all read the same activations from L2 at once.
+  const int steps = kb_end - kb_begin;
+  const int rotate = static_cast<int>(blockIdx.y) % steps;
+  const auto step_at = [&](int i) {
+    return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
+  };
+  issue(step_at(0), shared);
+  for (int i = 0; i < steps; ++i) {
+    const int kb = step_at(i);
+    uint8_t* stage = shared + (i & 1) * SL::kStageBytes;
+    if (i + 1 < steps) {
+      issue(step_at(i + 1), shared + ((i + 1) & 1) * SL::kStageBytes);
+      WaitForCopiesBut<1>();
+    } else {
+      WaitForCopiesBut<0>();
+    }
+    __syncthreads();
+    FillTableEntry<kType>(stage + r * SL::kSlot, KBlockOffset<kType>(row, kb), part,
+                          table + r * kTableWords);
+    __syncthreads();
+    // A warp whose rows all lie past the matrix has nothing to add.
+    if (row0 + wm < p.rows) {
+      if constexpr (kType == kQ4_K) {
+        ComputeQ4K<NT>(stage, table, wm, kh, lane, acc);
+      } else {
+        ComputeQ6K<NT>(stage, table, wm, kh, lane, acc);
+      }
+    }
+    __syncthreads();  // the stage and the table are rewritten next
+  }
+
+  // The second K half's sums to the first's warps, through the (now idle)
+  // stages: value e of lane l of warp w at ((w & 1) * kValues + e) * 32 + l.
+  constexpr int kValues = 2 * NT * 4;
+  auto* handover = reinterpret_cast<float*>(shared);
+  if (kh == 1) {
+#pragma unroll
+    for (int e = 0; e < kValues; ++e) {
+      handover[((warp & 1) * kValues + e) * 32 + lane] = acc[e / (NT * 4)][e / 4 % NT][e % 4];
+    }
+  }
+  __syncthreads();
+  if (kh == 1) return;
+
+  // With split-K, y is this split's slice of the partial sums.
+  float* out = p.y + static_cast<int64_t>(blockIdx.z) * p.n_tokens * p.rows;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int e = (mt * NT + nt) * 4 + i;
+        const float sum = acc[mt][nt][i] + handover[((warp & 1) * kValues + e) * 32 + lane];
+        const int out_row = row0 + wm + mt * 16 + g + 8 * (i >> 1);
+        const int out_token = tok0 + nt * 8 + 2 * t + (i & 1);
+        if (out_row >= p.rows || out_token >= p.n_tokens) continue;
+        float* target = out + static_cast<int64_t>(out_token) * p.rows + out_row;
+        *target = p.accumulate ? *target + sum : sum;
+      }
+    }
+  }
+}
+
+// Four floats to four halves in mma order (0, 2, 1, 3) per thread.
+__global__ void FloatToHalfMmaOrderKernel(const float4* __restrict__ x, int64_t groups,
+                                          uint2* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  const float4 v = x[i];
+  out[i] = make_uint2(Bits(__floats2half2_rn(v.x, v.z)), Bits(__floats2half2_rn(v.y, v.w)));
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Token tiles of 16, 32 or 64 (NT = 2, 4, 8): the smallest that holds a
+// batch, 64 for larger ones.
+int TileTokensFor(int n_tokens) { return n_tokens <= 16 ? 16 : n_tokens <= 32 ? 32 : 64; }
+
+// How many blocks share each output tile's K range: enough for about two
+// waves of blocks, at least four K steps each. More than the one wave that
+// SplitsToFillWave allows the integer kernel: this kernel is bound by the
+// latency of its few warps an SM, not by the partial sums' traffic (11008 x
+// 4096 on an H200, 172 tiles at 64 tokens: 1, 2, 3 and 4 splits 46.0, 43.3,
+// 39.6 and 45.6 us; 128 tokens, 344 tiles: 2 splits 79.0 us against 142.8).
+int SplitsFor(int64_t rows, int64_t cols, int n_tokens) {
+  const int64_t tiles = CeilDiv(rows, kTileRows) * CeilDiv(n_tokens, TileTokensFor(n_tokens));
+  const int64_t waves_of_blocks = 2 * int64_t{kSms} * kBlocksPerSm;
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, cols / kStep / 4));
+  return static_cast<int>(std::clamp<int64_t>((waves_of_blocks + tiles / 2) / tiles, 1, most));
+}
+
+}  // namespace
+
+cudaError_t LaunchFloatToHalfMmaOrder(const float* x, int64_t n_tokens, int64_t cols, uint16_t* out,
+                                      cudaStream_t stream) {
+  if (n_tokens <= 0 || cols <= 0 || cols % 4 != 0 || x == nullptr || out == nullptr ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t groups = n_tokens * cols / 4;
+  constexpr int kBlock = 256;
+  FloatToHalfMmaOrderKernel<<<static_cast<unsigned>(CeilDiv(groups, kBlock)), kBlock, 0, stream>>>(
+      reinterpret_cast<const float4*>(x), groups, reinterpret_cast<uint2*>(out));
+  return cudaGetLastError();
+}
+
+bool MatMulHalfMmaSupports(const DeviceMatrix& w) {
+  return (w.type == kQ4_K || w.type == kQ6_K) && w.cols > 0 && w.cols % kStep == 0 && w.rows > 0 &&
+         w.rows <= int64_t{65535} * kTileRows && w.cols <= (int64_t{1} << 30) &&
+         w.data != nullptr && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+}
+
+size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
+  if (!MatMulHalfMmaSupports(w) || n_tokens <= 0) return 0;
+  const int splits = SplitsFor(w.rows, w.cols, n_tokens);
+  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
+                          static_cast<size_t>(w.rows)
+                    : 0;
+}
+
+cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                                bool accumulate, float* scratch, size_t scratch_floats,
+                                cudaStream_t stream) {
+  if (!MatMulHalfMmaSupports(w) || n_tokens <= 0 || n_tokens > int64_t{65535} * 64 ||
+      x == nullptr || y == nullptr || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t wanted = MatMulHalfMmaScratchFloats(w, n_tokens);
+  const bool split = wanted > 0 && scratch != nullptr && scratch_floats >= wanted;
+  const int splits = split ? SplitsFor(w.rows, w.cols, n_tokens) : 1;
+  const auto k_steps = static_cast<int>(w.cols / kStep);
+  const int per_split = static_cast<int>(CeilDiv(k_steps, splits));
+  const int tile_tokens = TileTokensFor(n_tokens);
+  const dim3 grid(static_cast<unsigned>(CeilDiv(n_tokens, tile_tokens)),
+                  static_cast<unsigned>(CeilDiv(w.rows, kTileRows)),
+                  static_cast<unsigned>(CeilDiv(k_steps, per_split)));
+  const Problem p{static_cast<const uint8_t*>(w.data),
+                  w.row_bytes,
+                  static_cast<int>(w.rows),
+                  static_cast<int>(w.cols),
+                  reinterpret_cast<const uint8_t*>(x),
+                  n_tokens,
+                  per_split,
+                  split ? scratch : y,
+                  split ? false : accumulate};
+  cudaError_t launched = cudaSuccess;
+  const auto launch = [&]<uint32_t kType, int NT>() {
+    using SL = SharedLayout<kType, NT>;
+    constexpr auto kernel = MatMulHalfMmaKernel<kType, NT>;
+    launched = AllowSharedMemory<kernel, SL::kBytes>();
+    if (launched != cudaSuccess) return;
+    kernel<<<grid, kThreads, SL::kBytes, stream>>>(p);
+    launched = cudaGetLastError();
+  };
+  const auto launch_type = [&]<uint32_t kType>() {
+    if (tile_tokens == 16) {
+      launch.template operator()<kType, 2>();
+    } else if (tile_tokens == 32) {
+      launch.template operator()<kType, 4>();
+    } else {
+      launch.template operator()<kType, 8>();
+    }
+  };
+  if (w.type == kQ4_K) {
+    launch_type.template operator()<kQ4_K>();
+  } else {
+    launch_type.template operator()<kQ6_K>();
+  }
+  if (launched != cudaSuccess || !split) return launched;
+  return LaunchSumSplits(scratch, static_cast<int>(grid.z), static_cast<int64_t>(n_tokens) * w.rows,
+                         y, accumulate, stream);
+}
+
+}  // namespace chord::cuda

@@ -1,0 +1,50 @@
+// Batched products on the tensor cores in half precision straight from Q4_K
+// and Q6_K blocks: each weight is decoded to half in registers by the lane
+// whose mma.sync m16n8k16 fragment holds it, and multiplied with half
+// activations, the sums in float. The matrix is read once per 64-token tile
+// in its GGUF bytes; no half copy of it is written, the activations are not
+// rounded to 8 bits, and no per-sub-block epilogue runs (the block's scales
+// and mins are in the decoded halves).
+//
+// For batches past the decode kernels: many sequences decoding together.
+// Numerics: those of dequantize + GEMM up to the rounding of each decoded
+// weight (d * scale and dmin * min are rounded to half first, then q * that
+// - min in one fused rounding), sums in float.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/cuda/matvec.h"
+
+namespace chord::cuda {
+
+// The activations as the kernel reads them: n_tokens rows of cols halves,
+// each aligned group of four elements stored as elements 0, 2, 1, 3 (the
+// order in which a lane's fragment pairs them with the weights it decodes
+// from four consecutive bytes). cols a multiple of 4; x and out 16-byte
+// aligned.
+cudaError_t LaunchFloatToHalfMmaOrder(const float* x, int64_t n_tokens, int64_t cols, uint16_t* out,
+                                      cudaStream_t stream);
+
+// True for the matrices the kernel reads: Q4_K or Q6_K, rows a whole number
+// of 256-element blocks, data 16-byte aligned (not null).
+bool MatMulHalfMmaSupports(const DeviceMatrix& w);
+
+// Floats of scratch memory LaunchMatMulHalfMma uses to split K for this
+// matrix and batch (0: it does not split).
+size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens);
+
+// For t < n_tokens, r < w.rows: y[t * w.rows + r] (+)= dot(row r of w, token
+// t of x), x the halves LaunchFloatToHalfMmaOrder wrote for n_tokens rows of
+// w.cols. With `scratch` of at least MatMulHalfMmaScratchFloats floats,
+// blocks split K and LaunchSumSplits (matmul_mma.h) adds their partial sums
+// in a fixed order; without, one block per output tile. The result does not
+// depend on scheduling either way.
+cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                                bool accumulate, float* scratch, size_t scratch_floats,
+                                cudaStream_t stream);
+
+}  // namespace chord::cuda
