@@ -37,7 +37,6 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/matmul_mma.h"
-#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "worker/cuda_stage.h"
@@ -219,8 +218,8 @@ absl::Status StreamedDecode(const gguf::GgufFile& file, const ModelConfig& confi
 // One 11008 x 4096 matrix (llama2-7b's FFN) of random bytes per weight type
 // (timing only: the values are meaningless), as GB/s of weights read: the
 // decode kernels at 1 and 8 tokens, then batches of 16, 64 and 128 tokens on
-// the tensor-core kernels (integer for Q4_K/Q6_K, half) against dequantize +
-// cuBLAS.
+// the tensor-core kernels (half from weights decoded in registers for Q4_K/Q6_K, half from shared
+// memory) against dequantize + cuBLAS.
 absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
   const int64_t rows = 11008, cols = 4096, max_tokens = 128;
   ASSIGN_OR_RETURN(cuda::BlasHandle blas, cuda::BlasHandle::Create(nullptr));
@@ -238,18 +237,13 @@ absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
     for (const DType type : {DType::kQ4_K, DType::kQ6_K}) {
       const cuda::DeviceMatrix shape{static_cast<uint32_t>(type), rows, cols, *RowBytes(type, cols),
                                      x.data()};
-      scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulQ8MmaScratchFloats(shape, n));
       scratch_floats_max = std::max(scratch_floats_max, cuda::MatMulHalfMmaScratchFloats(shape, n));
     }
   }
-  ASSIGN_OR_RETURN(cuda::DeviceBuffer q8k,
-                   cuda::DeviceBuffer::Allocate(cuda::Q8KActivationBytes(max_tokens, cols)));
   ASSIGN_OR_RETURN(cuda::DeviceBuffer scratch,
                    cuda::DeviceBuffer::Allocate(scratch_floats_max * sizeof(float) + 4));
   CHORD_CUDA_RETURN(cudaMemset(x.data(), 0x3c, x.bytes()));
   CHORD_CUDA_RETURN(cudaMemset(x_half.data(), 0x3c, x_half.bytes()));
-  CHORD_CUDA_RETURN(
-      cuda::LaunchQuantizeActivationsQ8K(x.as<float>(), max_tokens, cols, q8k.data(), nullptr));
   for (const DType type : {DType::kQ4_K, DType::kQ6_K, DType::kQ8_0, DType::kQ4_0, DType::kF16}) {
     ASSIGN_OR_RETURN(uint64_t row_bytes, RowBytes(type, cols));
     const size_t bytes = row_bytes * static_cast<size_t>(rows);
@@ -274,16 +268,6 @@ absl::Status MatVecMicrobench(const std::vector<int>& batch_tokens) {
       report("matvec", n, us);
     }
     for (const int n : batch_tokens) {
-      if (cuda::MatMulQ8MmaSupports(m)) {
-        const size_t q8_scratch = cuda::MatMulQ8MmaScratchFloats(m, n);
-        ASSIGN_OR_RETURN(const double int8_mma, KernelMicroseconds([&] {
-                           return cuda::CudaStatus(
-                               cuda::LaunchMatMulQ8Mma(m, q8k.data(), n, y.as<float>(), false,
-                                                       scratch.as<float>(), q8_scratch, nullptr),
-                               "LaunchMatMulQ8Mma");
-                         }));
-        report("int8 mma", n, int8_mma);
-      }
       if (cuda::MatMulHalfMmaSupports(m)) {
         const size_t half_scratch = cuda::MatMulHalfMmaScratchFloats(m, n);
         ASSIGN_OR_RETURN(
@@ -416,7 +400,6 @@ int Run(int argc, char** argv) {
   bool int8_activations = CudaStageOptions{}.int8_activations;
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
-  int64_t int8_mma_max_tokens = CudaStageOptions{}.int8_mma_max_tokens;
   int64_t half_mma_max_tokens = CudaStageOptions{}.half_mma_max_tokens;
   bool exact = false;
   double stream_budget = 0.0;
@@ -441,9 +424,6 @@ int Run(int argc, char** argv) {
   app.add_option("--mma-max-tokens", mma_max_tokens,
                  "larger batches up to this size multiply on tensor cores from the quantized "
                  "blocks (0: never)");
-  app.add_option(
-      "--int8-mma-max-tokens", int8_mma_max_tokens,
-      "larger batches up to this size multiply Q4_K/Q6_K on tensor cores in integers (0: never)");
   app.add_option("--half-mma-max-tokens", half_mma_max_tokens,
                  "batches up to this size multiply Q4_K/Q6_K on tensor cores in half precision "
                  "from weights decoded in registers (0: never)");
@@ -526,7 +506,6 @@ int Run(int argc, char** argv) {
   options.int8_activations = int8_activations;
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
-  options.int8_mma_max_tokens = int8_mma_max_tokens;
   options.half_mma_max_tokens = half_mma_max_tokens;
   options.exact = exact;
   options.overlap_launches = overlap_launches;

@@ -10,7 +10,6 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/matmul_mma.h"
-#include "kernels/cuda/matmul_q8_mma.h"
 #include "kernels/cuda/matvec.h"
 #include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/ops.h"
@@ -102,17 +101,16 @@ struct CudaStage::Impl {
   // Scratch, grown to the largest batch seen.
   int64_t capacity = 0;
   DeviceBuffer x, norm, q, k, v, attn, gate, up, tokens, ids, logits, greedy, half_x, half_w;
-  // Activations rounded to 8 bits for the integer kernels: per 32 elements
-  // for the decode path (Q8Activations), per 256 for the integer tensor-core
-  // path (Q8K records).
+  // Activations rounded to 8 bits per 32 elements for the integer decode
+  // kernels (Q8Activations).
   DeviceBuffer q8x;
   // Activations as halves in mma order for the half tensor-core path.
   DeviceBuffer mma_x;
-  // What q8x (or, for kHalfMma, mma_x) holds: `in` of n rows of cols in one
-  // of those forms; Q/K/V (and gate/up) read the same normed rows and so
-  // convert them once. Forgotten whenever the kernels rewrite a product's
-  // input buffer (ForgetRounded).
-  enum class Form : uint8_t { kQ8, kQ8K, kHalfMma };
+  // What q8x (or, for kHalfMma, mma_x) holds: `in` of n rows of cols in that
+  // form; Q/K/V (and gate/up) read the same normed rows and so convert them
+  // once. Forgotten whenever the kernels rewrite a product's input buffer
+  // (ForgetRounded).
+  enum class Form : uint8_t { kQ8, kHalfMma };
   struct Rounded {
     const float* in = nullptr;
     int64_t n = 0, cols = 0;
@@ -148,18 +146,12 @@ struct CudaStage::Impl {
     return !options.exact && n > options.int8_max_tokens && n <= options.half_mma_max_tokens &&
            cuda::MatMulHalfMmaSupports(w);
   }
-  // Whether a product of w over n rows takes the integer tensor-core kernel.
-  bool Int8Mma(const DeviceMatrix& w, int64_t n) const {
-    return options.int8_activations && !options.exact && n > options.int8_max_tokens &&
-           n <= options.int8_mma_max_tokens && cuda::MatMulQ8MmaSupports(w);
-  }
   // The most tokens a rounding of activations holds.
   int64_t RoundedTokens(int64_t n) const {
     if (options.exact) return n;
-    return std::min(n, std::max(options.int8_max_tokens, options.int8_mma_max_tokens));
+    return std::min(n, options.int8_max_tokens);
   }
   absl::StatusOr<cuda::Q8Activations> RoundInput(const float* in, int64_t n, int64_t cols);
-  absl::StatusOr<const void*> RoundInputQ8K(const float* in, int64_t n, int64_t cols);
   absl::StatusOr<const uint16_t*> HalvesInMmaOrder(const float* in, int64_t n, int64_t cols);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                       bool accumulate);
@@ -221,8 +213,7 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   }
   // Allocated here, not on first use: the decode graph bakes in its address.
   const int64_t widest = std::max(e, ff);
-  RETURN_IF_ERROR(Ensure(q8x, std::max(cuda::Q8ActivationBytes(RoundedTokens(n), widest),
-                                       cuda::Q8KActivationBytes(RoundedTokens(n), widest))));
+  RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(RoundedTokens(n), widest)));
   capacity = n;
   ++epoch;
   ForgetRounded();
@@ -256,17 +247,6 @@ absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in,
     rounded = {in, n, cols, Form::kQ8};
   }
   return q8;
-}
-
-absl::StatusOr<const void*> CudaStage::Impl::RoundInputQ8K(const float* in, int64_t n,
-                                                           int64_t cols) {
-  if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.form != Form::kQ8K) {
-    RETURN_IF_ERROR(cuda::CudaStatus(
-        cuda::LaunchQuantizeActivationsQ8K(in, static_cast<int>(n), cols, q8x.data(), s()),
-        "LaunchQuantizeActivationsQ8K"));
-    rounded = {in, n, cols, Form::kQ8K};
-  }
-  return q8x.data();
 }
 
 absl::StatusOr<const uint16_t*> CudaStage::Impl::HalvesInMmaOrder(const float* in, int64_t n,
@@ -320,15 +300,6 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
         cuda::LaunchMatMulHalfMma(w, halves, static_cast<int>(n), out, accumulate,
                                   mma_partials.as<float>(), scratch, s()),
         "LaunchMatMulHalfMma");
-  }
-  if (Int8Mma(w, n)) {
-    ASSIGN_OR_RETURN(const void* records, RoundInputQ8K(in, n, w.cols));
-    const size_t scratch = cuda::MatMulQ8MmaScratchFloats(w, static_cast<int>(n));
-    RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
-    return cuda::CudaStatus(
-        cuda::LaunchMatMulQ8Mma(w, records, static_cast<int>(n), out, accumulate,
-                                mma_partials.as<float>(), scratch, s()),
-        "LaunchMatMulQ8Mma");
   }
   if (RoundsFor(w, n)) {
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
@@ -698,8 +669,7 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
-      options.mma_max_tokens < 0 || options.int8_mma_max_tokens < 0 ||
-      options.half_mma_max_tokens < 0) {
+      options.mma_max_tokens < 0 || options.half_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (config.head_dim <= 0 || config.head_dim > 256 || config.head_dim % 2 != 0) {

@@ -73,21 +73,13 @@ struct CudaStageOptions {
   // 64-token tile decodes the weights again).
   int64_t mma_max_tokens = 32;
   // Batches of more than int8_max_tokens up to this many tokens multiply
-  // Q4_K and Q6_K weights on tensor cores in integer arithmetic, from
-  // activations rounded per 256 (kernels/cuda/matmul_q8_mma.h), ahead of the
-  // two paths above. 0: never. Measured on llama2-7b Q4_K_M (H200): 16, 32
-  // and 64 sequences decode at 1.47x, 1.37x and 1.32x the other paths; a
-  // 128-token batch (two token tiles) and prompts run faster through
-  // dequantize + cuBLAS.
-  int64_t int8_mma_max_tokens = 64;
-  // Batches of more than int8_max_tokens up to this many tokens multiply
   // Q4_K and Q6_K weights on tensor cores in half precision, each weight
   // decoded in registers by the lane that multiplies it
-  // (kernels/cuda/matmul_half_mma.h), ahead of the three paths above: with
-  // the defaults the integer tensor-core kernel serves only when this is 0.
-  // Measured on llama2-7b Q4_K_M (H200), against the integer kernel in the
-  // same run: 16, 32 and 64 sequences decode at 1.34x, 1.18x and 1.14x; a
-  // 128-token batch runs as fast through dequantize + cuBLAS. 0: never.
+  // (kernels/cuda/matmul_half_mma.h), ahead of the two paths above.
+  // Measured on llama2-7b Q4_K_M (H200): 16, 32 and 64 sequences decode at
+  // 1.34x, 1.18x and 1.14x the integer tensor-core kernel it replaced
+  // (kernels/cuda/NOTES.md, v22); 128-token batches and prompts run faster
+  // through dequantize + cuBLAS. 0: never.
   int64_t half_mma_max_tokens = 64;
   // Integer matrix-vector products start while the kernel before them runs
   // (programmatic dependent launch: their weights stream into L2 meanwhile);

@@ -55,7 +55,6 @@ struct Case {
   std::string model;
   int64_t gemm_min_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
-  int64_t int8_mma_max_tokens = 0;
   int64_t half_mma_max_tokens = 0;
 };
 
@@ -80,7 +79,6 @@ class CudaStageTest : public ::testing::TestWithParam<Case> {
     options.use_graph = graph;
     options.gemm_min_tokens = GetParam().gemm_min_tokens;
     options.mma_max_tokens = GetParam().mma_max_tokens;
-    options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
     options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
     options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
     options.mma_every_type = true;
@@ -122,7 +120,6 @@ TEST_P(CudaStageTest, PrefillAndDecodeLogitsMatchCpuStage) {
   options.kv_type = DType::kF32;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
-  options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
   options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
   options.mma_every_type = true;
   std::vector<std::unique_ptr<CudaStage>> gpu;
@@ -175,7 +172,6 @@ TEST_P(CudaStageTest, ForwardOfABatchOfSlotsMatchesOneAtATime) {
   options.n_slots = 3;
   options.gemm_min_tokens = GetParam().gemm_min_tokens;
   options.mma_max_tokens = GetParam().mma_max_tokens;
-  options.int8_mma_max_tokens = GetParam().int8_mma_max_tokens;
   options.half_mma_max_tokens = GetParam().half_mma_max_tokens;
   options.mma_every_type = true;
   const GgufTensorSource& source = *source_;
@@ -583,12 +579,10 @@ std::vector<Case> Cases() {
     cases.push_back({model, 1000});  // every batch on the matrix-vector kernels
     cases.push_back({model, 4});     // prompts on tensor cores from the quantized blocks
     cases.push_back({model, 4, 0});  // prompts through dequantize + cuBLAS
-    // Q4_K/Q6_K prompts on tensor cores in integers (the other types as _mma).
+    // Q4_K/Q6_K batches on tensor cores in half precision, weights decoded in
+    // registers (the other types as _mma).
     cases.push_back(
-        {model, 4, CudaStageOptions{}.mma_max_tokens, CudaStageOptions{}.int8_mma_max_tokens});
-    // Q4_K/Q6_K batches on tensor cores in half precision, weights decoded in registers.
-    cases.push_back(
-        {model, 4, CudaStageOptions{}.mma_max_tokens, 0, CudaStageOptions{}.half_mma_max_tokens});
+        {model, 4, CudaStageOptions{}.mma_max_tokens, CudaStageOptions{}.half_mma_max_tokens});
   }
   return cases;
 }
@@ -598,7 +592,6 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()),
                            const Case& c = param_info.param;
                            std::string name = c.model + (c.gemm_min_tokens > 12      ? "_matvec"
                                                          : c.half_mma_max_tokens > 0 ? "_halfmma"
-                                                         : c.int8_mma_max_tokens > 0 ? "_int8mma"
                                                          : c.mma_max_tokens > 0      ? "_mma"
                                                                                      : "_cublas");
                            std::replace(name.begin(), name.end(), '-', '_');

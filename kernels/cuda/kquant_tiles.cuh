@@ -1,12 +1,11 @@
-// What the tensor-core products over K-quant blocks (matmul_q8_mma.cu,
-// matmul_half_mma.cu) share: copying a tile's 256-element weight blocks into
-// shared memory, reading Q6_K's 2-byte-aligned blocks there, raising a
-// kernel's shared-memory limit, and how many blocks split K.
+// Tiles of K-quant blocks in shared memory for the tensor-core products
+// (matmul_half_mma.cu): copying a row's 256-element block into shared memory,
+// reading Q6_K's 2-byte-aligned blocks there, raising a kernel's
+// shared-memory limit.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -68,28 +67,6 @@ cudaError_t AllowSharedMemory() {
       cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
   if (e == cudaSuccess) done.fetch_or(bit, std::memory_order_release);
   return e;
-}
-
-// How many blocks share each output tile's K range of k_steps: when the
-// tiles alone leave some of a wave's `slots` idle, the count (up to
-// max_splits, at least two K steps a block) whose blocks best fill one wave,
-// the smallest of those within 5% of it. Never more than a wave: the partial
-// sums cost memory traffic of their own.
-inline int SplitsToFillWave(int64_t tiles, int64_t k_steps, int64_t slots, int max_splits) {
-  const auto ceil_div = [](int64_t a, int64_t b) { return (a + b - 1) / b; };
-  const int64_t most = std::min<int64_t>(max_splits, std::max<int64_t>(1, k_steps / 2));
-  int best = 1;
-  double best_fill = static_cast<double>(tiles) / static_cast<double>(slots);
-  for (int64_t z = 2; z <= most; ++z) {
-    const int64_t blocks = tiles * ceil_div(k_steps, ceil_div(k_steps, z));
-    if (blocks > slots) break;
-    const double fill = static_cast<double>(blocks) / static_cast<double>(slots);
-    if (fill > best_fill * 1.05) {
-      best = static_cast<int>(z);
-      best_fill = fill;
-    }
-  }
-  return best;
 }
 
 }  // namespace chord::cuda
