@@ -400,6 +400,7 @@ int Run(int argc, char** argv) {
   bool int8_activations = CudaStageOptions{}.int8_activations;
   int64_t int8_max_tokens = CudaStageOptions{}.int8_max_tokens;
   int64_t mma_max_tokens = CudaStageOptions{}.mma_max_tokens;
+  int64_t half_mma_min_tokens = CudaStageOptions{}.half_mma_min_tokens;
   int64_t half_mma_max_tokens = CudaStageOptions{}.half_mma_max_tokens;
   bool exact = false;
   double stream_budget = 0.0;
@@ -424,6 +425,8 @@ int Run(int argc, char** argv) {
   app.add_option("--mma-max-tokens", mma_max_tokens,
                  "larger batches up to this size multiply on tensor cores from the quantized "
                  "blocks (0: never)");
+  app.add_option("--half-mma-min-tokens", half_mma_min_tokens,
+                 "the smallest batch for the half-precision tensor-core kernel");
   app.add_option("--half-mma-max-tokens", half_mma_max_tokens,
                  "batches up to this size multiply Q4_K/Q6_K on tensor cores in half precision "
                  "from weights decoded in registers (0: never)");
@@ -506,6 +509,7 @@ int Run(int argc, char** argv) {
   options.int8_activations = int8_activations;
   options.int8_max_tokens = int8_max_tokens;
   options.mma_max_tokens = mma_max_tokens;
+  options.half_mma_min_tokens = half_mma_min_tokens;
   options.half_mma_max_tokens = half_mma_max_tokens;
   options.exact = exact;
   options.overlap_launches = overlap_launches;

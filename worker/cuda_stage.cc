@@ -143,7 +143,7 @@ struct CudaStage::Impl {
   }
   // Whether a product of w over n rows takes the half tensor-core kernel.
   bool HalfMma(const DeviceMatrix& w, int64_t n) const {
-    return !options.exact && n > options.int8_max_tokens && n <= options.half_mma_max_tokens &&
+    return !options.exact && n >= options.half_mma_min_tokens && n <= options.half_mma_max_tokens &&
            cuda::MatMulHalfMmaSupports(w);
   }
   // The most tokens a rounding of activations holds.
@@ -165,7 +165,7 @@ struct CudaStage::Impl {
   void ForgetRounded() { rounded = {}; }
   // Whether a product of w over n rows reads rounded activations.
   bool RoundsFor(const DeviceMatrix& w, int64_t n) const {
-    return Int8Batch(n) && cuda::MatVecQ8Supports(w.type, w.cols);
+    return Int8Batch(n) && cuda::MatVecQ8Supports(w.type, w.cols) && !HalfMma(w, n);
   }
   // RMSNorm of n rows of `rows` into `norm`, the input of a product by
   // `next`: when that product reads rounded activations, the rounding comes
@@ -267,7 +267,7 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
   const std::vector<Product> list(products);
   for (size_t i = 0; i < list.size();) {
     const DeviceMatrix& w = list[i].w;
-    if (!Int8Batch(n) || !cuda::MatVecQ8Supports(w.type, w.cols)) {
+    if (!RoundsFor(w, n)) {
       RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
       ++i;
       continue;
@@ -276,7 +276,7 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
     float* outs[cuda::kMatVecQ8MaxGroup];
     size_t count = 0;
     for (; i < list.size() && count < std::size(group) && list[i].w.type == w.type &&
-           list[i].w.cols == w.cols;
+           list[i].w.cols == w.cols && RoundsFor(list[i].w, n);
          ++i, ++count) {
       group[count] = list[i].w;
       outs[count] = list[i].out;
@@ -669,7 +669,8 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   }
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
-      options.mma_max_tokens < 0 || options.half_mma_max_tokens < 0) {
+      options.mma_max_tokens < 0 || options.half_mma_min_tokens < 1 ||
+      options.half_mma_max_tokens < 0) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (config.head_dim <= 0 || config.head_dim > 256 || config.head_dim % 2 != 0) {

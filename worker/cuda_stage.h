@@ -72,14 +72,16 @@ struct CudaStageOptions {
   // sequences 14.4 ms/step against 16.7; even at 64; slower at 128 (each
   // 64-token tile decodes the weights again).
   int64_t mma_max_tokens = 32;
-  // Batches of more than int8_max_tokens up to this many tokens multiply
+  // Batches of half_mma_min_tokens up to half_mma_max_tokens tokens multiply
   // Q4_K and Q6_K weights on tensor cores in half precision, each weight
   // decoded in registers by the lane that multiplies it
-  // (kernels/cuda/matmul_half_mma.h), ahead of the two paths above.
-  // Measured on llama2-7b Q4_K_M (H200): 16, 32 and 64 sequences decode at
-  // 1.34x, 1.18x and 1.14x the integer tensor-core kernel it replaced
-  // (kernels/cuda/NOTES.md, v22); 128-token batches and prompts run faster
-  // through dequantize + cuBLAS. 0: never.
+  // (kernels/cuda/matmul_half_mma.h), ahead of every path above. Measured on
+  // llama2-7b Q4_K_M (H200): 16, 32 and 64 sequences decode at 1.34x, 1.18x
+  // and 1.14x the integer tensor-core kernel it replaced (kernels/cuda/NOTES.md,
+  // v22); from 4 sequences it beats the integer matrix-vector kernels (8
+  // sequences: 5.1 against 7.8 ms a step; 3: 4.9 against 4.6); 128-token
+  // batches and prompts run faster through dequantize + cuBLAS. Max 0: never.
+  int64_t half_mma_min_tokens = 4;
   int64_t half_mma_max_tokens = 64;
   // Integer matrix-vector products start while the kernel before them runs
   // (programmatic dependent launch: their weights stream into L2 meanwhile);

@@ -11,8 +11,8 @@
 namespace chord::cuda {
 namespace {
 
-// A block: 64 weight rows x 8 NT tokens of output (NT = 2, 4 or 8: up to 64
-// tokens) over a share of K, one 256-element weight block (a K step) at a
+// A block: 64 weight rows x 8 NT tokens of output (NT = 1, 2, 4 or 8: up to
+// 64 tokens) over a share of K, one 256-element weight block (a K step) at a
 // time. Four warps: warp w takes rows 32 (w & 1).. for all the block's
 // tokens over half of each K step (w >> 1: elements 0-127 or 128-255), 2 x NT
 // mma tiles of 16 rows x 8 tokens, so that each weight it decodes serves NT
@@ -409,9 +409,11 @@ __global__ void FloatToHalfMmaOrderKernel(const float4* __restrict__ x, int64_t 
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Token tiles of 16, 32 or 64 (NT = 2, 4, 8): the smallest that holds a
-// batch, 64 for larger ones.
-int TileTokensFor(int n_tokens) { return n_tokens <= 16 ? 16 : n_tokens <= 32 ? 32 : 64; }
+// Token tiles of 8, 16, 32 or 64 (NT = 1, 2, 4, 8): the smallest that holds
+// a batch, 64 for larger ones.
+int TileTokensFor(int n_tokens) {
+  return n_tokens <= 8 ? 8 : n_tokens <= 16 ? 16 : n_tokens <= 32 ? 32 : 64;
+}
 
 // How many blocks share each output tile's K range: enough for about two
 // waves of blocks, at least four K steps each. More than the one wave that
@@ -490,7 +492,9 @@ cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_
     launched = cudaGetLastError();
   };
   const auto launch_type = [&]<uint32_t kType>() {
-    if (tile_tokens == 16) {
+    if (tile_tokens == 8) {
+      launch.template operator()<kType, 1>();
+    } else if (tile_tokens == 16) {
       launch.template operator()<kType, 2>();
     } else if (tile_tokens == 32) {
       launch.template operator()<kType, 4>();

@@ -154,8 +154,9 @@ TEST(MatMulHalfMmaTest, MatchesTheReferenceForEveryShape) {
   // 2816 = 11 blocks: Q6_K rows of 2310 bytes, so blocks start at every even
   // offset from a 16-byte boundary; 70, 130 and 77 leave partial tiles.
   for (const DType type : {DType::kQ4_K, DType::kQ6_K}) {
-    for (const Shape shape : {Shape{64, 256, 9}, Shape{130, 512, 70}, Shape{256, 1024, 64},
-                              Shape{40, 768, 33}, Shape{77, 2816, 130}, Shape{512, 4096, 16}}) {
+    for (const Shape shape :
+         {Shape{64, 256, 9}, Shape{96, 512, 3}, Shape{130, 1024, 8}, Shape{130, 512, 70},
+          Shape{256, 1024, 64}, Shape{40, 768, 33}, Shape{77, 2816, 130}, Shape{512, 4096, 16}}) {
       for (const bool accumulate : {false, true}) {
         for (const bool split_k : {false, true}) {
           ExpectMatchesReference(type, shape, accumulate, split_k, seed);
