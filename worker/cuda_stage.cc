@@ -555,6 +555,12 @@ absl::Status CudaStage::Embed(std::span<const int32_t> tokens, float* x) {
   return Synchronize();
 }
 
+absl::Status CudaStage::EmbedOnDevice(std::span<const int32_t> tokens) {
+  CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
+  if (!has_embedding()) return absl::InternalError("this stage does not hold the embeddings");
+  return impl_->EmbedDevice(tokens);
+}
+
 absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x) {
   return RunLayers(batch, x, /*input_on_device=*/false, /*output_on_device=*/false);
 }
@@ -575,10 +581,8 @@ absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, b
   } else {
     RETURN_IF_ERROR(impl_->LayersDevice(n));
   }
-  if (!output_on_device) {
-    CHORD_CUDA_RETURN(
-        cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
-  }
+  if (output_on_device) return absl::OkStatus();  // queued: the rows' next reader waits
+  CHORD_CUDA_RETURN(cudaMemcpyAsync(x, impl_->x.data(), bytes, cudaMemcpyDeviceToHost, impl_->s()));
   return Synchronize();
 }
 

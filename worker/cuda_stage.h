@@ -124,6 +124,9 @@ class CudaStage {
 
   // As LlamaStage, with host buffers: x gets tokens.size() rows of n_embd floats.
   absl::Status Embed(std::span<const int32_t> tokens, float* x);
+  // Embed into DeviceRows instead, for RunLayers with input_on_device: queued
+  // on the stage's stream, nothing crosses to the host.
+  absl::Status EmbedOnDevice(std::span<const int32_t> tokens);
   // Runs the layers over x (batch.size() rows, host memory, updated in place),
   // reading and extending this stage's KV cache. One row replays a captured
   // graph when options.use_graph is set (same kernels, same results).
@@ -131,7 +134,10 @@ class CudaStage {
   // RunLayers with either end of the residual stream left in GPU memory, in
   // DeviceRows (for NCCL links between GPU stages): `input_on_device`: the
   // rows are there already and x is not read; `output_on_device`: they stay
-  // there and x is not written.
+  // there, x is not written, and the call returns once the work is queued on
+  // the stage's stream (what reads the rows next, a link's send or
+  // LogitsOfDeviceRows, waits for it: a next stage can be told of the step
+  // while this one still computes it).
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x, bool input_on_device,
                          bool output_on_device);
   // The GPU buffer of the residual stream with room for n_rows rows (growing

@@ -28,11 +28,13 @@ class CudaStageCompute final : public StageCompute {
   uint64_t kv_cache_bytes() const override { return stage_->kv_bytes(); }
   double kv_cache_usage() const override {
     const int64_t held = std::accumulate(positions_.begin(), positions_.end(), int64_t{0});
-    return static_cast<double>(held) / static_cast<double>(n_ctx_ * static_cast<int64_t>(positions_.size()));
+    return static_cast<double>(held) /
+           static_cast<double>(n_ctx_ * static_cast<int64_t>(positions_.size()));
   }
   absl::Status Reserve(std::span<const SlotExtent> extents) override {
     for (const SlotExtent& extent : extents) {
-      if (extent.slot < 0 || extent.slot >= static_cast<int64_t>(positions_.size()) || extent.end > n_ctx_) {
+      if (extent.slot < 0 || extent.slot >= static_cast<int64_t>(positions_.size()) ||
+          extent.end > n_ctx_) {
         return absl::InvalidArgumentError(absl::StrFormat(
             "slot %d positions [0, %d) are outside the GPU KV cache (%d slots of %d)", extent.slot,
             extent.end, positions_.size(), n_ctx_));
@@ -45,7 +47,9 @@ class CudaStageCompute final : public StageCompute {
     return absl::OkStatus();
   }
   void Release(int64_t slot) override { positions_[static_cast<size_t>(slot)] = 0; }
-  absl::Status Embed(std::span<const int32_t> tokens, float* x) override { return stage_->Embed(tokens, x); }
+  absl::Status Embed(std::span<const int32_t> tokens, float* x) override {
+    return stage_->Embed(tokens, x);
+  }
   absl::Status RunLayers(std::span<const BatchToken> batch, float* x) override {
     return stage_->RunLayers(batch, x);
   }
@@ -55,8 +59,8 @@ class CudaStageCompute final : public StageCompute {
   void set_between_layers(std::function<void()>) override {}
 
   bool can_forward() const override { return stage_->has_embedding() && stage_->has_output(); }
-  absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch, int64_t n_logit_rows,
-                       const LogitsRequest& out) override {
+  absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
+                       int64_t n_logit_rows, const LogitsRequest& out) override {
     return stage_->Forward(tokens, batch, n_logit_rows, out);
   }
 
@@ -64,6 +68,9 @@ class CudaStageCompute final : public StageCompute {
   absl::Status ReceiveRows(NcclLink& link, int64_t n_rows) override {
     ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));
     return link.Receive(rows, n_rows * stage_->config().n_embd, stage_->stream());
+  }
+  absl::Status EmbedOnDevice(std::span<const int32_t> tokens) override {
+    return stage_->EmbedOnDevice(tokens);
   }
   absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x, bool input_on_device,
                                  bool output_on_device) override {
@@ -86,21 +93,21 @@ class CudaStageCompute final : public StageCompute {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource& tensors,
-                                                                   const ModelConfig& config,
-                                                                   const StageComputeOptions& options,
-                                                                   DeviceStreamedLayers streamed) {
+absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(
+    const TensorSource& tensors, const ModelConfig& config, const StageComputeOptions& options,
+    DeviceStreamedLayers streamed) {
   CudaStageOptions cuda;
   cuda.device = options.device;
   cuda.n_slots = options.kv.n_slots;
   cuda.n_ctx = options.kv.n_ctx;
   cuda.kv_type = options.kv.type;
   cuda.exact = options.exact;
-  absl::StatusOr<std::unique_ptr<CudaStage>> stage = CudaStage::Load(
-      tensors, config, options.range, cuda,
-      CudaStreamedLayers{streamed.source, streamed.first, streamed.buffer_bytes});
+  absl::StatusOr<std::unique_ptr<CudaStage>> stage =
+      CudaStage::Load(tensors, config, options.range, cuda,
+                      CudaStreamedLayers{streamed.source, streamed.first, streamed.buffer_bytes});
   if (!stage.ok()) return stage.status();
-  return std::make_unique<CudaStageCompute>(*std::move(stage), options.kv.n_slots, options.kv.n_ctx);
+  return std::make_unique<CudaStageCompute>(*std::move(stage), options.kv.n_slots,
+                                            options.kv.n_ctx);
 }
 
 bool CudaBackendBuilt() { return true; }
@@ -110,7 +117,8 @@ namespace {
 class CudaHostPinner final : public MemoryPinner {
  public:
   absl::Status Pin(void* data, uint64_t bytes) const override {
-    return cuda::CudaStatus(cudaHostRegister(data, bytes, cudaHostRegisterDefault), "cudaHostRegister");
+    return cuda::CudaStatus(cudaHostRegister(data, bytes, cudaHostRegisterDefault),
+                            "cudaHostRegister");
   }
   void Unpin(void* data) const override { (void)cudaHostUnregister(data); }
 };
@@ -134,14 +142,17 @@ absl::StatusOr<double> MeasureCudaWeightThroughput(int device) {
   CHORD_CUDA_RETURN(cudaMemset(weights.data(), 0x11, weights.bytes()));
   CHORD_CUDA_RETURN(cudaMemset(x.data(), 0, x.bytes()));
   ASSIGN_OR_RETURN(cuda::Stream stream, cuda::Stream::Create());
-  const cuda::DeviceMatrix w{static_cast<uint32_t>(DType::kQ8_0), kRows, kCols, row_bytes, weights.data()};
+  const cuda::DeviceMatrix w{static_cast<uint32_t>(DType::kQ8_0), kRows, kCols, row_bytes,
+                             weights.data()};
   double best = 0.0;
   for (int i = 0; i < 10; ++i) {
     const auto start = std::chrono::steady_clock::now();
     CHORD_CUDA_RETURN(cuda::LaunchMatVec(w, x.as<float>(), 1, y.as<float>(), false, stream.get()));
     RETURN_IF_ERROR(stream.Synchronize());
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (i > 0 && seconds > 0.0) best = std::max(best, static_cast<double>(weights.bytes()) / seconds);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (i > 0 && seconds > 0.0)
+      best = std::max(best, static_cast<double>(weights.bytes()) / seconds);
   }
   return best;
 }
@@ -150,7 +161,8 @@ absl::StatusOr<std::string> CudaDeviceUuid(int device) {
   cudaDeviceProp properties{};
   CHORD_CUDA_RETURN(cudaGetDeviceProperties(&properties, device));
   std::string hex;
-  for (const char byte : properties.uuid.bytes) absl::StrAppendFormat(&hex, "%02x", static_cast<uint8_t>(byte));
+  for (const char byte : properties.uuid.bytes)
+    absl::StrAppendFormat(&hex, "%02x", static_cast<uint8_t>(byte));
   return hex;
 }
 

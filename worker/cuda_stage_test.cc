@@ -298,7 +298,7 @@ TEST_P(CudaStageTest, LogitsRequestsGiveGreedyTokensAndOnlyTheRowsAsked) {
 
 // The logits of rows left on the GPU by a layer pass are those of the same
 // rows taken to the host and back, bit for bit (one row: the layer-pass
-// graph; four: direct launches).
+// graph; four: direct launches); so do those of rows embedded on the GPU.
 TEST_P(CudaStageTest, LogitsOfDeviceRowsEqualLogitsOfTheRowsOnTheHost) {
   const ModelConfig* config = &config_;
   const GgufTensorSource& source = *source_;
@@ -328,6 +328,15 @@ TEST_P(CudaStageTest, LogitsOfDeviceRowsEqualLogitsOfTheRowsOnTheHost) {
     ASSERT_TRUE(
         (*stage)->Logits(rows.data() + (n - sampled) * n_embd, sampled, on_host.data()).ok());
     ExpectBitIdentical(on_host, on_device);
+    // Token ids to logits with nothing through the host: embedded on the GPU too.
+    ASSERT_TRUE((*stage)->EmbedOnDevice(tokens).ok());
+    ASSERT_TRUE((*stage)
+                    ->RunLayers(batch, nullptr, /*input_on_device=*/true,
+                                /*output_on_device=*/true)
+                    .ok());
+    std::vector<float> no_host(on_device.size());
+    ASSERT_TRUE((*stage)->LogitsOfDeviceRows(n - sampled, sampled, {no_host.data()}).ok());
+    ExpectBitIdentical(on_host, no_host);
     EXPECT_EQ((*stage)->LogitsOfDeviceRows(n - 1, 2, {on_device.data()}).code(),
               absl::StatusCode::kInvalidArgument);
   }

@@ -16,6 +16,10 @@ absl::Status StageCompute::SendRows(NcclLink&, int64_t) {
   return absl::UnimplementedError("this stage's activations live in host memory: no NCCL link");
 }
 
+absl::Status StageCompute::EmbedOnDevice(std::span<const int32_t>) {
+  return absl::UnimplementedError("this stage's activations live in host memory");
+}
+
 absl::Status StageCompute::LogitsOfDeviceRows(int64_t, int64_t, const LogitsRequest&) {
   return absl::UnimplementedError("this stage's activations live in host memory");
 }

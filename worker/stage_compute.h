@@ -54,12 +54,17 @@ class StageCompute {
   // (UNIMPLEMENTED). ReceiveRows takes a step's n_rows input rows from the
   // previous stage into the stage's GPU buffer; RunLayersOnDevice is RunLayers
   // with the input already there (`input_on_device`, x not read) and/or the
-  // output left there (`output_on_device`, x not written) for SendRows.
+  // output left there (`output_on_device`, x not written) for SendRows or
+  // LogitsOfDeviceRows, which wait for the layers: RunLayersOnDevice may
+  // return with them still running.
   virtual bool can_link() const { return false; }
   virtual absl::Status ReceiveRows(NcclLink& link, int64_t n_rows);
   virtual absl::Status RunLayersOnDevice(std::span<const BatchToken> batch, float* x,
                                          bool input_on_device, bool output_on_device);
   virtual absl::Status SendRows(NcclLink& link, int64_t n_rows);
+  // On a first stage that can_link(): Embed into the stage's GPU buffer, for
+  // RunLayersOnDevice with input_on_device (the rows never cross to the host).
+  virtual absl::Status EmbedOnDevice(std::span<const int32_t> tokens);
   // On a last stage that can_link(): the logits of rows [first_row,
   // first_row + n_rows) of the output RunLayersOnDevice left on the device,
   // handed back as `out` asks (the rows never cross to the host).
@@ -88,11 +93,9 @@ struct StageComputeOptions {
 
 // The CPU stage over `tensors` (and `streamed` layers when the range does not
 // fit in memory; may be null). `pool` must outlive it.
-absl::StatusOr<std::unique_ptr<StageCompute>> MakeCpuStageCompute(const TensorSource& tensors,
-                                                                  const ModelConfig& config,
-                                                                  const StageComputeOptions& options,
-                                                                  ThreadPool& pool,
-                                                                  ShardCache* streamed);
+absl::StatusOr<std::unique_ptr<StageCompute>> MakeCpuStageCompute(
+    const TensorSource& tensors, const ModelConfig& config, const StageComputeOptions& options,
+    ThreadPool& pool, ShardCache* streamed);
 
 // Layers of a GPU stage that stream to it from host memory each step
 // (worker/shard/device_split.h): [first, range.end) from `source` through two
@@ -107,10 +110,9 @@ struct DeviceStreamedLayers {
 // stage tensors and the layers that do not stream, need not outlive it).
 // UNIMPLEMENTED when chord was built without CUDA; UNAVAILABLE without a
 // usable device.
-absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(const TensorSource& tensors,
-                                                                   const ModelConfig& config,
-                                                                   const StageComputeOptions& options,
-                                                                   DeviceStreamedLayers streamed = {});
+absl::StatusOr<std::unique_ptr<StageCompute>> MakeCudaStageCompute(
+    const TensorSource& tensors, const ModelConfig& config, const StageComputeOptions& options,
+    DeviceStreamedLayers streamed = {});
 
 // Page-locks host memory for GPU copies (cudaHostRegister); null in a build
 // without CUDA.

@@ -164,12 +164,24 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     RETURN_IF_ERROR(compute_->Forward(token_ids_, batch_, trailing,
                                       PrepareLogits(step, static_cast<size_t>(trailing))));
   } else if (logits_on_device) {
+    // Without sampled rows the output comes to the host (which also waits for
+    // the layers); with them, LogitsOfDeviceRows reads it on the GPU.
+    if (trailing == 0) activations->resize(static_cast<size_t>(total * config_.n_embd));
     RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(), rows_received,
-                                                /*output_on_device=*/true));
+                                                /*output_on_device=*/trailing > 0));
     if (trailing > 0) {
       RETURN_IF_ERROR(compute_->LogitsOfDeviceRows(
           total - trailing, trailing, PrepareLogits(step, static_cast<size_t>(trailing))));
     }
+  } else if (limits.first_stage && send_rows) {
+    // A first GPU stage linked to the next: token ids in, rows out over the
+    // link, nothing through host memory.
+    RETURN_IF_ERROR(compute_->EmbedOnDevice(token_ids_));
+    RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(),
+                                                /*input_on_device=*/true,
+                                                /*output_on_device=*/true));
+    rows_on_device_ = true;
+    device_rows_ = total;
   } else {
     if (limits.first_stage) {
       activations->resize(static_cast<size_t>(total * config_.n_embd));
