@@ -31,9 +31,10 @@ constexpr int kTokenBytes = kStep * 2 + 32;
 // A row's entry in the scale table. Q4_K: sub-block i's scale at word 2i and
 // its negated min at 2i + 1, each as a pair of equal halves. Q6_K: the scale
 // of 16-element group 8h + 2q + s at word 8h + 4s + q (the four a lane needs
-// at once side by side), as a pair of halves; word 16: the block's offset in
-// its slot. 20 words, so that the rows g = 0..7 a warp reads at once take
-// eight different groups of four banks.
+// at once side by side), as a pair of halves; words 16 + h: the block's
+// offset in its slot (written by each K half's warp for itself). 20 words, so
+// that the rows g = 0..7 a warp reads at once take eight different groups of
+// four banks.
 constexpr int kTableWords = 20;
 constexpr int kMaxSplits = 8;
 constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
@@ -201,7 +202,7 @@ __device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t*
     for (int rr = 0; rr < 2; ++rr) {
       const int row = wm + 16 * mt + 8 * rr + g;
       entries[mt][rr] = table + row * kTableWords;
-      blocks[mt][rr] = stage + row * SL::kSlot + entries[mt][rr][16] + 4 * t;
+      blocks[mt][rr] = stage + row * SL::kSlot + entries[mt][rr][16 + h] + 4 * t;
     }
   }
 #pragma unroll 1
@@ -246,7 +247,7 @@ __device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t*
 }
 
 // A row's scale-table entry for this K step from its block in `slot`
-// (`offset` bytes in), two threads a row: part 0 and 1 take half each.
+// (`offset` bytes in): the half of it that K half `part` (0 or 1) reads.
 template <uint32_t kType>
 __device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, int part,
                                                uint32_t* entry) {
@@ -268,7 +269,7 @@ __device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, 
       const auto scale = static_cast<int8_t>(block[192 + 8 * part + 2 * q + s]);
       entry[8 * part + 4 * s + q] = Bits(__float2half2_rn(d * static_cast<float>(scale)));
     }
-    if (part == 0) entry[16] = static_cast<uint32_t>(offset);
+    entry[16 + part] = static_cast<uint32_t>(offset);
   }
 }
 
@@ -286,7 +287,6 @@ struct Problem {
 
 template <uint32_t kType, int NT>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Problem p) {
-  static_assert(kParts == 2, "two threads fill each row's table entry");
   extern __shared__ __align__(16) uint8_t shared[];
   using SL = SharedLayout<kType, NT>;
   auto* table = reinterpret_cast<uint32_t*>(shared + SL::kTable);
@@ -308,6 +308,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   const bool row_live = row0 + r < p.rows;
   const uint8_t* row = p.w + static_cast<uint64_t>(min(row0 + r, p.rows - 1)) * p.row_bytes;
   const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
+  const uint8_t* fill_row =
+      p.w + static_cast<uint64_t>(min(row0 + wm + lane, p.rows - 1)) * p.row_bytes;
   const int live_tokens = min(SL::kTileTokens, p.n_tokens - tok0);
   const uint64_t token_bytes = static_cast<uint64_t>(p.cols) * 2;
   const uint8_t* lane_tokens = p.x + static_cast<uint64_t>(tok0 + warp) * token_bytes + 16 * lane;
@@ -350,10 +352,12 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
     } else {
       WaitForCopiesBut<0>();
     }
-    __syncthreads();
-    FillTableEntry<kType>(stage + r * SL::kSlot, KBlockOffset<kType>(row, kb), part,
-                          table + r * kTableWords);
-    __syncthreads();
+    __syncthreads();  // every thread's copies of this stage have landed
+    // Each warp fills the entries it reads (its 32 rows, its K half): no
+    // barrier between the table and the products.
+    FillTableEntry<kType>(stage + (wm + lane) * SL::kSlot, KBlockOffset<kType>(fill_row, kb), kh,
+                          table + (wm + lane) * kTableWords);
+    __syncwarp();
     // A warp whose rows all lie past the matrix has nothing to add.
     if (row0 + wm < p.rows) {
       if constexpr (kType == kQ4_K) {
