@@ -61,9 +61,10 @@ struct CudaStageOptions {
   // Decode products over Q4_K weights round their activations to 8 bits and
   // use integer dot products (kernels/cuda/matvec_q8.h); off: float path.
   bool int8_activations = true;
-  // Batches of up to this many tokens take the integer path for Q4_K weights
-  // whatever gemm_min_tokens says (measured on llama2-7b: 8 sequences decode
-  // at 631 tok/s on it, 467 through dequantize + GEMM).
+  // Batches of up to this many tokens take the integer path for the types it
+  // reads whatever gemm_min_tokens says (measured on llama2-7b: 8 sequences
+  // decode at 631 tok/s on it, 467 through dequantize + GEMM), except Q4_K
+  // and Q6_K batches of half_mma_min_tokens or more (below).
   int64_t int8_max_tokens = 8;
   // Larger batches up to this many tokens multiply on tensor cores straight
   // from the quantized blocks (kernels/cuda/matmul_mma.h) for the weight
