@@ -15,7 +15,9 @@ struct LogitsRequest {
   // empty or full[r] != 0; other rows may be left as they were.
   float* logits = nullptr;
   std::span<const uint8_t> full;
-  // Empty, or n_rows entries: greedy[r] = Sampler::GreedyToken of row r.
+  // Empty, or n_rows entries: greedy[r] = Sampler::GreedyToken of row r for
+  // every row not marked in `full` (those the caller samples itself; their
+  // entries may be left as they were).
   std::span<int32_t> greedy;
 };
 
