@@ -1,11 +1,12 @@
+#include "kernels/cuda/matmul_half_mma.h"
+
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "kernels/cuda/kquant_tiles.cuh"
-#include "kernels/cuda/matmul_half_mma.h"
-#include "kernels/cuda/matmul_mma.h"
+#include "kernels/cuda/matmul_mma.h"  // LaunchSumSplits
 #include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {

@@ -9,12 +9,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "common/quant/quant.h"
 #include "common/tensor/dtype.h"
-#include "kernels/cuda/matmul_mma.h"
 #include "kernels/cuda/test_util.h"
 
 namespace chord::cuda {
