@@ -15,15 +15,22 @@
 //   gives once for every token), two blocks interleaved so that they go
 //   through one 64-byte register, and the scales as floats.
 //
-// Integer parts: the K-quants take a 64-element slice of a block (two Q4_K/Q5_K
-// sub-blocks, four Q6_K groups) in one register: maddubs (unsigned weight x
-// signed activation -> int16 pairs, which cannot saturate for these ranges),
-// then vpdpwssd multiplies the pairs by the sub-block scales and accumulates
-// int32. The float part is one multiply and two FMAs per block and token.
+// Integer parts: the K-quants hold a block's 256 values (weights and
+// activations alike) in four 64-byte registers in "group-lane" order: int32
+// lane L of register k holds elements 16L + 4k .. 16L + 4k + 3, so a lane
+// meets one 16-element group, and so one weight scale, in all four registers.
+// vpdpbusd (unsigned weight x signed activation, four products a lane) then
+// sums the whole block into one register per token, and the scales apply once
+// per block and lane in float: four integer instructions per 256 products and
+// token, and three float ones (scale, convert, FMA) plus the FMA of the
+// per-group correction. Unpacking the weights into that order (dword
+// permutes and shifts) is done once per block for the whole token group.
 //
-// Groups of up to 8 tokens share each unpacked weight block; every token has
-// its own accumulators and the same instruction sequence whatever the group
-// (batch invariance).
+// Groups of up to 8 tokens share each unpacked weight block, and groups of 6
+// or more take two weight rows a call, sharing each token's activation loads
+// (MultiDot::two_rows); every (row, token) has its own accumulators and the
+// same instruction sequence whatever the group or the number of rows (batch
+// invariance).
 #include <immintrin.h>
 
 #include <cstring>
@@ -53,7 +60,7 @@ using quant::kQKK;
 
 // A Q8_K activation block as the K-quant kernels read it.
 struct alignas(64) PreparedQ8K {
-  int8_t qs[kQKK];
+  int8_t qs[kQKK];              // group-lane order (see above)
   float group_sums[kQKK / 16];  // d * (sum of the 16 quantized values of group g)
   float d;
 };
@@ -73,7 +80,11 @@ void PrepareQ8K(const void* quantized, int64_t n, void* out) {
   const auto* in = static_cast<const BlockQ8_K*>(quantized);
   auto* prepared = static_cast<PreparedQ8K*>(out);
   for (int64_t b = 0; b < n / kQKK; ++b) {
-    std::memcpy(prepared[b].qs, in[b].qs, kQKK);
+    // Register k, lane L <- elements 16L + 4k .. + 3.
+    for (int k = 0; k < 4; ++k) {
+      for (int lane = 0; lane < 16; ++lane)
+        std::memcpy(prepared[b].qs + 64 * k + 4 * lane, in[b].qs + 16 * lane + 4 * k, 4);
+    }
     for (int g = 0; g < kQKK / 16; ++g)
       prepared[b].group_sums[g] = in[b].d * static_cast<float>(in[b].bsums[g]);
     prepared[b].d = in[b].d;
@@ -116,22 +127,54 @@ inline float Hsum512(__m512 v) {
 }
 inline __m512i Load512(const void* p) { return _mm512_loadu_si512(p); }
 
-// The permutation that SpreadScales applies: int16 lane i of the result takes
-// lane first + i / (32 / groups) of the values, so `groups` consecutive values
-// each cover 32 / groups lanes (one lane per int16 pair position).
-inline __m512i SpreadIndex(int first, int groups) {
-  alignas(64) int16_t index[32];
-  for (int i = 0; i < 32; ++i) index[i] = static_cast<int16_t>(first + i / (32 / groups));
-  return _mm512_load_si512(index);
+// A vector of 16 int32 lanes, lane L = f(L).
+template <class F>
+inline __m512i LaneVector(F f) {
+  alignas(64) int32_t lanes[16];
+  for (int lane = 0; lane < 16; ++lane) lanes[lane] = f(lane);
+  return _mm512_load_si512(lanes);
 }
 
-// Each pair position's scale, from 16 int16 values.
-inline __m512i SpreadScales(__m512i index, __m256i values) {
-  return _mm512_permutexvar_epi16(index, _mm512_zextsi256_si512(values));
-}
+// The per-block lookups of the group-lane order, built once per call.
+// Q4_K/Q5_K: lane L of register k is sub-block L / 2, elements 16 (L % 2) +
+// 4k .. + 3: dword 8 (L / 4) + 4 (L % 2) + k of qs, low nibbles for even
+// sub-blocks and high ones for odd; the fifth bits are dword 4 (L % 2) + k of
+// qh, bit L / 2 of each byte.
+struct Q45Lanes {
+  __m512i qs_dword[4], qh_dword[4];
+  __m512i nibble_shift = LaneVector([](int l) { return (l / 2) % 2 == 1 ? 4 : 0; });
+  __m512i sub_block = LaneVector([](int l) { return l / 2; });
+  // 16-element group g belongs to sub-block g / 2, whose min is lane 8 + g / 2
+  // of the unpacked scales and mins.
+  __m512i min_of_group = LaneVector([](int l) { return 8 + l / 2; });
+  Q45Lanes() {
+    for (int k = 0; k < 4; ++k) {
+      qs_dword[k] = LaneVector([k](int l) { return 8 * (l / 4) + 4 * (l % 2) + k; });
+      qh_dword[k] = LaneVector([k](int l) { return 4 * (l % 2) + k; });
+    }
+  }
+};
+
+// Q6_K: lane L of register k is group L, elements 16L + 4k .. + 3, which lie in
+// half H = L / 8, run r = (L % 8) / 2 (UnpackQ6Half's order): the low four bits
+// are dword 16H + 8 (r % 2) + 4 (L % 2) + k of ql (high nibbles for r >= 2), the
+// top two bits 2r, 2r + 1 of dword 8H + 4 (L % 2) + k of qh.
+struct Q6Lanes {
+  __m512i ql_dword[4], qh_dword[4];
+  __m512i ql_shift = LaneVector([](int l) { return (l % 8) / 2 >= 2 ? 4 : 0; });
+  __m512i qh_shift = LaneVector([](int l) { return 2 * ((l % 8) / 2); });
+  Q6Lanes() {
+    for (int k = 0; k < 4; ++k) {
+      ql_dword[k] =
+          LaneVector([k](int l) { return 16 * (l / 8) + 8 * ((l % 8) / 2 % 2) + 4 * (l % 2) + k; });
+      qh_dword[k] = LaneVector([k](int l) { return 8 * (l / 8) + 4 * (l % 2) + k; });
+    }
+  }
+};
 
 // acc += float(sumi) * d * y.d, then + per_group * y.group_sums: the block's
-// scaled integer sum and its per-group correction (Q4_K mins, Q6_K offset).
+// integer sums by lane, each with its lane's float scale d, and the block's
+// per-group correction (Q4_K mins, Q6_K offset).
 inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_group,
                               const PreparedQ8K& y) {
   const __m512 scale = _mm512_mul_ps(d, _mm512_set1_ps(y.d));
@@ -143,10 +186,12 @@ inline __m512 AccumulateBlock(__m512 acc, __m512i sumi, __m512 d, __m512 per_gro
 // bytes in element order, and its half-float scale.
 struct Q8_0Weights {
   using Block = BlockQ8_0;
+  static constexpr bool kKQuant = false;
   static __m256i Values(const Block& block) { return Load256(block.qs); }
 };
 struct Q4_0Weights {
   using Block = BlockQ4_0;
+  static constexpr bool kKQuant = false;
   // Elements 0..15 in the low nibbles, 16..31 in the high ones; value - 8.
   static __m256i Values(const Block& block) {
     const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.qs));
@@ -209,23 +254,139 @@ void DotPairs(const void* w, int64_t row_bytes, const void* const* acts, int64_t
   }
 }
 
+// One K-quant block of a weight row, unpacked for the token loop: its values
+// in group-lane order, each lane's float scale, and the per-group factor of
+// y.group_sums (Q4_K/Q5_K: -dmin * min; Q6_K: -32 * d * scale).
+struct KBlock {
+  __m512i q[4];
+  __m512 d, per_group;
+};
+
+// Q4_K, and Q5_K (kFiveBit): the fifth bit of each value comes from qh, bit
+// j of byte i for element i of sub-block j.
+template <bool kFiveBit>
+struct Q45_KWeights {
+  using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
+  using Lanes = Q45Lanes;
+  static constexpr bool kKQuant = true;
+  static void Unpack(const Block& x, const Lanes& lanes, KBlock& out) {
+    // Lanes 0..7: the eight scales, 8..15: the eight mins.
+    const __m512i scales_mins = _mm512_cvtepi16_epi32(UnpackScalesMins(x.scales));
+    out.d = _mm512_mul_ps(
+        _mm512_set1_ps(Half(x.d)),
+        _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.sub_block, scales_mins)));
+    out.per_group =
+        _mm512_mul_ps(_mm512_set1_ps(-Half(x.dmin)),
+                      _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.min_of_group, scales_mins)));
+    const __m512i low4 = _mm512_set1_epi8(0xF);
+    const __m512i qs_low = Load512(x.qs), qs_high = Load512(x.qs + 64);
+    for (int k = 0; k < 4; ++k) {
+      const __m512i bytes = _mm512_permutex2var_epi32(qs_low, lanes.qs_dword[k], qs_high);
+      out.q[k] = _mm512_and_si512(_mm512_srlv_epi32(bytes, lanes.nibble_shift), low4);
+      if constexpr (kFiveBit) {
+        const __m512i qh =
+            _mm512_permutexvar_epi32(lanes.qh_dword[k], _mm512_zextsi256_si512(Load256(x.qh)));
+        const __m512i bit = _mm512_slli_epi32(_mm512_srlv_epi32(qh, lanes.sub_block), 4);
+        // q | (bit & 0x10)
+        out.q[k] = _mm512_ternarylogic_epi32(out.q[k], bit, _mm512_set1_epi8(0x10), 0xF8);
+      }
+    }
+  }
+};
+
+// Q6_K: each 6-bit value q (0..63) stands for q - 32. The products take q as
+// unsigned; the -32 is -32 * d * sum_g scale_g * (group g's activation sum),
+// one FMA with y.group_sums per block and token.
+struct Q6_KWeights {
+  using Block = BlockQ6_K;
+  using Lanes = Q6Lanes;
+  static constexpr bool kKQuant = true;
+  static void Unpack(const Block& x, const Lanes& lanes, KBlock& out) {
+    const __m512 scales = _mm512_cvtepi32_ps(
+        _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x.scales))));
+    const float d = Half(x.d);
+    out.d = _mm512_mul_ps(_mm512_set1_ps(d), scales);
+    out.per_group = _mm512_mul_ps(_mm512_set1_ps(-32.0f * d), scales);
+    const __m512i low4 = _mm512_set1_epi8(0xF), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i ql_low = Load512(x.ql), ql_high = Load512(x.ql + 64), qh = Load512(x.qh);
+    for (int k = 0; k < 4; ++k) {
+      const __m512i low = _mm512_srlv_epi32(
+          _mm512_permutex2var_epi32(ql_low, lanes.ql_dword[k], ql_high), lanes.ql_shift);
+      const __m512i high = _mm512_and_si512(
+          _mm512_slli_epi32(
+              _mm512_srlv_epi32(_mm512_permutexvar_epi32(lanes.qh_dword[k], qh), lanes.qh_shift),
+              4),
+          bits45);
+      // (low & 0xF) | high
+      out.q[k] = _mm512_ternarylogic_epi32(low, high, low4, 0xEC);
+    }
+  }
+};
+
+// Rows 0..NR-1 of a K-quant matrix at w (row_bytes apart) against NT tokens of
+// prepared Q8_K activations: out[r][t]. Each block is unpacked once for the
+// group; the rows share each token's activation loads; every (row, token) sum
+// takes the same instructions whatever NR and NT are.
+template <class Weights, int NR, int NT>
+void DotKBlocks(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
+                float* const* out) {
+  using Block = typename Weights::Block;
+  const Block* x[NR];
+  for (int r = 0; r < NR; ++r)
+    x[r] = reinterpret_cast<const Block*>(static_cast<const uint8_t*>(w) + r * row_bytes);
+  const PreparedQ8K* y[NT];
+  __m512 acc[NR][NT];
+  for (int t = 0; t < NT; ++t) {
+    y[t] = static_cast<const PreparedQ8K*>(acts[t]);
+    for (int r = 0; r < NR; ++r) acc[r][t] = _mm512_setzero_ps();
+  }
+  const typename Weights::Lanes lanes;
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    KBlock block[NR];
+    for (int r = 0; r < NR; ++r) Weights::Unpack(x[r][b], lanes, block[r]);
+    for (int t = 0; t < NT; ++t) {
+      const PreparedQ8K& a = y[t][b];
+      for (int r = 0; r < NR; ++r) {
+        __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), block[r].q[0], Load512(a.qs));
+        for (int k = 1; k < 4; ++k)
+          sum = _mm512_dpbusd_epi32(sum, block[r].q[k], Load512(a.qs + 64 * k));
+        acc[r][t] = AccumulateBlock(acc[r][t], sum, block[r].d, block[r].per_group, a);
+      }
+    }
+  }
+  for (int r = 0; r < NR; ++r) {
+    for (int t = 0; t < NT; ++t) out[r][t] = Hsum512(acc[r][t]);
+  }
+}
+
+// The weight type's kernel over NR rows.
+template <class Weights, int NR, int NT>
+void DotRows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n,
+             float* const* out) {
+  if constexpr (Weights::kKQuant) {
+    DotKBlocks<Weights, NR, NT>(w, row_bytes, acts, n, out);
+  } else {
+    DotPairs<Weights, NR, NT>(w, row_bytes, acts, n, out);
+  }
+}
+
 template <class Weights, int NT>
 void DotOneRow(const void* w, const void* const* acts, int64_t n, float* out) {
   float* const rows[1] = {out};
-  DotPairs<Weights, 1, NT>(w, 0, acts, n, rows);
+  DotRows<Weights, 1, NT>(w, 0, acts, n, rows);
 }
 
 template <class Weights, int NT>
 void DotTwoRows(const void* w, int64_t row_bytes, const void* const* acts, int64_t n, float* first,
                 float* second) {
   float* const rows[2] = {first, second};
-  DotPairs<Weights, 2, NT>(w, row_bytes, acts, n, rows);
+  DotRows<Weights, 2, NT>(w, row_bytes, acts, n, rows);
 }
 
-// The MultiDot of a weight type over Q8_0 activations.
+// The MultiDot of a weight type: one row or two a call, groups of 1..8 tokens.
 template <class Weights>
-MultiDot PairsKernel() {
-  return {
+MultiDot KernelFor() {
+  MultiDot multi{
       ForGroupSize<DotOneRow<Weights, 1>, DotOneRow<Weights, 2>, DotOneRow<Weights, 3>,
                    DotOneRow<Weights, 4>, DotOneRow<Weights, 5>, DotOneRow<Weights, 6>,
                    DotOneRow<Weights, 7>, DotOneRow<Weights, 8>>,
@@ -233,105 +394,11 @@ MultiDot PairsKernel() {
       ForGroupSizeTwoRows<DotTwoRows<Weights, 1>, DotTwoRows<Weights, 2>, DotTwoRows<Weights, 3>,
                           DotTwoRows<Weights, 4>, DotTwoRows<Weights, 5>, DotTwoRows<Weights, 6>,
                           DotTwoRows<Weights, 7>, DotTwoRows<Weights, 8>>};
-}
-
-// Q4_K, and Q5_K (kFiveBit): the fifth bit of each value comes from qh, bit
-// 2j of byte i for element i of sub-block 2j.
-template <int NT, bool kFiveBit>
-void DotQ45_K(const void* w, const void* const* acts, int64_t n, float* out) {
-  using Block = std::conditional_t<kFiveBit, BlockQ5_K, BlockQ4_K>;
-  const Block* x = static_cast<const Block*>(w);
-  const PreparedQ8K* y[NT];
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const PreparedQ8K*>(acts[t]);
-    acc[t] = _mm512_setzero_ps();
+  if constexpr (Weights::kKQuant) {
+    multi.prepared_bytes = PreparedQ8KBytes;
+    multi.prepare = PrepareQ8K;
   }
-  const __m256i m4 = _mm256_set1_epi8(0xF);
-  // Sub-blocks 2j and 2j + 1: 16 int16 pair positions each.
-  const __m512i spread[4] = {SpreadIndex(0, 2), SpreadIndex(2, 2), SpreadIndex(4, 2),
-                             SpreadIndex(6, 2)};
-  // 16-element group g belongs to sub-block g / 2, whose min is lane 8 + g / 2.
-  const __m512i min_of_group =
-      _mm512_set_epi32(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8);
-  for (int64_t b = 0; b < n / kQKK; ++b) {
-    const __m256i scales_mins = UnpackScalesMins(x[b].scales);
-    const __m512 d = _mm512_set1_ps(Half(x[b].d));
-    // -dmin * m_(g/2) for each group g: the min term is its dot with y.group_sums.
-    const __m512 mins = _mm512_mul_ps(_mm512_set1_ps(-Half(x[b].dmin)),
-                                      _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
-                                          min_of_group, _mm512_cvtepi16_epi32(scales_mins))));
-    __m512i sumi[NT];
-    for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
-    __m256i high_bits = _mm256_setzero_si256();
-    if constexpr (kFiveBit) high_bits = Load256(x[b].qh);
-    for (int j = 0; j < kQKK / 64; ++j) {
-      // Elements 64j..64j+63: sub-block 2j in the low nibbles, 2j + 1 in the
-      // high ones; the activations of both are 64 contiguous bytes.
-      const __m256i q4 = Load256(x[b].qs + 32 * j);
-      __m256i lo = _mm256_and_si256(q4, m4);
-      __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
-      if constexpr (kFiveBit) {
-        const __m256i bit = _mm256_set1_epi8(1);
-        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
-        high_bits = _mm256_srli_epi16(high_bits, 1);
-        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(high_bits, bit), 4));
-        high_bits = _mm256_srli_epi16(high_bits, 1);
-      }
-      const __m512i nibbles = _mm512_inserti64x4(_mm512_zextsi256_si512(lo), hi, 1);
-      const __m512i scales = SpreadScales(spread[j], scales_mins);
-      for (int t = 0; t < NT; ++t) {
-        const __m512i pairs = _mm512_maddubs_epi16(nibbles, Load512(y[t][b].qs + 64 * j));
-        sumi[t] = _mm512_dpwssd_epi32(sumi[t], pairs, scales);
-      }
-    }
-    for (int t = 0; t < NT; ++t) acc[t] = AccumulateBlock(acc[t], sumi[t], d, mins, y[t][b]);
-  }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
-}
-
-// Q6_K: each 6-bit value q (0..63) stands for q - 32. The products take q as
-// unsigned; the -32 is -32 * d * sum_g scale_g * (group g's activation sum),
-// one FMA with y.group_sums per block and token.
-template <int NT>
-void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
-  const BlockQ6_K* x = static_cast<const BlockQ6_K*>(w);
-  const PreparedQ8K* y[NT];
-  __m512 acc[NT];
-  for (int t = 0; t < NT; ++t) {
-    y[t] = static_cast<const PreparedQ8K*>(acts[t]);
-    acc[t] = _mm512_setzero_ps();
-  }
-  // 16-element groups 4k..4k+3: 8 int16 pair positions each.
-  const __m512i spread[4] = {SpreadIndex(0, 4), SpreadIndex(4, 4), SpreadIndex(8, 4),
-                             SpreadIndex(12, 4)};
-  for (int64_t b = 0; b < n / kQKK; ++b) {
-    const __m128i scales8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales));
-    const __m256i scales16 = _mm256_cvtepi8_epi16(scales8);
-    const float d_value = Half(x[b].d);
-    const __m512 d = _mm512_set1_ps(d_value);
-    const __m512 offsets = _mm512_mul_ps(_mm512_set1_ps(-32.0f * d_value),
-                                         _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(scales8)));
-    __m512i sumi[NT];
-    for (int t = 0; t < NT; ++t) sumi[t] = _mm512_setzero_si512();
-    for (int half = 0; half < 2; ++half) {
-      __m256i q[4];
-      UnpackQ6Half(x[b], half, q);
-      // Elements 128 half + 0..63 and + 64..127, each four 16-element groups.
-      const __m512i q01 = _mm512_inserti64x4(_mm512_zextsi256_si512(q[0]), q[1], 1);
-      const __m512i q23 = _mm512_inserti64x4(_mm512_zextsi256_si512(q[2]), q[3], 1);
-      const __m512i scales01 = SpreadScales(spread[2 * half], scales16);
-      const __m512i scales23 = SpreadScales(spread[2 * half + 1], scales16);
-      for (int t = 0; t < NT; ++t) {
-        const int8_t* q8 = y[t][b].qs + 128 * half;
-        sumi[t] = _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q01, Load512(q8)), scales01);
-        sumi[t] =
-            _mm512_dpwssd_epi32(sumi[t], _mm512_maddubs_epi16(q23, Load512(q8 + 64)), scales23);
-      }
-    }
-    for (int t = 0; t < NT; ++t) acc[t] = AccumulateBlock(acc[t], sumi[t], d, offsets, y[t][b]);
-  }
-  for (int t = 0; t < NT; ++t) out[t] = Hsum512(acc[t]);
+  return multi;
 }
 
 }  // namespace
@@ -339,23 +406,15 @@ void DotQ6_K(const void* w, const void* const* acts, int64_t n, float* out) {
 MultiDot GetMultiDotAvx512Vnni(DType weight_type) {
   switch (weight_type) {
     case DType::kQ8_0:
-      return PairsKernel<Q8_0Weights>();
+      return KernelFor<Q8_0Weights>();
     case DType::kQ4_0:
-      return PairsKernel<Q4_0Weights>();
+      return KernelFor<Q4_0Weights>();
     case DType::kQ4_K:
-      return {ForGroupSize<DotQ45_K<1, false>, DotQ45_K<2, false>, DotQ45_K<3, false>,
-                           DotQ45_K<4, false>, DotQ45_K<5, false>, DotQ45_K<6, false>,
-                           DotQ45_K<7, false>, DotQ45_K<8, false>>,
-              PreparedQ8KBytes, PrepareQ8K};
+      return KernelFor<Q45_KWeights<false>>();
     case DType::kQ5_K:
-      return {
-          ForGroupSize<DotQ45_K<1, true>, DotQ45_K<2, true>, DotQ45_K<3, true>, DotQ45_K<4, true>,
-                       DotQ45_K<5, true>, DotQ45_K<6, true>, DotQ45_K<7, true>, DotQ45_K<8, true>>,
-          PreparedQ8KBytes, PrepareQ8K};
+      return KernelFor<Q45_KWeights<true>>();
     case DType::kQ6_K:
-      return {ForGroupSize<DotQ6_K<1>, DotQ6_K<2>, DotQ6_K<3>, DotQ6_K<4>, DotQ6_K<5>, DotQ6_K<6>,
-                           DotQ6_K<7>, DotQ6_K<8>>,
-              PreparedQ8KBytes, PrepareQ8K};
+      return KernelFor<Q6_KWeights>();
     default:
       return {};
   }
