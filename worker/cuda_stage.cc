@@ -155,8 +155,9 @@ struct CudaStage::Impl {
   absl::StatusOr<const uint16_t*> HalvesInMmaOrder(const float* in, int64_t n, int64_t cols);
   absl::Status MatMul(const DeviceMatrix& w, const float* in, int64_t n, float* out,
                       bool accumulate);
-  // Products of the same input rows (Q/K/V, gate/up): on the integer path,
-  // consecutive matrices of one type and width go in one launch.
+  // Products of the same input rows (Q/K/V, gate/up): on the integer and the
+  // half tensor-core paths, consecutive matrices of one type and width go in
+  // one launch.
   struct Product {
     const DeviceMatrix& w;
     float* out;
@@ -265,22 +266,45 @@ absl::StatusOr<const uint16_t*> CudaStage::Impl::HalvesInMmaOrder(const float* i
 absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in,
                                       int64_t n) {
   const std::vector<Product> list(products);
+  // How many products from list[first] on share its type and width and take
+  // the path `takes` says (at most `most`): they go in one launch.
+  const auto run_from = [&](size_t first, size_t most, auto takes) {
+    size_t count = 0;
+    while (first + count < list.size() && count < most &&
+           list[first + count].w.type == list[first].w.type &&
+           list[first + count].w.cols == list[first].w.cols && takes(list[first + count].w)) {
+      ++count;
+    }
+    return count;
+  };
   for (size_t i = 0; i < list.size();) {
     const DeviceMatrix& w = list[i].w;
+    DeviceMatrix group[std::max(cuda::kMatVecQ8MaxGroup, cuda::kMatMulHalfMmaMaxGroup)];
+    float* outs[std::size(group)];
+    if (HalfMma(w, n)) {
+      const size_t count = run_from(i, cuda::kMatMulHalfMmaMaxGroup,
+                                    [&](const DeviceMatrix& m) { return HalfMma(m, n); });
+      for (size_t j = 0; j < count; ++j) group[j] = list[i + j].w, outs[j] = list[i + j].out;
+      i += count;
+      ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(in, n, w.cols));
+      const size_t scratch =
+          cuda::MatMulHalfMmaGroupScratchFloats({group, count}, static_cast<int>(n));
+      RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+      RETURN_IF_ERROR(cuda::CudaStatus(
+          cuda::LaunchMatMulHalfMmaGroup({group, count}, halves, static_cast<int>(n),
+                                         {outs, count}, mma_partials.as<float>(), scratch, s()),
+          "LaunchMatMulHalfMmaGroup"));
+      continue;
+    }
     if (!RoundsFor(w, n)) {
       RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
       ++i;
       continue;
     }
-    DeviceMatrix group[cuda::kMatVecQ8MaxGroup];
-    float* outs[cuda::kMatVecQ8MaxGroup];
-    size_t count = 0;
-    for (; i < list.size() && count < std::size(group) && list[i].w.type == w.type &&
-           list[i].w.cols == w.cols && RoundsFor(list[i].w, n);
-         ++i, ++count) {
-      group[count] = list[i].w;
-      outs[count] = list[i].out;
-    }
+    const size_t count = run_from(i, cuda::kMatVecQ8MaxGroup,
+                                  [&](const DeviceMatrix& m) { return RoundsFor(m, n); });
+    for (size_t j = 0; j < count; ++j) group[j] = list[i + j].w, outs[j] = list[i + j].out;
+    i += count;
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
     RETURN_IF_ERROR(cuda::CudaStatus(
         cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s(),

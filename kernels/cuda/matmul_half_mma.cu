@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "kernels/cuda/kquant_tiles.cuh"
-#include "kernels/cuda/matmul_mma.h"  // LaunchSumSplits
 #include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::cuda {
@@ -274,17 +273,43 @@ __device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, 
   }
 }
 
-struct Problem {
+// One matrix of a launch and where its sums go (with split K: its partial
+// sums, split z at y + z * n_tokens * rows).
+struct Matrix {
   const uint8_t* w;
   uint64_t row_bytes;
   int rows;
+  float* y;
+};
+
+// Up to kMatMulHalfMmaMaxGroup matrices of one type and width, their row
+// tiles one after another along grid y: matrix 0's first, then 1's from
+// tile `first_tile1`, then 2's from `first_tile2`. Separate members, not an
+// array: a parameter array indexed by a run-time value is copied to every
+// thread's stack.
+struct Problem {
+  Matrix m0, m1, m2;
+  int first_tile1, first_tile2;
   int cols;
   const uint8_t* x;  // halves in mma order
   int n_tokens;
   int steps_per_split;
-  float* y;
   bool accumulate;
 };
+
+// The matrix of row tile `tile` and that tile's index within it.
+__device__ __forceinline__ Matrix MatrixOfTile(const Problem& p, int tile, int& local_tile) {
+  if (tile < p.first_tile1) {
+    local_tile = tile;
+    return p.m0;
+  }
+  if (tile < p.first_tile2) {
+    local_tile = tile - p.first_tile1;
+    return p.m1;
+  }
+  local_tile = tile - p.first_tile2;
+  return p.m2;
+}
 
 template <uint32_t kType, int NT>
 __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Problem p) {
@@ -292,7 +317,9 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   using SL = SharedLayout<kType, NT>;
   auto* table = reinterpret_cast<uint32_t*>(shared + SL::kTable);
   const int tok0 = static_cast<int>(blockIdx.x) * SL::kTileTokens;
-  const int row0 = static_cast<int>(blockIdx.y) * kTileRows;
+  int row_tile = 0;
+  const Matrix m = MatrixOfTile(p, static_cast<int>(blockIdx.y), row_tile);
+  const int row0 = row_tile * kTileRows;
   const int k_steps = p.cols / kStep;
   const int kb_begin = static_cast<int>(blockIdx.z) * p.steps_per_split;
   const int kb_end = min(k_steps, kb_begin + p.steps_per_split);
@@ -306,11 +333,11 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   // are not stored.
   const int r = static_cast<int>(threadIdx.x) / kParts,
             part = static_cast<int>(threadIdx.x) % kParts;
-  const bool row_live = row0 + r < p.rows;
-  const uint8_t* row = p.w + static_cast<uint64_t>(min(row0 + r, p.rows - 1)) * p.row_bytes;
-  const uint8_t* matrix_end = p.w + static_cast<uint64_t>(p.rows) * p.row_bytes;
+  const bool row_live = row0 + r < m.rows;
+  const uint8_t* row = m.w + static_cast<uint64_t>(min(row0 + r, m.rows - 1)) * m.row_bytes;
+  const uint8_t* matrix_end = m.w + static_cast<uint64_t>(m.rows) * m.row_bytes;
   const uint8_t* fill_row =
-      p.w + static_cast<uint64_t>(min(row0 + wm + lane, p.rows - 1)) * p.row_bytes;
+      m.w + static_cast<uint64_t>(min(row0 + wm + lane, m.rows - 1)) * m.row_bytes;
   const int live_tokens = min(SL::kTileTokens, p.n_tokens - tok0);
   const uint64_t token_bytes = static_cast<uint64_t>(p.cols) * 2;
   const uint8_t* lane_tokens = p.x + static_cast<uint64_t>(tok0 + warp) * token_bytes + 16 * lane;
@@ -360,7 +387,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
                           table + (wm + lane) * kTableWords);
     __syncwarp();
     // A warp whose rows all lie past the matrix has nothing to add.
-    if (row0 + wm < p.rows) {
+    if (row0 + wm < m.rows) {
       if constexpr (kType == kQ4_K) {
         ComputeQ4K<NT>(stage, table, wm, kh, lane, acc);
       } else {
@@ -384,7 +411,7 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   if (kh == 1) return;
 
   // With split-K, y is this split's slice of the partial sums.
-  float* out = p.y + static_cast<int64_t>(blockIdx.z) * p.n_tokens * p.rows;
+  float* out = m.y + static_cast<int64_t>(blockIdx.z) * p.n_tokens * m.rows;
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
@@ -395,8 +422,8 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
         const float sum = acc[mt][nt][i] + handover[((warp & 1) * kValues + e) * 32 + lane];
         const int out_row = row0 + wm + mt * 16 + g + 8 * (i >> 1);
         const int out_token = tok0 + nt * 8 + 2 * t + (i & 1);
-        if (out_row >= p.rows || out_token >= p.n_tokens) continue;
-        float* target = out + static_cast<int64_t>(out_token) * p.rows + out_row;
+        if (out_row >= m.rows || out_token >= p.n_tokens) continue;
+        float* target = out + static_cast<int64_t>(out_token) * m.rows + out_row;
         *target = p.accumulate ? *target + sum : sum;
       }
     }
@@ -410,6 +437,37 @@ __global__ void FloatToHalfMmaOrderKernel(const float4* __restrict__ x, int64_t 
   if (i >= groups) return;
   const float4 v = x[i];
   out[i] = make_uint2(Bits(__floats2half2_rn(v.x, v.z)), Bits(__floats2half2_rn(v.y, v.w)));
+}
+
+// The split sums of up to three matrices: element i of segment s (n_s
+// values) is y_s[i] (+)= partials_s[i] + partials_s[n_s + i] + ..., in split
+// order.
+struct SplitSums {
+  const float* partials0;
+  const float* partials1;
+  const float* partials2;
+  float* y0;
+  float* y1;
+  float* y2;
+  int64_t end0, end1, end2;  // segment ends in the launch's index space
+  int splits;
+  bool accumulate;
+};
+
+__global__ void SumSplitsKernel(SplitSums p) {
+  int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const float* partials = p.partials0;
+  float* y = p.y0;
+  int64_t n = p.end0;
+  if (i >= p.end2) return;
+  if (i >= p.end1) {
+    partials = p.partials2, y = p.y2, n = p.end2 - p.end1, i -= p.end1;
+  } else if (i >= p.end0) {
+    partials = p.partials1, y = p.y1, n = p.end1 - p.end0, i -= p.end0;
+  }
+  float sum = p.accumulate ? y[i] : 0.0f;
+  for (int split = 0; split < p.splits; ++split) sum += partials[split * n + i];
+  y[i] = sum;
 }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -426,8 +484,8 @@ int TileTokensFor(int n_tokens) {
 // latency of its few warps an SM, not by the partial sums' traffic (11008 x
 // 4096 on an H200, 172 tiles at 64 tokens: 1, 2, 3 and 4 splits 46.0, 43.3,
 // 39.6 and 45.6 us; 128 tokens, 344 tiles: 2 splits 79.0 us against 142.8).
-int SplitsFor(int64_t rows, int64_t cols, int n_tokens) {
-  const int64_t tiles = CeilDiv(rows, kTileRows) * CeilDiv(n_tokens, TileTokensFor(n_tokens));
+int SplitsFor(int64_t row_tiles, int64_t cols, int n_tokens) {
+  const int64_t tiles = row_tiles * CeilDiv(n_tokens, TileTokensFor(n_tokens));
   const int64_t waves_of_blocks = 2 * int64_t{kSms} * kBlocksPerSm;
   const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, cols / kStep / 4));
   return static_cast<int>(std::clamp<int64_t>((waves_of_blocks + tiles / 2) / tiles, 1, most));
@@ -454,38 +512,80 @@ bool MatMulHalfMmaSupports(const DeviceMatrix& w) {
          w.data != nullptr && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
 }
 
-size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
-  if (!MatMulHalfMmaSupports(w) || n_tokens <= 0) return 0;
-  const int splits = SplitsFor(w.rows, w.cols, n_tokens);
-  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
-                          static_cast<size_t>(w.rows)
-                    : 0;
+namespace {
+
+// The matrices of a group: each supported, one type and width, 1 to
+// kMatMulHalfMmaMaxGroup of them, all their row tiles within grid y.
+bool GroupSupported(std::span<const DeviceMatrix> w) {
+  if (w.empty() || w.size() > kMatMulHalfMmaMaxGroup) return false;
+  int64_t row_tiles = 0;
+  for (const DeviceMatrix& m : w) {
+    if (!MatMulHalfMmaSupports(m) || m.type != w[0].type || m.cols != w[0].cols) return false;
+    row_tiles += CeilDiv(m.rows, kTileRows);
+  }
+  return row_tiles <= 65535;
 }
 
-cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
-                                bool accumulate, float* scratch, size_t scratch_floats,
-                                cudaStream_t stream) {
-  if (!MatMulHalfMmaSupports(w) || n_tokens <= 0 || n_tokens > int64_t{65535} * 64 ||
-      x == nullptr || y == nullptr || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+int64_t RowTiles(std::span<const DeviceMatrix> w) {
+  int64_t tiles = 0;
+  for (const DeviceMatrix& m : w) tiles += CeilDiv(m.rows, kTileRows);
+  return tiles;
+}
+
+int64_t TotalRows(std::span<const DeviceMatrix> w) {
+  int64_t rows = 0;
+  for (const DeviceMatrix& m : w) rows += m.rows;
+  return rows;
+}
+
+cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int n_tokens,
+                        std::span<float* const> y, bool accumulate, float* scratch,
+                        size_t scratch_floats, cudaStream_t stream) {
+  if (!GroupSupported(w) || y.size() != w.size() || n_tokens <= 0 ||
+      n_tokens > int64_t{65535} * 64 || x == nullptr ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
-  const size_t wanted = MatMulHalfMmaScratchFloats(w, n_tokens);
+  for (float* out : y) {
+    if (out == nullptr) return cudaErrorInvalidValue;
+  }
+  const size_t wanted = MatMulHalfMmaGroupScratchFloats(w, n_tokens);
   const bool split = wanted > 0 && scratch != nullptr && scratch_floats >= wanted;
-  const int splits = split ? SplitsFor(w.rows, w.cols, n_tokens) : 1;
-  const auto k_steps = static_cast<int>(w.cols / kStep);
+  const int splits = split ? SplitsFor(RowTiles(w), w[0].cols, n_tokens) : 1;
+  const auto k_steps = static_cast<int>(w[0].cols / kStep);
   const int per_split = static_cast<int>(CeilDiv(k_steps, splits));
   const int tile_tokens = TileTokensFor(n_tokens);
   const dim3 grid(static_cast<unsigned>(CeilDiv(n_tokens, tile_tokens)),
-                  static_cast<unsigned>(CeilDiv(w.rows, kTileRows)),
+                  static_cast<unsigned>(RowTiles(w)),
                   static_cast<unsigned>(CeilDiv(k_steps, per_split)));
-  const Problem p{static_cast<const uint8_t*>(w.data),
-                  w.row_bytes,
-                  static_cast<int>(w.rows),
-                  static_cast<int>(w.cols),
+  // Each matrix's output: y, or its slice of the partial sums.
+  Matrix matrices[kMatMulHalfMmaMaxGroup] = {};
+  const float* partials[kMatMulHalfMmaMaxGroup] = {};
+  int64_t partial_offset = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    float* out = y[i];
+    if (split) {
+      out = scratch + partial_offset;
+      partials[i] = out;
+      partial_offset += static_cast<int64_t>(grid.z) * n_tokens * w[i].rows;
+    }
+    matrices[i] = {static_cast<const uint8_t*>(w[i].data), w[i].row_bytes,
+                   static_cast<int>(w[i].rows), out};
+  }
+  const auto tiles_of = [&](size_t i) {
+    return i < w.size() ? static_cast<int>(CeilDiv(w[i].rows, kTileRows)) : 0;
+  };
+  const int first_tile1 = w.size() > 1 ? tiles_of(0) : static_cast<int>(grid.y);
+  const int first_tile2 = w.size() > 2 ? tiles_of(0) + tiles_of(1) : static_cast<int>(grid.y);
+  const Problem p{matrices[0],
+                  matrices[1],
+                  matrices[2],
+                  first_tile1,
+                  first_tile2,
+                  static_cast<int>(w[0].cols),
                   reinterpret_cast<const uint8_t*>(x),
                   n_tokens,
                   per_split,
-                  split ? scratch : y,
                   split ? false : accumulate};
   cudaError_t launched = cudaSuccess;
   const auto launch = [&]<uint32_t kType, int NT>() {
@@ -507,14 +607,57 @@ cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_
       launch.template operator()<kType, 8>();
     }
   };
-  if (w.type == kQ4_K) {
+  if (w[0].type == kQ4_K) {
     launch_type.template operator()<kQ4_K>();
   } else {
     launch_type.template operator()<kQ6_K>();
   }
   if (launched != cudaSuccess || !split) return launched;
-  return LaunchSumSplits(scratch, static_cast<int>(grid.z), static_cast<int64_t>(n_tokens) * w.rows,
-                         y, accumulate, stream);
+  // The partial sums of every matrix in one launch.
+  SplitSums sums{};
+  sums.partials0 = partials[0];
+  sums.partials1 = partials[1];
+  sums.partials2 = partials[2];
+  sums.y0 = y[0];
+  sums.y1 = w.size() > 1 ? y[1] : nullptr;
+  sums.y2 = w.size() > 2 ? y[2] : nullptr;
+  int64_t end = 0;
+  int64_t* ends[kMatMulHalfMmaMaxGroup] = {&sums.end0, &sums.end1, &sums.end2};
+  for (size_t i = 0; i < kMatMulHalfMmaMaxGroup; ++i) {
+    if (i < w.size()) end += static_cast<int64_t>(n_tokens) * w[i].rows;
+    *ends[i] = end;
+  }
+  sums.splits = static_cast<int>(grid.z);
+  sums.accumulate = accumulate;
+  constexpr int kBlock = 256;
+  SumSplitsKernel<<<static_cast<unsigned>(CeilDiv(end, kBlock)), kBlock, 0, stream>>>(sums);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens) {
+  if (!GroupSupported(w) || n_tokens <= 0) return 0;
+  const int splits = SplitsFor(RowTiles(w), w[0].cols, n_tokens);
+  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
+                          static_cast<size_t>(TotalRows(w))
+                    : 0;
+}
+
+size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
+  return MatMulHalfMmaGroupScratchFloats({&w, 1}, n_tokens);
+}
+
+cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
+                                bool accumulate, float* scratch, size_t scratch_floats,
+                                cudaStream_t stream) {
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, scratch, scratch_floats, stream);
+}
+
+cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
+                                     int n_tokens, std::span<float* const> y, float* scratch,
+                                     size_t scratch_floats, cudaStream_t stream) {
+  return LaunchGroup(w, x, n_tokens, y, false, scratch, scratch_floats, stream);
 }
 
 }  // namespace chord::cuda

@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "kernels/cuda/matvec.h"
 
@@ -40,11 +41,22 @@ size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens);
 // For t < n_tokens, r < w.rows: y[t * w.rows + r] (+)= dot(row r of w, token
 // t of x), x the halves LaunchFloatToHalfMmaOrder wrote for n_tokens rows of
 // w.cols. With `scratch` of at least MatMulHalfMmaScratchFloats floats,
-// blocks split K and LaunchSumSplits (matmul_mma.h) adds their partial sums
-// in a fixed order; without, one block per output tile. The result does not
-// depend on scheduling either way.
+// blocks split K and a second launch adds their partial sums in a fixed
+// order; without, one block per output tile. The result does not depend on
+// scheduling either way.
 cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
                                 bool accumulate, float* scratch, size_t scratch_floats,
                                 cudaStream_t stream);
+
+// y[i] = w[i] x for up to kMatMulHalfMmaMaxGroup matrices of one type and
+// width (Q/K/V, gate/up read the same activations) in one launch, and one
+// for their split sums: the row tiles of all of them fill the GPU together
+// instead of each in a short launch of its own. Each y[i] gets the bits a
+// launch of w[i] alone with the same number of K splits gives.
+constexpr int kMatMulHalfMmaMaxGroup = 3;
+size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens);
+cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
+                                     int n_tokens, std::span<float* const> y, float* scratch,
+                                     size_t scratch_floats, cudaStream_t stream);
 
 }  // namespace chord::cuda

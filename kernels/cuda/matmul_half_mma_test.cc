@@ -3,14 +3,16 @@
 // kernel does (scale and min rounded to half, then the weight), on random
 // data: Q4_K and Q6_K, row counts that leave a partial row tile, batches that
 // leave a partial token tile or take several, Q6_K rows whose blocks start
-// off 16-byte boundaries, with and without accumulation and split-K; and the
-// activations' conversion to halves in mma order.
+// off 16-byte boundaries, with and without accumulation and split-K, and
+// groups of matrices in one launch; and the activations' conversion to
+// halves in mma order.
 #include "kernels/cuda/matmul_half_mma.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "common/quant/quant.h"
@@ -80,24 +82,12 @@ struct Shape {
   int n;
 };
 
-void ExpectMatchesReference(DType type, Shape shape, bool accumulate, bool split_k, uint32_t seed) {
-  const auto [rows, cols, n] = shape;
-  const TestMatrix m = MakeMatrix(type, rows, cols, seed);
-  const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed + 1, 2.0f);
-  const std::vector<float> y0 = RandomFloats(static_cast<size_t>(n * rows), seed + 2);
-  ASSERT_TRUE(MatMulHalfMmaSupports(m.view));
-  DeviceBuffer dx = ToDevice(x);
-  DeviceBuffer halves = Poisoned<uint16_t>(x.size());
-  ASSERT_EQ(LaunchFloatToHalfMmaOrder(dx.as<float>(), n, cols, halves.as<uint16_t>(), nullptr),
-            cudaSuccess);
-  DeviceBuffer dy = accumulate ? ToDevice(y0) : Poisoned<float>(y0.size());
-  const size_t scratch_floats = split_k ? MatMulHalfMmaScratchFloats(m.view, n) : 0;
-  DeviceBuffer scratch = Poisoned<float>(std::max<size_t>(scratch_floats, 1));
-  ASSERT_EQ(LaunchMatMulHalfMma(m.view, halves.as<uint16_t>(), n, dy.as<float>(), accumulate,
-                                split_k ? scratch.as<float>() : nullptr, scratch_floats, nullptr),
-            cudaSuccess);
-  const std::vector<float> y = ToHost<float>(dy, y0.size());
-
+// y against the double-precision reference of m times the n rows of x
+// (plus y0 when accumulating).
+void ExpectReferenceSums(DType type, const TestMatrix& m, int64_t n, const std::vector<float>& x,
+                         const std::vector<float>& y0, bool accumulate, const std::vector<float>& y,
+                         const std::string& label) {
+  const int64_t rows = m.view.rows, cols = m.view.cols;
   const int64_t blocks = cols / 256;
   std::vector<float> w(static_cast<size_t>(rows * cols));
   for (int64_t r = 0; r < rows; ++r) {
@@ -121,13 +111,32 @@ void ExpectMatchesReference(DType type, Shape shape, bool accumulate, bool split
       const float got = y[t * rows + r];
       // From the same halves: float sums only.
       ASSERT_NEAR(got, ref, 1e-5 * mag + 1e-5)
-          << DTypeName(type) << " " << rows << "x" << cols << " n=" << n
-          << (split_k ? " split-K" : "") << (accumulate ? " accumulate" : "") << " token " << t
+          << DTypeName(type) << " " << rows << "x" << cols << " n=" << n << label << " token " << t
           << " row " << r;
       // From the float weights and activations: within the halves' rounding.
       ASSERT_NEAR(got, exact, 4e-3 * mag + 1e-5);
     }
   }
+}
+
+void ExpectMatchesReference(DType type, Shape shape, bool accumulate, bool split_k, uint32_t seed) {
+  const auto [rows, cols, n] = shape;
+  const TestMatrix m = MakeMatrix(type, rows, cols, seed);
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed + 1, 2.0f);
+  const std::vector<float> y0 = RandomFloats(static_cast<size_t>(n * rows), seed + 2);
+  ASSERT_TRUE(MatMulHalfMmaSupports(m.view));
+  DeviceBuffer dx = ToDevice(x);
+  DeviceBuffer halves = Poisoned<uint16_t>(x.size());
+  ASSERT_EQ(LaunchFloatToHalfMmaOrder(dx.as<float>(), n, cols, halves.as<uint16_t>(), nullptr),
+            cudaSuccess);
+  DeviceBuffer dy = accumulate ? ToDevice(y0) : Poisoned<float>(y0.size());
+  const size_t scratch_floats = split_k ? MatMulHalfMmaScratchFloats(m.view, n) : 0;
+  DeviceBuffer scratch = Poisoned<float>(std::max<size_t>(scratch_floats, 1));
+  ASSERT_EQ(LaunchMatMulHalfMma(m.view, halves.as<uint16_t>(), n, dy.as<float>(), accumulate,
+                                split_k ? scratch.as<float>() : nullptr, scratch_floats, nullptr),
+            cudaSuccess);
+  ExpectReferenceSums(type, m, n, x, y0, accumulate, ToHost<float>(dy, y0.size()),
+                      std::string(split_k ? " split-K" : "") + (accumulate ? " accumulate" : ""));
 }
 
 TEST(MatMulHalfMmaTest, ActivationsInMmaOrder) {
@@ -197,6 +206,69 @@ TEST(MatMulHalfMmaTest, RepeatedLaunchesGiveTheSameBits) {
       }
     }
   }
+}
+
+// Q/K/V-like groups in one launch: each output against the reference, with
+// and without split K; row counts that end in partial tiles, so that tiles
+// of the second and third matrices start mid-grid.
+TEST(MatMulHalfMmaTest, GroupsMatchTheReference) {
+  CHORD_SKIP_WITHOUT_GPU();
+  const int64_t cols = 2048;  // 8 K steps: room for two splits
+  uint32_t seed = 500;
+  for (const DType type : {DType::kQ4_K, DType::kQ6_K}) {
+    for (const int n : {5, 24, 64}) {
+      for (const bool split_k : {false, true}) {
+        const int64_t rows[3] = {130, 64, 77};
+        std::vector<TestMatrix> m;
+        std::vector<DeviceMatrix> views;
+        for (const int64_t r : rows) {
+          m.push_back(MakeMatrix(type, r, cols, seed++));
+          views.push_back(m.back().view);
+        }
+        const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), seed++, 2.0f);
+        DeviceBuffer dx = ToDevice(x);
+        DeviceBuffer halves = Poisoned<uint16_t>(x.size());
+        ASSERT_EQ(
+            LaunchFloatToHalfMmaOrder(dx.as<float>(), n, cols, halves.as<uint16_t>(), nullptr),
+            cudaSuccess);
+        std::vector<DeviceBuffer> dy;
+        std::vector<float*> outs;
+        for (const int64_t r : rows) {
+          dy.push_back(Poisoned<float>(static_cast<size_t>(n * r)));
+          outs.push_back(dy.back().as<float>());
+        }
+        const size_t scratch_floats = split_k ? MatMulHalfMmaGroupScratchFloats(views, n) : 0;
+        if (split_k) {
+          ASSERT_GT(scratch_floats, 0u);
+        }
+        DeviceBuffer scratch = Poisoned<float>(std::max<size_t>(scratch_floats, 1));
+        ASSERT_EQ(LaunchMatMulHalfMmaGroup(views, halves.as<uint16_t>(), n, outs,
+                                           split_k ? scratch.as<float>() : nullptr,
+                                           scratch_floats, nullptr),
+                  cudaSuccess);
+        for (size_t i = 0; i < 3; ++i) {
+          ExpectReferenceSums(type, m[i], n, x, {}, false,
+                              ToHost<float>(dy[i], static_cast<size_t>(n * rows[i])),
+                              std::string(" group member ") + std::to_string(i) +
+                                  (split_k ? " split-K" : ""));
+          if (::testing::Test::HasFatalFailure()) return;
+        }
+      }
+    }
+  }
+  // One type and width only.
+  const TestMatrix q4 = MakeMatrix(DType::kQ4_K, 64, cols, 1);
+  const TestMatrix q6 = MakeMatrix(DType::kQ6_K, 64, cols, 2);
+  const TestMatrix narrow = MakeMatrix(DType::kQ4_K, 64, 512, 3);
+  DeviceBuffer halves = Poisoned<uint16_t>(static_cast<size_t>(4 * cols));
+  DeviceBuffer dy = Poisoned<float>(4 * 64);
+  float* outs[2] = {dy.as<float>(), dy.as<float>()};
+  const DeviceMatrix mixed[2] = {q4.view, q6.view};
+  const DeviceMatrix widths[2] = {q4.view, narrow.view};
+  EXPECT_EQ(LaunchMatMulHalfMmaGroup(mixed, halves.as<uint16_t>(), 4, outs, nullptr, 0, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMatMulHalfMmaGroup(widths, halves.as<uint16_t>(), 4, outs, nullptr, 0, nullptr),
+            cudaErrorInvalidValue);
 }
 
 TEST(MatMulHalfMmaTest, RefusesWhatItDoesNotRead) {
