@@ -117,6 +117,10 @@ struct CudaStage::Impl {
     Form form = Form::kQ8;
   } rounded;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
+  // The output and down products' sums that x still lacks: their split-K
+  // partial sums (in mma_partials), added by the next RMSNorm as it reads x
+  // (LaunchAddRmsNorm) or by FlushPendingX. count 0: none.
+  cuda::PartialSums pending_x{nullptr, 0, 0};
   std::vector<cuda::TokenSlot> host_tokens;
   // Prompt-shaped batches attend in tiles (cuda::LaunchTiledAttention) when
   // n_attention_tiles > 0; the tiles are in attention_tiles.
@@ -187,6 +191,8 @@ struct CudaStage::Impl {
   absl::Status Replay(CapturedStep& step, const std::function<absl::Status()>& issue);
   absl::Status LayersDevice(int64_t n_tokens);
   absl::Status RunLayer(const GpuLayerView& layer, int64_t index, int64_t n_tokens);
+  absl::Status FeedForwardHalfMma(const GpuLayerView& layer, int64_t n);
+  absl::Status FlushPendingX(int64_t n);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
   // Hands the n_rows rows of `logits` to the host as `out` asks, then waits.
   absl::Status CopyLogits(int64_t n_rows, const LogitsRequest& out);
@@ -215,6 +221,11 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   // Allocated here, not on first use: the decode graph bakes in its address.
   const int64_t widest = std::max(e, ff);
   RETURN_IF_ERROR(Ensure(q8x, cuda::Q8ActivationBytes(RoundedTokens(n), widest)));
+  // Sized here too: the fused kernels that write it (RMSNorm, SwiGLU) run
+  // after the products that read it are queued, and a reallocation would
+  // lose what it holds.
+  const int64_t half_rows = std::min(n, options.half_mma_max_tokens);
+  if (half_rows > 0) RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(half_rows * widest) * 2));
   capacity = n;
   ++epoch;
   ForgetRounded();
@@ -224,12 +235,33 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
 absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64_t n,
                                    const DeviceMatrix& next) {
   const int64_t e = config.n_embd;
+  if (pending_x.count > 0 && rows == x.as<float>()) {
+    if (HalfMma(next, n) && next.cols == e && e % 4 == 0) {
+      // The residual sums, the norm and the product's input halves in one launch.
+      RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * e) * 2));
+      CHORD_CUDA_RETURN(cuda::LaunchAddRmsNorm(x.as<float>(), pending_x, weight, e,
+                                               static_cast<int>(n), config.rms_eps,
+                                               norm.as<float>(), s(), mma_x.as<uint16_t>()));
+      pending_x = {nullptr, 0, 0};
+      rounded = {norm.as<float>(), n, e, Form::kHalfMma};
+      return absl::OkStatus();
+    }
+    RETURN_IF_ERROR(FlushPendingX(n));
+  }
   if (RoundsFor(next, n) && next.cols == e) {
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, e);
     CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n),
                                                   config.rms_eps, norm.as<float>(), q8, s(),
                                                   options.overlap_launches));
     rounded = {norm.as<float>(), n, e};
+    return absl::OkStatus();
+  }
+  if (HalfMma(next, n) && next.cols == e && e % 4 == 0) {
+    // The normed rows also as the halves the product reads, in one launch.
+    RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * e) * 2));
+    CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps,
+                                          norm.as<float>(), s(), mma_x.as<uint16_t>()));
+    rounded = {norm.as<float>(), n, e, Form::kHalfMma};
     return absl::OkStatus();
   }
   CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps,
@@ -320,6 +352,18 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
     ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(in, n, w.cols));
     const size_t scratch = cuda::MatMulHalfMmaScratchFloats(w, static_cast<int>(n));
     RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+    if (out == x.as<float>() && accumulate && scratch > 0 && pending_x.count == 0) {
+      // A residual sum that K splits: its partial sums stay for the next
+      // RMSNorm to add as it reads x (Norm), no separate launch to add them.
+      float* outs[1] = {out};
+      cuda::PartialSums sums[1];
+      RETURN_IF_ERROR(cuda::CudaStatus(
+          cuda::LaunchMatMulHalfMmaGroup({&w, 1}, halves, static_cast<int>(n), outs,
+                                         mma_partials.as<float>(), scratch, s(), sums),
+          "LaunchMatMulHalfMmaGroup"));
+      pending_x = sums[0];
+      return absl::OkStatus();
+    }
     return cuda::CudaStatus(
         cuda::LaunchMatMulHalfMma(w, halves, static_cast<int>(n), out, accumulate,
                                   mma_partials.as<float>(), scratch, s()),
@@ -449,21 +493,33 @@ absl::Status CudaStage::Impl::Replay(CapturedStep& step,
 }
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
+  pending_x = {nullptr, 0, 0};
   for (size_t i = 0; i < layers.size(); ++i) {
     RETURN_IF_ERROR(RunLayer(layers[i].View(), static_cast<int64_t>(i), n));
   }
-  if (streamed == nullptr) return absl::OkStatus();
-  for (int64_t l = streamed->streamed().first; l < range.end; ++l) {
-    absl::StatusOr<GpuLayerView> layer = streamed->Begin(l, s());
-    absl::Status status = layer.status();
-    if (status.ok()) status = RunLayer(*layer, l - range.first, n);
-    if (status.ok()) status = streamed->End(l, s());
-    if (!status.ok()) {
-      streamed->Reset(s());
-      return status;
+  if (streamed != nullptr) {
+    for (int64_t l = streamed->streamed().first; l < range.end; ++l) {
+      absl::StatusOr<GpuLayerView> layer = streamed->Begin(l, s());
+      absl::Status status = layer.status();
+      if (status.ok()) status = RunLayer(*layer, l - range.first, n);
+      if (status.ok()) status = streamed->End(l, s());
+      if (!status.ok()) {
+        streamed->Reset(s());
+        return status;
+      }
     }
   }
-  return absl::OkStatus();
+  // x leaves the layers whole.
+  return FlushPendingX(n);
+}
+
+absl::Status CudaStage::Impl::FlushPendingX(int64_t n) {
+  if (pending_x.count == 0) return absl::OkStatus();
+  const cuda::PartialSums add = pending_x;
+  pending_x = {nullptr, 0, 0};
+  return cuda::CudaStatus(
+      cuda::LaunchAddPartialSums(add, n * config.n_embd, x.as<float>(), s()),
+      "LaunchAddPartialSums");
 }
 
 // Layer `index` of the range (its KV cache) over the n rows of x.
@@ -504,6 +560,11 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
   }
   RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
+  if (HalfMma(layer.gate, n) && HalfMma(layer.up, n) && HalfMma(layer.down, n) &&
+      layer.gate.type == layer.up.type && layer.gate.cols == layer.up.cols &&
+      config.n_ff % 4 == 0) {
+    return FeedForwardHalfMma(layer, n);
+  }
   RETURN_IF_ERROR(
       MatMuls({{layer.gate, gate.as<float>()}, {layer.up, up.as<float>()}}, norm.as<float>(), n));
   if (RoundsFor(layer.down, n)) {
@@ -516,6 +577,30 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
     CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
     ForgetRounded();
   }
+  return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
+}
+
+// The feed-forward half of a layer on the half tensor-core path: gate and up
+// in one launch whose split sums SwiGLU adds as it reads them, writing the
+// down product's input halves itself (no float gate, no separate sums or
+// conversion).
+absl::Status CudaStage::Impl::FeedForwardHalfMma(const GpuLayerView& layer, int64_t n) {
+  const DeviceMatrix pair[2] = {layer.gate, layer.up};
+  float* outs[2] = {gate.as<float>(), up.as<float>()};
+  cuda::PartialSums sums[2];
+  ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(norm.as<float>(), n, layer.gate.cols));
+  const size_t scratch = cuda::MatMulHalfMmaGroupScratchFloats(pair, static_cast<int>(n));
+  RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
+  RETURN_IF_ERROR(cuda::CudaStatus(
+      cuda::LaunchMatMulHalfMmaGroup(pair, halves, static_cast<int>(n), outs,
+                                     mma_partials.as<float>(), scratch, s(), sums),
+      "LaunchMatMulHalfMmaGroup"));
+  // mma_x now holds the down product's input (the product above has read
+  // the normed rows from it before SwiGLU runs: one stream).
+  RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * config.n_ff) * 2));
+  CHORD_CUDA_RETURN(cuda::LaunchSwiGluHalves(sums[0], sums[1], n * config.n_ff,
+                                             mma_x.as<uint16_t>(), s()));
+  rounded = {gate.as<float>(), n, config.n_ff, Form::kHalfMma};
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }
 

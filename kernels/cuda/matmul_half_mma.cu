@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/kquant_tiles.cuh"
 #include "kernels/cuda/matvec_common.cuh"
+#include "kernels/cuda/mma_order.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -435,8 +436,7 @@ __global__ void FloatToHalfMmaOrderKernel(const float4* __restrict__ x, int64_t 
                                           uint2* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= groups) return;
-  const float4 v = x[i];
-  out[i] = make_uint2(Bits(__floats2half2_rn(v.x, v.z)), Bits(__floats2half2_rn(v.y, v.w)));
+  out[i] = HalvesInMmaOrder(x[i]);
 }
 
 // The split sums of up to three matrices: element i of segment s (n_s
@@ -538,9 +538,12 @@ int64_t TotalRows(std::span<const DeviceMatrix> w) {
   return rows;
 }
 
+// With `deferred`, the split sums are not added: deferred[i] says where
+// matrix i's result is held (its partial sums in scratch, or y[i]).
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int n_tokens,
                         std::span<float* const> y, bool accumulate, float* scratch,
-                        size_t scratch_floats, cudaStream_t stream) {
+                        size_t scratch_floats, cudaStream_t stream,
+                        PartialSums* deferred = nullptr) {
   if (!GroupSupported(w) || y.size() != w.size() || n_tokens <= 0 ||
       n_tokens > int64_t{65535} * 64 || x == nullptr ||
       reinterpret_cast<uintptr_t>(x) % 16 != 0) {
@@ -612,7 +615,16 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
   } else {
     launch_type.template operator()<kQ6_K>();
   }
-  if (launched != cudaSuccess || !split) return launched;
+  if (launched != cudaSuccess) return launched;
+  if (deferred != nullptr) {
+    for (size_t i = 0; i < w.size(); ++i) {
+      deferred[i] = split ? PartialSums{partials[i], static_cast<int>(grid.z),
+                                        static_cast<int64_t>(n_tokens) * w[i].rows}
+                          : PartialSums{y[i], 1, 0};
+    }
+    return cudaSuccess;
+  }
+  if (!split) return cudaSuccess;
   // The partial sums of every matrix in one launch.
   SplitSums sums{};
   sums.partials0 = partials[0];
@@ -656,8 +668,11 @@ cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_
 
 cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
                                      int n_tokens, std::span<float* const> y, float* scratch,
-                                     size_t scratch_floats, cudaStream_t stream) {
-  return LaunchGroup(w, x, n_tokens, y, false, scratch, scratch_floats, stream);
+                                     size_t scratch_floats, cudaStream_t stream,
+                                     std::span<PartialSums> sums) {
+  if (!sums.empty() && sums.size() != w.size()) return cudaErrorInvalidValue;
+  return LaunchGroup(w, x, n_tokens, y, false, scratch, scratch_floats, stream,
+                     sums.empty() ? nullptr : sums.data());
 }
 
 }  // namespace chord::cuda

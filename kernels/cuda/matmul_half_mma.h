@@ -19,6 +19,7 @@
 #include <span>
 
 #include "kernels/cuda/matvec.h"
+#include "kernels/cuda/ops.h"  // PartialSums
 
 namespace chord::cuda {
 
@@ -53,10 +54,14 @@ cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_
 // for their split sums: the row tiles of all of them fill the GPU together
 // instead of each in a short launch of its own. Each y[i] gets the bits a
 // launch of w[i] alone with the same number of K splits gives.
+// With `sums` (one per matrix), the split sums are left to the kernel that
+// reads the results (LaunchSwiGluHalves): sums[i] is where result i is
+// held, its partial sums in scratch when K was split, else y[i] itself.
 constexpr int kMatMulHalfMmaMaxGroup = 3;
 size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens);
 cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
                                      int n_tokens, std::span<float* const> y, float* scratch,
-                                     size_t scratch_floats, cudaStream_t stream);
+                                     size_t scratch_floats, cudaStream_t stream,
+                                     std::span<PartialSums> sums = {});
 
 }  // namespace chord::cuda

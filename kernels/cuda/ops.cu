@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/mma_order.cuh"
 #include "kernels/cuda/rms_scale.cuh"
 
 namespace chord::cuda {
@@ -12,27 +13,66 @@ namespace {
 
 constexpr int kNormThreads = 512;
 
-// One block per row (RmsScale), written back with 16-byte stores where the
-// row allows.
-__global__ void __launch_bounds__(kNormThreads)
-    RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
-                  float* __restrict__ y) {
-  const float* xr = x + blockIdx.x * n;
-  float* yr = y + blockIdx.x * n;
+// RMSNorm of one row by a block (RmsScale), written back with 16-byte stores
+// where the row allows; with `halves`, also as halves in mma order.
+__device__ __forceinline__ void NormRow(const float* __restrict__ xr,
+                                        const float* __restrict__ weight, int64_t n, float eps,
+                                        float* __restrict__ yr, uint16_t* __restrict__ halves) {
   const bool float4s = RowOfFloat4s(xr, weight, n);
   const float scale = RmsScale<kNormThreads>(xr, n, eps, float4s);
   if (float4s && reinterpret_cast<uintptr_t>(yr) % 16 == 0) {
     const auto* x4 = reinterpret_cast<const float4*>(xr);
     const auto* w4 = reinterpret_cast<const float4*>(weight);
     auto* y4 = reinterpret_cast<float4*>(yr);
+    auto* h4 = reinterpret_cast<uint2*>(halves);
 #pragma unroll 4
     for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
       const float4 v = x4[i], g = w4[i];
-      y4[i] = make_float4(v.x * scale * g.x, v.y * scale * g.y, v.z * scale * g.z, v.w * scale * g.w);
+      const float4 out =
+          make_float4(v.x * scale * g.x, v.y * scale * g.y, v.z * scale * g.z, v.w * scale * g.w);
+      y4[i] = out;
+      if (h4 != nullptr) h4[i] = HalvesInMmaOrder(out);
     }
   } else {
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * weight[i];
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const float out = xr[i] * scale * weight[i];
+      yr[i] = out;
+      if (halves != nullptr) halves[MmaOrderIndex(i)] = __half_as_ushort(__float2half_rn(out));
+    }
   }
+}
+
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
+                  float* __restrict__ y, uint16_t* __restrict__ halves) {
+  NormRow(x + blockIdx.x * n, weight, n, eps, y + blockIdx.x * n,
+          halves == nullptr ? nullptr : halves + blockIdx.x * n);
+}
+
+// x (+)= the partial sums, in order, element i of row r at
+// parts.first + k * parts.stride + r * n + i.
+__device__ __forceinline__ float AddParts(float x, const PartialSums& parts, int64_t index) {
+  for (int k = 0; k < parts.count; ++k) x += parts.first[k * parts.stride + index];
+  return x;
+}
+
+// The row's residual sum first (x += partial sums: what the product left),
+// then its RMSNorm.
+__global__ void __launch_bounds__(kNormThreads)
+    AddRmsNormKernel(float* __restrict__ x, PartialSums add, const float* __restrict__ weight,
+                     int64_t n, float eps, float* __restrict__ y, uint16_t* __restrict__ halves) {
+  float* xr = x + blockIdx.x * n;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    xr[i] = AddParts(xr[i], add, blockIdx.x * n + i);
+  }
+  __syncthreads();  // the block reads its row back
+  NormRow(xr, weight, n, eps, y + blockIdx.x * n,
+          halves == nullptr ? nullptr : halves + blockIdx.x * n);
+}
+
+__global__ void AddPartialSumsKernel(PartialSums add, int64_t n, float* __restrict__ y) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = AddParts(y[i], add, i);
 }
 
 // Rows of n_heads heads a RoPE launch rotates.
@@ -126,11 +166,34 @@ __global__ void RopeStoreKvKernel(float* __restrict__ q, float* __restrict__ k,
   }
 }
 
+__device__ __forceinline__ float SwiGlu(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
+
 __global__ void SwiGluKernel(float* __restrict__ gate, const float* __restrict__ up, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  const float g = gate[i];
-  gate[i] = (g / (1.0f + expf(-g))) * up[i];
+  gate[i] = SwiGlu(gate[i], up[i]);
+}
+
+// The value at element i (of four at once) of a PartialSums.
+__device__ __forceinline__ float4 SumOfParts(const PartialSums& p, int64_t group) {
+  const auto* parts = reinterpret_cast<const float4*>(p.first);
+  float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int k = 0; k < p.count; ++k) {
+    const float4 v = parts[k * (p.stride / 4) + group];
+    sum = make_float4(sum.x + v.x, sum.y + v.y, sum.z + v.z, sum.w + v.w);
+  }
+  return sum;
+}
+
+// Four elements a thread: silu(gate) * up from their partial sums, stored as
+// halves in mma order.
+__global__ void SwiGluHalvesKernel(PartialSums gate, PartialSums up, int64_t groups,
+                                   uint2* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= groups) return;
+  const float4 g = SumOfParts(gate, i), u = SumOfParts(up, i);
+  out[i] = HalvesInMmaOrder(
+      make_float4(SwiGlu(g.x, u.x), SwiGlu(g.y, u.y), SwiGlu(g.z, u.z), SwiGlu(g.w, u.w)));
 }
 
 __global__ void FloatToHalfKernel(const float* __restrict__ x, int64_t n, __half* __restrict__ out) {
@@ -206,9 +269,9 @@ unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + thre
 }  // namespace
 
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_rows, float eps,
-                          float* y, cudaStream_t stream) {
-  if (n_rows <= 0) return cudaErrorInvalidValue;
-  RmsNormKernel<<<n_rows, kNormThreads, 0, stream>>>(x, weight, n, eps, y);
+                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order) {
+  if (n_rows <= 0 || (halves_in_mma_order != nullptr && n % 4 != 0)) return cudaErrorInvalidValue;
+  RmsNormKernel<<<n_rows, kNormThreads, 0, stream>>>(x, weight, n, eps, y, halves_in_mma_order);
   return cudaGetLastError();
 }
 
@@ -257,8 +320,46 @@ cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const Ro
   return LaunchRope(x, nullptr, 0, n_tokens, tokens, params, stream);
 }
 
+cudaError_t LaunchAddRmsNorm(float* x, const PartialSums& add, const float* weight, int64_t n,
+                             int n_rows, float eps, float* y, cudaStream_t stream,
+                             uint16_t* halves_in_mma_order) {
+  if (n_rows <= 0 || add.first == nullptr || add.count < 1 ||
+      (add.count > 1 && add.stride < n * n_rows) ||
+      (halves_in_mma_order != nullptr && n % 4 != 0)) {
+    return cudaErrorInvalidValue;
+  }
+  AddRmsNormKernel<<<n_rows, kNormThreads, 0, stream>>>(x, add, weight, n, eps, y,
+                                                        halves_in_mma_order);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAddPartialSums(const PartialSums& add, int64_t n, float* y, cudaStream_t stream) {
+  if (n <= 0 || add.first == nullptr || add.count < 1 || (add.count > 1 && add.stride < n) ||
+      y == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  AddPartialSumsKernel<<<Blocks(n, 256), 256, 0, stream>>>(add, n, y);
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t stream) {
   SwiGluKernel<<<Blocks(n, 256), 256, 0, stream>>>(gate, up, n);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchSwiGluHalves(const PartialSums& gate, const PartialSums& up, int64_t n,
+                               uint16_t* halves_in_mma_order, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const auto valid = [&](const PartialSums& p) {
+    return p.first != nullptr && aligned(p.first) && p.count >= 1 &&
+           (p.count == 1 || (p.stride >= n && p.stride % 4 == 0));
+  };
+  if (n <= 0 || n % 4 != 0 || !valid(gate) || !valid(up) || halves_in_mma_order == nullptr ||
+      !aligned(halves_in_mma_order)) {
+    return cudaErrorInvalidValue;
+  }
+  SwiGluHalvesKernel<<<Blocks(n / 4, 256), 256, 0, stream>>>(
+      gate, up, n / 4, reinterpret_cast<uint2*>(halves_in_mma_order));
   return cudaGetLastError();
 }
 

@@ -16,9 +16,31 @@ struct TokenSlot {
   int32_t position;
 };
 
-// y = x / sqrt(mean(x^2) + eps) * weight for n_rows rows of n.
+// A vector held as `count` partial sums, `stride` floats apart, that add up
+// to it in order (0 + first[i] + first[stride + i] + ...): what a product
+// that splits K leaves before its sums are added (count 1: the vector
+// itself).
+struct PartialSums {
+  const float* first = nullptr;
+  int count = 1;
+  int64_t stride = 0;
+};
+
+// y = x / sqrt(mean(x^2) + eps) * weight for n_rows rows of n. With
+// `halves_in_mma_order` (n a multiple of 4), y is also written there as the
+// half tensor-core product reads its input (LaunchFloatToHalfMmaOrder's bits).
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_rows, float eps,
-                          float* y, cudaStream_t stream);
+                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order = nullptr);
+
+// x += add (element by element, the partial sums in order), then RMSNorm of
+// the new x as LaunchRmsNorm: a residual sum that a product left as partial
+// sums and the norm that reads it, in one launch.
+cudaError_t LaunchAddRmsNorm(float* x, const PartialSums& add, const float* weight, int64_t n,
+                             int n_rows, float eps, float* y, cudaStream_t stream,
+                             uint16_t* halves_in_mma_order = nullptr);
+
+// y[i] += the partial sums of element i, in order, for i < n.
+cudaError_t LaunchAddPartialSums(const PartialSums& add, int64_t n, float* y, cudaStream_t stream);
 
 // RoPE in place on n_tokens rows of n_heads * head_dim (the "normal" pair
 // layout); freq_factors may be null.
@@ -39,6 +61,13 @@ cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const To
 
 // gate = silu(gate) * up, n values.
 cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t stream);
+
+// silu(gate) * up for n values (a multiple of 4) given as partial sums
+// (16-byte aligned), written only as halves in mma order: the input of the
+// down product on the half tensor-core path, without a float copy or
+// separate additions of the partial sums.
+cudaError_t LaunchSwiGluHalves(const PartialSums& gate, const PartialSums& up, int64_t n,
+                               uint16_t* halves_in_mma_order, cudaStream_t stream);
 
 // out = half(x), n values.
 cudaError_t LaunchFloatToHalf(const float* x, int64_t n, uint16_t* out, cudaStream_t stream);

@@ -11,6 +11,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cuda/attention.h"
+#include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/test_util.h"
 
 namespace chord::cuda {
@@ -41,6 +42,75 @@ TEST_F(CudaOpsTest, RmsNormMatchesCpu) {
     for (int r = 0; r < rows; ++r) kernels::RmsNorm(&x[r * n], w.data(), n, 1e-5f, &ref[r * n]);
     for (size_t i = 0; i < ref.size(); ++i) ASSERT_NEAR(y[i], ref[i], 1e-5f * std::abs(ref[i]) + 1e-7f);
   }
+}
+
+// The halves a norm writes for the half tensor-core product are the bits of
+// its float output converted by LaunchFloatToHalfMmaOrder, on both paths.
+TEST_F(CudaOpsTest, RmsNormHalvesInMmaOrderAreItsOutputConverted) {
+  for (const int64_t n : {4096, 36}) {
+    for (const bool aligned : {true, false}) {
+      const int rows = 3;
+      const std::vector<float> x = RandomFloats(static_cast<size_t>(rows * n + 1), 5 + n, 3.0f);
+      const std::vector<float> w = RandomFloats(static_cast<size_t>(n), 6 + n);
+      DeviceBuffer dx = ToDevice(x), dw = ToDevice(w);
+      // One float in: rows no longer 16-byte aligned, the scalar path.
+      const float* in = dx.as<float>() + (aligned ? 0 : 1);
+      DeviceBuffer dy = Poisoned<float>(static_cast<size_t>(rows * n));
+      DeviceBuffer halves = Poisoned<uint16_t>(static_cast<size_t>(rows * n));
+      DeviceBuffer converted = Poisoned<uint16_t>(static_cast<size_t>(rows * n));
+      ASSERT_EQ(LaunchRmsNorm(in, dw.as<float>(), n, rows, 1e-5f, dy.as<float>(), nullptr,
+                              halves.as<uint16_t>()),
+                cudaSuccess);
+      ASSERT_EQ(LaunchFloatToHalfMmaOrder(dy.as<float>(), rows, n, converted.as<uint16_t>(),
+                                          nullptr),
+                cudaSuccess);
+      EXPECT_EQ(ToHost<uint16_t>(halves, static_cast<size_t>(rows * n)),
+                ToHost<uint16_t>(converted, static_cast<size_t>(rows * n)))
+          << n << (aligned ? " aligned" : " unaligned");
+    }
+  }
+  DeviceBuffer dx = ToDevice(RandomFloats(6, 1)), dy = Poisoned<float>(6);
+  DeviceBuffer halves = Poisoned<uint16_t>(6);
+  EXPECT_EQ(LaunchRmsNorm(dx.as<float>(), dx.as<float>(), 6, 1, 1e-5f, dy.as<float>(), nullptr,
+                          halves.as<uint16_t>()),
+            cudaErrorInvalidValue);  // not whole groups of four
+}
+
+// A residual sum left as partial sums: adding them (in order, onto x) and
+// the norm of the result in one launch give the bits of the two steps, and
+// LaunchAddPartialSums those of adding on the host in the same order.
+TEST_F(CudaOpsTest, AddRmsNormEqualsTheSumThenTheNorm) {
+  const int64_t n = 4096;
+  const int rows = 5, parts = 3;
+  const int64_t stride = rows * n;
+  const std::vector<float> x = RandomFloats(static_cast<size_t>(rows * n), 61, 3.0f);
+  const std::vector<float> p = RandomFloats(static_cast<size_t>(parts * stride), 62);
+  const std::vector<float> w = RandomFloats(static_cast<size_t>(n), 63);
+  std::vector<float> sum = x;
+  for (size_t i = 0; i < sum.size(); ++i) {
+    for (int k = 0; k < parts; ++k) sum[i] += p[k * stride + i];
+  }
+  DeviceBuffer dp = ToDevice(p), dw = ToDevice(w);
+  const PartialSums add{dp.as<float>(), parts, stride};
+
+  DeviceBuffer fused_x = ToDevice(x), fused_y = Poisoned<float>(x.size());
+  DeviceBuffer fused_h = Poisoned<uint16_t>(x.size());
+  ASSERT_EQ(LaunchAddRmsNorm(fused_x.as<float>(), add, dw.as<float>(), n, rows, 1e-5f,
+                             fused_y.as<float>(), nullptr, fused_h.as<uint16_t>()),
+            cudaSuccess);
+  DeviceBuffer apart_x = ToDevice(x), apart_y = Poisoned<float>(x.size());
+  DeviceBuffer apart_h = Poisoned<uint16_t>(x.size());
+  ASSERT_EQ(LaunchAddPartialSums(add, rows * n, apart_x.as<float>(), nullptr), cudaSuccess);
+  ASSERT_EQ(LaunchRmsNorm(apart_x.as<float>(), dw.as<float>(), n, rows, 1e-5f,
+                          apart_y.as<float>(), nullptr, apart_h.as<uint16_t>()),
+            cudaSuccess);
+  EXPECT_EQ(ToHost<float>(apart_x, x.size()), sum);
+  EXPECT_EQ(ToHost<float>(fused_x, x.size()), sum);
+  EXPECT_EQ(ToHost<float>(fused_y, x.size()), ToHost<float>(apart_y, x.size()));
+  EXPECT_EQ(ToHost<uint16_t>(fused_h, x.size()), ToHost<uint16_t>(apart_h, x.size()));
+  EXPECT_EQ(LaunchAddRmsNorm(fused_x.as<float>(), {dp.as<float>(), 2, n}, dw.as<float>(), n, rows,
+                             1e-5f, fused_y.as<float>(), nullptr),
+            cudaErrorInvalidValue);  // partial sums overlapping
 }
 
 TEST_F(CudaOpsTest, RopeMatchesCpuWithAndWithoutFreqFactors) {
@@ -99,6 +169,42 @@ TEST_F(CudaOpsTest, SwiGluMatchesCpu) {
   const std::vector<float> y = ToHost<float>(dg, n);
   kernels::SwiGlu(gate.data(), up.data(), n);
   for (int64_t i = 0; i < n; ++i) ASSERT_NEAR(y[i], gate[i], 1e-6f * std::abs(gate[i]) + 1e-7f);
+}
+
+// SwiGLU from partial sums (as a product that splits K leaves them) gives the
+// bits of adding them in order, LaunchSwiGlu, and the conversion to halves.
+TEST_F(CudaOpsTest, SwiGluHalvesFromPartialSumsEqualTheSeparateSteps) {
+  const int64_t n = 4 * 2753;
+  for (const int parts : {1, 3}) {
+    const int64_t stride = n + 8;
+    const std::vector<float> g = RandomFloats(static_cast<size_t>(parts * stride), 40 + parts, 3.0f);
+    const std::vector<float> u = RandomFloats(static_cast<size_t>(parts * stride), 50 + parts);
+    std::vector<float> gate(static_cast<size_t>(n), 0.0f), up(static_cast<size_t>(n), 0.0f);
+    for (int k = 0; k < parts; ++k) {
+      for (int64_t i = 0; i < n; ++i) {
+        gate[i] += g[k * stride + i];
+        up[i] += u[k * stride + i];
+      }
+    }
+    DeviceBuffer dg = ToDevice(g), du = ToDevice(u);
+    DeviceBuffer halves = Poisoned<uint16_t>(static_cast<size_t>(n));
+    ASSERT_EQ(LaunchSwiGluHalves({dg.as<float>(), parts, stride}, {du.as<float>(), parts, stride},
+                                 n, halves.as<uint16_t>(), nullptr),
+              cudaSuccess);
+    DeviceBuffer sg = ToDevice(gate), su = ToDevice(up);
+    DeviceBuffer converted = Poisoned<uint16_t>(static_cast<size_t>(n));
+    ASSERT_EQ(LaunchSwiGlu(sg.as<float>(), su.as<float>(), n, nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchFloatToHalfMmaOrder(sg.as<float>(), 1, n, converted.as<uint16_t>(), nullptr),
+              cudaSuccess);
+    EXPECT_EQ(ToHost<uint16_t>(halves, static_cast<size_t>(n)),
+              ToHost<uint16_t>(converted, static_cast<size_t>(n)))
+        << parts << " partial sums";
+  }
+  DeviceBuffer d = ToDevice(RandomFloats(64, 1));
+  DeviceBuffer halves = Poisoned<uint16_t>(64);
+  EXPECT_EQ(LaunchSwiGluHalves({d.as<float>(), 2, 16}, {d.as<float>(), 1, 0}, 32,
+                               halves.as<uint16_t>(), nullptr),
+            cudaErrorInvalidValue);  // partial sums closer than n apart
 }
 
 // A KV cache of fill.size() slots of n_ctx positions, random rows stored by
