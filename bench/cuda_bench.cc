@@ -118,11 +118,18 @@ std::vector<int32_t> Prompt(int64_t n, int64_t n_vocab, int64_t seed) {
   return tokens;
 }
 
+// What a decode step hands back: every sequence's logits (n_vocab floats a
+// row, copied to host memory), or only its greedy next token, picked on the
+// GPU (what a worker returns for greedily sampled requests); that token is
+// then the sequence's next input.
+enum class StepOutput { kLogits, kGreedy };
+
 // Prefills `slots` sequences with `prompt_len` tokens each, then decodes
 // `steps` tokens for all of them in one batch per step; returns decode seconds.
 // With `profile_last_step` the last step runs inside the profiler's range.
 absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prompt_len,
-                                   int64_t steps, bool profile_last_step = false) {
+                                   int64_t steps, StepOutput output = StepOutput::kLogits,
+                                   bool profile_last_step = false) {
   const int64_t n_vocab = stage.config().n_vocab;
   std::vector<float> logits(static_cast<size_t>(slots * n_vocab));
   for (int64_t s = 0; s < slots; ++s) {
@@ -131,16 +138,25 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
     RETURN_IF_ERROR(stage.Forward(Prompt(prompt_len, n_vocab, s), batch, 1, logits.data()));
   }
   std::vector<int32_t> tokens(static_cast<size_t>(slots));
+  for (int64_t s = 0; s < slots; ++s) tokens[s] = static_cast<int32_t>((31 + s) % n_vocab);
+  std::vector<int32_t> greedy(static_cast<size_t>(slots));
+  const std::vector<uint8_t> none_full(static_cast<size_t>(slots), 0);
   std::vector<BatchToken> batch(static_cast<size_t>(slots));
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < steps; ++step) {
-    for (int64_t s = 0; s < slots; ++s) {
-      tokens[s] = static_cast<int32_t>((step * 31 + s) % n_vocab);
-      batch[s] = {s, prompt_len + step};
-    }
+    for (int64_t s = 0; s < slots; ++s) batch[s] = {s, prompt_len + step};
     const bool profiled = profile_last_step && step + 1 == steps;
     if (profiled) cudaProfilerStart();
-    RETURN_IF_ERROR(stage.Forward(tokens, batch, slots, logits.data()));
+    if (output == StepOutput::kGreedy) {
+      RETURN_IF_ERROR(
+          stage.Forward(tokens, batch, slots, LogitsRequest{logits.data(), none_full, greedy}));
+      tokens = greedy;
+    } else {
+      RETURN_IF_ERROR(stage.Forward(tokens, batch, slots, logits.data()));
+      for (int64_t s = 0; s < slots; ++s) {
+        tokens[s] = static_cast<int32_t>(((step + 1) * 31 + s) % n_vocab);
+      }
+    }
     if (profiled) cudaProfilerStop();
   }
   return Seconds(start);
@@ -393,6 +409,7 @@ int Run(int argc, char** argv) {
   CLI::App app{"chord CUDA stage benchmark"};
   std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
   std::string profile;
+  std::string step_output = "logits";
   bool make_model = false;
   int64_t decode_steps = 128, prefill_len = 512, prompt_len = 128;
   int64_t gemm_min_tokens = CudaStageOptions{}.gemm_min_tokens;
@@ -451,6 +468,10 @@ int Run(int argc, char** argv) {
          "from pinned host memory); 0: skip")
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--batches", batches, "comma-separated sequence counts for aggregate decode");
+  app.add_option("--step-output", step_output,
+                 "what each aggregate decode step hands back: every sequence's logits, or its "
+                 "greedy next token picked on the GPU (then its next input)")
+      ->check(CLI::IsMember({"logits", "greedy"}));
   app.add_option("--profile", profile,
                  "run one step inside the profiler's range: a batch-1 decode step, one prefill, or "
                  "the last step of the first --batches size")
@@ -525,7 +546,7 @@ int Run(int argc, char** argv) {
   // Batch-1 decode after a 16-token prompt; the first steps warm up.
   auto one = DecodeBatch(**stage, 1, 16, 8);
   BENCH_CHECK(one.status());
-  one = DecodeBatch(**stage, 1, 16, decode_steps, profile == "decode");
+  one = DecodeBatch(**stage, 1, 16, decode_steps, StepOutput::kLogits, profile == "decode");
   BENCH_CHECK(one.status());
   const double tps = static_cast<double>(decode_steps) / *one;
   const double achieved = weight_gb * 1e9 * tps;
@@ -555,13 +576,16 @@ int Run(int argc, char** argv) {
                 prefill_s * 1e3, static_cast<double>(prefill_len) / prefill_s);
   }
 
+  const StepOutput output = step_output == "greedy" ? StepOutput::kGreedy : StepOutput::kLogits;
   for (const int64_t b : batch_sizes) {
-    auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps,
+    auto seconds = DecodeBatch(**stage, b, prompt_len, decode_steps, output,
                                profile == "batch" && b == batch_sizes[0]);
     BENCH_CHECK(seconds.status());
     std::printf(
-        "aggregate decode %ld sequences (%ld-token prompts, %ld new): %.0f tok/s, %.2f ms/step\n",
+        "aggregate decode %ld sequences (%ld-token prompts, %ld new, %s back): %.0f tok/s, %.2f "
+        "ms/step\n",
         static_cast<long>(b), static_cast<long>(prompt_len), static_cast<long>(decode_steps),
+        output == StepOutput::kGreedy ? "greedy tokens" : "all logits",
         static_cast<double>(b * decode_steps) / *seconds,
         1e3 * *seconds / static_cast<double>(decode_steps));
   }

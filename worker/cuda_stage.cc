@@ -166,7 +166,11 @@ struct CudaStage::Impl {
     const DeviceMatrix& w;
     float* out;
   };
-  absl::Status MatMuls(std::initializer_list<Product> products, const float* in, int64_t n);
+  // With `results` (one per product), the half tensor-core products leave
+  // their split-K partial sums for the kernel that reads them: results[i]
+  // is where product i's value is held (mma_partials, or its out).
+  absl::Status MatMuls(std::initializer_list<Product> products, const float* in, int64_t n,
+                       std::span<cuda::PartialSums> results = {});
   void ForgetRounded() { rounded = {}; }
   // Whether a product of w over n rows reads rounded activations.
   bool RoundsFor(const DeviceMatrix& w, int64_t n) const {
@@ -296,52 +300,86 @@ absl::StatusOr<const uint16_t*> CudaStage::Impl::HalvesInMmaOrder(const float* i
 }
 
 absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, const float* in,
-                                      int64_t n) {
+                                      int64_t n, std::span<cuda::PartialSums> results) {
   const std::vector<Product> list(products);
-  // How many products from list[first] on share its type and width and take
-  // the path `takes` says (at most `most`): they go in one launch.
-  const auto run_from = [&](size_t first, size_t most, auto takes) {
-    size_t count = 0;
-    while (first + count < list.size() && count < most &&
-           list[first + count].w.type == list[first].w.type &&
-           list[first + count].w.cols == list[first].w.cols && takes(list[first + count].w)) {
-      ++count;
-    }
-    return count;
+  const bool defer = !results.empty();
+  if (defer && results.size() != list.size()) {
+    return absl::InternalError("MatMuls: one result per product");
+  }
+  // Runs of consecutive products that share a type and width and take the
+  // same batched path (at most a group each): one launch a run.
+  enum class Path : uint8_t { kHalfMma, kInt8, kOther };
+  struct Run {
+    size_t first, count;
+    Path path;
+    size_t scratch;  // split-K floats of a half tensor-core run
   };
+  std::vector<Run> runs;
+  size_t scratch_total = 0, scratch_most = 0;
   for (size_t i = 0; i < list.size();) {
     const DeviceMatrix& w = list[i].w;
+    const Path path = HalfMma(w, n) ? Path::kHalfMma : RoundsFor(w, n) ? Path::kInt8 : Path::kOther;
+    const size_t most = path == Path::kHalfMma ? cuda::kMatMulHalfMmaMaxGroup
+                        : path == Path::kInt8  ? cuda::kMatVecQ8MaxGroup
+                                               : 1;
+    size_t count = 1;
+    while (i + count < list.size() && count < most && list[i + count].w.type == w.type &&
+           list[i + count].w.cols == w.cols &&
+           (path == Path::kHalfMma ? HalfMma(list[i + count].w, n)
+                                   : RoundsFor(list[i + count].w, n))) {
+      ++count;
+    }
+    size_t scratch = 0;
+    if (path == Path::kHalfMma) {
+      DeviceMatrix group[cuda::kMatMulHalfMmaMaxGroup];
+      for (size_t j = 0; j < count; ++j) group[j] = list[i + j].w;
+      scratch = cuda::MatMulHalfMmaGroupScratchFloats({group, count}, static_cast<int>(n));
+    }
+    runs.push_back({i, count, path, scratch});
+    scratch_total += scratch;
+    scratch_most = std::max(scratch_most, scratch);
+    i += count;
+  }
+  // Deferred partial sums must all stay until their reader runs: each run
+  // its own share of the scratch. Sized before any launch (growing it frees
+  // the old buffer).
+  RETURN_IF_ERROR(Ensure(mma_partials, (defer ? scratch_total : scratch_most) * sizeof(float)));
+  size_t scratch_offset = 0;
+  for (const Run& run : runs) {
+    const DeviceMatrix& w = list[run.first].w;
     DeviceMatrix group[std::max(cuda::kMatVecQ8MaxGroup, cuda::kMatMulHalfMmaMaxGroup)];
     float* outs[std::size(group)];
-    if (HalfMma(w, n)) {
-      const size_t count = run_from(i, cuda::kMatMulHalfMmaMaxGroup,
-                                    [&](const DeviceMatrix& m) { return HalfMma(m, n); });
-      for (size_t j = 0; j < count; ++j) group[j] = list[i + j].w, outs[j] = list[i + j].out;
-      i += count;
-      ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(in, n, w.cols));
-      const size_t scratch =
-          cuda::MatMulHalfMmaGroupScratchFloats({group, count}, static_cast<int>(n));
-      RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
-      RETURN_IF_ERROR(cuda::CudaStatus(
-          cuda::LaunchMatMulHalfMmaGroup({group, count}, halves, static_cast<int>(n),
-                                         {outs, count}, mma_partials.as<float>(), scratch, s()),
-          "LaunchMatMulHalfMmaGroup"));
-      continue;
+    for (size_t j = 0; j < run.count; ++j) {
+      group[j] = list[run.first + j].w;
+      outs[j] = list[run.first + j].out;
+      if (defer) results[run.first + j] = {outs[j], 1, 0};
     }
-    if (!RoundsFor(w, n)) {
-      RETURN_IF_ERROR(MatMul(w, in, n, list[i].out, false));
-      ++i;
-      continue;
+    switch (run.path) {
+      case Path::kHalfMma: {
+        ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(in, n, w.cols));
+        float* scratch = mma_partials.as<float>() + (defer ? scratch_offset : 0);
+        RETURN_IF_ERROR(cuda::CudaStatus(
+            cuda::LaunchMatMulHalfMmaGroup(
+                {group, run.count}, halves, static_cast<int>(n), {outs, run.count}, scratch,
+                run.scratch, s(),
+                defer ? results.subspan(run.first, run.count) : std::span<cuda::PartialSums>{}),
+            "LaunchMatMulHalfMmaGroup"));
+        scratch_offset += run.scratch;
+        break;
+      }
+      case Path::kInt8: {
+        ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
+        RETURN_IF_ERROR(cuda::CudaStatus(
+            cuda::LaunchMatVecQ8Group({group, run.count}, q8, static_cast<int>(n),
+                                      {outs, run.count}, s(), options.overlap_launches,
+                                      options.exact),
+            "LaunchMatVecQ8Group"));
+        break;
+      }
+      case Path::kOther:
+        RETURN_IF_ERROR(MatMul(w, in, n, outs[0], false));
+        break;
     }
-    const size_t count = run_from(i, cuda::kMatVecQ8MaxGroup,
-                                  [&](const DeviceMatrix& m) { return RoundsFor(m, n); });
-    for (size_t j = 0; j < count; ++j) group[j] = list[i + j].w, outs[j] = list[i + j].out;
-    i += count;
-    ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
-    RETURN_IF_ERROR(cuda::CudaStatus(
-        cuda::LaunchMatVecQ8Group({group, count}, q8, static_cast<int>(n), {outs, count}, s(),
-                                  options.overlap_launches, options.exact),
-        "LaunchMatVecQ8Group"));
   }
   return absl::OkStatus();
 }
@@ -534,11 +572,13 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                         config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
   const cuda::AttentionParams attention = AttentionParamsFor();
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
+  // Q/K/V's split sums are added by RoPE and the KV store as they read them.
+  cuda::PartialSums qkv[3];
   RETURN_IF_ERROR(
       MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
-              norm.as<float>(), n));
+              norm.as<float>(), n, qkv));
   const cuda::KvLayer kv = KvFor(index);
-  CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(q.as<float>(), k.as<float>(), v.as<float>(),
+  CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(qkv[0], qkv[1], qkv[2], q.as<float>(), k.as<float>(),
                                             static_cast<int>(config.n_head_kv), nt, slots, rope, kv,
                                             s(), options.overlap_launches));
   if (n_attention_tiles > 0) {

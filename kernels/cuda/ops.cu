@@ -56,18 +56,46 @@ __device__ __forceinline__ float AddParts(float x, const PartialSums& parts, int
   return x;
 }
 
+// Partial sums a launch of AddRmsNormKernel loads at once per element: the
+// most a product splits K into.
+constexpr int kMostParts = 8;
+
 // The row's residual sum first (x += partial sums: what the product left),
-// then its RMSNorm.
+// then its RMSNorm. One block a row, so each thread has several elements:
+// whole float4 rows load every part of an element group before adding any
+// (one memory round trip, not one a part).
 __global__ void __launch_bounds__(kNormThreads)
     AddRmsNormKernel(float* __restrict__ x, PartialSums add, const float* __restrict__ weight,
                      int64_t n, float eps, float* __restrict__ y, uint16_t* __restrict__ halves) {
   float* xr = x + blockIdx.x * n;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    xr[i] = AddParts(xr[i], add, blockIdx.x * n + i);
+  const int64_t offset = blockIdx.x * n;
+  const bool float4s = n % 4 == 0 && add.count <= kMostParts && add.stride % 4 == 0 &&
+                       (reinterpret_cast<uintptr_t>(xr) | reinterpret_cast<uintptr_t>(add.first)) %
+                               16 == 0;
+  if (float4s) {
+    auto* x4 = reinterpret_cast<float4*>(xr);
+    const auto* parts = reinterpret_cast<const float4*>(add.first + offset);
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x) {
+      float4 part[kMostParts];
+#pragma unroll
+      for (int k = 0; k < kMostParts; ++k) {
+        if (k < add.count) part[k] = parts[k * (add.stride / 4) + i];
+      }
+      float4 sum = x4[i];
+#pragma unroll
+      for (int k = 0; k < kMostParts; ++k) {
+        if (k < add.count) {
+          sum = make_float4(sum.x + part[k].x, sum.y + part[k].y, sum.z + part[k].z,
+                            sum.w + part[k].w);
+        }
+      }
+      x4[i] = sum;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] = AddParts(xr[i], add, offset + i);
   }
   __syncthreads();  // the block reads its row back
-  NormRow(xr, weight, n, eps, y + blockIdx.x * n,
-          halves == nullptr ? nullptr : halves + blockIdx.x * n);
+  NormRow(xr, weight, n, eps, y + offset, halves == nullptr ? nullptr : halves + offset);
 }
 
 __global__ void AddPartialSumsKernel(PartialSums add, int64_t n, float* __restrict__ y) {
@@ -83,7 +111,7 @@ struct RopeTarget {
 
 // Pair `pair` of a head's row rotated for `position`; the angle is advanced
 // by repeated multiplication as the CPU path does, so both round alike.
-__device__ __forceinline__ float2 RotatedPair(const float* head, int pair, int position,
+__device__ __forceinline__ float2 RotatedPair(float2 x, int pair, int position,
                                               const RopeParams& p, float theta_scale) {
   float theta = static_cast<float>(position);
   for (int i = 0; i < pair; ++i) theta *= theta_scale;
@@ -91,8 +119,22 @@ __device__ __forceinline__ float2 RotatedPair(const float* head, int pair, int p
   const float angle = p.freq_scale * (theta / factor);
   float sin_theta, cos_theta;
   sincosf(angle, &sin_theta, &cos_theta);
-  const float x0 = head[2 * pair], x1 = head[2 * pair + 1];
-  return make_float2(x0 * cos_theta - x1 * sin_theta, x0 * sin_theta + x1 * cos_theta);
+  return make_float2(x.x * cos_theta - x.y * sin_theta, x.x * sin_theta + x.y * cos_theta);
+}
+__device__ __forceinline__ float2 RotatedPair(const float* head, int pair, int position,
+                                              const RopeParams& p, float theta_scale) {
+  return RotatedPair(make_float2(head[2 * pair], head[2 * pair + 1]), pair, position, p,
+                     theta_scale);
+}
+
+// Elements i, i + 1 of a vector held as partial sums, added in order.
+__device__ __forceinline__ float2 PairOfParts(const PartialSums& parts, int64_t i) {
+  float2 sum = make_float2(0.0f, 0.0f);
+  for (int k = 0; k < parts.count; ++k) {
+    const float2 v = *reinterpret_cast<const float2*>(parts.first + k * parts.stride + i);
+    sum = make_float2(sum.x + v.x, sum.y + v.y);
+  }
+  return sum;
 }
 
 // One thread per (token, head, pair) of target a, then of target b.
@@ -119,23 +161,26 @@ __global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens, const Token
 // (those past n_rot are not) and stored with its value pair at the token's
 // cache row. Each stored key is the one LaunchRope writes to k, which keeps
 // it too.
-__global__ void RopeStoreKvKernel(float* __restrict__ q, float* __restrict__ k,
-                                  const float* __restrict__ v, int n_k_heads, int n_tokens,
-                                  const TokenSlot* __restrict__ tokens, RopeParams p,
+// One thread per (token, query head, pair), then per (token, kv head, pair).
+// q, k and v are read as partial sums (one part: the vectors themselves).
+__global__ void RopeStoreKvKernel(PartialSums q_in, PartialSums k_in, PartialSums v_in,
+                                  float* __restrict__ q, float* __restrict__ k, int n_k_heads,
+                                  int n_tokens, const TokenSlot* __restrict__ tokens, RopeParams p,
                                   float theta_scale, KvLayer cache) {
   LetNextKernelStart();
   WaitForPreviousKernel();
   const int rot_pairs = p.n_rot / 2, head_pairs = p.head_dim / 2;
   int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t in_q = static_cast<int64_t>(n_tokens) * p.n_heads * rot_pairs;
+  const int64_t in_q = static_cast<int64_t>(n_tokens) * p.n_heads * head_pairs;
   if (id < in_q) {
-    const int pair = static_cast<int>(id % rot_pairs);
-    const int64_t head_row = id / rot_pairs;
-    float* head = q + head_row * p.head_dim;
-    const float2 r =
-        RotatedPair(head, pair, tokens[head_row / p.n_heads].position, p, theta_scale);
-    head[2 * pair] = r.x;
-    head[2 * pair + 1] = r.y;
+    const int pair = static_cast<int>(id % head_pairs);
+    const int64_t head_row = id / head_pairs;
+    const int64_t at = head_row * p.head_dim + 2 * pair;
+    float2 value = PairOfParts(q_in, at);
+    if (pair < rot_pairs) {
+      value = RotatedPair(value, pair, tokens[head_row / p.n_heads].position, p, theta_scale);
+    }
+    *reinterpret_cast<float2*>(q + at) = value;
     return;
   }
   id -= in_q;
@@ -144,15 +189,11 @@ __global__ void RopeStoreKvKernel(float* __restrict__ q, float* __restrict__ k,
   const int64_t head_row = id / head_pairs;  // token * n_k_heads + kv head
   const auto token = static_cast<int>(head_row / n_k_heads);
   const TokenSlot at = tokens[token];
-  float* head = k + head_row * p.head_dim;
-  float2 key = make_float2(head[2 * pair], head[2 * pair + 1]);
-  if (pair < rot_pairs) {
-    key = RotatedPair(head, pair, at.position, p, theta_scale);
-    head[2 * pair] = key.x;
-    head[2 * pair + 1] = key.y;
-  }
   const int64_t src = head_row * p.head_dim + 2 * pair;  // = token * n_embd_kv + element
-  const float2 value = make_float2(v[src], v[src + 1]);
+  float2 key = PairOfParts(k_in, src);
+  if (pair < rot_pairs) key = RotatedPair(key, pair, at.position, p, theta_scale);
+  *reinterpret_cast<float2*>(k + src) = key;
+  const float2 value = PairOfParts(v_in, src);
   const int64_t row = static_cast<int64_t>(at.slot) * cache.n_ctx + at.position;
   const int64_t dst = row * cache.n_embd_kv + (src - static_cast<int64_t>(token) * cache.n_embd_kv);
   if (cache.half) {
@@ -297,22 +338,36 @@ cudaError_t LaunchGreedyTokens(const float* logits, int n_rows, int64_t n_vocab,
   return cudaGetLastError();
 }
 
-cudaError_t LaunchRopeStoreKv(float* q, float* k, const float* v, int n_k_heads, int n_tokens,
-                              const TokenSlot* tokens, const RopeParams& params,
+cudaError_t LaunchRopeStoreKv(const PartialSums& q_in, const PartialSums& k_in,
+                              const PartialSums& v_in, float* q, float* k, int n_k_heads,
+                              int n_tokens, const TokenSlot* tokens, const RopeParams& params,
                               const KvLayer& cache, cudaStream_t stream, bool overlap_previous) {
+  const int64_t q_size = static_cast<int64_t>(n_tokens) * params.n_heads * params.head_dim;
+  const int64_t kv_size = static_cast<int64_t>(n_tokens) * cache.n_embd_kv;
+  const auto valid = [](const PartialSums& p, int64_t size) {
+    return p.first != nullptr && p.count >= 1 && (p.count == 1 || p.stride >= size) &&
+           p.stride % 2 == 0 && reinterpret_cast<uintptr_t>(p.first) % 8 == 0;
+  };
   if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 ||
       params.n_rot > params.head_dim || params.head_dim % 2 != 0 || n_k_heads <= 0 ||
-      q == nullptr || k == nullptr || v == nullptr ||
+      q == nullptr || k == nullptr || !valid(q_in, q_size) || !valid(k_in, kv_size) ||
+      !valid(v_in, kv_size) ||
       static_cast<int64_t>(n_k_heads) * params.head_dim != cache.n_embd_kv) {
     return cudaErrorInvalidValue;
   }
   const float theta_scale = powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
-  const int64_t total =
-      static_cast<int64_t>(n_tokens) * (static_cast<int64_t>(params.n_heads) * (params.n_rot / 2) +
-                                        static_cast<int64_t>(n_k_heads) * (params.head_dim / 2));
+  const int64_t total = static_cast<int64_t>(n_tokens) *
+                        (static_cast<int64_t>(params.n_heads) + n_k_heads) * (params.head_dim / 2);
   return LaunchAfterPrevious(overlap_previous, RopeStoreKvKernel, dim3(Blocks(total, 256)),
-                             dim3(256), 0, stream, q, k, v, n_k_heads, n_tokens, tokens, params,
-                             theta_scale, cache);
+                             dim3(256), 0, stream, q_in, k_in, v_in, q, k, n_k_heads, n_tokens,
+                             tokens, params, theta_scale, cache);
+}
+
+cudaError_t LaunchRopeStoreKv(float* q, float* k, const float* v, int n_k_heads, int n_tokens,
+                              const TokenSlot* tokens, const RopeParams& params,
+                              const KvLayer& cache, cudaStream_t stream, bool overlap_previous) {
+  return LaunchRopeStoreKv({q, 1, 0}, {k, 1, 0}, {v, 1, 0}, q, k, n_k_heads, n_tokens, tokens,
+                           params, cache, stream, overlap_previous);
 }
 
 cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,

@@ -101,5 +101,12 @@ cudaError_t LaunchRopeStoreKv(float* q, float* k, const float* v, int n_k_heads,
                               const TokenSlot* tokens, const RopeParams& params,
                               const KvLayer& cache, cudaStream_t stream,
                               bool overlap_previous = false);
+// The same with q, k and v read as partial sums (what products that split K
+// leave), added in order as they are read: q and k receive the rotated sums.
+cudaError_t LaunchRopeStoreKv(const PartialSums& q_in, const PartialSums& k_in,
+                              const PartialSums& v_in, float* q, float* k, int n_k_heads,
+                              int n_tokens, const TokenSlot* tokens, const RopeParams& params,
+                              const KvLayer& cache, cudaStream_t stream,
+                              bool overlap_previous = false);
 
 }  // namespace chord::cuda
