@@ -593,6 +593,14 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
     CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
                                             attn.as<float>(), s(), q8, options.overlap_launches));
     rounded = {attn.as<float>(), n, layer.wo.cols};
+  } else if (HalfMma(layer.wo, n) && layer.wo.cols == config.n_embd &&
+             config.head_dim % 4 == 0) {
+    // The attention output and its halves for the output product, in one launch.
+    RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * layer.wo.cols) * 2));
+    CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
+                                            attn.as<float>(), s(), {}, options.overlap_launches,
+                                            mma_x.as<uint16_t>()));
+    rounded = {attn.as<float>(), n, layer.wo.cols, Form::kHalfMma};
   } else {
     CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
                                             attn.as<float>(), s(), {}, options.overlap_launches));

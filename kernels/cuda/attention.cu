@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/mma_order.cuh"
 #include "kernels/cuda/round_block.cuh"
 
 namespace chord::cuda {
@@ -91,7 +92,7 @@ template <typename T, int kWarps, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
                     const TokenSlot* __restrict__ tokens, float* __restrict__ out, float scale,
-                    Q8Activations rounded) {
+                    Q8Activations rounded, uint16_t* __restrict__ halves) {
   LetNextKernelStart();
   WaitForPreviousKernel();
   using C = Chunk<T, kChunk>;
@@ -230,6 +231,9 @@ __global__ void __launch_bounds__(kWarps * 32)
     float total = 0.0f;
     for (int w = 0; w < kWarps; ++w) total += partial_out[w][d];
     oh[d] = total;
+    if (halves != nullptr) {
+      halves[MmaOrderIndex(head_row * p.head_dim + d)] = __half_as_ushort(__float2half_rn(total));
+    }
     if (rounded.q != nullptr) {
       RoundBlock(total, lane, (head_row * p.head_dim + d) / 32, rounded.q, rounded.scale,
                  rounded.half_sums);
@@ -242,10 +246,11 @@ __global__ void __launch_bounds__(kWarps * 32)
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
                             int n_tokens, const TokenSlot* tokens, float* out,
                             cudaStream_t stream, const Q8Activations& rounded,
-                            bool overlap_previous) {
+                            bool overlap_previous, uint16_t* halves_in_mma_order) {
   if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > kMaxHeadDim ||
       params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0 ||
-      (rounded.q != nullptr && params.head_dim % 32 != 0)) {
+      (rounded.q != nullptr && params.head_dim % 32 != 0) ||
+      (halves_in_mma_order != nullptr && params.head_dim % 4 != 0)) {
     return cudaErrorInvalidValue;
   }
   const size_t shared = static_cast<size_t>(cache.n_ctx) * sizeof(float);
@@ -261,7 +266,8 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (error != cudaSuccess) return error;
     return LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kWarps * 32), shared, stream,
-                               params, cache, q, tokens, out, scale, rounded);
+                               params, cache, q, tokens, out, scale, rounded,
+                               halves_in_mma_order);
   };
   const auto launch_type = [&]<typename T>() -> cudaError_t {
     return decode ? launch.template operator()<T, kDecodeWarps>()

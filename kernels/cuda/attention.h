@@ -30,10 +30,13 @@ struct AttentionParams {
 // set (head_dim a multiple of 32), out is also rounded into `rounded` as
 // LaunchQuantizeActivations (matvec_q8.h) would round it, in the same launch.
 // `overlap_previous`: a programmatic dependent launch (dependent_launch.cuh);
-// the results are the same.
+// the results are the same. With `halves_in_mma_order` (head_dim a multiple
+// of 4), the output is also written there as the half tensor-core product
+// reads its input (LaunchFloatToHalfMmaOrder's bits).
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
                             int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream,
-                            const Q8Activations& rounded = {}, bool overlap_previous = false);
+                            const Q8Activations& rounded = {}, bool overlap_previous = false,
+                            uint16_t* halves_in_mma_order = nullptr);
 
 // Prompt-shaped batches: runs of consecutive tokens of one slot, up to
 // kAttentionTileRows each, attend together. A tile's rows are tokens

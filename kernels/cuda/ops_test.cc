@@ -348,6 +348,7 @@ TEST_F(CudaOpsTest, RopeAndKvStoreInOneLaunchEqualTheSeparateLaunches) {
 // of 32 lanes a thread at head_dim 256), as a programmatic dependent launch
 // too; head dimensions that are not whole 32-element blocks are refused.
 TEST_F(CudaOpsTest, AttentionRoundsItsOutputAsTheSeparateRoundingDoes) {
+  // And writes its halves in mma order as the separate conversion does.
   for (const auto& [head_dim, repeat, overlap] : std::vector<std::tuple<int, int, bool>>{
            {128, 1, false}, {128, 1, true}, {64, 13, false}, {256, 13, true}}) {
     const int n_heads = 8, n_kv_heads = 2, n_ctx = 300;
@@ -365,16 +366,23 @@ TEST_F(CudaOpsTest, AttentionRoundsItsOutputAsTheSeparateRoundingDoes) {
     const Q8Activations fused = Q8ActivationsIn(fused_q.data(), n_tokens, cols);
     const Q8Activations plain = Q8ActivationsIn(plain_q.data(), n_tokens, cols);
     const AttentionParams params{n_heads, n_kv_heads, head_dim};
+    // The fused launch also writes the halves of the half tensor-core path.
+    DeviceBuffer fused_halves = Poisoned<uint16_t>(n), plain_halves = Poisoned<uint16_t>(n);
     ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
-                              fused_out.as<float>(), nullptr, fused, overlap),
+                              fused_out.as<float>(), nullptr, fused, overlap,
+                              fused_halves.as<uint16_t>()),
               cudaSuccess);
     ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
                               plain_out.as<float>(), nullptr),
               cudaSuccess);
     ASSERT_EQ(LaunchQuantizeActivations(plain_out.as<float>(), n_tokens, cols, plain, nullptr),
               cudaSuccess);
+    ASSERT_EQ(LaunchFloatToHalfMmaOrder(plain_out.as<float>(), n_tokens, cols,
+                                        plain_halves.as<uint16_t>(), nullptr),
+              cudaSuccess);
     EXPECT_EQ(ToHost<float>(fused_out, n), ToHost<float>(plain_out, n)) << head_dim;
     ExpectSameRounding(fused, plain, n);
+    EXPECT_EQ(ToHost<uint16_t>(fused_halves, n), ToHost<uint16_t>(plain_halves, n)) << head_dim;
   }
   const FilledCache cache = FillCache(true, 2 * 48, 16, {4});
   const std::vector<TokenSlot> one = {{0, 3}};
