@@ -369,11 +369,11 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
       }
       case Path::kInt8: {
         ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(in, n, w.cols));
-        RETURN_IF_ERROR(cuda::CudaStatus(
-            cuda::LaunchMatVecQ8Group({group, run.count}, q8, static_cast<int>(n),
-                                      {outs, run.count}, s(), options.overlap_launches,
-                                      options.exact),
-            "LaunchMatVecQ8Group"));
+        RETURN_IF_ERROR(
+            cuda::CudaStatus(cuda::LaunchMatVecQ8Group({group, run.count}, q8, static_cast<int>(n),
+                                                       {outs, run.count}, s(),
+                                                       options.overlap_launches, options.exact),
+                             "LaunchMatVecQ8Group"));
         break;
       }
       case Path::kOther:
@@ -555,9 +555,8 @@ absl::Status CudaStage::Impl::FlushPendingX(int64_t n) {
   if (pending_x.count == 0) return absl::OkStatus();
   const cuda::PartialSums add = pending_x;
   pending_x = {nullptr, 0, 0};
-  return cuda::CudaStatus(
-      cuda::LaunchAddPartialSums(add, n * config.n_embd, x.as<float>(), s()),
-      "LaunchAddPartialSums");
+  return cuda::CudaStatus(cuda::LaunchAddPartialSums(add, n * config.n_embd, x.as<float>(), s()),
+                          "LaunchAddPartialSums");
 }
 
 // Layer `index` of the range (its KV cache) over the n rows of x.
@@ -593,8 +592,7 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
     CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
                                             attn.as<float>(), s(), q8, options.overlap_launches));
     rounded = {attn.as<float>(), n, layer.wo.cols};
-  } else if (HalfMma(layer.wo, n) && layer.wo.cols == config.n_embd &&
-             config.head_dim % 4 == 0) {
+  } else if (HalfMma(layer.wo, n) && layer.wo.cols == config.n_embd && config.head_dim % 4 == 0) {
     // The attention output and its halves for the output product, in one launch.
     RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * layer.wo.cols) * 2));
     CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
@@ -639,15 +637,15 @@ absl::Status CudaStage::Impl::FeedForwardHalfMma(const GpuLayerView& layer, int6
   ASSIGN_OR_RETURN(const uint16_t* halves, HalvesInMmaOrder(norm.as<float>(), n, layer.gate.cols));
   const size_t scratch = cuda::MatMulHalfMmaGroupScratchFloats(pair, static_cast<int>(n));
   RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
-  RETURN_IF_ERROR(cuda::CudaStatus(
-      cuda::LaunchMatMulHalfMmaGroup(pair, halves, static_cast<int>(n), outs,
-                                     mma_partials.as<float>(), scratch, s(), sums),
-      "LaunchMatMulHalfMmaGroup"));
+  RETURN_IF_ERROR(
+      cuda::CudaStatus(cuda::LaunchMatMulHalfMmaGroup(pair, halves, static_cast<int>(n), outs,
+                                                      mma_partials.as<float>(), scratch, s(), sums),
+                       "LaunchMatMulHalfMmaGroup"));
   // mma_x now holds the down product's input (the product above has read
   // the normed rows from it before SwiGLU runs: one stream).
   RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * config.n_ff) * 2));
-  CHORD_CUDA_RETURN(cuda::LaunchSwiGluHalves(sums[0], sums[1], n * config.n_ff,
-                                             mma_x.as<uint16_t>(), s()));
+  CHORD_CUDA_RETURN(
+      cuda::LaunchSwiGluHalves(sums[0], sums[1], n * config.n_ff, mma_x.as<uint16_t>(), s()));
   rounded = {gate.as<float>(), n, config.n_ff, Form::kHalfMma};
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }

@@ -545,8 +545,7 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
                         size_t scratch_floats, cudaStream_t stream,
                         PartialSums* deferred = nullptr) {
   if (!GroupSupported(w) || y.size() != w.size() || n_tokens <= 0 ||
-      n_tokens > int64_t{65535} * 64 || x == nullptr ||
-      reinterpret_cast<uintptr_t>(x) % 16 != 0) {
+      n_tokens > int64_t{65535} * 64 || x == nullptr || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
   for (float* out : y) {

@@ -243,14 +243,13 @@ TEST(MatMulHalfMmaTest, GroupsMatchTheReference) {
         }
         DeviceBuffer scratch = Poisoned<float>(std::max<size_t>(scratch_floats, 1));
         ASSERT_EQ(LaunchMatMulHalfMmaGroup(views, halves.as<uint16_t>(), n, outs,
-                                           split_k ? scratch.as<float>() : nullptr,
-                                           scratch_floats, nullptr),
+                                           split_k ? scratch.as<float>() : nullptr, scratch_floats,
+                                           nullptr),
                   cudaSuccess);
         for (size_t i = 0; i < 3; ++i) {
-          ExpectReferenceSums(type, m[i], n, x, {}, false,
-                              ToHost<float>(dy[i], static_cast<size_t>(n * rows[i])),
-                              std::string(" group member ") + std::to_string(i) +
-                                  (split_k ? " split-K" : ""));
+          ExpectReferenceSums(
+              type, m[i], n, x, {}, false, ToHost<float>(dy[i], static_cast<size_t>(n * rows[i])),
+              std::string(" group member ") + std::to_string(i) + (split_k ? " split-K" : ""));
           if (::testing::Test::HasFatalFailure()) return;
         }
       }

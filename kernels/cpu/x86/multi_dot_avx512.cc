@@ -272,12 +272,12 @@ struct Q45_KWeights {
   static void Unpack(const Block& x, const Lanes& lanes, KBlock& out) {
     // Lanes 0..7: the eight scales, 8..15: the eight mins.
     const __m512i scales_mins = _mm512_cvtepi16_epi32(UnpackScalesMins(x.scales));
-    out.d = _mm512_mul_ps(
-        _mm512_set1_ps(Half(x.d)),
-        _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.sub_block, scales_mins)));
-    out.per_group =
-        _mm512_mul_ps(_mm512_set1_ps(-Half(x.dmin)),
-                      _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.min_of_group, scales_mins)));
+    out.d =
+        _mm512_mul_ps(_mm512_set1_ps(Half(x.d)),
+                      _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.sub_block, scales_mins)));
+    out.per_group = _mm512_mul_ps(
+        _mm512_set1_ps(-Half(x.dmin)),
+        _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(lanes.min_of_group, scales_mins)));
     const __m512i low4 = _mm512_set1_epi8(0xF);
     const __m512i qs_low = Load512(x.qs), qs_high = Load512(x.qs + 64);
     for (int k = 0; k < 4; ++k) {
