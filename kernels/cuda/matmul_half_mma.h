@@ -55,8 +55,9 @@ cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_
 // instead of each in a short launch of its own. Each y[i] gets the bits a
 // launch of w[i] alone with the same number of K splits gives.
 // With `sums` (one per matrix), the split sums are left to the kernel that
-// reads the results (LaunchSwiGluHalves): sums[i] is where result i is
-// held, its partial sums in scratch when K was split, else y[i] itself.
+// reads the results (LaunchSwiGluHalves, LaunchRopeStoreKv, LaunchAddRmsNorm):
+// sums[i] is where result i is held, its partial sums in scratch when K was
+// split, else y[i] itself.
 constexpr int kMatMulHalfMmaMaxGroup = 3;
 size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens);
 cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
