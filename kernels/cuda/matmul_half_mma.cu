@@ -514,22 +514,20 @@ bool MatMulHalfMmaSupports(const DeviceMatrix& w) {
 
 namespace {
 
-// The matrices of a group: each supported, one type and width, 1 to
-// kMatMulHalfMmaMaxGroup of them, all their row tiles within grid y.
-bool GroupSupported(std::span<const DeviceMatrix> w) {
-  if (w.empty() || w.size() > kMatMulHalfMmaMaxGroup) return false;
-  int64_t row_tiles = 0;
-  for (const DeviceMatrix& m : w) {
-    if (!MatMulHalfMmaSupports(m) || m.type != w[0].type || m.cols != w[0].cols) return false;
-    row_tiles += CeilDiv(m.rows, kTileRows);
-  }
-  return row_tiles <= 65535;
-}
-
 int64_t RowTiles(std::span<const DeviceMatrix> w) {
   int64_t tiles = 0;
   for (const DeviceMatrix& m : w) tiles += CeilDiv(m.rows, kTileRows);
   return tiles;
+}
+
+// The matrices of a group: each supported, one type and width, 1 to
+// kMatMulHalfMmaMaxGroup of them, all their row tiles within grid y.
+bool GroupSupported(std::span<const DeviceMatrix> w) {
+  if (w.empty() || w.size() > kMatMulHalfMmaMaxGroup) return false;
+  for (const DeviceMatrix& m : w) {
+    if (!MatMulHalfMmaSupports(m) || m.type != w[0].type || m.cols != w[0].cols) return false;
+  }
+  return RowTiles(w) <= 65535;
 }
 
 int64_t TotalRows(std::span<const DeviceMatrix> w) {
@@ -574,11 +572,11 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
     matrices[i] = {static_cast<const uint8_t*>(w[i].data), w[i].row_bytes,
                    static_cast<int>(w[i].rows), out};
   }
-  const auto tiles_of = [&](size_t i) {
-    return i < w.size() ? static_cast<int>(CeilDiv(w[i].rows, kTileRows)) : 0;
-  };
-  const int first_tile1 = w.size() > 1 ? tiles_of(0) : static_cast<int>(grid.y);
-  const int first_tile2 = w.size() > 2 ? tiles_of(0) + tiles_of(1) : static_cast<int>(grid.y);
+  // Tiles past the group's matrices never come: grid.y ends the group.
+  const int first_tile1 =
+      w.size() > 1 ? static_cast<int>(RowTiles(w.first(1))) : static_cast<int>(grid.y);
+  const int first_tile2 =
+      w.size() > 2 ? static_cast<int>(RowTiles(w.first(2))) : static_cast<int>(grid.y);
   const Problem p{matrices[0],
                   matrices[1],
                   matrices[2],
