@@ -451,7 +451,8 @@ int Run(int argc, char** argv) {
                "exact mode: per-token kernels whatever the batch (results independent of it)");
   app.add_flag(
       "--overlap,!--no-overlap", overlap_launches,
-      "integer products start while the kernel before them runs (programmatic dependent launch)");
+      "products, norms and the layer's small kernels start while the kernel before them runs "
+      "(programmatic dependent launch)");
   app.add_flag("--microbench,!--no-microbench", microbench,
                "time single products of each weight type first");
   app.add_flag("--microbench-only", microbench_only, "only the single products (no model)");

@@ -243,9 +243,9 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
     if (HalfMma(next, n) && next.cols == e && e % 4 == 0) {
       // The residual sums, the norm and the product's input halves in one launch.
       RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * e) * 2));
-      CHORD_CUDA_RETURN(cuda::LaunchAddRmsNorm(x.as<float>(), pending_x, weight, e,
-                                               static_cast<int>(n), config.rms_eps,
-                                               norm.as<float>(), s(), mma_x.as<uint16_t>()));
+      CHORD_CUDA_RETURN(cuda::LaunchAddRmsNorm(
+          x.as<float>(), pending_x, weight, e, static_cast<int>(n), config.rms_eps,
+          norm.as<float>(), s(), mma_x.as<uint16_t>(), options.overlap_launches));
       pending_x = {nullptr, 0, 0};
       rounded = {norm.as<float>(), n, e, Form::kHalfMma};
       return absl::OkStatus();
@@ -264,7 +264,8 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
     // The normed rows also as the halves the product reads, in one launch.
     RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * e) * 2));
     CHORD_CUDA_RETURN(cuda::LaunchRmsNorm(rows, weight, e, static_cast<int>(n), config.rms_eps,
-                                          norm.as<float>(), s(), mma_x.as<uint16_t>()));
+                                          norm.as<float>(), s(), mma_x.as<uint16_t>(),
+                                          options.overlap_launches));
     rounded = {norm.as<float>(), n, e, Form::kHalfMma};
     return absl::OkStatus();
   }
@@ -362,7 +363,8 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
             cuda::LaunchMatMulHalfMmaGroup(
                 {group, run.count}, halves, static_cast<int>(n), {outs, run.count}, scratch,
                 run.scratch, s(),
-                defer ? results.subspan(run.first, run.count) : std::span<cuda::PartialSums>{}),
+                defer ? results.subspan(run.first, run.count) : std::span<cuda::PartialSums>{},
+                options.overlap_launches),
             "LaunchMatMulHalfMmaGroup"));
         scratch_offset += run.scratch;
         break;
@@ -395,16 +397,17 @@ absl::Status CudaStage::Impl::MatMul(const DeviceMatrix& w, const float* in, int
       // RMSNorm to add as it reads x (Norm), no separate launch to add them.
       float* outs[1] = {out};
       cuda::PartialSums sums[1];
-      RETURN_IF_ERROR(cuda::CudaStatus(
-          cuda::LaunchMatMulHalfMmaGroup({&w, 1}, halves, static_cast<int>(n), outs,
-                                         mma_partials.as<float>(), scratch, s(), sums),
-          "LaunchMatMulHalfMmaGroup"));
+      RETURN_IF_ERROR(
+          cuda::CudaStatus(cuda::LaunchMatMulHalfMmaGroup({&w, 1}, halves, static_cast<int>(n),
+                                                          outs, mma_partials.as<float>(), scratch,
+                                                          s(), sums, options.overlap_launches),
+                           "LaunchMatMulHalfMmaGroup"));
       pending_x = sums[0];
       return absl::OkStatus();
     }
     return cuda::CudaStatus(
         cuda::LaunchMatMulHalfMma(w, halves, static_cast<int>(n), out, accumulate,
-                                  mma_partials.as<float>(), scratch, s()),
+                                  mma_partials.as<float>(), scratch, s(), options.overlap_launches),
         "LaunchMatMulHalfMma");
   }
   if (RoundsFor(w, n)) {
@@ -639,13 +642,14 @@ absl::Status CudaStage::Impl::FeedForwardHalfMma(const GpuLayerView& layer, int6
   RETURN_IF_ERROR(Ensure(mma_partials, scratch * sizeof(float)));
   RETURN_IF_ERROR(
       cuda::CudaStatus(cuda::LaunchMatMulHalfMmaGroup(pair, halves, static_cast<int>(n), outs,
-                                                      mma_partials.as<float>(), scratch, s(), sums),
+                                                      mma_partials.as<float>(), scratch, s(), sums,
+                                                      options.overlap_launches),
                        "LaunchMatMulHalfMmaGroup"));
   // mma_x now holds the down product's input (the product above has read
   // the normed rows from it before SwiGLU runs: one stream).
   RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * config.n_ff) * 2));
-  CHORD_CUDA_RETURN(
-      cuda::LaunchSwiGluHalves(sums[0], sums[1], n * config.n_ff, mma_x.as<uint16_t>(), s()));
+  CHORD_CUDA_RETURN(cuda::LaunchSwiGluHalves(sums[0], sums[1], n * config.n_ff,
+                                             mma_x.as<uint16_t>(), s(), options.overlap_launches));
   rounded = {gate.as<float>(), n, config.n_ff, Form::kHalfMma};
   return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
 }

@@ -84,9 +84,10 @@ struct CudaStageOptions {
   // batches and prompts run faster through dequantize + cuBLAS. Max 0: never.
   int64_t half_mma_min_tokens = 4;
   int64_t half_mma_max_tokens = 64;
-  // Integer matrix-vector products start while the kernel before them runs
-  // (programmatic dependent launch: their weights stream into L2 meanwhile);
-  // the same results either way.
+  // The quantized products (integer and half tensor-core), the norms and the
+  // layer's small kernels start while the kernel before them runs
+  // (programmatic dependent launch: the products' weights stream in
+  // meanwhile); the same results either way.
   bool overlap_launches = true;
   // Tests: the tensor-core kernel for every type it reads.
   bool mma_every_type = false;

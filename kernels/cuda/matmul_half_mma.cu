@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/kquant_tiles.cuh"
 #include "kernels/cuda/matvec_common.cuh"
 #include "kernels/cuda/mma_order.cuh"
@@ -342,8 +343,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   const int live_tokens = min(SL::kTileTokens, p.n_tokens - tok0);
   const uint64_t token_bytes = static_cast<uint64_t>(p.cols) * 2;
   const uint8_t* lane_tokens = p.x + static_cast<uint64_t>(tok0 + warp) * token_bytes + 16 * lane;
-  const auto issue = [&](int kb, uint8_t* stage) {
+  const auto issue_weights = [&](int kb, uint8_t* stage) {
     if (row_live) CopyKBlock<kType, kParts>(row, kb, part, matrix_end, stage + r * SL::kSlot);
+  };
+  const auto issue_tokens = [&](int kb, uint8_t* stage) {
     const uint8_t* src = lane_tokens + static_cast<uint64_t>(kb) * kStep * 2;
     uint8_t* dst = stage + SL::kTokens + warp * kTokenBytes + 16 * lane;
     for (int token = warp; token < live_tokens; token += kThreads / 32) {
@@ -351,6 +354,10 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
       src += (kThreads / 32) * token_bytes;
       dst += (kThreads / 32) * kTokenBytes;
     }
+  };
+  const auto issue = [&](int kb, uint8_t* stage) {
+    issue_weights(kb, stage);
+    issue_tokens(kb, stage);
     CommitCopies();
   };
 
@@ -371,7 +378,23 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
   const auto step_at = [&](int i) {
     return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
   };
-  issue(step_at(0), shared);
+  // Launched after the previous kernel (dependent_launch.cuh): the weights
+  // (never written by kernels) are copied before its results are awaited,
+  // the first step's into its stage and the rest of the block's K range
+  // into L2; the activations and every store come after.
+  LetNextKernelStart();
+  issue_weights(step_at(0), shared);
+  if (row_live) {
+    const uint64_t first = static_cast<uint64_t>(kb_begin) * kKBlockBytes<kType>;
+    const uint64_t range_end = static_cast<uint64_t>(kb_end) * kKBlockBytes<kType>;
+    const uint64_t end = range_end < m.row_bytes ? range_end : m.row_bytes;
+    for (uint64_t offset = first + 128 * part; offset < end; offset += 128 * kParts) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + offset));
+    }
+  }
+  WaitForPreviousKernel();
+  issue_tokens(step_at(0), shared);
+  CommitCopies();
   for (int i = 0; i < steps; ++i) {
     const int kb = step_at(i);
     uint8_t* stage = shared + (i & 1) * SL::kStageBytes;
@@ -540,7 +563,7 @@ int64_t TotalRows(std::span<const DeviceMatrix> w) {
 // matrix i's result is held (its partial sums in scratch, or y[i]).
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int n_tokens,
                         std::span<float* const> y, bool accumulate, float* scratch,
-                        size_t scratch_floats, cudaStream_t stream,
+                        size_t scratch_floats, cudaStream_t stream, bool overlap_previous,
                         PartialSums* deferred = nullptr) {
   if (!GroupSupported(w) || y.size() != w.size() || n_tokens <= 0 ||
       n_tokens > int64_t{65535} * 64 || x == nullptr || reinterpret_cast<uintptr_t>(x) % 16 != 0) {
@@ -593,8 +616,8 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
     constexpr auto kernel = MatMulHalfMmaKernel<kType, NT>;
     launched = AllowSharedMemory<kernel, SL::kBytes>();
     if (launched != cudaSuccess) return;
-    kernel<<<grid, kThreads, SL::kBytes, stream>>>(p);
-    launched = cudaGetLastError();
+    launched =
+        LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kThreads), SL::kBytes, stream, p);
   };
   const auto launch_type = [&]<uint32_t kType>() {
     if (tile_tokens == 8) {
@@ -659,16 +682,17 @@ size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
 
 cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
                                 bool accumulate, float* scratch, size_t scratch_floats,
-                                cudaStream_t stream) {
-  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, scratch, scratch_floats, stream);
+                                cudaStream_t stream, bool overlap_previous) {
+  return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, accumulate, scratch, scratch_floats, stream,
+                     overlap_previous);
 }
 
 cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
                                      int n_tokens, std::span<float* const> y, float* scratch,
                                      size_t scratch_floats, cudaStream_t stream,
-                                     std::span<PartialSums> sums) {
+                                     std::span<PartialSums> sums, bool overlap_previous) {
   if (!sums.empty() && sums.size() != w.size()) return cudaErrorInvalidValue;
-  return LaunchGroup(w, x, n_tokens, y, false, scratch, scratch_floats, stream,
+  return LaunchGroup(w, x, n_tokens, y, false, scratch, scratch_floats, stream, overlap_previous,
                      sums.empty() ? nullptr : sums.data());
 }
 

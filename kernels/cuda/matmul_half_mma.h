@@ -44,10 +44,12 @@ size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens);
 // w.cols. With `scratch` of at least MatMulHalfMmaScratchFloats floats,
 // blocks split K and a second launch adds their partial sums in a fixed
 // order; without, one block per output tile. The result does not depend on
-// scheduling either way.
+// scheduling either way. With `overlap_previous` the product is a
+// programmatic dependent launch (dependent_launch.cuh): its blocks start
+// copying their first weights while the kernel before it still runs.
 cudaError_t LaunchMatMulHalfMma(const DeviceMatrix& w, const uint16_t* x, int n_tokens, float* y,
                                 bool accumulate, float* scratch, size_t scratch_floats,
-                                cudaStream_t stream);
+                                cudaStream_t stream, bool overlap_previous = false);
 
 // y[i] = w[i] x for up to kMatMulHalfMmaMaxGroup matrices of one type and
 // width (Q/K/V, gate/up read the same activations) in one launch, and one
@@ -63,6 +65,7 @@ size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_to
 cudaError_t LaunchMatMulHalfMmaGroup(std::span<const DeviceMatrix> w, const uint16_t* x,
                                      int n_tokens, std::span<float* const> y, float* scratch,
                                      size_t scratch_floats, cudaStream_t stream,
-                                     std::span<PartialSums> sums = {});
+                                     std::span<PartialSums> sums = {},
+                                     bool overlap_previous = false);
 
 }  // namespace chord::cuda

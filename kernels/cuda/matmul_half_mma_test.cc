@@ -208,6 +208,45 @@ TEST(MatMulHalfMmaTest, RepeatedLaunchesGiveTheSameBits) {
   }
 }
 
+// A dependent launch (the product starting while the kernel before it still
+// runs) reads the activations that kernel writes, not what the buffer held
+// before: the same bits as an ordinary launch after it, for every group size
+// and with split K.
+TEST(MatMulHalfMmaTest, DependentLaunchReadsThePreviousKernelsResult) {
+  CHORD_SKIP_WITHOUT_GPU();
+  const int64_t rows = 200, cols = 4096;
+  const int n = 64;
+  absl::StatusOr<Stream> stream = Stream::Create();
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  for (const DType type : {DType::kQ4_K, DType::kQ6_K}) {
+    const TestMatrix m = MakeMatrix(type, rows, cols, 51);
+    DeviceBuffer old_x = ToDevice(RandomFloats(static_cast<size_t>(n * cols), 52));
+    DeviceBuffer new_x = ToDevice(RandomFloats(static_cast<size_t>(n * cols), 53));
+    DeviceBuffer halves = Poisoned<uint16_t>(static_cast<size_t>(n * cols));
+    const size_t scratch_floats = MatMulHalfMmaScratchFloats(m.view, n);
+    DeviceBuffer scratch = Poisoned<float>(std::max<size_t>(scratch_floats, 1));
+    std::vector<float> results[2];
+    for (const bool overlap : {false, true}) {
+      // The buffer first holds other activations, then the kernel right
+      // before the product overwrites them.
+      ASSERT_EQ(LaunchFloatToHalfMmaOrder(old_x.as<float>(), n, cols, halves.as<uint16_t>(),
+                                          stream->get()),
+                cudaSuccess);
+      ASSERT_TRUE(stream->Synchronize().ok());
+      DeviceBuffer dy = Poisoned<float>(static_cast<size_t>(n * rows));
+      ASSERT_EQ(LaunchFloatToHalfMmaOrder(new_x.as<float>(), n, cols, halves.as<uint16_t>(),
+                                          stream->get()),
+                cudaSuccess);
+      ASSERT_EQ(LaunchMatMulHalfMma(m.view, halves.as<uint16_t>(), n, dy.as<float>(), false,
+                                    scratch.as<float>(), scratch_floats, stream->get(), overlap),
+                cudaSuccess);
+      ASSERT_TRUE(stream->Synchronize().ok());
+      results[overlap ? 1 : 0] = ToHost<float>(dy, static_cast<size_t>(n * rows));
+    }
+    EXPECT_EQ(results[1], results[0]) << DTypeName(type);
+  }
+}
+
 // Q/K/V-like groups in one launch: each output against the reference, with
 // and without split K; row counts that end in partial tiles, so that tiles
 // of the second and third matrices start mid-grid.

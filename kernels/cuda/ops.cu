@@ -45,6 +45,8 @@ __device__ __forceinline__ void NormRow(const float* __restrict__ xr,
 __global__ void __launch_bounds__(kNormThreads)
     RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
                   float* __restrict__ y, uint16_t* __restrict__ halves) {
+  LetNextKernelStart();
+  WaitForPreviousKernel();
   NormRow(x + blockIdx.x * n, weight, n, eps, y + blockIdx.x * n,
           halves == nullptr ? nullptr : halves + blockIdx.x * n);
 }
@@ -67,6 +69,8 @@ constexpr int kMostParts = 8;
 __global__ void __launch_bounds__(kNormThreads)
     AddRmsNormKernel(float* __restrict__ x, PartialSums add, const float* __restrict__ weight,
                      int64_t n, float eps, float* __restrict__ y, uint16_t* __restrict__ halves) {
+  LetNextKernelStart();
+  WaitForPreviousKernel();
   float* xr = x + blockIdx.x * n;
   const int64_t offset = blockIdx.x * n;
   const bool float4s = n % 4 == 0 && add.count <= kMostParts && add.stride % 4 == 0 &&
@@ -230,6 +234,8 @@ __device__ __forceinline__ float4 SumOfParts(const PartialSums& p, int64_t group
 // halves in mma order.
 __global__ void SwiGluHalvesKernel(PartialSums gate, PartialSums up, int64_t groups,
                                    uint2* __restrict__ out) {
+  LetNextKernelStart();
+  WaitForPreviousKernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= groups) return;
   const float4 g = SumOfParts(gate, i), u = SumOfParts(up, i);
@@ -310,10 +316,11 @@ unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + thre
 }  // namespace
 
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_rows, float eps,
-                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order) {
+                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order,
+                          bool overlap_previous) {
   if (n_rows <= 0 || (halves_in_mma_order != nullptr && n % 4 != 0)) return cudaErrorInvalidValue;
-  RmsNormKernel<<<n_rows, kNormThreads, 0, stream>>>(x, weight, n, eps, y, halves_in_mma_order);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, RmsNormKernel, dim3(n_rows), dim3(kNormThreads), 0,
+                             stream, x, weight, n, eps, y, halves_in_mma_order);
 }
 
 cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const TokenSlot* tokens,
@@ -377,15 +384,14 @@ cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const Ro
 
 cudaError_t LaunchAddRmsNorm(float* x, const PartialSums& add, const float* weight, int64_t n,
                              int n_rows, float eps, float* y, cudaStream_t stream,
-                             uint16_t* halves_in_mma_order) {
+                             uint16_t* halves_in_mma_order, bool overlap_previous) {
   if (n_rows <= 0 || add.first == nullptr || add.count < 1 ||
       (add.count > 1 && add.stride < n * n_rows) ||
       (halves_in_mma_order != nullptr && n % 4 != 0)) {
     return cudaErrorInvalidValue;
   }
-  AddRmsNormKernel<<<n_rows, kNormThreads, 0, stream>>>(x, add, weight, n, eps, y,
-                                                        halves_in_mma_order);
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, AddRmsNormKernel, dim3(n_rows), dim3(kNormThreads),
+                             0, stream, x, add, weight, n, eps, y, halves_in_mma_order);
 }
 
 cudaError_t LaunchAddPartialSums(const PartialSums& add, int64_t n, float* y, cudaStream_t stream) {
@@ -403,7 +409,8 @@ cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t s
 }
 
 cudaError_t LaunchSwiGluHalves(const PartialSums& gate, const PartialSums& up, int64_t n,
-                               uint16_t* halves_in_mma_order, cudaStream_t stream) {
+                               uint16_t* halves_in_mma_order, cudaStream_t stream,
+                               bool overlap_previous) {
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const auto valid = [&](const PartialSums& p) {
     return p.first != nullptr && aligned(p.first) && p.count >= 1 &&
@@ -413,9 +420,9 @@ cudaError_t LaunchSwiGluHalves(const PartialSums& gate, const PartialSums& up, i
       !aligned(halves_in_mma_order)) {
     return cudaErrorInvalidValue;
   }
-  SwiGluHalvesKernel<<<Blocks(n / 4, 256), 256, 0, stream>>>(
-      gate, up, n / 4, reinterpret_cast<uint2*>(halves_in_mma_order));
-  return cudaGetLastError();
+  return LaunchAfterPrevious(overlap_previous, SwiGluHalvesKernel, dim3(Blocks(n / 4, 256)),
+                             dim3(256), 0, stream, gate, up, n / 4,
+                             reinterpret_cast<uint2*>(halves_in_mma_order));
 }
 
 cudaError_t LaunchFloatToHalf(const float* x, int64_t n, uint16_t* out, cudaStream_t stream) {

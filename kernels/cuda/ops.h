@@ -29,15 +29,19 @@ struct PartialSums {
 // y = x / sqrt(mean(x^2) + eps) * weight for n_rows rows of n. With
 // `halves_in_mma_order` (n a multiple of 4), y is also written there as the
 // half tensor-core product reads its input (LaunchFloatToHalfMmaOrder's bits).
+// With `overlap_previous`, here and below: a programmatic dependent launch
+// (dependent_launch.cuh), the same results.
 cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_rows, float eps,
-                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order = nullptr);
+                          float* y, cudaStream_t stream, uint16_t* halves_in_mma_order = nullptr,
+                          bool overlap_previous = false);
 
 // x += add (element by element, the partial sums in order), then RMSNorm of
 // the new x as LaunchRmsNorm: a residual sum that a product left as partial
 // sums and the norm that reads it, in one launch.
 cudaError_t LaunchAddRmsNorm(float* x, const PartialSums& add, const float* weight, int64_t n,
                              int n_rows, float eps, float* y, cudaStream_t stream,
-                             uint16_t* halves_in_mma_order = nullptr);
+                             uint16_t* halves_in_mma_order = nullptr,
+                             bool overlap_previous = false);
 
 // y[i] += the partial sums of element i, in order, for i < n.
 cudaError_t LaunchAddPartialSums(const PartialSums& add, int64_t n, float* y, cudaStream_t stream);
@@ -67,7 +71,8 @@ cudaError_t LaunchSwiGlu(float* gate, const float* up, int64_t n, cudaStream_t s
 // down product on the half tensor-core path, without a float copy or
 // separate additions of the partial sums.
 cudaError_t LaunchSwiGluHalves(const PartialSums& gate, const PartialSums& up, int64_t n,
-                               uint16_t* halves_in_mma_order, cudaStream_t stream);
+                               uint16_t* halves_in_mma_order, cudaStream_t stream,
+                               bool overlap_previous = false);
 
 // out = half(x), n values.
 cudaError_t LaunchFloatToHalf(const float* x, int64_t n, uint16_t* out, cudaStream_t stream);
