@@ -7,6 +7,7 @@
 #include "absl/strings/str_format.h"
 #include "common/base/log.h"
 #include "common/base/status.h"
+#include "common/wire/poll.h"
 
 namespace chord::coordinator {
 namespace {
@@ -74,8 +75,15 @@ void SchedulerCore::Run() {
     zmq::pollitem_t items[] = {{control_.handle(), 0, ZMQ_POLLIN, 0},
                                {nullptr, owner_.wake_fd_, ZMQ_POLLIN, 0}};
     const auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_tick - Clock::now());
+    // While steps are out, their answers are due: spin for a while first.
+    const std::chrono::microseconds busy_poll =
+        options_.busy_poll.count() >= 0 ? options_.busy_poll
+        : pool_.stages_on_gpus()        ? wire::kAutoBusyPoll
+                                        : std::chrono::microseconds(0);
+    const Clock::time_point spin_until =
+        steps_.empty() ? Clock::time_point{} : last_step_event_ + busy_poll;
     try {
-      zmq::poll(items, 2, std::max(wait, std::chrono::milliseconds(0)));
+      wire::PollSpinningFirst(items, spin_until, std::max(wait, std::chrono::milliseconds(0)));
     } catch (const zmq::error_t& error) {
       log::Warn("poll: %s", error.what());
     }
@@ -90,6 +98,7 @@ void SchedulerCore::Run() {
     CheckPlan(now);
     Admit();
     LaunchSteps();
+    DeliverTokens();
     ReleaseEnded();
     FlushFreeSlots();
     Publish();
@@ -336,7 +345,11 @@ bool SchedulerCore::LaunchOneStep() {
     return false;  // stage 0 is busy: try again on the next round
   }
   released_.clear();
+  last_step_event_ = now;
   for (const StepEntry& entry : step.entries) running_[entry.sequence_id]->in_flight = true;
+  // Unix microseconds: the stages' step lines (worker_service.cc) line up with it.
+  log::Debug("step %016x launched at %d us: %d sequences, %d tokens", step_id,
+             wire::UnixMicrosNow(), step.entries.size(), step_tokens);
   steps_.emplace(step_id, std::move(step));
   return true;
 }
@@ -347,7 +360,8 @@ bool SchedulerCore::GrantPages(Sequence& sequence, int64_t end, const std::set<u
     // The newest arrival among the sequences whose pages can be taken now.
     Sequence* victim = nullptr;
     for (auto& [id, candidate] : running_) {
-      if (candidate->in_flight || candidate->ended || candidate->kv_pages == 0 || in_step.contains(id)) {
+      if (candidate->in_flight || candidate->ended || candidate->delivering ||
+          candidate->kv_pages == 0 || in_step.contains(id)) {
         continue;
       }
       if (victim == nullptr || candidate->accepted >= victim->accepted) victim = candidate.get();
@@ -408,6 +422,9 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
   if (it == steps_.end() || result.plan_version() != it->second.plan_version) return;  // stale
   Step step = std::move(it->second);
   steps_.erase(it);
+  last_step_event_ = now;
+  log::Debug("step %016x answered at %d us, %.3f ms after its launch", result.step_id(),
+             wire::UnixMicrosNow(), 1000.0 * Seconds(now - step.launched));
   if (result.has_status() && result.status().code() != 0) {
     log::Warn("step %d failed: %s", result.step_id(), result.status().message());
     // UNAVAILABLE: a stage could not hand the step on (its next stage died or
@@ -418,14 +435,20 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
                  now);
     return;
   }
+  const auto& tokens = result.tokens();
+  int next_token = 0;  // the last stage answers in the step's order
   for (const StepEntry& entry : step.entries) {
     Sequence* sequence = Returned(entry);
     if (sequence == nullptr) continue;
     sequence->fed += entry.n_tokens;
     if (!entry.sample) continue;
     const wire::pb::SampledToken* token = nullptr;
-    for (const wire::pb::SampledToken& t : result.tokens()) {
-      if (t.sequence_id() == entry.sequence_id) token = &t;
+    if (next_token < tokens.size() && tokens[next_token].sequence_id() == entry.sequence_id) {
+      token = &tokens[next_token++];
+    } else {
+      for (const wire::pb::SampledToken& t : tokens) {
+        if (t.sequence_id() == entry.sequence_id) token = &t;
+      }
     }
     if (token == nullptr || token->token_id() >= static_cast<uint32_t>(model_.tokenizer->vocab_size())) {
       Fail(*sequence, absl::UnavailableError("the last stage returned no valid token"));
@@ -504,6 +527,20 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
       (!request.ignore_eos && model_.tokenizer->IsEndOfGeneration(token));
   sequence.journal.Append(token);
   if (stop_token) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
+  const bool length = static_cast<int>(sequence.journal.generated()) >= request.max_tokens ||
+                      static_cast<int64_t>(sequence.journal.size()) >= options_.pool.n_ctx;
+  if (!length) {
+    sequence.delivering = true;
+    deliveries_.emplace_back(&sequence, sampled);
+    return;
+  }
+  DeliverToken(sequence, sampled);
+  if (!sequence.ended) Finish(sequence, chord::v1::FINISH_REASON_LENGTH);
+}
+
+void SchedulerCore::DeliverToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {
+  const TokenId token = static_cast<TokenId>(sampled.token_id());
+  const ValidatedRequest& request = sequence.request;
   StreamEvent event;
   event.response.set_request_id(request.request_id);
   event.response.add_token_ids(sampled.token_id());
@@ -517,11 +554,18 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
     }
   }
   sequence.stream->Push(std::move(event));
-  if (sequence.stop->stopped()) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
-  if (static_cast<int>(sequence.journal.generated()) >= request.max_tokens ||
-      static_cast<int64_t>(sequence.journal.size()) >= options_.pool.n_ctx) {
-    Finish(sequence, chord::v1::FINISH_REASON_LENGTH);
+  if (sequence.stop->stopped()) Finish(sequence, chord::v1::FINISH_REASON_STOP);
+}
+
+void SchedulerCore::DeliverTokens() {
+  for (auto& [sequence, token] : deliveries_) {
+    sequence->delivering = false;
+    // Failed or aborted since: the client already has its last event. A stop
+    // string completed here ends a sequence that may be in a step again: that
+    // step's token is dropped when it returns (Returned).
+    if (!sequence->ended) DeliverToken(*sequence, token);
   }
+  deliveries_.clear();
 }
 
 void SchedulerCore::Finish(Sequence& sequence, chord::v1::FinishReason reason) {

@@ -41,6 +41,7 @@ class SchedulerCore {
     int step_retries = 0;            // failed (UNAVAILABLE) steps replayed so far
     Clock::time_point hold_until{};  // not fed again before then (after a failed step)
     bool ended = false;      // the client has its final event; waiting for the step to return
+    bool delivering = false;  // a token accepted this round waits in deliveries_ for its client
     std::unique_ptr<StreamingDetokenizer> detokenizer;
     std::unique_ptr<StopMatcher> stop;
     Clock::time_point accepted, scheduled, first_token, last_token;
@@ -86,7 +87,15 @@ class SchedulerCore {
   // The sequence of a step entry that came back (no longer in flight); null
   // when it is gone or has already ended.
   Sequence* Returned(const StepEntry& entry);
+  // A sampled token into the sequence's journal. One that ends the request
+  // (a stop token, the length) is delivered at once with the final event;
+  // any other waits in deliveries_ until the next steps are launched.
   void OnToken(Sequence& sequence, const wire::pb::SampledToken& token);
+  // The client's event for a token: its text, logprobs; STOP when the text
+  // completes a stop string.
+  void DeliverToken(Sequence& sequence, const wire::pb::SampledToken& token);
+  // The tokens that OnToken deferred, in order, to their clients.
+  void DeliverTokens();
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
   void Fail(Sequence& sequence, const absl::Status& status);
   void FailAll(const absl::Status& status);
@@ -121,6 +130,13 @@ class SchedulerCore {
   // (slot, sequence id) pairs to announce in the next FreeSlots.
   std::vector<std::pair<uint32_t, uint64_t>> to_free_;
   std::map<uint64_t, Step> steps_;   // in flight, by step id
+  Clock::time_point last_step_event_{};  // the last launch or answer (busy_poll)
+  // Tokens accepted this round whose clients get them once the next steps are
+  // out: turning a token into text and waking the client's handler thread is
+  // then off the path from one step's result to the next step's launch.
+  // Sequences in it are not preempted (GrantPages) and stay in running_
+  // until DeliverTokens.
+  std::vector<std::pair<Sequence*, wire::pb::SampledToken>> deliveries_;
   uint64_t next_sequence_id_ = 1;
   std::mt19937_64 step_ids_{std::random_device{}()};  // see LaunchOneStep
 };

@@ -373,6 +373,18 @@ TEST_F(SchedulerTest, StopStringIsHeldBackAndNotSent) {
   EXPECT_EQ(got.text, before);
   EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_STOP);
   EXPECT_EQ(got.final.stop_reason_text(), stop);
+  // The stop string is found after the sequence's next step went out (the
+  // clients get their tokens once the next steps are launched): that step's
+  // token is dropped and the slot and pages still come back.
+  EXPECT_TRUE(WaitFor([&] {
+    const chord::v1::ServerInfo info = scheduler_->ServerInfo();
+    return info.running_requests() == 0 && info.kv_tokens_held() == 0;
+  }));
+  auto again = scheduler_->Submit(Request("b", {1, 300}, 4));
+  ASSERT_TRUE(again.ok());
+  got = Collect(**again);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.tokens, Expected(2, 4));
 }
 
 TEST_F(SchedulerTest, EndOfGenerationStopsUnlessIgnored) {
