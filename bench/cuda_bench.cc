@@ -41,6 +41,7 @@
 #include "kernels/cuda/matvec_q8.h"
 #include "worker/cuda_stage.h"
 #include "worker/fetched_tensors.h"
+#include "worker/host_logits.h"
 #include "worker/models/tensor_source.h"
 #include "worker/shard/device_split.h"
 #include "worker/shard/stage_weights.h"
@@ -131,7 +132,10 @@ absl::StatusOr<double> DecodeBatch(CudaStage& stage, int64_t slots, int64_t prom
                                    int64_t steps, StepOutput output = StepOutput::kLogits,
                                    bool profile_last_step = false) {
   const int64_t n_vocab = stage.config().n_vocab;
-  std::vector<float> logits(static_cast<size_t>(slots * n_vocab));
+  // Page-locked, as a worker's (worker/host_logits.h).
+  HostLogits host_logits(CudaMemoryPinner());
+  const std::span<float> logits(host_logits.Reserve(static_cast<size_t>(slots * n_vocab)),
+                                static_cast<size_t>(slots * n_vocab));
   for (int64_t s = 0; s < slots; ++s) {
     std::vector<BatchToken> batch;
     for (int64_t p = 0; p < prompt_len; ++p) batch.push_back({s, p});

@@ -28,6 +28,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "chord/v1/inference.grpc.pb.h"
 #include "cli/serve/child_process.h"
 #include "cli/serve/free_port.h"
@@ -46,6 +47,8 @@ struct BenchFlags {
   int threads = 0;  // per process; 0: cores / workers
   std::string backend = "cpu";  // the workers' (the in-process baseline runs on the CPU)
   int gpus = 0;                 // >= 2: the GPU pipeline table instead
+  std::string child_log_level = "warn";  // the coordinator's and workers' (--log-level)
+  int busy_poll_us = -1;                  // the coordinator's and workers'; -1: their default
 };
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -240,7 +243,7 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
     options.kv_slots = 9;
     options.ctx_size = 2048;
     options.threads_per_worker = ThreadsFor(flags, workers);
-    options.log_args = {"--log-level", "warn"};
+    options.log_args = {"--log-level", flags.child_log_level};
     options.worker_args = {"--backend", flags.backend};
     auto cluster = serve::LocalCluster::Start(options);
     if (!cluster.ok()) {
@@ -332,22 +335,29 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     for (int d = 0; d < setup.workers; ++d) options.worker_devices.push_back(d);
     options.kv_slots = kMaxStreams;
     options.ctx_size = kPrompt + kNew + 64;
-    options.log_args = {"--log-level", "warn"};
+    options.log_args = {"--log-level", flags.child_log_level};
     options.on_line = [](const std::string& child, std::string_view line) {
       std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
     };
     options.worker_args = {"--backend", flags.backend};
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
-    // One worker: its metrics say how much of a batch-1 token it spends
-    // inside the worker (the rest is the hops and the coordinator).
-    const int metrics_port = setup.workers == 1 ? serve::FreeLoopbackPort() : 0;
-    if (metrics_port > 0) {
-      options.worker_args.insert(options.worker_args.end(),
-                                 {"--metrics-port", std::to_string(metrics_port), "--metrics-host",
-                                  "127.0.0.1"});
+    // The workers' metrics say how much of a step each spends inside it
+    // (the rest of a token is the hops, the coordinator and waiting).
+    std::vector<int> metrics_ports;
+    for (int w = 0; w < setup.workers; ++w) {
+      metrics_ports.push_back(serve::FreeLoopbackPort());
+      options.per_worker_args.push_back({"--metrics-port", std::to_string(metrics_ports.back()),
+                                         "--metrics-host", "127.0.0.1"});
     }
     options.coordinator_args = {"--kv-tokens", std::to_string(options.kv_slots * options.ctx_size),
                                 "--kv-type", "f16"};
+    if (flags.busy_poll_us >= 0) {
+      for (auto* args : {&options.coordinator_args, &options.worker_args}) {
+        args->insert(args->end(), {"--busy-poll-us", std::to_string(flags.busy_poll_us)});
+      }
+    }
+    // Splits the children's lines (stderr) by setup, for bench/step_timeline.py.
+    std::fprintf(stderr, "=== setup: %s\n", setup.name.c_str());
     auto cluster = serve::LocalCluster::Start(options);
     if (!cluster.ok()) {
       std::printf("| %s | failed: %s |\n", setup.name.c_str(), cluster.status().ToString().c_str());
@@ -359,17 +369,24 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     if (reference.empty()) reference = greedy;
     SingleStreamTokensPerSecond(*stub, 8);  // warm-up
     std::vector<double> one, s64, s128, steady64, steady128;
-    StepTotals in_worker;
-    for (int r = 0; r < flags.runs; ++r) {
-      const StepTotals before = metrics_port > 0 ? WorkerDecodeSteps(metrics_port) : StepTotals{};
-      one.push_back(SingleStreamTokensPerSecond(*stub, flags.tokens));
-      if (metrics_port > 0) {
-        const StepTotals after = WorkerDecodeSteps(metrics_port);
-        in_worker.count += after.count - before.count;
-        in_worker.seconds += after.seconds - before.seconds;
+    // Per worker: decode steps of the batch-1 runs, of the 128-stream runs.
+    std::vector<StepTotals> in_batch1(metrics_ports.size()), in_128(metrics_ports.size());
+    const auto count_steps = [&](std::vector<StepTotals>& totals, const auto& run) {
+      std::vector<StepTotals> before;
+      for (const int port : metrics_ports) before.push_back(WorkerDecodeSteps(port));
+      run();
+      for (size_t w = 0; w < metrics_ports.size(); ++w) {
+        const StepTotals after = WorkerDecodeSteps(metrics_ports[w]);
+        totals[w].count += after.count - before[w].count;
+        totals[w].seconds += after.seconds - before[w].seconds;
       }
+    };
+    for (int r = 0; r < flags.runs; ++r) {
+      count_steps(in_batch1, [&] { one.push_back(SingleStreamTokensPerSecond(*stub, flags.tokens)); });
       const Aggregate a64 = AggregateTokensPerSecond(*stub, 64, kNew, kPrompt);
-      const Aggregate a128 = AggregateTokensPerSecond(*stub, kMaxStreams, kNew, kPrompt);
+      Aggregate a128;
+      count_steps(in_128,
+                  [&] { a128 = AggregateTokensPerSecond(*stub, kMaxStreams, kNew, kPrompt); });
       s64.push_back(a64.wall_tok_s);
       s128.push_back(a128.wall_tok_s);
       steady64.push_back(a64.steady_tok_s);
@@ -385,10 +402,21 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
                 setup.name.c_str(), greedy == reference && !greedy[0].empty() ? "yes" : "NO", batch1,
                 batch1 / one_gpu_batch1, batch1 > 0 ? 1000.0 / batch1 : 0.0, Median(s64), agg128,
                 agg128 / one_gpu_128, Median(steady64), steady, steady / one_gpu_steady_128);
-    if (in_worker.count > 0) {
-      std::printf("(%s, batch 1: %.3f ms a decode step inside the worker, over %.0f steps)\n",
-                  setup.name.c_str(), 1000.0 * in_worker.seconds / in_worker.count, in_worker.count);
-    }
+    // A decode step inside each worker, against the wall time of a token
+    // (batch 1) or of a step of all 128 streams (steady decoding).
+    const auto inside = [](const std::vector<StepTotals>& totals) {
+      std::string out;
+      for (size_t w = 0; w < totals.size(); ++w) {
+        if (totals[w].count <= 0) continue;
+        absl::StrAppendFormat(&out, "%sw%d %.3f ms x %.0f", out.empty() ? "" : ", ", w,
+                              1000.0 * totals[w].seconds / totals[w].count, totals[w].count);
+      }
+      return out.empty() ? std::string("no metrics") : out;
+    };
+    std::printf("(%s: a decode step inside each worker: batch 1 %s (a token %.3f ms); 128 streams %s "
+                "(a step of all 128 while steady %.3f ms))\n",
+                setup.name.c_str(), inside(in_batch1).c_str(), batch1 > 0 ? 1000.0 / batch1 : 0.0,
+                inside(in_128).c_str(), steady > 0 ? 1000.0 * kMaxStreams / steady : 0.0);
     std::fflush(stdout);
     (*cluster)->Stop(std::chrono::seconds(10));
   }
@@ -405,6 +433,13 @@ int main(int argc, char** argv) {
   app.add_option("--runs", flags.runs, "runs per measurement (the median is printed)")->capture_default_str();
   app.add_option("--tokens", flags.tokens, "tokens per stream")->capture_default_str();
   app.add_option("--threads", flags.threads, "threads per process (0: cores / processes)")->capture_default_str();
+  app.add_option("--child-log-level", flags.child_log_level,
+                 "the --log-level of the coordinator and workers (debug: a line per pipeline "
+                 "step with its timing, on stderr)")
+      ->capture_default_str();
+  app.add_option("--busy-poll-us", flags.busy_poll_us,
+                 "with --gpus: the coordinator's and workers' --busy-poll-us (-1: their default)")
+      ->capture_default_str();
   app.add_option("--backend", flags.backend, "the workers' backend: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

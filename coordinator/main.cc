@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
   CLI::App app{"chord-coordinator: serves chord.v1.Inference over gRPC"};
   std::string loader, config_path, control_bind, log_level = "info";
   bool log_json = false;
-  int prefill_chunk = 256, replan_timeout_ms = 60000;
+  int prefill_chunk = 256, replan_timeout_ms = 60000, busy_poll_us = -1;
   auto* loader_flag = app.add_option(
       "--loader", loader, "the loader's endpoint, e.g. tcp://127.0.0.1:5556 (default: --config's loader:)")
       ->envname("CHORD_LOADER");
@@ -48,6 +48,12 @@ int main(int argc, char** argv) {
   app.add_option("--replan-timeout-ms", replan_timeout_ms,
                  "how long requests wait for a re-plan's stages to load")
       ->check(CLI::Range(100, 3600000));
+  app.add_option("--busy-poll-us", busy_poll_us,
+                 "while steps are out, poll for their answers without blocking for this long "
+                 "after each launch or answer (a core busy meanwhile; no wake-up per answer); "
+                 "0: off; -1: 20000 when every stage runs on a GPU, else off")
+      ->check(CLI::Range(-1, 1000000))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   int metrics_port = -1;
@@ -136,6 +142,7 @@ int main(int argc, char** argv) {
   options.scheduler.prefill_chunk = prefill_chunk;
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.step_timeout = std::chrono::milliseconds(s.step_timeout_ms);
+  options.scheduler.busy_poll = std::chrono::microseconds(busy_poll_us);
   options.scheduler.curve = *curve;
   if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};

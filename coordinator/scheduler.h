@@ -69,6 +69,12 @@ struct SchedulerOptions {
   // A step's deadline, from its launch: stages drop it past then, and the
   // scheduler replays its sequences when no StepResult came by then.
   std::chrono::milliseconds step_timeout{60000};
+  // While steps are out, for this long after a launch or an answer, the
+  // scheduler waits for the next message by polling without blocking
+  // (wire/poll.h): an answer is taken without a thread's wake-up, at the
+  // price of a core meanwhile. 0: always block. Negative: kAutoBusyPoll when
+  // every stage of the plan runs on a GPU, else 0 (CPU stages need the cores).
+  std::chrono::microseconds busy_poll{-1};
   // CURVE when enabled: the control socket is a server (the context's ZAP
   // handler admits workers); the data link to stage 0 a client of its key.
   wire::CurveSetup curve;

@@ -220,8 +220,10 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
   }
   for (size_t s = 0; s < order.size(); ++s) workers_[identities[order[s]]].stage_index = static_cast<int>(s);
   std::vector<std::string> nccl_gpus;  // empty: cannot link
+  stages_on_gpus_ = true;
   for (const size_t i : order) {
     const wire::pb::RegisterWorker& r = workers_[identities[i]].registration;
+    stages_on_gpus_ &= r.backend() == "cuda";
     const bool capable = r.nccl() && r.backend() == "cuda" && !r.gpu_uuid().empty();
     nccl_gpus.push_back(capable ? r.gpu_uuid() : "");
   }

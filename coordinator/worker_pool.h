@@ -63,6 +63,9 @@ class WorkerPool {
   absl::Status Capacity() const;
   uint64_t plan_version() const { return plan_version_; }
   int n_stages() const { return n_stages_; }
+  // Every stage of the current plan runs on a GPU (its host cores are then
+  // free while a step runs).
+  bool stages_on_gpus() const { return n_stages_ > 0 && stages_on_gpus_; }
   const std::string& stage0_endpoint() const { return stage0_endpoint_; }
   const std::string& stage0_public_key() const { return stage0_public_key_; }  // CURVE; may be empty
   // True once after the plan changed or a stage's worker was lost: sequences in
@@ -99,6 +102,7 @@ class WorkerPool {
   std::map<std::string, Worker> workers_;  // by ROUTER identity; ordered for deterministic plans
   uint64_t plan_version_ = 0;
   int n_stages_ = 0;
+  bool stages_on_gpus_ = false;
   std::string stage0_endpoint_;
   std::string stage0_public_key_;
   bool disrupted_ = false;

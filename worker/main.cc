@@ -74,6 +74,13 @@ int main(int argc, char** argv) {
       app.add_option("--nccl-interface", nccl_interface,
                      "network interface for NCCL's bootstrap and socket traffic (default: the one "
                      "holding the data-bind address)");
+  int busy_poll_us = -1;
+  app.add_option("--busy-poll-us", busy_poll_us,
+                 "after each step, poll for the next one without blocking for this long (a core "
+                 "busy meanwhile; no wake-up per step); 0: off; -1: 20000 with --backend cuda, "
+                 "else off")
+      ->check(CLI::Range(-1, 1000000))
+      ->capture_default_str();
   app.add_option("--max-kv-slots", o.max_kv_slots, "largest kv_slots accepted; 0: no limit");
   app.add_option("--max-ctx", o.max_n_ctx, "largest n_ctx accepted; 0: no limit");
   app.add_option("--config", config_path, "cluster YAML (its coordinator: and workers: sections)")
@@ -93,6 +100,7 @@ int main(int argc, char** argv) {
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   const chord::CurveFlags curve_flags(app);
   CLI11_PARSE(app, argc, argv);
+  o.busy_poll_us = busy_poll_us;
   chord::log::Level level;
   if (!chord::log::ParseLevel(log_level, &level)) {
     std::fprintf(stderr, "chord-worker: unknown --log-level '%s'\n", log_level.c_str());

@@ -134,6 +134,8 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
   if (step.activations_over_nccl()) RETURN_IF_ERROR(ReceiveRows(message, &rows_received));
   ASSIGN_OR_RETURN(const int64_t total, ValidateStep(step, limits, lengths_));
   if (!rows_received) RETURN_IF_ERROR(ReadStepPayload(message, limits, total, activations));
+  marks_ = {};
+  marks_.rows_in = std::chrono::steady_clock::now();
   // Only a valid step's releases count, and only those naming the sequence
   // (a chunk restarting a released slot is valid before and after).
   const pb::FreeSlots& released = step.released();
@@ -201,6 +203,7 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     lengths_[chunk.slot()] = static_cast<int64_t>(chunk.first_position()) + chunk.token_ids_size();
     if (chunk.first_position() == 0) owners_[chunk.slot()] = chunk.sequence_id();
   }
+  marks_.computed = std::chrono::steady_clock::now();
   result->set_plan_version(plan_.plan_version);
   result->set_step_id(step.step_id());
   if (!is_last()) return absl::OkStatus();
@@ -209,10 +212,11 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
     if (chunk.first_position() == 0) history.clear();
     for (uint32_t token : chunk.token_ids()) history.push_back(static_cast<int32_t>(token));
   }
-  if (whole_step || logits_on_device) {
-    return SampleLogits(static_cast<size_t>(trailing), result);
-  }
-  return Sample(step, *activations, result);
+  const absl::Status sampled = whole_step || logits_on_device
+                                   ? SampleLogits(static_cast<size_t>(trailing), result)
+                                   : Sample(step, *activations, result);
+  marks_.sampled = std::chrono::steady_clock::now();
+  return sampled;
 }
 
 absl::Status StageExecutor::ReceiveRows(const wire::Message& message, bool* received) {
@@ -299,8 +303,8 @@ LogitsRequest StageExecutor::PrepareLogits(const pb::StepHeader& step, size_t n_
     full_.push_back(Sampler::PicksGreedyToken(params_.back()) && chunk.logprobs() == 0 ? 0 : 1);
   }
   greedy_.resize(n_sample);
-  logits_.resize(n_sample * static_cast<size_t>(config_.n_vocab));
-  return LogitsRequest{logits_.data(), full_, greedy_};
+  return LogitsRequest{logits_.Reserve(n_sample * static_cast<size_t>(config_.n_vocab)), full_,
+                       greedy_};
 }
 
 absl::Status StageExecutor::SampleLogits(size_t n_sample, pb::StepResult* result) {
@@ -313,13 +317,21 @@ absl::Status StageExecutor::SampleLogits(size_t n_sample, pb::StepResult* result
   // and history), so the step's sequences spread over the pool's threads; a
   // greedy one takes the token the stage picked from its logits.
   tokens_.resize(n_sample);
-  pool_->ParallelFor(static_cast<int64_t>(n_sample), 1, [&](int64_t begin, int64_t end) {
+  // Rows that sample on the host; the others take the stage's greedy token
+  // here (waking the pool's threads for those alone cost 0.4-0.6 ms a step
+  // of 64-128 greedy rows on a 32-core host).
+  host_rows_.clear();
+  for (size_t j = 0; j < n_sample; ++j) {
+    if (full_[j] == 0) {
+      tokens_[j] = greedy_[j];
+    } else {
+      host_rows_.push_back(j);
+    }
+  }
+  pool_->ParallelFor(static_cast<int64_t>(host_rows_.size()), 1, [&](int64_t begin, int64_t end) {
     Sampler& sampler = samplers_[static_cast<size_t>(ThreadPool::ThreadIndex())];
-    for (auto j = static_cast<size_t>(begin); j < static_cast<size_t>(end); ++j) {
-      if (full_[j] == 0) {
-        tokens_[j] = greedy_[j];
-        continue;
-      }
+    for (auto i = static_cast<size_t>(begin); i < static_cast<size_t>(end); ++i) {
+      const size_t j = host_rows_[i];
       const pb::SequenceChunk& chunk = *sampled_[j];
       const std::span<const float> logits(logits_.data() + j * n_vocab, n_vocab);
       const int64_t position =

@@ -10,6 +10,7 @@
 // Errors: a rejected step (see step_validation.h) leaves every slot as it was.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -21,6 +22,7 @@
 #include "common/model/model_config.h"
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
+#include "worker/host_logits.h"
 #include "worker/kv_cache.h"
 #include "worker/models/llama.h"
 #include "worker/models/tensor_source.h"
@@ -74,6 +76,15 @@ class StageExecutor {
   absl::Status Run(const wire::Message& message, std::vector<float>* activations,
                    wire::pb::StepResult* result);
 
+  // When the phases of the last Run ended: its input rows were in (over the
+  // link or from the message), the compute returned (on a GPU stage that
+  // hands its rows on over the link, once the work is queued, not done), the
+  // tokens were sampled (last stage). For the worker's step timing lines.
+  struct StepMarks {
+    std::chrono::steady_clock::time_point rows_in, computed, sampled;
+  };
+  const StepMarks& last_marks() const { return marks_; }
+
   // The NCCL link of this stage's plan (worker/nccl_link.h), if it has one;
   // the executor sends steps of at least `min_rows` rows over it while it is
   // not broken (smaller ones ride the ZeroMQ message), and takes whatever a
@@ -109,7 +120,10 @@ class StageExecutor {
   int64_t slot_length(int64_t slot) const { return lengths_[static_cast<size_t>(slot)]; }
 
  private:
-  StageExecutor(const ModelConfig& config, const StagePlan& plan) : config_(config), plan_(plan) {}
+  StageExecutor(const ModelConfig& config, const StagePlan& plan)
+      : config_(config),
+        plan_(plan),
+        logits_(plan.backend == "cuda" ? CudaMemoryPinner() : nullptr) {}
   StepLimits Limits() const;
   // Takes the KV pages the step's chunks need: RESOURCE_EXHAUSTED, with no
   // change, when the pool cannot hold them.
@@ -133,6 +147,7 @@ class StageExecutor {
   int64_t link_min_rows_ = 1;
   bool rows_on_device_ = false;
   int64_t device_rows_ = 0;  // of the last step
+  StepMarks marks_;
   ThreadPool* pool_ = nullptr;
   std::vector<Sampler> samplers_;  // one per pool thread
   std::vector<const wire::pb::SequenceChunk*> sampled_;
@@ -140,6 +155,7 @@ class StageExecutor {
   std::vector<uint8_t> full_;           // of sampled_: 1 where the host samples from logits_
   std::vector<int32_t> greedy_;         // of sampled_: the stage's greedy token
   std::vector<int32_t> tokens_;
+  std::vector<size_t> host_rows_;                // of sampled_: where full_ is 1
   std::vector<int64_t> lengths_;                 // positions each slot holds
   std::vector<uint64_t> owners_;                 // the sequence that last started in each slot
   std::vector<std::vector<int32_t>> histories_;  // last stage only
@@ -147,7 +163,7 @@ class StageExecutor {
   std::vector<SlotExtent> extents_;
   std::vector<int32_t> token_ids_;
   std::vector<float> rows_;
-  std::vector<float> logits_;
+  HostLogits logits_;  // page-locked on a GPU stage
 };
 
 }  // namespace chord

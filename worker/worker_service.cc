@@ -7,6 +7,7 @@
 #include "common/base/log.h"
 #include "common/base/status.h"
 #include "common/model/model_config.h"
+#include "common/wire/poll.h"
 #include "worker/fetched_tensors.h"
 #include "worker/models/llama.h"
 #include "worker/shard/stage_weights.h"
@@ -563,6 +564,21 @@ void WorkerService::LogDroppedStep(uint64_t step_id, const absl::Status& status)
   late_steps_unlogged_ = 0;
 }
 
+void WorkerService::LogStepTiming(const pb::StepHeader& step, int64_t arrived_unix_micros,
+                                  Clock::time_point started, Clock::time_point ended) {
+  const StageExecutor::StepMarks& marks = executor_->last_marks();
+  const auto after = [&](Clock::time_point mark) {
+    return mark == Clock::time_point{}
+               ? -1.0
+               : std::chrono::duration<double, std::milli>(mark - started).count();
+  };
+  log::Debug(
+      "worker %s: step %016x: %d sequences, arrived at %d us; after %.3f ms its rows were in, "
+      "%.3f computed, %.3f sampled, %.3f handed on",
+      options_.worker_id, step.step_id(), step.sequences_size(), arrived_unix_micros,
+      after(marks.rows_in), after(marks.computed), after(marks.sampled), after(ended));
+}
+
 void WorkerService::HandleData() {
   absl::StatusOr<std::optional<wire::Message>> received =
       wire::Receive(*data_, /*router=*/false, true);
@@ -582,12 +598,16 @@ void WorkerService::HandleData() {
   }
   const pb::StepHeader& step = message.envelope.step();
   // On arrival, at every stage: a late step is not run (nor timed in the metrics).
-  if (absl::Status late = CheckStepDeadline(step, wire::UnixMicrosNow()); !late.ok()) {
+  const int64_t arrived = wire::UnixMicrosNow();
+  if (absl::Status late = CheckStepDeadline(step, arrived); !late.ok()) {
     SendStepError(step.plan_version(), step.step_id(), late);
     return;
   }
   const Clock::time_point started = Clock::now();
   const absl::Status status = RunStep(message);
+  if (status.ok() && log::Enabled(log::Level::kDebug)) {
+    LogStepTiming(step, arrived, started, Clock::now());
+  }
   if (options_.metrics != nullptr) {
     const bool prefill =
         std::any_of(step.sequences().begin(), step.sequences().end(),
@@ -642,11 +662,16 @@ absl::Status WorkerService::Forward(const wire::Message& message) {
 
 absl::Status WorkerService::Run() {
   ConnectControl();
+  const std::chrono::microseconds busy_poll =
+      options_.busy_poll_us >= 0   ? std::chrono::microseconds(options_.busy_poll_us)
+      : options_.backend == "cuda" ? wire::kAutoBusyPoll
+                                   : std::chrono::microseconds(0);
   while (!stop_.load(std::memory_order_relaxed) && !shutdown_) {
     zmq::pollitem_t items[] = {{control_->handle(), 0, ZMQ_POLLIN, 0},
                                {data_->handle(), 0, ZMQ_POLLIN, 0}};
     try {
-      zmq::poll(items, 2, std::chrono::milliseconds(loading_.valid() ? 10 : 50));
+      wire::PollSpinningFirst(items, last_step_ + busy_poll,
+                              std::chrono::milliseconds(loading_.valid() ? 10 : 50));
       std::vector<wire::Message> deferred;
       deferred.swap(deferred_control_);
       for (const wire::Message& message : deferred) HandleControl(message);
@@ -661,7 +686,10 @@ absl::Status WorkerService::Run() {
         if (!message->has_value()) break;
         HandleControl(**message);
       }
-      if ((items[1].revents & ZMQ_POLLIN) != 0) HandleData();
+      if ((items[1].revents & ZMQ_POLLIN) != 0) {
+        HandleData();
+        last_step_ = Clock::now();
+      }
       FinishLoad();
       KeepLink();
     } catch (const zmq::error_t& error) {

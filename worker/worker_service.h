@@ -63,7 +63,13 @@ struct WorkerOptions {
   // (heartbeats) waits meanwhile, and the coordinator replays a step that
   // failed this way.
   std::chrono::milliseconds forward_timeout{250};
-  int high_water_mark = 64;                   // messages queued per socket
+  int high_water_mark = 64;  // messages queued per socket
+  // For this many microseconds after a step, the worker waits for the next
+  // message by polling without blocking (wire/poll.h): the next step of a
+  // busy pipeline is taken without a thread's wake-up, at the price of a core
+  // meanwhile. 0: always block; negative: wire::kAutoBusyPoll on the cuda
+  // backend (its host cores idle while the GPU runs), else 0.
+  int64_t busy_poll_us = -1;
   metrics::WorkerMetrics* metrics = nullptr;  // optional; must outlive the service
   // CURVE when enabled: the data socket is a server (the context's ZAP handler
   // admits peers); control and next-stage links are clients of the keys the
@@ -161,6 +167,11 @@ class WorkerService {
   absl::Status Forward(const wire::Message& message);
   void SendStepError(uint64_t plan_version, uint64_t step_id, const absl::Status& status);
   void LogDroppedStep(uint64_t step_id, const absl::Status& status);
+  // At debug level, one line a step run here: when it arrived (Unix
+  // microseconds, so that the lines of every process on a host line up into
+  // the pipeline's timeline) and when its phases ended, from its start.
+  void LogStepTiming(const wire::pb::StepHeader& step, int64_t arrived_unix_micros,
+                     Clock::time_point started, Clock::time_point ended);
 
   zmq::context_t& context_;
   WorkerOptions options_;
@@ -196,6 +207,7 @@ class WorkerService {
   // per interval.
   static constexpr std::chrono::seconds kLateStepLogInterval{1};
   Clock::time_point late_step_logged_{};
+  Clock::time_point last_step_{};  // when the last step's handling ended (busy_poll)
   int64_t late_steps_unlogged_ = 0;
   ShardCacheStats reported_cache_stats_;  // what the metrics have counted
   Clock::time_point cache_stats_logged_{};

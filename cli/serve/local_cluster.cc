@@ -120,6 +120,10 @@ absl::Status LocalCluster::StartAll() {
   for (int i = 0; i < options_.workers; ++i) {
     Spec worker{"w" + std::to_string(i), bin + "/chord-worker", common, ""};
     worker.args.insert(worker.args.end(), options_.worker_args.begin(), options_.worker_args.end());
+    if (static_cast<size_t>(i) < options_.per_worker_args.size()) {
+      const std::vector<std::string>& own = options_.per_worker_args[static_cast<size_t>(i)];
+      worker.args.insert(worker.args.end(), own.begin(), own.end());
+    }
     SetFlag(worker.args, "--coordinator", control_endpoint_);
     SetFlag(worker.args, "--id", worker.name);
     SetFlag(worker.args, "--data-bind", "tcp://127.0.0.1:0");

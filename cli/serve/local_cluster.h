@@ -36,6 +36,7 @@ struct LocalClusterOptions {
   std::vector<std::string> coordinator_args;  // extra flags, e.g. {"--http-port", "8080"}
   std::vector<std::string> loader_args;       // e.g. {"--max-bandwidth", "500M"}
   std::vector<std::string> worker_args;       // e.g. {"--memory-budget", "200M"}, every worker
+  std::vector<std::vector<std::string>> per_worker_args;  // worker i also gets per_worker_args[i]
   std::vector<int> worker_devices;            // worker i gets --device worker_devices[i % size]
   // How workers reach the loader on this host: "ipc" (a Unix socket: no TCP
   // stack between them) or "tcp" (loopback).

@@ -68,6 +68,8 @@ std::string JsonString(std::string_view text) {
 
 }  // namespace
 
+bool Enabled(Level level) { return Logger().should_log(ToSpdlog(level)); }
+
 void Write(Level level, std::string_view message) {
   if (!Logger().should_log(ToSpdlog(level))) return;
   if (g_json) {

@@ -17,6 +17,9 @@ void Init(Level level, bool json);
 bool ParseLevel(std::string_view text, Level* level);
 
 void Write(Level level, std::string_view message);
+// Whether lines of `level` are written (so that a caller can skip the work of
+// a debug line).
+bool Enabled(Level level);
 // A line about one request: the id leads a text line ("request=ID message")
 // and is a field of its own in a JSON line ("request_id"), so that one grep or
 // one query finds the whole life of a request.
@@ -24,6 +27,7 @@ void WriteForRequest(Level level, std::string_view request_id, std::string_view 
 
 template <typename... Args>
 void Debug(const absl::FormatSpec<Args...>& format, const Args&... args) {
+  if (!Enabled(Level::kDebug)) return;
   Write(Level::kDebug, absl::StrFormat(format, args...));
 }
 template <typename... Args>
@@ -42,6 +46,7 @@ void Error(const absl::FormatSpec<Args...>& format, const Args&... args) {
 template <typename... Args>
 void RequestDebug(std::string_view request_id, const absl::FormatSpec<Args...>& format,
                   const Args&... args) {
+  if (!Enabled(Level::kDebug)) return;
   WriteForRequest(Level::kDebug, request_id, absl::StrFormat(format, args...));
 }
 template <typename... Args>
