@@ -49,6 +49,7 @@ struct BenchFlags {
   int gpus = 0;                 // >= 2: the GPU pipeline table instead
   std::string child_log_level = "warn";  // the coordinator's and workers' (--log-level)
   int busy_poll_us = -1;                  // the coordinator's and workers'; -1: their default
+  int nccl_min_rows = 0;                  // the workers' --nccl-min-rows; 0: their default
 };
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -341,6 +342,10 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     };
     options.worker_args = {"--backend", flags.backend};
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
+    if (flags.nccl_min_rows > 0) {
+      options.worker_args.insert(options.worker_args.end(),
+                                 {"--nccl-min-rows", std::to_string(flags.nccl_min_rows)});
+    }
     // The workers' metrics say how much of a step each spends inside it
     // (the rest of a token is the hops, the coordinator and waiting).
     std::vector<int> metrics_ports;
@@ -436,6 +441,9 @@ int main(int argc, char** argv) {
   app.add_option("--child-log-level", flags.child_log_level,
                  "the --log-level of the coordinator and workers (debug: a line per pipeline "
                  "step with its timing, on stderr)")
+      ->capture_default_str();
+  app.add_option("--nccl-min-rows", flags.nccl_min_rows,
+                 "with --gpus: the workers' --nccl-min-rows (0: their default)")
       ->capture_default_str();
   app.add_option("--busy-poll-us", flags.busy_poll_us,
                  "with --gpus: the coordinator's and workers' --busy-poll-us (-1: their default)")

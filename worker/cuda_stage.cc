@@ -89,6 +89,8 @@ struct CudaStage::Impl {
   LayerRange range;
   CudaStageOptions options;
   cuda::Stream stream;
+  std::function<absl::Status()> stream_waiter;  // see set_stream_waiter
+  absl::Status Wait() { return stream_waiter ? stream_waiter() : stream.Synchronize(); }
   std::unique_ptr<cuda::BlasHandle> blas;
   std::vector<GpuLayer> layers;               // resident: range.first .. + layers.size()
   std::unique_ptr<CudaLayerStream> streamed;  // the rest, when they do not fit
@@ -689,7 +691,7 @@ absl::Status CudaStage::Impl::CopyLogits(int64_t n_rows, const LogitsRequest& ou
                                       cudaMemcpyDeviceToHost, s()));
     r = end;
   }
-  return stream.Synchronize();
+  return Wait();
 }
 
 CudaStage::CudaStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -703,7 +705,11 @@ uint64_t CudaStage::streamed_bytes() const {
 }
 uint64_t CudaStage::kv_bytes() const { return impl_->kv_keys.bytes() + impl_->kv_values.bytes(); }
 
-absl::Status CudaStage::Synchronize() { return impl_->stream.Synchronize(); }
+absl::Status CudaStage::Synchronize() { return impl_->Wait(); }
+
+void CudaStage::set_stream_waiter(std::function<absl::Status()> waiter) {
+  impl_->stream_waiter = std::move(waiter);
+}
 
 absl::Status CudaStage::Embed(std::span<const int32_t> tokens, float* x) {
   CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current

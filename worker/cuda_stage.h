@@ -170,6 +170,11 @@ class CudaStage {
 
   // Waits for the device and reports any asynchronous error.
   absl::Status Synchronize();
+  // What every wait of the stage on its stream calls instead of a plain
+  // synchronize, when set: a stage that queues its work behind an NCCL
+  // receive waits through the link (NcclLink::WaitFor), which gives up on a
+  // transfer whose peer is gone.
+  void set_stream_waiter(std::function<absl::Status()> waiter);
 
   struct Impl;
 

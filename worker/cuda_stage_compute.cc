@@ -67,7 +67,10 @@ class CudaStageCompute final : public StageCompute {
   bool can_link() const override { return true; }
   absl::Status ReceiveRows(NcclLink& link, int64_t n_rows) override {
     ASSIGN_OR_RETURN(float* rows, stage_->DeviceRows(n_rows));
-    return link.Receive(rows, n_rows * stage_->config().n_embd, stage_->stream());
+    // The layers queue behind the receive; the stage's waits go through the
+    // link from now on (the executor that holds both destroys the link last).
+    stage_->set_stream_waiter([&link, stream = stage_->stream()] { return link.WaitFor(stream); });
+    return link.ReceiveQueued(rows, n_rows * stage_->config().n_embd, stage_->stream());
   }
   absl::Status EmbedOnDevice(std::span<const int32_t> tokens) override {
     return stage_->EmbedOnDevice(tokens);

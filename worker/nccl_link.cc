@@ -51,6 +51,19 @@ class NcclLinkImpl final : public NcclLink {
     if (!has_previous()) return absl::InternalError("rank 0 of an NCCL group receives from nobody");
     return Transfer(false, device_rows, count, static_cast<cudaStream_t>(stream));
   }
+  absl::Status ReceiveQueued(float* device_rows, int64_t count, void* stream) override {
+    if (!has_previous()) return absl::InternalError("rank 0 of an NCCL group receives from nobody");
+    return Transfer(false, device_rows, count, static_cast<cudaStream_t>(stream),
+                    /*wait=*/false);
+  }
+  absl::Status WaitFor(void* stream) override {
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (comm_ == nullptr) {
+      const cudaError_t e = cudaStreamSynchronize(s);
+      return e == cudaSuccess ? absl::OkStatus() : Cuda(e, "cudaStreamSynchronize");
+    }
+    return Finish(ncclSuccess, s, "the work behind an NCCL transfer");
+  }
 
   // Issues the exchange of the warm-up: one float each way with the
   // neighbours, grouped so that a rank's send and receive proceed together.
@@ -67,19 +80,22 @@ class NcclLinkImpl final : public NcclLink {
   }
 
  private:
-  absl::Status Transfer(bool send, float* rows, int64_t count, cudaStream_t stream) {
+  absl::Status Transfer(bool send, float* rows, int64_t count, cudaStream_t stream,
+                        bool wait = true) {
     if (comm_ == nullptr) return absl::UnavailableError("the NCCL link is broken");
     if (cudaError_t e = cudaSetDevice(device_); e != cudaSuccess) return Cuda(e, "cudaSetDevice");
     const ncclResult_t r =
         send ? ncclSend(rows, static_cast<size_t>(count), ncclFloat, rank() + 1, comm_, stream)
              : ncclRecv(rows, static_cast<size_t>(count), ncclFloat, rank() - 1, comm_, stream);
-    return Finish(r, stream, send ? "ncclSend" : "ncclRecv");
+    return Finish(r, stream, send ? "ncclSend" : "ncclRecv", wait);
   }
 
   // Waits for the call to be issued (a non-blocking communicator may still be
-  // connecting) and then for the stream, polling both with the hook between
-  // polls; aborts the communicator on any error or at the timeout.
-  absl::Status Finish(ncclResult_t issued, cudaStream_t stream, const char* what) {
+  // connecting) and then, with `wait_for_stream`, for the stream, polling both
+  // with the hook between polls; aborts the communicator on any error or at
+  // the timeout.
+  absl::Status Finish(ncclResult_t issued, cudaStream_t stream, const char* what,
+                      bool wait_for_stream = true) {
     const Clock::time_point deadline = Clock::now() + transfer_timeout_;
     ncclResult_t state = issued;
     int polls = 0;
@@ -87,6 +103,8 @@ class NcclLinkImpl final : public NcclLink {
       if (state == ncclInProgress) {
         if (ncclResult_t r = ncclCommGetAsyncError(comm_, &state); r != ncclSuccess) state = r;
         if (state == ncclSuccess) continue;  // issued: wait for the stream next
+      } else if (!wait_for_stream) {
+        return absl::OkStatus();
       } else {
         const cudaError_t done = cudaStreamQuery(stream);
         if (done == cudaSuccess) return absl::OkStatus();

@@ -77,6 +77,17 @@ class NcclLink {
   // waited for. UNAVAILABLE (and broken() from then on) on failure.
   virtual absl::Status Send(const float* device_rows, int64_t count, void* stream) = 0;
   virtual absl::Status Receive(float* device_rows, int64_t count, void* stream) = 0;
+  // Receive issued on `stream` but not waited for: work queued after it runs
+  // once the rows land, with no host round trip between (a receiving stage
+  // queues its layers behind it while the previous stage still computes).
+  // Whoever waits on that stream next must do so through WaitFor: a transfer
+  // whose peer is gone never finishes.
+  virtual absl::Status ReceiveQueued(float* device_rows, int64_t count, void* stream) = 0;
+  // Waits for everything queued on `stream`, as Send and Receive wait for
+  // their transfer: polling, the hook between polls, UNAVAILABLE (and
+  // broken()) on an NCCL error or past the transfer timeout. Once broken(),
+  // a plain wait (aborting the communicator ended its transfers).
+  virtual absl::Status WaitFor(void* stream) = 0;
 
   void set_poll_hook(std::function<void()> hook) { poll_hook_ = std::move(hook); }
 

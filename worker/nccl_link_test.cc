@@ -19,6 +19,8 @@ class FakeLink final : public NcclLink {
   bool broken() const override { return broken_; }
   absl::Status Send(const float*, int64_t, void*) override { return absl::OkStatus(); }
   absl::Status Receive(float*, int64_t, void*) override { return absl::OkStatus(); }
+  absl::Status ReceiveQueued(float*, int64_t, void*) override { return absl::OkStatus(); }
+  absl::Status WaitFor(void*) override { return absl::OkStatus(); }
 
  private:
   bool broken_;

@@ -51,8 +51,10 @@ class StageCompute {
   virtual absl::Status Logits(const float* x, int64_t n_rows, const LogitsRequest& out) = 0;
 
   // NCCL links between GPU stages (worker/nccl_link.h); a CPU stage has none
-  // (UNIMPLEMENTED). ReceiveRows takes a step's n_rows input rows from the
-  // previous stage into the stage's GPU buffer; RunLayersOnDevice is RunLayers
+  // (UNIMPLEMENTED). ReceiveRows queues the receive of a step's n_rows input
+  // rows from the previous stage into the stage's GPU buffer (the layers
+  // queued next run once they land; the stage's waits go through `link`,
+  // which must outlive it); RunLayersOnDevice is RunLayers
   // with the input already there (`input_on_device`, x not read) and/or the
   // output left there (`output_on_device`, x not written) for SendRows or
   // LogitsOfDeviceRows, which wait for the layers: RunLayersOnDevice may

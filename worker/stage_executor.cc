@@ -184,6 +184,14 @@ absl::Status StageExecutor::Run(const wire::Message& message, std::vector<float>
                                                 /*output_on_device=*/true));
     rows_on_device_ = true;
     device_rows_ = total;
+  } else if (limits.first_stage && compute_->can_link()) {
+    // A first GPU stage whose rows go on through host memory: the embedding
+    // stays on the GPU for the layers (one copy out and one wait, not three).
+    activations->resize(static_cast<size_t>(total * config_.n_embd));
+    RETURN_IF_ERROR(compute_->EmbedOnDevice(token_ids_));
+    RETURN_IF_ERROR(compute_->RunLayersOnDevice(batch_, activations->data(),
+                                                /*input_on_device=*/true,
+                                                /*output_on_device=*/false));
   } else {
     if (limits.first_stage) {
       activations->resize(static_cast<size_t>(total * config_.n_embd));

@@ -76,8 +76,8 @@ class StageExecutor {
   absl::Status Run(const wire::Message& message, std::vector<float>* activations,
                    wire::pb::StepResult* result);
 
-  // When the phases of the last Run ended: its input rows were in (over the
-  // link or from the message), the compute returned (on a GPU stage that
+  // When the phases of the last Run ended: its input rows were in (from the
+  // message; over the link, their receive queued), the compute returned (on a GPU stage that
   // hands its rows on over the link, once the work is queued, not done), the
   // tokens were sampled (last stage). For the worker's step timing lines.
   struct StepMarks {
@@ -142,8 +142,10 @@ class StageExecutor {
   ModelConfig config_;
   StagePlan plan_;
   StageWeights weights_;
-  std::unique_ptr<StageCompute> compute_;
+  // Before compute_: a GPU stage that receives over the link waits through
+  // it (StageCompute::ReceiveRows), so the link outlives the compute.
   std::unique_ptr<NcclLink> link_;
+  std::unique_ptr<StageCompute> compute_;
   int64_t link_min_rows_ = 1;
   bool rows_on_device_ = false;
   int64_t device_rows_ = 0;  // of the last step

@@ -80,11 +80,12 @@ struct WorkerOptions {
   // forming the group once this stage is loaded, and any one transfer.
   bool nccl = true;
   // Steps of fewer rows than this send their activations over ZeroMQ even
-  // when a link exists: a one-token step's 16 KB crosses through host memory
-  // in about half the time an NCCL call on the link's non-blocking
-  // communicator takes (BENCHMARKS.md, "two GPUs"); large steps gain from
-  // the link.
-  int64_t nccl_min_rows = 16;
+  // when a link exists. 1: every step takes the link. The receiving stage
+  // queues its layers behind the receive while the sender still computes, so
+  // even a one-token step's hop costs no host round trip (two H200 stages,
+  // llama2-7b: 2.59 ms a token with one-token steps over ZeroMQ, 2.46 over
+  // the link, against 2.39 on one GPU; BENCHMARKS.md, "Serving").
+  int64_t nccl_min_rows = 1;
   std::chrono::milliseconds nccl_connect_timeout{45000};
   std::chrono::milliseconds nccl_transfer_timeout{10000};
 };
