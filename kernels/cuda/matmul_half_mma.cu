@@ -6,12 +6,16 @@
 #include <cstring>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/half_mma_common.cuh"
+#include "kernels/cuda/matmul_half_wgmma.h"
 #include "kernels/cuda/kquant_tiles.cuh"
 #include "kernels/cuda/matvec_common.cuh"
 #include "kernels/cuda/mma_order.cuh"
 
 namespace chord::cuda {
 namespace {
+
+using namespace half_mma;
 
 // A block: 64 weight rows x 8 NT tokens of output (NT = 1, 2, 4 or 8: up to
 // 64 tokens) over a share of K, one 256-element weight block (a K step) at a
@@ -22,7 +26,6 @@ namespace {
 // through two shared-memory stages filled by asynchronous copies, the next
 // step's bytes in flight while this one is multiplied.
 constexpr int kTileRows = 64;
-constexpr int kStep = 256;
 constexpr int kThreads = 128;
 // Threads that copy one row's block each step.
 constexpr int kParts = kThreads / kTileRows;
@@ -30,14 +33,6 @@ constexpr int kParts = kThreads / kTileRows;
 // tokens of an mma tile start 8 banks apart, so a warp's 8-byte fragment
 // loads take the minimum of two wavefronts.
 constexpr int kTokenBytes = kStep * 2 + 32;
-// A row's entry in the scale table. Q4_K: sub-block i's scale at word 2i and
-// its negated min at 2i + 1, each as a pair of equal halves. Q6_K: the scale
-// of 16-element group 8h + 2q + s at word 8h + 4s + q (the four a lane needs
-// at once side by side), as a pair of halves; words 16 + h: the block's
-// offset in its slot (written by each K half's warp for itself). 20 words, so
-// that the rows g = 0..7 a warp reads at once take eight different groups of
-// four banks.
-constexpr int kTableWords = 20;
 constexpr int kMaxSplits = 8;
 constexpr int kSms = 132;  // an H100/H200: what the split heuristic plans for
 constexpr int kBlocksPerSm = 2;
@@ -55,48 +50,6 @@ struct SharedLayout {
   // The second K half's sums, handed over at the end (in the stages).
   static_assert(2 * 32 * 2 * NT * 4 * 4 <= 2 * kStageBytes, "the hand-over fits");
 };
-
-__device__ __forceinline__ __half2 AsHalf2(uint32_t bits) {
-  __half2 h;
-  memcpy(&h, &bits, sizeof(h));
-  return h;
-}
-__device__ __forceinline__ uint32_t Bits(__half2 h) {
-  uint32_t bits;
-  memcpy(&bits, &h, sizeof(bits));
-  return bits;
-}
-
-// (a & mask) | bits in one instruction (the compiler emits an AND and an OR
-// for the two constants).
-template <uint32_t kMask, uint32_t kBits>
-__device__ __forceinline__ uint32_t MaskOr(uint32_t a) {
-  uint32_t d;
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
-  return d;
-}
-
-// Two Q4_K weights from the nibbles in bits 0-3 and 16-19 of `fields`:
-// q * scale - min, with `scale` and `neg_min` pairs of equal halves. 1024 + q
-// is a half whose low mantissa bits are q; subtracting 1024 is exact.
-__device__ __forceinline__ uint32_t DecodeQ4Pair(uint32_t fields, uint32_t scale,
-                                                 uint32_t neg_min) {
-  const uint32_t biased = MaskOr<0x000F000Fu, 0x64006400u>(fields);
-  const __half2 q = __hsub2(AsHalf2(biased), AsHalf2(0x64006400u));
-  return Bits(__hfma2(q, AsHalf2(scale), AsHalf2(neg_min)));
-}
-
-// Two Q6_K weights from the low 4 bits in bits 0-3 and 16-19 of `low` and the
-// high 2 bits in bits 4-5 and 20-21 of `high`: (value - 32) * scale.
-// 1024 + value minus 1056 is exact.
-__device__ __forceinline__ uint32_t DecodeQ6Pair(uint32_t low, uint32_t high, uint32_t scale) {
-  uint32_t biased;
-  // (low & 0x000F000F) | (high & 0x00300030) | 0x64006400 in two instructions.
-  const uint32_t low_bits = MaskOr<0x000F000Fu, 0x64006400u>(low);
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(biased) : "r"(high), "n"(0x00300030u), "r"(low_bits));
-  const __half2 v = __hsub2(AsHalf2(biased), AsHalf2(0x64206420u));
-  return Bits(__hmul2(v, AsHalf2(scale)));
-}
 
 // c += a (16 x 16, row-major f16) x b (16 x 8, column-major f16).
 __device__ __forceinline__ void MmaF16(const uint32_t (&a)[4], uint2 b, float (&c)[4]) {
@@ -246,71 +199,6 @@ __device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint32_t*
       }
     }
   }
-}
-
-// A row's scale-table entry for this K step from its block in `slot`
-// (`offset` bytes in): the half of it that K half `part` (0 or 1) reads.
-template <uint32_t kType>
-__device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, int part,
-                                               uint32_t* entry) {
-  const uint8_t* block = slot + offset;
-  if constexpr (kType == kQ4_K) {
-    const uint4 header = *reinterpret_cast<const uint4*>(block);
-#pragma unroll
-    for (int i = 2 * part; i < 2 * part + 2; ++i) {
-      const SubBlockPair pair = ScalesOfPair(header, i);
-      *reinterpret_cast<uint4*>(entry + 4 * i) =
-          make_uint4(Bits(__float2half2_rn(pair.d1)), Bits(__float2half2_rn(-pair.m1)),
-                     Bits(__float2half2_rn(pair.d2)), Bits(__float2half2_rn(-pair.m2)));
-    }
-  } else {
-    const float d = Half(block + 208);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int q = k >> 1, s = k & 1;
-      const auto scale = static_cast<int8_t>(block[192 + 8 * part + 2 * q + s]);
-      entry[8 * part + 4 * s + q] = Bits(__float2half2_rn(d * static_cast<float>(scale)));
-    }
-    entry[16 + part] = static_cast<uint32_t>(offset);
-  }
-}
-
-// One matrix of a launch and where its sums go (with split K: its partial
-// sums, split z at y + z * n_tokens * rows).
-struct Matrix {
-  const uint8_t* w;
-  uint64_t row_bytes;
-  int rows;
-  float* y;
-};
-
-// Up to kMatMulHalfMmaMaxGroup matrices of one type and width, their row
-// tiles one after another along grid y: matrix 0's first, then 1's from
-// tile `first_tile1`, then 2's from `first_tile2`. Separate members, not an
-// array: a parameter array indexed by a run-time value is copied to every
-// thread's stack.
-struct Problem {
-  Matrix m0, m1, m2;
-  int first_tile1, first_tile2;
-  int cols;
-  const uint8_t* x;  // halves in mma order
-  int n_tokens;
-  int steps_per_split;
-  bool accumulate;
-};
-
-// The matrix of row tile `tile` and that tile's index within it.
-__device__ __forceinline__ Matrix MatrixOfTile(const Problem& p, int tile, int& local_tile) {
-  if (tile < p.first_tile1) {
-    local_tile = tile;
-    return p.m0;
-  }
-  if (tile < p.first_tile2) {
-    local_tile = tile - p.first_tile1;
-    return p.m1;
-  }
-  local_tile = tile - p.first_tile2;
-  return p.m2;
 }
 
 template <uint32_t kType, int NT>
@@ -507,9 +395,9 @@ int TileTokensFor(int n_tokens) {
 // latency of its few warps an SM, not by the partial sums' traffic (11008 x
 // 4096 on an H200, 172 tiles at 64 tokens: 1, 2, 3 and 4 splits 46.0, 43.3,
 // 39.6 and 45.6 us; 128 tokens, 344 tiles: 2 splits 79.0 us against 142.8).
-int SplitsFor(int64_t row_tiles, int64_t cols, int n_tokens) {
-  const int64_t tiles = row_tiles * CeilDiv(n_tokens, TileTokensFor(n_tokens));
-  const int64_t waves_of_blocks = 2 * int64_t{kSms} * kBlocksPerSm;
+int SplitsFor(int64_t row_tiles, int64_t cols, int n_tokens, int tile_tokens, int blocks_per_sm) {
+  const int64_t tiles = row_tiles * CeilDiv(n_tokens, tile_tokens);
+  const int64_t waves_of_blocks = 2 * int64_t{kSms} * blocks_per_sm;
   const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, cols / kStep / 4));
   return static_cast<int>(std::clamp<int64_t>((waves_of_blocks + tiles / 2) / tiles, 1, most));
 }
@@ -537,9 +425,9 @@ bool MatMulHalfMmaSupports(const DeviceMatrix& w) {
 
 namespace {
 
-int64_t RowTiles(std::span<const DeviceMatrix> w) {
+int64_t RowTiles(std::span<const DeviceMatrix> w, int tile_rows = kTileRows) {
   int64_t tiles = 0;
-  for (const DeviceMatrix& m : w) tiles += CeilDiv(m.rows, kTileRows);
+  for (const DeviceMatrix& m : w) tiles += CeilDiv(m.rows, tile_rows);
   return tiles;
 }
 
@@ -559,6 +447,28 @@ int64_t TotalRows(std::span<const DeviceMatrix> w) {
   return rows;
 }
 
+// How a group's product runs: 64-token tiles on the wgmma kernel where the
+// device runs it (matmul_half_wgmma.h), every other batch on mma.sync.
+struct Plan {
+  bool wgmma;
+  int tile_rows;
+  int tile_tokens;
+  int splits;  // the most a launch with enough scratch uses
+};
+
+Plan PlanFor(std::span<const DeviceMatrix> w, int n_tokens) {
+  Plan plan{false, kTileRows, TileTokensFor(n_tokens), 1};
+  int blocks_per_sm = kBlocksPerSm;
+  if (plan.tile_tokens == half_mma::kWgmmaTileTokens && half_mma::WgmmaAvailable()) {
+    plan.wgmma = true;
+    plan.tile_rows = half_mma::WgmmaTileRows(w[0].type);
+    blocks_per_sm = half_mma::kWgmmaBlocksPerSm;
+  }
+  plan.splits = SplitsFor(RowTiles(w, plan.tile_rows), w[0].cols, n_tokens, plan.tile_tokens,
+                          blocks_per_sm);
+  return plan;
+}
+
 // With `deferred`, the split sums are not added: deferred[i] says where
 // matrix i's result is held (its partial sums in scratch, or y[i]).
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int n_tokens,
@@ -572,14 +482,15 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
   for (float* out : y) {
     if (out == nullptr) return cudaErrorInvalidValue;
   }
+  const Plan plan = PlanFor(w, n_tokens);
   const size_t wanted = MatMulHalfMmaGroupScratchFloats(w, n_tokens);
   const bool split = wanted > 0 && scratch != nullptr && scratch_floats >= wanted;
-  const int splits = split ? SplitsFor(RowTiles(w), w[0].cols, n_tokens) : 1;
+  const int splits = split ? plan.splits : 1;
   const auto k_steps = static_cast<int>(w[0].cols / kStep);
   const int per_split = static_cast<int>(CeilDiv(k_steps, splits));
-  const int tile_tokens = TileTokensFor(n_tokens);
+  const int tile_tokens = plan.tile_tokens;
   const dim3 grid(static_cast<unsigned>(CeilDiv(n_tokens, tile_tokens)),
-                  static_cast<unsigned>(RowTiles(w)),
+                  static_cast<unsigned>(RowTiles(w, plan.tile_rows)),
                   static_cast<unsigned>(CeilDiv(k_steps, per_split)));
   // Each matrix's output: y, or its slice of the partial sums.
   Matrix matrices[kMatMulHalfMmaMaxGroup] = {};
@@ -597,9 +508,9 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
   }
   // Tiles past the group's matrices never come: grid.y ends the group.
   const int first_tile1 =
-      w.size() > 1 ? static_cast<int>(RowTiles(w.first(1))) : static_cast<int>(grid.y);
+      w.size() > 1 ? static_cast<int>(RowTiles(w.first(1), plan.tile_rows)) : static_cast<int>(grid.y);
   const int first_tile2 =
-      w.size() > 2 ? static_cast<int>(RowTiles(w.first(2))) : static_cast<int>(grid.y);
+      w.size() > 2 ? static_cast<int>(RowTiles(w.first(2), plan.tile_rows)) : static_cast<int>(grid.y);
   const Problem p{matrices[0],
                   matrices[1],
                   matrices[2],
@@ -630,7 +541,9 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
       launch.template operator()<kType, 8>();
     }
   };
-  if (w[0].type == kQ4_K) {
+  if (plan.wgmma) {
+    launched = half_mma::LaunchWgmma(w[0].type, p, grid, stream, overlap_previous);
+  } else if (w[0].type == kQ4_K) {
     launch_type.template operator()<kQ4_K>();
   } else {
     launch_type.template operator()<kQ6_K>();
@@ -670,7 +583,7 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
 
 size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens) {
   if (!GroupSupported(w) || n_tokens <= 0) return 0;
-  const int splits = SplitsFor(RowTiles(w), w[0].cols, n_tokens);
+  const int splits = PlanFor(w, n_tokens).splits;
   return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
                           static_cast<size_t>(TotalRows(w))
                     : 0;
