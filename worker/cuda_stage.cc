@@ -839,7 +839,7 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   if ((options.kv_type != DType::kF16 && options.kv_type != DType::kF32) || options.n_slots <= 0 ||
       options.n_ctx < 0 || options.gemm_min_tokens < 1 || options.int8_max_tokens < 0 ||
       options.mma_max_tokens < 0 || options.half_mma_min_tokens < 1 ||
-      options.half_mma_max_tokens < 0) {
+      options.half_mma_max_tokens < -1) {
     return absl::InvalidArgumentError("CudaStage: bad KV cache or batching options");
   }
   if (config.head_dim <= 0 || config.head_dim > 256 || config.head_dim % 2 != 0) {
@@ -859,6 +859,9 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   impl->config = config;
   impl->range = range;
   impl->options = options;
+  if (options.half_mma_max_tokens < 0) {
+    impl->options.half_mma_max_tokens = cuda::MatMulHalfMmaBestMaxTokens();
+  }
   impl->n_ctx = options.n_ctx > 0 ? options.n_ctx : config.n_ctx_train;
   ASSIGN_OR_RETURN(impl->stream, cuda::Stream::Create());
   const int64_t e = config.n_embd, kv = config.n_embd_kv();

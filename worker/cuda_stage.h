@@ -80,10 +80,12 @@ struct CudaStageOptions {
   // llama2-7b Q4_K_M (H200): 16, 32 and 64 sequences decode at 1.34x, 1.18x
   // and 1.14x the integer tensor-core kernel it replaced (kernels/cuda/NOTES.md,
   // v22); from 4 sequences it beats the integer matrix-vector kernels (8
-  // sequences: 5.1 against 7.8 ms a step; 3: 4.9 against 4.6); 128-token
-  // batches and prompts run faster through dequantize + cuBLAS. Max 0: never.
+  // sequences: 5.1 against 7.8 ms a step; 3: 4.9 against 4.6); prompts run
+  // faster through dequantize + cuBLAS. Max 0: never; -1: as far as it beats
+  // that on this device (cuda::MatMulHalfMmaBestMaxTokens: 192 tokens where
+  // the wgmma kernel runs, 64 elsewhere).
   int64_t half_mma_min_tokens = 4;
-  int64_t half_mma_max_tokens = 64;
+  int64_t half_mma_max_tokens = -1;
   // The quantized products (integer and half tensor-core), the norms and the
   // layer's small kernels start while the kernel before them runs
   // (programmatic dependent launch: the products' weights stream in

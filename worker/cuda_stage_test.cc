@@ -600,7 +600,7 @@ INSTANTIATE_TEST_SUITE_P(Models, CudaStageTest, ::testing::ValuesIn(Cases()),
                          [](const auto& param_info) {
                            const Case& c = param_info.param;
                            std::string name = c.model + (c.gemm_min_tokens > 12      ? "_matvec"
-                                                         : c.half_mma_max_tokens > 0 ? "_halfmma"
+                                                         : c.half_mma_max_tokens != 0 ? "_halfmma"
                                                          : c.mma_max_tokens > 0      ? "_mma"
                                                                                      : "_cublas");
                            std::replace(name.begin(), name.end(), '-', '_');

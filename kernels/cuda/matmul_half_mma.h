@@ -35,6 +35,14 @@ cudaError_t LaunchFloatToHalfMmaOrder(const float* x, int64_t n_tokens, int64_t 
 // of 256-element blocks, data 16-byte aligned (not null).
 bool MatMulHalfMmaSupports(const DeviceMatrix& w);
 
+// The largest batch for which this product beats dequantize + cuBLAS on the
+// current device, from whole-model steps of llama2-7b Q4_K_M on an H200: 192
+// tokens where the wgmma kernel runs (64-token tiles: 128 sequences decode at
+// 11.5 ms a step against 14.6, 192 at 17.2 against 17.7, 256 at 21.9 against
+// 19.3), 64 elsewhere (the mma.sync kernel at 128 tokens: 74.9 us against 62
+// for 11008x4096 Q4_K).
+int64_t MatMulHalfMmaBestMaxTokens();
+
 // Floats of scratch memory LaunchMatMulHalfMma uses to split K for this
 // matrix and batch (0: it does not split).
 size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens);
