@@ -45,14 +45,18 @@ struct WgmmaLayout {
   static constexpr int kBytes = kTable + kRows * kTableWords * 4;
 };
 
-// The B operand of slice `slice` (elements 16 slice..): its atom, 32 bytes
-// a slice into it (wgmma applies the swizzle to the addresses it forms, so
-// a start inside a 1 KB-aligned atom reads the right chunks).
-__device__ __forceinline__ uint64_t SliceDescriptor(const uint8_t* tokens, int slice) {
-  const auto address = static_cast<uint32_t>(
-      __cvta_generic_to_shared(tokens + (slice >> 2) * kAtomBytes + (slice & 3) * 32));
+// The B operand of a stage's activations (slice 0), and of slice `slice`
+// (elements 16 slice..) from it: its atom, 32 bytes a slice into it (wgmma
+// applies the swizzle to the addresses it forms, so a start inside a 1 KB-
+// aligned atom reads the right chunks). The start address, in 16-byte units,
+// is the low 14 bits: adding a slice's offset to the descriptor moves it.
+__device__ __forceinline__ uint64_t StageDescriptor(const uint8_t* tokens) {
+  const auto address = static_cast<uint32_t>(__cvta_generic_to_shared(tokens));
   return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | uint64_t{1} << 16 |
          static_cast<uint64_t>(kRowGroupBytes >> 4) << 32 | uint64_t{1} << 62;
+}
+__device__ __forceinline__ uint64_t SliceDescriptor(uint64_t stage, int slice) {
+  return stage + static_cast<uint64_t>(((slice >> 2) * kAtomBytes + (slice & 3) * 32) >> 4);
 }
 
 __device__ __forceinline__ void WgmmaFence() {
@@ -110,7 +114,7 @@ __device__ __forceinline__ void MultiplySlice(float (&d)[32], const uint32_t (&a
 // nibbles 64j + 32.. (2j + 1); slice 4j + 2 high + h is bytes 32j + 16h..
 // of nibbles `high`.
 template <int kSlot>
-__device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint8_t* weights,
+__device__ __forceinline__ void ComputeQ4K(uint64_t stage, const uint8_t* weights,
                                            const uint32_t* table, int row, int lane,
                                            float (&acc)[32]) {
   const int g = lane >> 2, t = lane & 3;
@@ -146,7 +150,7 @@ __device__ __forceinline__ void ComputeQ4K(const uint8_t* stage, const uint8_t* 
 // ql[64h + 32 (q & 1) + l] >> 4 (q >> 1) and its high 2 bits in
 // qh[32h + l] >> 2q; slice 8h + 2q + s is l = 16s..16s + 15.
 template <int kSlot>
-__device__ __forceinline__ void ComputeQ6K(const uint8_t* stage, const uint8_t* weights,
+__device__ __forceinline__ void ComputeQ6K(uint64_t stage, const uint8_t* weights,
                                            const uint32_t* table, int row, int lane,
                                            float (&acc)[32]) {
   const int g = lane >> 2, t = lane & 3;
@@ -300,9 +304,11 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
     __syncwarp();
     if (group_live) {
       if constexpr (kType == kQ4_K) {
-        ComputeQ4K<L::kSlot>(stage, stage + L::kWeights, table, warp_row, lane, acc);
+        ComputeQ4K<L::kSlot>(StageDescriptor(stage), stage + L::kWeights, table, warp_row, lane,
+                             acc);
       } else {
-        ComputeQ6K<L::kSlot>(stage, stage + L::kWeights, table, warp_row, lane, acc);
+        ComputeQ6K<L::kSlot>(StageDescriptor(stage), stage + L::kWeights, table, warp_row, lane,
+                             acc);
       }
       WgmmaWait<0>();
 #pragma unroll
