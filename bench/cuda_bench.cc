@@ -450,7 +450,8 @@ int Run(int argc, char** argv) {
                  "the smallest batch for the half-precision tensor-core kernel");
   app.add_option("--half-mma-max-tokens", half_mma_max_tokens,
                  "batches up to this size multiply Q4_K/Q6_K on tensor cores in half precision "
-                 "from weights decoded in registers (0: never; -1: as far as it wins on this device)");
+                 "from weights decoded in registers (0: never; -1: as far as it wins on this "
+                 "device)");
   app.add_flag("--exact", exact,
                "exact mode: per-token kernels whatever the batch (results independent of it)");
   app.add_flag(

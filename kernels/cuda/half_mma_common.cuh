@@ -93,6 +93,32 @@ __device__ __forceinline__ void FillTableEntry(const uint8_t* slot, int offset, 
   }
 }
 
+// The order in which a block walks its K steps [begin, end): row tile
+// `tile` starts at its own step, so that the tiles do not all read the same
+// activations from L2 at once.
+struct KSteps {
+  int begin, count, rotate;
+  __device__ KSteps(int begin_step, int end_step, int tile)
+      : begin(begin_step), count(end_step - begin_step), rotate(tile % (end_step - begin_step)) {}
+  __device__ int operator()(int i) const {
+    return begin + (i + rotate < count ? i + rotate : i + rotate - count);
+  }
+};
+
+// Asks L2 for a row's blocks of K steps [begin, end), 128 bytes at a time,
+// this thread taking every `parts`-th line from `part`: what a product's
+// block does while it waits for the kernel before it.
+template <uint32_t kType>
+__device__ __forceinline__ void PrefetchRowToL2(const uint8_t* row, uint64_t row_bytes, int begin,
+                                                int end, int part, int parts) {
+  const uint64_t first = static_cast<uint64_t>(begin) * kKBlockBytes<kType>;
+  const uint64_t range_end = static_cast<uint64_t>(end) * kKBlockBytes<kType>;
+  const uint64_t stop = range_end < row_bytes ? range_end : row_bytes;
+  for (uint64_t offset = first + 128 * part; offset < stop; offset += 128 * parts) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(row + offset));
+  }
+}
+
 // One matrix of a launch and where its sums go (with split K: its partial
 // sums, split z at y + z * n_tokens * rows).
 struct Matrix {

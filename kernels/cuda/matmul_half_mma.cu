@@ -259,27 +259,15 @@ __global__ void __launch_bounds__(kThreads, kBlocksPerSm) MatMulHalfMmaKernel(Pr
     }
   }
 
-  // Row tiles start their K range at different steps, so that they do not
-  // all read the same activations from L2 at once.
-  const int steps = kb_end - kb_begin;
-  const int rotate = static_cast<int>(blockIdx.y) % steps;
-  const auto step_at = [&](int i) {
-    return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
-  };
+  const KSteps step_at(kb_begin, kb_end, static_cast<int>(blockIdx.y));
+  const int steps = step_at.count;
   // Launched after the previous kernel (dependent_launch.cuh): the weights
   // (never written by kernels) are copied before its results are awaited,
   // the first step's into its stage and the rest of the block's K range
   // into L2; the activations and every store come after.
   LetNextKernelStart();
   issue_weights(step_at(0), shared);
-  if (row_live) {
-    const uint64_t first = static_cast<uint64_t>(kb_begin) * kKBlockBytes<kType>;
-    const uint64_t range_end = static_cast<uint64_t>(kb_end) * kKBlockBytes<kType>;
-    const uint64_t end = range_end < m.row_bytes ? range_end : m.row_bytes;
-    for (uint64_t offset = first + 128 * part; offset < end; offset += 128 * kParts) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + offset));
-    }
-  }
+  if (row_live) PrefetchRowToL2<kType>(row, m.row_bytes, kb_begin, kb_end, part, kParts);
   WaitForPreviousKernel();
   issue_tokens(step_at(0), shared);
   CommitCopies();
@@ -527,9 +515,11 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
   }
   // Tiles past the group's matrices never come: grid.y ends the group.
   const int first_tile1 =
-      w.size() > 1 ? static_cast<int>(RowTiles(w.first(1), plan.tile_rows)) : static_cast<int>(grid.y);
+      w.size() > 1 ? static_cast<int>(RowTiles(w.first(1), plan.tile_rows))
+                   : static_cast<int>(grid.y);
   const int first_tile2 =
-      w.size() > 2 ? static_cast<int>(RowTiles(w.first(2), plan.tile_rows)) : static_cast<int>(grid.y);
+      w.size() > 2 ? static_cast<int>(RowTiles(w.first(2), plan.tile_rows))
+                   : static_cast<int>(grid.y);
   const Problem p{matrices[0],
                   matrices[1],
                   matrices[2],

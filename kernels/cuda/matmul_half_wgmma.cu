@@ -24,7 +24,7 @@ namespace {
 // read 16-32 bytes of each of 16-32 tokens or wrote 32 times into the same
 // banks, and the copies' issue held the warps: 11008x4096 Q4_K at 64 tokens
 // 55 us against 36.)
-constexpr int kAtomBytes = 64 * 128;  // 64 tokens x 64 elements
+constexpr int kAtomBytes = 64 * 128;     // 64 tokens x 64 elements
 constexpr int kRowGroupBytes = 8 * 128;  // the descriptor's stride offset: 8 tokens
 constexpr int kTokenStageBytes = kWgmmaTileTokens * kStep * 2;
 
@@ -84,16 +84,15 @@ __device__ __forceinline__ void Wgmma(float (&d)[32], const uint32_t (&a)[4], ui
       "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-        "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 
 // One slice's product, at most one other in flight: the slice before the
 // previous one has finished with its A registers when this returns.
-__device__ __forceinline__ void MultiplySlice(float (&d)[32], const uint32_t (&a)[4],
-                                              uint64_t b) {
+__device__ __forceinline__ void MultiplySlice(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
   WgmmaFence();
   Wgmma(d, a, b);
   WgmmaCommit();
@@ -256,27 +255,15 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
 
-  // Row tiles start their K range at different steps, so that they do not
-  // all read the same activations from L2 at once.
-  const int steps = kb_end - kb_begin;
-  const int rotate = static_cast<int>(blockIdx.y) % steps;
-  const auto step_at = [&](int i) {
-    return kb_begin + (i + rotate < steps ? i + rotate : i + rotate - steps);
-  };
+  const KSteps step_at(kb_begin, kb_end, static_cast<int>(blockIdx.y));
+  const int steps = step_at.count;
   // Launched after the previous kernel (dependent_launch.cuh): the weights
   // (never written by kernels) are copied before its results are awaited,
   // the first step's into its stage and the rest of the block's K range
   // into L2; the activations and every store come after.
   LetNextKernelStart();
   issue_weights(step_at(0), shared);
-  if (row_live) {
-    const uint64_t first = static_cast<uint64_t>(kb_begin) * kKBlockBytes<kType>;
-    const uint64_t range_end = static_cast<uint64_t>(kb_end) * kKBlockBytes<kType>;
-    const uint64_t end = range_end < m.row_bytes ? range_end : m.row_bytes;
-    for (uint64_t offset = first + 128 * part; offset < end; offset += 128 * L::kParts) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(row + offset));
-    }
-  }
+  if (row_live) PrefetchRowToL2<kType>(row, m.row_bytes, kb_begin, kb_end, part, L::kParts);
   WaitForPreviousKernel();
   issue_tokens(step_at(0), shared);
   CommitCopies();
@@ -360,10 +347,9 @@ bool WgmmaAvailable() {
     return (available.load(std::memory_order_acquire) & bit) != 0;
   }
   int major = 0, minor = 0;
-  bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) ==
-                cudaSuccess &&
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) ==
-                cudaSuccess;
+  bool ok =
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
   ok = ok && major == 9 && minor == 0 &&
        HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ4_K>)) &&
        HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ6_K>));
