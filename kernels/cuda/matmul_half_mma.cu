@@ -435,8 +435,8 @@ int64_t TotalRows(std::span<const DeviceMatrix> w) {
   return rows;
 }
 
-// How a group's product runs: 64-token tiles on the wgmma kernel where the
-// device runs it (matmul_half_wgmma.h), every other batch on mma.sync.
+// How a group's product runs: tiles of 32 and 64 tokens on the wgmma kernel
+// where the device runs it (matmul_half_wgmma.h), smaller ones on mma.sync.
 struct Plan {
   bool wgmma;
   int tile_rows;
@@ -466,10 +466,11 @@ int WgmmaSplitsFor(int64_t row_tiles, int64_t cols) {
 
 Plan PlanFor(std::span<const DeviceMatrix> w, int n_tokens) {
   Plan plan{false, kTileRows, TileTokensFor(n_tokens), 1};
-  if (plan.tile_tokens == half_mma::kWgmmaTileTokens && half_mma::WgmmaAvailable()) {
+  if (half_mma::WgmmaTakes(plan.tile_tokens) && half_mma::WgmmaAvailable()) {
     plan.wgmma = true;
     plan.tile_rows = half_mma::WgmmaTileRows(w[0].type);
-    plan.splits = WgmmaSplitsFor(RowTiles(w, plan.tile_rows) * CeilDiv(n_tokens, 64), w[0].cols);
+    plan.splits = WgmmaSplitsFor(RowTiles(w, plan.tile_rows) * CeilDiv(n_tokens, plan.tile_tokens),
+                                 w[0].cols);
     return plan;
   }
   plan.splits = SplitsFor(RowTiles(w), w[0].cols, n_tokens);
@@ -551,7 +552,7 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
     }
   };
   if (plan.wgmma) {
-    launched = half_mma::LaunchWgmma(w[0].type, p, grid, stream, overlap_previous);
+    launched = half_mma::LaunchWgmma(w[0].type, tile_tokens, p, grid, stream, overlap_previous);
   } else if (w[0].type == kQ4_K) {
     launch_type.template operator()<kQ4_K>();
   } else {

@@ -7,16 +7,16 @@
 namespace chord::cuda::half_mma {
 namespace {
 
-// A block: 64 tokens x kRows weight rows over a share of K, one 256-element
-// K step at a time through two shared-memory stages (the next step's bytes
-// in flight while this one is multiplied). Each warpgroup owns 64 rows, each
+// A block: kTokens (32 or 64) tokens x kRows weight rows over a share of K,
+// one 256-element K step at a time through two shared-memory stages (the
+// next step's bytes in flight while this one is multiplied). Each warpgroup owns 64 rows, each
 // of its warps 16 of them over the whole K step: for every 16-element slice
 // a warp decodes its rows' weights into the A fragment registers and the
-// warpgroup issues one wgmma m64n64k16 whose B (the 64 tokens' halves) comes
+// warpgroup issues one wgmma m64nNk16 whose B (the tokens' halves) comes
 // from shared memory, then decodes the next slice while it runs.
 //
 // The activations of a K step in shared memory as wgmma reads B with the
-// 128-byte swizzle: four 8 KB atoms of 64 elements each (chunks 8a..8a + 7
+// 128-byte swizzle: four atoms of kTokens x 64 elements (chunks 8a..8a + 7
 // of 8 elements); token n's 128 bytes of an atom at n * 128, its chunk c at
 // 16 (c ^ (n % 8)) within them. A warp copies one token's 512 contiguous
 // bytes an instruction, four whole 128-byte rows of shared memory. (Without
@@ -24,12 +24,12 @@ namespace {
 // read 16-32 bytes of each of 16-32 tokens or wrote 32 times into the same
 // banks, and the copies' issue held the warps: 11008x4096 Q4_K at 64 tokens
 // 55 us against 36.)
-constexpr int kAtomBytes = 64 * 128;     // 64 tokens x 64 elements
 constexpr int kRowGroupBytes = 8 * 128;  // the descriptor's stride offset: 8 tokens
-constexpr int kTokenStageBytes = kWgmmaTileTokens * kStep * 2;
 
-template <uint32_t kType>
+template <uint32_t kType, int kTokens>
 struct WgmmaLayout {
+  static constexpr int kAtomBytes = kTokens * 128;  // kTokens x 64 elements
+  static constexpr int kTokenStageBytes = kTokens * kStep * 2;
   // Q4_K: two warpgroups (128 rows), so that each copy of the activations
   // serves twice the weights of a 64-row tile. Q6_K: one; its blocks take
   // 240-byte slots, and two stages of 128 rows would leave one block an SM.
@@ -43,6 +43,7 @@ struct WgmmaLayout {
   static constexpr int kStageBytes = kTokenStageBytes + kRows * kSlot;
   static constexpr int kTable = 2 * kStageBytes;  // after the two stages
   static constexpr int kBytes = kTable + kRows * kTableWords * 4;
+  static_assert(kStageBytes % 1024 == 0, "every stage's atoms 1 KB-aligned");
 };
 
 // The B operand of a stage's activations (slice 0), and of slice `slice`
@@ -55,8 +56,9 @@ __device__ __forceinline__ uint64_t StageDescriptor(const uint8_t* tokens) {
   return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | uint64_t{1} << 16 |
          static_cast<uint64_t>(kRowGroupBytes >> 4) << 32 | uint64_t{1} << 62;
 }
+template <int kTokens>
 __device__ __forceinline__ uint64_t SliceDescriptor(uint64_t stage, int slice) {
-  return stage + static_cast<uint64_t>(((slice >> 2) * kAtomBytes + (slice & 3) * 32) >> 4);
+  return stage + static_cast<uint64_t>(((slice >> 2) * kTokens * 128 + (slice & 3) * 32) >> 4);
 }
 
 __device__ __forceinline__ void WgmmaFence() {
@@ -72,15 +74,30 @@ __device__ __forceinline__ void WgmmaWait() {
 // Keeps the compiler from moving accesses to an accumulator across a wait.
 __device__ __forceinline__ void Touch(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 
-// d (64 rows x 64 tokens across the warpgroup; this warp's 16 rows) +=
-// a (this warp's 16 x 16 fragment, mma.m16n8k16's A layout) x B (16 x 64
+// d (64 rows x N tokens across the warpgroup; this warp's 16 rows) +=
+// a (this warp's 16 x 16 fragment, mma.m16n8k16's A layout) x B (16 x N
 // from shared memory, K-major).
-__device__ __forceinline__ void Wgmma(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+template <int N>
+__device__ void Wgmma(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t b);
+template <>
+__device__ __forceinline__ void Wgmma<32>(float (&d)[16], const uint32_t (&a)[4], uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void Wgmma<64>(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+      "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
       "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
@@ -92,9 +109,11 @@ __device__ __forceinline__ void Wgmma(float (&d)[32], const uint32_t (&a)[4], ui
 
 // One slice's product, at most one other in flight: the slice before the
 // previous one has finished with its A registers when this returns.
-__device__ __forceinline__ void MultiplySlice(float (&d)[32], const uint32_t (&a)[4], uint64_t b) {
+template <int N>
+__device__ __forceinline__ void MultiplySlice(float (&d)[N / 2], const uint32_t (&a)[4],
+                                              uint64_t b) {
   WgmmaFence();
-  Wgmma(d, a, b);
+  Wgmma<N>(d, a, b);
   WgmmaCommit();
   WgmmaWait<1>();
 }
@@ -112,10 +131,10 @@ __device__ __forceinline__ void MultiplySlice(float (&d)[32], const uint32_t (&a
 // the nibbles hold group j: low nibbles elements 64j.. (sub-block 2j), high
 // nibbles 64j + 32.. (2j + 1); slice 4j + 2 high + h is bytes 32j + 16h..
 // of nibbles `high`.
-template <int kSlot>
+template <int kSlot, int kTokens>
 __device__ __forceinline__ void ComputeQ4K(uint64_t stage, const uint8_t* weights,
                                            const uint32_t* table, int row, int lane,
-                                           float (&acc)[32]) {
+                                           float (&acc)[kTokens / 2]) {
   const int g = lane >> 2, t = lane & 3;
   const int shift = 8 * (t & 1);
   const uint8_t* a_lane = weights + (row + g) * kSlot + 16 + 4 * (t >> 1);  // nibbles: byte 16 on
@@ -139,7 +158,7 @@ __device__ __forceinline__ void ComputeQ4K(uint64_t stage, const uint8_t* weight
         const uint32_t s1 = high ? sc1.z : sc1.x, m1 = high ? sc1.w : sc1.y;
         const uint32_t a[4] = {DecodeQ4Pair(w00 >> s, s0, m0), DecodeQ4Pair(w10 >> s, s1, m1),
                                DecodeQ4Pair(w01 >> s, s0, m0), DecodeQ4Pair(w11 >> s, s1, m1)};
-        MultiplySlice(acc, a, SliceDescriptor(stage, 4 * j + 2 * high + h));
+        MultiplySlice<kTokens>(acc, a, SliceDescriptor<kTokens>(stage, 4 * j + 2 * high + h));
       }
     }
   }
@@ -148,10 +167,10 @@ __device__ __forceinline__ void ComputeQ4K(uint64_t stage, const uint8_t* weight
 // The same for Q6_K. Element 128h + 32q + l has its low 4 bits in
 // ql[64h + 32 (q & 1) + l] >> 4 (q >> 1) and its high 2 bits in
 // qh[32h + l] >> 2q; slice 8h + 2q + s is l = 16s..16s + 15.
-template <int kSlot>
+template <int kSlot, int kTokens>
 __device__ __forceinline__ void ComputeQ6K(uint64_t stage, const uint8_t* weights,
                                            const uint32_t* table, int row, int lane,
-                                           float (&acc)[32]) {
+                                           float (&acc)[kTokens / 2]) {
   const int g = lane >> 2, t = lane & 3;
   const int shift = 8 * (t & 1);
   const uint32_t* entries[2] = {table + (row + g) * kTableWords,
@@ -195,20 +214,20 @@ __device__ __forceinline__ void ComputeQ6K(uint64_t stage, const uint8_t* weight
             a[2 * x + rr] = DecodeQ6Pair(low >> shift, (high << 4) >> shift, scale);
           }
         }
-        MultiplySlice(acc, a, SliceDescriptor(stage, 8 * h + 2 * q + s));
+        MultiplySlice<kTokens>(acc, a, SliceDescriptor<kTokens>(stage, 8 * h + 2 * q + s));
       }
     }
   }
 }
 
-template <uint32_t kType>
-__global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerSm)
+template <uint32_t kType, int kTokens>
+__global__ void __launch_bounds__(WgmmaLayout<kType, kTokens>::kThreads, kWgmmaBlocksPerSm)
     MatMulHalfWgmmaKernel(Problem p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) uint8_t shared[];
-  using L = WgmmaLayout<kType>;
+  using L = WgmmaLayout<kType, kTokens>;
   auto* table = reinterpret_cast<uint32_t*>(shared + L::kTable);
-  const int tok0 = static_cast<int>(blockIdx.x) * kWgmmaTileTokens;
+  const int tok0 = static_cast<int>(blockIdx.x) * kTokens;
   int row_tile = 0;
   const Matrix m = MatrixOfTile(p, static_cast<int>(blockIdx.y), row_tile);
   const int row0 = row_tile * L::kRows;
@@ -230,7 +249,7 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
   const int fill_r = warp_row + (lane & 15);
   const uint8_t* fill_row =
       m.w + static_cast<uint64_t>(min(row0 + fill_r, m.rows - 1)) * m.row_bytes;
-  const int live_tokens = min(kWgmmaTileTokens, p.n_tokens - tok0);
+  const int live_tokens = min(kTokens, p.n_tokens - tok0);
   const uint64_t token_bytes = static_cast<uint64_t>(p.cols) * 2;
   const auto issue_weights = [&](int kb, uint8_t* stage) {
     if (row_live) {
@@ -240,7 +259,7 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
   // Warp w copies tokens w, w + kThreads / 32, ..., lane l the token's
   // chunk l (16 bytes): 512 contiguous bytes read, four swizzled rows
   // written.
-  const int chunk_atom = (lane >> 3) * kAtomBytes, chunk_in_row = lane & 7;
+  const int chunk_atom = (lane >> 3) * L::kAtomBytes, chunk_in_row = lane & 7;
   const auto issue_tokens = [&](int kb, uint8_t* stage) {
     for (int token = warp; token < live_tokens; token += L::kThreads / 32) {
       CopyAsync16(stage + chunk_atom + token * 128 + ((chunk_in_row ^ (token & 7)) << 4),
@@ -251,9 +270,9 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
   // The swizzle is a function of the address: the atoms must be 1 KB-aligned.
   if ((static_cast<uint32_t>(__cvta_generic_to_shared(shared)) & 1023) != 0) __trap();
 
-  float acc[32];
+  float acc[kTokens / 2];
 #pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < kTokens / 2; ++i) acc[i] = 0.0f;
 
   const KSteps step_at(kb_begin, kb_end, static_cast<int>(blockIdx.y));
   const int steps = step_at.count;
@@ -291,15 +310,15 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
     __syncwarp();
     if (group_live) {
       if constexpr (kType == kQ4_K) {
-        ComputeQ4K<L::kSlot>(StageDescriptor(stage), stage + L::kWeights, table, warp_row, lane,
-                             acc);
+        ComputeQ4K<L::kSlot, kTokens>(StageDescriptor(stage), stage + L::kWeights, table, warp_row,
+                                      lane, acc);
       } else {
-        ComputeQ6K<L::kSlot>(StageDescriptor(stage), stage + L::kWeights, table, warp_row, lane,
-                             acc);
+        ComputeQ6K<L::kSlot, kTokens>(StageDescriptor(stage), stage + L::kWeights, table, warp_row,
+                                      lane, acc);
       }
       WgmmaWait<0>();
 #pragma unroll
-      for (int e = 0; e < 32; ++e) Touch(acc[e]);
+      for (int e = 0; e < kTokens / 2; ++e) Touch(acc[e]);
     }
     __syncthreads();  // the stage and the table are rewritten next
   }
@@ -310,7 +329,7 @@ __global__ void __launch_bounds__(WgmmaLayout<kType>::kThreads, kWgmmaBlocksPerS
   const int g = lane >> 2, t = lane & 3;
   float* out = m.y + static_cast<int64_t>(blockIdx.z) * p.n_tokens * m.rows;
 #pragma unroll
-  for (int c = 0; c < 8; ++c) {
+  for (int c = 0; c < kTokens / 8; ++c) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int out_row = row0 + warp_row + g + 8 * (e >> 1);
@@ -351,34 +370,39 @@ bool WgmmaAvailable() {
       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
   ok = ok && major == 9 && minor == 0 &&
-       HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ4_K>)) &&
-       HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ6_K>));
+       HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ4_K, 64>)) &&
+       HasCode(reinterpret_cast<const void*>(MatMulHalfWgmmaKernel<kQ6_K, 64>));
   if (ok) available.fetch_or(bit, std::memory_order_release);
   checked.fetch_or(bit, std::memory_order_release);
   return ok;
 }
 
 int WgmmaTileRows(uint32_t type) {
-  return type == kQ4_K ? WgmmaLayout<kQ4_K>::kRows : WgmmaLayout<kQ6_K>::kRows;
+  return type == kQ4_K ? WgmmaLayout<kQ4_K, 64>::kRows : WgmmaLayout<kQ6_K, 64>::kRows;
 }
 
-cudaError_t LaunchWgmma(uint32_t type, const Problem& p, dim3 grid, cudaStream_t stream,
-                        bool overlap_previous) {
-  cudaError_t launched = cudaSuccess;
-  const auto launch = [&]<uint32_t kType>() {
-    using L = WgmmaLayout<kType>;
-    constexpr auto kernel = MatMulHalfWgmmaKernel<kType>;
+cudaError_t LaunchWgmma(uint32_t type, int tile_tokens, const Problem& p, dim3 grid,
+                        cudaStream_t stream, bool overlap_previous) {
+  cudaError_t launched = cudaErrorInvalidValue;
+  const auto launch = [&]<uint32_t kType, int kTokens>() {
+    using L = WgmmaLayout<kType, kTokens>;
+    constexpr auto kernel = MatMulHalfWgmmaKernel<kType, kTokens>;
     launched = AllowSharedMemory<kernel, L::kBytes>();
     if (launched != cudaSuccess) return;
     launched = LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(L::kThreads), L::kBytes,
                                    stream, p);
   };
-  if (type == kQ4_K) {
-    launch.template operator()<kQ4_K>();
-  } else if (type == kQ6_K) {
-    launch.template operator()<kQ6_K>();
-  } else {
-    return cudaErrorInvalidValue;
+  const auto launch_type = [&]<int kTokens>() {
+    if (type == kQ4_K) {
+      launch.template operator()<kQ4_K, kTokens>();
+    } else if (type == kQ6_K) {
+      launch.template operator()<kQ6_K, kTokens>();
+    }
+  };
+  if (tile_tokens == 32) {
+    launch_type.template operator()<32>();
+  } else if (tile_tokens == 64) {
+    launch_type.template operator()<64>();
   }
   return launched;
 }
