@@ -7,8 +7,8 @@
 
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/half_mma_common.cuh"
-#include "kernels/cuda/matmul_half_wgmma.h"
 #include "kernels/cuda/kquant_tiles.cuh"
+#include "kernels/cuda/matmul_half_wgmma.h"
 #include "kernels/cuda/matvec_common.cuh"
 #include "kernels/cuda/mma_order.cuh"
 
@@ -450,13 +450,13 @@ struct Plan {
 // read). Against SplitsFor's two waves, llama2-7b Q4_K_M at 64
 // sequences: 6.78 against 6.83 ms a step (its 4096-row products get 8
 // splits instead of 4: 256 blocks instead of 128 on 264 places).
-int WgmmaSplitsFor(int64_t row_tiles, int64_t cols) {
+int WgmmaSplitsFor(int64_t tiles, int64_t cols) {
   const int64_t places = int64_t{kSms} * half_mma::kWgmmaBlocksPerSm;
   const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, cols / kStep / 2));
   int best = 1;
   double best_fill = 0.0;
   for (int splits = 1; splits <= most; ++splits) {
-    const int64_t blocks = row_tiles * splits;
+    const int64_t blocks = tiles * splits;
     const double fill =
         static_cast<double>(blocks) / static_cast<double>(CeilDiv(blocks, places) * places);
     if (fill > 1.05 * best_fill) best = splits, best_fill = fill;

@@ -1,6 +1,7 @@
 // Batched products on the tensor cores in half precision straight from Q4_K
 // and Q6_K blocks: each weight is decoded to half in registers by the lane
-// whose mma.sync m16n8k16 fragment holds it, and multiplied with half
+// whose fragment holds it (of an mma.sync m16n8k16, or on Hopper of a wgmma
+// for 32- and 64-token tiles: matmul_half_wgmma.h), and multiplied with half
 // activations, the sums in float. The matrix is read once per 64-token tile
 // in its GGUF bytes; no half copy of it is written, the activations are not
 // rounded to 8 bits, and no per-sub-block epilogue runs (the block's scales

@@ -9,11 +9,12 @@ namespace {
 
 // A block: kTokens (32 or 64) tokens x kRows weight rows over a share of K,
 // one 256-element K step at a time through two shared-memory stages (the
-// next step's bytes in flight while this one is multiplied). Each warpgroup owns 64 rows, each
-// of its warps 16 of them over the whole K step: for every 16-element slice
-// a warp decodes its rows' weights into the A fragment registers and the
-// warpgroup issues one wgmma m64nNk16 whose B (the tokens' halves) comes
-// from shared memory, then decodes the next slice while it runs.
+// next step's bytes in flight while this one is multiplied). Each warpgroup
+// owns 64 rows, each of its warps 16 of them over the whole K step: for
+// every 16-element slice a warp decodes its rows' weights into the A
+// fragment registers and the warpgroup issues one wgmma m64nNk16 whose B
+// (the tokens' halves) comes from shared memory, then decodes the next slice
+// while it runs.
 //
 // The activations of a K step in shared memory as wgmma reads B with the
 // 128-byte swizzle: four atoms of kTokens x 64 elements (chunks 8a..8a + 7
@@ -56,6 +57,7 @@ __device__ __forceinline__ uint64_t StageDescriptor(const uint8_t* tokens) {
   return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | uint64_t{1} << 16 |
          static_cast<uint64_t>(kRowGroupBytes >> 4) << 32 | uint64_t{1} << 62;
 }
+
 template <int kTokens>
 __device__ __forceinline__ uint64_t SliceDescriptor(uint64_t stage, int slice) {
   return stage + static_cast<uint64_t>(((slice >> 2) * kTokens * 128 + (slice & 3) * 32) >> 4);
