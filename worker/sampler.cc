@@ -43,6 +43,12 @@ float Sampler::ExpNonPositive(float x) {
   return underflows ? 0.0f : p * two_to_n;
 }
 
+// Built for AVX-512 and AVX2 too where the compiler can (x86-64 with GCC or
+// clang), the loader choosing by the CPU: the same operations in wider
+// registers, so the same bits (no contraction into FMA: -ffp-contract=off).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 void Sampler::ExpOf(std::span<const float> logits, float max_logit, float scale,
                     std::span<float> out) {
   for (size_t i = 0; i < logits.size(); ++i)
@@ -104,6 +110,83 @@ Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double 
     begin = split + 1;
   }
   return *begin;
+}
+
+// Over a large vocabulary, first a histogram: a token's distance below the
+// best logit, scaled so that the logits' spread fills kBuckets buckets, is its
+// bucket (monotone in the logit, so a bucket holds a stretch of the ranking,
+// ties together); the buckets' masses, nearest the best first, find the one
+// where the prefix mass reaches `need`, and the weighted quickselect runs over
+// that bucket's tokens alone. Three passes that touch each token once instead
+// of partitions of the whole vocabulary (BENCHMARKS.md, "Sampling").
+Sampler::Candidate Sampler::TopPLastOfAll(std::span<const float> x, float max_logit, float top_p) {
+  constexpr int kBuckets = 2048;
+  constexpr size_t kBucketedFrom = 4096;  // smaller vocabularies: the quickselect alone
+  const size_t n = x.size();
+  weights_.resize(n);
+  ExpOf(x, max_logit, 1.0f, weights_);  // probabilities at temperature 1, unnormalized
+  // The total over kLanes interleaved sums (a chain of dependent additions
+  // would wait on the adder's latency at every token); the order is fixed by
+  // n alone.
+  constexpr size_t kLanes = 8;
+  double lanes[kLanes] = {};
+  size_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) lanes[l] += weights_[i + l];
+  }
+  for (size_t l = 0; i < n; ++i, ++l) lanes[l] += weights_[i];
+  double total = 0.0;
+  for (const double lane : lanes) total += lane;
+  double need = static_cast<double>(top_p) * total;
+  candidates_.clear();
+  if (n < kBucketedFrom) {
+    for (size_t id = 0; id < n; ++id) {
+      candidates_.push_back({static_cast<int32_t>(id), x[id], weights_[id]});
+    }
+    return TopPLast(candidates_, need);
+  }
+  // The lowest logit, over kLanes interleaved minima (NaNs never compare).
+  float lowest[kLanes];
+  for (float& lane : lowest) lane = max_logit;
+  for (i = 0; i + kLanes <= n; i += kLanes) {
+    for (size_t l = 0; l < kLanes; ++l) lowest[l] = x[i + l] < lowest[l] ? x[i + l] : lowest[l];
+  }
+  float worst = max_logit;
+  for (; i < n; ++i) worst = x[i] < worst ? x[i] : worst;
+  for (const float lane : lowest) worst = lane < worst ? lane : worst;
+  const float spread = max_logit - worst;
+  const float scale = spread > 0.0f && std::isfinite(spread) ? kBuckets / spread : 0.0f;
+  // NaN distances (NaN logits, infinite ones) go to the last bucket, as the
+  // ranking puts them last.
+  const auto bucket = [&](float logit) {
+    const float distance = (max_logit - logit) * scale;
+    return distance < static_cast<float>(kBuckets) ? static_cast<int>(distance) : kBuckets - 1;
+  };
+  bucket_mass_.assign(kBuckets, 0.0);
+  std::vector<uint32_t>& counts = bucket_counts_;
+  counts.assign(kBuckets, 0);
+  buckets_.resize(n);
+  for (size_t id = 0; id < n; ++id) buckets_[id] = static_cast<uint16_t>(bucket(x[id]));
+  for (size_t id = 0; id < n; ++id) {
+    bucket_mass_[buckets_[id]] += weights_[id];
+    ++counts[buckets_[id]];
+  }
+  // The bucket where the prefix mass reaches `need`; past the total (its
+  // rounding), the last one holding tokens, whose lowest-ranked token ends
+  // the ranking.
+  int boundary = 0;
+  for (int b = 0; b < kBuckets; ++b) {
+    if (counts[static_cast<size_t>(b)] == 0) continue;
+    boundary = b;
+    if (need <= bucket_mass_[static_cast<size_t>(b)]) break;
+    need -= bucket_mass_[static_cast<size_t>(b)];
+  }
+  for (size_t id = 0; id < n; ++id) {
+    if (buckets_[id] == boundary) {
+      candidates_.push_back({static_cast<int32_t>(id), x[id], weights_[id]});
+    }
+  }
+  return TopPLast(candidates_, need);
 }
 
 int32_t Sampler::GreedyToken(std::span<const float> logits) {
@@ -184,13 +267,8 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
   if (top_k) {
     SelectTopK(x, params.top_k);  // the k best, best first
     last = candidates_.back();
-  } else if (top_p) {
-    candidates_.resize(static_cast<size_t>(n_vocab));
-    for (int32_t id = 0; id < n_vocab; ++id) {
-      candidates_[static_cast<size_t>(id)] = {id, x[static_cast<size_t>(id)], 0.0f};
-    }
   }
-  if (top_p) {
+  if (top_p && top_k) {
     // top-p weighs tokens by their probability at temperature 1.
     double total = 0.0;
     for (Candidate& c : candidates_) {
@@ -198,14 +276,23 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingParams& par
       total += c.mass;
     }
     last = TopPLast(candidates_, static_cast<double>(params.top_p) * total);
+  } else if (top_p) {
+    last = TopPLastOfAll(x, max_logit, params.top_p);
   }
   // min-p: p >= min_p * p_max  <=>  logit >= max_logit + log(min_p); the best always stays.
   const float min_logit = params.min_p > 0.0f ? max_logit + std::log(params.min_p)
                                               : -std::numeric_limits<float>::infinity();
-  const auto kept = [&](int32_t id, float logit) {
-    if (id == best) return true;
-    if (logit < min_logit) return false;
-    return !last.has_value() || !Ranked(*last, Candidate{id, logit, 0.0f});
+  // Kept: the best token, or one that min-p keeps and that does not rank
+  // after `last` (!Ranked(*last, token)). Bitwise, without branches: the draw
+  // asks it of every token of the vocabulary, whose answers a branch would
+  // mispredict half the time.
+  const bool has_last = last.has_value();
+  const float last_logit = has_last ? last->logit : 0.0f;
+  const int32_t last_id = has_last ? last->id : 0;
+  const auto kept = [=](int32_t id, float logit) {
+    const bool in_prefix =
+        (!has_last) | (!(last_logit > logit) & !((last_logit == logit) & (last_id < id)));
+    return (id == best) | (!(logit < min_logit) & in_prefix);
   };
 
   // Draw over the kept tokens in id order, weighted at the temperature. A
@@ -248,7 +335,8 @@ int32_t Sampler::DrawFromAll(std::span<const float> x, int32_t best, bool trunca
   weights_.resize(static_cast<size_t>(n_vocab));
   ExpOf(x, max_logit, scale, weights_);
   for (int32_t id = 0; truncated && id < n_vocab; ++id) {
-    if (!kept(id, x[static_cast<size_t>(id)])) weights_[static_cast<size_t>(id)] = 0.0f;
+    float& weight = weights_[static_cast<size_t>(id)];
+    weight = kept(id, x[static_cast<size_t>(id)]) ? weight : 0.0f;
   }
   // Sums of blocks of kDrawBlock weights, each over kLanes interleaved
   // accumulators (independent additions, so the loop runs at the adder's

@@ -74,6 +74,9 @@ class Sampler {
   // top-p: the lowest-ranked token of the shortest ranking prefix of
   // `candidates` whose mass reaches `need`.
   static Candidate TopPLast(std::vector<Candidate>& candidates, double need);
+  // The same over the whole vocabulary `x` (best logit max_logit), need =
+  // top_p times its total mass at temperature 1.
+  Candidate TopPLastOfAll(std::span<const float> x, float max_logit, float top_p);
   // candidates_ = the k best tokens (0 < k < logits.size()), best first: one
   // pass with a heap of k, a few hundred updates for random logits.
   void SelectTopK(std::span<const float> logits, int32_t k);
@@ -89,6 +92,9 @@ class Sampler {
   std::vector<Candidate> candidates_;
   std::vector<Weighted> kept_;  // the draw's tokens in id order (after top-k)
   std::vector<double> block_sums_;
+  std::vector<double> bucket_mass_;  // TopPLastOfAll's histogram
+  std::vector<uint32_t> bucket_counts_;
+  std::vector<uint16_t> buckets_;  // each token's bucket
   std::vector<float> logits_;
   std::vector<float> weights_;
 };
