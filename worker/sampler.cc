@@ -117,8 +117,8 @@ Sampler::Candidate Sampler::TopPLast(std::vector<Candidate>& candidates, double 
 // bucket (monotone in the logit, so a bucket holds a stretch of the ranking,
 // ties together); the buckets' masses, nearest the best first, find the one
 // where the prefix mass reaches `need`, and the weighted quickselect runs over
-// that bucket's tokens alone. Three passes that touch each token once instead
-// of partitions of the whole vocabulary (BENCHMARKS.md, "Sampling").
+// that bucket's tokens alone. A few linear passes, most of them vectorized,
+// instead of partitions of the whole vocabulary (BENCHMARKS.md, "Sampling").
 Sampler::Candidate Sampler::TopPLastOfAll(std::span<const float> x, float max_logit, float top_p) {
   constexpr int kBuckets = 2048;
   constexpr size_t kBucketedFrom = 4096;  // smaller vocabularies: the quickselect alone
