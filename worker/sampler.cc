@@ -220,19 +220,29 @@ void Sampler::SelectTopK(std::span<const float> logits, int32_t k) {
   // order, so a token displaces it exactly when its logit is greater.
   candidates_.clear();
   const auto n_vocab = static_cast<int32_t>(logits.size());
-  for (int32_t id = 0; id < n_vocab; ++id) {
-    const float logit = logits[static_cast<size_t>(id)];
-    if (static_cast<int32_t>(candidates_.size()) < k) {
-      candidates_.push_back({id, logit, 0.0f});
-      if (static_cast<int32_t>(candidates_.size()) == k) {
-        std::make_heap(candidates_.begin(), candidates_.end(), Ranked);
-      }
-      continue;
+  int32_t id = 0;
+  for (; id < n_vocab && static_cast<int32_t>(candidates_.size()) < k; ++id) {
+    candidates_.push_back({id, logits[static_cast<size_t>(id)], 0.0f});
+  }
+  std::make_heap(candidates_.begin(), candidates_.end(), Ranked);
+  // Blocks of kBlock tokens: once the heap holds good tokens few displace
+  // one, so a block none of whose logits beats the front is skipped after one
+  // comparison of all of them (which vectorizes); the others go token by
+  // token, the front read again after every displacement.
+  constexpr int32_t kBlock = 16;
+  while (id < n_vocab) {
+    const int32_t end = std::min(n_vocab, id + kBlock);
+    const float front = candidates_.front().logit;
+    int32_t passing = 0;
+    for (int32_t i = id; i < end; ++i) passing += logits[static_cast<size_t>(i)] > front ? 1 : 0;
+    for (; passing > 0 && id < end; ++id) {
+      const float logit = logits[static_cast<size_t>(id)];
+      if (!(logit > candidates_.front().logit)) continue;
+      std::pop_heap(candidates_.begin(), candidates_.end(), Ranked);
+      candidates_.back() = {id, logit, 0.0f};
+      std::push_heap(candidates_.begin(), candidates_.end(), Ranked);
     }
-    if (!(logit > candidates_.front().logit)) continue;
-    std::pop_heap(candidates_.begin(), candidates_.end(), Ranked);
-    candidates_.back() = {id, logit, 0.0f};
-    std::push_heap(candidates_.begin(), candidates_.end(), Ranked);
+    id = end;
   }
   std::sort_heap(candidates_.begin(), candidates_.end(), Ranked);  // best first
 }

@@ -265,10 +265,11 @@ TEST(SamplerTest, MatchesTheSortingReferenceOverTruncationSettings) {
   }
 }
 
-// Over a vocabulary large enough for top-p's histogram of buckets: logits
-// spread normally, with many exact ties (rounded to quarters), and with a few
-// far below the rest (one bucket then holds nearly everything).
-TEST(SamplerTest, TopPOverALargeVocabularyMatchesTheSortingReference) {
+// Over a vocabulary large enough for top-p's histogram of buckets (and many
+// of top-k's skipped blocks): logits spread normally, with many exact ties
+// (rounded to quarters), and with a few far below the rest (one bucket then
+// holds nearly everything).
+TEST(SamplerTest, LargeVocabularyMatchesTheSortingReference) {
   Sampler sampler;
   const int n_vocab = 40000;
   for (int shape = 0; shape < 3; ++shape) {
@@ -279,13 +280,17 @@ TEST(SamplerTest, TopPOverALargeVocabularyMatchesTheSortingReference) {
     if (shape == 2) {
       for (size_t i = 0; i < logits.size(); i += 5000) logits[i] = -1e4f;
     }
-    for (const float top_p : {0.001f, 0.5f, 0.95f, 0.9999f}) {
-      SamplingParams p = Plain(0.8f);
-      p.top_p = top_p;
-      p.seed = static_cast<uint64_t>(shape * 10 + 1);
-      for (int64_t pos = 0; pos < 8; ++pos) {
-        ASSERT_EQ(sampler.Sample(logits, p, {}, pos), ReferenceSample(logits, p, pos))
-            << "shape " << shape << " top_p " << top_p << " position " << pos;
+    for (const int top_k : {0, 40}) {
+      for (const float top_p : {0.001f, 0.5f, 0.95f, 0.9999f}) {
+        SamplingParams p = Plain(0.8f);
+        p.top_k = top_k;
+        p.top_p = top_p;
+        p.seed = static_cast<uint64_t>(shape * 10 + 1);
+        for (int64_t pos = 0; pos < 8; ++pos) {
+          ASSERT_EQ(sampler.Sample(logits, p, {}, pos), ReferenceSample(logits, p, pos))
+              << "shape " << shape << " top_k " << top_k << " top_p " << top_p << " position "
+              << pos;
+        }
       }
     }
   }
