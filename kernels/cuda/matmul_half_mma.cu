@@ -477,6 +477,13 @@ Plan PlanFor(std::span<const DeviceMatrix> w, int n_tokens) {
   return plan;
 }
 
+// Floats of scratch memory the plan's K splits need (0: it does not split).
+size_t ScratchFloatsFor(const Plan& plan, std::span<const DeviceMatrix> w, int n_tokens) {
+  return plan.splits > 1 ? static_cast<size_t>(plan.splits) * static_cast<size_t>(n_tokens) *
+                               static_cast<size_t>(TotalRows(w))
+                         : 0;
+}
+
 // With `deferred`, the split sums are not added: deferred[i] says where
 // matrix i's result is held (its partial sums in scratch, or y[i]).
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int n_tokens,
@@ -491,7 +498,7 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const uint16_t* x, int 
     if (out == nullptr) return cudaErrorInvalidValue;
   }
   const Plan plan = PlanFor(w, n_tokens);
-  const size_t wanted = MatMulHalfMmaGroupScratchFloats(w, n_tokens);
+  const size_t wanted = ScratchFloatsFor(plan, w, n_tokens);
   const bool split = wanted > 0 && scratch != nullptr && scratch_floats >= wanted;
   const int splits = split ? plan.splits : 1;
   const auto k_steps = static_cast<int>(w[0].cols / kStep);
@@ -595,10 +602,7 @@ int64_t MatMulHalfMmaBestMaxTokens() { return half_mma::WgmmaAvailable() ? 192 :
 
 size_t MatMulHalfMmaGroupScratchFloats(std::span<const DeviceMatrix> w, int n_tokens) {
   if (!GroupSupported(w) || n_tokens <= 0) return 0;
-  const int splits = PlanFor(w, n_tokens).splits;
-  return splits > 1 ? static_cast<size_t>(splits) * static_cast<size_t>(n_tokens) *
-                          static_cast<size_t>(TotalRows(w))
-                    : 0;
+  return ScratchFloatsFor(PlanFor(w, n_tokens), w, n_tokens);
 }
 
 size_t MatMulHalfMmaScratchFloats(const DeviceMatrix& w, int n_tokens) {
