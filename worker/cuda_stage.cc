@@ -325,11 +325,19 @@ absl::Status CudaStage::Impl::MatMuls(std::initializer_list<Product> products, c
     const size_t most = path == Path::kHalfMma ? cuda::kMatMulHalfMmaMaxGroup
                         : path == Path::kInt8  ? cuda::kMatVecQ8MaxGroup
                                                : 1;
+    // One-token integer groups may change type once (Q/K in Q4_K, V in
+    // Q6_K): the staged kernel reads both in one launch.
+    const bool mixed = path == Path::kInt8 && n == 1;
     size_t count = 1;
-    while (i + count < list.size() && count < most && list[i + count].w.type == w.type &&
-           list[i + count].w.cols == w.cols &&
+    bool changed = false;
+    while (i + count < list.size() && count < most && list[i + count].w.cols == w.cols &&
            (path == Path::kHalfMma ? HalfMma(list[i + count].w, n)
                                    : RoundsFor(list[i + count].w, n))) {
+      const uint32_t type = list[i + count].w.type;
+      if (type != list[i + count - 1].w.type) {
+        if (!mixed || changed) break;
+        changed = true;
+      }
       ++count;
     }
     size_t scratch = 0;

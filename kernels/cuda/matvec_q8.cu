@@ -1,9 +1,8 @@
-#include "kernels/cuda/matvec_q8.h"
-
 #include <algorithm>
 
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/matvec_common.cuh"
+#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/rms_scale.cuh"
 #include "kernels/cuda/round_block.cuh"
 
@@ -503,23 +502,22 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // and the warp sums them alike: the same bits. The first rows are requested
 // before waiting for the previous kernel (weights are never written by
 // kernels).
+// A warp's part of it: rows row, row + warps, ... of the group through its
+// ring of S buffers of `slot_bytes` (at least the group's row_bytes).
 template <uint32_t kType, int UPL, int S>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ8StagedKernel(RowGroup group, RoundedX x, bool accumulate) {
+__device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX& x,
+                                           bool accumulate, int64_t row, int64_t warps,
+                                           uint8_t* ring, int slot_bytes) {
   using U = Unit<kType>;
-  extern __shared__ __align__(16) uint8_t staged[];
-  const int lane = threadIdx.x % 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
-  int64_t row = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
+  const int lane = static_cast<int>(threadIdx.x % 32);
   if (row >= group.total_rows) return;
   const auto row_bytes = static_cast<int>(group.row_bytes);
-  uint8_t* ring = staged + static_cast<size_t>(threadIdx.x / 32) * S * row_bytes;
   // Row r into buffer b; a group is committed even without a row, so that
   // "all but the newest S - 1 groups" is always this row's.
   const auto copy_row = [&](int64_t r, int b) {
     if (r < group.total_rows) {
       const uint8_t* source = Locate(group, r).weights;
-      uint8_t* target = ring + b * row_bytes;
+      uint8_t* target = ring + b * slot_bytes;
       for (int c = lane * 16; c < row_bytes; c += 32 * 16) CopyAsync16(target + c, source + c);
     }
     CommitCopies();
@@ -538,7 +536,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     copy_row(row + (S - 1) * warps, b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
-    const uint8_t* weights = ring + b * row_bytes;
+    const uint8_t* weights = ring + b * slot_bytes;
     float acc[1] = {0.0f};
 #pragma unroll
     for (int j = 0; j < UPL; ++j) {
@@ -548,6 +546,143 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     }
     const GroupRow out = Locate(group, row);
     StoreRowSums<1>(acc, lane, out.y, out.y_stride, out.row, accumulate);
+    __syncwarp();  // the buffer is refilled next
+  }
+}
+
+template <uint32_t kType, int UPL, int S>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    MatVecQ8StagedKernel(RowGroup group, RoundedX x, bool accumulate) {
+  extern __shared__ __align__(16) uint8_t staged[];
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const auto row_bytes = static_cast<int>(group.row_bytes);
+  StagedRows<kType, UPL, S>(group, x, accumulate,
+                            static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp,
+                            static_cast<int64_t>(gridDim.x) * kWarpsPerBlock,
+                            staged + static_cast<size_t>(warp) * S * row_bytes, row_bytes);
+}
+
+// The same over two groups of different weight types (Q/K in Q4_K, V in
+// Q6_K) in one launch: the grid's first `warps_a` warps take group a's rows,
+// the others group b's, each warp through a ring of S buffers of
+// `slot_bytes`. The bits of one launch per group.
+template <uint32_t kTypeA, int UPLA, uint32_t kTypeB, int UPLB, int S>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    MatVecQ8StagedMixedKernel(RowGroup a, RowGroup b, int64_t warps_a, int slot_bytes, RoundedX x) {
+  extern __shared__ __align__(16) uint8_t staged[];
+  const int warp = static_cast<int>(threadIdx.x / 32);
+  const int64_t global = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  uint8_t* ring = staged + static_cast<size_t>(warp) * S * slot_bytes;
+  if (global < warps_a) {
+    StagedRows<kTypeA, UPLA, S>(a, x, false, global, warps_a, ring, slot_bytes);
+  } else {
+    StagedRows<kTypeB, UPLB, S>(b, x, false, global - warps_a, warps - warps_a, ring, slot_bytes);
+  }
+}
+
+// The quantization blocks of a unit type: elements and bytes.
+template <uint32_t kType>
+struct BlockOf {
+  static constexpr int kElements = (kType & 0xFF) == kQ8_0 ? 32 : 256;
+  static constexpr int kBytes = (kType & 0xFF) == kQ8_0 ? 34 : (kType & 0xFF) == kQ6_K ? 210 : 144;
+};
+
+// Splits of a row past which a block of MatVecQ8SplitKernel has no more warps to give it.
+constexpr int kMaxSplits = 4;
+
+// One matrix whose rows MatVecQ8SplitKernel reads in `splits` ranges of
+// whole quantization blocks.
+struct SplitRows {
+  const uint8_t* w;
+  float* y;
+  int64_t rows;
+  uint64_t row_bytes;
+  int blocks;      // quantization blocks a row
+  int slot_bytes;  // of each ring buffer: the largest range, 16-byte aligned both ends
+};
+
+// One token over rows too wide for a staged warp's registers to hold their
+// activations (MatVecQ8StagedKernel's): the warps of a block split each row's
+// quantization blocks into blockDim.x / 32 contiguous ranges, and each warp
+// keeps its range's activations in registers and copies its range of the
+// block's rows (row, row + gridDim.x, ...) into its own ring of S buffers with
+// asynchronous copies, S - 1 rows ahead. The ranges' sums meet in shared
+// memory and the first warp adds them in range order: fixed bits, though not
+// those of one warp adding the whole row (MatVecQ8Kernel). Ranges need not
+// start at 16 bytes (Q6_K's 210-byte blocks): each copy starts at the 16-byte
+// boundary below.
+template <uint32_t kType, int UPL, int S>
+__global__ void __launch_bounds__(kMaxSplits * 32)
+    MatVecQ8SplitKernel(SplitRows m, RoundedX x, bool accumulate) {
+  using U = Unit<kType>;
+  constexpr int kUnitsPerBlock = BlockOf<kType>::kElements / U::kElements;
+  constexpr int kBlockBytes = BlockOf<kType>::kBytes;
+  extern __shared__ __align__(16) uint8_t shared[];
+  const int splits = static_cast<int>(blockDim.x / 32);
+  const int split = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int first_block = split * m.blocks / splits;
+  const int units = ((split + 1) * m.blocks / splits - first_block) * kUnitsPerBlock;
+  const int range_bytes = units / kUnitsPerBlock * kBlockBytes;
+  // Two sets of the ranges' sums, a row's in set (its index in this block) % 2,
+  // so that a warp may write the next row's before the first warp has read this one's.
+  float* sums = reinterpret_cast<float*>(shared);
+  uint8_t* ring = shared + 2 * kMaxSplits * sizeof(float) + split * S * m.slot_bytes;
+  const auto range_of = [&](int64_t r) {
+    return m.w + r * static_cast<int64_t>(m.row_bytes) + first_block * kBlockBytes;
+  };
+  const auto copy_row = [&](int64_t r, int b) {
+    if (r < m.rows) {
+      const uint8_t* begin = range_of(r);
+      const uint8_t* from =
+          reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(begin) & ~uintptr_t{15});
+      const int chunks = static_cast<int>((begin + range_bytes - from + 15) / 16);
+      uint8_t* target = ring + b * m.slot_bytes;
+      // The last chunk reads no byte past the range (the matrix may end there).
+      const auto last = static_cast<unsigned>(begin + range_bytes - from - 16 * (chunks - 1));
+      for (int c = lane; c < chunks; c += 32) {
+        if (c + 1 < chunks) {
+          CopyAsync16(target + 16 * c, from + 16 * c);
+        } else {
+          CopyAsync16Partial(target + 16 * c, from + 16 * c, last);
+        }
+      }
+    }
+    CommitCopies();
+  };
+  int64_t row = blockIdx.x;
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) copy_row(row + s * static_cast<int64_t>(gridDim.x), s);
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  typename U::Acts acts[UPL];
+#pragma unroll
+  for (int j = 0; j < UPL; ++j) {
+    if (lane + 32 * j < units)
+      acts[j] = U::Load(x, 0, first_block * kUnitsPerBlock + lane + 32 * j);
+  }
+  for (int b = 0, set = 0; row < m.rows; row += gridDim.x, b = b + 1 == S ? 0 : b + 1, set ^= 1) {
+    copy_row(row + (S - 1) * static_cast<int64_t>(gridDim.x), b == 0 ? S - 1 : b - 1);
+    WaitForCopiesBut<S - 1>();
+    __syncwarp();
+    const uint8_t* weights =
+        ring + b * m.slot_bytes + (reinterpret_cast<uintptr_t>(range_of(row)) & 15);
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < UPL; ++j) {
+      const int u = lane + 32 * j;
+      if (u < units)
+        sum += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) sums[set * kMaxSplits + split] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float total = sums[set * kMaxSplits];
+      for (int s = 1; s < splits; ++s) total += sums[set * kMaxSplits + s];
+      m.y[row] = accumulate ? m.y[row] + total : total;
+    }
     __syncwarp();  // the buffer is refilled next
   }
 }
@@ -644,6 +779,63 @@ cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x
                        RoundedFrom(x, first, w[0].cols), accumulate);
 }
 
+// Columns a warp of MatVecQ8SplitKernel takes at most: what a staged warp's
+// registers hold (StagedUnitsPerLane).
+constexpr int64_t kSplitColumns = 4096;
+
+// Rows of `cols` that MatVecQ8SplitKernel reads: wider than a staged warp
+// takes, in up to kMaxSplits ranges of at most kSplitColumns.
+int SplitsFor(int64_t cols) {
+  if (cols <= kSplitColumns) return 0;
+  const int64_t splits = (cols + kSplitColumns - 1) / kSplitColumns;
+  return splits <= kMaxSplits ? static_cast<int>(splits) : 0;
+}
+
+template <uint32_t kType, int UPL, int S>
+cudaError_t LaunchSplitWith(const SplitRows& m, int splits, const RoundedX& x, bool accumulate,
+                            bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
+  const size_t shared = 2 * kMaxSplits * sizeof(float) +
+                        static_cast<size_t>(splits) * S * static_cast<size_t>(m.slot_bytes);
+  const auto kernel = MatVecQ8SplitKernel<kType, UPL, S>;
+  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared));
+  if (error != cudaSuccess) return error;
+  if (blocks_per_sm == 0) {
+    error =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, splits * 32, shared);
+    if (error != cudaSuccess) return error;
+    blocks_per_sm = std::max(1, blocks_per_sm);
+  }
+  const int64_t blocks =
+      std::min<int64_t>(m.rows, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
+                             dim3(static_cast<unsigned>(splits * 32)), shared, stream, m, x,
+                             accumulate);
+}
+
+// One token over one matrix of rows wider than kSplitColumns, by
+// MatVecQ8SplitKernel with S ring buffers a warp.
+template <uint32_t kType, int S>
+cudaError_t LaunchSplit(const DeviceMatrix& w, const Q8Activations& x, int64_t first, float* y,
+                        bool accumulate, bool overlap_previous, int blocks_per_sm,
+                        cudaStream_t stream) {
+  using B = BlockOf<kType>;
+  constexpr int kUnitsPerBlock = B::kElements / Unit<kType>::kElements;
+  const int splits = SplitsFor(w.cols);
+  const auto blocks = static_cast<int>(w.cols / B::kElements);
+  const int widest = (blocks + splits - 1) / splits;  // blocks of the largest range
+  SplitRows m{
+      static_cast<const uint8_t*>(w.data),     y + first * w.rows, w.rows, w.row_bytes, blocks,
+      (widest * B::kBytes + 15 + 15) / 16 * 16};
+  const RoundedX rx = RoundedFrom(x, first, w.cols);
+  if (widest * kUnitsPerBlock <= 64) {
+    return LaunchSplitWith<kType, 2, S>(m, splits, rx, accumulate, overlap_previous, blocks_per_sm,
+                                        stream);
+  }
+  return LaunchSplitWith<kType, 4, S>(m, splits, rx, accumulate, overlap_previous, blocks_per_sm,
+                                      stream);
+}
+
 // Rows a warp takes at B tokens by default: more rows share each unit's
 // activation loads, at the cost of registers (kernels/cuda/NOTES.md, v16).
 constexpr int DefaultRowsPerWarp(int b) { return b <= 2 ? 2 : 1; }
@@ -662,6 +854,21 @@ cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> 
   if constexpr (B == 1) {
     const int per_lane = StagedUnitsPerLane<kType>(w);
     const int stages = shape.stages == 0 ? kDefaultStages : shape.stages;
+    // Wider rows split over the warps of a block, whose sums add up in
+    // another order than one warp's: not where a token's bits must not
+    // depend on its batch.
+    if (stages > 1 && w.size() == 1 && SplitsFor(w[0].cols) > 0 && !shape.batch_invariant) {
+      if (stages == 2) {
+        return LaunchSplit<kType, 2>(w[0], x, first, y[0], accumulate, overlap_previous, per_sm,
+                                     stream);
+      }
+      if (stages == 3) {
+        return LaunchSplit<kType, 3>(w[0], x, first, y[0], accumulate, overlap_previous, per_sm,
+                                     stream);
+      }
+      return LaunchSplit<kType, 4>(w[0], x, first, y[0], accumulate, overlap_previous, per_sm,
+                                   stream);
+    }
     if (stages > 1 && per_lane > 0) {
       const auto launch = [&]<int S>() {
         return per_lane == 2 ? LaunchStaged<kType, 2, S>(w, x, first, y, accumulate,
@@ -684,6 +891,92 @@ cudaError_t LaunchPassShaped(MatVecQ8Shape shape, std::span<const DeviceMatrix> 
   return LaunchPass<kType, B, 1>(w, x, first, y, accumulate, overlap_previous, per_sm, stream);
 }
 
+// The unit type a one-token staged pass reads a type in (its 64-element Q4_K
+// units: not batch invariant) and the units a lane takes of rows up to 4096.
+template <uint32_t kType>
+struct StagedUnits;
+template <>
+struct StagedUnits<kQ4_K> {
+  static constexpr uint32_t kUnit = kQ4_K;
+  static constexpr int kPerLane = 2;
+};
+template <>
+struct StagedUnits<kQ6_K> {
+  static constexpr uint32_t kUnit = kQ6_K;
+  static constexpr int kPerLane = 4;
+};
+template <>
+struct StagedUnits<kQ8_0> {
+  static constexpr uint32_t kUnit = kQ8_0;
+  static constexpr int kPerLane = 4;
+};
+
+template <uint32_t kTypeA, uint32_t kTypeB>
+cudaError_t LaunchStagedMixedAs(const RowGroup& a, const RowGroup& b, const RoundedX& x,
+                                bool overlap_previous, cudaStream_t stream) {
+  using A = StagedUnits<kTypeA>;
+  using B = StagedUnits<kTypeB>;
+  constexpr int kStages = kDefaultStages;
+  const auto kernel =
+      MatVecQ8StagedMixedKernel<A::kUnit, A::kPerLane, B::kUnit, B::kPerLane, kStages>;
+  const auto slot_bytes = static_cast<int>(std::max(a.row_bytes, b.row_bytes));
+  const size_t shared = static_cast<size_t>(kWarpsPerBlock) * kStages * slot_bytes;
+  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared));
+  if (error != cudaSuccess) return error;
+  int per_sm = 0;
+  error =
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerBlock * 32, shared);
+  if (error != cudaSuccess) return error;
+  const int64_t rows = a.total_rows + b.total_rows;
+  const int64_t blocks =
+      std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
+                        int64_t{std::max(1, per_sm)} * std::max(1, MultiprocessorCount()));
+  // The warps shared out by bytes, so that both groups end together.
+  const int64_t warps = blocks * kWarpsPerBlock;
+  const double bytes_a = static_cast<double>(a.total_rows) * static_cast<double>(a.row_bytes);
+  const double bytes_b = static_cast<double>(b.total_rows) * static_cast<double>(b.row_bytes);
+  const int64_t warps_a = std::clamp<int64_t>(
+      std::llround(static_cast<double>(warps) * bytes_a / (bytes_a + bytes_b)), 1, warps - 1);
+  return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
+                             dim3(kWarpsPerBlock * 32), shared, stream, a, b, warps_a, slot_bytes,
+                             x);
+}
+
+// One token over matrices of two types, w[0, split) of one and w[split, end)
+// of another, in one launch; false (nothing launched) where the staged
+// kernel does not read them.
+bool LaunchStagedMixed(std::span<const DeviceMatrix> w, size_t split, const Q8Activations& x,
+                       std::span<float* const> y, bool overlap_previous, cudaStream_t stream,
+                       cudaError_t* error) {
+  const std::span<const DeviceMatrix> wa = w.first(split), wb = w.subspan(split);
+  const auto staged = [](std::span<const DeviceMatrix> m) {
+    switch (m[0].type) {
+      case kQ4_K:
+        return StagedUnitsPerLane<kQ4_K>(m) > 0;
+      case kQ6_K:
+        return StagedUnitsPerLane<kQ6_K>(m) > 0;
+      default:
+        return StagedUnitsPerLane<kQ8_0>(m) > 0;
+    }
+  };
+  if (!staged(wa) || !staged(wb)) return false;
+  const RowGroup a = MakeRowGroup(wa, 0, y.first(split));
+  const RowGroup b = MakeRowGroup(wb, 0, y.subspan(split));
+  const RoundedX rx = RoundedFrom(x, 0, w[0].cols);
+  const auto with = [&]<uint32_t kA, uint32_t kB>() {
+    *error = LaunchStagedMixedAs<kA, kB>(a, b, rx, overlap_previous, stream);
+    return true;
+  };
+  const uint32_t ta = wa[0].type, tb = wb[0].type;
+  if (ta == kQ4_K && tb == kQ6_K) return with.template operator()<kQ4_K, kQ6_K>();
+  if (ta == kQ6_K && tb == kQ4_K) return with.template operator()<kQ6_K, kQ4_K>();
+  if (ta == kQ4_K && tb == kQ8_0) return with.template operator()<kQ4_K, kQ8_0>();
+  if (ta == kQ8_0 && tb == kQ4_K) return with.template operator()<kQ8_0, kQ4_K>();
+  if (ta == kQ6_K && tb == kQ8_0) return with.template operator()<kQ6_K, kQ8_0>();
+  return with.template operator()<kQ8_0, kQ6_K>();
+}
+
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
                         std::span<float* const> y, bool accumulate, bool overlap_previous,
                         MatVecQ8Shape shape, cudaStream_t stream) {
@@ -694,13 +987,31 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
       shape.stages < 0 || shape.stages == 5 || shape.stages > 6 || shape.blocks_per_sm < 0) {
     return cudaErrorInvalidValue;
   }
-  for (const DeviceMatrix& m : w) {
-    if (!MatVecQ8Supports(m.type, m.cols) || m.type != w[0].type || m.cols != w[0].cols ||
-        m.rows <= 0) {
+  // The matrices of the type after the first's, if any (all of one type).
+  size_t split = 1;
+  while (split < w.size() && w[split].type == w[0].type) ++split;
+  for (size_t i = 0; i < w.size(); ++i) {
+    const DeviceMatrix& m = w[i];
+    if (!MatVecQ8Supports(m.type, m.cols) || m.cols != w[0].cols || m.rows <= 0 ||
+        m.type != w[i < split ? 0 : split].type) {
       return cudaErrorInvalidValue;
     }
   }
   cudaError_t error = cudaSuccess;
+  if (split < w.size()) {
+    // Two types: one launch where the one-token staged kernel reads both,
+    // else one launch a type (the same bits).
+    if (n_tokens == 1 && !accumulate && !shape.batch_invariant && shape.stages == 0 &&
+        shape.rows_per_warp == 0 && shape.blocks_per_sm == 0 &&
+        LaunchStagedMixed(w, split, x, y, overlap_previous, stream, &error)) {
+      return error != cudaSuccess ? error : cudaGetLastError();
+    }
+    error = LaunchGroup(w.first(split), x, n_tokens, y.first(split), accumulate, overlap_previous,
+                        shape, stream);
+    if (error != cudaSuccess) return error;
+    return LaunchGroup(w.subspan(split), x, n_tokens, y.subspan(split), accumulate,
+                       overlap_previous, shape, stream);
+  }
   ForEachPass(n_tokens, [&]<int B>(int64_t first) {
     if (error != cudaSuccess) return;
     if (w[0].type == kQ4_K && B <= 2 && !shape.batch_invariant) {

@@ -70,9 +70,12 @@ cudaError_t LaunchMatVecQ8(const DeviceMatrix& w, const Q8Activations& x, int n_
                            bool accumulate, cudaStream_t stream, bool overlap_previous = false,
                            bool batch_invariant = false);
 
-// y[i] = w[i] x for up to kMatVecQ8MaxGroup matrices of one type and width
-// in one launch (Q/K/V, gate/up read the same activations): one wave of
-// blocks instead of several short ones. The same values as one launch each.
+// y[i] = w[i] x for up to kMatVecQ8MaxGroup matrices of one width in one
+// launch (Q/K/V, gate/up read the same activations): one wave of blocks
+// instead of several short ones. The same values as one launch each. The
+// matrices may be of two types, those of the first type first (Q/K in Q4_K,
+// V in Q6_K): one launch for one token over rows of up to 4096, else one a
+// type.
 constexpr int kMatVecQ8MaxGroup = 3;
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x,
                                 int n_tokens, std::span<float* const> y, cudaStream_t stream,
@@ -80,7 +83,11 @@ cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activat
 
 // How a launch lays the rows over warps and blocks (for benchmarks and
 // tests; 0 = the tuned default). Every choice of rows_per_warp, blocks_per_sm
-// and stages writes the same bits.
+// and stages writes the same bits, except that one-token passes over one
+// matrix of rows wider than 4096 elements (up to 16384) split each row over
+// the warps of a block when stages != 1 and the launch is not batch
+// invariant: their sums add up in another order (the same bits for every
+// stages > 1 and blocks_per_sm).
 struct MatVecQ8Shape {
   // Rows each warp takes at a time: 1, 2 or 4. Passes of more than 2 tokens
   // take one whatever is asked (registers).
@@ -91,7 +98,8 @@ struct MatVecQ8Shape {
   // One-token passes over rows of up to 4096 elements (and a multiple of 16
   // bytes) copy each warp's rows into this many shared-memory buffers (2, 3,
   // 4 or 6), the copies of the next rows in flight while one is multiplied;
-  // 1: read the weights straight into registers.
+  // 1: read the weights straight into registers. Wider rows split over a
+  // block's warps take 2, 3 or 4 (6: 4) buffers a warp.
   int stages = 0;
   // As LaunchMatVecQ8's batch_invariant.
   bool batch_invariant = false;

@@ -48,6 +48,21 @@ HostQ8 Round(const std::vector<float>& x) {
   return out;
 }
 
+// n rows of cols random activations rounded on the device (the buffer
+// holding them lives as long as this).
+struct RoundedOnDevice {
+  DeviceBuffer buffer;
+  Q8Activations a;
+};
+
+RoundedOnDevice RoundRandom(int n, int64_t cols, uint32_t seed) {
+  DeviceBuffer x = ToDevice(RandomFloats(static_cast<size_t>(n * cols), seed));
+  RoundedOnDevice out{Poisoned<uint8_t>(Q8ActivationBytes(n, cols)), {}};
+  out.a = Q8ActivationsIn(out.buffer.data(), n, cols);
+  EXPECT_EQ(LaunchQuantizeActivations(x.as<float>(), n, cols, out.a, nullptr), cudaSuccess);
+  return out;
+}
+
 class MatVecQ8Test : public ::testing::Test {
  protected:
   void SetUp() override { CHORD_SKIP_WITHOUT_GPU(); }
@@ -113,10 +128,9 @@ TEST_F(MatVecQ8Test, FusedNormAndSwiGluRoundingEqualTheSeparateLaunches) {
     ExpectSameRounding(fused, plain, n);
 
     DeviceBuffer fused_gate = ToDevice(x), plain_gate = ToDevice(x);
-    ASSERT_EQ(
-        LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused, nullptr,
-                             overlap),
-        cudaSuccess);
+    ASSERT_EQ(LaunchSwiGluQuantize(fused_gate.as<float>(), dup.as<float>(), rows, cols, fused,
+                                   nullptr, overlap),
+              cudaSuccess);
     ASSERT_EQ(
         LaunchSwiGlu(plain_gate.as<float>(), dup.as<float>(), static_cast<int64_t>(n), nullptr),
         cudaSuccess);
@@ -139,8 +153,8 @@ class MatVecQ8TypeTest : public ::testing::TestWithParam<DType> {
 TEST_P(MatVecQ8TypeTest, ProductsMatchTheRoundedReferenceAtSeveralBatchSizes) {
   const DType type = GetParam();
   uint32_t seed = 500 + static_cast<uint32_t>(type);
-  for (const auto& [rows, cols] :
-       std::vector<std::pair<int64_t, int64_t>>{{37, 256}, {300, 1024}, {129, 2816}}) {
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
+           {37, 256}, {300, 1024}, {129, 2816}, {40, 11008}, {300, 5120}}) {
     const TestMatrix m = MakeMatrix(type, rows, cols, seed++);
     const std::vector<float>& decoded = m.decoded;
     const DeviceMatrix& w = m.view;
@@ -191,12 +205,8 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
   std::vector<DeviceMatrix> views;
   for (const TestMatrix& m : matrices) views.push_back(m.view);
   for (const int n : {1, 5, 8}) {
-    const std::vector<float> x =
-        RandomFloats(static_cast<size_t>(n * cols), 77 + static_cast<uint32_t>(n));
-    DeviceBuffer dx = ToDevice(x);
-    DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
-    const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
-    ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+    const RoundedOnDevice rounded = RoundRandom(n, cols, 77 + static_cast<uint32_t>(n));
+    const Q8Activations& a = rounded.a;
     for (size_t count = 1; count <= views.size(); ++count) {
       std::vector<DeviceBuffer> grouped, alone;
       std::vector<float*> outs;
@@ -215,7 +225,8 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
       }
     }
   }
-  // Matrices of another type or width, or too many, are refused.
+  // Matrices of another width, of a first type after another, or too many,
+  // are refused.
   const TestMatrix other =
       MakeMatrix(type == DType::kQ8_0 ? DType::kQ4_K : DType::kQ8_0, 4, cols, 5);
   const TestMatrix wider = MakeMatrix(type, 4, 2 * cols, 6);
@@ -223,42 +234,102 @@ TEST_P(MatVecQ8TypeTest, AGroupOfMatricesGivesTheSameBitsAsOneLaunchEach) {
   const Q8Activations a = Q8ActivationsIn(buffer.data(), 1, 2 * cols);
   DeviceBuffer y = Poisoned<float>(256);
   float* outs[4] = {y.as<float>(), y.as<float>(), y.as<float>(), y.as<float>()};
-  const DeviceMatrix mixed[2] = {views[0], other.view};
+  const DeviceMatrix interleaved[3] = {views[0], other.view, views[1]};
   const DeviceMatrix widths[2] = {views[0], wider.view};
   const DeviceMatrix four[4] = {views[0], views[1], views[2], views[0]};
-  EXPECT_EQ(LaunchMatVecQ8Group({mixed, 2}, a, 1, {outs, 2}, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchMatVecQ8Group({interleaved, 3}, a, 1, {outs, 3}, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchMatVecQ8Group({widths, 2}, a, 1, {outs, 2}, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchMatVecQ8Group({four, 4}, a, 1, {outs, 4}, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchMatVecQ8Group({four, 2}, a, 1, {outs, 1}, nullptr), cudaErrorInvalidValue);
 }
 
+// A group of two weight types (Q/K in Q4_K and V in Q6_K, as Q4_K_M models
+// have in some layers) writes what one launch per matrix writes: one launch
+// for one token, one a type otherwise.
+TEST_F(MatVecQ8Test, AGroupOfTwoTypesGivesTheSameBitsAsOneLaunchEach) {
+  const std::vector<std::pair<DType, DType>> pairs = {{DType::kQ4_K, DType::kQ6_K},
+                                                      {DType::kQ6_K, DType::kQ4_K},
+                                                      {DType::kQ4_K, DType::kQ8_0},
+                                                      {DType::kQ8_0, DType::kQ6_K}};
+  for (const int64_t cols : {512, 4096}) {
+    for (const auto& [first, second] : pairs) {
+      std::vector<TestMatrix> matrices;
+      matrices.push_back(MakeMatrix(first, 37, cols, 910));
+      matrices.push_back(MakeMatrix(first, 300, cols, 911));
+      matrices.push_back(MakeMatrix(second, 129, cols, 912));
+      std::vector<DeviceMatrix> views;
+      for (const TestMatrix& m : matrices) views.push_back(m.view);
+      for (const int n : {1, 3}) {
+        const RoundedOnDevice rounded = RoundRandom(n, cols, 78 + static_cast<uint32_t>(n));
+        const Q8Activations& a = rounded.a;
+        // {first, second} and {first, first, second}.
+        for (const size_t skip : {1, 0}) {
+          std::vector<DeviceMatrix> group;
+          std::vector<DeviceBuffer> grouped, alone;
+          std::vector<float*> outs;
+          for (size_t m = skip; m < views.size(); ++m) {
+            group.push_back(views[m]);
+            grouped.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
+            alone.push_back(Poisoned<float>(static_cast<size_t>(n * views[m].rows)));
+            outs.push_back(grouped.back().as<float>());
+            ASSERT_EQ(LaunchMatVecQ8(views[m], a, n, alone.back().as<float>(), false, nullptr),
+                      cudaSuccess);
+          }
+          ASSERT_EQ(LaunchMatVecQ8Group(group, a, n, outs, nullptr, /*overlap_previous=*/n == 1),
+                    cudaSuccess);
+          for (size_t m = 0; m < group.size(); ++m) {
+            const auto size = static_cast<size_t>(n * group[m].rows);
+            EXPECT_EQ(ToHost<float>(grouped[m], size), ToHost<float>(alone[m], size))
+                << DTypeName(first) << " then " << DTypeName(second) << " cols=" << cols
+                << " n=" << n << " matrix " << m + skip;
+          }
+        }
+      }
+    }
+  }
+}
+
 // A warp taking 1, 2 or 4 rows (the last warp's partly past the end), a grid
 // capped at one block per SM whose warps loop over the rows, or the one-token
 // kernel that stages rows in shared memory, writes the same bits: the per-row
-// arithmetic does not depend on the launch's shape.
+// arithmetic does not depend on the launch's shape. One-token rows wider than
+// 4096 staged (split over a block's warps) have bits of their own, the same
+// for every staged shape.
 TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
   const DType type = GetParam();
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
-           {37, 512}, {130, 2816}, {300, 4096}, {45, 1280}, {64, 2816}, {48, 11008}}) {
+           {37, 512}, {130, 2816}, {300, 4096}, {45, 1280}, {64, 2816}, {48, 11008}, {700, 5120}}) {
     const TestMatrix m = MakeMatrix(type, rows, cols, 1300 + static_cast<uint32_t>(rows));
     for (const int n : {1, 2, 3}) {
-      const std::vector<float> x =
-          RandomFloats(static_cast<size_t>(n * cols), 1400 + static_cast<uint32_t>(n));
-      DeviceBuffer dx = ToDevice(x);
-      DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
-      const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
-      ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
+      const RoundedOnDevice rounded = RoundRandom(n, cols, 1400 + static_cast<uint32_t>(n));
+      const Q8Activations& a = rounded.a;
       const auto size = static_cast<size_t>(n * rows);
       DeviceBuffer one = Poisoned<float>(size);
       ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, one.as<float>(), {1, 0, 1}, nullptr),
                 cudaSuccess);
-      const std::vector<float> expected = ToHost<float>(one, size);
+      const std::vector<float> unstaged = ToHost<float>(one, size);
+      // An odd token count ends in a one-token pass.
+      const bool split = n % 2 == 1 && cols > 4096;
+      DeviceBuffer staged = Poisoned<float>(size);
+      ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, staged.as<float>(), {1, 0, 2}, nullptr),
+                cudaSuccess);
+      const std::vector<float> split_sums = ToHost<float>(staged, size);
+      if (split) {
+        // The same sums in another order (ProductsMatchTheRoundedReference
+        // holds both to the reference): within float rounding of the largest.
+        float largest = 0.0f;
+        for (const float v : unstaged) largest = std::max(largest, std::abs(v));
+        for (size_t i = 0; i < size; ++i) {
+          ASSERT_NEAR(split_sums[i], unstaged[i], 1e-4 * (largest + 1.0f)) << i;
+        }
+      }
       for (const MatVecQ8Shape shape :
            {MatVecQ8Shape{2, 0, 1}, MatVecQ8Shape{4, 0, 1}, MatVecQ8Shape{1, 1, 1},
             MatVecQ8Shape{4, 1, 1}, MatVecQ8Shape{0, 0, 0}, MatVecQ8Shape{1, 0, 2},
             MatVecQ8Shape{1, 1, 3}, MatVecQ8Shape{1, 2, 4}, MatVecQ8Shape{1, 0, 6}}) {
         DeviceBuffer y = Poisoned<float>(size);
         ASSERT_EQ(LaunchMatVecQ8Shaped(m.view, a, n, y.as<float>(), shape, nullptr), cudaSuccess);
+        const std::vector<float>& expected = split && shape.stages != 1 ? split_sums : unstaged;
         EXPECT_EQ(ToHost<float>(y, size), expected)
             << "rows=" << rows << " n=" << n << " per warp " << shape.rows_per_warp
             << " blocks per SM " << shape.blocks_per_sm << " stages " << shape.stages;
@@ -282,32 +353,32 @@ TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
 // stays within float rounding of them.
 TEST_P(MatVecQ8TypeTest, BatchInvariantLaunchesGiveEachTokenItsOneTokenBits) {
   const DType type = GetParam();
-  const int64_t rows = 70, cols = 1024;
-  const TestMatrix m = MakeMatrix(type, rows, cols, 1500);
-  const int n = 15;
-  const std::vector<float> x = RandomFloats(static_cast<size_t>(n * cols), 1501);
-  DeviceBuffer dx = ToDevice(x);
-  DeviceBuffer buffer = Poisoned<uint8_t>(Q8ActivationBytes(n, cols));
-  const Q8Activations a = Q8ActivationsIn(buffer.data(), n, cols);
-  ASSERT_EQ(LaunchQuantizeActivations(dx.as<float>(), n, cols, a, nullptr), cudaSuccess);
-  for (const bool invariant : {true, false}) {
-    DeviceBuffer all = Poisoned<float>(static_cast<size_t>(n * rows));
-    ASSERT_EQ(LaunchMatVecQ8(m.view, a, n, all.as<float>(), false, nullptr, false, invariant),
-              cudaSuccess);
-    const std::vector<float> together = ToHost<float>(all, static_cast<size_t>(n * rows));
-    for (int t = 0; t < n; ++t) {
-      const Q8Activations one{a.q + t * cols, a.scale + t * (cols / 32),
-                              a.half_sums + t * (cols / 16)};
-      DeviceBuffer y = Poisoned<float>(static_cast<size_t>(rows));
-      ASSERT_EQ(LaunchMatVecQ8(m.view, one, 1, y.as<float>(), false, nullptr, false, invariant),
+  for (const int64_t cols :
+       {1024, 5120}) {  // 5120: one-token rows split over warps unless invariant
+    const int64_t rows = 70;
+    const TestMatrix m = MakeMatrix(type, rows, cols, 1500);
+    const int n = 15;
+    const RoundedOnDevice rounded = RoundRandom(n, cols, 1501);
+    const Q8Activations& a = rounded.a;
+    for (const bool invariant : {true, false}) {
+      DeviceBuffer all = Poisoned<float>(static_cast<size_t>(n * rows));
+      ASSERT_EQ(LaunchMatVecQ8(m.view, a, n, all.as<float>(), false, nullptr, false, invariant),
                 cudaSuccess);
-      const std::vector<float> alone = ToHost<float>(y, static_cast<size_t>(rows));
-      for (int64_t r = 0; r < rows; ++r) {
-        if (invariant) {
-          ASSERT_EQ(together[t * rows + r], alone[r]) << "token " << t << " row " << r;
-        } else {
-          ASSERT_NEAR(together[t * rows + r], alone[r], 1e-4 * (std::abs(alone[r]) + 1.0))
-              << "token " << t;
+      const std::vector<float> together = ToHost<float>(all, static_cast<size_t>(n * rows));
+      for (int t = 0; t < n; ++t) {
+        const Q8Activations one{a.q + t * cols, a.scale + t * (cols / 32),
+                                a.half_sums + t * (cols / 16)};
+        DeviceBuffer y = Poisoned<float>(static_cast<size_t>(rows));
+        ASSERT_EQ(LaunchMatVecQ8(m.view, one, 1, y.as<float>(), false, nullptr, false, invariant),
+                  cudaSuccess);
+        const std::vector<float> alone = ToHost<float>(y, static_cast<size_t>(rows));
+        for (int64_t r = 0; r < rows; ++r) {
+          if (invariant) {
+            ASSERT_EQ(together[t * rows + r], alone[r]) << "token " << t << " row " << r;
+          } else {
+            ASSERT_NEAR(together[t * rows + r], alone[r], 1e-4 * (std::abs(alone[r]) + 1.0))
+                << "token " << t;
+          }
         }
       }
     }
