@@ -368,9 +368,11 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
         CHORD_CUDA_RETURN(cuda::LaunchQuantizeActivations(x.as<float>(), n, cols, a, nullptr));
         for (const cuda::MatVecQ8Shape shape :
              {cuda::MatVecQ8Shape{1, 0, 1}, cuda::MatVecQ8Shape{2, 0, 1},
-              cuda::MatVecQ8Shape{1, 0, 2}, cuda::MatVecQ8Shape{1, 0, 3}, cuda::MatVecQ8Shape{}}) {
-          if ((n > 2 && shape.rows_per_warp > 1) || ((n > 1 || cols > 4096) && shape.stages > 1))
-            continue;
+              cuda::MatVecQ8Shape{1, 0, 2}, cuda::MatVecQ8Shape{1, 0, 3},
+              cuda::MatVecQ8Shape{1, 0, 4}, cuda::MatVecQ8Shape{1, 4, 2},
+              cuda::MatVecQ8Shape{1, 6, 3}, cuda::MatVecQ8Shape{}}) {
+          // Staged shapes are one-token passes (rows over 4096 split over warps).
+          if ((n > 2 && shape.rows_per_warp > 1) || (n > 1 && shape.stages > 1)) continue;
           const std::string label =
               absl::StrFormat("%s %ldx%ld n=%d r=%d b=%d s=%d", DTypeName(type), rows, cols, n,
                               shape.rows_per_warp, shape.blocks_per_sm, shape.stages);
