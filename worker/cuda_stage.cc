@@ -584,15 +584,25 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                         config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
   const cuda::AttentionParams attention = AttentionParamsFor();
   RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
-  // Q/K/V's split sums are added by RoPE and the KV store as they read them.
-  cuda::PartialSums qkv[3];
-  RETURN_IF_ERROR(
-      MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
-              norm.as<float>(), n, qkv));
   const cuda::KvLayer kv = KvFor(index);
-  CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(qkv[0], qkv[1], qkv[2], q.as<float>(), k.as<float>(),
-                                            static_cast<int>(config.n_head_kv), nt, slots, rope, kv,
-                                            s(), options.overlap_launches));
+  const DeviceMatrix wqkv[3] = {layer.wq, layer.wk, layer.wv};
+  if (n == 1 && !options.exact && RoundsFor(layer.wq, n) && RoundsFor(layer.wk, n) &&
+      RoundsFor(layer.wv, n) && cuda::MatVecQ8QkvRopeSupports(wqkv, rope, kv)) {
+    // One token: Q/K/V, RoPE and the KV store in one launch.
+    ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(norm.as<float>(), n, layer.wq.cols));
+    CHORD_CUDA_RETURN(cuda::LaunchMatVecQ8QkvRope(
+        wqkv, q8, {q.as<float>(), k.as<float>(), v.as<float>(), slots, rope, kv}, s(),
+        options.overlap_launches));
+  } else {
+    // Q/K/V's split sums are added by RoPE and the KV store as they read them.
+    cuda::PartialSums qkv[3];
+    RETURN_IF_ERROR(
+        MatMuls({{layer.wq, q.as<float>()}, {layer.wk, k.as<float>()}, {layer.wv, v.as<float>()}},
+                norm.as<float>(), n, qkv));
+    CHORD_CUDA_RETURN(cuda::LaunchRopeStoreKv(qkv[0], qkv[1], qkv[2], q.as<float>(), k.as<float>(),
+                                              static_cast<int>(config.n_head_kv), nt, slots, rope,
+                                              kv, s(), options.overlap_launches));
+  }
   if (n_attention_tiles > 0) {
     CHORD_CUDA_RETURN(cuda::LaunchTiledAttention(attention, kv, q.as<float>(), slots,
                                                  attention_tiles.as<cuda::AttentionTile>(),

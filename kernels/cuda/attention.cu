@@ -87,14 +87,15 @@ struct Chunk {
 // floats); every sum has an order fixed by head_dim and kWarps alone, so a
 // token's result does not depend on the rest of the batch. With `rounded.q`
 // set, the head's output is also rounded for the next product (head_dim a
-// multiple of 32: each warp rounds whole 32-element blocks).
+// multiple of 32: each warp rounds whole 32-element blocks). With `prefetch`
+// (small grids), the cache rows are requested into L2 before the wait for
+// the previous kernel.
 template <typename T, int kWarps, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
                     const TokenSlot* __restrict__ tokens, float* __restrict__ out, float scale,
-                    Q8Activations rounded, uint16_t* __restrict__ halves) {
+                    Q8Activations rounded, uint16_t* __restrict__ halves, bool prefetch) {
   LetNextKernelStart();
-  WaitForPreviousKernel();
   using C = Chunk<T, kChunk>;
   constexpr int kMaxPerLane = kLaneFloats / kChunk;
   extern __shared__ float smem[];
@@ -106,10 +107,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const RowLayout layout = MakeRowLayout(p.head_dim / kChunk);
   const int sub = lane / layout.lanes, part = lane % layout.lanes;
-  const int n_kv = tokens[t].position + 1;
+  // Until the wait below, only what was written before the step's first
+  // kernel is read: the batch's slots and positions, and the cache rows of
+  // earlier steps.
+  const TokenSlot token = tokens[t];
+  const int n_kv = token.position + 1;
   const int group = p.n_heads / p.n_kv_heads;
   const int64_t kv_offset = static_cast<int64_t>(head / group) * p.head_dim;
-  const int64_t row0 = static_cast<int64_t>(tokens[t].slot) * cache.n_ctx;
+  const int64_t row0 = static_cast<int64_t>(token.slot) * cache.n_ctx;
   const T* keys = static_cast<const T*>(cache.keys) + row0 * cache.n_embd_kv + kv_offset;
   const T* values = static_cast<const T*>(cache.values) + row0 * cache.n_embd_kv + kv_offset;
   const float* qh = q + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
@@ -117,11 +122,36 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int first = (warp * kUnroll) * layout.per_warp + sub;  // + u * per_warp + pass
 
   bool chunk_valid[kMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    chunk_valid[i] = i < layout.per_lane && part + i * layout.lanes < layout.chunks;
+  }
+  // The lane's cache chunks into L2 while the kernel before still runs, where
+  // the grid is small enough for them to stay there (decode of a few
+  // sequences): the loads below then wait on L2, not on memory. (The newest
+  // row is being stored by that kernel; the stores land in L2, which these
+  // requests only fill, and the lane reads the row only after the wait.)
+  for (int pass = 0; prefetch && pass < n_kv; pass += positions_per_pass) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int pos = pass + first + u * layout.per_warp;
+      if (pos >= n_kv) continue;
+      const int64_t row = static_cast<int64_t>(pos) * cache.n_embd_kv;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        if (!chunk_valid[i]) continue;
+        const int64_t at = row + (part + i * layout.lanes) * kChunk;
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(keys + at));
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(values + at));
+      }
+    }
+  }
+  WaitForPreviousKernel();
+
   float qreg[kMaxPerLane][kChunk];
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) {
     const int c = part + i * layout.lanes;
-    chunk_valid[i] = i < layout.per_lane && c < layout.chunks;
 #pragma unroll
     for (int e = 0; e < kChunk; ++e) qreg[i][e] = chunk_valid[i] ? qh[c * kChunk + e] : 0.0f;
   }
@@ -244,9 +274,9 @@ __global__ void __launch_bounds__(kWarps * 32)
 }  // namespace
 
 cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache, const float* q,
-                            int n_tokens, const TokenSlot* tokens, float* out,
-                            cudaStream_t stream, const Q8Activations& rounded,
-                            bool overlap_previous, uint16_t* halves_in_mma_order) {
+                            int n_tokens, const TokenSlot* tokens, float* out, cudaStream_t stream,
+                            const Q8Activations& rounded, bool overlap_previous,
+                            uint16_t* halves_in_mma_order) {
   if (n_tokens <= 0 || params.head_dim <= 0 || params.head_dim > kMaxHeadDim ||
       params.n_kv_heads <= 0 || params.n_heads % params.n_kv_heads != 0 ||
       (rounded.q != nullptr && params.head_dim % 32 != 0) ||
@@ -256,8 +286,8 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
   const size_t shared = static_cast<size_t>(cache.n_ctx) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(params.n_heads), static_cast<unsigned>(n_tokens));
   const float scale = 1.0f / std::sqrt(static_cast<float>(params.head_dim));
-  const bool decode =
-      params.batch_invariant || static_cast<int64_t>(n_tokens) * params.n_heads <= kDecodeMaxBlocks;
+  const bool small = static_cast<int64_t>(n_tokens) * params.n_heads <= kDecodeMaxBlocks;
+  const bool decode = params.batch_invariant || small;
   const auto launch = [&]<typename T, int kWarps>() -> cudaError_t {
     constexpr int kVector = static_cast<int>(sizeof(uint4) / sizeof(T));
     auto* kernel = params.head_dim % kVector == 0 ? AttentionKernel<T, kWarps, kVector>
@@ -266,8 +296,8 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
         kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
     if (error != cudaSuccess) return error;
     return LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kWarps * 32), shared, stream,
-                               params, cache, q, tokens, out, scale, rounded,
-                               halves_in_mma_order);
+                               params, cache, q, tokens, out, scale, rounded, halves_in_mma_order,
+                               small);
   };
   const auto launch_type = [&]<typename T>() -> cudaError_t {
     return decode ? launch.template operator()<T, kDecodeWarps>()

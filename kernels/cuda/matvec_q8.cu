@@ -1,9 +1,11 @@
+#include "kernels/cuda/matvec_q8.h"
+
 #include <algorithm>
 
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/matvec_common.cuh"
-#include "kernels/cuda/matvec_q8.h"
 #include "kernels/cuda/rms_scale.cuh"
+#include "kernels/cuda/rope_pair.cuh"
 #include "kernels/cuda/round_block.cuh"
 
 namespace chord::cuda {
@@ -417,6 +419,7 @@ struct GroupRow {
   float* y;
   int64_t y_stride;
   int64_t row;
+  int member;  // the matrix's index in the group
 };
 
 __device__ __forceinline__ GroupRow Locate(const RowGroup& group, int64_t row) {
@@ -429,7 +432,7 @@ __device__ __forceinline__ GroupRow Locate(const RowGroup& group, int64_t row) {
   float* y = third ? group.y[2] : second ? group.y[1] : group.y[0];
   const int64_t y_stride = third ? group.rows[2] : second ? group.rows[1] : group.rows[0];
   row -= third ? group.end[1] : second ? group.end[0] : 0;
-  return {w + row * group.row_bytes, y, y_stride, row};
+  return {w + row * group.row_bytes, y, y_stride, row, third ? 2 : second ? 1 : 0};
 }
 
 // A warp takes R consecutive rows at a time, lanes over the rows' units (so
@@ -502,11 +505,23 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // and the warp sums them alike: the same bits. The first rows are requested
 // before waiting for the previous kernel (weights are never written by
 // kernels).
-// A warp's part of it: rows row, row + warps, ... of the group through its
-// ring of S buffers of `slot_bytes` (at least the group's row_bytes).
-template <uint32_t kType, int UPL, int S>
+// StagedRows below is a warp's part of it: rows row, row + warps, ... of the
+// group through its ring of S buffers of `slot_bytes` (at least the group's
+// row_bytes), each row's sum handed to `store` (RowStore: y).
+struct RowStore {
+  bool accumulate;
+  // Every lane holds the row's sum; lane 0 writes it.
+  __device__ void operator()(const GroupRow& out, float sum, int lane, int /*parity*/) const {
+    if (lane == 0) {
+      float* y = out.y + out.row;
+      *y = accumulate ? *y + sum : sum;
+    }
+  }
+};
+
+template <uint32_t kType, int UPL, int S, typename Store>
 __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX& x,
-                                           bool accumulate, int64_t row, int64_t warps,
+                                           const Store& store, int64_t row, int64_t warps,
                                            uint8_t* ring, int slot_bytes) {
   using U = Unit<kType>;
   const int lane = static_cast<int>(threadIdx.x % 32);
@@ -532,31 +547,34 @@ __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX
   for (int j = 0; j < UPL; ++j) {
     if (lane + 32 * j < units) acts[j] = U::Load(x, 0, lane + 32 * j);
   }
-  for (int b = 0; row < group.total_rows; row += warps, b = b + 1 == S ? 0 : b + 1) {
+  for (int b = 0, parity = 0; row < group.total_rows;
+       row += warps, b = b + 1 == S ? 0 : b + 1, parity ^= 1) {
     copy_row(row + (S - 1) * warps, b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
     const uint8_t* weights = ring + b * slot_bytes;
-    float acc[1] = {0.0f};
+    float sum = 0.0f;
 #pragma unroll
     for (int j = 0; j < UPL; ++j) {
       const int u = lane + 32 * j;
       if (u < units)
-        acc[0] += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
+        sum += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
     }
-    const GroupRow out = Locate(group, row);
-    StoreRowSums<1>(acc, lane, out.y, out.y_stride, out.row, accumulate);
+    // As StoreRowSums adds a warp's sums.
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    store(Locate(group, row), sum, lane, parity);
     __syncwarp();  // the buffer is refilled next
   }
 }
 
-template <uint32_t kType, int UPL, int S>
+template <uint32_t kType, int UPL, int S, typename Store>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ8StagedKernel(RowGroup group, RoundedX x, bool accumulate) {
+    MatVecQ8StagedKernel(RowGroup group, RoundedX x, Store store) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int warp = static_cast<int>(threadIdx.x / 32);
   const auto row_bytes = static_cast<int>(group.row_bytes);
-  StagedRows<kType, UPL, S>(group, x, accumulate,
+  StagedRows<kType, UPL, S>(group, x, store,
                             static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp,
                             static_cast<int64_t>(gridDim.x) * kWarpsPerBlock,
                             staged + static_cast<size_t>(warp) * S * row_bytes, row_bytes);
@@ -565,21 +583,62 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // The same over two groups of different weight types (Q/K in Q4_K, V in
 // Q6_K) in one launch: the grid's first `warps_a` warps take group a's rows,
 // the others group b's, each warp through a ring of S buffers of
-// `slot_bytes`. The bits of one launch per group.
-template <uint32_t kTypeA, int UPLA, uint32_t kTypeB, int UPLB, int S>
+// `slot_bytes`. The bits of one launch per group. Group b's rows go to
+// store_b with their members numbered after group a's.
+template <uint32_t kTypeA, int UPLA, uint32_t kTypeB, int UPLB, int S, typename Store>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    MatVecQ8StagedMixedKernel(RowGroup a, RowGroup b, int64_t warps_a, int slot_bytes, RoundedX x) {
+    MatVecQ8StagedMixedKernel(RowGroup a, RowGroup b, int64_t warps_a, int slot_bytes, RoundedX x,
+                              Store store) {
   extern __shared__ __align__(16) uint8_t staged[];
   const int warp = static_cast<int>(threadIdx.x / 32);
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   uint8_t* ring = staged + static_cast<size_t>(warp) * S * slot_bytes;
   if (global < warps_a) {
-    StagedRows<kTypeA, UPLA, S>(a, x, false, global, warps_a, ring, slot_bytes);
+    StagedRows<kTypeA, UPLA, S>(a, x, store, global, warps_a, ring, slot_bytes);
   } else {
-    StagedRows<kTypeB, UPLB, S>(b, x, false, global - warps_a, warps - warps_a, ring, slot_bytes);
+    const auto store_b = [&](GroupRow out, float sum, int lane, int parity) {
+      out.member += a.count;
+      store(out, sum, lane, parity);
+    };
+    StagedRows<kTypeB, UPLB, S>(b, x, store_b, global - warps_a, warps - warps_a, ring, slot_bytes);
   }
 }
+
+// One token's Q, K and V (a group of those three matrices, in that order)
+// and what LaunchRopeStoreKv then does with them, as the products' epilogue:
+// the warps of a block take consecutive rows, so warps 2i and 2i + 1 hold the
+// two elements of a RoPE pair; the odd one hands its sum over in shared memory
+// and the even one rotates the pair (Q, K) and stores it (K and V into the
+// cache). The same function of the same sums as that launch: the same bits.
+struct QkvRopeStore {
+  MatVecQ8QkvRope out;
+  float theta_scale;
+  __device__ void operator()(const GroupRow& row, float sum, int lane, int parity) const {
+    __shared__ float odd_sums[kWarpsPerBlock / 2][2];
+    const int warp = static_cast<int>(threadIdx.x / 32);
+    const int pair_of_warps = warp / 2;
+    if (warp % 2 == 1 && lane == 0) odd_sums[pair_of_warps][parity] = sum;
+    // The two warps alone (barrier 0 is the block's).
+    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair_of_warps) : "memory");
+    if (warp % 2 == 1 || lane != 0) return;
+    // As LaunchRopeStoreKv reads its input: 0 + the product's sum.
+    float2 value = make_float2(0.0f + sum, 0.0f + odd_sums[pair_of_warps][parity]);
+    const int64_t at = row.row;  // even
+    const TokenSlot token = out.tokens[0];
+    const int head_dim = out.rope.head_dim;
+    const int pair = static_cast<int>(at % head_dim) / 2;
+    if (row.member < 2 && pair < out.rope.n_rot / 2) {
+      value = RotatedPair(value, pair, token.position, out.rope, theta_scale);
+    }
+    *reinterpret_cast<float2*>(row.y + at) = value;
+    if (row.member == 0) return;
+    const int64_t cache_at = (static_cast<int64_t>(token.slot) * out.cache.n_ctx + token.position) *
+                                 out.cache.n_embd_kv +
+                             at;
+    StoreCachePair(out.cache, row.member == 1 ? out.cache.keys : out.cache.values, cache_at, value);
+  }
+};
 
 // The quantization blocks of a unit type: elements and bytes.
 template <uint32_t kType>
@@ -756,13 +815,11 @@ int StagedUnitsPerLane(std::span<const DeviceMatrix> w) {
   return units <= 32 * 2 ? 2 : 4;
 }
 
-template <uint32_t kType, int UPL, int S>
-cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
-                         std::span<float* const> y, bool accumulate, bool overlap_previous,
-                         int blocks_per_sm, cudaStream_t stream) {
-  const RowGroup group = MakeRowGroup(w, first, y);
+template <uint32_t kType, int UPL, int S, typename Store>
+cudaError_t LaunchStagedWith(const RowGroup& group, const RoundedX& x, const Store& store,
+                             bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
-  const auto kernel = MatVecQ8StagedKernel<kType, UPL, S>;
+  const auto kernel = MatVecQ8StagedKernel<kType, UPL, S, Store>;
   cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(shared));
   if (error != cudaSuccess) return error;
@@ -775,8 +832,17 @@ cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x
   const int64_t blocks =
       std::min<int64_t>((group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
                         int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
-  return LaunchProduct(kernel, blocks, shared, overlap_previous, stream, group,
-                       RoundedFrom(x, first, w[0].cols), accumulate);
+  return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
+                             dim3(kWarpsPerBlock * 32), shared, stream, group, x, store);
+}
+
+template <uint32_t kType, int UPL, int S>
+cudaError_t LaunchStaged(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
+                         std::span<float* const> y, bool accumulate, bool overlap_previous,
+                         int blocks_per_sm, cudaStream_t stream) {
+  return LaunchStagedWith<kType, UPL, S>(MakeRowGroup(w, first, y),
+                                         RoundedFrom(x, first, w[0].cols), RowStore{accumulate},
+                                         overlap_previous, blocks_per_sm, stream);
 }
 
 // Columns a warp of MatVecQ8SplitKernel takes at most: what a staged warp's
@@ -911,14 +977,14 @@ struct StagedUnits<kQ8_0> {
   static constexpr int kPerLane = 4;
 };
 
-template <uint32_t kTypeA, uint32_t kTypeB>
+template <uint32_t kTypeA, uint32_t kTypeB, typename Store>
 cudaError_t LaunchStagedMixedAs(const RowGroup& a, const RowGroup& b, const RoundedX& x,
-                                bool overlap_previous, cudaStream_t stream) {
+                                const Store& store, bool overlap_previous, cudaStream_t stream) {
   using A = StagedUnits<kTypeA>;
   using B = StagedUnits<kTypeB>;
   constexpr int kStages = kDefaultStages;
   const auto kernel =
-      MatVecQ8StagedMixedKernel<A::kUnit, A::kPerLane, B::kUnit, B::kPerLane, kStages>;
+      MatVecQ8StagedMixedKernel<A::kUnit, A::kPerLane, B::kUnit, B::kPerLane, kStages, Store>;
   const auto slot_bytes = static_cast<int>(std::max(a.row_bytes, b.row_bytes));
   const size_t shared = static_cast<size_t>(kWarpsPerBlock) * kStages * slot_bytes;
   cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -936,39 +1002,54 @@ cudaError_t LaunchStagedMixedAs(const RowGroup& a, const RowGroup& b, const Roun
   const int64_t warps = blocks * kWarpsPerBlock;
   const double bytes_a = static_cast<double>(a.total_rows) * static_cast<double>(a.row_bytes);
   const double bytes_b = static_cast<double>(b.total_rows) * static_cast<double>(b.row_bytes);
-  const int64_t warps_a = std::clamp<int64_t>(
-      std::llround(static_cast<double>(warps) * bytes_a / (bytes_a + bytes_b)), 1, warps - 1);
+  // Even, so that both warps of every pair in a block take the same group
+  // (QkvRopeStore).
+  const int64_t warps_a = std::clamp<int64_t>(std::llround(static_cast<double>(warps) * bytes_a /
+                                                           (bytes_a + bytes_b) / 2),
+                                              1, warps / 2 - 1) *
+                          2;
   return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
                              dim3(kWarpsPerBlock * 32), shared, stream, a, b, warps_a, slot_bytes,
-                             x);
+                             x, store);
 }
 
-// One token over matrices of two types, w[0, split) of one and w[split, end)
-// of another, in one launch; false (nothing launched) where the staged
-// kernel does not read them.
-bool LaunchStagedMixed(std::span<const DeviceMatrix> w, size_t split, const Q8Activations& x,
-                       std::span<float* const> y, bool overlap_previous, cudaStream_t stream,
-                       cudaError_t* error) {
-  const std::span<const DeviceMatrix> wa = w.first(split), wb = w.subspan(split);
-  const auto staged = [](std::span<const DeviceMatrix> m) {
-    switch (m[0].type) {
-      case kQ4_K:
-        return StagedUnitsPerLane<kQ4_K>(m) > 0;
-      case kQ6_K:
-        return StagedUnitsPerLane<kQ6_K>(m) > 0;
-      default:
-        return StagedUnitsPerLane<kQ8_0>(m) > 0;
-    }
-  };
-  if (!staged(wa) || !staged(wb)) return false;
-  const RowGroup a = MakeRowGroup(wa, 0, y.first(split));
-  const RowGroup b = MakeRowGroup(wb, 0, y.subspan(split));
+// True where the one-token staged kernel reads the matrices (one type).
+bool Staged(std::span<const DeviceMatrix> m) {
+  switch (m[0].type) {
+    case kQ4_K:
+      return StagedUnitsPerLane<kQ4_K>(m) > 0;
+    case kQ6_K:
+      return StagedUnitsPerLane<kQ6_K>(m) > 0;
+    default:
+      return StagedUnitsPerLane<kQ8_0>(m) > 0;
+  }
+}
+
+// One token over the matrices of `w` (read by the staged kernel: Staged()),
+// w[0, split) of one type and w[split, end) of another unless split is the
+// end, in one launch, each row's sum to `store`.
+template <typename Store>
+cudaError_t LaunchStagedGroup(std::span<const DeviceMatrix> w, size_t split, const Q8Activations& x,
+                              std::span<float* const> y, const Store& store, bool overlap_previous,
+                              cudaStream_t stream) {
   const RoundedX rx = RoundedFrom(x, 0, w[0].cols);
+  if (split == w.size()) {
+    const RowGroup group = MakeRowGroup(w, 0, y);
+    const auto with = [&]<uint32_t kType>() {
+      using U = StagedUnits<kType>;
+      return LaunchStagedWith<U::kUnit, U::kPerLane, kDefaultStages>(group, rx, store,
+                                                                     overlap_previous, 0, stream);
+    };
+    if (w[0].type == kQ4_K) return with.template operator()<kQ4_K>();
+    if (w[0].type == kQ6_K) return with.template operator()<kQ6_K>();
+    return with.template operator()<kQ8_0>();
+  }
+  const RowGroup a = MakeRowGroup(w.first(split), 0, y.first(split));
+  const RowGroup b = MakeRowGroup(w.subspan(split), 0, y.subspan(split));
   const auto with = [&]<uint32_t kA, uint32_t kB>() {
-    *error = LaunchStagedMixedAs<kA, kB>(a, b, rx, overlap_previous, stream);
-    return true;
+    return LaunchStagedMixedAs<kA, kB>(a, b, rx, store, overlap_previous, stream);
   };
-  const uint32_t ta = wa[0].type, tb = wb[0].type;
+  const uint32_t ta = w[0].type, tb = w[split].type;
   if (ta == kQ4_K && tb == kQ6_K) return with.template operator()<kQ4_K, kQ6_K>();
   if (ta == kQ6_K && tb == kQ4_K) return with.template operator()<kQ6_K, kQ4_K>();
   if (ta == kQ4_K && tb == kQ8_0) return with.template operator()<kQ4_K, kQ8_0>();
@@ -1002,8 +1083,9 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
     // Two types: one launch where the one-token staged kernel reads both,
     // else one launch a type (the same bits).
     if (n_tokens == 1 && !accumulate && !shape.batch_invariant && shape.stages == 0 &&
-        shape.rows_per_warp == 0 && shape.blocks_per_sm == 0 &&
-        LaunchStagedMixed(w, split, x, y, overlap_previous, stream, &error)) {
+        shape.rows_per_warp == 0 && shape.blocks_per_sm == 0 && Staged(w.first(split)) &&
+        Staged(w.subspan(split))) {
+      error = LaunchStagedGroup(w, split, x, y, RowStore{false}, overlap_previous, stream);
       return error != cudaSuccess ? error : cudaGetLastError();
     }
     error = LaunchGroup(w.first(split), x, n_tokens, y.first(split), accumulate, overlap_previous,
@@ -1103,6 +1185,37 @@ cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, 
                                  float* y, MatVecQ8Shape shape, cudaStream_t stream) {
   return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, /*accumulate=*/false,
                      /*overlap_previous=*/false, shape, stream);
+}
+
+bool MatVecQ8QkvRopeSupports(std::span<const DeviceMatrix> wqkv, const RopeParams& rope,
+                             const KvLayer& cache) {
+  if (wqkv.size() != 3 || rope.head_dim <= 0 || rope.head_dim % 2 != 0 || rope.n_rot <= 0 ||
+      rope.n_rot % 2 != 0 || rope.n_rot > rope.head_dim || rope.n_heads <= 0 ||
+      cache.n_embd_kv <= 0 || cache.n_embd_kv % rope.head_dim != 0) {
+    return false;
+  }
+  for (const DeviceMatrix& m : wqkv) {
+    if (!MatVecQ8Supports(m.type, m.cols) || m.cols != wqkv[0].cols) return false;
+  }
+  const size_t split = wqkv[2].type == wqkv[0].type ? 3 : 2;
+  return wqkv[1].type == wqkv[0].type &&
+         wqkv[0].rows == static_cast<int64_t>(rope.n_heads) * rope.head_dim &&
+         wqkv[1].rows == cache.n_embd_kv && wqkv[2].rows == cache.n_embd_kv &&
+         Staged(wqkv.first(split)) && (split == wqkv.size() || Staged(wqkv.subspan(split)));
+}
+
+cudaError_t LaunchMatVecQ8QkvRope(std::span<const DeviceMatrix> wqkv, const Q8Activations& x,
+                                  const MatVecQ8QkvRope& out, cudaStream_t stream,
+                                  bool overlap_previous) {
+  if (!MatVecQ8QkvRopeSupports(wqkv, out.rope, out.cache) || out.q == nullptr || out.k == nullptr ||
+      out.v == nullptr || out.tokens == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  float* const y[3] = {out.q, out.k, out.v};
+  const size_t split = wqkv[2].type == wqkv[0].type ? 3 : 2;
+  const cudaError_t error = LaunchStagedGroup(
+      wqkv, split, x, y, QkvRopeStore{out, RopeThetaScale(out.rope)}, overlap_previous, stream);
+  return error != cudaSuccess ? error : cudaGetLastError();
 }
 
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x,

@@ -19,6 +19,7 @@
 #include <span>
 
 #include "kernels/cuda/matvec.h"
+#include "kernels/cuda/ops.h"
 
 namespace chord::cuda {
 
@@ -80,6 +81,30 @@ constexpr int kMatVecQ8MaxGroup = 3;
 cudaError_t LaunchMatVecQ8Group(std::span<const DeviceMatrix> w, const Q8Activations& x,
                                 int n_tokens, std::span<float* const> y, cudaStream_t stream,
                                 bool overlap_previous = false, bool batch_invariant = false);
+
+// One token's Q, K and V products and what LaunchRopeStoreKv (ops.h) then
+// does with them, in one launch: the launch writes q and k rotated, v as the
+// product, and the token's key and value rows into the cache, the same bits
+// as LaunchMatVecQ8Group over {wq, wk, wv} into q, k, v followed by
+// LaunchRopeStoreKv(q, k, v, ...). Saves a dependent launch a layer at batch 1.
+struct MatVecQ8QkvRope {
+  float* q = nullptr;
+  float* k = nullptr;
+  float* v = nullptr;
+  const TokenSlot* tokens = nullptr;  // the token's slot and position (device memory)
+  RopeParams rope;
+  KvLayer cache;
+};
+// True for the shapes it takes: three matrices of one width of up to 4096
+// that the one-token staged kernel reads, Q and K of one type (V of that or
+// another), Q of n_heads heads and K, V of the cache's width, an even
+// head_dim and n_rot.
+bool MatVecQ8QkvRopeSupports(std::span<const DeviceMatrix> wqkv, const RopeParams& rope,
+                             const KvLayer& cache);
+// cudaErrorInvalidValue (nothing launched) where MatVecQ8QkvRopeSupports is false.
+cudaError_t LaunchMatVecQ8QkvRope(std::span<const DeviceMatrix> wqkv, const Q8Activations& x,
+                                  const MatVecQ8QkvRope& out, cudaStream_t stream,
+                                  bool overlap_previous = false);
 
 // How a launch lays the rows over warps and blocks (for benchmarks and
 // tests; 0 = the tuned default). Every choice of rows_per_warp, blocks_per_sm

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -287,6 +288,102 @@ TEST_F(MatVecQ8Test, AGroupOfTwoTypesGivesTheSameBitsAsOneLaunchEach) {
       }
     }
   }
+}
+
+// One token's Q/K/V with RoPE and the KV store in one launch writes the bits
+// of the group launch followed by LaunchRopeStoreKv: q, k, v and the whole
+// cache, for halves and floats in the cache, partial rotation, frequency
+// factors and grouped-query heads.
+TEST_F(MatVecQ8Test, QkvWithRopeWritesWhatTheGroupThenRopeStoreKvWrite) {
+  const int head_dim = 64, n_heads = 8, n_k_heads = 2, n_ctx = 48;
+  const int64_t n_embd_kv = int64_t{n_k_heads} * head_dim;
+  const TokenSlot token{1, 37};
+  DeviceBuffer tokens = ToDevice(std::vector<TokenSlot>{token});
+  const std::vector<float> factors = RandomFloats(head_dim / 2, 930, 1.0f);
+  std::vector<float> positive(factors.size());
+  for (size_t i = 0; i < factors.size(); ++i) positive[i] = 1.0f + std::abs(factors[i]);
+  DeviceBuffer freq_factors = ToDevice(positive);
+  struct Case {
+    DType qk, v;
+    int64_t cols;
+    bool half;
+    int n_rot;
+    bool factors;
+  };
+  for (const Case& c : std::vector<Case>{{DType::kQ4_K, DType::kQ4_K, 512, true, 64, false},
+                                         {DType::kQ4_K, DType::kQ6_K, 4096, true, 64, true},
+                                         {DType::kQ6_K, DType::kQ4_K, 2048, false, 32, false},
+                                         {DType::kQ8_0, DType::kQ8_0, 256, false, 64, true}}) {
+    const TestMatrix wq = MakeMatrix(c.qk, int64_t{n_heads} * head_dim, c.cols, 931);
+    const TestMatrix wk = MakeMatrix(c.qk, n_embd_kv, c.cols, 932);
+    const TestMatrix wv = MakeMatrix(c.v, n_embd_kv, c.cols, 933);
+    const DeviceMatrix w[3] = {wq.view, wk.view, wv.view};
+    const RoundedOnDevice rounded = RoundRandom(1, c.cols, 934);
+    const RopeParams rope{n_heads,  head_dim, c.n_rot,
+                          10000.0f, 0.5f,     c.factors ? freq_factors.as<float>() : nullptr};
+    const size_t element = c.half ? 2 : 4;
+    const auto cache_bytes = static_cast<size_t>(2 * n_ctx * n_embd_kv) * element;  // 2 slots
+    // Both caches start from the same random bytes.
+    std::vector<float> noise = RandomFloats(cache_bytes / 4, 935);
+    const auto fill = [&] { return ToDevice(noise); };
+    DeviceBuffer fused_keys = fill(), fused_values = fill(), plain_keys = fill(),
+                 plain_values = fill();
+    const auto layer = [&](DeviceBuffer& keys, DeviceBuffer& values) {
+      return KvLayer{keys.data(), values.data(), n_ctx, static_cast<int>(n_embd_kv), c.half};
+    };
+    const KvLayer fused_cache = layer(fused_keys, fused_values);
+    const KvLayer plain_cache = layer(plain_keys, plain_values);
+    ASSERT_TRUE(MatVecQ8QkvRopeSupports(w, rope, fused_cache));
+    const size_t q_size = static_cast<size_t>(n_heads) * head_dim;
+    const auto kv_size = static_cast<size_t>(n_embd_kv);
+    DeviceBuffer fq = Poisoned<float>(q_size), fk = Poisoned<float>(kv_size),
+                 fv = Poisoned<float>(kv_size);
+    DeviceBuffer pq = Poisoned<float>(q_size), pk = Poisoned<float>(kv_size),
+                 pv = Poisoned<float>(kv_size);
+    ASSERT_EQ(LaunchMatVecQ8QkvRope(w, rounded.a,
+                                    {fq.as<float>(), fk.as<float>(), fv.as<float>(),
+                                     tokens.as<TokenSlot>(), rope, fused_cache},
+                                    nullptr, /*overlap_previous=*/true),
+              cudaSuccess);
+    float* outs[3] = {pq.as<float>(), pk.as<float>(), pv.as<float>()};
+    ASSERT_EQ(LaunchMatVecQ8Group(w, rounded.a, 1, outs, nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchRopeStoreKv(pq.as<float>(), pk.as<float>(), pv.as<float>(), n_k_heads, 1,
+                                tokens.as<TokenSlot>(), rope, plain_cache, nullptr),
+              cudaSuccess);
+    const std::string label = std::string(DTypeName(c.qk)) + "/" + std::string(DTypeName(c.v)) +
+                              " cols=" + std::to_string(c.cols);
+    EXPECT_EQ(ToHost<float>(fq, q_size), ToHost<float>(pq, q_size)) << label;
+    EXPECT_EQ(ToHost<float>(fk, kv_size), ToHost<float>(pk, kv_size)) << label;
+    EXPECT_EQ(ToHost<float>(fv, kv_size), ToHost<float>(pv, kv_size)) << label;
+    EXPECT_EQ(ToHost<uint8_t>(fused_keys, cache_bytes), ToHost<uint8_t>(plain_keys, cache_bytes))
+        << label;
+    EXPECT_EQ(ToHost<uint8_t>(fused_values, cache_bytes),
+              ToHost<uint8_t>(plain_values, cache_bytes))
+        << label;
+    // The token's rows changed (the comparison above is not of two untouched caches).
+    const auto* noise_bytes = reinterpret_cast<const uint8_t*>(noise.data());
+    EXPECT_NE(ToHost<uint8_t>(fused_keys, cache_bytes),
+              std::vector<uint8_t>(noise_bytes, noise_bytes + cache_bytes))
+        << label;
+  }
+  // Shapes it does not take: K of another type than Q, a V of the wrong height.
+  const TestMatrix q4 = MakeMatrix(DType::kQ4_K, 512, 256, 936);
+  const TestMatrix k6 = MakeMatrix(DType::kQ6_K, 128, 256, 937);
+  const TestMatrix v4 = MakeMatrix(DType::kQ4_K, 128, 256, 938);
+  const TestMatrix tall = MakeMatrix(DType::kQ4_K, 256, 256, 939);
+  const RopeParams rope{n_heads, head_dim, head_dim, 10000.0f, 1.0f, nullptr};
+  const KvLayer cache{nullptr, nullptr, n_ctx, static_cast<int>(n_embd_kv), true};
+  const DeviceMatrix mixed_qk[3] = {q4.view, k6.view, v4.view};
+  const DeviceMatrix wrong_v[3] = {q4.view, v4.view, tall.view};
+  EXPECT_FALSE(MatVecQ8QkvRopeSupports(mixed_qk, rope, cache));
+  EXPECT_FALSE(MatVecQ8QkvRopeSupports(wrong_v, rope, cache));
+  const RoundedOnDevice rounded = RoundRandom(1, 256, 940);
+  DeviceBuffer y = Poisoned<float>(512);
+  EXPECT_EQ(LaunchMatVecQ8QkvRope(
+                mixed_qk, rounded.a,
+                {y.as<float>(), y.as<float>(), y.as<float>(), tokens.as<TokenSlot>(), rope, cache},
+                nullptr),
+            cudaErrorInvalidValue);
 }
 
 // A warp taking 1, 2 or 4 rows (the last warp's partly past the end), a grid

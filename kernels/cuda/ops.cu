@@ -7,6 +7,7 @@
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/mma_order.cuh"
 #include "kernels/cuda/rms_scale.cuh"
+#include "kernels/cuda/rope_pair.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -43,8 +44,8 @@ __device__ __forceinline__ void NormRow(const float* __restrict__ xr,
 }
 
 __global__ void __launch_bounds__(kNormThreads)
-    RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n, float eps,
-                  float* __restrict__ y, uint16_t* __restrict__ halves) {
+    RmsNormKernel(const float* __restrict__ x, const float* __restrict__ weight, int64_t n,
+                  float eps, float* __restrict__ y, uint16_t* __restrict__ halves) {
   LetNextKernelStart();
   WaitForPreviousKernel();
   NormRow(x + blockIdx.x * n, weight, n, eps, y + blockIdx.x * n,
@@ -73,9 +74,9 @@ __global__ void __launch_bounds__(kNormThreads)
   WaitForPreviousKernel();
   float* xr = x + blockIdx.x * n;
   const int64_t offset = blockIdx.x * n;
-  const bool float4s = n % 4 == 0 && add.count <= kMostParts && add.stride % 4 == 0 &&
-                       (reinterpret_cast<uintptr_t>(xr) | reinterpret_cast<uintptr_t>(add.first)) %
-                               16 == 0;
+  const bool float4s =
+      n % 4 == 0 && add.count <= kMostParts && add.stride % 4 == 0 &&
+      (reinterpret_cast<uintptr_t>(xr) | reinterpret_cast<uintptr_t>(add.first)) % 16 == 0;
   if (float4s) {
     auto* x4 = reinterpret_cast<float4*>(xr);
     const auto* parts = reinterpret_cast<const float4*>(add.first + offset);
@@ -113,18 +114,6 @@ struct RopeTarget {
   int n_heads;
 };
 
-// Pair `pair` of a head's row rotated for `position`; the angle is advanced
-// by repeated multiplication as the CPU path does, so both round alike.
-__device__ __forceinline__ float2 RotatedPair(float2 x, int pair, int position,
-                                              const RopeParams& p, float theta_scale) {
-  float theta = static_cast<float>(position);
-  for (int i = 0; i < pair; ++i) theta *= theta_scale;
-  const float factor = p.freq_factors != nullptr ? p.freq_factors[pair] : 1.0f;
-  const float angle = p.freq_scale * (theta / factor);
-  float sin_theta, cos_theta;
-  sincosf(angle, &sin_theta, &cos_theta);
-  return make_float2(x.x * cos_theta - x.y * sin_theta, x.x * sin_theta + x.y * cos_theta);
-}
 __device__ __forceinline__ float2 RotatedPair(const float* head, int pair, int position,
                                               const RopeParams& p, float theta_scale) {
   return RotatedPair(make_float2(head[2 * pair], head[2 * pair + 1]), pair, position, p,
@@ -142,8 +131,8 @@ __device__ __forceinline__ float2 PairOfParts(const PartialSums& parts, int64_t 
 }
 
 // One thread per (token, head, pair) of target a, then of target b.
-__global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens, const TokenSlot* __restrict__ tokens,
-                           RopeParams p, float theta_scale) {
+__global__ void RopeKernel(RopeTarget a, RopeTarget b, int n_tokens,
+                           const TokenSlot* __restrict__ tokens, RopeParams p, float theta_scale) {
   const int pairs = p.n_rot / 2;
   int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t in_a = static_cast<int64_t>(n_tokens) * a.n_heads * pairs;
@@ -172,18 +161,19 @@ __global__ void RopeStoreKvKernel(PartialSums q_in, PartialSums k_in, PartialSum
                                   int n_tokens, const TokenSlot* __restrict__ tokens, RopeParams p,
                                   float theta_scale, KvLayer cache) {
   LetNextKernelStart();
-  WaitForPreviousKernel();
+  // The batch's slots and positions were written before the step's first
+  // kernel: read before the wait.
   const int rot_pairs = p.n_rot / 2, head_pairs = p.head_dim / 2;
   int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t in_q = static_cast<int64_t>(n_tokens) * p.n_heads * head_pairs;
   if (id < in_q) {
     const int pair = static_cast<int>(id % head_pairs);
     const int64_t head_row = id / head_pairs;
+    const int position = tokens[head_row / p.n_heads].position;
+    WaitForPreviousKernel();
     const int64_t at = head_row * p.head_dim + 2 * pair;
     float2 value = PairOfParts(q_in, at);
-    if (pair < rot_pairs) {
-      value = RotatedPair(value, pair, tokens[head_row / p.n_heads].position, p, theta_scale);
-    }
+    if (pair < rot_pairs) value = RotatedPair(value, pair, position, p, theta_scale);
     *reinterpret_cast<float2*>(q + at) = value;
     return;
   }
@@ -193,6 +183,7 @@ __global__ void RopeStoreKvKernel(PartialSums q_in, PartialSums k_in, PartialSum
   const int64_t head_row = id / head_pairs;  // token * n_k_heads + kv head
   const auto token = static_cast<int>(head_row / n_k_heads);
   const TokenSlot at = tokens[token];
+  WaitForPreviousKernel();
   const int64_t src = head_row * p.head_dim + 2 * pair;  // = token * n_embd_kv + element
   float2 key = PairOfParts(k_in, src);
   if (pair < rot_pairs) key = RotatedPair(key, pair, at.position, p, theta_scale);
@@ -200,15 +191,8 @@ __global__ void RopeStoreKvKernel(PartialSums q_in, PartialSums k_in, PartialSum
   const float2 value = PairOfParts(v_in, src);
   const int64_t row = static_cast<int64_t>(at.slot) * cache.n_ctx + at.position;
   const int64_t dst = row * cache.n_embd_kv + (src - static_cast<int64_t>(token) * cache.n_embd_kv);
-  if (cache.half) {
-    reinterpret_cast<__half2*>(static_cast<__half*>(cache.keys) + dst)[0] =
-        __halves2half2(__float2half(key.x), __float2half(key.y));
-    reinterpret_cast<__half2*>(static_cast<__half*>(cache.values) + dst)[0] =
-        __halves2half2(__float2half(value.x), __float2half(value.y));
-  } else {
-    reinterpret_cast<float2*>(static_cast<float*>(cache.keys) + dst)[0] = key;
-    reinterpret_cast<float2*>(static_cast<float*>(cache.values) + dst)[0] = value;
-  }
+  StoreCachePair(cache, cache.keys, dst, key);
+  StoreCachePair(cache, cache.values, dst, value);
 }
 
 __device__ __forceinline__ float SwiGlu(float g, float u) { return (g / (1.0f + expf(-g))) * u; }
@@ -243,15 +227,16 @@ __global__ void SwiGluHalvesKernel(PartialSums gate, PartialSums up, int64_t gro
       make_float4(SwiGlu(g.x, u.x), SwiGlu(g.y, u.y), SwiGlu(g.z, u.z), SwiGlu(g.w, u.w)));
 }
 
-__global__ void FloatToHalfKernel(const float* __restrict__ x, int64_t n, __half* __restrict__ out) {
+__global__ void FloatToHalfKernel(const float* __restrict__ x, int64_t n,
+                                  __half* __restrict__ out) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __float2half(x[i]);
 }
 
 // Grid (token, chunk of 256 elements): a row spreads over many blocks, so
 // one token's store is not a single block's serial loop.
-__global__ void StoreKvKernel(KvLayer layer, const float* __restrict__ k, const float* __restrict__ v,
-                              const TokenSlot* __restrict__ tokens) {
+__global__ void StoreKvKernel(KvLayer layer, const float* __restrict__ k,
+                              const float* __restrict__ v, const TokenSlot* __restrict__ tokens) {
   const int t = blockIdx.x;
   const int i = static_cast<int>(blockIdx.y * blockDim.x + threadIdx.x);
   if (i >= layer.n_embd_kv) return;
@@ -311,7 +296,9 @@ __global__ void __launch_bounds__(kGreedyThreads)
   tokens[blockIdx.x] = isnan(row[0]) || !best.valid ? 0 : best.id;
 }
 
-unsigned Blocks(int64_t n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
+unsigned Blocks(int64_t n, int threads) {
+  return static_cast<unsigned>((n + threads - 1) / threads);
+}
 
 }  // namespace
 
@@ -325,14 +312,16 @@ cudaError_t LaunchRmsNorm(const float* x, const float* weight, int64_t n, int n_
 
 cudaError_t LaunchRope(float* q, float* k, int n_k_heads, int n_tokens, const TokenSlot* tokens,
                        const RopeParams& params, cudaStream_t stream) {
-  if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 || params.n_rot > params.head_dim ||
-      n_k_heads < 0 || (k == nullptr && n_k_heads > 0)) {
+  if (n_tokens <= 0 || params.n_rot <= 0 || params.n_rot % 2 != 0 ||
+      params.n_rot > params.head_dim || n_k_heads < 0 || (k == nullptr && n_k_heads > 0)) {
     return cudaErrorInvalidValue;
   }
-  const float theta_scale = powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
-  const int64_t total = static_cast<int64_t>(n_tokens) * (params.n_heads + n_k_heads) * (params.n_rot / 2);
-  RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(RopeTarget{q, params.n_heads}, RopeTarget{k, n_k_heads},
-                                                     n_tokens, tokens, params, theta_scale);
+  const float theta_scale = RopeThetaScale(params);
+  const int64_t total =
+      static_cast<int64_t>(n_tokens) * (params.n_heads + n_k_heads) * (params.n_rot / 2);
+  RopeKernel<<<Blocks(total, 256), 256, 0, stream>>>(RopeTarget{q, params.n_heads},
+                                                     RopeTarget{k, n_k_heads}, n_tokens, tokens,
+                                                     params, theta_scale);
   return cudaGetLastError();
 }
 
@@ -343,6 +332,10 @@ cudaError_t LaunchGreedyTokens(const float* logits, int n_rows, int64_t n_vocab,
   }
   GreedyTokensKernel<<<n_rows, kGreedyThreads, 0, stream>>>(logits, n_vocab, tokens);
   return cudaGetLastError();
+}
+
+float RopeThetaScale(const RopeParams& params) {
+  return powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
 }
 
 cudaError_t LaunchRopeStoreKv(const PartialSums& q_in, const PartialSums& k_in,
@@ -362,7 +355,7 @@ cudaError_t LaunchRopeStoreKv(const PartialSums& q_in, const PartialSums& k_in,
       static_cast<int64_t>(n_k_heads) * params.head_dim != cache.n_embd_kv) {
     return cudaErrorInvalidValue;
   }
-  const float theta_scale = powf(params.freq_base, -2.0f / static_cast<float>(params.n_rot));
+  const float theta_scale = RopeThetaScale(params);
   const int64_t total = static_cast<int64_t>(n_tokens) *
                         (static_cast<int64_t>(params.n_heads) + n_k_heads) * (params.head_dim / 2);
   return LaunchAfterPrevious(overlap_previous, RopeStoreKvKernel, dim3(Blocks(total, 256)),

@@ -56,6 +56,9 @@ struct RopeParams {
   float freq_scale = 1.0f;
   const float* freq_factors = nullptr;
 };
+// The factor between the angles of consecutive pairs: freq_base^(-2 / n_rot).
+float RopeThetaScale(const RopeParams& params);
+
 cudaError_t LaunchRope(float* x, int n_tokens, const TokenSlot* tokens, const RopeParams& params,
                        cudaStream_t stream);
 // Queries (params.n_heads) and keys (n_k_heads) of the same tokens in one
