@@ -778,15 +778,6 @@ RoundedX RoundedFrom(const Q8Activations& x, int64_t first, int64_t cols) {
           cols};
 }
 
-// Launches one of the product kernels, as a programmatic dependent launch
-// when `overlap_previous`.
-cudaError_t LaunchProduct(void (*kernel)(RowGroup, RoundedX, bool), int64_t blocks, size_t shared,
-                          bool overlap_previous, cudaStream_t stream, const RowGroup& group,
-                          const RoundedX& x, bool accumulate) {
-  return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
-                             dim3(kWarpsPerBlock * 32), shared, stream, group, x, accumulate);
-}
-
 template <uint32_t kType, int B, int R>
 cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, int64_t first,
                        std::span<float* const> y, bool accumulate, bool overlap_previous,
@@ -796,8 +787,9 @@ cudaError_t LaunchPass(std::span<const DeviceMatrix> w, const Q8Activations& x, 
   int64_t blocks = (group.total_rows + rows_per_block - 1) / rows_per_block;
   if (blocks_per_sm > 0)
     blocks = std::min<int64_t>(blocks, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
-  return LaunchProduct(MatVecQ8Kernel<kType, B, R>, blocks, 0, overlap_previous, stream, group,
-                       RoundedFrom(x, first, w[0].cols), accumulate);
+  return LaunchAfterPrevious(overlap_previous, MatVecQ8Kernel<kType, B, R>,
+                             dim3(static_cast<unsigned>(blocks)), dim3(kWarpsPerBlock * 32), 0,
+                             stream, group, RoundedFrom(x, first, w[0].cols), accumulate);
 }
 
 // Units a lane takes in MatVecQ8StagedKernel over rows of `cols`: 2 or 4,
@@ -815,23 +807,34 @@ int StagedUnitsPerLane(std::span<const DeviceMatrix> w) {
   return units <= 32 * 2 ? 2 : 4;
 }
 
+// The grid of a kernel whose blocks loop over the work: at most `needed`
+// blocks of `threads` threads and `shared` bytes, as many as the SMs hold at
+// once (or blocks_per_sm a SM when that is > 0).
+template <typename... Params>
+cudaError_t ResidentGrid(void (*kernel)(Params...), int threads, size_t shared, int blocks_per_sm,
+                         int64_t needed, int64_t* blocks) {
+  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(shared));
+  if (error != cudaSuccess) return error;
+  if (blocks_per_sm == 0) {
+    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, threads, shared);
+    if (error != cudaSuccess) return error;
+    blocks_per_sm = std::max(1, blocks_per_sm);
+  }
+  *blocks = std::min<int64_t>(needed, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
+  return cudaSuccess;
+}
+
 template <uint32_t kType, int UPL, int S, typename Store>
 cudaError_t LaunchStagedWith(const RowGroup& group, const RoundedX& x, const Store& store,
                              bool overlap_previous, int blocks_per_sm, cudaStream_t stream) {
   const size_t shared = static_cast<size_t>(kWarpsPerBlock) * S * group.row_bytes;
   const auto kernel = MatVecQ8StagedKernel<kType, UPL, S, Store>;
-  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shared));
+  int64_t blocks = 0;
+  const cudaError_t error =
+      ResidentGrid(kernel, kWarpsPerBlock * 32, shared, blocks_per_sm,
+                   (group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock, &blocks);
   if (error != cudaSuccess) return error;
-  if (blocks_per_sm == 0) {
-    error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel,
-                                                          kWarpsPerBlock * 32, shared);
-    if (error != cudaSuccess) return error;
-    blocks_per_sm = std::max(1, blocks_per_sm);
-  }
-  const int64_t blocks =
-      std::min<int64_t>((group.total_rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
-                        int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
   return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
                              dim3(kWarpsPerBlock * 32), shared, stream, group, x, store);
 }
@@ -863,17 +866,10 @@ cudaError_t LaunchSplitWith(const SplitRows& m, int splits, const RoundedX& x, b
   const size_t shared = 2 * kMaxSplits * sizeof(float) +
                         static_cast<size_t>(splits) * S * static_cast<size_t>(m.slot_bytes);
   const auto kernel = MatVecQ8SplitKernel<kType, UPL, S>;
-  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shared));
+  int64_t blocks = 0;
+  const cudaError_t error =
+      ResidentGrid(kernel, splits * 32, shared, blocks_per_sm, m.rows, &blocks);
   if (error != cudaSuccess) return error;
-  if (blocks_per_sm == 0) {
-    error =
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, splits * 32, shared);
-    if (error != cudaSuccess) return error;
-    blocks_per_sm = std::max(1, blocks_per_sm);
-  }
-  const int64_t blocks =
-      std::min<int64_t>(m.rows, int64_t{blocks_per_sm} * std::max(1, MultiprocessorCount()));
   return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
                              dim3(static_cast<unsigned>(splits * 32)), shared, stream, m, x,
                              accumulate);
@@ -987,17 +983,11 @@ cudaError_t LaunchStagedMixedAs(const RowGroup& a, const RowGroup& b, const Roun
       MatVecQ8StagedMixedKernel<A::kUnit, A::kPerLane, B::kUnit, B::kPerLane, kStages, Store>;
   const auto slot_bytes = static_cast<int>(std::max(a.row_bytes, b.row_bytes));
   const size_t shared = static_cast<size_t>(kWarpsPerBlock) * kStages * slot_bytes;
-  cudaError_t error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(shared));
-  if (error != cudaSuccess) return error;
-  int per_sm = 0;
-  error =
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kWarpsPerBlock * 32, shared);
-  if (error != cudaSuccess) return error;
   const int64_t rows = a.total_rows + b.total_rows;
-  const int64_t blocks =
-      std::min<int64_t>((rows + kWarpsPerBlock - 1) / kWarpsPerBlock,
-                        int64_t{std::max(1, per_sm)} * std::max(1, MultiprocessorCount()));
+  int64_t blocks = 0;
+  const cudaError_t error = ResidentGrid(kernel, kWarpsPerBlock * 32, shared, 0,
+                                         (rows + kWarpsPerBlock - 1) / kWarpsPerBlock, &blocks);
+  if (error != cudaSuccess) return error;
   // The warps shared out by bytes, so that both groups end together.
   const int64_t warps = blocks * kWarpsPerBlock;
   const double bytes_a = static_cast<double>(a.total_rows) * static_cast<double>(a.row_bytes);
