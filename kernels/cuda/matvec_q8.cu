@@ -68,15 +68,18 @@ __global__ void __launch_bounds__(kNormThreads)
                           float eps, float* __restrict__ y, int8_t* __restrict__ q,
                           float* __restrict__ scale, float* __restrict__ half_sums) {
   LetNextKernelStart();
+  const int64_t blocks = n / 32;
+  const int64_t b = static_cast<int64_t>(blockIdx.y) * (kNormThreads / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t i = b * 32 + lane;
+  // The norm's weight (never written by kernels; at batch 1 it comes from
+  // memory) is read while the previous kernel still runs, not after the factor.
+  const float g = b < blocks ? weight[i] : 0.0f;
   WaitForPreviousKernel();
   const float* xr = x + blockIdx.x * n;
   const float factor = RmsScale<kNormThreads>(xr, n, eps, RowOfFloat4s(xr, weight, n));
-  const int64_t blocks = n / 32;
-  const int64_t b = static_cast<int64_t>(blockIdx.y) * (kNormThreads / 32) + threadIdx.x / 32;
   if (b >= blocks) return;
-  const int lane = threadIdx.x % 32;
-  const int64_t i = b * 32 + lane;
-  const float v = xr[i] * factor * weight[i];
+  const float v = xr[i] * factor * g;
   y[blockIdx.x * n + i] = v;
   RoundBlock(v, lane, blockIdx.x * blocks + b, q, scale, half_sums);
 }
