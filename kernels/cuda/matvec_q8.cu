@@ -508,6 +508,36 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // and the warp sums them alike: the same bits. The first rows are requested
 // before waiting for the previous kernel (weights are never written by
 // kernels).
+// A staged row's dot product with the lane's activations (units lane,
+// lane + 32, ... of `units`), summed over the warp as StoreRowSums sums it:
+// every lane gets the total.
+template <typename U, int UPL>
+__device__ __forceinline__ float StagedRowSum(const uint8_t* weights,
+                                              const typename U::Acts (&acts)[UPL], int units,
+                                              int lane) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < UPL; ++j) {
+    const int u = lane + 32 * j;
+    if (u < units)
+      sum += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return sum;
+}
+
+// The lane's activations for units first + lane, first + lane + 32, ... of
+// the `units` a staged warp takes.
+template <typename U, int UPL>
+__device__ __forceinline__ void LoadStagedActs(const RoundedX& x, int first, int units, int lane,
+                                               typename U::Acts (&acts)[UPL]) {
+#pragma unroll
+  for (int j = 0; j < UPL; ++j) {
+    if (lane + 32 * j < units) acts[j] = U::Load(x, 0, first + lane + 32 * j);
+  }
+}
+
 // StagedRows below is a warp's part of it: rows row, row + warps, ... of the
 // group through its ring of S buffers of `slot_bytes` (at least the group's
 // row_bytes), each row's sum handed to `store` (RowStore: y).
@@ -546,26 +576,13 @@ __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX
   WaitForPreviousKernel();
   const int units = static_cast<int>(x.cols / U::kElements);
   typename U::Acts acts[UPL];
-#pragma unroll
-  for (int j = 0; j < UPL; ++j) {
-    if (lane + 32 * j < units) acts[j] = U::Load(x, 0, lane + 32 * j);
-  }
+  LoadStagedActs<U, UPL>(x, 0, units, lane, acts);
   for (int b = 0, parity = 0; row < group.total_rows;
        row += warps, b = b + 1 == S ? 0 : b + 1, parity ^= 1) {
     copy_row(row + (S - 1) * warps, b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
-    const uint8_t* weights = ring + b * slot_bytes;
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < UPL; ++j) {
-      const int u = lane + 32 * j;
-      if (u < units)
-        sum += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
-    }
-    // As StoreRowSums adds a warp's sums.
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const float sum = StagedRowSum<U, UPL>(ring + b * slot_bytes, acts, units, lane);
     store(Locate(group, row), sum, lane, parity);
     __syncwarp();  // the buffer is refilled next
   }
@@ -718,26 +735,14 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
   LetNextKernelStart();
   WaitForPreviousKernel();
   typename U::Acts acts[UPL];
-#pragma unroll
-  for (int j = 0; j < UPL; ++j) {
-    if (lane + 32 * j < units)
-      acts[j] = U::Load(x, 0, first_block * kUnitsPerBlock + lane + 32 * j);
-  }
+  LoadStagedActs<U, UPL>(x, first_block * kUnitsPerBlock, units, lane, acts);
   for (int b = 0, set = 0; row < m.rows; row += gridDim.x, b = b + 1 == S ? 0 : b + 1, set ^= 1) {
     copy_row(row + (S - 1) * static_cast<int64_t>(gridDim.x), b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
     const uint8_t* weights =
         ring + b * m.slot_bytes + (reinterpret_cast<uintptr_t>(range_of(row)) & 15);
-    float sum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < UPL; ++j) {
-      const int u = lane + 32 * j;
-      if (u < units)
-        sum += U::Apply(U::Decode(U::template Fetch<FromShared>(weights, u), u), acts[j]);
-    }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    const float sum = StagedRowSum<U, UPL>(weights, acts, units, lane);
     if (lane == 0) sums[set * kMaxSplits + split] = sum;
     __syncthreads();
     if (threadIdx.x == 0) {
