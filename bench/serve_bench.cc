@@ -6,9 +6,10 @@
 //
 //   serve_bench --model a.gguf,b.gguf [--runs 3] [--tokens 64] [--threads 0]
 //
-// With --gpus N (N >= 2, CUDA workers): one worker on one GPU against N workers
-// one per GPU, with NCCL links between them and with --no-nccl (activations
-// through host memory and ZeroMQ): greedy tokens compared with one GPU,
+// With --gpus N (CUDA workers): one worker on one GPU with its steps chained
+// (the coordinator's default) and not, then, for N >= 2, N workers one per
+// GPU, with NCCL links between them and with --no-nccl (activations through
+// host memory and ZeroMQ): greedy tokens compared with one GPU,
 // batch-1 decode, and aggregate tok/s of 64 and 128 concurrent sequences
 // (128-token prompts, 128 new tokens each): over the wall time, prompts
 // included, and while every stream decodes.
@@ -46,7 +47,7 @@ struct BenchFlags {
   int tokens = 64;
   int threads = 0;  // per process; 0: cores / workers
   std::string backend = "cpu";  // the workers' (the in-process baseline runs on the CPU)
-  int gpus = 0;                 // >= 2: the GPU pipeline table instead
+  int gpus = 0;                 // >= 1: the GPU pipeline table instead
   std::string child_log_level = "warn";  // the coordinator's and workers' (--log-level)
   int busy_poll_us = -1;                  // the coordinator's and workers'; -1: their default
   int nccl_min_rows = 0;                  // the workers' --nccl-min-rows; 0: their default
@@ -228,6 +229,11 @@ Latency LatencyUnderPrefill(v1::Inference::Stub& stub, int tokens) {
   return {Median(gaps), Percentile(gaps, 0.99), Seconds(answered - submitted)};
 }
 
+// A child process's output line on stderr, after its name (step_timeline.py reads them).
+void EchoChildLine(const std::string& child, std::string_view line) {
+  std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
+}
+
 void BenchModel(const BenchFlags& flags, const std::string& model) {
   std::printf("\nmodel %s, %d tokens per stream, median of %d runs\n", model.c_str(), flags.tokens, flags.runs);
   std::vector<double> local;
@@ -245,7 +251,9 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
     options.ctx_size = 2048;
     options.threads_per_worker = ThreadsFor(flags, workers);
     options.log_args = {"--log-level", flags.child_log_level};
+    options.on_line = EchoChildLine;
     options.worker_args = {"--backend", flags.backend};
+    std::fprintf(stderr, "=== setup: %d workers\n", workers);
     auto cluster = serve::LocalCluster::Start(options);
     if (!cluster.ok()) {
       std::printf("| %d workers | failed: %s |\n", workers, cluster.status().ToString().c_str());
@@ -322,10 +330,16 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     std::string name;
     int workers;
     bool nccl;
+    bool chained = true;  // the coordinator's --chain-steps (one worker)
   };
-  const std::vector<Setup> setups = {{"1 worker, 1 GPU", 1, true},
-                                     {absl::StrCat(flags.gpus, " workers, 1 GPU each, NCCL"), flags.gpus, true},
-                                     {absl::StrCat(flags.gpus, " workers, 1 GPU each, ZeroMQ"), flags.gpus, false}};
+  // One GPU with its steps chained (the default) and without, then the
+  // pipelines over several GPUs.
+  std::vector<Setup> setups = {{"1 worker, 1 GPU", 1, true},
+                               {"1 worker, 1 GPU, steps not chained", 1, true, false}};
+  if (flags.gpus >= 2) {
+    setups.push_back({absl::StrCat(flags.gpus, " workers, 1 GPU each, NCCL"), flags.gpus, true});
+    setups.push_back({absl::StrCat(flags.gpus, " workers, 1 GPU each, ZeroMQ"), flags.gpus, false});
+  }
   std::vector<std::vector<uint32_t>> reference;
   double one_gpu_128 = 0.0, one_gpu_batch1 = 0.0, one_gpu_steady_128 = 0.0;
   for (const Setup& setup : setups) {
@@ -337,9 +351,7 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     options.kv_slots = kMaxStreams;
     options.ctx_size = kPrompt + kNew + 64;
     options.log_args = {"--log-level", flags.child_log_level};
-    options.on_line = [](const std::string& child, std::string_view line) {
-      std::fprintf(stderr, "[%s] %.*s\n", child.c_str(), static_cast<int>(line.size()), line.data());
-    };
+    options.on_line = EchoChildLine;
     options.worker_args = {"--backend", flags.backend};
     if (!setup.nccl) options.worker_args.push_back("--no-nccl");
     if (flags.nccl_min_rows > 0) {
@@ -356,6 +368,7 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     }
     options.coordinator_args = {"--kv-tokens", std::to_string(options.kv_slots * options.ctx_size),
                                 "--kv-type", "f16"};
+    if (!setup.chained) options.coordinator_args.push_back("--no-chain-steps");
     if (flags.busy_poll_us >= 0) {
       for (auto* args : {&options.coordinator_args, &options.worker_args}) {
         args->insert(args->end(), {"--busy-poll-us", std::to_string(flags.busy_poll_us)});
@@ -452,12 +465,13 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   app.add_option("--gpus", flags.gpus,
-                 "N >= 2: compare one GPU with N GPUs, one CUDA worker each (NCCL links, then ZeroMQ)")
-      ->check(CLI::Range(2, 64));
+                 "one GPU with its steps chained and not; N >= 2: then N GPUs, one CUDA worker each "
+                 "(NCCL links, then ZeroMQ)")
+      ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
   if (flags.bin_dir.empty()) flags.bin_dir = chord::serve::SelfDirectory();
   for (const std::string& model : flags.models) {
-    if (flags.gpus >= 2) {
+    if (flags.gpus >= 1) {
       chord::BenchGpus(flags, model);
     } else {
       chord::BenchModel(flags, model);

@@ -8,6 +8,14 @@
 #include "common/model/kv_pages.h"
 
 namespace chord::coordinator::testing {
+namespace {
+
+// The positions a chunk feeds: a chained step's pending token is one.
+uint32_t ChunkTokens(const wire::pb::SequenceChunk& chunk) {
+  return chunk.token_pending() ? 1 : static_cast<uint32_t>(chunk.token_ids_size());
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelContext>> LoadTestModel() {
   if (!std::filesystem::exists(CHORD_DEFAULT_MODEL)) return absl::NotFoundError(CHORD_DEFAULT_MODEL);
@@ -56,7 +64,9 @@ void FakeWorker::Run() {
       if (!message.ok() || !message->has_value()) break;
       OnControl((*message)->envelope);
     }
-    for (;;) {
+    // Steps can queue up back to back (chained ones): going silent takes
+    // effect between two of them.
+    while (!silent_) {
       auto message = wire::Receive(data_, false, true);
       if (!message.ok() || !message->has_value()) break;
       if ((*message)->envelope.has_step()) OnStep((*message)->envelope.step());
@@ -114,7 +124,7 @@ void FakeWorker::TrackKvPages(const wire::pb::StepHeader& header) {
   for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
     auto& [owner, positions] = slots_[chunk.slot()];
     if (chunk.first_position() == 0) owner = chunk.sequence_id();
-    positions = chunk.first_position() + chunk.token_ids_size();
+    positions = chunk.first_position() + ChunkTokens(chunk);
   }
   int64_t held = 0;
   for (const auto& [slot, state] : slots_) held += KvPagesFor(state.second, kv_page_size_);
@@ -148,7 +158,11 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
   wire::pb::StepResult& result = *out.mutable_step_result();
   result.set_plan_version(header.plan_version());
   result.set_step_id(header.step_id());
-  if (fail_steps_) {
+  if (header.follows_step_id() != 0 && header.follows_step_id() != last_answered_) {
+    // As a real stage: a chained step runs only right after the step it follows.
+    *result.mutable_status() = wire::ToProto(
+        absl::UnavailableError("the step it is chained to is not the last one run"), options_.id);
+  } else if (fail_steps_) {
     *result.mutable_status() = wire::ToProto(absl::InternalError("injected failure"), options_.id);
   } else if (failed_steps_ > 0) {
     --failed_steps_;
@@ -161,7 +175,7 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
   } else {
     for (const wire::pb::SequenceChunk& chunk : header.sequences()) {
       if (!chunk.sample()) continue;
-      const uint32_t position = chunk.first_position() + static_cast<uint32_t>(chunk.token_ids_size());
+      const uint32_t position = chunk.first_position() + ChunkTokens(chunk);
       wire::pb::SampledToken& token = *result.add_tokens();
       token.set_sequence_id(chunk.sequence_id());
       const bool eos = options_.eos_after >= 0 && position >= static_cast<uint32_t>(options_.eos_after);
@@ -174,6 +188,7 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
     }
   }
   ++answered_;
+  last_answered_ = result.has_status() ? 0 : header.step_id();
   if (options_.in_flight != nullptr) --*options_.in_flight;
   (void)wire::Send(control_, out);
 }

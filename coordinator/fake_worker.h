@@ -85,6 +85,7 @@ class FakeWorker {
   int stage_index_ = 0;
   std::atomic<bool> stop_{false}, silent_{false}, fail_steps_{false}, got_shutdown_{false};
   std::atomic<int> answered_{0}, failed_steps_{0}, swallow_steps_{0};
+  uint64_t last_answered_ = 0;  // the last step answered without an error (chained steps)
   std::atomic<absl::StatusCode> failed_steps_code_{absl::StatusCode::kUnavailable};
   mutable std::mutex mutex_;
   std::vector<wire::pb::StepHeader> steps_;

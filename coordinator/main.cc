@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
                  "0: off; -1: 20000 when every stage runs on a GPU, else off")
       ->check(CLI::Range(-1, 1000000))
       ->capture_default_str();
+  bool chain_steps = true;
+  app.add_flag("--chain-steps,!--no-chain-steps", chain_steps,
+               "one-stage pipelines: send each sequence's next step while its current one runs; "
+               "the stage fills in the token it samples (no round trip between two tokens)")
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   int metrics_port = -1;
@@ -143,6 +148,7 @@ int main(int argc, char** argv) {
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.step_timeout = std::chrono::milliseconds(s.step_timeout_ms);
   options.scheduler.busy_poll = std::chrono::microseconds(busy_poll_us);
+  options.scheduler.chain_steps = chain_steps;
   options.scheduler.curve = *curve;
   if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};

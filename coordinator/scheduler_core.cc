@@ -236,7 +236,7 @@ void SchedulerCore::CheckPlan(Clock::time_point now) {
 void SchedulerCore::Rewind() {
   size_t sequences = 0, tokens = 0;
   for (auto& [id, sequence] : running_) {
-    sequence->in_flight = false;  // the old plan's steps are dropped
+    sequence->in_flight = 0;  // the old plan's steps are dropped
     if (sequence->ended) continue;
     ++sequences;
     tokens += sequence->journal.size();
@@ -277,8 +277,23 @@ void SchedulerCore::Admit() {
 }
 
 void SchedulerCore::LaunchSteps() {
-  while (was_serving_ && static_cast<int>(steps_.size()) < pool_.n_stages() && LaunchOneStep()) {
+  // A step a stage, or, chained, the running step and the one behind it.
+  const int most = Chaining() ? 2 : pool_.n_stages();
+  while (was_serving_ && static_cast<int>(steps_.size()) < most && LaunchOneStep()) {
   }
+}
+
+bool SchedulerCore::Chaining() const { return options_.chain_steps && pool_.n_stages() == 1; }
+
+bool SchedulerCore::Chainable(const Sequence& sequence, uint64_t follows) const {
+  if (follows == 0 || sequence.ended || sequence.in_flight != 1 || sequence.newest_step != follows ||
+      !sequence.newest_samples) {
+    return false;
+  }
+  // The followed step samples the token at position newest_end, the chained
+  // one the token after it: both must be wanted.
+  return static_cast<int64_t>(sequence.journal.generated()) + 2 <= sequence.request.max_tokens &&
+         static_cast<int64_t>(sequence.newest_end) + 1 < options_.pool.n_ctx;
 }
 
 bool SchedulerCore::LaunchOneStep() {
@@ -291,7 +306,10 @@ bool SchedulerCore::LaunchOneStep() {
   header.set_deadline_unix_micros(
       wire::UnixMicrosNow() +
       std::chrono::duration_cast<std::chrono::microseconds>(options_.step_timeout).count());
-  Step step{pool_.plan_version(), {}, now, now + options_.step_timeout};
+  // Chained behind the newest step while it runs (one stage): its sampling
+  // sequences go on with the tokens it samples, which the stage fills in.
+  const uint64_t follows = Chaining() && steps_.contains(newest_step_) ? newest_step_ : 0;
+  Step step{pool_.plan_version(), 0, {}, now, now + options_.step_timeout};
   std::vector<uint64_t> ids;  // GrantPages may move running sequences back to the queue
   for (const auto& [id, sequence] : running_) ids.push_back(id);
   // Micro-batches: the running sequences are dealt among as many steps as
@@ -306,8 +324,25 @@ bool SchedulerCore::LaunchOneStep() {
     auto it = running_.find(id);
     if (it == running_.end()) continue;  // preempted for an older sequence of this step
     Sequence* sequence = it->second.get();
-    if (sequence->in_flight || sequence->ended || sequence->fed >= sequence->journal.size()) continue;
-    if (now < sequence->hold_until) continue;
+    if (sequence->ended || now < sequence->hold_until) continue;
+    if (sequence->in_flight > 0) {
+      if (!Chainable(*sequence, follows)) continue;
+      if (!GrantPages(*sequence, static_cast<int64_t>(sequence->newest_end) + 1, in_step)) continue;
+      in_step.insert(id);
+      wire::pb::SequenceChunk& chunk = *header.add_sequences();
+      chunk.set_sequence_id(id);
+      chunk.set_slot(static_cast<uint32_t>(sequence->slot));
+      chunk.set_first_position(static_cast<uint32_t>(sequence->newest_end));
+      chunk.set_token_pending(true);
+      chunk.set_sample(true);
+      *chunk.mutable_sampling() = ToWire(sequence->request.sampling);
+      chunk.set_logprobs(sequence->request.logprobs);
+      step.entries.push_back({id, 1, true});
+      step.follows = follows;
+      ++step_tokens;
+      continue;
+    }
+    if (sequence->fed >= sequence->journal.size()) continue;
     const size_t count = std::min({sequence->journal.size() - sequence->fed,
                                    static_cast<size_t>(options_.prefill_chunk),
                                    static_cast<size_t>(wire::kMaxStepTokens - step_tokens)});
@@ -337,6 +372,7 @@ bool SchedulerCore::LaunchOneStep() {
   uint64_t step_id = 0;
   while (step_id == 0 || steps_.contains(step_id)) step_id = step_ids_();
   header.set_step_id(step_id);
+  header.set_follows_step_id(step.follows);
   for (const auto& [slot, sequence_id] : released_) {
     header.mutable_released()->add_slots(slot);
     header.mutable_released()->add_sequence_ids(sequence_id);
@@ -346,7 +382,15 @@ bool SchedulerCore::LaunchOneStep() {
   }
   released_.clear();
   last_step_event_ = now;
-  for (const StepEntry& entry : step.entries) running_[entry.sequence_id]->in_flight = true;
+  for (int i = 0; i < header.sequences_size(); ++i) {
+    const StepEntry& entry = step.entries[static_cast<size_t>(i)];
+    Sequence& sequence = *running_[entry.sequence_id];
+    ++sequence.in_flight;
+    sequence.newest_step = step_id;
+    sequence.newest_end = header.sequences(i).first_position() + entry.n_tokens;
+    sequence.newest_samples = entry.sample;
+  }
+  newest_step_ = step_id;
   // Unix microseconds: the stages' step lines (worker_service.cc) line up with it.
   log::Debug("step %016x launched at %d us: %d sequences, %d tokens", step_id,
              wire::UnixMicrosNow(), step.entries.size(), step_tokens);
@@ -360,7 +404,7 @@ bool SchedulerCore::GrantPages(Sequence& sequence, int64_t end, const std::set<u
     // The newest arrival among the sequences whose pages can be taken now.
     Sequence* victim = nullptr;
     for (auto& [id, candidate] : running_) {
-      if (candidate->in_flight || candidate->ended || candidate->delivering ||
+      if (candidate->in_flight > 0 || candidate->ended || candidate->delivering ||
           candidate->kv_pages == 0 || in_step.contains(id)) {
         continue;
       }
@@ -420,13 +464,15 @@ void SchedulerCore::FreeSlotOf(const Sequence& sequence) {
 void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time_point now) {
   auto it = steps_.find(result.step_id());
   if (it == steps_.end() || result.plan_version() != it->second.plan_version) return;  // stale
-  Step step = std::move(it->second);
-  steps_.erase(it);
   last_step_event_ = now;
   log::Debug("step %016x answered at %d us, %.3f ms after its launch", result.step_id(),
-             wire::UnixMicrosNow(), 1000.0 * Seconds(now - step.launched));
+             wire::UnixMicrosNow(), 1000.0 * Seconds(now - it->second.launched));
   if (result.has_status() && result.status().code() != 0) {
     log::Warn("step %d failed: %s", result.step_id(), result.status().message());
+    // A step chained behind it cannot run: its sequences are replayed too.
+    // A chained step that failed while the step it follows is unanswered
+    // (lost: a stage answers in order) goes with that step.
+    const Step step = TakeWithChained(ChainStart(it));
     // UNAVAILABLE: a stage could not hand the step on (its next stage died or
     // hangs); DEADLINE_EXCEEDED: a stage got it too late.
     ReplayOrFail(step,
@@ -435,6 +481,8 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
                  now);
     return;
   }
+  const Step step = std::move(it->second);
+  steps_.erase(it);
   const auto& tokens = result.tokens();
   int next_token = 0;  // the last stage answers in the step's order
   for (const StepEntry& entry : step.entries) {
@@ -458,15 +506,43 @@ void SchedulerCore::OnStepResult(const wire::pb::StepResult& result, Clock::time
   }
 }
 
-void SchedulerCore::ExpireSteps(Clock::time_point now) {
-  for (auto it = steps_.begin(); it != steps_.end();) {
-    if (now < it->second.deadline) {
-      ++it;
+SchedulerCore::Step SchedulerCore::TakeWithChained(std::map<uint64_t, Step>::iterator it) {
+  const uint64_t step_id = it->first;
+  Step step = std::move(it->second);
+  steps_.erase(it);
+  for (auto chained = steps_.begin(); chained != steps_.end();) {
+    if (chained->second.follows != step_id) {
+      ++chained;
       continue;
     }
-    const uint64_t step_id = it->first;
-    const Step step = std::move(it->second);
-    it = steps_.erase(it);
+    const uint64_t chained_id = chained->first;
+    const Step behind = TakeWithChained(chained);
+    log::Warn("step %d is dropped with step %d, which it is chained to", chained_id, step_id);
+    step.entries.insert(step.entries.end(), behind.entries.begin(), behind.entries.end());
+    chained = steps_.begin();  // the map changed
+  }
+  return step;
+}
+
+std::map<uint64_t, SchedulerCore::Step>::iterator SchedulerCore::ChainStart(
+    std::map<uint64_t, Step>::iterator it) {
+  while (it->second.follows != 0) {
+    const auto followed = steps_.find(it->second.follows);
+    if (followed == steps_.end()) break;
+    it = followed;
+  }
+  return it;
+}
+
+void SchedulerCore::ExpireSteps(Clock::time_point now) {
+  std::vector<uint64_t> expired;
+  for (const auto& [id, step] : steps_) {
+    if (now >= step.deadline) expired.push_back(id);
+  }
+  for (const uint64_t step_id : expired) {
+    const auto it = steps_.find(step_id);
+    if (it == steps_.end()) continue;  // dropped with a step it was chained to
+    const Step step = TakeWithChained(ChainStart(it));
     const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - step.launched);
     log::Warn("step %d expired: no result %d ms after its launch (step timeout %d ms)", step_id,
               age.count(), options_.step_timeout.count());
@@ -485,9 +561,10 @@ void SchedulerCore::ReplayOrFail(const Step& step, const absl::Status& cause,
   // late); the pages are back by the replay.
   const bool replayable = absl::IsUnavailable(cause) || absl::IsDeadlineExceeded(cause) ||
                           absl::IsResourceExhausted(cause);
+  std::set<uint64_t> seen;  // a sequence in a step and the one chained behind it: one retry
   for (const StepEntry& entry : step.entries) {
     Sequence* sequence = Returned(entry);
-    if (sequence == nullptr) continue;
+    if (sequence == nullptr || !seen.insert(entry.sequence_id).second) continue;
     if (replayable && sequence->step_retries < kMaxStepRetries) {
       // From position 0, once a lost stage has been noticed and replaced.
       ++sequence->step_retries;
@@ -503,7 +580,7 @@ SchedulerCore::Sequence* SchedulerCore::Returned(const StepEntry& entry) {
   auto it = running_.find(entry.sequence_id);
   if (it == running_.end()) return nullptr;
   Sequence& sequence = *it->second;
-  sequence.in_flight = false;
+  if (sequence.in_flight > 0) --sequence.in_flight;
   return sequence.ended ? nullptr : &sequence;
 }
 
@@ -526,7 +603,11 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
           request.stop_token_ids.end() ||
       (!request.ignore_eos && model_.tokenizer->IsEndOfGeneration(token));
   sequence.journal.Append(token);
-  if (stop_token) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
+  if (stop_token) {
+    DeliverDeferred(sequence);
+    if (!sequence.ended) Finish(sequence, chord::v1::FINISH_REASON_STOP);
+    return;
+  }
   const bool length = static_cast<int>(sequence.journal.generated()) >= request.max_tokens ||
                       static_cast<int64_t>(sequence.journal.size()) >= options_.pool.n_ctx;
   if (!length) {
@@ -534,8 +615,23 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
     deliveries_.emplace_back(&sequence, sampled);
     return;
   }
+  DeliverDeferred(sequence);
+  if (sequence.ended) return;  // a stop string in a deferred token
   DeliverToken(sequence, sampled);
   if (!sequence.ended) Finish(sequence, chord::v1::FINISH_REASON_LENGTH);
+}
+
+void SchedulerCore::DeliverDeferred(Sequence& sequence) {
+  if (!sequence.delivering) return;
+  sequence.delivering = false;
+  for (auto it = deliveries_.begin(); it != deliveries_.end();) {
+    if (it->first != &sequence) {
+      ++it;
+      continue;
+    }
+    if (!sequence.ended) DeliverToken(sequence, it->second);
+    it = deliveries_.erase(it);
+  }
 }
 
 void SchedulerCore::DeliverToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {
@@ -631,7 +727,7 @@ void SchedulerCore::Release(Sequence& sequence) {
 void SchedulerCore::FailAll(const absl::Status& status) {
   for (auto& [id, sequence] : running_) {
     if (!sequence->ended) Fail(*sequence, status);
-    sequence->in_flight = false;  // the old plan's steps will never be answered
+    sequence->in_flight = 0;  // the old plan's steps will never be answered
   }
   steps_.clear();
   while (!queue_.empty()) {
@@ -646,7 +742,7 @@ void SchedulerCore::FailAll(const absl::Status& status) {
 void SchedulerCore::ReleaseEnded() {
   for (auto it = running_.begin(); it != running_.end();) {
     Sequence& sequence = *it->second;
-    if (!sequence.ended || sequence.in_flight) {
+    if (!sequence.ended || sequence.in_flight > 0) {
       ++it;
       continue;
     }

@@ -37,7 +37,12 @@ class SchedulerCore {
     int slot = -1;
     int64_t kv_pages = 0;    // KV pages granted (every stage holds the same ones)
     size_t fed = 0;          // journal positions sent to the workers
-    bool in_flight = false;
+    int in_flight = 0;       // steps out that hold it (a chained one behind the running one)
+    // Of the newest step that holds it: its id, one past the positions its
+    // chunk feeds, and whether it samples (a chained step may then follow).
+    uint64_t newest_step = 0;
+    size_t newest_end = 0;
+    bool newest_samples = false;
     int step_retries = 0;            // failed (UNAVAILABLE) steps replayed so far
     Clock::time_point hold_until{};  // not fed again before then (after a failed step)
     bool ended = false;      // the client has its final event; waiting for the step to return
@@ -53,6 +58,7 @@ class SchedulerCore {
   };
   struct Step {
     uint64_t plan_version;
+    uint64_t follows = 0;  // a chained step: the step whose tokens it takes
     std::vector<StepEntry> entries;
     Clock::time_point launched;
     Clock::time_point deadline;  // launched + step_timeout: given up when unanswered by then
@@ -66,6 +72,12 @@ class SchedulerCore {
   void Admit();
   void LaunchSteps();
   bool LaunchOneStep();
+  // Whether steps are chained (SchedulerOptions::chain_steps): one stage.
+  bool Chaining() const;
+  // Whether `sequence` gets a chained chunk in a step that follows step
+  // `follows`: it is in that step alone, samples there, and the token after
+  // the one it samples is still within max_tokens and the context.
+  bool Chainable(const Sequence& sequence, uint64_t follows) const;
   // Grants `sequence` the pages for positions [0, end), preempting the newest
   // running sequences that are not in flight (nor in `in_step`) when the pool
   // is short. False when it cannot (yet): the sequence waits, or was itself
@@ -84,6 +96,13 @@ class SchedulerCore {
   // from position 0 when `cause` is UNAVAILABLE or DEADLINE_EXCEEDED and they
   // have retries left, and fail with UNAVAILABLE and cause's message otherwise.
   void ReplayOrFail(const Step& step, const absl::Status& cause, Clock::time_point now);
+  // Takes the step at `it` out of steps_, with the steps chained behind it
+  // (which cannot run without it), as one step of all their entries.
+  Step TakeWithChained(std::map<uint64_t, Step>::iterator it);
+  // The first step of the chain `it` is in that is still out: a chained
+  // step fails or expires with the step it follows, so that its sequences are
+  // replayed once.
+  std::map<uint64_t, Step>::iterator ChainStart(std::map<uint64_t, Step>::iterator it);
   // The sequence of a step entry that came back (no longer in flight); null
   // when it is gone or has already ended.
   Sequence* Returned(const StepEntry& entry);
@@ -96,6 +115,10 @@ class SchedulerCore {
   void DeliverToken(Sequence& sequence, const wire::pb::SampledToken& token);
   // The tokens that OnToken deferred, in order, to their clients.
   void DeliverTokens();
+  // The sequence's deferred tokens to its client now, before a token that
+  // ends it (a chained step's answer can come in the same round as the
+  // answer of the step it follows).
+  void DeliverDeferred(Sequence& sequence);
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
   void Fail(Sequence& sequence, const absl::Status& status);
   void FailAll(const absl::Status& status);
@@ -130,6 +153,7 @@ class SchedulerCore {
   // (slot, sequence id) pairs to announce in the next FreeSlots.
   std::vector<std::pair<uint32_t, uint64_t>> to_free_;
   std::map<uint64_t, Step> steps_;   // in flight, by step id
+  uint64_t newest_step_ = 0;         // the last step launched
   Clock::time_point last_step_event_{};  // the last launch or answer (busy_poll)
   // Tokens accepted this round whose clients get them once the next steps are
   // out: turning a token into text and waking the client's handler thread is

@@ -185,13 +185,68 @@ TEST_F(SchedulerTest, StreamsTokensTextAndFinalInfo) {
   EXPECT_GT(got.final.timings().total_seconds(), 0);
   // Its slot is given back to every worker.
   EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
-  // First step: the whole prompt with sampling; then one token per step.
+  // First step: the whole prompt with sampling; then one token per step,
+  // chained to the step before it while that one runs (one stage: the stage
+  // fills in the token it sampled), or carrying the token when both steps'
+  // answers came back at once. No step past the last token wanted.
   const auto steps = workers_[0]->steps();
-  ASSERT_GE(steps.size(), 5u);
+  ASSERT_EQ(steps.size(), 5u);
   EXPECT_EQ(steps[0].sequences(0).token_ids_size(), 3);
   EXPECT_TRUE(steps[0].sequences(0).sample());
-  EXPECT_EQ(steps[1].sequences(0).first_position(), 3u);
-  EXPECT_EQ(steps[1].sequences(0).token_ids(0), FakeToken(3));
+  EXPECT_EQ(steps[0].follows_step_id(), 0u);
+  EXPECT_TRUE(steps[1].sequences(0).token_pending());
+  for (size_t i = 1; i < steps.size(); ++i) {
+    const wire::pb::SequenceChunk& chunk = steps[i].sequences(0);
+    EXPECT_EQ(chunk.first_position(), 2u + i) << "step " << i;
+    EXPECT_TRUE(chunk.sample()) << "step " << i;
+    if (chunk.token_pending()) {
+      EXPECT_EQ(steps[i].follows_step_id(), steps[i - 1].step_id()) << "step " << i;
+      EXPECT_EQ(chunk.token_ids_size(), 0) << "step " << i;
+    } else {
+      EXPECT_EQ(steps[i].follows_step_id(), 0u) << "step " << i;
+      ASSERT_EQ(chunk.token_ids_size(), 1) << "step " << i;
+      EXPECT_EQ(chunk.token_ids(0), FakeToken(2 + i)) << "step " << i;
+    }
+  }
+}
+
+TEST_F(SchedulerTest, StepsCarryTheirTokensWhenNotChained) {
+  options_.chain_steps = false;
+  StartServing();
+  auto stream = scheduler_->Submit(Request("a", {1, 300, 301}, 5));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Collected got = Collect(**stream);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.tokens, Expected(3, 5));
+  const auto steps = workers_[0]->steps();
+  ASSERT_EQ(steps.size(), 5u);
+  for (size_t i = 1; i < steps.size(); ++i) {
+    EXPECT_EQ(steps[i].follows_step_id(), 0u);
+    EXPECT_FALSE(steps[i].sequences(0).token_pending());
+    ASSERT_EQ(steps[i].sequences(0).token_ids_size(), 1);
+    EXPECT_EQ(steps[i].sequences(0).token_ids(0), FakeToken(2 + i));
+  }
+}
+
+TEST_F(SchedulerTest, AStopTokenLeavesOneChainedStepWhoseTokenIsDropped) {
+  FakeWorkerOptions eos;
+  eos.eos_after = 5;  // the token sampled at position 5 (the fourth) ends the stream
+  eos.eos_id = static_cast<uint32_t>(model_->tokenizer->eos_id());
+  StartServing(1, eos);
+  auto stream = scheduler_->Submit(Request("a", {1, 300}, 20));
+  ASSERT_TRUE(stream.ok()) << stream.status();
+  Collected got = Collect(**stream);
+  ASSERT_TRUE(got.status.ok()) << got.status;
+  EXPECT_EQ(got.final.finish_reason(), chord::v1::FINISH_REASON_STOP);
+  EXPECT_EQ(got.final.usage().completion_tokens(), 4u);
+  EXPECT_EQ(got.tokens, Expected(2, 3));
+  // A step chained behind the one that sampled the stop token may still
+  // run (positions 2-5 sampled, then 6 at most); its token goes nowhere, and
+  // the slot is freed once every step is back.
+  EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
+  const auto steps = workers_[0]->steps();
+  EXPECT_LE(steps.size(), 5u);
+  EXPECT_EQ(workers_[0]->steps_answered(), static_cast<int>(steps.size()));
 }
 
 TEST_F(SchedulerTest, ConcurrentRequestsShareMicroBatches) {
@@ -225,11 +280,13 @@ TEST_F(SchedulerTest, LongPromptsArePrefilledInChunks) {
   EXPECT_EQ(got.tokens, Expected(10, 2));
   const auto steps = workers_[0]->steps();
   ASSERT_GE(steps.size(), 4u);
-  const std::vector<std::pair<uint32_t, int>> expected = {{0, 4}, {4, 4}, {8, 2}, {10, 1}};
+  // The last chunk samples; the step after it is chained (its token pending).
+  const std::vector<std::pair<uint32_t, int>> expected = {{0, 4}, {4, 4}, {8, 2}, {10, 0}};
   for (size_t i = 0; i < expected.size(); ++i) {
     const auto& chunk = steps[i].sequences(0);
     EXPECT_EQ(chunk.first_position(), expected[i].first) << "step " << i;
     EXPECT_EQ(chunk.token_ids_size(), expected[i].second) << "step " << i;
+    EXPECT_EQ(chunk.token_pending(), i == 3) << "step " << i;
     EXPECT_EQ(chunk.sample(), i >= 2) << "step " << i;
   }
   EXPECT_EQ(steps[1].sequences(0).token_ids(0), 303u);
@@ -506,8 +563,9 @@ TEST_F(SchedulerTest, StageSwallowingEveryStepFailsTheRequestAfterTheRetries) {
   EXPECT_THAT(std::string(got.status.message()), HasSubstr("within the step timeout (300 ms)"));
   EXPECT_TRUE(got.tokens.empty());
   EXPECT_TRUE(WaitFor([&] { return workers_[0]->freed_slots().contains(0); }));
-  // The first step, then one replay per retry (kMaxStepRetries), and no more.
-  EXPECT_EQ(workers_[0]->steps().size(), 4u);
+  // The first step, then one replay per retry (kMaxStepRetries), and no more;
+  // each with the step chained behind it, which expires with it.
+  EXPECT_EQ(workers_[0]->steps().size(), 8u);
   EXPECT_EQ(CountReplays(*workers_[0]), 3);
   EXPECT_TRUE(scheduler_->serving());
 }

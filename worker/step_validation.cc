@@ -51,6 +51,11 @@ absl::Status ValidateChunk(const pb::SequenceChunk& chunk, const StepLimits& lim
                            std::span<const int64_t> slot_lengths,
                            absl::flat_hash_map<uint32_t, int64_t>& lengths_in_step) {
   const uint64_t id = chunk.sequence_id();
+  if (chunk.token_pending()) {
+    // The stage fills pending tokens in before it validates (a chained step).
+    return absl::InvalidArgumentError(
+        absl::StrFormat("sequence %d: a pending token outside a chained step", id));
+  }
   if (chunk.token_ids().empty()) {
     return absl::InvalidArgumentError(absl::StrFormat("sequence %d: the chunk has no tokens", id));
   }

@@ -627,12 +627,54 @@ absl::Status WorkerService::RunStep(const wire::Message& message) {
     return ValidateStep(message.envelope.step(), StepLimits{}, {})
         .status();  // names the missing stage
   }
+  const wire::Message* step = &message;
+  absl::StatusOr<wire::Message> filled;
+  if (message.envelope.step().follows_step_id() != 0) {
+    filled = FillChainedStep(message);
+    if (!filled.ok()) return filled.status();
+    step = &*filled;
+  }
+  sampled_.step_id = 0;  // until this step has sampled
   pb::Envelope envelope;
   pb::StepResult* result = envelope.mutable_step_result();
-  RETURN_IF_ERROR(executor_->Run(message, &activations_, result));
-  if (!executor_->is_last()) return Forward(message);
+  RETURN_IF_ERROR(executor_->Run(*step, &activations_, result));
+  if (!executor_->is_last()) return Forward(*step);
+  sampled_.step_id = step->envelope.step().step_id();
+  sampled_.tokens.clear();
+  for (const pb::SampledToken& token : result->tokens()) {
+    sampled_.tokens.emplace_back(token.sequence_id(), token.token_id());
+  }
   SendControl(envelope);
   return absl::OkStatus();
+}
+
+absl::StatusOr<wire::Message> WorkerService::FillChainedStep(const wire::Message& message) const {
+  const pb::StepHeader& header = message.envelope.step();
+  if (executor_->plan().range.first != 0 || !executor_->is_last()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "step %d is chained to step %d, but this stage is not the pipeline's only one",
+        header.step_id(), header.follows_step_id()));
+  }
+  if (sampled_.step_id != header.follows_step_id()) {
+    return absl::UnavailableError(
+        absl::StrFormat("step %d is chained to step %d, which is not the last step run here",
+                        header.step_id(), header.follows_step_id()));
+  }
+  wire::Message filled;
+  filled.envelope = message.envelope;
+  for (pb::SequenceChunk& chunk : *filled.envelope.mutable_step()->mutable_sequences()) {
+    if (!chunk.token_pending()) continue;
+    const auto token = std::find_if(sampled_.tokens.begin(), sampled_.tokens.end(),
+                                    [&](const auto& t) { return t.first == chunk.sequence_id(); });
+    if (token == sampled_.tokens.end() || chunk.token_ids_size() != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("step %d: sequence %d's pending token is not one that step %d sampled",
+                          header.step_id(), chunk.sequence_id(), header.follows_step_id()));
+    }
+    chunk.add_token_ids(token->second);
+    chunk.set_token_pending(false);
+  }
+  return filled;
 }
 
 absl::Status WorkerService::Forward(const wire::Message& message) {

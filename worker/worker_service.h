@@ -165,6 +165,11 @@ class WorkerService {
   void LogShardCacheStats(bool summary);
   void HandleData();
   absl::Status RunStep(const wire::Message& message);
+  // A chained step (StepHeader.follows_step_id) with its pending tokens
+  // filled in from sampled_: INVALID_ARGUMENT on a stage that is not the
+  // pipeline's only one, UNAVAILABLE when the step it follows is not the one
+  // this stage ran last (that step failed, or never came).
+  absl::StatusOr<wire::Message> FillChainedStep(const wire::Message& message) const;
   absl::Status Forward(const wire::Message& message);
   void SendStepError(uint64_t plan_version, uint64_t step_id, const absl::Status& status);
   void LogDroppedStep(uint64_t step_id, const absl::Status& status);
@@ -202,7 +207,15 @@ class WorkerService {
   std::future<Loaded> loading_;
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
-  wire::pb::Envelope forwarded_;                 // a step's header as forwarded, when it differs
+  wire::pb::Envelope forwarded_;  // a step's header as forwarded, when it differs
+  // The last step run here and what it sampled (a one-stage pipeline's
+  // chained step takes its pending tokens from it); step id 0 after a step
+  // that failed.
+  struct Sampled {
+    uint64_t step_id = 0;
+    std::vector<std::pair<uint64_t, uint32_t>> tokens;  // (sequence id, token)
+  };
+  Sampled sampled_;
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.

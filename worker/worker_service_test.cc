@@ -432,6 +432,59 @@ TEST_F(WorkerServiceTest, DropsAStepThatArrivesAfterItsDeadline) {
   expect_token(4, 2);
 }
 
+// A one-stage pipeline's chained steps: sent before the step they follow has
+// answered, they run on the tokens that step sampled (the same tokens as one
+// process); one that does not follow the last step run here is refused.
+TEST_F(WorkerServiceTest, ChainedStepsRunOnTheTokensTheStepBeforeSampled) {
+  Sequence a{1, {1, 403, 261, 300, 12}, Random(11), {}, {}};
+  Sequence b{2, {1, 79, 311}, Greedy(), {}, {}};
+  GenerateLocally(*file_, 3, &a);
+  GenerateLocally(*file_, 3, &b);
+  Start(Options("w0"));
+  const std::string data = Register("w0");
+  Assign("w0", 4, 0, 5, "");  // every layer: the first stage and the last
+  ASSERT_EQ(Expect(pb::Envelope::kStageReady).envelope.stage_ready().status().code(), 0);
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(data);
+  const auto chained = [&](uint64_t step_id, uint64_t follows, const std::vector<uint32_t>& first) {
+    pb::Envelope envelope = Step(4, step_id, {&a, &b}, {{}, {}}, first);
+    envelope.mutable_step()->set_follows_step_id(follows);
+    for (pb::SequenceChunk& chunk : *envelope.mutable_step()->mutable_sequences()) {
+      chunk.set_token_pending(true);
+    }
+    return envelope;
+  };
+  const auto expect_tokens = [&](uint64_t step_id, size_t k) {
+    const wire::Message m = Expect(pb::Envelope::kStepResult);
+    const pb::StepResult& r = m.envelope.step_result();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    EXPECT_EQ(r.step_id(), step_id);
+    ASSERT_EQ(r.tokens_size(), 2);
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(0).token_id()), a.generated[k]);
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(1).token_id()), b.generated[k]);
+  };
+  const auto na = static_cast<uint32_t>(a.prompt.size());
+  const auto nb = static_cast<uint32_t>(b.prompt.size());
+  // Both chained steps queue behind the first before it has answered.
+  ASSERT_TRUE(wire::Send(push, Step(4, 10, {&a, &b}, {a.prompt, b.prompt}, {0, 0})).ok());
+  ASSERT_TRUE(wire::Send(push, chained(11, 10, {na, nb})).ok());
+  ASSERT_TRUE(wire::Send(push, chained(12, 11, {na + 1, nb + 1})).ok());
+  expect_tokens(10, 0);
+  expect_tokens(11, 1);
+  expect_tokens(12, 2);
+
+  // Chained to a step that is not the last one run here (it failed, or never
+  // came): refused, and the slots are left as they were.
+  ASSERT_TRUE(wire::Send(push, chained(13, 11, {na + 2, nb + 2})).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 13, absl::StatusCode::kUnavailable, "w0",
+                  "step 13 is chained to step 11, which is not the last step run here");
+  // A pending token outside a chained step.
+  ASSERT_TRUE(wire::Send(push, chained(14, 0, {na + 2, nb + 2})).ok());
+  ExpectStepError(Expect(pb::Envelope::kStepResult), 14, absl::StatusCode::kInvalidArgument, "w0",
+                  "a pending token outside a chained step");
+}
+
 TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {
   WorkerOptions options = Options("small");
   options.memory_budget_bytes = 4096;
