@@ -17,6 +17,17 @@ uint32_t ChunkTokens(const wire::pb::SequenceChunk& chunk) {
 
 }  // namespace
 
+void AnsweredSteps::Add(uint64_t step_id) {
+  std::lock_guard lock(mutex_);
+  ids_.push_back(step_id);
+  if (ids_.size() > 256) ids_.pop_front();
+}
+
+bool AnsweredSteps::Contains(uint64_t step_id) const {
+  std::lock_guard lock(mutex_);
+  return std::find(ids_.begin(), ids_.end(), step_id) != ids_.end();
+}
+
 absl::StatusOr<std::unique_ptr<ModelContext>> LoadTestModel() {
   if (!std::filesystem::exists(CHORD_DEFAULT_MODEL)) return absl::NotFoundError(CHORD_DEFAULT_MODEL);
   auto file = gguf::GgufFile::Open(CHORD_DEFAULT_MODEL);
@@ -30,6 +41,7 @@ FakeWorker::FakeWorker(zmq::context_t& context, std::string control_endpoint, Fa
       options_(std::move(options)),
       control_(context, zmq::socket_type::dealer),
       data_(context, zmq::socket_type::pull) {
+  if (options_.answered == nullptr) options_.answered = std::make_shared<AnsweredSteps>();
   control_.set(zmq::sockopt::linger, 0);
   control_.set(zmq::sockopt::routing_id, options_.id);
   data_.set(zmq::sockopt::linger, 0);
@@ -70,6 +82,16 @@ void FakeWorker::Run() {
       auto message = wire::Receive(data_, false, true);
       if (!message.ok() || !message->has_value()) break;
       if ((*message)->envelope.has_step()) OnStep((*message)->envelope.step());
+    }
+    // Held chained steps whose followed step has been answered since.
+    for (size_t i = 0; i < held_.size() && !silent_;) {
+      if (!options_.answered->Contains(held_[i].follows_step_id())) {
+        ++i;
+        continue;
+      }
+      const wire::pb::StepHeader header = held_[i];
+      held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));
+      OnStep(header);
     }
   }
 }
@@ -132,6 +154,11 @@ void FakeWorker::TrackKvPages(const wire::pb::StepHeader& header) {
 }
 
 void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
+  if (stage_index_ == 0 && !last_stage_ && header.follows_step_id() != 0 &&
+      !options_.answered->Contains(header.follows_step_id())) {
+    held_.push_back(header);  // until the last stage has answered the step it follows
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
     steps_.push_back(header);
@@ -158,10 +185,10 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
   wire::pb::StepResult& result = *out.mutable_step_result();
   result.set_plan_version(header.plan_version());
   result.set_step_id(header.step_id());
-  if (header.follows_step_id() != 0 && header.follows_step_id() != last_answered_) {
-    // As a real stage: a chained step runs only right after the step it follows.
+  if (header.follows_step_id() != 0 && !options_.answered->Contains(header.follows_step_id())) {
+    // As a real pipeline: a chained step runs only on the tokens of the step it follows.
     *result.mutable_status() = wire::ToProto(
-        absl::UnavailableError("the step it is chained to is not the last one run"), options_.id);
+        absl::UnavailableError("the step it is chained to did not sample"), options_.id);
   } else if (fail_steps_) {
     *result.mutable_status() = wire::ToProto(absl::InternalError("injected failure"), options_.id);
   } else if (failed_steps_ > 0) {
@@ -188,7 +215,7 @@ void FakeWorker::OnStep(const wire::pb::StepHeader& header) {
     }
   }
   ++answered_;
-  last_answered_ = result.has_status() ? 0 : header.step_id();
+  if (!result.has_status()) options_.answered->Add(header.step_id());
   if (options_.in_flight != nullptr) --*options_.in_flight;
   (void)wire::Send(control_, out);
 }

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -26,6 +27,19 @@ inline uint32_t FakeToken(uint32_t position) { return 100 + position % 50; }
 // The model's metadata from CHORD_DEFAULT_MODEL (NOT_FOUND when absent).
 absl::StatusOr<std::unique_ptr<ModelContext>> LoadTestModel();
 
+// The steps a pipeline's last stage answered without an error, shared by its
+// stages: stage 0 holds a chained step until the step it follows is among
+// them, as a real stage 0 waits for the tokens the last stage hands it.
+class AnsweredSteps {
+ public:
+  void Add(uint64_t step_id);
+  bool Contains(uint64_t step_id) const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::deque<uint64_t> ids_;  // the newest 256
+};
+
 struct FakeWorkerOptions {
   std::string id = "w0";
   double weight_bytes_per_second = 1e9;
@@ -35,6 +49,8 @@ struct FakeWorkerOptions {
   // Shared by the stages of one pipeline: steps between stage 0 and the last
   // stage's answer, and the most ever seen at once.
   std::shared_ptr<std::atomic<int>> in_flight, max_in_flight;
+  // Shared by the stages of one pipeline (a worker alone makes its own).
+  std::shared_ptr<AnsweredSteps> answered;
 };
 
 class FakeWorker {
@@ -85,7 +101,7 @@ class FakeWorker {
   int stage_index_ = 0;
   std::atomic<bool> stop_{false}, silent_{false}, fail_steps_{false}, got_shutdown_{false};
   std::atomic<int> answered_{0}, failed_steps_{0}, swallow_steps_{0};
-  uint64_t last_answered_ = 0;  // the last step answered without an error (chained steps)
+  std::vector<wire::pb::StepHeader> held_;  // stage 0: chained steps waiting for the step they follow
   std::atomic<absl::StatusCode> failed_steps_code_{absl::StatusCode::kUnavailable};
   mutable std::mutex mutex_;
   std::vector<wire::pb::StepHeader> steps_;

@@ -75,11 +75,12 @@ struct SchedulerOptions {
   // price of a core meanwhile. 0: always block. Negative: kAutoBusyPoll when
   // every stage of the plan runs on a GPU, else 0 (CPU stages need the cores).
   std::chrono::microseconds busy_poll{-1};
-  // One-stage pipelines: while a step runs, its sampling sequences' next step
-  // is already sent, chained to it (PROTOCOL.md, "Chained steps"): the stage
-  // fills in the token it samples and runs on, so the coordinator's round
-  // trip is off the path from one token to the next. A sequence that ends
-  // (a stop token, a stop string) leaves one extra token computed and dropped.
+  // While a step runs, its sampling sequences' next step is already sent,
+  // chained to it (PROTOCOL.md, "Chained steps"): stage 0 fills in the token
+  // the step samples (its own, or the last stage's) and runs on, so the
+  // coordinator's round trip is off the path from one token to the next. A
+  // sequence that ends (a stop token, a stop string) leaves one extra token
+  // computed and dropped.
   bool chain_steps = true;
   // CURVE when enabled: the control socket is a server (the context's ZAP
   // handler admits workers); the data link to stage 0 a client of its key.

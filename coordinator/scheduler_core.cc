@@ -277,13 +277,26 @@ void SchedulerCore::Admit() {
 }
 
 void SchedulerCore::LaunchSteps() {
-  // A step a stage, or, chained, the running step and the one behind it.
-  const int most = Chaining() ? 2 : pool_.n_stages();
+  // A step a stage, and, chained, a step behind each.
+  const int most = (Chaining() ? 2 : 1) * pool_.n_stages();
   while (was_serving_ && static_cast<int>(steps_.size()) < most && LaunchOneStep()) {
   }
 }
 
-bool SchedulerCore::Chaining() const { return options_.chain_steps && pool_.n_stages() == 1; }
+uint64_t SchedulerCore::StepToChainBehind() const {
+  uint64_t chosen = 0, chosen_order = 0;
+  for (const auto& [id, step] : steps_) {
+    if (step.followed || (chosen != 0 && step.order > chosen_order)) continue;
+    for (const StepEntry& entry : step.entries) {
+      const auto it = running_.find(entry.sequence_id);
+      if (it == running_.end() || !Chainable(*it->second, id)) continue;
+      chosen = id;
+      chosen_order = step.order;
+      break;
+    }
+  }
+  return chosen;
+}
 
 bool SchedulerCore::Chainable(const Sequence& sequence, uint64_t follows) const {
   if (follows == 0 || sequence.ended || sequence.in_flight != 1 || sequence.newest_step != follows ||
@@ -306,10 +319,10 @@ bool SchedulerCore::LaunchOneStep() {
   header.set_deadline_unix_micros(
       wire::UnixMicrosNow() +
       std::chrono::duration_cast<std::chrono::microseconds>(options_.step_timeout).count());
-  // Chained behind the newest step while it runs (one stage): its sampling
-  // sequences go on with the tokens it samples, which the stage fills in.
-  const uint64_t follows = Chaining() && steps_.contains(newest_step_) ? newest_step_ : 0;
-  Step step{pool_.plan_version(), 0, {}, now, now + options_.step_timeout};
+  // Chained behind a step while it runs: its sampling sequences go on with
+  // the tokens it samples, which stage 0 fills in.
+  const uint64_t follows = Chaining() ? StepToChainBehind() : 0;
+  Step step{pool_.plan_version(), 0, false, launches_ + 1, {}, now, now + options_.step_timeout};
   std::vector<uint64_t> ids;  // GrantPages may move running sequences back to the queue
   for (const auto& [id, sequence] : running_) ids.push_back(id);
   // Micro-batches: the running sequences are dealt among as many steps as
@@ -373,6 +386,11 @@ bool SchedulerCore::LaunchOneStep() {
   while (step_id == 0 || steps_.contains(step_id)) step_id = step_ids_();
   header.set_step_id(step_id);
   header.set_follows_step_id(step.follows);
+  // Several stages: the last one hands the tokens to stage 0 too, for the
+  // step that will be chained to this one.
+  header.set_tokens_to_first_stage(
+      Chaining() && pool_.n_stages() > 1 &&
+      std::any_of(step.entries.begin(), step.entries.end(), [](const StepEntry& e) { return e.sample; }));
   for (const auto& [slot, sequence_id] : released_) {
     header.mutable_released()->add_slots(slot);
     header.mutable_released()->add_sequence_ids(sequence_id);
@@ -390,7 +408,8 @@ bool SchedulerCore::LaunchOneStep() {
     sequence.newest_end = header.sequences(i).first_position() + entry.n_tokens;
     sequence.newest_samples = entry.sample;
   }
-  newest_step_ = step_id;
+  ++launches_;
+  if (step.follows != 0) steps_[step.follows].followed = true;
   // Unix microseconds: the stages' step lines (worker_service.cc) line up with it.
   log::Debug("step %016x launched at %d us: %d sequences, %d tokens", step_id,
              wire::UnixMicrosNow(), step.entries.size(), step_tokens);
@@ -585,6 +604,11 @@ SchedulerCore::Sequence* SchedulerCore::Returned(const StepEntry& entry) {
 }
 
 void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sampled) {
+  // A token of this sequence accepted earlier in this round (a chained step's
+  // answer came with the answer of the step it follows) goes out first: its
+  // text may complete a stop string, which ends the sequence before this one.
+  DeliverDeferred(sequence);
+  if (sequence.ended) return;
   const TokenId token = static_cast<TokenId>(sampled.token_id());
   const ValidatedRequest& request = sequence.request;
   const Clock::time_point now = Clock::now();
@@ -603,11 +627,7 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
           request.stop_token_ids.end() ||
       (!request.ignore_eos && model_.tokenizer->IsEndOfGeneration(token));
   sequence.journal.Append(token);
-  if (stop_token) {
-    DeliverDeferred(sequence);
-    if (!sequence.ended) Finish(sequence, chord::v1::FINISH_REASON_STOP);
-    return;
-  }
+  if (stop_token) return Finish(sequence, chord::v1::FINISH_REASON_STOP);
   const bool length = static_cast<int>(sequence.journal.generated()) >= request.max_tokens ||
                       static_cast<int64_t>(sequence.journal.size()) >= options_.pool.n_ctx;
   if (!length) {
@@ -615,8 +635,6 @@ void SchedulerCore::OnToken(Sequence& sequence, const wire::pb::SampledToken& sa
     deliveries_.emplace_back(&sequence, sampled);
     return;
   }
-  DeliverDeferred(sequence);
-  if (sequence.ended) return;  // a stop string in a deferred token
   DeliverToken(sequence, sampled);
   if (!sequence.ended) Finish(sequence, chord::v1::FINISH_REASON_LENGTH);
 }

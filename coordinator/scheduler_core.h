@@ -58,7 +58,9 @@ class SchedulerCore {
   };
   struct Step {
     uint64_t plan_version;
-    uint64_t follows = 0;  // a chained step: the step whose tokens it takes
+    uint64_t follows = 0;   // a chained step: the step whose tokens it takes
+    bool followed = false;  // a chained step is out behind it
+    uint64_t order = 0;     // launch order
     std::vector<StepEntry> entries;
     Clock::time_point launched;
     Clock::time_point deadline;  // launched + step_timeout: given up when unanswered by then
@@ -72,8 +74,11 @@ class SchedulerCore {
   void Admit();
   void LaunchSteps();
   bool LaunchOneStep();
-  // Whether steps are chained (SchedulerOptions::chain_steps): one stage.
-  bool Chaining() const;
+  // Whether steps are chained (SchedulerOptions::chain_steps).
+  bool Chaining() const { return options_.chain_steps; }
+  // The step out that a chained step goes behind: the earliest launched one
+  // with no chained step behind it yet and a Chainable sequence; 0 if none.
+  uint64_t StepToChainBehind() const;
   // Whether `sequence` gets a chained chunk in a step that follows step
   // `follows`: it is in that step alone, samples there, and the token after
   // the one it samples is still within max_tokens and the context.
@@ -115,9 +120,9 @@ class SchedulerCore {
   void DeliverToken(Sequence& sequence, const wire::pb::SampledToken& token);
   // The tokens that OnToken deferred, in order, to their clients.
   void DeliverTokens();
-  // The sequence's deferred tokens to its client now, before a token that
-  // ends it (a chained step's answer can come in the same round as the
-  // answer of the step it follows).
+  // The sequence's deferred tokens to its client now, before its next token
+  // (a chained step's answer can come in the same round as the answer of the
+  // step it follows).
   void DeliverDeferred(Sequence& sequence);
   void Finish(Sequence& sequence, chord::v1::FinishReason reason);
   void Fail(Sequence& sequence, const absl::Status& status);
@@ -153,7 +158,7 @@ class SchedulerCore {
   // (slot, sequence id) pairs to announce in the next FreeSlots.
   std::vector<std::pair<uint32_t, uint64_t>> to_free_;
   std::map<uint64_t, Step> steps_;   // in flight, by step id
-  uint64_t newest_step_ = 0;         // the last step launched
+  uint64_t launches_ = 0;            // steps launched (Step::order)
   Clock::time_point last_step_event_{};  // the last launch or answer (busy_poll)
   // Tokens accepted this round whose clients get them once the next steps are
   // out: turning a token into text and waking the client's handler thread is

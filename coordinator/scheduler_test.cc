@@ -12,6 +12,7 @@ namespace chord::coordinator {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::AnsweredSteps;
 using testing::FakeToken;
 using testing::FakeWorker;
 using testing::FakeWorkerOptions;
@@ -73,6 +74,8 @@ class SchedulerTest : public ::testing::Test {
     scheduler_ = *std::move(scheduler);
   }
   FakeWorker& AddWorker(FakeWorkerOptions options) {
+    // The workers of a test form one pipeline (chained steps' tokens).
+    if (options.answered == nullptr) options.answered = answered_;
     workers_.push_back(std::make_unique<FakeWorker>(context_, scheduler_->control_endpoint(), options));
     return *workers_.back();
   }
@@ -152,6 +155,7 @@ class SchedulerTest : public ::testing::Test {
   SchedulerOptions options_;
   std::unique_ptr<Scheduler> scheduler_;
   std::vector<std::unique_ptr<FakeWorker>> workers_;
+  std::shared_ptr<AnsweredSteps> answered_ = std::make_shared<AnsweredSteps>();
 };
 
 TEST_F(SchedulerTest, RefusesRequestsUntilEveryStageIsReady) {

@@ -246,6 +246,10 @@ void WorkerPool::Replan(std::vector<OutgoingControl>* out) {
       const wire::pb::RegisterWorker& next_stage = workers_[identities[order[next]]].registration;
       assign.set_next_data_endpoint(next_stage.data_endpoint());
       assign.set_next_data_public_key(next_stage.curve_public_key());
+    } else if (worker.stage_index > 0) {
+      // The last of several stages: its tokens also go to stage 0, for chained steps.
+      assign.set_first_data_endpoint(stage0_endpoint_);
+      assign.set_first_data_public_key(stage0_public_key_);
     }
     assign.set_loader_endpoint(options_.loader_endpoint);
     assign.set_kv_slots(static_cast<uint32_t>(options_.kv_slots));

@@ -393,6 +393,9 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   executor_.reset();
   reported_cache_stats_ = {};
   next_.reset();
+  first_.reset();
+  held_.clear();
+  sampled_.clear();
   plan_version_ = a.plan_version();
   PrepareNccl(a);
   if (loading_.valid()) {
@@ -513,6 +516,26 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
       return absl::InvalidArgumentError(absl::StrCat("cannot connect to the next stage at ",
                                                      a.next_data_endpoint(), ": ", error.what()));
     }
+  } else if (!a.first_data_endpoint().empty()) {
+    // The last of several stages: sampled tokens also go to stage 0, for chained steps.
+    try {
+      first_.emplace(context_, zmq::socket_type::push);
+      first_->set(zmq::sockopt::linger, 0);
+      first_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
+      first_->set(zmq::sockopt::immediate, 1);
+      if (absl::Status secured =
+              wire::SecureClient(*first_, options_.curve, a.first_data_public_key());
+          !secured.ok()) {
+        first_.reset();
+        return absl::InvalidArgumentError(
+            absl::StrCat("cannot secure the link to stage 0: ", secured.message()));
+      }
+      first_->connect(a.first_data_endpoint());
+    } catch (const zmq::error_t& error) {
+      first_.reset();
+      return absl::InvalidArgumentError(absl::StrCat("cannot connect to stage 0 at ",
+                                                     a.first_data_endpoint(), ": ", error.what()));
+    }
   }
   executor_ = std::move(executor);
   executor_->set_between_layers([this] { ServiceControlDuringStep(); });
@@ -588,6 +611,10 @@ void WorkerService::HandleData() {
   }
   if (!received->has_value()) return;
   const wire::Message& message = **received;
+  if (message.envelope.has_step_result()) {
+    HandleSampledTokens(message.envelope.step_result());  // from the last stage
+    return;
+  }
   if (!message.envelope.has_step()) {
     SendStepError(plan_version_, 0,
                   absl::InvalidArgumentError(
@@ -603,6 +630,20 @@ void WorkerService::HandleData() {
     SendStepError(step.plan_version(), step.step_id(), late);
     return;
   }
+  // Stage 0 of several: a chained step waits for the last stage's tokens.
+  if (step.follows_step_id() != 0 && !message.has_payload && executor_ != nullptr &&
+      executor_->plan().range.first == 0 && !executor_->is_last() &&
+      SampledBy(step.follows_step_id()) == nullptr) {
+    wire::Message held;
+    held.envelope = message.envelope;
+    held_.emplace_back(std::move(held), arrived);
+    return;
+  }
+  RunReceivedStep(message, arrived);
+}
+
+void WorkerService::RunReceivedStep(const wire::Message& message, int64_t arrived) {
+  const pb::StepHeader& step = message.envelope.step();
   const Clock::time_point started = Clock::now();
   const absl::Status status = RunStep(message);
   if (status.ok() && log::Enabled(log::Level::kDebug)) {
@@ -627,46 +668,99 @@ absl::Status WorkerService::RunStep(const wire::Message& message) {
     return ValidateStep(message.envelope.step(), StepLimits{}, {})
         .status();  // names the missing stage
   }
+  const pb::StepHeader& header = message.envelope.step();
+  const bool first = executor_->plan().range.first == 0;
   const wire::Message* step = &message;
   absl::StatusOr<wire::Message> filled;
-  if (message.envelope.step().follows_step_id() != 0) {
-    filled = FillChainedStep(message);
+  if (header.follows_step_id() != 0) {
+    if (!first) {
+      return absl::InvalidArgumentError(
+          absl::StrFormat("step %d is chained to step %d, but this stage is not the first",
+                          header.step_id(), header.follows_step_id()));
+    }
+    const Sampled* sampled = SampledBy(header.follows_step_id());
+    if (sampled == nullptr) {
+      return absl::UnavailableError(absl::StrFormat(
+          "step %d is chained to step %d, whose tokens are not here (it failed, or never came)",
+          header.step_id(), header.follows_step_id()));
+    }
+    filled = FillChainedStep(message, *sampled);
     if (!filled.ok()) return filled.status();
     step = &*filled;
   }
-  sampled_.step_id = 0;  // until this step has sampled
   pb::Envelope envelope;
   pb::StepResult* result = envelope.mutable_step_result();
   RETURN_IF_ERROR(executor_->Run(*step, &activations_, result));
   if (!executor_->is_last()) return Forward(*step);
-  sampled_.step_id = step->envelope.step().step_id();
-  sampled_.tokens.clear();
-  for (const pb::SampledToken& token : result->tokens()) {
-    sampled_.tokens.emplace_back(token.sequence_id(), token.token_id());
+  if (first) {
+    Remember(*result);  // a one-stage pipeline: for the step chained to this one
+  } else if (step->envelope.step().tokens_to_first_stage() && first_.has_value()) {
+    // Stage 0 runs the step chained to this one as soon as these arrive.
+    if (const absl::Status sent = wire::Send(*first_, envelope, {}, {}, /*dont_wait=*/true);
+        !sent.ok()) {
+      log::Warn("worker %s: step %d's tokens not handed to stage 0: %s", options_.worker_id,
+                header.step_id(), sent.ToString());
+    }
   }
   SendControl(envelope);
   return absl::OkStatus();
 }
 
-absl::StatusOr<wire::Message> WorkerService::FillChainedStep(const wire::Message& message) const {
+void WorkerService::Remember(const pb::StepResult& result) {
+  Sampled sampled{result.step_id(), {}};
+  for (const pb::SampledToken& token : result.tokens()) {
+    sampled.tokens.emplace_back(token.sequence_id(), token.token_id());
+  }
+  sampled_.push_back(std::move(sampled));
+  while (sampled_.size() > kMaxSampled) sampled_.pop_front();
+}
+
+const WorkerService::Sampled* WorkerService::SampledBy(uint64_t step_id) const {
+  for (const Sampled& sampled : sampled_) {
+    if (sampled.step_id == step_id) return &sampled;
+  }
+  return nullptr;
+}
+
+void WorkerService::HandleSampledTokens(const pb::StepResult& result) {
+  if (executor_ == nullptr || executor_->plan().range.first != 0 || executor_->is_last() ||
+      result.plan_version() != plan_version_ || result.has_status()) {
+    return;  // not stage 0 of several, another plan's, or a failed step: nothing follows it
+  }
+  Remember(result);
+  RunHeldSteps();
+}
+
+void WorkerService::RunHeldSteps() {
+  for (size_t i = 0; i < held_.size();) {
+    const pb::StepHeader& step = held_[i].first.envelope.step();
+    if (absl::Status late = CheckStepDeadline(step, wire::UnixMicrosNow()); !late.ok()) {
+      SendStepError(step.plan_version(), step.step_id(), late);
+      held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));
+      continue;
+    }
+    if (SampledBy(step.follows_step_id()) == nullptr) {
+      ++i;
+      continue;
+    }
+    auto [message, arrived] = std::move(held_[i]);
+    held_.erase(held_.begin() + static_cast<std::ptrdiff_t>(i));
+    RunReceivedStep(message, arrived);
+  }
+}
+
+absl::StatusOr<wire::Message> WorkerService::FillChainedStep(const wire::Message& message,
+                                                             const Sampled& sampled) const {
   const pb::StepHeader& header = message.envelope.step();
-  if (executor_->plan().range.first != 0 || !executor_->is_last()) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "step %d is chained to step %d, but this stage is not the pipeline's only one",
-        header.step_id(), header.follows_step_id()));
-  }
-  if (sampled_.step_id != header.follows_step_id()) {
-    return absl::UnavailableError(
-        absl::StrFormat("step %d is chained to step %d, which is not the last step run here",
-                        header.step_id(), header.follows_step_id()));
-  }
   wire::Message filled;
   filled.envelope = message.envelope;
+  // Filled, it is an ordinary step for the stages after this one.
+  filled.envelope.mutable_step()->set_follows_step_id(0);
   for (pb::SequenceChunk& chunk : *filled.envelope.mutable_step()->mutable_sequences()) {
     if (!chunk.token_pending()) continue;
-    const auto token = std::find_if(sampled_.tokens.begin(), sampled_.tokens.end(),
+    const auto token = std::find_if(sampled.tokens.begin(), sampled.tokens.end(),
                                     [&](const auto& t) { return t.first == chunk.sequence_id(); });
-    if (token == sampled_.tokens.end() || chunk.token_ids_size() != 0) {
+    if (token == sampled.tokens.end() || chunk.token_ids_size() != 0) {
       return absl::InvalidArgumentError(
           absl::StrFormat("step %d: sequence %d's pending token is not one that step %d sampled",
                           header.step_id(), chunk.sequence_id(), header.follows_step_id()));
@@ -732,6 +826,7 @@ absl::Status WorkerService::Run() {
         HandleData();
         last_step_ = Clock::now();
       }
+      if (!held_.empty()) RunHeldSteps();  // their deadlines
       FinishLoad();
       KeepLink();
     } catch (const zmq::error_t& error) {

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <future>
 #include <memory>
@@ -164,12 +165,31 @@ class WorkerService {
   void ServiceControlDuringStep();
   void LogShardCacheStats(bool summary);
   void HandleData();
+  // The tokens a step sampled, for a step chained to it.
+  struct Sampled {
+    uint64_t step_id = 0;
+    std::vector<std::pair<uint64_t, uint32_t>> tokens;  // (sequence id, token)
+  };
   absl::Status RunStep(const wire::Message& message);
   // A chained step (StepHeader.follows_step_id) with its pending tokens
-  // filled in from sampled_: INVALID_ARGUMENT on a stage that is not the
-  // pipeline's only one, UNAVAILABLE when the step it follows is not the one
-  // this stage ran last (that step failed, or never came).
-  absl::StatusOr<wire::Message> FillChainedStep(const wire::Message& message) const;
+  // filled in from the tokens in `sampled` (sampled_ entry). INVALID_ARGUMENT
+  // when one is missing.
+  absl::StatusOr<wire::Message> FillChainedStep(const wire::Message& message,
+                                                const Sampled& sampled) const;
+  // Stage 0: where the tokens of the step a chained step follows are, if
+  // known (one-stage pipelines: sampled here; else the last stage's
+  // StepResult on the data socket).
+  const Sampled* SampledBy(uint64_t step_id) const;
+  // Keeps a step's sampled tokens in sampled_.
+  void Remember(const wire::pb::StepResult& result);
+  // Stage 0: a StepResult from the last stage (the tokens of a step that a
+  // chained step may follow); runs the held steps it completes.
+  void HandleSampledTokens(const wire::pb::StepResult& result);
+  // Stage 0: held chained steps whose tokens are in, in arrival order; those
+  // past their deadline are dropped with DEADLINE_EXCEEDED.
+  void RunHeldSteps();
+  // Runs a received step, and handles its outcome (timing, metrics, errors).
+  void RunReceivedStep(const wire::Message& message, int64_t arrived_unix_micros);
   absl::Status Forward(const wire::Message& message);
   void SendStepError(uint64_t plan_version, uint64_t step_id, const absl::Status& status);
   void LogDroppedStep(uint64_t step_id, const absl::Status& status);
@@ -208,14 +228,15 @@ class WorkerService {
   std::optional<wire::pb::AssignLayers> queued_;  // arrived while loading
   std::vector<float> activations_;
   wire::pb::Envelope forwarded_;  // a step's header as forwarded, when it differs
-  // The last step run here and what it sampled (a one-stage pipeline's
-  // chained step takes its pending tokens from it); step id 0 after a step
-  // that failed.
-  struct Sampled {
-    uint64_t step_id = 0;
-    std::vector<std::pair<uint64_t, uint32_t>> tokens;  // (sequence id, token)
-  };
-  Sampled sampled_;
+  // The tokens of the last steps sampled (stage 0 of a one-stage pipeline)
+  // or handed over by the last stage, for the steps chained to them; the
+  // newest kMaxSampled steps are kept.
+  static constexpr size_t kMaxSampled = 64;
+  std::deque<Sampled> sampled_;
+  // Stage 0 of several: chained steps whose tokens have not come yet, with
+  // when they arrived (Unix microseconds).
+  std::vector<std::pair<wire::Message, int64_t>> held_;
+  std::optional<zmq::socket_t> first_;           // the last of several stages: PUSH to stage 0
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.

@@ -154,14 +154,16 @@ class WorkerServiceTest : public ::testing::Test {
     return reg.envelope.register_worker().data_endpoint();
   }
 
+  // `first_stage`: for the last of several stages, stage 0's data endpoint.
   void Assign(const std::string& id, uint64_t plan, uint32_t first, uint32_t end,
-              const std::string& next) {
+              const std::string& next, const std::string& first_stage = "") {
     pb::Envelope envelope;
     pb::AssignLayers* a = envelope.mutable_assign_layers();
     a->set_plan_version(plan);
     a->set_first_layer(first);
     a->set_end_layer(end);
     a->set_next_data_endpoint(next);
+    a->set_first_data_endpoint(first_stage);
     a->set_loader_endpoint(loader_endpoint_);
     a->set_kv_slots(kSlots);
     a->set_n_ctx(kCtx);
@@ -434,7 +436,7 @@ TEST_F(WorkerServiceTest, DropsAStepThatArrivesAfterItsDeadline) {
 
 // A one-stage pipeline's chained steps: sent before the step they follow has
 // answered, they run on the tokens that step sampled (the same tokens as one
-// process); one that does not follow the last step run here is refused.
+// process); one chained to a step that did not run here is refused.
 TEST_F(WorkerServiceTest, ChainedStepsRunOnTheTokensTheStepBeforeSampled) {
   Sequence a{1, {1, 403, 261, 300, 12}, Random(11), {}, {}};
   Sequence b{2, {1, 79, 311}, Greedy(), {}, {}};
@@ -474,15 +476,55 @@ TEST_F(WorkerServiceTest, ChainedStepsRunOnTheTokensTheStepBeforeSampled) {
   expect_tokens(11, 1);
   expect_tokens(12, 2);
 
-  // Chained to a step that is not the last one run here (it failed, or never
-  // came): refused, and the slots are left as they were.
-  ASSERT_TRUE(wire::Send(push, chained(13, 11, {na + 2, nb + 2})).ok());
+  // Chained to a step that did not run here (it failed, or never came):
+  // refused, and the slots are left as they were.
+  ASSERT_TRUE(wire::Send(push, chained(13, 99, {na + 3, nb + 3})).ok());
   ExpectStepError(Expect(pb::Envelope::kStepResult), 13, absl::StatusCode::kUnavailable, "w0",
-                  "step 13 is chained to step 11, which is not the last step run here");
+                  "step 13 is chained to step 99, whose tokens are not here");
   // A pending token outside a chained step.
   ASSERT_TRUE(wire::Send(push, chained(14, 0, {na + 2, nb + 2})).ok());
   ExpectStepError(Expect(pb::Envelope::kStepResult), 14, absl::StatusCode::kInvalidArgument, "w0",
                   "a pending token outside a chained step");
+}
+
+// Two stages: stage 0 holds a chained step until the last stage hands it the
+// tokens of the step it follows, then runs it; the tokens are one process's.
+TEST_F(WorkerServiceTest, TwoStagesRunChainedStepsOnTheLastStagesTokens) {
+  Sequence a{1, {1, 403, 261, 300, 12}, Random(5), {}, {}};
+  GenerateLocally(*file_, 3, &a);
+  Start(Options("w0"));
+  const std::string w0_data = Register("w0");
+  Start(Options("w1"));
+  const std::string w1_data = Register("w1");
+  Assign("w0", 3, 0, 2, w1_data);
+  Assign("w1", 3, 2, 5, "", w0_data);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(Expect(pb::Envelope::kStageReady).envelope.stage_ready().status().code(), 0);
+  }
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(w0_data);
+  const auto step = [&](uint64_t step_id, uint64_t follows, std::vector<int32_t> tokens,
+                        uint32_t first) {
+    pb::Envelope envelope = Step(3, step_id, {&a}, {tokens}, {first});
+    envelope.mutable_step()->set_follows_step_id(follows);
+    envelope.mutable_step()->set_tokens_to_first_stage(true);
+    if (follows != 0) envelope.mutable_step()->mutable_sequences(0)->set_token_pending(true);
+    return envelope;
+  };
+  const auto n = static_cast<uint32_t>(a.prompt.size());
+  // The chained steps reach stage 0 before the tokens they need.
+  ASSERT_TRUE(wire::Send(push, step(20, 0, a.prompt, 0)).ok());
+  ASSERT_TRUE(wire::Send(push, step(21, 20, {}, n)).ok());
+  ASSERT_TRUE(wire::Send(push, step(22, 21, {}, n + 1)).ok());
+  for (uint64_t id = 20; id <= 22; ++id) {
+    const wire::Message m = Expect(pb::Envelope::kStepResult);
+    const pb::StepResult& r = m.envelope.step_result();
+    ASSERT_EQ(r.status().code(), 0) << r.status().message();
+    EXPECT_EQ(r.step_id(), id);
+    ASSERT_EQ(r.tokens_size(), 1);
+    EXPECT_EQ(static_cast<int32_t>(r.tokens(0).token_id()), a.generated[id - 20]);
+  }
 }
 
 TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {

@@ -1,5 +1,6 @@
-// Chained steps (PROTOCOL.md): a one-worker deployment whose coordinator
-// sends each sequence's next step while the current one runs streams exactly
+// Chained steps (PROTOCOL.md): a deployment of 1, 2 or 3 workers whose
+// coordinator sends each sequence's next step while the current one runs
+// (stage 0 filling in the tokens, its own or the last stage's) streams exactly
 // what one that waits for every answer streams: seeded samples, concurrent
 // streams sharing micro-batches, end-of-generation, stop strings and
 // max_tokens, each ending where it should.
@@ -30,8 +31,9 @@ std::vector<v1::GenerateRequest> Requests() {
 }
 
 // Each request alone, then all of them at once.
-std::vector<StreamResult> RunDeployment(const std::vector<std::string>& coordinator_args) {
-  auto cluster = StartCluster(CHORD_DEFAULT_MODEL, 1, 8, 256, coordinator_args);
+std::vector<StreamResult> RunDeployment(int workers,
+                                        const std::vector<std::string>& coordinator_args) {
+  auto cluster = StartCluster(CHORD_DEFAULT_MODEL, workers, 8, 256, coordinator_args);
   EXPECT_TRUE(cluster.ok()) << cluster.status();
   if (!cluster.ok()) return {};
   auto stub = Connect((*cluster)->grpc_address());
@@ -49,9 +51,11 @@ std::vector<StreamResult> RunDeployment(const std::vector<std::string>& coordina
   return results;
 }
 
-TEST(ChainedStepsTest, StreamsWhatUnchainedStepsStream) {
-  const std::vector<StreamResult> unchained = RunDeployment({"--no-chain-steps"});
-  const std::vector<StreamResult> chained = RunDeployment({"--chain-steps"});
+class ChainedStepsTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(ChainedStepsTest, StreamsWhatUnchainedStepsStream) {
+  const std::vector<StreamResult> unchained = RunDeployment(GetParam(), {"--no-chain-steps"});
+  const std::vector<StreamResult> chained = RunDeployment(GetParam(), {"--chain-steps"});
   ASSERT_EQ(unchained.size(), 2 * Requests().size());
   ASSERT_EQ(chained.size(), unchained.size());
   bool stopped_by_string = false;
@@ -72,6 +76,11 @@ TEST(ChainedStepsTest, StreamsWhatUnchainedStepsStream) {
   for (size_t i = 0; i < n; ++i) EXPECT_EQ(chained[i].token_ids, chained[n + i].token_ids);
   EXPECT_TRUE(stopped_by_string) << "no stream ended on its stop string: the check proves less";
 }
+
+INSTANTIATE_TEST_SUITE_P(Workers, ChainedStepsTest, ::testing::Values(1, 2, 3),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "workers";
+                         });
 
 }  // namespace
 }  // namespace chord::testing
