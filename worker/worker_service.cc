@@ -495,47 +495,37 @@ void WorkerService::FinishLoad() {
   SendStageReady(loaded.assignment.plan_version(), status);
 }
 
+absl::Status WorkerService::ConnectData(const std::string& endpoint, const std::string& public_key,
+                                        const char* peer, std::optional<zmq::socket_t>* socket) {
+  try {
+    socket->emplace(context_, zmq::socket_type::push);
+    (*socket)->set(zmq::sockopt::linger, 0);
+    (*socket)->set(zmq::sockopt::sndhwm, options_.high_water_mark);
+    (*socket)->set(zmq::sockopt::immediate, 1);
+    if (absl::Status secured = wire::SecureClient(**socket, options_.curve, public_key);
+        !secured.ok()) {
+      socket->reset();
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot secure the link to ", peer, ": ", secured.message()));
+    }
+    (*socket)->connect(endpoint);
+  } catch (const zmq::error_t& error) {
+    socket->reset();
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot connect to ", peer, " at ", endpoint, ": ", error.what()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
                                          std::unique_ptr<StageExecutor> executor) {
   if (!a.next_data_endpoint().empty()) {
-    try {
-      next_.emplace(context_, zmq::socket_type::push);
-      next_->set(zmq::sockopt::linger, 0);
-      next_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
-      next_->set(zmq::sockopt::immediate, 1);
-      if (absl::Status secured =
-              wire::SecureClient(*next_, options_.curve, a.next_data_public_key());
-          !secured.ok()) {
-        next_.reset();
-        return absl::InvalidArgumentError(
-            absl::StrCat("cannot secure the link to the next stage: ", secured.message()));
-      }
-      next_->connect(a.next_data_endpoint());
-    } catch (const zmq::error_t& error) {
-      next_.reset();
-      return absl::InvalidArgumentError(absl::StrCat("cannot connect to the next stage at ",
-                                                     a.next_data_endpoint(), ": ", error.what()));
-    }
+    RETURN_IF_ERROR(
+        ConnectData(a.next_data_endpoint(), a.next_data_public_key(), "the next stage", &next_));
   } else if (!a.first_data_endpoint().empty()) {
     // The last of several stages: sampled tokens also go to stage 0, for chained steps.
-    try {
-      first_.emplace(context_, zmq::socket_type::push);
-      first_->set(zmq::sockopt::linger, 0);
-      first_->set(zmq::sockopt::sndhwm, options_.high_water_mark);
-      first_->set(zmq::sockopt::immediate, 1);
-      if (absl::Status secured =
-              wire::SecureClient(*first_, options_.curve, a.first_data_public_key());
-          !secured.ok()) {
-        first_.reset();
-        return absl::InvalidArgumentError(
-            absl::StrCat("cannot secure the link to stage 0: ", secured.message()));
-      }
-      first_->connect(a.first_data_endpoint());
-    } catch (const zmq::error_t& error) {
-      first_.reset();
-      return absl::InvalidArgumentError(absl::StrCat("cannot connect to stage 0 at ",
-                                                     a.first_data_endpoint(), ": ", error.what()));
-    }
+    RETURN_IF_ERROR(
+        ConnectData(a.first_data_endpoint(), a.first_data_public_key(), "stage 0", &first_));
   }
   executor_ = std::move(executor);
   executor_->set_between_layers([this] { ServiceControlDuringStep(); });

@@ -159,6 +159,9 @@ class WorkerService {
   void FinishLoad();
   absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
                             std::unique_ptr<StageExecutor> executor);
+  // A PUSH socket to another stage's data endpoint (`peer` names it in errors).
+  absl::Status ConnectData(const std::string& endpoint, const std::string& public_key,
+                           const char* peer, std::optional<zmq::socket_t>* socket);
   void SendStageReady(uint64_t plan_version, const absl::Status& status);
   // Runs while a step waits for weights: answers heartbeats, keeps every
   // other control message for after the step.
