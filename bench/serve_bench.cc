@@ -330,12 +330,18 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     std::string name;
     int workers;
     bool nccl;
-    bool chained = true;  // the coordinator's --chain-steps (one worker)
+    bool chained = true;     // the coordinator's --chain-steps
+    bool one_gpu = false;    // every worker on GPU 0
   };
-  // One GPU with its steps chained (the default) and without, then the
-  // pipelines over several GPUs.
+  // One GPU with its steps chained (the default) and without; on one GPU,
+  // two stages there too (a ZeroMQ hop between them); then the pipelines over
+  // several GPUs.
   std::vector<Setup> setups = {{"1 worker, 1 GPU", 1, true},
                                {"1 worker, 1 GPU, steps not chained", 1, true, false}};
+  if (flags.gpus == 1) {
+    setups.push_back({"2 workers on 1 GPU", 2, false, true, true});
+    setups.push_back({"2 workers on 1 GPU, steps not chained", 2, false, false, true});
+  }
   if (flags.gpus >= 2) {
     setups.push_back({absl::StrCat(flags.gpus, " workers, 1 GPU each, NCCL"), flags.gpus, true});
     setups.push_back({absl::StrCat(flags.gpus, " workers, 1 GPU each, ZeroMQ"), flags.gpus, false});
@@ -347,7 +353,7 @@ void BenchGpus(const BenchFlags& flags, const std::string& model) {
     options.bin_dir = flags.bin_dir;
     options.model = model;
     options.workers = setup.workers;
-    for (int d = 0; d < setup.workers; ++d) options.worker_devices.push_back(d);
+    for (int d = 0; d < setup.workers; ++d) options.worker_devices.push_back(setup.one_gpu ? 0 : d);
     options.kv_slots = kMaxStreams;
     options.ctx_size = kPrompt + kNew + 64;
     options.log_args = {"--log-level", flags.child_log_level};
