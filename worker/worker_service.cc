@@ -624,6 +624,12 @@ void WorkerService::HandleData() {
   if (step.follows_step_id() != 0 && !message.has_payload && executor_ != nullptr &&
       executor_->plan().range.first == 0 && !executor_->is_last() &&
       SampledBy(step.follows_step_id()) == nullptr) {
+    if (held_.size() >= kMaxHeld) {
+      SendStepError(step.plan_version(), step.step_id(),
+                    absl::UnavailableError(absl::StrFormat(
+                        "%d chained steps already wait for their tokens", held_.size())));
+      return;
+    }
     wire::Message held;
     held.envelope = message.envelope;
     held_.emplace_back(std::move(held), arrived);

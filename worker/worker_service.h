@@ -237,7 +237,9 @@ class WorkerService {
   static constexpr size_t kMaxSampled = 64;
   std::deque<Sampled> sampled_;
   // Stage 0 of several: chained steps whose tokens have not come yet, with
-  // when they arrived (Unix microseconds).
+  // when they arrived (Unix microseconds); at most kMaxHeld (a coordinator
+  // has at most one behind each step out).
+  static constexpr size_t kMaxHeld = 256;
   std::vector<std::pair<wire::Message, int64_t>> held_;
   std::optional<zmq::socket_t> first_;           // the last of several stages: PUSH to stage 0
   std::vector<wire::Message> deferred_control_;  // arrived during a step
