@@ -51,6 +51,7 @@ struct BenchFlags {
   std::string child_log_level = "warn";  // the coordinator's and workers' (--log-level)
   int busy_poll_us = -1;                  // the coordinator's and workers'; -1: their default
   int nccl_min_rows = 0;                  // the workers' --nccl-min-rows; 0: their default
+  bool chain_steps = true;                // the coordinator's (CPU table)
 };
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -253,6 +254,7 @@ void BenchModel(const BenchFlags& flags, const std::string& model) {
     options.log_args = {"--log-level", flags.child_log_level};
     options.on_line = EchoChildLine;
     options.worker_args = {"--backend", flags.backend};
+    if (!flags.chain_steps) options.coordinator_args.push_back("--no-chain-steps");
     std::fprintf(stderr, "=== setup: %d workers\n", workers);
     auto cluster = serve::LocalCluster::Start(options);
     if (!cluster.ok()) {
@@ -467,6 +469,8 @@ int main(int argc, char** argv) {
   app.add_option("--busy-poll-us", flags.busy_poll_us,
                  "with --gpus: the coordinator's and workers' --busy-poll-us (-1: their default)")
       ->capture_default_str();
+  app.add_flag("--chain-steps,!--no-chain-steps", flags.chain_steps,
+               "without --gpus: the coordinator's --chain-steps (with --gpus both are measured)");
   app.add_option("--backend", flags.backend, "the workers' backend: cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
