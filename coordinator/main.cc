@@ -54,11 +54,6 @@ int main(int argc, char** argv) {
                  "0: off; -1: 20000 when every stage runs on a GPU, else off")
       ->check(CLI::Range(-1, 1000000))
       ->capture_default_str();
-  bool chain_steps = true;
-  app.add_flag("--chain-steps,!--no-chain-steps", chain_steps,
-               "one-stage pipelines: send each sequence's next step while its current one runs; "
-               "the stage fills in the token it samples (no round trip between two tokens)")
-      ->capture_default_str();
   app.add_option("--log-level", log_level, "debug, info, warn or error");
   app.add_flag("--log-json", log_json, "write log lines as JSON objects");
   int metrics_port = -1;
@@ -102,10 +97,10 @@ int main(int argc, char** argv) {
   if (!control->count()) control_bind = "tcp://" + s.host + ":" + std::to_string(s.control_port);
   chord::log::Info("chord-coordinator: loader %s, grpc %s:%d, control %s, min_workers %d, kv_slots %d, "
                    "ctx_size %d, kv_type %s, exact %s, max_queue %d, prefill_chunk %d, worker_timeout %d ms, "
-                   "grace %d ms, step_timeout %d ms, auth %s, tls %s, links %s",
+                   "grace %d ms, step_timeout %d ms, chained steps %s, auth %s, tls %s, links %s",
                    loader, s.host, s.grpc_port, control_bind, s.min_workers, s.kv_slots, s.ctx_size,
                    s.kv_type, s.exact ? "on" : "off", s.max_queue, prefill_chunk, s.worker_timeout_ms, s.grace_ms,
-                   s.step_timeout_ms, api_key->empty() ? "off" : "bearer",
+                   s.step_timeout_ms, s.chain_steps ? "on" : "off", api_key->empty() ? "off" : "bearer",
                    s.tls_cert.empty() ? "off" : s.tls_client_ca.empty() ? "on" : "mutual",
                    curve->enabled() ? "CURVE" : "plaintext");
 
@@ -148,7 +143,7 @@ int main(int argc, char** argv) {
   options.scheduler.replan_timeout = std::chrono::milliseconds(replan_timeout_ms);
   options.scheduler.step_timeout = std::chrono::milliseconds(s.step_timeout_ms);
   options.scheduler.busy_poll = std::chrono::microseconds(busy_poll_us);
-  options.scheduler.chain_steps = chain_steps;
+  options.scheduler.chain_steps = s.chain_steps;
   options.scheduler.curve = *curve;
   if (*metrics_server != nullptr) options.scheduler.metrics = &coordinator_metrics;
   options.scheduler.pool = {s.min_workers, s.kv_slots, static_cast<int>(n_ctx), s.kv_type, loader};

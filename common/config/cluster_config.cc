@@ -180,6 +180,8 @@ absl::Status ReadCoordinator(const YAML::Node& node, CoordinatorSection* c) {
        }},
       {"exact",
        [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &c->exact); }},
+      {"chain_steps",
+       [&](const std::string& f, const YAML::Node& n) { return ReadBool(f, n, &c->chain_steps); }},
       {"max_queue", [&](const std::string& f,
                         const YAML::Node& n) { return ReadCount(f, n, 1, &c->max_queue); }},
       {"min_workers", [&](const std::string& f,
@@ -353,7 +355,8 @@ std::string ClusterConfig::ToYaml() const {
       << "  min_workers: " << coordinator.min_workers << "\n"
       << "  worker_timeout_ms: " << coordinator.worker_timeout_ms << "\n"
       << "  grace_ms: " << coordinator.grace_ms << "\n"
-      << "  step_timeout_ms: " << coordinator.step_timeout_ms << "\n";
+      << "  step_timeout_ms: " << coordinator.step_timeout_ms << "\n"
+      << "  chain_steps: " << (coordinator.chain_steps ? "true" : "false") << "\n";
   if (coordinator.http_port >= 0) out << "  http_port: " << coordinator.http_port << "\n";
   for (const auto& [key, value] :
        {std::pair<const char*, const std::string*>{"http_host", &coordinator.http_host},

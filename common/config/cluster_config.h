@@ -28,6 +28,8 @@
 //     worker_timeout_ms: 2000  # a worker silent this long is lost (its layers re-planned)
 //     grace_ms: 10000          # on SIGTERM, time in-flight requests get to finish
 //     step_timeout_ms: 60000   # a step unanswered this long is replayed; stages drop it past then
+//     chain_steps: true        # send a sequence's next step while its current one runs
+//                              # (PROTOCOL.md, "Chained steps"); false: wait for each answer
 //   loader:
 //     host: 127.0.0.1
 //     port: 5556
@@ -90,6 +92,8 @@ struct CoordinatorSection {
   // this: stages drop a step that arrives later, and the coordinator replays
   // a step unanswered by then. Positive.
   int64_t step_timeout_ms = 60000;
+  // Chained steps (PROTOCOL.md): no coordinator round trip between two tokens.
+  bool chain_steps = true;
   std::string curve_key;  // CURVE secret key file (PREFIX.key); with `curve.allow`
 };
 

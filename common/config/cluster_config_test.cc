@@ -26,6 +26,7 @@ constexpr char kFull[] = R"(coordinator:
   kv_tokens: 1024
   kv_type: f16
   exact: true
+  chain_steps: false
   max_queue: 32
   min_workers: 2
   http_port: 8080
@@ -74,6 +75,7 @@ TEST(ClusterConfigTest, ParsesEveryField) {
   EXPECT_EQ(config->coordinator.kv_tokens, 1024);
   EXPECT_EQ(config->coordinator.kv_type, "f16");
   EXPECT_TRUE(config->coordinator.exact);
+  EXPECT_FALSE(config->coordinator.chain_steps);
   EXPECT_EQ(config->coordinator.max_queue, 32);
   EXPECT_EQ(config->coordinator.min_workers, 2);
   EXPECT_EQ(config->coordinator.http_port, 8080);
@@ -142,6 +144,7 @@ TEST(ClusterConfigTest, ToYamlRoundTrips) {
   EXPECT_EQ(again->workers[1].gpu_memory_budget, 40ull << 30);
   EXPECT_EQ(again->coordinator.kv_type, "f16");
   EXPECT_TRUE(again->coordinator.exact);
+  EXPECT_FALSE(again->coordinator.chain_steps);
   EXPECT_EQ(again->coordinator.http_port, 8080);
   EXPECT_EQ(again->coordinator.tls_key, "/etc/chord/tls/server.key");
   EXPECT_EQ(again->coordinator.step_timeout_ms, 4500);
@@ -301,9 +304,14 @@ TEST(CoordinatorFlagsTest, GivenFlagsOverrideTheFileAndTheRestKeepIt) {
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->http_port, 8080);
   EXPECT_EQ(s->step_timeout_ms, 4500);
-  s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16", "--exact"});
+  EXPECT_FALSE(s->chain_steps);  // the file's
+  s = ApplyFlags(config->coordinator, {"--chain-steps"});
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->chain_steps);
+  s = ApplyFlags(CoordinatorSection(), {"--kv-type", "f16", "--exact", "--no-chain-steps"});
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(s->exact);
+  EXPECT_FALSE(s->chain_steps);
   EXPECT_EQ(s->http_port, -1);
   EXPECT_EQ(s->grpc_port, 50051);
   EXPECT_EQ(s->kv_type, "f16");

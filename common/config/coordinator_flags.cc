@@ -54,6 +54,11 @@ CoordinatorFlags::CoordinatorFlags(CLI::App& app) {
   Add(app, "--kv-type", &S::kv_type, "f32 or f16")->check(CLI::IsMember({"f32", "f16"}));
   AddFlag(app, "--exact", &S::exact,
           "results independent of batching and prompt chunking on GPU stages too (CPU stages always are)");
+  Override(app.add_flag("--chain-steps,!--no-chain-steps", values_.chain_steps,
+                        "send each sequence's next step while its current one runs; stage 0 fills "
+                        "in the token it samples (no round trip between two tokens)")
+               ->envname("CHORD_CHAIN_STEPS"),
+           &S::chain_steps);
   Add(app, "--max-queue", &S::max_queue, "queued requests before RESOURCE_EXHAUSTED")
       ->check(CLI::PositiveNumber);
   Add(app, "--worker-timeout-ms", &S::worker_timeout_ms,

@@ -16,7 +16,7 @@ namespace chord {
 
 class CoordinatorFlags {
  public:
-  // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type, --exact,
+  // Adds --grpc-port, --min-workers, --kv-slots, --ctx-size, --kv-type, --exact, --[no-]chain-steps,
   // --max-queue, --worker-timeout-ms, --grace-ms, --step-timeout-ms, --http-port, --http-host,
   // --chat-template, --api-key-file, --tls-cert, --tls-key and --tls-client-ca to `app`.
   explicit CoordinatorFlags(CLI::App& app);
