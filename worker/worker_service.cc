@@ -395,6 +395,7 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   next_.reset();
   first_.reset();
   held_.clear();
+  released_ahead_.Clear();
   sampled_.clear();
   plan_version_ = a.plan_version();
   PrepareNccl(a);
@@ -632,6 +633,11 @@ void WorkerService::HandleData() {
     }
     wire::Message held;
     held.envelope = message.envelope;
+    pb::FreeSlots* released = held.envelope.mutable_step()->mutable_released();
+    released_ahead_.mutable_slots()->Add(released->slots().begin(), released->slots().end());
+    released_ahead_.mutable_sequence_ids()->Add(released->sequence_ids().begin(),
+                                                released->sequence_ids().end());
+    released->Clear();
     held_.emplace_back(std::move(held), arrived);
     return;
   }
@@ -683,6 +689,21 @@ absl::Status WorkerService::RunStep(const wire::Message& message) {
     filled = FillChainedStep(message, *sampled);
     if (!filled.ok()) return filled.status();
     step = &*filled;
+  }
+  if (released_ahead_.slots_size() > 0) {
+    // The slots that held chained steps released go first, with this step.
+    if (step == &message) {
+      filled = wire::Message();
+      filled->envelope = message.envelope;
+      step = &*filled;
+    }
+    pb::FreeSlots* released = filled->envelope.mutable_step()->mutable_released();
+    pb::FreeSlots merged = released_ahead_;
+    merged.mutable_slots()->Add(released->slots().begin(), released->slots().end());
+    merged.mutable_sequence_ids()->Add(released->sequence_ids().begin(),
+                                       released->sequence_ids().end());
+    *released = std::move(merged);
+    released_ahead_.Clear();
   }
   pb::Envelope envelope;
   pb::StepResult* result = envelope.mutable_step_result();

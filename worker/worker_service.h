@@ -241,6 +241,10 @@ class WorkerService {
   // has at most one behind each step out).
   static constexpr size_t kMaxHeld = 256;
   std::vector<std::pair<wire::Message, int64_t>> held_;
+  // Stage 0 of several: the slots released by held chained steps, which go
+  // with the next step that runs here instead (the steps after a held one may
+  // count on those KV pages, here and at the later stages).
+  wire::pb::FreeSlots released_ahead_;
   std::optional<zmq::socket_t> first_;           // the last of several stages: PUSH to stage 0
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
