@@ -432,6 +432,8 @@ int Run(int argc, char** argv) {
   bool int8_microbench = false;
   std::string int8_only;
   bool overlap_launches = CudaStageOptions{}.overlap_launches;
+  bool fused_swiglu = CudaStageOptions{}.fused_swiglu;
+  bool deferred_norms = CudaStageOptions{}.deferred_norms;
   app.add_option("--model", model_path, "GGUF model (required unless --int8-microbench)");
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
@@ -460,6 +462,11 @@ int Run(int argc, char** argv) {
       "--overlap,!--no-overlap", overlap_launches,
       "products, norms and the layer's small kernels start while the kernel before them runs "
       "(programmatic dependent launch)");
+  app.add_flag("--fused-swiglu,!--no-fused-swiglu", fused_swiglu,
+               "one-token steps: SwiGLU and its rounding in the gate/up product's epilogue");
+  app.add_flag("--deferred-norms,!--no-deferred-norms", deferred_norms,
+               "one-token steps: RMSNorm inputs rounded before the factor, in the epilogue of the "
+               "product before them where it can");
   app.add_flag("--microbench,!--no-microbench", microbench,
                "time single products of each weight type first");
   app.add_flag("--microbench-only", microbench_only, "only the single products (no model)");
@@ -542,6 +549,8 @@ int Run(int argc, char** argv) {
   options.half_mma_max_tokens = half_mma_max_tokens;
   options.exact = exact;
   options.overlap_launches = overlap_launches;
+  options.fused_swiglu = fused_swiglu;
+  options.deferred_norms = deferred_norms;
   options.n_ctx = std::max(prefill_len, prompt_len + decode_steps) + 16;
   auto stage =
       CudaStage::Load(GgufTensorSource(**file), *config, LayerRange{0, config->n_layer}, options);

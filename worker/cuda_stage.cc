@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <utility>
 
 #include "absl/strings/str_format.h"
 #include "common/base/status.h"
@@ -117,7 +118,20 @@ struct CudaStage::Impl {
     const float* in = nullptr;
     int64_t n = 0, cols = 0;
     Form form = Form::kQ8;
+    cuda::Q8Activations q8;  // kQ8: where (q8x unless a fused epilogue wrote it elsewhere)
   } rounded;
+  // One-token steps: the SwiGLU rounding the gate/up product writes for the
+  // down product (options.fused_swiglu), and the rounding of an RMSNorm's
+  // input with its factor deferred (options.deferred_norms) that the output
+  // product (or a launch of its own) writes, with its sums of squares. Apart
+  // from q8x, which the products before them read.
+  DeviceBuffer q8_ff, q8_norm, rms_sums;
+  // The RMSNorm whose input rounding a product's epilogue has written for
+  // the next Norm of x (one row) with this weight; null: none.
+  struct NormAhead {
+    const float* weight = nullptr;
+    cuda::Q8Activations q8;
+  } norm_ahead;
   DeviceBuffer mma_partials;  // split-K partial sums of the tensor-core product
   // The output and down products' sums that x still lacks: their split-K
   // partial sums (in mma_partials), added by the next RMSNorm as it reads x
@@ -137,6 +151,7 @@ struct CudaStage::Impl {
     cuda::Graph graph;
     int64_t epoch = -1;
     bool failed = false;
+    NormAhead norm_ahead_after;  // what the captured work leaves in norm_ahead
   };
   CapturedStep decode_step, layers_step;
   int64_t epoch = 0;
@@ -147,6 +162,10 @@ struct CudaStage::Impl {
   bool Int8Batch(int64_t n) const {
     return options.int8_activations && (n <= options.int8_max_tokens || options.exact);
   }
+  // One token on the integer path, not in exact mode: where the products'
+  // epilogues may do the next kernel's work.
+  bool OneTokenInt8(int64_t n) const { return n == 1 && !options.exact && Int8Batch(1); }
+  bool DeferredNorms(int64_t n) const { return options.deferred_norms && OneTokenInt8(n); }
   // Whether a product of w over n rows takes the half tensor-core kernel.
   bool HalfMma(const DeviceMatrix& w, int64_t n) const {
     return !options.exact && n >= options.half_mma_min_tokens && n <= options.half_mma_max_tokens &&
@@ -180,8 +199,12 @@ struct CudaStage::Impl {
   }
   // RMSNorm of n rows of `rows` into `norm`, the input of a product by
   // `next`: when that product reads rounded activations, the rounding comes
-  // out of the same launch.
-  absl::Status Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next);
+  // out of the same launch. `deferred` (one row, DeferredNorms()): the products
+  // that read it apply the norm's factor (cuda::Q8Activations::rms_sum_squares),
+  // and `norm` is not written; the rounding is a product epilogue's
+  // (norm_ahead) or a launch's of its own, the same bits.
+  absl::Status Norm(const float* rows, const float* weight, int64_t n, const DeviceMatrix& next,
+                    bool deferred = false);
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   cuda::AttentionParams AttentionParamsFor() const {
     return {static_cast<int>(config.n_head), static_cast<int>(config.n_head_kv),
@@ -196,7 +219,27 @@ struct CudaStage::Impl {
   }
   absl::Status Replay(CapturedStep& step, const std::function<absl::Status()>& issue);
   absl::Status LayersDevice(int64_t n_tokens);
-  absl::Status RunLayer(const GpuLayerView& layer, int64_t index, int64_t n_tokens);
+  cuda::RopeParams RopeParamsFor() const;
+  // Whether one token's Q/K/V of `layer` (index `index`) take one launch with
+  // RoPE and the KV store (which also takes the attention norm's factor
+  // deferred, with DeferredNorms()).
+  bool QkvRopeFused(const GpuLayerView& layer, int64_t index, int64_t n) const;
+  // Whether the output product reads its norm's rounding with the factor deferred.
+  bool OutputNormDeferred(int64_t n) const;
+  // Whether gate/up of `layer` write the down product's input themselves.
+  bool SwiGluFused(const GpuLayerView& layer, int64_t n) const;
+  // `product`'s epilogue (x += product) rounds x for the RMSNorm with
+  // `norm_weight` (null: none) that the layer's next products read.
+  bool NormFusedAfter(const DeviceMatrix& product, const float* norm_weight, int64_t n) const;
+  // The weight of the RMSNorm after layer i of the resident layers, when the
+  // products that read it take a deferred factor (null otherwise).
+  const float* NormAfterLayer(size_t i, int64_t n) const;
+  // x += product(in), as MatMul; with `norm_weight`, the epilogue also
+  // rounds x for that RMSNorm (norm_ahead).
+  absl::Status ResidualProduct(const DeviceMatrix& product, const float* in, int64_t n,
+                               const float* norm_weight);
+  absl::Status RunLayer(const GpuLayerView& layer, int64_t index, int64_t n_tokens,
+                        const float* next_norm);
   absl::Status FeedForwardHalfMma(const GpuLayerView& layer, int64_t n);
   absl::Status FlushPendingX(int64_t n);
   absl::Status LogitsDevice(const float* rows, int64_t n_rows);
@@ -232,6 +275,9 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
   // lose what it holds.
   const int64_t half_rows = std::min(n, options.half_mma_max_tokens);
   if (half_rows > 0) RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(half_rows * widest) * 2));
+  RETURN_IF_ERROR(Ensure(q8_ff, cuda::Q8ActivationBytes(1, ff)));
+  RETURN_IF_ERROR(Ensure(q8_norm, cuda::Q8ActivationBytes(1, e)));
+  RETURN_IF_ERROR(Ensure(rms_sums, static_cast<size_t>(e / 32 + 1) * sizeof(double)));
   capacity = n;
   ++epoch;
   ForgetRounded();
@@ -239,8 +285,23 @@ absl::Status CudaStage::Impl::Reserve(int64_t n) {
 }
 
 absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64_t n,
-                                   const DeviceMatrix& next) {
+                                   const DeviceMatrix& next, bool deferred) {
   const int64_t e = config.n_embd;
+  const NormAhead ahead = std::exchange(norm_ahead, {});
+  if (deferred && DeferredNorms(n)) {
+    if (ahead.weight != weight || rows != x.as<float>()) {
+      cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8_norm.data(), 1, e);
+      CHORD_CUDA_RETURN(cuda::LaunchRmsNormRoundDeferred(rows, weight, e, q8, rms_sums.as<double>(),
+                                                         s(), options.overlap_launches));
+      q8.rms_sum_squares = rms_sums.as<double>();
+      q8.rms_eps = config.rms_eps;
+      rounded = {norm.as<float>(), n, e, Form::kQ8, q8};
+      return absl::OkStatus();
+    }
+    // A product's epilogue has rounded x for this norm already.
+    rounded = {norm.as<float>(), n, e, Form::kQ8, ahead.q8};
+    return absl::OkStatus();
+  }
   if (pending_x.count > 0 && rows == x.as<float>()) {
     if (HalfMma(next, n) && next.cols == e && e % 4 == 0) {
       // The residual sums, the norm and the product's input halves in one launch.
@@ -259,7 +320,7 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
     CHORD_CUDA_RETURN(cuda::LaunchRmsNormQuantize(rows, weight, e, static_cast<int>(n),
                                                   config.rms_eps, norm.as<float>(), q8, s(),
                                                   options.overlap_launches));
-    rounded = {norm.as<float>(), n, e};
+    rounded = {norm.as<float>(), n, e, Form::kQ8, q8};
     return absl::OkStatus();
   }
   if (HalfMma(next, n) && next.cols == e && e % 4 == 0) {
@@ -279,14 +340,14 @@ absl::Status CudaStage::Impl::Norm(const float* rows, const float* weight, int64
 
 absl::StatusOr<cuda::Q8Activations> CudaStage::Impl::RoundInput(const float* in, int64_t n,
                                                                 int64_t cols) {
-  const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
   if (rounded.in != in || rounded.n != n || rounded.cols != cols || rounded.form != Form::kQ8) {
+    const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, cols);
     RETURN_IF_ERROR(
         cuda::CudaStatus(cuda::LaunchQuantizeActivations(in, static_cast<int>(n), cols, q8, s()),
                          "LaunchQuantizeActivations"));
-    rounded = {in, n, cols, Form::kQ8};
+    rounded = {in, n, cols, Form::kQ8, q8};
   }
-  return q8;
+  return rounded.q8;
 }
 
 absl::StatusOr<const uint16_t*> CudaStage::Impl::HalvesInMmaOrder(const float* in, int64_t n,
@@ -515,6 +576,7 @@ absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
   RETURN_IF_ERROR(CheckIds(token_ids));
   const auto n = static_cast<int64_t>(token_ids.size());
   RETURN_IF_ERROR(Reserve(n));
+  norm_ahead = {};
   CHORD_CUDA_RETURN(cudaMemcpyAsync(ids.data(), token_ids.data(),
                                     token_ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice,
                                     s()));
@@ -539,20 +601,23 @@ absl::Status CudaStage::Impl::Replay(CapturedStep& step,
     }
     step.graph = std::move(*graph);
     step.epoch = epoch;
+    step.norm_ahead_after = norm_ahead;
   }
+  norm_ahead = step.norm_ahead_after;
   return step.graph.Launch(s());
 }
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
   pending_x = {nullptr, 0, 0};
+  norm_ahead = {};
   for (size_t i = 0; i < layers.size(); ++i) {
-    RETURN_IF_ERROR(RunLayer(layers[i].View(), static_cast<int64_t>(i), n));
+    RETURN_IF_ERROR(RunLayer(layers[i].View(), static_cast<int64_t>(i), n, NormAfterLayer(i, n)));
   }
   if (streamed != nullptr) {
     for (int64_t l = streamed->streamed().first; l < range.end; ++l) {
       absl::StatusOr<GpuLayerView> layer = streamed->Begin(l, s());
       absl::Status status = layer.status();
-      if (status.ok()) status = RunLayer(*layer, l - range.first, n);
+      if (status.ok()) status = RunLayer(*layer, l - range.first, n, nullptr);
       if (status.ok()) status = streamed->End(l, s());
       if (!status.ok()) {
         streamed->Reset(s());
@@ -572,22 +637,84 @@ absl::Status CudaStage::Impl::FlushPendingX(int64_t n) {
                           "LaunchAddPartialSums");
 }
 
+cuda::RopeParams CudaStage::Impl::RopeParamsFor() const {
+  return {static_cast<int>(config.n_head),
+          static_cast<int>(config.head_dim),
+          static_cast<int>(config.n_rot),
+          config.rope_freq_base,
+          config.rope_freq_scale,
+          config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
+}
+
+bool CudaStage::Impl::QkvRopeFused(const GpuLayerView& layer, int64_t index, int64_t n) const {
+  const DeviceMatrix wqkv[3] = {layer.wq, layer.wk, layer.wv};
+  return n == 1 && !options.exact && RoundsFor(layer.wq, n) && RoundsFor(layer.wk, n) &&
+         RoundsFor(layer.wv, n) &&
+         cuda::MatVecQ8QkvRopeSupports(wqkv, RopeParamsFor(), KvFor(index));
+}
+
+bool CudaStage::Impl::SwiGluFused(const GpuLayerView& layer, int64_t n) const {
+  return options.fused_swiglu && OneTokenInt8(n) && RoundsFor(layer.gate, n) &&
+         RoundsFor(layer.up, n) &&
+         RoundsFor(layer.down, n) && layer.gate.cols == config.n_embd &&
+         layer.gate.rows == config.n_ff && cuda::MatVecQ8GateUpSwiGluSupports(layer.gate, layer.up);
+}
+
+bool CudaStage::Impl::NormFusedAfter(const DeviceMatrix& product, const float* norm_weight,
+                                     int64_t n) const {
+  return norm_weight != nullptr && DeferredNorms(n) && RoundsFor(product, n) &&
+         product.rows == config.n_embd && cuda::MatVecQ8ResidualRmsRoundSupports(product);
+}
+
+bool CudaStage::Impl::OutputNormDeferred(int64_t n) const {
+  return DeferredNorms(n) && has_output_layer() && RoundsFor(output.view, n) &&
+         output.view.cols == config.n_embd && cuda::MatVecQ8ReadsDeferredRms({&output.view, 1});
+}
+
+const float* CudaStage::Impl::NormAfterLayer(size_t i, int64_t n) const {
+  if (!DeferredNorms(n)) return nullptr;
+  if (i + 1 < layers.size()) {
+    // The next layer's Q/K/V read it, in their one launch.
+    const GpuLayerView next = layers[i + 1].View();
+    return QkvRopeFused(next, static_cast<int64_t>(i + 1), n) ? next.attn_norm : nullptr;
+  }
+  // After the last layer: the output norm (LogitsDevice), where no streamed
+  // layer comes between.
+  return streamed == nullptr && OutputNormDeferred(n) ? output_norm.as<float>() : nullptr;
+}
+
+absl::Status CudaStage::Impl::ResidualProduct(const DeviceMatrix& product, const float* in,
+                                              int64_t n, const float* norm_weight) {
+  if (!NormFusedAfter(product, norm_weight, n)) {
+    return MatMul(product, in, n, x.as<float>(), true);
+  }
+  ASSIGN_OR_RETURN(cuda::Q8Activations q8, RoundInput(in, n, product.cols));
+  cuda::RmsRounding next;
+  next.weight = norm_weight;
+  next.out = cuda::Q8ActivationsIn(q8_norm.data(), 1, config.n_embd);
+  next.sum_squares = rms_sums.as<double>();
+  CHORD_CUDA_RETURN(cuda::LaunchMatVecQ8ResidualRmsRound(product, q8, x.as<float>(), next, s(),
+                                                         options.overlap_launches));
+  norm_ahead = {norm_weight, next.out};
+  norm_ahead.q8.rms_sum_squares = next.sum_squares;
+  norm_ahead.q8.rms_eps = config.rms_eps;
+  return absl::OkStatus();
+}
+
 // Layer `index` of the range (its KV cache) over the n rows of x.
-absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index, int64_t n) {
+// `next_norm`: the weight of the RMSNorm after the layer, when the layer's
+// last product may round x for it (NormAfterLayer).
+absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index, int64_t n,
+                                       const float* next_norm) {
   const auto nt = static_cast<int>(n);
   const auto* slots = tokens.as<cuda::TokenSlot>();
-  cuda::RopeParams rope{static_cast<int>(config.n_head),
-                        static_cast<int>(config.head_dim),
-                        static_cast<int>(config.n_rot),
-                        config.rope_freq_base,
-                        config.rope_freq_scale,
-                        config.has_rope_freq_factors ? rope_freq_factors.as<float>() : nullptr};
+  const cuda::RopeParams rope = RopeParamsFor();
   const cuda::AttentionParams attention = AttentionParamsFor();
-  RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq));
+  const bool qkv_fused = QkvRopeFused(layer, index, n);
+  RETURN_IF_ERROR(Norm(x.as<float>(), layer.attn_norm, n, layer.wq, qkv_fused));
   const cuda::KvLayer kv = KvFor(index);
   const DeviceMatrix wqkv[3] = {layer.wq, layer.wk, layer.wv};
-  if (n == 1 && !options.exact && RoundsFor(layer.wq, n) && RoundsFor(layer.wk, n) &&
-      RoundsFor(layer.wv, n) && cuda::MatVecQ8QkvRopeSupports(wqkv, rope, kv)) {
+  if (qkv_fused) {
     // One token: Q/K/V, RoPE and the KV store in one launch.
     ASSIGN_OR_RETURN(const cuda::Q8Activations q8, RoundInput(norm.as<float>(), n, layer.wq.cols));
     CHORD_CUDA_RETURN(cuda::LaunchMatVecQ8QkvRope(
@@ -614,7 +741,7 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, layer.wo.cols);
     CHORD_CUDA_RETURN(cuda::LaunchAttention(attention, kv, q.as<float>(), nt, slots,
                                             attn.as<float>(), s(), q8, options.overlap_launches));
-    rounded = {attn.as<float>(), n, layer.wo.cols};
+    rounded = {attn.as<float>(), n, layer.wo.cols, Form::kQ8, q8};
   } else if (HalfMma(layer.wo, n) && layer.wo.cols == config.n_embd && config.head_dim % 4 == 0) {
     // The attention output and its halves for the output product, in one launch.
     RETURN_IF_ERROR(Ensure(mma_x, static_cast<size_t>(n * layer.wo.cols) * 2));
@@ -627,8 +754,27 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
                                             attn.as<float>(), s(), {}, options.overlap_launches));
     ForgetRounded();
   }
-  RETURN_IF_ERROR(MatMul(layer.wo, attn.as<float>(), n, x.as<float>(), true));
-  RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate));
+  // The feed-forward norm is deferred where the gate/up launch applies its
+  // factor.
+  const bool swiglu_fused = SwiGluFused(layer, n);
+  const DeviceMatrix gate_up[2] = {layer.gate, layer.up};
+  const bool ffn_deferred = DeferredNorms(n) && RoundsFor(layer.gate, n) &&
+                            RoundsFor(layer.up, n) && layer.gate.cols == config.n_embd &&
+                            cuda::MatVecQ8ReadsDeferredRms(gate_up);
+  RETURN_IF_ERROR(
+      ResidualProduct(layer.wo, attn.as<float>(), n, ffn_deferred ? layer.ffn_norm : nullptr));
+  RETURN_IF_ERROR(Norm(x.as<float>(), layer.ffn_norm, n, layer.gate, ffn_deferred));
+  if (swiglu_fused) {
+    // Gate/up, SwiGLU and its rounding for the down product, in one launch.
+    ASSIGN_OR_RETURN(const cuda::Q8Activations in,
+                     RoundInput(norm.as<float>(), n, layer.gate.cols));
+    const cuda::Q8Activations out = cuda::Q8ActivationsIn(q8_ff.data(), 1, config.n_ff);
+    CHORD_CUDA_RETURN(cuda::LaunchMatVecQ8GateUpSwiGlu(layer.gate, layer.up, in, gate.as<float>(),
+                                                       up.as<float>(), out, s(),
+                                                       options.overlap_launches));
+    rounded = {gate.as<float>(), n, config.n_ff, Form::kQ8, out};
+    return ResidualProduct(layer.down, gate.as<float>(), n, next_norm);
+  }
   if (HalfMma(layer.gate, n) && HalfMma(layer.up, n) && HalfMma(layer.down, n) &&
       layer.gate.type == layer.up.type && layer.gate.cols == layer.up.cols &&
       config.n_ff % 4 == 0) {
@@ -641,12 +787,12 @@ absl::Status CudaStage::Impl::RunLayer(const GpuLayerView& layer, int64_t index,
     const cuda::Q8Activations q8 = cuda::Q8ActivationsIn(q8x.data(), n, config.n_ff);
     CHORD_CUDA_RETURN(cuda::LaunchSwiGluQuantize(gate.as<float>(), up.as<float>(), nt, config.n_ff,
                                                  q8, s(), options.overlap_launches));
-    rounded = {gate.as<float>(), n, config.n_ff};
+    rounded = {gate.as<float>(), n, config.n_ff, Form::kQ8, q8};
   } else {
     CHORD_CUDA_RETURN(cuda::LaunchSwiGlu(gate.as<float>(), up.as<float>(), n * config.n_ff, s()));
     ForgetRounded();
   }
-  return MatMul(layer.down, gate.as<float>(), n, x.as<float>(), true);
+  return ResidualProduct(layer.down, gate.as<float>(), n, next_norm);
 }
 
 // The feed-forward half of a layer on the half tensor-core path: gate and up
@@ -675,7 +821,8 @@ absl::Status CudaStage::Impl::FeedForwardHalfMma(const GpuLayerView& layer, int6
 }
 
 absl::Status CudaStage::Impl::LogitsDevice(const float* rows, int64_t n_rows) {
-  RETURN_IF_ERROR(Norm(rows, output_norm.as<float>(), n_rows, output.view));
+  RETURN_IF_ERROR(
+      Norm(rows, output_norm.as<float>(), n_rows, output.view, OutputNormDeferred(n_rows)));
   return MatMul(output.view, norm.as<float>(), n_rows, logits.as<float>(), false);
 }
 
@@ -773,6 +920,7 @@ absl::StatusOr<float*> CudaStage::DeviceRows(int64_t n_rows) {
   if (n_rows <= 0) return absl::InvalidArgumentError("DeviceRows: no rows");
   CHORD_CUDA_RETURN(cudaSetDevice(impl_->options.device));  // this thread may not have it current
   RETURN_IF_ERROR(impl_->Reserve(n_rows));
+  impl_->norm_ahead = {};  // the caller may write the rows
   return impl_->x.as<float>();
 }
 
@@ -789,6 +937,7 @@ absl::Status CudaStage::Logits(const float* x, int64_t n_rows, const LogitsReque
   RETURN_IF_ERROR(impl_->Reserve(n_rows));
   const size_t bytes = static_cast<size_t>(n_rows * impl_->config.n_embd) * sizeof(float);
   CHORD_CUDA_RETURN(cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
+  impl_->norm_ahead = {};  // x is the caller's now
   RETURN_IF_ERROR(impl_->LogitsDevice(impl_->x.as<float>(), n_rows));
   return impl_->CopyLogits(n_rows, out);
 }

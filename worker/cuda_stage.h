@@ -91,6 +91,17 @@ struct CudaStageOptions {
   // (programmatic dependent launch: the products' weights stream in
   // meanwhile); the same results either way.
   bool overlap_launches = true;
+  // One-token steps on the integer path (kernels/cuda/NOTES.md, v32):
+  // `fused_swiglu`: the gate/up product writes SwiGLU and its rounding for
+  // the down product as each 32-row group is done (the same bits as the
+  // separate launch). `deferred_norms`: an RMSNorm's input is rounded before
+  // its factor rather than after, and the products that read it apply the
+  // factor to their sums, so that the product before the norm (the attention
+  // output's, a down product of rows up to 4096 wide) rounds it in its
+  // epilogue; a rounding step may then fall apart from the other paths' in
+  // rare elements.
+  bool fused_swiglu = true;
+  bool deferred_norms = true;
   // Tests: the tensor-core kernel for every type it reads.
   bool mma_every_type = false;
   // Exact mode: every product takes the per-token matrix-vector kernels

@@ -39,6 +39,11 @@ __global__ void QuantizeActivationsKernel(const float* __restrict__ x, int64_t n
   RoundBlock(x[block * 32 + lane], lane, block, q, scale, half_sums);
 }
 
+// SwiGLU of one element, as LaunchSwiGlu computes it.
+__device__ __forceinline__ float SwiGluOf(float gate, float up) {
+  return (gate / (1.0f + expf(-gate))) * up;
+}
+
 // SwiGLU (gate = silu(gate) * up, as LaunchSwiGlu) and the rounding of the
 // result, one warp per 32-element block.
 __global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __restrict__ up,
@@ -50,8 +55,7 @@ __global__ void SwiGluQuantizeKernel(float* __restrict__ gate, const float* __re
   if (block >= n_blocks) return;
   const int lane = threadIdx.x % 32;
   const int64_t i = block * 32 + lane;
-  const float g = gate[i];
-  const float v = (g / (1.0f + expf(-g))) * up[i];
+  const float v = SwiGluOf(gate[i], up[i]);
   gate[i] = v;
   RoundBlock(v, lane, block, q, scale, half_sums);
 }
@@ -84,13 +88,62 @@ __global__ void __launch_bounds__(kNormThreads)
   RoundBlock(v, lane, blockIdx.x * blocks + b, q, scale, half_sums);
 }
 
+// One 32-element group of a row whose RMSNorm factor is deferred
+// (Q8Activations::rms_sum_squares), one element a lane: the rounding of
+// value * weight and the group's sum of squares. What
+// LaunchRmsNormRoundDeferred and the epilogue of
+// LaunchMatVecQ8ResidualRmsRound both write, so their bits agree.
+__device__ __forceinline__ void RoundNormGroup(float value, float weight, int lane, int64_t group,
+                                               int8_t* __restrict__ q, float* __restrict__ scale,
+                                               float* __restrict__ half_sums,
+                                               double* __restrict__ sum_squares) {
+  RoundBlock(value * weight, lane, group, q, scale, half_sums);
+  double squares = static_cast<double>(value) * value;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (lane == 0) sum_squares[group] = squares;
+}
+
+// One row, one warp per 32-element group.
+__global__ void RmsNormRoundDeferredKernel(const float* __restrict__ x,
+                                           const float* __restrict__ weight, int64_t n_blocks,
+                                           int8_t* __restrict__ q, float* __restrict__ scale,
+                                           float* __restrict__ half_sums,
+                                           double* __restrict__ sum_squares) {
+  LetNextKernelStart();
+  const int64_t block = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int64_t i = block * 32 + lane;
+  // The weight is never written by kernels: read before the wait (v30).
+  const float g = block < n_blocks ? weight[i] : 0.0f;
+  WaitForPreviousKernel();
+  if (block >= n_blocks) return;
+  RoundNormGroup(x[i], g, lane, block, q, scale, half_sums, sum_squares);
+}
+
 // Where a warp's lanes find their activations: row b of the rounded x.
 struct RoundedX {
   const int8_t* __restrict__ q;
   const float* __restrict__ scale;
   const float* __restrict__ half_sums;
   int64_t cols;
+  // Q8Activations::rms_sum_squares and rms_eps (one token).
+  const double* __restrict__ rms_sum_squares;
+  float rms_eps;
 };
+
+// The factor a row's sum takes: the deferred RMSNorm factor of x
+// (Q8Activations::rms_sum_squares), the same bits in every lane and every
+// warp (a fixed order of sums), or 1.
+__device__ __forceinline__ float RowSumFactor(const RoundedX& x, int lane) {
+  if (x.rms_sum_squares == nullptr) return 1.0f;
+  double sum = 0.0;
+  for (int64_t g = lane; g < x.cols / 32; g += 32) sum += x.rms_sum_squares[g];
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  return static_cast<float>(1.0 / sqrt(sum / static_cast<double>(x.cols) + x.rms_eps));
+}
 
 // Where a unit's weight bytes are read from: global memory through the
 // read-only path, or the shared memory a staged kernel copied them into.
@@ -538,13 +591,16 @@ __device__ __forceinline__ void LoadStagedActs(const RoundedX& x, int first, int
   }
 }
 
-// StagedRows below is a warp's part of it: rows row, row + warps, ... of the
-// group through its ring of S buffers of `slot_bytes` (at least the group's
-// row_bytes), each row's sum handed to `store` (RowStore: y).
+// StagedRows below is a warp's part of it: rows warp, warp + warps, ... of
+// the group (or, for a store that takes rows in pairs, the pairs 2 warp and
+// 2 warp + 1, then 2 (warp + warps) and the next, ...) through its ring of S
+// buffers of `slot_bytes` (at least the group's row_bytes), each row's sum
+// handed to `store` (RowStore: y).
 struct RowStore {
+  static constexpr bool kPairs = false;
   bool accumulate;
   // Every lane holds the row's sum; lane 0 writes it.
-  __device__ void operator()(const GroupRow& out, float sum, int lane, int /*parity*/) const {
+  __device__ void operator()(const GroupRow& out, float sum, int lane) const {
     if (lane == 0) {
       float* y = out.y + out.row;
       *y = accumulate ? *y + sum : sum;
@@ -554,15 +610,24 @@ struct RowStore {
 
 template <uint32_t kType, int UPL, int S, typename Store>
 __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX& x,
-                                           const Store& store, int64_t row, int64_t warps,
+                                           const Store& store, int64_t warp, int64_t warps,
                                            uint8_t* ring, int slot_bytes) {
   using U = Unit<kType>;
   const int lane = static_cast<int>(threadIdx.x % 32);
-  if (row >= group.total_rows) return;
+  // The warp's k-th row (pairs need an even number of rows in every member).
+  const auto row_of = [&](int64_t k) {
+    if constexpr (Store::kPairs) {
+      return 2 * (warp + (k >> 1) * warps) + (k & 1);
+    } else {
+      return warp + k * warps;
+    }
+  };
+  if (row_of(0) >= group.total_rows) return;
   const auto row_bytes = static_cast<int>(group.row_bytes);
-  // Row r into buffer b; a group is committed even without a row, so that
-  // "all but the newest S - 1 groups" is always this row's.
-  const auto copy_row = [&](int64_t r, int b) {
+  // The k-th row into buffer b; a group is committed even without a row, so
+  // that "all but the newest S - 1 groups" is always this row's.
+  const auto copy_row = [&](int64_t k, int b) {
+    const int64_t r = row_of(k);
     if (r < group.total_rows) {
       const uint8_t* source = Locate(group, r).weights;
       uint8_t* target = ring + b * slot_bytes;
@@ -571,22 +636,50 @@ __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX
     CommitCopies();
   };
 #pragma unroll
-  for (int s = 0; s < S - 1; ++s) copy_row(row + s * warps, s);
+  for (int s = 0; s < S - 1; ++s) copy_row(s, s);
   LetNextKernelStart();
   WaitForPreviousKernel();
   const int units = static_cast<int>(x.cols / U::kElements);
   typename U::Acts acts[UPL];
   LoadStagedActs<U, UPL>(x, 0, units, lane, acts);
-  for (int b = 0, parity = 0; row < group.total_rows;
-       row += warps, b = b + 1 == S ? 0 : b + 1, parity ^= 1) {
-    copy_row(row + (S - 1) * warps, b == 0 ? S - 1 : b - 1);
+  const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
+  float first_of_pair = 0.0f;
+  int b = 0;
+  for (int64_t k = 0; row_of(k) < group.total_rows; ++k, b = b + 1 == S ? 0 : b + 1) {
+    copy_row(k + S - 1, b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
-    const float sum = StagedRowSum<U, UPL>(ring + b * slot_bytes, acts, units, lane);
-    store(Locate(group, row), sum, lane, parity);
+    const float sum = StagedRowSum<U, UPL>(ring + b * slot_bytes, acts, units, lane) * factor;
+    if constexpr (Store::kPairs) {
+      if (k & 1) {
+        store(Locate(group, row_of(k - 1)), first_of_pair, Locate(group, row_of(k)), sum, lane);
+      } else {
+        first_of_pair = sum;
+      }
+    } else {
+      store(Locate(group, row_of(k)), sum, lane);
+    }
     __syncwarp();  // the buffer is refilled next
   }
 }
+
+// A store for rows whose members are numbered `offset` further on.
+template <typename Store>
+struct MembersAfter {
+  static constexpr bool kPairs = Store::kPairs;
+  const Store& store;
+  int offset;
+  __device__ void operator()(GroupRow out, float sum, int lane) const {
+    out.member += offset;
+    store(out, sum, lane);
+  }
+  __device__ void operator()(GroupRow first, float first_sum, GroupRow second, float second_sum,
+                             int lane) const {
+    first.member += offset;
+    second.member += offset;
+    store(first, first_sum, second, second_sum, lane);
+  }
+};
 
 template <uint32_t kType, int UPL, int S, typename Store>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
@@ -617,33 +710,27 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   if (global < warps_a) {
     StagedRows<kTypeA, UPLA, S>(a, x, store, global, warps_a, ring, slot_bytes);
   } else {
-    const auto store_b = [&](GroupRow out, float sum, int lane, int parity) {
-      out.member += a.count;
-      store(out, sum, lane, parity);
-    };
-    StagedRows<kTypeB, UPLB, S>(b, x, store_b, global - warps_a, warps - warps_a, ring, slot_bytes);
+    StagedRows<kTypeB, UPLB, S>(b, x, MembersAfter<Store>{store, a.count}, global - warps_a,
+                                warps - warps_a, ring, slot_bytes);
   }
 }
 
 // One token's Q, K and V (a group of those three matrices, in that order)
 // and what LaunchRopeStoreKv then does with them, as the products' epilogue:
-// the warps of a block take consecutive rows, so warps 2i and 2i + 1 hold the
-// two elements of a RoPE pair; the odd one hands its sum over in shared memory
-// and the even one rotates the pair (Q, K) and stores it (K and V into the
-// cache). The same function of the same sums as that launch: the same bits.
+// each warp takes its rows in pairs (StagedRows), the two elements of a RoPE
+// pair, rotates them (Q, K) and stores them (K and V into the cache). The
+// same function of the same sums as that launch: the same bits. (Pairs
+// split over two warps met at a two-warp named barrier: three barriers a
+// block held the launch to 4 blocks an SM.)
 struct QkvRopeStore {
+  static constexpr bool kPairs = true;
   MatVecQ8QkvRope out;
   float theta_scale;
-  __device__ void operator()(const GroupRow& row, float sum, int lane, int parity) const {
-    __shared__ float odd_sums[kWarpsPerBlock / 2][2];
-    const int warp = static_cast<int>(threadIdx.x / 32);
-    const int pair_of_warps = warp / 2;
-    if (warp % 2 == 1 && lane == 0) odd_sums[pair_of_warps][parity] = sum;
-    // The two warps alone (barrier 0 is the block's).
-    asm volatile("bar.sync %0, 64;" ::"r"(1 + pair_of_warps) : "memory");
-    if (warp % 2 == 1 || lane != 0) return;
+  __device__ void operator()(const GroupRow& row, float sum, const GroupRow& /*next*/,
+                             float next_sum, int lane) const {
+    if (lane != 0) return;
     // As LaunchRopeStoreKv reads its input: 0 + the product's sum.
-    float2 value = make_float2(0.0f + sum, 0.0f + odd_sums[pair_of_warps][parity]);
+    float2 value = make_float2(0.0f + sum, 0.0f + next_sum);
     const int64_t at = row.row;  // even
     const TokenSlot token = out.tokens[0];
     const int head_dim = out.rope.head_dim;
@@ -657,6 +744,134 @@ struct QkvRopeStore {
                                  out.cache.n_embd_kv +
                              at;
     StoreCachePair(out.cache, row.member == 1 ? out.cache.keys : out.cache.values, cache_at, value);
+  }
+};
+
+// A warp's place in MatVecQ8GroupedKernel's sequence of rows: group g, and
+// in it the member matrix and the warp's sub-row (rows sub * W + warp of the
+// group). Advanced by counting, not by dividing a row index (64-bit
+// divisions in the loop measured as slow as the loads they schedule).
+struct GroupedCursor {
+  int64_t g;
+  int member, sub;
+  __device__ void Advance(int members, int subs, int64_t group_stride) {
+    if (++member < members) return;
+    member = 0;
+    if (++sub < subs) return;
+    sub = 0;
+    g += group_stride;
+  }
+};
+
+// One token over matrices whose outputs an epilogue needs 32 rows at a time
+// (SwiGLU's rounding, the next norm's): each block takes whole 32-row groups
+// (group g, g + gridDim.x, ...), and its W warps take the group's rows of
+// every member matrix (warp w: rows w, w + W, ... of the group), streaming
+// them through a ring of S shared-memory buffers as MatVecQ8StagedKernel
+// does, the next rows' copies in flight across groups. A row's sum is the
+// staged kernel's (the same bits). When a group's rows are all done (a block
+// barrier), the first warp hands their sums to `finish`, one row a lane: the
+// rows meet in shared memory, with no counters in global memory and no
+// kernel boundary before the epilogue's work.
+template <uint32_t kType, int UPL, int W, int S, typename Finish>
+__global__ void __launch_bounds__(W * 32)
+    MatVecQ8GroupedKernel(RowGroup group, int64_t groups, RoundedX x, Finish finish) {
+  static_assert(32 % W == 0);
+  using U = Unit<kType>;
+  constexpr int kSubs = 32 / W;  // rows of each member a warp takes in a group
+  extern __shared__ __align__(16) uint8_t staged[];
+  // The group's sums, two sets so that the warps may start the next group's
+  // before the first warp has read this one's.
+  __shared__ float sums[2][kMaxGroup][32];
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const auto row_bytes = static_cast<int>(group.row_bytes);
+  uint8_t* ring = staged + static_cast<size_t>(warp) * S * row_bytes;
+  const int members = group.count;
+  const auto row_at = [&](const GroupedCursor& c) {
+    // The member's first row by selects, never an index into the parameters
+    // (Locate says why).
+    const int64_t first = c.member == 0 ? 0 : c.member == 1 ? group.end[0] : group.end[1];
+    return first + 32 * c.g + c.sub * W + warp;
+  };
+  GroupedCursor ahead{blockIdx.x, 0, 0};
+  const auto copy_next = [&](int b) {
+    if (ahead.g < groups) {
+      const uint8_t* source = Locate(group, row_at(ahead)).weights;
+      uint8_t* target = ring + b * row_bytes;
+      for (int c = lane * 16; c < row_bytes; c += 32 * 16) CopyAsync16(target + c, source + c);
+      ahead.Advance(members, kSubs, gridDim.x);
+    }
+    CommitCopies();
+  };
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) copy_next(s);
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  const int units = static_cast<int>(x.cols / U::kElements);
+  typename U::Acts acts[UPL];
+  LoadStagedActs<U, UPL>(x, 0, units, lane, acts);
+  const float factor = RowSumFactor(x, lane);
+  typename Finish::Ahead prepared{};
+  int set = 0, b = 0;
+  for (GroupedCursor at{blockIdx.x, 0, 0}; at.g < groups; at.Advance(members, kSubs, gridDim.x)) {
+    if (warp == 0 && at.member == 0 && at.sub == 0) prepared = finish.Prepare(at.g, lane);
+    copy_next(b == 0 ? S - 1 : b - 1);
+    WaitForCopiesBut<S - 1>();
+    __syncwarp();
+    const float sum = StagedRowSum<U, UPL>(ring + b * row_bytes, acts, units, lane);
+    if (lane == 0) sums[set][at.member][at.sub * W + warp] = sum * factor;
+    if (at.member == members - 1 && at.sub == kSubs - 1) {
+      __syncthreads();
+      if (warp == 0) finish(at.g, sums[set], prepared, lane);
+      set ^= 1;
+    }
+    __syncwarp();  // the buffer is refilled next
+    b = b + 1 == S ? 0 : b + 1;
+  }
+}
+
+// Gate (member 0) and up (member 1), then for each 32-row group what
+// SwiGluQuantizeKernel writes from them (LaunchMatVecQ8GateUpSwiGlu).
+struct SwiGluFinish {
+  float* gate;
+  float* up;
+  int8_t* q;
+  float* scale;
+  float* half_sums;
+  struct Ahead {};
+  __device__ Ahead Prepare(int64_t /*group*/, int /*lane*/) const { return {}; }
+  __device__ void operator()(int64_t group, const float (&sums)[kMaxGroup][32], Ahead /*ahead*/,
+                             int lane) const {
+    const int64_t i = group * 32 + lane;
+    const float v = SwiGluOf(sums[0][lane], sums[1][lane]);
+    gate[i] = v;
+    up[i] = sums[1][lane];
+    RoundBlock(v, lane, group, q, scale, half_sums);
+  }
+};
+
+// y += the product (the residual add), then for each 32-row group the
+// rounding of y * weight and y's sums of squares
+// (LaunchMatVecQ8ResidualRmsRound).
+struct ResidualRmsFinish {
+  float* y;
+  const float* weight;
+  int8_t* q;
+  float* scale;
+  float* half_sums;
+  double* sum_squares;
+  // The group's residual and weight, loaded as its rows start.
+  struct Ahead {
+    float y, weight;
+  };
+  __device__ Ahead Prepare(int64_t group, int lane) const {
+    return {y[group * 32 + lane], weight[group * 32 + lane]};
+  }
+  __device__ void operator()(int64_t group, const float (&sums)[kMaxGroup][32], Ahead ahead,
+                             int lane) const {
+    const float value = ahead.y + sums[0][lane];
+    y[group * 32 + lane] = value;
+    RoundNormGroup(value, ahead.weight, lane, group, q, scale, half_sums, sum_squares);
   }
 };
 
@@ -736,6 +951,7 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
   WaitForPreviousKernel();
   typename U::Acts acts[UPL];
   LoadStagedActs<U, UPL>(x, first_block * kUnitsPerBlock, units, lane, acts);
+  const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
   for (int b = 0, set = 0; row < m.rows; row += gridDim.x, b = b + 1 == S ? 0 : b + 1, set ^= 1) {
     copy_row(row + (S - 1) * static_cast<int64_t>(gridDim.x), b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
@@ -748,6 +964,7 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
     if (threadIdx.x == 0) {
       float total = sums[set * kMaxSplits];
       for (int s = 1; s < splits; ++s) total += sums[set * kMaxSplits + s];
+      total *= factor;
       m.y[row] = accumulate ? m.y[row] + total : total;
     }
     __syncwarp();  // the buffer is refilled next
@@ -782,8 +999,12 @@ RowGroup MakeRowGroup(std::span<const DeviceMatrix> w, int64_t first, std::span<
 }
 
 RoundedX RoundedFrom(const Q8Activations& x, int64_t first, int64_t cols) {
-  return {x.q + first * cols, x.scale + first * (cols / 32), x.half_sums + first * (cols / 16),
-          cols};
+  return {x.q + first * cols,
+          x.scale + first * (cols / 32),
+          x.half_sums + first * (cols / 16),
+          cols,
+          x.rms_sum_squares,
+          x.rms_eps};
 }
 
 template <uint32_t kType, int B, int R>
@@ -1000,12 +1221,8 @@ cudaError_t LaunchStagedMixedAs(const RowGroup& a, const RowGroup& b, const Roun
   const int64_t warps = blocks * kWarpsPerBlock;
   const double bytes_a = static_cast<double>(a.total_rows) * static_cast<double>(a.row_bytes);
   const double bytes_b = static_cast<double>(b.total_rows) * static_cast<double>(b.row_bytes);
-  // Even, so that both warps of every pair in a block take the same group
-  // (QkvRopeStore).
-  const int64_t warps_a = std::clamp<int64_t>(std::llround(static_cast<double>(warps) * bytes_a /
-                                                           (bytes_a + bytes_b) / 2),
-                                              1, warps / 2 - 1) *
-                          2;
+  const int64_t warps_a = std::clamp<int64_t>(
+      std::llround(static_cast<double>(warps) * bytes_a / (bytes_a + bytes_b)), 1, warps - 1);
   return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
                              dim3(kWarpsPerBlock * 32), shared, stream, a, b, warps_a, slot_bytes,
                              x, store);
@@ -1056,6 +1273,61 @@ cudaError_t LaunchStagedGroup(std::span<const DeviceMatrix> w, size_t split, con
   return with.template operator()<kQ8_0, kQ6_K>();
 }
 
+// Ring buffers a warp of MatVecQ8GroupedKernel has: two rows in flight
+// while one is multiplied.
+constexpr int kGroupedStages = 3;
+
+// MatVecQ8GroupedKernel over `group` (32-row groups of every member) with
+// blocks of 16 warps or of 8, whichever keeps more warps at work: a block of
+// 16 takes a whole SM at these kernels' registers, so few groups (llama2-7b's
+// attention output product, 4096 rows: 128) run on 16-warp blocks and many
+// (its gate/up, 11008 rows: 344) on 8-warp ones, three an SM.
+template <uint32_t kType, int UPL, typename Finish>
+cudaError_t LaunchGroupedAs(const RowGroup& group, const RoundedX& x, const Finish& finish,
+                            bool overlap_previous, cudaStream_t stream) {
+  const int64_t groups = group.rows[0] / 32;
+  const auto shared = [&](int warps) {
+    return static_cast<size_t>(warps) * kGroupedStages * group.row_bytes;
+  };
+  const auto wide = MatVecQ8GroupedKernel<kType, UPL, 16, kGroupedStages, Finish>;
+  const auto narrow = MatVecQ8GroupedKernel<kType, UPL, 8, kGroupedStages, Finish>;
+  int64_t wide_blocks = 0, narrow_blocks = 0;
+  cudaError_t error = ResidentGrid(wide, 16 * 32, shared(16), 0, groups, &wide_blocks);
+  if (error != cudaSuccess) return error;
+  error = ResidentGrid(narrow, 8 * 32, shared(8), 0, groups, &narrow_blocks);
+  if (error != cudaSuccess) return error;
+  if (wide_blocks * 16 >= narrow_blocks * 8) {
+    return LaunchAfterPrevious(overlap_previous, wide, dim3(static_cast<unsigned>(wide_blocks)),
+                               dim3(16 * 32), shared(16), stream, group, groups, x, finish);
+  }
+  return LaunchAfterPrevious(overlap_previous, narrow, dim3(static_cast<unsigned>(narrow_blocks)),
+                             dim3(8 * 32), shared(8), stream, group, groups, x, finish);
+}
+
+// One token over matrices of one type, width and height (a multiple of 32
+// rows that the staged kernel reads), through MatVecQ8GroupedKernel.
+template <typename Finish>
+cudaError_t LaunchGrouped(std::span<const DeviceMatrix> w, std::span<float* const> y,
+                          const Q8Activations& x, const Finish& finish, bool overlap_previous,
+                          cudaStream_t stream) {
+  const RowGroup group = MakeRowGroup(w, 0, y);
+  const RoundedX rx = RoundedFrom(x, 0, w[0].cols);
+  const auto with = [&]<uint32_t kType>() {
+    using U = StagedUnits<kType>;
+    return LaunchGroupedAs<U::kUnit, U::kPerLane>(group, rx, finish, overlap_previous, stream);
+  };
+  if (w[0].type == kQ4_K) return with.template operator()<kQ4_K>();
+  if (w[0].type == kQ6_K) return with.template operator()<kQ6_K>();
+  return with.template operator()<kQ8_0>();
+}
+
+// True where a one-token launch over one type's matrices `w` (the default
+// shape) takes the split or the staged kernel, the two that apply a deferred
+// RMSNorm factor (RowSumFactor).
+bool OneTypeReadsDeferredRms(std::span<const DeviceMatrix> w) {
+  return (w.size() == 1 && SplitsFor(w[0].cols) > 0) || Staged(w);
+}
+
 cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x, int n_tokens,
                         std::span<float* const> y, bool accumulate, bool overlap_previous,
                         MatVecQ8Shape shape, cudaStream_t stream) {
@@ -1075,6 +1347,11 @@ cudaError_t LaunchGroup(std::span<const DeviceMatrix> w, const Q8Activations& x,
         m.type != w[i < split ? 0 : split].type) {
       return cudaErrorInvalidValue;
     }
+  }
+  if (x.rms_sum_squares != nullptr &&
+      (n_tokens != 1 || shape.batch_invariant || shape.stages != 0 || shape.rows_per_warp != 0 ||
+       !MatVecQ8ReadsDeferredRms(w))) {
+    return cudaErrorInvalidValue;
   }
   cudaError_t error = cudaSuccess;
   if (split < w.size()) {
@@ -1149,6 +1426,17 @@ cudaError_t LaunchRmsNormQuantize(const float* x, const float* weight, int64_t n
                              stream, x, weight, n, eps, y, out.q, out.scale, out.half_sums);
 }
 
+cudaError_t LaunchRmsNormRoundDeferred(const float* x, const float* weight, int64_t n,
+                                       Q8Activations out, double* sum_squares, cudaStream_t stream,
+                                       bool overlap_previous) {
+  if (n <= 0 || n % 32 != 0 || sum_squares == nullptr) return cudaErrorInvalidValue;
+  const int64_t n_blocks = n / 32;
+  const auto grid = static_cast<unsigned>((n_blocks + kRoundWarps - 1) / kRoundWarps);
+  return LaunchAfterPrevious(overlap_previous, RmsNormRoundDeferredKernel, dim3(grid),
+                             dim3(kRoundWarps * 32), 0, stream, x, weight, n_blocks, out.q,
+                             out.scale, out.half_sums, sum_squares);
+}
+
 cudaError_t LaunchSwiGluQuantize(float* gate, const float* up, int n_tokens, int64_t cols,
                                  Q8Activations out, cudaStream_t stream, bool overlap_previous) {
   if (n_tokens <= 0 || cols <= 0 || cols % 32 != 0) return cudaErrorInvalidValue;
@@ -1183,6 +1471,60 @@ cudaError_t LaunchMatVecQ8Shaped(const DeviceMatrix& w, const Q8Activations& x, 
                                  float* y, MatVecQ8Shape shape, cudaStream_t stream) {
   return LaunchGroup({&w, 1}, x, n_tokens, {&y, 1}, /*accumulate=*/false,
                      /*overlap_previous=*/false, shape, stream);
+}
+
+bool MatVecQ8ReadsDeferredRms(std::span<const DeviceMatrix> w) {
+  if (w.empty()) return false;
+  for (const DeviceMatrix& m : w) {
+    if (!MatVecQ8Supports(m.type, m.cols) || m.cols != w[0].cols) return false;
+  }
+  size_t split = 1;
+  while (split < w.size() && w[split].type == w[0].type) ++split;
+  for (size_t i = split; i < w.size(); ++i) {
+    if (w[i].type != w[split].type) return false;
+  }
+  return OneTypeReadsDeferredRms(w.first(split)) &&
+         (split == w.size() || OneTypeReadsDeferredRms(w.subspan(split)));
+}
+
+bool MatVecQ8ResidualRmsRoundSupports(const DeviceMatrix& w) {
+  return MatVecQ8Supports(w.type, w.cols) && w.rows > 0 && w.rows % 32 == 0 && Staged({&w, 1});
+}
+
+cudaError_t LaunchMatVecQ8ResidualRmsRound(const DeviceMatrix& w, const Q8Activations& x, float* y,
+                                           const RmsRounding& next, cudaStream_t stream,
+                                           bool overlap_previous) {
+  if (!MatVecQ8ResidualRmsRoundSupports(w) || y == nullptr || next.weight == nullptr ||
+      next.out.q == nullptr || next.out.scale == nullptr || next.out.half_sums == nullptr ||
+      next.sum_squares == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  float* const ys[1] = {y};
+  const ResidualRmsFinish finish{
+      y, next.weight, next.out.q, next.out.scale, next.out.half_sums, next.sum_squares};
+  const cudaError_t error = LaunchGrouped({&w, 1}, ys, x, finish, overlap_previous, stream);
+  return error != cudaSuccess ? error : cudaGetLastError();
+}
+
+bool MatVecQ8GateUpSwiGluSupports(const DeviceMatrix& gate, const DeviceMatrix& up) {
+  const DeviceMatrix pair[2] = {gate, up};
+  return MatVecQ8Supports(gate.type, gate.cols) && up.type == gate.type && up.cols == gate.cols &&
+         up.rows == gate.rows && gate.rows > 0 && gate.rows % 32 == 0 && Staged(pair);
+}
+
+cudaError_t LaunchMatVecQ8GateUpSwiGlu(const DeviceMatrix& gate, const DeviceMatrix& up,
+                                       const Q8Activations& x, float* gate_out, float* up_out,
+                                       const Q8Activations& out, cudaStream_t stream,
+                                       bool overlap_previous) {
+  if (!MatVecQ8GateUpSwiGluSupports(gate, up) || gate_out == nullptr || up_out == nullptr ||
+      out.q == nullptr || out.scale == nullptr || out.half_sums == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const DeviceMatrix pair[2] = {gate, up};
+  float* const y[2] = {gate_out, up_out};
+  const SwiGluFinish finish{gate_out, up_out, out.q, out.scale, out.half_sums};
+  const cudaError_t error = LaunchGrouped(pair, y, x, finish, overlap_previous, stream);
+  return error != cudaSuccess ? error : cudaGetLastError();
 }
 
 bool MatVecQ8QkvRopeSupports(std::span<const DeviceMatrix> wqkv, const RopeParams& rope,

@@ -28,6 +28,14 @@ struct Q8Activations {
   int8_t* q = nullptr;         // n_tokens * cols
   float* scale = nullptr;      // n_tokens * cols / 32: the value of one step of q
   float* half_sums = nullptr;  // n_tokens * cols / 16: scale * sum of the half's q
+  // One token whose RMSNorm factor is still to be applied (what
+  // LaunchMatVecQ8ResidualRmsRound leaves): the activations are
+  // 1 / sqrt(sum(rms_sum_squares) / cols + rms_eps) times the rounded values,
+  // rms_sum_squares holding the sums of squares of the normed row's cols / 32
+  // blocks. The products multiply each row's sum by that factor. Null: the
+  // rounded values are the activations.
+  const double* rms_sum_squares = nullptr;
+  float rms_eps = 0.0f;
 };
 
 // Bytes of a buffer holding n_tokens x cols (cols a multiple of 32).
@@ -105,6 +113,49 @@ bool MatVecQ8QkvRopeSupports(std::span<const DeviceMatrix> wqkv, const RopeParam
 cudaError_t LaunchMatVecQ8QkvRope(std::span<const DeviceMatrix> wqkv, const Q8Activations& x,
                                   const MatVecQ8QkvRope& out, cudaStream_t stream,
                                   bool overlap_previous = false);
+
+// One-token products whose epilogue does the next kernel's work, so that a
+// layer at batch 1 has dependent launches fewer (kernels/cuda/NOTES.md, v32):
+// each block takes whole 32-row groups of the outputs and finishes each group
+// once its rows are done.
+//
+// True where one-token launches over `w` (as one group, or one matrix) read
+// activations whose RMSNorm factor is deferred (Q8Activations::rms_sum_squares):
+// the staged and split one-token kernels. Other launches given such
+// activations fail with cudaErrorInvalidValue.
+bool MatVecQ8ReadsDeferredRms(std::span<const DeviceMatrix> w);
+
+// The rounding of the next RMSNorm's input, written by a product's epilogue.
+struct RmsRounding {
+  const float* weight = nullptr;  // the norm's weight (one per output row)
+  Q8Activations out;              // the rounding of y * weight, per 32 rows
+  double* sum_squares = nullptr;  // y's sum of squares per 32 rows
+};
+// y += w x for one token (the residual add), and then for each 32-row group
+// of y the rounding of y * weight and y's sum of squares: `next.out` with
+// rms_sum_squares = next.sum_squares is what the products after an RMSNorm of
+// y read (LaunchRmsNormQuantize's rounding of the normed row, with the norm's
+// factor applied to their sums instead). Rows a multiple of 32, of up to
+// 4096 columns (read as MatVecQ8StagedKernel reads them; the same y).
+bool MatVecQ8ResidualRmsRoundSupports(const DeviceMatrix& w);
+// The same rounding and sums of squares for a row of n (a multiple of 32)
+// that is already there, in a launch of its own: the bits of the epilogue.
+cudaError_t LaunchRmsNormRoundDeferred(const float* x, const float* weight, int64_t n,
+                                       Q8Activations out, double* sum_squares, cudaStream_t stream,
+                                       bool overlap_previous = false);
+cudaError_t LaunchMatVecQ8ResidualRmsRound(const DeviceMatrix& w, const Q8Activations& x, float* y,
+                                           const RmsRounding& next, cudaStream_t stream,
+                                           bool overlap_previous = false);
+
+// One token's gate and up products (one type, width and height, rows a
+// multiple of 32) and, as each 32-row group of both is done, what
+// LaunchSwiGluQuantize then writes: gate = silu(gate) * up and its rounding
+// into `out`, the same bits as LaunchMatVecQ8Group then LaunchSwiGluQuantize.
+bool MatVecQ8GateUpSwiGluSupports(const DeviceMatrix& gate, const DeviceMatrix& up);
+cudaError_t LaunchMatVecQ8GateUpSwiGlu(const DeviceMatrix& gate, const DeviceMatrix& up,
+                                       const Q8Activations& x, float* gate_out, float* up_out,
+                                       const Q8Activations& out, cudaStream_t stream,
+                                       bool overlap_previous = false);
 
 // How a launch lays the rows over warps and blocks (for benchmarks and
 // tests; 0 = the tuned default). Every choice of rows_per_warp, blocks_per_sm

@@ -392,6 +392,194 @@ TEST_F(MatVecQ8Test, QkvWithRopeWritesWhatTheGroupThenRopeStoreKvWrite) {
 // arithmetic does not depend on the launch's shape. One-token rows wider than
 // 4096 staged (split over a block's warps) have bits of their own, the same
 // for every staged shape.
+// The gate/up launch with SwiGLU in its epilogue writes what the group then
+// LaunchSwiGluQuantize write, bit for bit (on 8- and 16-warp blocks: many
+// groups and few), and the same again when launched twice.
+TEST_F(MatVecQ8Test, GateUpWithSwiGluWritesWhatTheGroupThenSwiGluQuantizeWrite) {
+  struct Case {
+    DType type;
+    int64_t rows, cols;
+    bool overlap;
+  };
+  for (const Case& c : std::vector<Case>{{DType::kQ4_K, 1024, 4096, true},
+                                         {DType::kQ4_K, 8480, 512, false},
+                                         {DType::kQ6_K, 512, 4096, true},
+                                         {DType::kQ8_0, 256, 1024, false}}) {
+    const TestMatrix gate = MakeMatrix(c.type, c.rows, c.cols, 1001);
+    const TestMatrix up = MakeMatrix(c.type, c.rows, c.cols, 1002);
+    ASSERT_TRUE(MatVecQ8GateUpSwiGluSupports(gate.view, up.view));
+    const RoundedOnDevice x = RoundRandom(1, c.cols, 1003);
+    const auto n = static_cast<size_t>(c.rows);
+    DeviceBuffer fg = Poisoned<float>(n), fu = Poisoned<float>(n), pg = Poisoned<float>(n),
+                 pu = Poisoned<float>(n);
+    DeviceBuffer fused_q = Poisoned<uint8_t>(Q8ActivationBytes(1, c.rows));
+    DeviceBuffer plain_q = Poisoned<uint8_t>(Q8ActivationBytes(1, c.rows));
+    const Q8Activations fused = Q8ActivationsIn(fused_q.data(), 1, c.rows);
+    const Q8Activations plain = Q8ActivationsIn(plain_q.data(), 1, c.rows);
+    const DeviceMatrix pair[2] = {gate.view, up.view};
+    float* outs[2] = {pg.as<float>(), pu.as<float>()};
+    ASSERT_EQ(LaunchMatVecQ8Group(pair, x.a, 1, outs, nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchSwiGluQuantize(pg.as<float>(), pu.as<float>(), 1, c.rows, plain, nullptr),
+              cudaSuccess);
+    const std::string label = std::string(DTypeName(c.type)) + " cols=" + std::to_string(c.cols);
+    for (int launch = 0; launch < 2; ++launch) {
+      ASSERT_EQ(LaunchMatVecQ8GateUpSwiGlu(gate.view, up.view, x.a, fg.as<float>(), fu.as<float>(),
+                                           fused, nullptr, c.overlap),
+                cudaSuccess);
+      EXPECT_EQ(ToHost<float>(fg, n), ToHost<float>(pg, n)) << label;
+      EXPECT_EQ(ToHost<float>(fu, n), ToHost<float>(pu, n)) << label;
+      ExpectSameRounding(fused, plain, n);
+    }
+  }
+  const TestMatrix gate = MakeMatrix(DType::kQ4_K, 48, 256, 1004);  // not whole 32-row groups
+  const TestMatrix up6 = MakeMatrix(DType::kQ6_K, 64, 256, 1005);
+  const TestMatrix up4 = MakeMatrix(DType::kQ4_K, 64, 256, 1006);
+  EXPECT_FALSE(MatVecQ8GateUpSwiGluSupports(gate.view, gate.view));
+  EXPECT_FALSE(MatVecQ8GateUpSwiGluSupports(up4.view, up6.view));
+  const RoundedOnDevice x = RoundRandom(1, 256, 1007);
+  DeviceBuffer y = Poisoned<float>(64);
+  EXPECT_EQ(LaunchMatVecQ8GateUpSwiGlu(up4.view, up6.view, x.a, y.as<float>(), y.as<float>(), x.a,
+                                       nullptr),
+            cudaErrorInvalidValue);
+}
+
+// The deferred RMSNorm factor as the products compute it (RowSumFactor):
+// each of 32 lanes adds the sums of squares g = lane, lane + 32, ... in
+// order, then the lanes' sums meet pairwise (offsets 16, 8, 4, 2, 1).
+float HostRowSumFactor(const std::vector<double>& sums, int64_t cols, float eps) {
+  std::vector<double> lane(32, 0.0);
+  for (size_t l = 0; l < 32; ++l) {
+    for (size_t g = l; g < sums.size(); g += 32) lane[l] += sums[g];
+  }
+  for (size_t offset = 16; offset > 0; offset /= 2) {
+    std::vector<double> next(32);
+    for (size_t l = 0; l < 32; ++l) next[l] = lane[l] + lane[l ^ offset];
+    lane = next;
+  }
+  return static_cast<float>(1.0 / std::sqrt(lane[0] / static_cast<double>(cols) + eps));
+}
+
+// y += w x with the next norm's rounding in the epilogue: the same y as an
+// accumulating LaunchMatVecQ8, the rounding of y * weight as
+// LaunchQuantizeActivations writes it, y's sums of squares per 32 rows.
+TEST_F(MatVecQ8Test, ResidualWithRmsRoundingWritesTheSumAndTheNextNormsRounding) {
+  struct Case {
+    DType type;
+    int64_t rows, cols;
+    bool overlap;
+  };
+  for (const Case& c : std::vector<Case>{{DType::kQ4_K, 2048, 4096, true},
+                                         {DType::kQ4_K, 512, 2048, false},
+                                         {DType::kQ6_K, 256, 4096, false},
+                                         {DType::kQ8_0, 128, 512, true}}) {
+    const TestMatrix w = MakeMatrix(c.type, c.rows, c.cols, 1011);
+    ASSERT_TRUE(MatVecQ8ResidualRmsRoundSupports(w.view));
+    const RoundedOnDevice x = RoundRandom(1, c.cols, 1012);
+    const auto n = static_cast<size_t>(c.rows);
+    const std::vector<float> residual = RandomFloats(n, 1013, 2.0f);
+    const std::vector<float> weight = RandomFloats(n, 1014);
+    DeviceBuffer fy = ToDevice(residual), py = ToDevice(residual), dw = ToDevice(weight);
+    DeviceBuffer sums = Poisoned<double>(n / 32);
+    DeviceBuffer fused_q = Poisoned<uint8_t>(Q8ActivationBytes(1, c.rows));
+    RmsRounding next;
+    next.weight = dw.as<float>();
+    next.out = Q8ActivationsIn(fused_q.data(), 1, c.rows);
+    next.sum_squares = sums.as<double>();
+    ASSERT_EQ(LaunchMatVecQ8ResidualRmsRound(w.view, x.a, fy.as<float>(), next, nullptr, c.overlap),
+              cudaSuccess);
+    // The standalone launch writes the same rounding and sums of y.
+    DeviceBuffer alone_q = Poisoned<uint8_t>(Q8ActivationBytes(1, c.rows));
+    DeviceBuffer alone_sums = Poisoned<double>(n / 32);
+    const Q8Activations alone = Q8ActivationsIn(alone_q.data(), 1, c.rows);
+    ASSERT_EQ(LaunchRmsNormRoundDeferred(fy.as<float>(), dw.as<float>(), c.rows, alone,
+                                         alone_sums.as<double>(), nullptr, c.overlap),
+              cudaSuccess);
+    ExpectSameRounding(next.out, alone, n);
+    EXPECT_EQ(ToHost<double>(alone_sums, n / 32), ToHost<double>(sums, n / 32));
+    ASSERT_EQ(LaunchMatVecQ8(w.view, x.a, 1, py.as<float>(), /*accumulate=*/true, nullptr),
+              cudaSuccess);
+    const std::string label = std::string(DTypeName(c.type)) + " cols=" + std::to_string(c.cols);
+    const std::vector<float> y = ToHost<float>(py, n);
+    EXPECT_EQ(ToHost<float>(fy, n), y) << label;
+    EXPECT_NE(y, residual) << label;
+    std::vector<float> normed(n);
+    for (size_t i = 0; i < n; ++i) normed[i] = y[i] * weight[i];
+    DeviceBuffer dnormed = ToDevice(normed);
+    DeviceBuffer plain_q = Poisoned<uint8_t>(Q8ActivationBytes(1, c.rows));
+    const Q8Activations plain = Q8ActivationsIn(plain_q.data(), 1, c.rows);
+    ASSERT_EQ(LaunchQuantizeActivations(dnormed.as<float>(), 1, c.rows, plain, nullptr),
+              cudaSuccess);
+    ExpectSameRounding(next.out, plain, n);
+    const std::vector<double> got = ToHost<double>(sums, n / 32);
+    for (size_t g = 0; g < n / 32; ++g) {
+      double want = 0.0;
+      for (size_t i = 0; i < 32; ++i) want += static_cast<double>(y[g * 32 + i]) * y[g * 32 + i];
+      EXPECT_NEAR(got[g], want, 1e-12 * want) << label << " group " << g;
+    }
+  }
+  const TestMatrix odd = MakeMatrix(DType::kQ4_K, 48, 256, 1016);
+  const TestMatrix wide = MakeMatrix(DType::kQ4_K, 64, 8192, 1017);  // read by the split kernel
+  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(odd.view));
+  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(wide.view));
+}
+
+// Activations with a deferred RMSNorm factor: each row's sum is the factor
+// (computed as HostRowSumFactor) times the sum without it, for the staged
+// kernel (one type, and Q/K/V of two types in one launch) and the split one;
+// launches that would not apply it refuse it.
+TEST_F(MatVecQ8Test, ADeferredRmsFactorScalesEachRowsSum) {
+  const float eps = 1e-5f;
+  struct Case {
+    std::vector<DType> types;
+    int64_t cols;
+  };
+  for (const Case& c : std::vector<Case>{{{DType::kQ4_K}, 4096},
+                                         {{DType::kQ6_K}, 8192},
+                                         {{DType::kQ8_0}, 11008},
+                                         {{DType::kQ4_K, DType::kQ4_K, DType::kQ6_K}, 2048}}) {
+    std::vector<TestMatrix> matrices;
+    std::vector<DeviceMatrix> views;
+    for (size_t m = 0; m < c.types.size(); ++m) {
+      matrices.push_back(MakeMatrix(c.types[m], 64, c.cols, 1021 + static_cast<uint32_t>(m)));
+      views.push_back(matrices.back().view);
+    }
+    ASSERT_TRUE(MatVecQ8ReadsDeferredRms(views));
+    const RoundedOnDevice x = RoundRandom(1, c.cols, 1025);
+    std::vector<double> sums(static_cast<size_t>(c.cols / 32));
+    const std::vector<float> noise = RandomFloats(sums.size(), 1026, 4.0f);
+    for (size_t g = 0; g < sums.size(); ++g)
+      sums[g] = 0.5 + std::abs(static_cast<double>(noise[g]));
+    DeviceBuffer dsums = ToDevice(sums);
+    Q8Activations deferred = x.a;
+    deferred.rms_sum_squares = dsums.as<double>();
+    deferred.rms_eps = eps;
+    const size_t rows = 64 * views.size();
+    DeviceBuffer with = Poisoned<float>(rows), without = Poisoned<float>(rows);
+    std::vector<float*> with_outs, without_outs;
+    for (size_t m = 0; m < views.size(); ++m) {
+      with_outs.push_back(with.as<float>() + 64 * m);
+      without_outs.push_back(without.as<float>() + 64 * m);
+    }
+    ASSERT_EQ(LaunchMatVecQ8Group(views, deferred, 1, with_outs, nullptr), cudaSuccess);
+    ASSERT_EQ(LaunchMatVecQ8Group(views, x.a, 1, without_outs, nullptr), cudaSuccess);
+    const float factor = HostRowSumFactor(sums, c.cols, eps);
+    std::vector<float> want = ToHost<float>(without, rows);
+    for (float& v : want) v *= factor;
+    EXPECT_EQ(ToHost<float>(with, rows), want) << c.cols;
+    EXPECT_EQ(LaunchMatVecQ8Group(views, deferred, 1, with_outs, nullptr, false,
+                                  /*batch_invariant=*/true),
+              cudaErrorInvalidValue);
+  }
+  const RoundedOnDevice two = RoundRandom(2, 256, 1027);
+  DeviceBuffer dsums = ToDevice(std::vector<double>(16, 1.0));
+  Q8Activations deferred = two.a;
+  deferred.rms_sum_squares = dsums.as<double>();
+  const TestMatrix m = MakeMatrix(DType::kQ4_K, 32, 256, 1028);
+  DeviceBuffer y = Poisoned<float>(64);
+  EXPECT_EQ(LaunchMatVecQ8(m.view, deferred, 2, y.as<float>(), false, nullptr),
+            cudaErrorInvalidValue);
+}
+
 TEST_P(MatVecQ8TypeTest, LaunchShapesDoNotChangeTheBits) {
   const DType type = GetParam();
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{
