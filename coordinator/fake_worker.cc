@@ -121,6 +121,8 @@ void FakeWorker::OnControl(const wire::pb::Envelope& envelope) {
     }
     wire::pb::Envelope ready;
     ready.mutable_stage_ready()->set_plan_version(assign.plan_version());
+    ready.mutable_stage_ready()->set_first_stage_linked(!assign.first_data_endpoint().empty() &&
+                                                        options_.reaches_first_stage);
     (void)wire::Send(control_, ready);
   } else if (envelope.has_free_slots()) {
     FreeSlots(envelope.free_slots());

@@ -51,6 +51,9 @@ struct FakeWorkerOptions {
   std::shared_ptr<std::atomic<int>> in_flight, max_in_flight;
   // Shared by the stages of one pipeline (a worker alone makes its own).
   std::shared_ptr<AnsweredSteps> answered;
+  // As the last of several stages, reports its link to stage 0 up
+  // (StageReady.first_stage_linked): the answered steps above stand for it.
+  bool reaches_first_stage = true;
 };
 
 class FakeWorker {

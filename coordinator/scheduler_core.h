@@ -74,8 +74,9 @@ class SchedulerCore {
   void Admit();
   void LaunchSteps();
   bool LaunchOneStep();
-  // Whether steps are chained (SchedulerOptions::chain_steps).
-  bool Chaining() const { return options_.chain_steps; }
+  // Whether steps are chained (SchedulerOptions::chain_steps, where the last
+  // stage's tokens reach stage 0).
+  bool Chaining() const { return options_.chain_steps && pool_.tokens_reach_first_stage(); }
   // The step out that a chained step goes behind: the earliest launched one
   // with no chained step behind it yet and a Chainable sequence; 0 if none.
   uint64_t StepToChainBehind() const;

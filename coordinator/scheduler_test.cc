@@ -232,6 +232,37 @@ TEST_F(SchedulerTest, StepsCarryTheirTokensWhenNotChained) {
   }
 }
 
+// Two stages whose last cannot reach stage 0's data port (its StageReady
+// says so): the tokens could never come to stage 0, so no step is chained;
+// with the link up, steps are.
+TEST_F(SchedulerTest, StepsAreChainedOnlyWhereTheLastStageReachesStageZero) {
+  for (const bool reaches : {false, true}) {
+    SCOPED_TRACE(reaches ? "link up" : "no link");
+    FakeWorkerOptions stages;
+    stages.step_delay = std::chrono::milliseconds(1);
+    stages.reaches_first_stage = reaches;
+    StartServing(2, stages);
+    auto stream = scheduler_->Submit(Request("a", {1, 300, 301}, 6));
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    Collected got = Collect(**stream);
+    ASSERT_TRUE(got.status.ok()) << got.status;
+    EXPECT_EQ(got.tokens, Expected(3, 6));
+    int chained = 0;
+    for (const wire::pb::StepHeader& step : workers_[0]->steps()) {
+      EXPECT_EQ(step.tokens_to_first_stage(), reaches);
+      chained += step.follows_step_id() != 0 ? 1 : 0;
+    }
+    if (reaches) {
+      EXPECT_GT(chained, 0);
+    } else {
+      EXPECT_EQ(chained, 0);
+    }
+    scheduler_.reset();
+    workers_.clear();
+    answered_ = std::make_shared<AnsweredSteps>();
+  }
+}
+
 TEST_F(SchedulerTest, AStopTokenLeavesOneChainedStepWhoseTokenIsDropped) {
   FakeWorkerOptions eos;
   eos.eos_after = 5;  // the token sampled at position 5 (the fourth) ends the stream
@@ -403,7 +434,7 @@ TEST_F(SchedulerTest, TwoStagesSplitTheRunningSequencesIntoTwoMicroBatches) {
   FakeWorker& first = workers_[0]->assignments().back().stage_index() == 0 ? *workers_[0] : *workers_[1];
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int i = 0; i < 4; ++i) {
-    auto stream = scheduler_->Submit(Request("r" + std::to_string(i), {1, static_cast<TokenId>(300 + i)}, 8));
+    auto stream = scheduler_->Submit(Request(absl::StrCat("r", i), {1, static_cast<TokenId>(300 + i)}, 8));
     ASSERT_TRUE(stream.ok());
     streams.push_back(*stream);
   }

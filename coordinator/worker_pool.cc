@@ -149,10 +149,15 @@ void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::Stage
     return;
   }
   it->second.ready = true;
+  it->second.first_stage_linked = ready.first_stage_linked();
   log::Info("worker %s ready for plan %d (%d weight bytes)%s", identity, plan_version_, ready.weight_bytes(),
             it->second.nccl.ranks == 0 ? ""
             : ready.nccl_linked()      ? ", NCCL linked"
                                        : ", NCCL not linked: its GPU neighbours use ZeroMQ");
+  if (n_stages_ > 1 && it->second.stage_index == n_stages_ - 1 && !ready.first_stage_linked()) {
+    log::Warn("worker %s (the last stage) cannot reach stage 0's data port %s: steps are not chained", identity,
+              stage0_endpoint_);
+  }
 }
 
 void WorkerPool::OnNcclUniqueId(const std::string& identity, const wire::pb::NcclUniqueId& id,
@@ -307,6 +312,14 @@ bool WorkerPool::serving() const {
     ++ready_stages;
   }
   return ready_stages == n_stages_;
+}
+
+bool WorkerPool::tokens_reach_first_stage() const {
+  if (n_stages_ <= 1) return true;
+  for (const auto& [identity, worker] : workers_) {
+    if (worker.stage_index == n_stages_ - 1) return worker.alive && worker.ready && worker.first_stage_linked;
+  }
+  return false;
 }
 
 bool WorkerPool::Lose(const std::string& identity, Worker& worker, const char* why) {

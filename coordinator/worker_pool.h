@@ -57,6 +57,9 @@ class WorkerPool {
 
   // Every stage of the current plan is held by a live, ready worker.
   bool serving() const;
+  // The last stage's sampled tokens reach stage 0 (one stage, or the last of
+  // several reported its link to stage 0 up): steps may be chained.
+  bool tokens_reach_first_stage() const;
   // OK while the current plan can still become (or stay) serving: every stage
   // is held by a live worker and none failed to load. UNAVAILABLE, saying why,
   // when no plan was made yet or no live worker can take the layers.
@@ -84,6 +87,7 @@ class WorkerPool {
     int end_layer = 0;
     int stage_index = -1;
     NcclPlace nccl;  // its place in an NCCL group of the current plan
+    bool first_stage_linked = false;  // StageReady.first_stage_linked
     Clock::time_point last_seen;
   };
 

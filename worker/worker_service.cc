@@ -7,6 +7,7 @@
 #include "common/base/log.h"
 #include "common/base/status.h"
 #include "common/model/model_config.h"
+#include "common/wire/handshake.h"
 #include "common/wire/poll.h"
 #include "worker/fetched_tensors.h"
 #include "worker/models/llama.h"
@@ -394,6 +395,7 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   reported_cache_stats_ = {};
   next_.reset();
   first_.reset();
+  first_linked_ = false;
   held_.clear();
   released_ahead_.Clear();
   sampled_.clear();
@@ -496,8 +498,16 @@ void WorkerService::FinishLoad() {
   SendStageReady(loaded.assignment.plan_version(), status);
 }
 
+// How long the last of several stages waits for its link to stage 0 before
+// it reports the stage ready (StageReady.first_stage_linked): a handshake
+// takes milliseconds where the port is reachable; the wait holds this
+// worker's control traffic, so it stays well under the coordinator's worker
+// timeout.
+constexpr std::chrono::milliseconds kFirstStageLinkWait{1000};
+
 absl::Status WorkerService::ConnectData(const std::string& endpoint, const std::string& public_key,
-                                        const char* peer, std::optional<zmq::socket_t>* socket) {
+                                        const char* peer, std::optional<zmq::socket_t>* socket,
+                                        bool* linked) {
   try {
     socket->emplace(context_, zmq::socket_type::push);
     (*socket)->set(zmq::sockopt::linger, 0);
@@ -509,7 +519,11 @@ absl::Status WorkerService::ConnectData(const std::string& endpoint, const std::
       return absl::InvalidArgumentError(
           absl::StrCat("cannot secure the link to ", peer, ": ", secured.message()));
     }
-    (*socket)->connect(endpoint);
+    if (linked != nullptr) {
+      *linked = wire::ConnectAndAwaitHandshake(context_, **socket, endpoint, kFirstStageLinkWait);
+    } else {
+      (*socket)->connect(endpoint);
+    }
   } catch (const zmq::error_t& error) {
     socket->reset();
     return absl::InvalidArgumentError(
@@ -524,9 +538,16 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
     RETURN_IF_ERROR(
         ConnectData(a.next_data_endpoint(), a.next_data_public_key(), "the next stage", &next_));
   } else if (!a.first_data_endpoint().empty()) {
-    // The last of several stages: sampled tokens also go to stage 0, for chained steps.
-    RETURN_IF_ERROR(
-        ConnectData(a.first_data_endpoint(), a.first_data_public_key(), "stage 0", &first_));
+    // The last of several stages: sampled tokens also go to stage 0, for
+    // chained steps, which the coordinator sends only if this link is up.
+    RETURN_IF_ERROR(ConnectData(a.first_data_endpoint(), a.first_data_public_key(), "stage 0",
+                                &first_, &first_linked_));
+    if (!first_linked_) {
+      log::Warn(
+          "worker %s: no handshake with stage 0's data port %s within %d ms: steps will not be "
+          "chained (this worker must reach it)",
+          options_.worker_id, a.first_data_endpoint(), kFirstStageLinkWait.count());
+    }
   }
   executor_ = std::move(executor);
   executor_->set_between_layers([this] { ServiceControlDuringStep(); });
@@ -547,6 +568,7 @@ void WorkerService::SendStageReady(uint64_t plan_version, const absl::Status& st
     ready->set_weight_bytes(executor_->weight_bytes());
     ready->set_kv_cache_bytes(executor_->kv_cache_bytes());
     ready->set_nccl_linked(executor_->link() != nullptr);
+    ready->set_first_stage_linked(first_.has_value() && first_linked_);
   }
   SendControl(envelope);
 }

@@ -160,8 +160,11 @@ class WorkerService {
   absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
                             std::unique_ptr<StageExecutor> executor);
   // A PUSH socket to another stage's data endpoint (`peer` names it in errors).
+  // With `linked`: waits up to kFirstStageLinkWait for the link's handshake
+  // and says whether it came.
   absl::Status ConnectData(const std::string& endpoint, const std::string& public_key,
-                           const char* peer, std::optional<zmq::socket_t>* socket);
+                           const char* peer, std::optional<zmq::socket_t>* socket,
+                           bool* linked = nullptr);
   void SendStageReady(uint64_t plan_version, const absl::Status& status);
   // Runs while a step waits for weights: answers heartbeats, keeps every
   // other control message for after the step.
@@ -246,6 +249,7 @@ class WorkerService {
   // count on those KV pages, here and at the later stages).
   wire::pb::FreeSlots released_ahead_;
   std::optional<zmq::socket_t> first_;           // the last of several stages: PUSH to stage 0
+  bool first_linked_ = false;                    // first_ completed its handshake in time
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.

@@ -147,7 +147,8 @@ class WorkerServiceTest : public ::testing::Test {
     EXPECT_EQ(reg.identity, id);
     EXPECT_EQ(reg.envelope.register_worker().worker_id(), id);
     EXPECT_GT(reg.envelope.register_worker().weight_bytes_per_second(), 0.0);
-    EXPECT_FALSE(reg.envelope.register_worker().nccl());  // CPU workers pass activations over ZeroMQ
+    EXPECT_FALSE(
+        reg.envelope.register_worker().nccl());  // CPU workers pass activations over ZeroMQ
     pb::Envelope ok;
     ok.mutable_register_reply();
     SendTo(id, ok);
@@ -421,8 +422,7 @@ TEST_F(WorkerServiceTest, DropsAStepThatArrivesAfterItsDeadline) {
   late.mutable_step()->set_deadline_unix_micros(wire::UnixMicrosNow() - 250000);
   ASSERT_TRUE(wire::Send(push, late).ok());
   const wire::Message dropped = Expect(pb::Envelope::kStepResult);
-  ExpectStepError(dropped, 2, absl::StatusCode::kDeadlineExceeded, "w0",
-                  "step 2 arrived");
+  ExpectStepError(dropped, 2, absl::StatusCode::kDeadlineExceeded, "w0", "step 2 arrived");
   EXPECT_THAT(dropped.envelope.step_result().status().message(), HasSubstr("after its deadline"));
   EXPECT_EQ(dropped.envelope.step_result().plan_version(), 4u);
 
@@ -499,7 +499,10 @@ TEST_F(WorkerServiceTest, TwoStagesRunChainedStepsOnTheLastStagesTokens) {
   Assign("w0", 3, 0, 2, w1_data);
   Assign("w1", 3, 2, 5, "", w0_data);
   for (int i = 0; i < 2; ++i) {
-    ASSERT_EQ(Expect(pb::Envelope::kStageReady).envelope.stage_ready().status().code(), 0);
+    const wire::Message ready = Expect(pb::Envelope::kStageReady);
+    ASSERT_EQ(ready.envelope.stage_ready().status().code(), 0);
+    // The last stage's link to stage 0 is up (the coordinator chains on that).
+    EXPECT_EQ(ready.envelope.stage_ready().first_stage_linked(), ready.identity == "w1");
   }
   zmq::socket_t push(context_, zmq::socket_type::push);
   push.set(zmq::sockopt::linger, 0);
@@ -525,6 +528,42 @@ TEST_F(WorkerServiceTest, TwoStagesRunChainedStepsOnTheLastStagesTokens) {
     ASSERT_EQ(r.tokens_size(), 1);
     EXPECT_EQ(static_cast<int32_t>(r.tokens(0).token_id()), a.generated[id - 20]);
   }
+}
+
+// A last stage that cannot reach stage 0's data port says so in its
+// StageReady (after a bounded wait), and still serves unchained steps.
+TEST_F(WorkerServiceTest, ALastStageThatCannotReachStageZeroSaysSo) {
+  Start(Options("w0"));
+  const std::string w0_data = Register("w0");
+  Start(Options("w1"));
+  const std::string w1_data = Register("w1");
+  // A loopback port nothing listens on (bound in a context of its own, whose
+  // end waits until the port is let go).
+  std::string dead;
+  {
+    zmq::context_t context;
+    zmq::socket_t probe(context, zmq::socket_type::pull);
+    probe.set(zmq::sockopt::linger, 0);
+    probe.bind("tcp://127.0.0.1:*");
+    dead = probe.get(zmq::sockopt::last_endpoint);
+  }
+  Assign("w0", 4, 0, 2, w1_data);
+  Assign("w1", 4, 2, 5, "", dead);
+  for (int i = 0; i < 2; ++i) {
+    const wire::Message ready = Expect(pb::Envelope::kStageReady);
+    ASSERT_EQ(ready.envelope.stage_ready().status().code(), 0);
+    EXPECT_FALSE(ready.envelope.stage_ready().first_stage_linked()) << ready.identity;
+  }
+  Sequence a{1, {1, 403, 261, 300, 12}, Greedy(), {}, {}};
+  GenerateLocally(*file_, 1, &a);
+  zmq::socket_t push(context_, zmq::socket_type::push);
+  push.set(zmq::sockopt::linger, 0);
+  push.connect(w0_data);
+  ASSERT_TRUE(wire::Send(push, Step(4, 30, {&a}, {a.prompt}, {0})).ok());
+  const wire::Message m = Expect(pb::Envelope::kStepResult);
+  ASSERT_EQ(m.envelope.step_result().status().code(), 0);
+  ASSERT_EQ(m.envelope.step_result().tokens_size(), 1);
+  EXPECT_EQ(static_cast<int32_t>(m.envelope.step_result().tokens(0).token_id()), a.generated[0]);
 }
 
 TEST_F(WorkerServiceTest, RefusesARangeBeyondItsBudgetAndServesAsASpare) {
