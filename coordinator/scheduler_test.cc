@@ -330,12 +330,18 @@ TEST_F(SchedulerTest, LongPromptsArePrefilledInChunks) {
 TEST_F(SchedulerTest, NoStepHoldsMoreTokensThanAStageTakes) {
   options_.prefill_chunk = static_cast<int>(wire::kMaxStepTokens);
   options_.pool.n_ctx = 3000;
-  StartServing();
+  // One step out at a time, each taking a while: the prompts submitted while
+  // the first runs share the next (however the submissions and the first
+  // launch interleave).
+  options_.chain_steps = false;
+  FakeWorkerOptions slow;
+  slow.step_delay = std::chrono::milliseconds(50);
+  StartServing(1, slow);
   std::vector<std::shared_ptr<RequestStream>> streams;
   for (int r = 0; r < 3; ++r) {
     std::vector<TokenId> prompt = {1};
     for (int i = 1; i < 2000; ++i) prompt.push_back(static_cast<TokenId>(300 + (i * 7 + r) % 200));
-    auto stream = scheduler_->Submit(Request("r" + std::to_string(r), prompt, 2));
+    auto stream = scheduler_->Submit(Request(absl::StrCat("r", r), prompt, 2));
     ASSERT_TRUE(stream.ok());
     streams.push_back(*stream);
   }

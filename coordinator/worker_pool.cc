@@ -148,6 +148,14 @@ void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::Stage
     plan_error_ = "worker " + identity + " failed to load its layers: " + ready.status().message();
     return;
   }
+  if (it->second.ready) {
+    // Again, from the last stage: its link to stage 0 came up after it was ready.
+    if (ready.first_stage_linked() && !it->second.first_stage_linked) {
+      log::Info("worker %s (the last stage) reaches stage 0's data port now: steps are chained", identity);
+    }
+    it->second.first_stage_linked = ready.first_stage_linked();
+    return;
+  }
   it->second.ready = true;
   it->second.first_stage_linked = ready.first_stage_linked();
   log::Info("worker %s ready for plan %d (%d weight bytes)%s", identity, plan_version_, ready.weight_bytes(),
@@ -155,8 +163,8 @@ void WorkerPool::OnStageReady(const std::string& identity, const wire::pb::Stage
             : ready.nccl_linked()      ? ", NCCL linked"
                                        : ", NCCL not linked: its GPU neighbours use ZeroMQ");
   if (n_stages_ > 1 && it->second.stage_index == n_stages_ - 1 && !ready.first_stage_linked()) {
-    log::Warn("worker %s (the last stage) cannot reach stage 0's data port %s: steps are not chained", identity,
-              stage0_endpoint_);
+    log::Warn("worker %s (the last stage) does not reach stage 0's data port %s (yet): steps are not chained",
+              identity, stage0_endpoint_);
   }
 }
 

@@ -394,6 +394,7 @@ void WorkerService::HandleAssign(const pb::AssignLayers& a) {
   executor_.reset();
   reported_cache_stats_ = {};
   next_.reset();
+  first_watch_.reset();  // before the socket it watches
   first_.reset();
   first_linked_ = false;
   held_.clear();
@@ -500,14 +501,13 @@ void WorkerService::FinishLoad() {
 
 // How long the last of several stages waits for its link to stage 0 before
 // it reports the stage ready (StageReady.first_stage_linked): a handshake
-// takes milliseconds where the port is reachable; the wait holds this
-// worker's control traffic, so it stays well under the coordinator's worker
-// timeout.
-constexpr std::chrono::milliseconds kFirstStageLinkWait{1000};
+// takes a few milliseconds where the port is reachable. Later, the loop
+// reports it when it comes (WatchFirstStageLink).
+constexpr std::chrono::milliseconds kFirstStageLinkWait{100};
 
 absl::Status WorkerService::ConnectData(const std::string& endpoint, const std::string& public_key,
                                         const char* peer, std::optional<zmq::socket_t>* socket,
-                                        bool* linked) {
+                                        std::optional<wire::HandshakeWatch>* watch) {
   try {
     socket->emplace(context_, zmq::socket_type::push);
     (*socket)->set(zmq::sockopt::linger, 0);
@@ -519,12 +519,10 @@ absl::Status WorkerService::ConnectData(const std::string& endpoint, const std::
       return absl::InvalidArgumentError(
           absl::StrCat("cannot secure the link to ", peer, ": ", secured.message()));
     }
-    if (linked != nullptr) {
-      *linked = wire::ConnectAndAwaitHandshake(context_, **socket, endpoint, kFirstStageLinkWait);
-    } else {
-      (*socket)->connect(endpoint);
-    }
+    if (watch != nullptr) watch->emplace(context_, **socket);
+    (*socket)->connect(endpoint);
   } catch (const zmq::error_t& error) {
+    if (watch != nullptr) watch->reset();
     socket->reset();
     return absl::InvalidArgumentError(
         absl::StrCat("cannot connect to ", peer, " at ", endpoint, ": ", error.what()));
@@ -541,12 +539,15 @@ absl::Status WorkerService::InstallStage(const pb::AssignLayers& a,
     // The last of several stages: sampled tokens also go to stage 0, for
     // chained steps, which the coordinator sends only if this link is up.
     RETURN_IF_ERROR(ConnectData(a.first_data_endpoint(), a.first_data_public_key(), "stage 0",
-                                &first_, &first_linked_));
-    if (!first_linked_) {
+                                &first_, &first_watch_));
+    first_linked_ = first_watch_->Linked(kFirstStageLinkWait);
+    if (first_linked_) {
+      first_watch_.reset();
+    } else {
       log::Warn(
-          "worker %s: no handshake with stage 0's data port %s within %d ms: steps will not be "
-          "chained (this worker must reach it)",
-          options_.worker_id, a.first_data_endpoint(), kFirstStageLinkWait.count());
+          "worker %s: no handshake with stage 0's data port %s yet: steps are not chained until "
+          "there is (this worker must reach it)",
+          options_.worker_id, a.first_data_endpoint());
     }
   }
   executor_ = std::move(executor);
@@ -571,6 +572,14 @@ void WorkerService::SendStageReady(uint64_t plan_version, const absl::Status& st
     ready->set_first_stage_linked(first_.has_value() && first_linked_);
   }
   SendControl(envelope);
+}
+
+void WorkerService::WatchFirstStageLink() {
+  if (!first_watch_.has_value() || executor_ == nullptr || !first_watch_->Linked()) return;
+  first_watch_.reset();
+  first_linked_ = true;
+  log::Info("worker %s: plan %d: the link to stage 0 is up", options_.worker_id, plan_version_);
+  SendStageReady(plan_version_, absl::OkStatus());
 }
 
 void WorkerService::SendStepError(uint64_t plan_version, uint64_t step_id,
@@ -867,6 +876,7 @@ absl::Status WorkerService::Run() {
       }
       if (!held_.empty()) RunHeldSteps();  // their deadlines
       FinishLoad();
+      WatchFirstStageLink();
       KeepLink();
     } catch (const zmq::error_t& error) {
       if (error.num() == EINTR) continue;  // a signal; the loop condition decides

@@ -35,6 +35,7 @@
 #include "absl/status/statusor.h"
 #include "common/metrics/chord_metrics.h"
 #include "common/wire/curve.h"
+#include "common/wire/handshake.h"
 #include "common/wire/wire.h"
 #include "kernels/cpu/thread_pool.h"
 #include "loader/client/loader_client.h"
@@ -159,12 +160,15 @@ class WorkerService {
   void FinishLoad();
   absl::Status InstallStage(const wire::pb::AssignLayers& assignment,
                             std::unique_ptr<StageExecutor> executor);
-  // A PUSH socket to another stage's data endpoint (`peer` names it in errors).
-  // With `linked`: waits up to kFirstStageLinkWait for the link's handshake
-  // and says whether it came.
+  // A PUSH socket to another stage's data endpoint (`peer` names it in errors),
+  // watched for its handshake by `watch` when given.
   absl::Status ConnectData(const std::string& endpoint, const std::string& public_key,
                            const char* peer, std::optional<zmq::socket_t>* socket,
-                           bool* linked = nullptr);
+                           std::optional<wire::HandshakeWatch>* watch = nullptr);
+  // The last of several stages: once its link to stage 0 completes its
+  // handshake, says so to the coordinator (StageReady again), which then
+  // chains steps.
+  void WatchFirstStageLink();
   void SendStageReady(uint64_t plan_version, const absl::Status& status);
   // Runs while a step waits for weights: answers heartbeats, keeps every
   // other control message for after the step.
@@ -248,8 +252,10 @@ class WorkerService {
   // with the next step that runs here instead (the steps after a held one may
   // count on those KV pages, here and at the later stages).
   wire::pb::FreeSlots released_ahead_;
-  std::optional<zmq::socket_t> first_;           // the last of several stages: PUSH to stage 0
-  bool first_linked_ = false;                    // first_ completed its handshake in time
+  std::optional<zmq::socket_t> first_;  // the last of several stages: PUSH to stage 0
+  std::optional<wire::HandshakeWatch>
+      first_watch_;            // first_ until its handshake (before first_ closes)
+  bool first_linked_ = false;  // first_ completed its handshake
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.

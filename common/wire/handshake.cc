@@ -1,8 +1,10 @@
 #include "common/wire/handshake.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
@@ -17,42 +19,36 @@ std::string MonitorEndpoint() {
 
 }  // namespace
 
-bool ConnectAndAwaitHandshake(zmq::context_t& context, zmq::socket_t& socket,
-                              const std::string& endpoint, std::chrono::milliseconds timeout) {
-  const std::string monitor = MonitorEndpoint();
-  // Watched from before the connect, so that no event is missed.
-  if (zmq_socket_monitor(socket.handle(), monitor.c_str(), ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
+HandshakeWatch::HandshakeWatch(zmq::context_t& context, zmq::socket_t& socket)
+    : socket_(socket), events_(context, zmq::socket_type::pair) {
+  const std::string endpoint = MonitorEndpoint();
+  if (zmq_socket_monitor(socket_.handle(), endpoint.c_str(), ZMQ_EVENT_HANDSHAKE_SUCCEEDED) != 0) {
     throw zmq::error_t();
   }
-  zmq::socket_t events(context, zmq::socket_type::pair);
-  events.set(zmq::sockopt::linger, 0);
-  events.connect(monitor);
-  bool linked = false;
-  try {
-    socket.connect(endpoint);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (!linked) {
-      const auto left =
-          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) break;
-      zmq::pollitem_t item{events.handle(), 0, ZMQ_POLLIN, 0};
-      if (zmq::poll(&item, 1, left) == 0) break;
-      // An event is two frames: 16-bit event id and 32-bit value, then the
-      // endpoint.
-      zmq::message_t frame;
-      if (!events.recv(frame, zmq::recv_flags::none)) break;
-      uint16_t id = 0;
-      if (frame.size() >= sizeof(id)) std::memcpy(&id, frame.data(), sizeof(id));
-      while (frame.more() && events.recv(frame, zmq::recv_flags::none)) {
-      }
-      linked = id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
+  events_.set(zmq::sockopt::linger, 0);
+  events_.connect(endpoint);
+}
+
+HandshakeWatch::~HandshakeWatch() { zmq_socket_monitor(socket_.handle(), nullptr, 0); }
+
+bool HandshakeWatch::Linked(std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!linked_) {
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    zmq::pollitem_t item{events_.handle(), 0, ZMQ_POLLIN, 0};
+    if (zmq::poll(&item, 1, std::max(left, std::chrono::milliseconds(0))) == 0) break;
+    // An event is two frames: a 16-bit event id and a 32-bit value, then the
+    // endpoint.
+    zmq::message_t frame;
+    if (!events_.recv(frame, zmq::recv_flags::none)) break;
+    uint16_t id = 0;
+    if (frame.size() >= sizeof(id)) std::memcpy(&id, frame.data(), sizeof(id));
+    while (frame.more() && events_.recv(frame, zmq::recv_flags::none)) {
     }
-  } catch (...) {
-    zmq_socket_monitor(socket.handle(), nullptr, 0);
-    throw;
+    linked_ = id == ZMQ_EVENT_HANDSHAKE_SUCCEEDED;
   }
-  zmq_socket_monitor(socket.handle(), nullptr, 0);
-  return linked;
+  return linked_;
 }
 
 }  // namespace chord::wire

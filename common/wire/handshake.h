@@ -1,23 +1,36 @@
-// Connecting a ZeroMQ socket and learning whether the peer is there: connect
-// itself returns at once (ZeroMQ dials and retries in the background), so a
-// link that can never come up (a firewalled port, a wrong address, a CURVE key
-// the peer refuses) would only show as messages that never arrive. Chained
-// steps need the last stage's link to stage 0 (proto/PROTOCOL.md): the stage
-// reports whether it came up, and the coordinator chains only where it did.
+// Whether a connecting ZeroMQ socket's peer is there: connect returns at once
+// (ZeroMQ dials and retries in the background), so a link that can never come
+// up (a firewalled port, a wrong address, a CURVE key the peer refuses) would
+// otherwise only show as messages that never arrive. Chained steps need the
+// last stage's link to stage 0 (proto/PROTOCOL.md): the stage reports when it
+// is up, and the coordinator chains only where it is.
 #pragma once
 
 #include <chrono>
-#include <string>
 
 #include "zmq.hpp"
 
 namespace chord::wire {
 
-// Connects `socket` to `endpoint` and waits up to `timeout` for one of its
-// connections to complete the ZMTP handshake (with CURVE: both keys
-// accepted). True when one did; false at the timeout, the socket still
-// connected and ZeroMQ still retrying. Throws zmq::error_t as connect does.
-bool ConnectAndAwaitHandshake(zmq::context_t& context, zmq::socket_t& socket,
-                              const std::string& endpoint, std::chrono::milliseconds timeout);
+// Watches one socket's connections for a completed ZMTP handshake (with
+// CURVE: both keys accepted). Create it before the socket connects, and
+// destroy it before the socket closes.
+class HandshakeWatch {
+ public:
+  // Throws zmq::error_t where the socket cannot be monitored.
+  HandshakeWatch(zmq::context_t& context, zmq::socket_t& socket);
+  ~HandshakeWatch();
+  HandshakeWatch(const HandshakeWatch&) = delete;
+  HandshakeWatch& operator=(const HandshakeWatch&) = delete;
+
+  // True once a connection of the socket has completed its handshake,
+  // waiting up to `timeout` for it (0: only what has happened so far).
+  bool Linked(std::chrono::milliseconds timeout = std::chrono::milliseconds(0));
+
+ private:
+  zmq::socket_t& socket_;
+  zmq::socket_t events_;
+  bool linked_ = false;
+};
 
 }  // namespace chord::wire

@@ -41,8 +41,10 @@ TEST(HandshakeTest, ALinkToAListeningPeerCompletesItsHandshake) {
   pull.set(zmq::sockopt::linger, 0);
   pull.bind("tcp://127.0.0.1:*");
   zmq::socket_t push = Push(context);
-  EXPECT_TRUE(
-      ConnectAndAwaitHandshake(context, push, pull.get(zmq::sockopt::last_endpoint), kPatience));
+  HandshakeWatch watch(context, push);
+  push.connect(pull.get(zmq::sockopt::last_endpoint));
+  EXPECT_TRUE(watch.Linked(kPatience));
+  EXPECT_TRUE(watch.Linked());  // and stays so
   // The socket works as any connected one.
   push.send(zmq::str_buffer("hi"));
   zmq::message_t got;
@@ -52,17 +54,22 @@ TEST(HandshakeTest, ALinkToAListeningPeerCompletesItsHandshake) {
   EXPECT_EQ(got.to_string(), "hi");
 }
 
-TEST(HandshakeTest, ALinkToNoOneTimesOutStillConnected) {
+TEST(HandshakeTest, ALinkToNoOneIsNotLinkedUntilThePeerComes) {
   zmq::context_t context;
   const std::string endpoint = DeadEndpoint();
   zmq::socket_t push = Push(context);
+  HandshakeWatch watch(context, push);
+  push.connect(endpoint);
   const auto start = std::chrono::steady_clock::now();
-  EXPECT_FALSE(ConnectAndAwaitHandshake(context, push, endpoint, kShortWait));
+  EXPECT_FALSE(watch.Linked(kShortWait));
   EXPECT_GE(std::chrono::steady_clock::now() - start, kShortWait);
-  // ZeroMQ keeps dialling: a peer that binds later gets the link.
+  EXPECT_FALSE(watch.Linked());
+  // ZeroMQ keeps dialling: a peer that binds later gets the link, and the
+  // watch sees it.
   zmq::socket_t late(context, zmq::socket_type::pull);
   late.set(zmq::sockopt::linger, 0);
   late.bind(endpoint);
+  EXPECT_TRUE(watch.Linked(kPatience));
   push.send(zmq::str_buffer("late"));
   zmq::pollitem_t item{late.handle(), 0, ZMQ_POLLIN, 0};
   EXPECT_EQ(zmq::poll(&item, 1, kPatience), 1);
@@ -85,11 +92,15 @@ TEST(HandshakeTest, ACurveLinkWithTheWrongServerKeyNeverCompletes) {
 
   zmq::socket_t wrong = Push(context);
   ASSERT_TRUE(MakeCurveClient(wrong, *client_keys, other_keys->public_key).ok());
-  EXPECT_FALSE(ConnectAndAwaitHandshake(context, wrong, endpoint, kShortWait));
+  HandshakeWatch wrong_watch(context, wrong);
+  wrong.connect(endpoint);
+  EXPECT_FALSE(wrong_watch.Linked(kShortWait));
 
   zmq::socket_t right = Push(context);
   ASSERT_TRUE(MakeCurveClient(right, *client_keys, server_keys->public_key).ok());
-  EXPECT_TRUE(ConnectAndAwaitHandshake(context, right, endpoint, kPatience));
+  HandshakeWatch right_watch(context, right);
+  right.connect(endpoint);
+  EXPECT_TRUE(right_watch.Linked(kPatience));
 }
 
 }  // namespace
