@@ -252,10 +252,11 @@ class WorkerService {
   // with the next step that runs here instead (the steps after a held one may
   // count on those KV pages, here and at the later stages).
   wire::pb::FreeSlots released_ahead_;
-  std::optional<zmq::socket_t> first_;  // the last of several stages: PUSH to stage 0
-  std::optional<wire::HandshakeWatch>
-      first_watch_;            // first_ until its handshake (before first_ closes)
-  bool first_linked_ = false;  // first_ completed its handshake
+  // The last of several stages: PUSH to stage 0, watched until its handshake
+  // (first_watch_, destroyed before first_), and whether that came.
+  std::optional<zmq::socket_t> first_;
+  std::optional<wire::HandshakeWatch> first_watch_;
+  bool first_linked_ = false;
   std::vector<wire::Message> deferred_control_;  // arrived during a step
   // Steps dropped for arriving after their deadline are logged at most once
   // per interval.
