@@ -15,8 +15,7 @@ namespace chord::testing {
 namespace {
 
 std::vector<v1::GenerateRequest> Requests() {
-  const std::vector<std::string> prompts = {"Once upon a time", "The cat", "Lily wanted",
-                                            "One day, a big",   "Tom and Sue", "The sun was"};
+  const std::vector<std::string> prompts = StoryPrompts(6);
   std::vector<v1::GenerateRequest> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     v1::GenerateRequest request;

@@ -93,6 +93,13 @@ v1::GenerateRequest GreedyRequest(const std::string& prompt, uint32_t max_tokens
   return request;
 }
 
+std::vector<std::string> StoryPrompts(size_t n) {
+  static const std::vector<std::string> kPrompts = {
+      "Once upon a time", "The cat",     "Lily wanted",   "One day, a big",
+      "Tom and Sue",      "The sun was", "A little bird", "Mom said"};
+  return {kPrompts.begin(), kPrompts.begin() + static_cast<std::ptrdiff_t>(std::min(n, kPrompts.size()))};
+}
+
 v1::ServerInfo ServerInfo(v1::Inference::Stub& stub) {
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));

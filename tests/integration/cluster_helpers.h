@@ -54,6 +54,10 @@ StreamResult Generate(v1::Inference::Stub& stub, const v1::GenerateRequest& requ
 
 v1::GenerateRequest GreedyRequest(const std::string& prompt, uint32_t max_tokens);
 
+// The first `n` (at most 8) of a fixed list of story openings, which the
+// bundled stories260K model continues: prompts for concurrent streams.
+std::vector<std::string> StoryPrompts(size_t n);
+
 v1::ServerInfo ServerInfo(v1::Inference::Stub& stub);
 
 // Polls GetServerInfo until running_requests is 0; false after `timeout`.

@@ -21,8 +21,7 @@ TEST(PreemptionTest, OutgrownKvCachePreemptsAndEveryStreamKeepsItsTokens) {
   std::unique_ptr<v1::Inference::Stub> stub = Connect((*cluster)->grpc_address());
   EXPECT_EQ(ServerInfo(*stub).kv_tokens(), 128u);
 
-  const std::vector<std::string> prompts = {"Once upon a time", "The cat", "Lily wanted",
-                                            "One day, a big", "Tom and Sue", "The sun was"};
+  const std::vector<std::string> prompts = StoryPrompts(6);
   std::vector<v1::GenerateRequest> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     v1::GenerateRequest request;

@@ -97,8 +97,7 @@ TEST_F(ServingTest, CoordinatorMetricsCountRequestsAndTokens) {
 }
 
 TEST_F(ServingTest, ConcurrentSeededStreamsGetTheirSoloTokens) {
-  const std::vector<std::string> prompts = {"Once upon a time", "The cat", "Lily wanted", "One day, a big",
-                                            "Tom and Sue", "The sun was", "A little bird", "Mom said"};
+  const std::vector<std::string> prompts = StoryPrompts(8);
   std::vector<v1::GenerateRequest> requests;
   for (size_t i = 0; i < prompts.size(); ++i) {
     v1::GenerateRequest request;
