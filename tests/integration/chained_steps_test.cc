@@ -77,8 +77,8 @@ TEST_P(ChainedStepsTest, StreamsWhatUnchainedStepsStream) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Workers, ChainedStepsTest, ::testing::Values(1, 2, 3),
-                         [](const ::testing::TestParamInfo<int>& info) {
-                           return std::to_string(info.param) + "workers";
+                         [](const ::testing::TestParamInfo<int>& param_info) {
+                           return std::to_string(param_info.param) + "workers";
                          });
 
 }  // namespace
