@@ -138,6 +138,8 @@ struct CudaStage::Impl {
   // (LaunchAddRmsNorm) or by FlushPendingX. count 0: none.
   cuda::PartialSums pending_x{nullptr, 0, 0};
   std::vector<cuda::TokenSlot> host_tokens;
+  // No slot has two tokens in the uploaded batch (decode steps).
+  bool one_token_per_slot = false;
   // Prompt-shaped batches attend in tiles (cuda::LaunchTiledAttention) when
   // n_attention_tiles > 0; the tiles are in attention_tiles.
   std::vector<cuda::AttentionTile> host_tiles;
@@ -208,7 +210,7 @@ struct CudaStage::Impl {
   absl::Status UploadBatch(std::span<const BatchToken> batch);
   cuda::AttentionParams AttentionParamsFor() const {
     return {static_cast<int>(config.n_head), static_cast<int>(config.n_head_kv),
-            static_cast<int>(config.head_dim), options.exact};
+            static_cast<int>(config.head_dim), options.exact, one_token_per_slot};
   }
   absl::Status EmbedDevice(std::span<const int32_t> tokens);
   absl::Status CheckIds(std::span<const int32_t> tokens) const;
@@ -536,6 +538,12 @@ absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
     }
     host_tokens[t] = {static_cast<int32_t>(token.slot), static_cast<int32_t>(token.position)};
   }
+  std::vector<bool> seen(static_cast<size_t>(options.n_slots), false);
+  one_token_per_slot = true;
+  for (const cuda::TokenSlot& token : host_tokens) {
+    one_token_per_slot = one_token_per_slot && !seen[static_cast<size_t>(token.slot)];
+    seen[static_cast<size_t>(token.slot)] = true;
+  }
   RETURN_IF_ERROR(Reserve(static_cast<int64_t>(batch.size())));
   CHORD_CUDA_RETURN(cudaMemcpyAsync(tokens.data(), host_tokens.data(),
                                     host_tokens.size() * sizeof(cuda::TokenSlot),
@@ -655,8 +663,7 @@ bool CudaStage::Impl::QkvRopeFused(const GpuLayerView& layer, int64_t index, int
 
 bool CudaStage::Impl::SwiGluFused(const GpuLayerView& layer, int64_t n) const {
   return options.fused_swiglu && OneTokenInt8(n) && RoundsFor(layer.gate, n) &&
-         RoundsFor(layer.up, n) &&
-         RoundsFor(layer.down, n) && layer.gate.cols == config.n_embd &&
+         RoundsFor(layer.up, n) && RoundsFor(layer.down, n) && layer.gate.cols == config.n_embd &&
          layer.gate.rows == config.n_ff && cuda::MatVecQ8GateUpSwiGluSupports(layer.gate, layer.up);
 }
 

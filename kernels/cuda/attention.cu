@@ -82,14 +82,19 @@ struct Chunk {
 };
 
 // One block per (head, token). Positions go to warps in steps of
-// `per_warp` rows (warp w takes steps w, w + kWarps, ...), kUnroll steps'
-// loads issued before any is used. Scores live in shared memory (n_ctx
-// floats); every sum has an order fixed by head_dim and kWarps alone, so a
-// token's result does not depend on the rest of the batch. With `rounded.q`
-// set, the head's output is also rounded for the next product (head_dim a
-// multiple of 32: each warp rounds whole 32-element blocks). With `prefetch`
-// (small grids), the cache rows are requested into L2 before the wait for
-// the previous kernel.
+// `per_warp` rows (warp w takes steps w, w + kWarps, ...), a pass of kUnroll
+// steps whose keys and values are all loaded before any is used. Each warp
+// keeps the softmax of its own positions in the online form (a running
+// maximum, the sum of exponentials and the weighted values, rescaled when the
+// maximum grows), and the warps' meet once, in shared memory, in warp order:
+// every sum has an order fixed by head_dim and kWarps alone, so a token's
+// result does not depend on the rest of the batch. With `rounded.q` set, the
+// head's output is also rounded for the next product (head_dim a multiple of
+// 32: each warp rounds whole 32-element blocks). Before the wait for the
+// previous kernel, where each token is its slot's only one
+// (p.one_token_per_slot), the first pass's rows older than the token's own
+// (stored by earlier steps) are loaded; with `prefetch` (small grids), the
+// other rows are requested into L2.
 template <typename T, int kWarps, int kChunk>
 __global__ void __launch_bounds__(kWarps * 32)
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
@@ -97,12 +102,11 @@ __global__ void __launch_bounds__(kWarps * 32)
                     Q8Activations rounded, uint16_t* __restrict__ halves, bool prefetch) {
   LetNextKernelStart();
   using C = Chunk<T, kChunk>;
+  using Raw = typename C::Raw;
   constexpr int kMaxPerLane = kLaneFloats / kChunk;
-  extern __shared__ float smem[];
-  float* scores = smem;  // n_ctx
   __shared__ float partial_out[kWarps][kMaxHeadDim];
-  __shared__ float reduce[kWarps];
-  __shared__ double reduce_sum[kWarps];
+  __shared__ float warp_max[kWarps];
+  __shared__ double warp_sum[kWarps];
   const int head = blockIdx.x, t = blockIdx.y;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const RowLayout layout = MakeRowLayout(p.head_dim / kChunk);
@@ -119,23 +123,52 @@ __global__ void __launch_bounds__(kWarps * 32)
   const T* values = static_cast<const T*>(cache.values) + row0 * cache.n_embd_kv + kv_offset;
   const float* qh = q + (static_cast<int64_t>(t) * p.n_heads + head) * p.head_dim;
   const int positions_per_pass = kWarps * kUnroll * layout.per_warp;
-  const int first = (warp * kUnroll) * layout.per_warp + sub;  // + u * per_warp + pass
+  const int first = (warp * kUnroll) * layout.per_warp + sub;
+  const auto position = [&](int pass, int u) { return pass + first + u * layout.per_warp; };
+  // Rows stored before this step's first kernel: all but the token's own
+  // where the token is its slot's only one, else none known.
+  const int settled = p.one_token_per_slot ? n_kv - 1 : 0;
 
   bool chunk_valid[kMaxPerLane];
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) {
     chunk_valid[i] = i < layout.per_lane && part + i * layout.lanes < layout.chunks;
   }
-  // The lane's cache chunks into L2 while the kernel before still runs, where
-  // the grid is small enough for them to stay there (decode of a few
-  // sequences): the loads below then wait on L2, not on memory. (The newest
-  // row is being stored by that kernel; the stores land in L2, which these
-  // requests only fill, and the lane reads the row only after the wait.)
+  // The lane's chunks of the pass's positions in [from, to) into k and v.
+  const auto load_pass = [&](int pass, int from, int to, Raw(&k)[kUnroll][kMaxPerLane],
+                             Raw(&v)[kUnroll][kMaxPerLane]) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int pos = position(pass, u);
+      if (pos < from || pos >= to) continue;
+      const int64_t row = static_cast<int64_t>(pos) * cache.n_embd_kv;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        if (!chunk_valid[i]) continue;
+        const int64_t at = row + (part + i * layout.lanes) * kChunk;
+        k[u][i] = C::Load(keys + at);
+        v[u][i] = C::Load(values + at);
+      }
+    }
+  };
+  // Zeros where a pass has no position or a lane no chunk.
+  Raw k_raw[kUnroll][kMaxPerLane], v_raw[kUnroll][kMaxPerLane];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) k_raw[u][i] = v_raw[u][i] = C::Zero();
+  }
+  load_pass(0, 0, settled, k_raw, v_raw);
+  // The lane's other cache chunks into L2 while the kernel before still
+  // runs, where the grid is small enough for them to stay there (decode of a
+  // few sequences): the loads below then wait on L2, not on memory. (The
+  // newest row is being stored by that kernel; the stores land in L2, which
+  // these requests only fill, and the lane reads the row only after the wait.)
   for (int pass = 0; prefetch && pass < n_kv; pass += positions_per_pass) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int pos = pass + first + u * layout.per_warp;
-      if (pos >= n_kv) continue;
+      const int pos = position(pass, u);
+      if (pos >= n_kv || (pass == 0 && pos < settled)) continue;
       const int64_t row = static_cast<int64_t>(pos) * cache.n_embd_kv;
 #pragma unroll
       for (int i = 0; i < kMaxPerLane; ++i) {
@@ -155,71 +188,12 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
     for (int e = 0; e < kChunk; ++e) qreg[i][e] = chunk_valid[i] ? qh[c * kChunk + e] : 0.0f;
   }
+  load_pass(0, settled, n_kv, k_raw, v_raw);
 
-  // This lane's chunks of kUnroll steps of positions from `rows` (the keys or
-  // the values), zeros past the token's position.
-  const auto load_steps = [&](const T* rows, int pass,
-                              typename C::Raw(&raw)[kUnroll][kMaxPerLane]) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int pos = pass + first + u * layout.per_warp;
-      const T* row = rows + static_cast<int64_t>(pos) * cache.n_embd_kv;
-#pragma unroll
-      for (int i = 0; i < kMaxPerLane; ++i) {
-        raw[u][i] = pos < n_kv && chunk_valid[i] ? C::Load(row + (part + i * layout.lanes) * kChunk)
-                                                 : C::Zero();
-      }
-    }
-  };
-
-  float local_max = -INFINITY;
-  for (int pass = 0; pass < n_kv; pass += positions_per_pass) {
-    typename C::Raw raw[kUnroll][kMaxPerLane];
-    load_steps(keys, pass, raw);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      float dot = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kMaxPerLane; ++i) {
-        float k[kChunk];
-        C::ToFloats(raw[u][i], k);
-#pragma unroll
-        for (int e = 0; e < kChunk; ++e) dot += qreg[i][e] * k[e];
-      }
-      for (int offset = layout.lanes / 2; offset > 0; offset /= 2) {
-        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-      }
-      dot *= scale;
-      const int pos = pass + first + u * layout.per_warp;
-      if (pos < n_kv) {
-        if (part == 0) scores[pos] = dot;
-        local_max = fmaxf(local_max, dot);
-      }
-    }
-  }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    local_max = fmaxf(local_max, __shfl_xor_sync(0xffffffffu, local_max, offset));
-  }
-  if (lane == 0) reduce[warp] = local_max;
-  __syncthreads();
-  float max = reduce[0];
-  for (int w = 1; w < kWarps; ++w) max = fmaxf(max, reduce[w]);
-
-  double local_sum = 0.0;
-  for (int pos = threadIdx.x; pos < n_kv; pos += blockDim.x) {
-    const float e = expf(scores[pos] - max);
-    scores[pos] = e;
-    local_sum += e;
-  }
-  for (int offset = 16; offset > 0; offset /= 2) {
-    local_sum += __shfl_xor_sync(0xffffffffu, local_sum, offset);
-  }
-  if (lane == 0) reduce_sum[warp] = local_sum;
-  __syncthreads();
+  // The warp's running maximum; the lane's sum of exponentials and weighted
+  // values over its row's positions (the rows side by side meet at the end).
+  float max = -INFINITY;
   double sum = 0.0;
-  for (int w = 0; w < kWarps; ++w) sum += reduce_sum[w];
-  const float inv = static_cast<float>(1.0 / sum);
-
   float acc[kMaxPerLane][kChunk];
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) {
@@ -227,22 +201,63 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int e = 0; e < kChunk; ++e) acc[i][e] = 0.0f;
   }
   for (int pass = 0; pass < n_kv; pass += positions_per_pass) {
-    typename C::Raw raw[kUnroll][kMaxPerLane];
-    load_steps(values, pass, raw);
+    if (pass > 0) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+        for (int i = 0; i < kMaxPerLane; ++i) k_raw[u][i] = v_raw[u][i] = C::Zero();
+      }
+      load_pass(pass, 0, n_kv, k_raw, v_raw);
+    }
+    float dots[kUnroll];
+    float pass_max = -INFINITY;
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int pos = pass + first + u * layout.per_warp;
-      const float weight = pos < n_kv ? scores[pos] * inv : 0.0f;
+      float dot = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+        float k[kChunk];
+        C::ToFloats(k_raw[u][i], k);
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) dot += qreg[i][e] * k[e];
+      }
+      for (int offset = layout.lanes / 2; offset > 0; offset /= 2) {
+        dot += __shfl_xor_sync(0xffffffffu, dot, offset);
+      }
+      dots[u] = position(pass, u) < n_kv ? dot * scale : -INFINITY;
+      pass_max = fmaxf(pass_max, dots[u]);
+    }
+    for (int offset = layout.lanes; offset < 32; offset *= 2) {
+      pass_max = fmaxf(pass_max, __shfl_xor_sync(0xffffffffu, pass_max, offset));
+    }
+    if (pass_max == -INFINITY) continue;  // the warp has no position in this pass
+    if (pass_max > max) {
+      const float correction = expf(max - pass_max);  // 0 from no position yet
+      sum *= correction;
+#pragma unroll
+      for (int i = 0; i < kMaxPerLane; ++i) {
+#pragma unroll
+        for (int e = 0; e < kChunk; ++e) acc[i][e] *= correction;
+      }
+      max = pass_max;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const float weight = expf(dots[u] - max);  // 0 past the token's position
+      sum += weight;
 #pragma unroll
       for (int i = 0; i < kMaxPerLane; ++i) {
         float v[kChunk];
-        C::ToFloats(raw[u][i], v);
+        C::ToFloats(v_raw[u][i], v);
 #pragma unroll
         for (int e = 0; e < kChunk; ++e) acc[i][e] += weight * v[e];
       }
     }
   }
   // The rows side by side in a warp, then the warps in order.
+  for (int offset = layout.lanes; offset < 32; offset *= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  }
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) {
 #pragma unroll
@@ -254,12 +269,28 @@ __global__ void __launch_bounds__(kWarps * 32)
         partial_out[warp][(part + i * layout.lanes) * kChunk + e] = acc[i][e];
     }
   }
+  if (lane == 0) {
+    warp_max[warp] = max;
+    warp_sum[warp] = sum;
+  }
   __syncthreads();
+  float block_max = warp_max[0];  // finite: warp 0 holds position 0
+  for (int w = 1; w < kWarps; ++w) block_max = fmaxf(block_max, warp_max[w]);
+  float factors[kWarps];
+  double total_sum = 0.0;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    factors[w] = expf(warp_max[w] - block_max);  // 0 for a warp with no position
+    total_sum += warp_sum[w] * factors[w];
+  }
+  const float inv = static_cast<float>(1.0 / total_sum);
   const int64_t head_row = static_cast<int64_t>(t) * p.n_heads + head;
   float* oh = out + head_row * p.head_dim;
   for (int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
     float total = 0.0f;
-    for (int w = 0; w < kWarps; ++w) total += partial_out[w][d];
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += partial_out[w][d] * factors[w];
+    total *= inv;
     oh[d] = total;
     if (halves != nullptr) {
       halves[MmaOrderIndex(head_row * p.head_dim + d)] = __half_as_ushort(__float2half_rn(total));
@@ -283,7 +314,6 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
       (halves_in_mma_order != nullptr && params.head_dim % 4 != 0)) {
     return cudaErrorInvalidValue;
   }
-  const size_t shared = static_cast<size_t>(cache.n_ctx) * sizeof(float);
   const dim3 grid(static_cast<unsigned>(params.n_heads), static_cast<unsigned>(n_tokens));
   const float scale = 1.0f / std::sqrt(static_cast<float>(params.head_dim));
   const bool small = static_cast<int64_t>(n_tokens) * params.n_heads <= kDecodeMaxBlocks;
@@ -292,12 +322,8 @@ cudaError_t LaunchAttention(const AttentionParams& params, const KvLayer& cache,
     constexpr int kVector = static_cast<int>(sizeof(uint4) / sizeof(T));
     auto* kernel = params.head_dim % kVector == 0 ? AttentionKernel<T, kWarps, kVector>
                                                   : AttentionKernel<T, kWarps, 1>;
-    const cudaError_t error = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared));
-    if (error != cudaSuccess) return error;
-    return LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kWarps * 32), shared, stream,
-                               params, cache, q, tokens, out, scale, rounded, halves_in_mma_order,
-                               small);
+    return LaunchAfterPrevious(overlap_previous, kernel, grid, dim3(kWarps * 32), 0, stream, params,
+                               cache, q, tokens, out, scale, rounded, halves_in_mma_order, small);
   };
   const auto launch_type = [&]<typename T>() -> cudaError_t {
     return decode ? launch.template operator()<T, kDecodeWarps>()

@@ -1,8 +1,9 @@
 // Causal grouped-query attention over the GPU KV cache, for decode and
 // prefill alike: each token of a batch attends positions 0..its own position
 // of its slot (which must already be stored). Query head h uses kv head
-// h / (n_heads / n_kv_heads). Softmax as kernels/cpu/ops.h (max-subtracted,
-// double sum), so a token's result does not depend on the batch.
+// h / (n_heads / n_kv_heads). Softmax max-subtracted with a double sum, as
+// kernels/cpu/ops.h (per warp in the online form, the warps' parts met in a
+// fixed order), so a token's result does not depend on the batch.
 // Launchers return the launch's error and never synchronize.
 #pragma once
 
@@ -24,6 +25,11 @@ struct AttentionParams {
   // The same kernel shape for a token whatever the batch (exact mode); else
   // small batches (decode) get more warps per (head, token) than large ones.
   bool batch_invariant = false;
+  // Every token of the batch is its slot's only one, so the kernel before
+  // stored no cache row but each token's own: the older rows may be read
+  // before that kernel ends (a programmatic dependent launch). The same
+  // results either way.
+  bool one_token_per_slot = false;
 };
 
 // q and out: n_tokens rows of n_heads * head_dim floats. With `rounded.q`

@@ -896,52 +896,68 @@ struct SplitRows {
   int slot_bytes;  // of each ring buffer: the largest range, 16-byte aligned both ends
 };
 
+// Range `split` of `splits` of every row of m: its first quantization block,
+// its units and bytes. Ranges need not start at 16 bytes (Q6_K's 210-byte
+// blocks): a range's copy starts at the 16-byte boundary below it.
+template <uint32_t kType>
+struct SplitRange {
+  static constexpr int kUnitsPerBlock = BlockOf<kType>::kElements / Unit<kType>::kElements;
+  static constexpr int kBlockBytes = BlockOf<kType>::kBytes;
+  const SplitRows& m;
+  int first_block, units, bytes;
+
+  __device__ SplitRange(const SplitRows& rows, int split, int splits)
+      : m(rows), first_block(split * rows.blocks / splits) {
+    units = ((split + 1) * rows.blocks / splits - first_block) * kUnitsPerBlock;
+    bytes = units / kUnitsPerBlock * kBlockBytes;
+  }
+  __device__ const uint8_t* Begin(int64_t row) const {
+    return m.w + row * static_cast<int64_t>(m.row_bytes) + first_block * kBlockBytes;
+  }
+  // The range of `row` into `target` (a ring buffer) by the warp's lanes; the
+  // last chunk reads no byte past the range (the matrix may end there).
+  __device__ void CopyAsync(int64_t row, uint8_t* target, int lane) const {
+    const uint8_t* begin = Begin(row);
+    const uint8_t* from =
+        reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(begin) & ~uintptr_t{15});
+    const int chunks = static_cast<int>((begin + bytes - from + 15) / 16);
+    const auto last = static_cast<unsigned>(begin + bytes - from - 16 * (chunks - 1));
+    for (int c = lane; c < chunks; c += 32) {
+      if (c + 1 < chunks) {
+        CopyAsync16(target + 16 * c, from + 16 * c);
+      } else {
+        CopyAsync16Partial(target + 16 * c, from + 16 * c, last);
+      }
+    }
+  }
+  // Where the range of `row` starts in the buffer it was copied into.
+  __device__ const uint8_t* In(const uint8_t* buffer, int64_t row) const {
+    return buffer + (reinterpret_cast<uintptr_t>(Begin(row)) & 15);
+  }
+};
+
 // One token over rows too wide for a staged warp's registers to hold their
 // activations (MatVecQ8StagedKernel's): the warps of a block split each row's
-// quantization blocks into blockDim.x / 32 contiguous ranges, and each warp
-// keeps its range's activations in registers and copies its range of the
-// block's rows (row, row + gridDim.x, ...) into its own ring of S buffers with
-// asynchronous copies, S - 1 rows ahead. The ranges' sums meet in shared
-// memory and the first warp adds them in range order: fixed bits, though not
-// those of one warp adding the whole row (MatVecQ8Kernel). Ranges need not
-// start at 16 bytes (Q6_K's 210-byte blocks): each copy starts at the 16-byte
-// boundary below.
+// quantization blocks into blockDim.x / 32 contiguous ranges (SplitRange), and
+// each warp keeps its range's activations in registers and copies its range
+// of the block's rows (row, row + gridDim.x, ...) into its own ring of S
+// buffers with asynchronous copies, S - 1 rows ahead. The ranges' sums meet in
+// shared memory and the first warp adds them in range order: fixed bits,
+// though not those of one warp adding the whole row (MatVecQ8Kernel).
 template <uint32_t kType, int UPL, int S>
 __global__ void __launch_bounds__(kMaxSplits * 32)
     MatVecQ8SplitKernel(SplitRows m, RoundedX x, bool accumulate) {
   using U = Unit<kType>;
-  constexpr int kUnitsPerBlock = BlockOf<kType>::kElements / U::kElements;
-  constexpr int kBlockBytes = BlockOf<kType>::kBytes;
   extern __shared__ __align__(16) uint8_t shared[];
   const int splits = static_cast<int>(blockDim.x / 32);
   const int split = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
-  const int first_block = split * m.blocks / splits;
-  const int units = ((split + 1) * m.blocks / splits - first_block) * kUnitsPerBlock;
-  const int range_bytes = units / kUnitsPerBlock * kBlockBytes;
+  const SplitRange<kType> range(m, split, splits);
   // Two sets of the ranges' sums, a row's in set (its index in this block) % 2,
   // so that a warp may write the next row's before the first warp has read this one's.
   float* sums = reinterpret_cast<float*>(shared);
   uint8_t* ring = shared + 2 * kMaxSplits * sizeof(float) + split * S * m.slot_bytes;
-  const auto range_of = [&](int64_t r) {
-    return m.w + r * static_cast<int64_t>(m.row_bytes) + first_block * kBlockBytes;
-  };
   const auto copy_row = [&](int64_t r, int b) {
-    if (r < m.rows) {
-      const uint8_t* begin = range_of(r);
-      const uint8_t* from =
-          reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(begin) & ~uintptr_t{15});
-      const int chunks = static_cast<int>((begin + range_bytes - from + 15) / 16);
-      uint8_t* target = ring + b * m.slot_bytes;
-      // The last chunk reads no byte past the range (the matrix may end there).
-      const auto last = static_cast<unsigned>(begin + range_bytes - from - 16 * (chunks - 1));
-      for (int c = lane; c < chunks; c += 32) {
-        if (c + 1 < chunks) {
-          CopyAsync16(target + 16 * c, from + 16 * c);
-        } else {
-          CopyAsync16Partial(target + 16 * c, from + 16 * c, last);
-        }
-      }
-    }
+    if (r < m.rows) range.CopyAsync(r, ring + b * m.slot_bytes, lane);
     CommitCopies();
   };
   int64_t row = blockIdx.x;
@@ -950,15 +966,14 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
   LetNextKernelStart();
   WaitForPreviousKernel();
   typename U::Acts acts[UPL];
-  LoadStagedActs<U, UPL>(x, first_block * kUnitsPerBlock, units, lane, acts);
+  LoadStagedActs<U, UPL>(x, range.first_block * range.kUnitsPerBlock, range.units, lane, acts);
   const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
   for (int b = 0, set = 0; row < m.rows; row += gridDim.x, b = b + 1 == S ? 0 : b + 1, set ^= 1) {
     copy_row(row + (S - 1) * static_cast<int64_t>(gridDim.x), b == 0 ? S - 1 : b - 1);
     WaitForCopiesBut<S - 1>();
     __syncwarp();
-    const uint8_t* weights =
-        ring + b * m.slot_bytes + (reinterpret_cast<uintptr_t>(range_of(row)) & 15);
-    const float sum = StagedRowSum<U, UPL>(weights, acts, units, lane);
+    const float sum =
+        StagedRowSum<U, UPL>(range.In(ring + b * m.slot_bytes, row), acts, range.units, lane);
     if (lane == 0) sums[set * kMaxSplits + split] = sum;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -968,6 +983,82 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
       m.y[row] = accumulate ? m.y[row] + total : total;
     }
     __syncwarp();  // the buffer is refilled next
+  }
+}
+
+// Warps of a MatVecQ8GroupedSplitKernel block: what the split kernels'
+// registers (up to 80) allow in one block an SM.
+constexpr int kGroupedSplitWarps = 24;
+
+// MatVecQ8SplitKernel's rows for an epilogue that needs 32 of them at a time
+// (the next norm's rounding): each block takes whole 32-row groups (group g,
+// g + gridDim.x, ...) and its warps, `splits` to a set (blockDim.x / 32 /
+// splits sets), take range warp % splits of the group's rows set, set + sets,
+// ..., streaming them through rings of S buffers, the next rows' copies in
+// flight across groups. When a group's ranges are all done (a block barrier)
+// the first warp adds each row's ranges in range order (the split kernel's
+// bits) and hands the totals to `finish`, one row a lane.
+template <uint32_t kType, int UPL, int S, typename Finish>
+__global__ void __launch_bounds__(kGroupedSplitWarps * 32, 1)
+    MatVecQ8GroupedSplitKernel(SplitRows m, int splits, RoundedX x, Finish finish) {
+  using U = Unit<kType>;
+  extern __shared__ __align__(16) uint8_t staged[];
+  // The group's range sums, two sets so that the warps may start the next
+  // group's before the first warp has read this one's; the rows' totals.
+  __shared__ float sums[2][kMaxSplits][32];
+  __shared__ float totals[kMaxGroup][32];
+  const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
+  const int sets = static_cast<int>(blockDim.x / 32) / splits;
+  const int split = warp % splits, set = warp / splits;
+  const int rows_in_group = (32 - set + sets - 1) / sets;  // rows set, set + sets, ... < 32
+  const SplitRange<kType> range(m, split, splits);
+  uint8_t* ring = staged + static_cast<size_t>(warp) * S * m.slot_bytes;
+  const int64_t groups = m.rows / 32;
+  // The warp's rows in order: row i of group g is 32 g + set + i sets.
+  int64_t ahead_g = blockIdx.x;
+  int ahead_i = 0;
+  const auto copy_next = [&](int b) {
+    if (ahead_g < groups) {
+      range.CopyAsync(32 * ahead_g + set + ahead_i * sets, ring + b * m.slot_bytes, lane);
+      if (++ahead_i == rows_in_group) {
+        ahead_i = 0;
+        ahead_g += gridDim.x;
+      }
+    }
+    CommitCopies();
+  };
+#pragma unroll
+  for (int s = 0; s < S - 1; ++s) copy_next(s);
+  LetNextKernelStart();
+  WaitForPreviousKernel();
+  typename U::Acts acts[UPL];
+  LoadStagedActs<U, UPL>(x, range.first_block * range.kUnitsPerBlock, range.units, lane, acts);
+  const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
+  typename Finish::Ahead prepared{};
+  int parity = 0, b = 0, i = 0;
+  for (int64_t g = blockIdx.x; g < groups;) {
+    if (warp == 0 && i == 0) prepared = finish.Prepare(g, lane);
+    copy_next(b == 0 ? S - 1 : b - 1);
+    WaitForCopiesBut<S - 1>();
+    __syncwarp();
+    const int64_t row = 32 * g + set + i * sets;
+    const float sum =
+        StagedRowSum<U, UPL>(range.In(ring + b * m.slot_bytes, row), acts, range.units, lane);
+    if (lane == 0) sums[parity][split][set + i * sets] = sum;
+    if (++i == rows_in_group) {
+      __syncthreads();
+      if (warp == 0) {
+        float total = sums[parity][0][lane];
+        for (int s = 1; s < splits; ++s) total += sums[parity][s][lane];
+        totals[0][lane] = total * factor;
+        finish(g, totals, prepared, lane);
+      }
+      parity ^= 1;
+      i = 0;
+      g += gridDim.x;
+    }
+    __syncwarp();  // the buffer is refilled next
+    b = b + 1 == S ? 0 : b + 1;
   }
 }
 
@@ -1104,27 +1195,111 @@ cudaError_t LaunchSplitWith(const SplitRows& m, int splits, const RoundedX& x, b
                              accumulate);
 }
 
+// Quantization blocks of the widest of the ranges MatVecQ8SplitKernel splits
+// rows of `cols` into.
+template <uint32_t kType>
+int WidestRange(int64_t cols) {
+  const int splits = SplitsFor(cols);
+  const auto blocks = static_cast<int>(cols / BlockOf<kType>::kElements);
+  return (blocks + splits - 1) / splits;
+}
+
+// Units a lane of MatVecQ8SplitKernel takes of rows of `cols`: 2 or 4.
+template <uint32_t kType>
+int SplitUnitsPerLane(int64_t cols) {
+  constexpr int kUnitsPerBlock = BlockOf<kType>::kElements / Unit<kType>::kElements;
+  return WidestRange<kType>(cols) * kUnitsPerBlock <= 64 ? 2 : 4;
+}
+
+// The rows of w (outputs in y) as MatVecQ8SplitKernel reads them, and the
+// units a lane takes of the widest range.
+template <uint32_t kType>
+SplitRows MakeSplitRows(const DeviceMatrix& w, float* y, int* units_per_lane) {
+  using B = BlockOf<kType>;
+  const int widest = WidestRange<kType>(w.cols);
+  *units_per_lane = SplitUnitsPerLane<kType>(w.cols);
+  return {static_cast<const uint8_t*>(w.data),
+          y,
+          w.rows,
+          w.row_bytes,
+          static_cast<int>(w.cols / B::kElements),
+          (widest * B::kBytes + 15 + 15) / 16 * 16};
+}
+
 // One token over one matrix of rows wider than kSplitColumns, by
 // MatVecQ8SplitKernel with S ring buffers a warp.
 template <uint32_t kType, int S>
 cudaError_t LaunchSplit(const DeviceMatrix& w, const Q8Activations& x, int64_t first, float* y,
                         bool accumulate, bool overlap_previous, int blocks_per_sm,
                         cudaStream_t stream) {
-  using B = BlockOf<kType>;
-  constexpr int kUnitsPerBlock = B::kElements / Unit<kType>::kElements;
+  int per_lane = 0;
+  const SplitRows m = MakeSplitRows<kType>(w, y + first * w.rows, &per_lane);
   const int splits = SplitsFor(w.cols);
-  const auto blocks = static_cast<int>(w.cols / B::kElements);
-  const int widest = (blocks + splits - 1) / splits;  // blocks of the largest range
-  SplitRows m{
-      static_cast<const uint8_t*>(w.data),     y + first * w.rows, w.rows, w.row_bytes, blocks,
-      (widest * B::kBytes + 15 + 15) / 16 * 16};
   const RoundedX rx = RoundedFrom(x, first, w.cols);
-  if (widest * kUnitsPerBlock <= 64) {
+  if (per_lane == 2) {
     return LaunchSplitWith<kType, 2, S>(m, splits, rx, accumulate, overlap_previous, blocks_per_sm,
                                         stream);
   }
   return LaunchSplitWith<kType, 4, S>(m, splits, rx, accumulate, overlap_previous, blocks_per_sm,
                                       stream);
+}
+
+// The dynamic shared memory a block of the current device may take.
+size_t MaxDynamicShared() {
+  int device = 0, bytes = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
+          cudaSuccess) {
+    return 0;
+  }
+  return static_cast<size_t>(bytes);
+}
+
+// True where MatVecQ8GroupedSplitKernel reads w: rows wider than
+// kSplitColumns whose ranges take 2 units a lane (Q4_K's). Ranges of 4 units
+// a lane (Q6_K's, Q8_0's) need 80 registers, and on the 24 warps a block
+// that leaves they measured slower than the split kernel's many small blocks
+// (llama2-7b's Q6_K down projection 22.6 against 18.3 us).
+bool GroupedSplit(const DeviceMatrix& w) {
+  if (SplitsFor(w.cols) == 0) return false;
+  switch (w.type) {
+    case kQ4_K:
+      return SplitUnitsPerLane<kQ4_K>(w.cols) == 2;
+    case kQ6_K:
+      return SplitUnitsPerLane<kQ6_K>(w.cols) == 2;
+    default:
+      return SplitUnitsPerLane<kQ8_0>(w.cols) == 2;
+  }
+}
+
+// One token over one matrix that GroupedSplit() takes (rows a multiple of
+// 32) through MatVecQ8GroupedSplitKernel: three ring buffers a warp where
+// shared memory holds them, else two.
+template <uint32_t kType, typename Finish>
+cudaError_t LaunchGroupedSplit(const DeviceMatrix& w, float* y, const Q8Activations& x,
+                               const Finish& finish, bool overlap_previous, cudaStream_t stream) {
+  int per_lane = 0;
+  const SplitRows m = MakeSplitRows<kType>(w, y, &per_lane);
+  if (per_lane != 2) return cudaErrorInvalidValue;
+  const int splits = SplitsFor(w.cols);
+  const int warps = kGroupedSplitWarps / splits * splits;
+  const RoundedX rx = RoundedFrom(x, 0, w.cols);
+  const auto shared = [&](int stages) {
+    return static_cast<size_t>(warps) * stages * static_cast<size_t>(m.slot_bytes);
+  };
+  // The kernel's static arrays (sums and totals) take the rest.
+  constexpr size_t kStatic = (2 * kMaxSplits + kMaxGroup) * 32 * sizeof(float);
+  const bool three = shared(3) + kStatic <= MaxDynamicShared();
+  const auto launch = [&]<int S>() {
+    const auto kernel = MatVecQ8GroupedSplitKernel<kType, 2, S, Finish>;
+    int64_t blocks = 0;
+    const cudaError_t error = ResidentGrid(kernel, warps * 32, shared(S), 0, m.rows / 32, &blocks);
+    if (error != cudaSuccess) return error;
+    return LaunchAfterPrevious(overlap_previous, kernel, dim3(static_cast<unsigned>(blocks)),
+                               dim3(static_cast<unsigned>(warps * 32)), shared(S), stream, m,
+                               splits, rx, finish);
+  };
+  return three ? launch.template operator()<3>() : launch.template operator()<2>();
 }
 
 // Rows a warp takes at B tokens by default: more rows share each unit's
@@ -1488,7 +1663,8 @@ bool MatVecQ8ReadsDeferredRms(std::span<const DeviceMatrix> w) {
 }
 
 bool MatVecQ8ResidualRmsRoundSupports(const DeviceMatrix& w) {
-  return MatVecQ8Supports(w.type, w.cols) && w.rows > 0 && w.rows % 32 == 0 && Staged({&w, 1});
+  return MatVecQ8Supports(w.type, w.cols) && w.rows > 0 && w.rows % 32 == 0 &&
+         (Staged({&w, 1}) || GroupedSplit(w));
 }
 
 cudaError_t LaunchMatVecQ8ResidualRmsRound(const DeviceMatrix& w, const Q8Activations& x, float* y,
@@ -1502,7 +1678,16 @@ cudaError_t LaunchMatVecQ8ResidualRmsRound(const DeviceMatrix& w, const Q8Activa
   float* const ys[1] = {y};
   const ResidualRmsFinish finish{
       y, next.weight, next.out.q, next.out.scale, next.out.half_sums, next.sum_squares};
-  const cudaError_t error = LaunchGrouped({&w, 1}, ys, x, finish, overlap_previous, stream);
+  cudaError_t error = cudaSuccess;
+  if (Staged({&w, 1})) {
+    error = LaunchGrouped({&w, 1}, ys, x, finish, overlap_previous, stream);
+  } else if (w.type == kQ4_K) {
+    error = LaunchGroupedSplit<kQ4_K>(w, y, x, finish, overlap_previous, stream);
+  } else if (w.type == kQ6_K) {
+    error = LaunchGroupedSplit<kQ6_K>(w, y, x, finish, overlap_previous, stream);
+  } else {
+    error = LaunchGroupedSplit<kQ8_0>(w, y, x, finish, overlap_previous, stream);
+  }
   return error != cudaSuccess ? error : cudaGetLastError();
 }
 

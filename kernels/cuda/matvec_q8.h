@@ -135,8 +135,12 @@ struct RmsRounding {
 // of y the rounding of y * weight and y's sum of squares: `next.out` with
 // rms_sum_squares = next.sum_squares is what the products after an RMSNorm of
 // y read (LaunchRmsNormQuantize's rounding of the normed row, with the norm's
-// factor applied to their sums instead). Rows a multiple of 32, of up to
-// 4096 columns (read as MatVecQ8StagedKernel reads them; the same y).
+// factor applied to their sums instead). Rows a multiple of 32; y is what
+// LaunchMatVecQ8 with accumulate writes for one token: rows of up to 4096
+// columns are read as the staged kernel reads them, wider ones (the down
+// projection's) in ranges split over warps as the split kernel reads them,
+// where a range takes two units a lane (Q4_K; Q6_K's and Q8_0's ranges
+// measured slower so).
 bool MatVecQ8ResidualRmsRoundSupports(const DeviceMatrix& w);
 // The same rounding and sums of squares for a row of n (a multiple of 32)
 // that is already there, in a launch of its own: the bits of the epilogue.

@@ -471,7 +471,11 @@ TEST_F(MatVecQ8Test, ResidualWithRmsRoundingWritesTheSumAndTheNextNormsRounding)
   for (const Case& c : std::vector<Case>{{DType::kQ4_K, 2048, 4096, true},
                                          {DType::kQ4_K, 512, 2048, false},
                                          {DType::kQ6_K, 256, 4096, false},
-                                         {DType::kQ8_0, 128, 512, true}}) {
+                                         {DType::kQ8_0, 128, 512, true},
+                                         // Wider rows, in 3, 2 and 4 ranges over warps.
+                                         {DType::kQ4_K, 4096, 11008, true},
+                                         {DType::kQ4_K, 160, 8192, false},
+                                         {DType::kQ4_K, 64, 12544, true}}) {
     const TestMatrix w = MakeMatrix(c.type, c.rows, c.cols, 1011);
     ASSERT_TRUE(MatVecQ8ResidualRmsRoundSupports(w.view));
     const RoundedOnDevice x = RoundRandom(1, c.cols, 1012);
@@ -518,9 +522,13 @@ TEST_F(MatVecQ8Test, ResidualWithRmsRoundingWritesTheSumAndTheNextNormsRounding)
     }
   }
   const TestMatrix odd = MakeMatrix(DType::kQ4_K, 48, 256, 1016);
-  const TestMatrix wide = MakeMatrix(DType::kQ4_K, 64, 8192, 1017);  // read by the split kernel
+  const TestMatrix odd_wide = MakeMatrix(DType::kQ4_K, 80, 8192, 1017);
+  const TestMatrix widest = MakeMatrix(DType::kQ4_K, 32, 32768, 1018);   // past four ranges
+  const TestMatrix wide_q6 = MakeMatrix(DType::kQ6_K, 32, 11008, 1019);  // 4 units a lane
   EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(odd.view));
-  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(wide.view));
+  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(odd_wide.view));
+  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(widest.view));
+  EXPECT_FALSE(MatVecQ8ResidualRmsRoundSupports(wide_q6.view));
 }
 
 // Activations with a deferred RMSNorm factor: each row's sum is the factor

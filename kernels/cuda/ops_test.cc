@@ -395,6 +395,50 @@ TEST_F(CudaOpsTest, AttentionRoundsItsOutputAsTheSeparateRoundingDoes) {
             cudaErrorInvalidValue);
 }
 
+// Decode attention right after the launch that stores each token's own row
+// (RoPE + KV store, as a layer runs them), with the older rows read before
+// that launch ends (one_token_per_slot, a programmatic dependent launch):
+// the bits of the attention launched alone once the rows are stored, over
+// contexts of one pass and of several, a half and a float cache, and
+// within the CPU kernel's tolerance.
+TEST_F(CudaOpsTest, AttentionReadsOlderRowsEarlyAndItsOwnRowAfterItIsStored) {
+  const int n_heads = 8, n_kv_heads = 2, head_dim = 128, n_ctx = 400;
+  const int n_embd_kv = n_kv_heads * head_dim;
+  const std::vector<TokenSlot> batch = {{0, 250}, {1, 100}, {2, 6}, {3, 1}};
+  const auto n_tokens = static_cast<int>(batch.size());
+  DeviceBuffer db = ToDevice(batch);
+  const size_t n_q = static_cast<size_t>(n_tokens) * n_heads * head_dim;
+  const std::vector<float> q = RandomFloats(n_q, 56);
+  const std::vector<float> k = RandomFloats(static_cast<size_t>(n_tokens) * n_embd_kv, 57);
+  const std::vector<float> v = RandomFloats(k.size(), 58);
+  for (const bool half : {true, false}) {
+    // Slots filled up to each token's position; its own row is poison until stored.
+    const FilledCache cache = FillCache(half, n_embd_kv, n_ctx, {250, 100, 6, 1});
+    const RopeParams rope{n_heads, head_dim, head_dim, 10000.0f, 1.0f, nullptr};
+    DeviceBuffer dq = ToDevice(q), dk = ToDevice(k), dv = ToDevice(v);
+    DeviceBuffer early = Poisoned<float>(n_q), alone = Poisoned<float>(n_q);
+    AttentionParams params{n_heads, n_kv_heads, head_dim};
+    params.one_token_per_slot = true;
+    ASSERT_EQ(LaunchRopeStoreKv(dq.as<float>(), dk.as<float>(), dv.as<float>(), n_kv_heads,
+                                n_tokens, db.as<TokenSlot>(), rope, cache.layer, nullptr),
+              cudaSuccess);
+    ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                              early.as<float>(), nullptr, {}, /*overlap_previous=*/true),
+              cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    params.one_token_per_slot = false;
+    ASSERT_EQ(LaunchAttention(params, cache.layer, dq.as<float>(), n_tokens, db.as<TokenSlot>(),
+                              alone.as<float>(), nullptr),
+              cudaSuccess);
+    const std::vector<float> got = ToHost<float>(early, n_q);
+    EXPECT_EQ(got, ToHost<float>(alone, n_q)) << "half=" << half;
+    const std::vector<float> ref = CpuAttention(cache, params, ToHost<float>(dq, n_q), batch);
+    for (size_t i = 0; i < ref.size(); ++i) {
+      ASSERT_NEAR(got[i], ref[i], 1e-5f) << "half=" << half << " i=" << i;
+    }
+  }
+}
+
 // The sequential scan LaunchGreedyTokens matches.
 int32_t ScanGreedy(const float* row, int64_t n) {
   int32_t best = 0;
