@@ -91,7 +91,11 @@ struct CudaStage::Impl {
   CudaStageOptions options;
   cuda::Stream stream;
   std::function<absl::Status()> stream_waiter;  // see set_stream_waiter
-  absl::Status Wait() { return stream_waiter ? stream_waiter() : stream.Synchronize(); }
+  absl::Status Wait();
+  // options.time_steps: events around the Forward in progress (step_timed).
+  cuda::Event step_begin, step_end;
+  bool step_timed = false;
+  double last_step_gpu_seconds = 0.0;
   std::unique_ptr<cuda::BlasHandle> blas;
   std::vector<GpuLayer> layers;               // resident: range.first .. + layers.size()
   std::unique_ptr<CudaLayerStream> streamed;  // the rest, when they do not fit
@@ -877,7 +881,20 @@ uint64_t CudaStage::streamed_bytes() const {
 }
 uint64_t CudaStage::kv_bytes() const { return impl_->kv_keys.bytes() + impl_->kv_values.bytes(); }
 
+absl::Status CudaStage::Impl::Wait() {
+  if (step_timed) RETURN_IF_ERROR(step_end.Record(s()));
+  RETURN_IF_ERROR(stream_waiter ? stream_waiter() : stream.Synchronize());
+  if (step_timed) {
+    step_timed = false;
+    ASSIGN_OR_RETURN(const float ms, step_end.MillisecondsSince(step_begin));
+    last_step_gpu_seconds = ms / 1e3;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CudaStage::Synchronize() { return impl_->Wait(); }
+
+double CudaStage::last_step_gpu_seconds() const { return impl_->last_step_gpu_seconds; }
 
 void CudaStage::set_stream_waiter(std::function<absl::Status()> waiter) {
   impl_->stream_waiter = std::move(waiter);
@@ -979,6 +996,10 @@ absl::Status CudaStage::Forward(std::span<const int32_t> tokens, std::span<const
     return absl::InvalidArgumentError("Forward: tokens and batch sizes disagree");
   }
   const auto n = static_cast<int64_t>(batch.size());
+  if (impl_->options.time_steps) {
+    RETURN_IF_ERROR(impl_->step_begin.Record(impl_->s()));
+    impl_->step_timed = true;
+  }
   RETURN_IF_ERROR(impl_->UploadBatch(batch));
   if (impl_->GraphFor(n) && n_logit_rows == 1) {
     RETURN_IF_ERROR(impl_->CheckIds(tokens));
@@ -1038,6 +1059,10 @@ absl::StatusOr<std::unique_ptr<CudaStage>> CudaStage::Load(const TensorSource& s
   }
   impl->n_ctx = options.n_ctx > 0 ? options.n_ctx : config.n_ctx_train;
   ASSIGN_OR_RETURN(impl->stream, cuda::Stream::Create());
+  if (options.time_steps) {
+    ASSIGN_OR_RETURN(impl->step_begin, cuda::Event::CreateTimed());
+    ASSIGN_OR_RETURN(impl->step_end, cuda::Event::CreateTimed());
+  }
   const int64_t e = config.n_embd, kv = config.n_embd_kv();
   uint64_t* total = &impl->weight_bytes;
   for (int64_t l = range.first; l < resident_end; ++l) {

@@ -97,11 +97,14 @@ struct CudaStageOptions {
   // separate launch). `deferred_norms`: an RMSNorm's input is rounded before
   // its factor rather than after, and the products that read it apply the
   // factor to their sums, so that the product before the norm (the attention
-  // output's, a down product of rows up to 4096 wide) rounds it in its
-  // epilogue; a rounding step may then fall apart from the other paths' in
-  // rare elements.
+  // output's, a down product's where matvec_q8.h's
+  // MatVecQ8ResidualRmsRoundSupports takes it) rounds it in its epilogue; a
+  // rounding step may then fall apart from the other paths' in rare elements.
   bool fused_swiglu = true;
   bool deferred_norms = true;
+  // Times each Forward's work on the GPU with two events on its stream
+  // (last_step_gpu_seconds), for benchmarks.
+  bool time_steps = false;
   // Tests: the tensor-core kernel for every type it reads.
   bool mma_every_type = false;
   // Exact mode: every product takes the per-token matrix-vector kernels
@@ -180,6 +183,12 @@ class CudaStage {
   // The same, handing back the logit rows as `out` asks (see Logits).
   absl::Status Forward(std::span<const int32_t> tokens, std::span<const BatchToken> batch,
                        int64_t n_logit_rows, const LogitsRequest& out);
+
+  // With options.time_steps, the GPU time of the last Forward: from its first
+  // operation on the stage's stream to the end of its last (the idle time
+  // between steps, while the host takes the results and issues the next, is
+  // not in it). 0 otherwise.
+  double last_step_gpu_seconds() const;
 
   // Waits for the device and reports any asynchronous error.
   absl::Status Synchronize();

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -259,6 +260,40 @@ TEST_P(CudaStageTest, GraphReplayAndOverlappedLaunchesGiveTheSameLogitsAsDirectL
     }
   }
   for (size_t i = 1; i < runs.size(); ++i) ExpectBitIdentical(runs[0], runs[i]);
+}
+
+// With time_steps each Forward reports its GPU time: more than nothing and
+// no more than the call took on the host's clock; the logits are those of an
+// untimed stage. Without it, 0.
+TEST_P(CudaStageTest, TimedStepsReportTheirGpuTime) {
+  const int64_t n_vocab = config_.n_vocab;
+  std::vector<std::vector<float>> runs;
+  for (const bool timed : {false, true}) {
+    CudaStageOptions options = GraphOptions(16, true);
+    options.time_steps = timed;
+    auto stage = CudaStage::Load(*source_, config_, LayerRange{0, config_.n_layer}, options);
+    ASSERT_TRUE(stage.ok()) << stage.status();
+    std::vector<float> all;
+    for (int64_t p = 0; p < 4; ++p) {
+      const int32_t token = static_cast<int32_t>((7 * p + 3) % n_vocab);
+      const BatchToken slot{0, p};
+      std::vector<float> logits(static_cast<size_t>(n_vocab));
+      const auto start = std::chrono::steady_clock::now();
+      ASSERT_TRUE((*stage)->Forward({&token, 1}, {&slot, 1}, 1, logits.data()).ok());
+      const double wall =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double gpu = (*stage)->last_step_gpu_seconds();
+      if (timed) {
+        EXPECT_GT(gpu, 0.0) << "step " << p;
+        EXPECT_LE(gpu, wall) << "step " << p;
+      } else {
+        EXPECT_EQ(gpu, 0.0);
+      }
+      all.insert(all.end(), logits.begin(), logits.end());
+    }
+    runs.push_back(std::move(all));
+  }
+  ExpectBitIdentical(runs[0], runs[1]);
 }
 
 // One-token steps with the products' epilogues doing the next kernel's work,

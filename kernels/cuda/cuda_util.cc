@@ -7,8 +7,8 @@ namespace chord::cuda {
 
 absl::Status CudaStatus(cudaError_t error, const char* what) {
   if (error == cudaSuccess) return absl::OkStatus();
-  const std::string message =
-      absl::StrFormat("%s failed: %s (%s)", what, cudaGetErrorName(error), cudaGetErrorString(error));
+  const std::string message = absl::StrFormat("%s failed: %s (%s)", what, cudaGetErrorName(error),
+                                              cudaGetErrorString(error));
   switch (error) {
     case cudaErrorIllegalAddress:
     case cudaErrorLaunchFailure:
@@ -85,6 +85,18 @@ absl::StatusOr<Event> Event::Create() {
   Event event;
   CHORD_CUDA_RETURN(cudaEventCreateWithFlags(&event.event_, cudaEventDisableTiming));
   return event;
+}
+
+absl::StatusOr<Event> Event::CreateTimed() {
+  Event event;
+  CHORD_CUDA_RETURN(cudaEventCreate(&event.event_));
+  return event;
+}
+
+absl::StatusOr<float> Event::MillisecondsSince(const Event& earlier) const {
+  float ms = 0.0f;
+  CHORD_CUDA_RETURN(cudaEventElapsedTime(&ms, earlier.event_, event_));
+  return ms;
 }
 
 Event& Event::operator=(Event&& other) noexcept {

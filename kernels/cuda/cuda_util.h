@@ -74,11 +74,13 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
-// An event without timing, for ordering work across streams.
+// An event for ordering work across streams (Create, without timing) or for
+// timing it (CreateTimed).
 class Event {
  public:
   Event() = default;
   static absl::StatusOr<Event> Create();
+  static absl::StatusOr<Event> CreateTimed();
   Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
   Event& operator=(Event&& other) noexcept;
   Event(const Event&) = delete;
@@ -90,6 +92,9 @@ class Event {
   // Work issued to `stream` from now on waits for the last Record's work.
   absl::Status MakeWait(cudaStream_t stream) const;
   absl::Status Synchronize() const;
+  // Milliseconds from `earlier`'s last Record to this one's, both timed
+  // events whose work is done.
+  absl::StatusOr<float> MillisecondsSince(const Event& earlier) const;
 
  private:
   cudaEvent_t event_ = nullptr;
