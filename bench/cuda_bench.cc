@@ -9,7 +9,7 @@
 //
 //   cuda_bench --model /tmp/l7.gguf --make-model --preset llama2-7b --type Q4_K_M
 //   cuda_bench --model /tmp/l7.gguf --stream-budget 0.5
-//   cuda_bench --int8-microbench [--int8-only "q4_K 11008x4096 n=1"]
+//   cuda_bench --int8-microbench [--int8-only "q4_K 11008x4096 n=1"] [--read-microbench]
 //   cuda_bench --microbench-only [--microbench-tokens 16,64,128]
 //
 // With --profile decode|prefill|batch only one step runs inside the profiler's
@@ -29,6 +29,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/str_format.h"
+#include "bench/read_probe.h"
 #include "cli/mkmodel/mkmodel.h"
 #include "common/gguf/gguf_file.h"
 #include "common/model/model_config.h"
@@ -425,6 +426,49 @@ absl::Status Int8MatVecMicrobench(double copy_bandwidth, const std::string& only
   return absl::OkStatus();
 }
 
+// Kernels that only read, over the byte counts of llama2-7b Q4_K_M's
+// one-token products (the attention output; the Q4_K down; Q/K/V in Q4_K,
+// and with a Q6_K V; the Q6_K down; gate/up; the output head), each launch
+// from another copy in a pool larger than L2 (weights from memory): the
+// floor under a product of those bytes, timed as the int8 microbenchmark
+// times its launches.
+absl::Status ReadMicrobench(double copy_bandwidth) {
+  const size_t pool_bytes = size_t{1} << 30;
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer pool, cuda::DeviceBuffer::Allocate(pool_bytes));
+  ASSIGN_OR_RETURN(cuda::DeviceBuffer sink, cuda::DeviceBuffer::Allocate(sizeof(uint32_t)));
+  CHORD_CUDA_RETURN(cudaMemset(pool.data(), 0x35, pool_bytes));
+  int device = 0, sms = 0;
+  CHORD_CUDA_RETURN(cudaGetDevice(&device));
+  CHORD_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  std::printf(
+      "read-only kernels (%% of the %.0f GB/s copy):\n| MB | blocks x threads | us | GB/s | of "
+      "copy |\n|---|---|---|---|---|\n",
+      copy_bandwidth / 1e9);
+  for (const size_t bytes : {size_t{9481368}, size_t{25422496}, size_t{28335120}, size_t{32683248},
+                             size_t{37029968}, size_t{50748544}, size_t{107544832}}) {
+    const size_t stride = (bytes + 4095) / 4096 * 4096;
+    const size_t copies = pool_bytes / stride;
+    for (const auto& [per_sm, threads] : std::vector<std::pair<int, int>>{{4, 512}, {2, 512}}) {
+      size_t next = 0;
+      ASSIGN_OR_RETURN(
+          const double us,
+          KernelMicroseconds(
+              [&] {
+                return cuda::CudaStatus(
+                    bench::LaunchReadProbe(pool.as<uint8_t>() + (next++ % copies) * stride,
+                                           bytes / 16 * 16, sink.as<uint32_t>(), per_sm * sms,
+                                           threads, nullptr),
+                    "LaunchReadProbe");
+              },
+              200));
+      const double gbs = static_cast<double>(bytes) / (us * 1e3);
+      std::printf("| %.1f | %d x %d | %.1f | %.0f | %.1f%% |\n", static_cast<double>(bytes) / 1e6,
+                  per_sm * sms, threads, us, gbs, 100.0 * gbs * 1e9 / copy_bandwidth);
+    }
+  }
+  return absl::OkStatus();
+}
+
 int Run(int argc, char** argv) {
   CLI::App app{"chord CUDA stage benchmark"};
   std::string model_path, preset = "llama2-7b", type = "Q4_K_M", batches = "8,32,64";
@@ -444,11 +488,13 @@ int Run(int argc, char** argv) {
   bool microbench = true, microbench_only = false;
   std::string microbench_tokens = "16,64,128";
   bool int8_microbench = false;
+  bool read_microbench = false;
   std::string int8_only;
   bool overlap_launches = CudaStageOptions{}.overlap_launches;
   bool fused_swiglu = CudaStageOptions{}.fused_swiglu;
   bool deferred_norms = CudaStageOptions{}.deferred_norms;
-  app.add_option("--model", model_path, "GGUF model (required unless --int8-microbench)");
+  app.add_option("--model", model_path,
+                 "GGUF model (required unless --int8-microbench or --read-microbench)");
   app.add_flag("--make-model", make_model, "generate the model first if the file is missing");
   app.add_option("--preset", preset, "mkmodel preset for --make-model");
   app.add_option("--type", type, "mkmodel file type for --make-model");
@@ -489,6 +535,9 @@ int Run(int argc, char** argv) {
   app.add_flag(
       "--int8-microbench", int8_microbench,
       "time the integer decode products over llama2-7b's shapes (weights from memory), then stop");
+  app.add_flag("--read-microbench", read_microbench,
+               "time read-only kernels over the bytes of llama2-7b's one-token products (weights "
+               "from memory), then stop (with --int8-microbench: after it)");
   app.add_option("--int8-only", int8_only,
                  "with --int8-microbench: the rows whose label contains this");
   app.add_option(
@@ -506,10 +555,11 @@ int Run(int argc, char** argv) {
                  "the last step of the first --batches size")
       ->check(CLI::IsMember({"decode", "prefill", "batch"}));
   CLI11_PARSE(app, argc, argv);
-  if (int8_microbench) {
+  if (int8_microbench || read_microbench) {
     auto copy = CopyBandwidth();
     BENCH_CHECK(copy.status());
-    BENCH_CHECK(Int8MatVecMicrobench(*copy, int8_only));
+    if (int8_microbench) BENCH_CHECK(Int8MatVecMicrobench(*copy, int8_only));
+    if (read_microbench) BENCH_CHECK(ReadMicrobench(*copy));
     return 0;
   }
   std::vector<int> product_tokens;
