@@ -240,6 +240,9 @@ struct CudaStage::Impl {
   // The weight of the RMSNorm after layer i of the resident layers, when the
   // products that read it take a deferred factor (null otherwise).
   const float* NormAfterLayer(size_t i, int64_t n) const;
+  // The first layer's attention norm weight where the embedding of one token
+  // rounds x for it (EmbedKernel), else null.
+  const float* NormAfterEmbedding(int64_t n) const;
   // x += product(in), as MatMul; with `norm_weight`, the epilogue also
   // rounds x for that RMSNorm (norm_ahead).
   absl::Status ResidualProduct(const DeviceMatrix& product, const float* in, int64_t n,
@@ -579,9 +582,31 @@ absl::Status CudaStage::Impl::CheckIds(std::span<const int32_t> token_ids) const
 }
 
 absl::Status CudaStage::Impl::EmbedKernel(int64_t n) {
+  if (const float* first_norm = NormAfterEmbedding(n)) {
+    // One token: its row and the first layer's norm rounding in one launch.
+    cuda::RmsRounding next;
+    next.weight = first_norm;
+    next.out = cuda::Q8ActivationsIn(q8_norm.data(), 1, config.n_embd);
+    next.sum_squares = rms_sums.as<double>();
+    CHORD_CUDA_RETURN(cuda::LaunchDequantizeRowRmsRound(token_embd.view, ids.as<int32_t>(),
+                                                        x.as<float>(), next, s()));
+    norm_ahead = {first_norm, next.out};
+    norm_ahead.q8.rms_sum_squares = next.sum_squares;
+    norm_ahead.q8.rms_eps = config.rms_eps;
+    return absl::OkStatus();
+  }
   return cuda::CudaStatus(cuda::LaunchDequantizeRows(token_embd.view, ids.as<int32_t>(),
                                                      static_cast<int>(n), x.as<float>(), s()),
                           "LaunchDequantizeRows");
+}
+
+const float* CudaStage::Impl::NormAfterEmbedding(int64_t n) const {
+  if (!DeferredNorms(n) || layers.empty() || range.first != 0 ||
+      !cuda::DequantizeRowRmsRoundSupports(token_embd.view)) {
+    return nullptr;
+  }
+  const GpuLayerView first = layers[0].View();
+  return QkvRopeFused(first, 0, n) ? first.attn_norm : nullptr;
 }
 
 absl::Status CudaStage::Impl::EmbedDevice(std::span<const int32_t> token_ids) {
@@ -621,7 +646,6 @@ absl::Status CudaStage::Impl::Replay(CapturedStep& step,
 
 absl::Status CudaStage::Impl::LayersDevice(int64_t n) {
   pending_x = {nullptr, 0, 0};
-  norm_ahead = {};
   for (size_t i = 0; i < layers.size(); ++i) {
     RETURN_IF_ERROR(RunLayer(layers[i].View(), static_cast<int64_t>(i), n, NormAfterLayer(i, n)));
   }
@@ -930,6 +954,10 @@ absl::Status CudaStage::RunLayers(std::span<const BatchToken> batch, float* x, b
         cudaMemcpyAsync(impl_->x.data(), x, bytes, cudaMemcpyHostToDevice, impl_->s()));
   }
   const auto n = static_cast<int64_t>(batch.size());
+  // The rows come from the caller (or another stage): no product's epilogue
+  // has rounded them for the first norm (and the layer pass's graph is
+  // captured without that).
+  impl_->norm_ahead = {};
   if (impl_->GraphFor(n)) {
     RETURN_IF_ERROR(impl_->Replay(impl_->layers_step, [this] { return impl_->LayersDevice(1); }));
   } else {

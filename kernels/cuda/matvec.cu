@@ -2,7 +2,10 @@
 
 #include <cuda_fp16.h>
 
+#include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/matvec_common.cuh"
+#include "kernels/cuda/matvec_q8.h"
+#include "kernels/cuda/round_block.cuh"
 
 namespace chord::cuda {
 namespace {
@@ -82,6 +85,35 @@ __global__ void DequantRowsKernel(const uint8_t* __restrict__ w, uint64_t row_by
   const uint8_t* r = w + static_cast<int64_t>(row_ids[i]) * row_bytes;
   float* o = out + i * cols;
   VisitUnit<kType>(r, u, [&](int index, float value) { o[index] = value; });
+}
+
+// One row of w (row_ids[0]) into out, and for each 32-element group the
+// rounding of out * weight and out's sum of squares (RoundNormGroup, the
+// bits of the separate dequantize and LaunchRmsNormRoundDeferred). A block
+// takes 256 elements: its first 8 threads dequantize the 8 units that hold
+// them into shared memory, then each warp takes a group. The next kernel
+// may launch at once (a programmatic dependent launch waits for this one).
+template <uint32_t kType>
+__global__ void __launch_bounds__(256)
+    DequantRowRmsRoundKernel(const uint8_t* __restrict__ w, uint64_t row_bytes,
+                             const int32_t* __restrict__ row_ids, float* __restrict__ out,
+                             const float* __restrict__ weight, int8_t* __restrict__ q,
+                             float* __restrict__ scale, float* __restrict__ half_sums,
+                             double* __restrict__ sum_squares) {
+  LetNextKernelStart();
+  __shared__ float values[256];
+  const int t = static_cast<int>(threadIdx.x);
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * 256;
+  const float g = weight[first + t];
+  if (t < 8) {
+    const uint8_t* r = w + static_cast<int64_t>(row_ids[0]) * row_bytes;
+    VisitUnit<kType>(r, static_cast<int>(blockIdx.x) * 8 + t,
+                     [&](int index, float value) { values[index - first] = value; });
+  }
+  __syncthreads();
+  const float v = values[t];
+  out[first + t] = v;
+  RoundNormGroup(v, g, t % 32, (first + t) / 32, q, scale, half_sums, sum_squares);
 }
 
 // One thread per unit; each run of 8 or 16 halves leaves as 16-byte stores
@@ -181,9 +213,10 @@ __global__ void ScalarMatVecKernel(const uint8_t* __restrict__ w, uint64_t row_b
 
 // out row i = row row_ids[i] (as float) when row_ids is set, else row i as half.
 template <uint32_t kType>
-__global__ void ScalarDequantKernel(const uint8_t* __restrict__ w, uint64_t row_bytes, int64_t n_rows,
-                                    int64_t cols, const int32_t* __restrict__ row_ids,
-                                    float* __restrict__ out_f, __half* __restrict__ out_h) {
+__global__ void ScalarDequantKernel(const uint8_t* __restrict__ w, uint64_t row_bytes,
+                                    int64_t n_rows, int64_t cols,
+                                    const int32_t* __restrict__ row_ids, float* __restrict__ out_f,
+                                    __half* __restrict__ out_h) {
   const int64_t id = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (id >= n_rows * cols) return;
   const int64_t i = id / cols, c = id % cols;
@@ -206,15 +239,19 @@ cudaError_t LaunchScalar(const DeviceMatrix& w, const float* x, int n_tokens, fl
   const auto dq_blocks = static_cast<unsigned>((n_rows * w.cols + 255) / 256);
   if (w.type == kF32) {
     if (x != nullptr) {
-      ScalarMatVecKernel<kF32><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
+      ScalarMatVecKernel<kF32><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(
+          data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
     } else {
-      ScalarDequantKernel<kF32><<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
+      ScalarDequantKernel<kF32>
+          <<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
     }
   } else {
     if (x != nullptr) {
-      ScalarMatVecKernel<kF16><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
+      ScalarMatVecKernel<kF16><<<mv_blocks, kWarpsPerBlock * 32, 0, stream>>>(
+          data, w.row_bytes, w.rows, w.cols, x, n_tokens, y, accumulate);
     } else {
-      ScalarDequantKernel<kF16><<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
+      ScalarDequantKernel<kF16>
+          <<<dq_blocks, 256, 0, stream>>>(data, w.row_bytes, n_rows, w.cols, row_ids, out_f, out_h);
     }
   }
   return cudaGetLastError();
@@ -240,17 +277,26 @@ void LaunchMatVecBatch(const DeviceMatrix& w, const float* x, int n_tokens, floa
 
 bool MatVecSupports(uint32_t type, int64_t cols) {
   switch (type) {
-    case kF32: case kF16: return cols > 0;
-    case kQ4_0: case kQ8_0: return cols > 0 && cols % 32 == 0;
-    case kQ4_K: case kQ5_K: case kQ6_K: return cols > 0 && cols % 256 == 0;
-    default: return false;
+    case kF32:
+    case kF16:
+      return cols > 0;
+    case kQ4_0:
+    case kQ8_0:
+      return cols > 0 && cols % 32 == 0;
+    case kQ4_K:
+    case kQ5_K:
+    case kQ6_K:
+      return cols > 0 && cols % 256 == 0;
+    default:
+      return false;
   }
 }
 
 cudaError_t LaunchMatVec(const DeviceMatrix& w, const float* x, int n_tokens, float* y,
                          bool accumulate, cudaStream_t stream) {
   if (!MatVecSupports(w.type, w.cols) || n_tokens <= 0) return cudaErrorInvalidValue;
-  if (Scalar(w)) return LaunchScalar(w, x, n_tokens, y, accumulate, nullptr, 0, nullptr, nullptr, stream);
+  if (Scalar(w))
+    return LaunchScalar(w, x, n_tokens, y, accumulate, nullptr, 0, nullptr, nullptr, stream);
   return DispatchType(w.type, [&]<uint32_t kType>() {
     LaunchMatVecBatch<kType>(w, x, n_tokens, y, accumulate, stream);
   });
@@ -259,12 +305,32 @@ cudaError_t LaunchMatVec(const DeviceMatrix& w, const float* x, int n_tokens, fl
 cudaError_t LaunchDequantizeRows(const DeviceMatrix& w, const int32_t* row_ids, int n, float* out,
                                  cudaStream_t stream) {
   if (!MatVecSupports(w.type, w.cols) || n <= 0) return cudaErrorInvalidValue;
-  if (Scalar(w)) return LaunchScalar(w, nullptr, 0, nullptr, false, row_ids, n, out, nullptr, stream);
+  if (Scalar(w))
+    return LaunchScalar(w, nullptr, 0, nullptr, false, row_ids, n, out, nullptr, stream);
   const int units = static_cast<int>(w.cols / kUnit);
   const dim3 grid((units + 127) / 128, static_cast<unsigned>(n));
   return DispatchType(w.type, [&]<uint32_t kType>() {
     DequantRowsKernel<kType><<<grid, 128, 0, stream>>>(static_cast<const uint8_t*>(w.data),
                                                        w.row_bytes, w.cols, row_ids, out);
+  });
+}
+
+bool DequantizeRowRmsRoundSupports(const DeviceMatrix& w) {
+  return MatVecSupports(w.type, w.cols) && !Scalar(w) && w.cols % 256 == 0;
+}
+
+cudaError_t LaunchDequantizeRowRmsRound(const DeviceMatrix& w, const int32_t* row_id, float* out,
+                                        const RmsRounding& next, cudaStream_t stream) {
+  if (!DequantizeRowRmsRoundSupports(w) || row_id == nullptr || out == nullptr ||
+      next.weight == nullptr || next.out.q == nullptr || next.out.scale == nullptr ||
+      next.out.half_sums == nullptr || next.sum_squares == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const auto blocks = static_cast<unsigned>(w.cols / 256);
+  return DispatchType(w.type, [&]<uint32_t kType>() {
+    DequantRowRmsRoundKernel<kType><<<blocks, 256, 0, stream>>>(
+        static_cast<const uint8_t*>(w.data), w.row_bytes, row_id, out, next.weight, next.out.q,
+        next.out.scale, next.out.half_sums, next.sum_squares);
   });
 }
 

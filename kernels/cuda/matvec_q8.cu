@@ -88,23 +88,6 @@ __global__ void __launch_bounds__(kNormThreads)
   RoundBlock(v, lane, blockIdx.x * blocks + b, q, scale, half_sums);
 }
 
-// One 32-element group of a row whose RMSNorm factor is deferred
-// (Q8Activations::rms_sum_squares), one element a lane: the rounding of
-// value * weight and the group's sum of squares. What
-// LaunchRmsNormRoundDeferred and the epilogue of
-// LaunchMatVecQ8ResidualRmsRound both write, so their bits agree.
-__device__ __forceinline__ void RoundNormGroup(float value, float weight, int lane, int64_t group,
-                                               int8_t* __restrict__ q, float* __restrict__ scale,
-                                               float* __restrict__ half_sums,
-                                               double* __restrict__ sum_squares) {
-  RoundBlock(value * weight, lane, group, q, scale, half_sums);
-  double squares = static_cast<double>(value) * value;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2)
-    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
-  if (lane == 0) sum_squares[group] = squares;
-}
-
 // One row, one warp per 32-element group.
 __global__ void RmsNormRoundDeferredKernel(const float* __restrict__ x,
                                            const float* __restrict__ weight, int64_t n_blocks,

@@ -150,6 +150,14 @@ cudaError_t LaunchRmsNormRoundDeferred(const float* x, const float* weight, int6
 cudaError_t LaunchMatVecQ8ResidualRmsRound(const DeviceMatrix& w, const Q8Activations& x, float* y,
                                            const RmsRounding& next, cudaStream_t stream,
                                            bool overlap_previous = false);
+// The same rounding and sums of squares for one row of w (an embedding
+// lookup: *row_id, device memory) as it is written into `out` (the
+// dequantized row, LaunchDequantizeRows's values), in one launch: a token's
+// embedding and the first layer's norm rounding. Types LaunchDequantizeRows
+// reads by units, rows a multiple of 256 wide.
+bool DequantizeRowRmsRoundSupports(const DeviceMatrix& w);
+cudaError_t LaunchDequantizeRowRmsRound(const DeviceMatrix& w, const int32_t* row_id, float* out,
+                                        const RmsRounding& next, cudaStream_t stream);
 
 // One token's gate and up products (one type, width and height, rows a
 // multiple of 32) and, as each 32-row group of both is done, what

@@ -31,4 +31,21 @@ __device__ __forceinline__ void RoundBlock(float v, int lane, int64_t block, int
   if (lane % 16 == 0) half_sums[block * 2 + lane / 16] = d * static_cast<float>(sum);
 }
 
+// One 32-element group of a row whose RMSNorm factor is deferred
+// (Q8Activations::rms_sum_squares), one element a lane: the rounding of
+// value * weight and the group's sum of squares. What
+// LaunchRmsNormRoundDeferred, the epilogues of LaunchMatVecQ8ResidualRmsRound
+// and LaunchDequantizeRowRmsRound all write, so their bits agree.
+__device__ __forceinline__ void RoundNormGroup(float value, float weight, int lane, int64_t group,
+                                               int8_t* __restrict__ q, float* __restrict__ scale,
+                                               float* __restrict__ half_sums,
+                                               double* __restrict__ sum_squares) {
+  RoundBlock(value * weight, lane, group, q, scale, half_sums);
+  double squares = static_cast<double>(value) * value;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares += __shfl_xor_sync(0xffffffffu, squares, offset);
+  if (lane == 0) sum_squares[group] = squares;
+}
+
 }  // namespace chord::cuda
