@@ -81,20 +81,6 @@ struct Chunk {
   }
 };
 
-// One block per (head, token). Positions go to warps in steps of
-// `per_warp` rows (warp w takes steps w, w + kWarps, ...), a pass of kUnroll
-// steps whose keys and values are all loaded before any is used. Each warp
-// keeps the softmax of its own positions in the online form (a running
-// maximum, the sum of exponentials and the weighted values, rescaled when the
-// maximum grows), and the warps' meet once, in shared memory, in warp order:
-// every sum has an order fixed by head_dim and kWarps alone, so a token's
-// result does not depend on the rest of the batch. With `rounded.q` set, the
-// head's output is also rounded for the next product (head_dim a multiple of
-// 32: each warp rounds whole 32-element blocks). Before the wait for the
-// previous kernel, where each token is its slot's only one
-// (p.one_token_per_slot), the first pass's rows older than the token's own
-// (stored by earlier steps) are loaded; with `prefetch` (small grids), the
-// other rows are requested into L2.
 // Blocks an SM a shape is compiled for (registers held to 65536 / (blocks x
 // threads)). Holding a pass's keys and values takes 80 registers at 16 warps:
 // a grid that fits the SMs once (one-token decode) keeps them, larger decode
@@ -107,6 +93,20 @@ constexpr int AttentionMinBlocks(int wanted) {
   return sizeof(T) == 2 && kChunk == 8 ? wanted : 1;
 }
 
+// One block per (head, token). Positions go to warps in steps of
+// `per_warp` rows (warp w takes steps w, w + kWarps, ...), a pass of kUnroll
+// steps whose keys and values are all loaded before any is used. Each warp
+// keeps the softmax of its own positions in the online form (a running
+// maximum, the sum of exponentials and the weighted values, rescaled when the
+// maximum grows), and the warps' parts meet once, in shared memory, in warp order:
+// every sum has an order fixed by head_dim and kWarps alone, so a token's
+// result does not depend on the rest of the batch. With `rounded.q` set, the
+// head's output is also rounded for the next product (head_dim a multiple of
+// 32: each warp rounds whole 32-element blocks). Before the wait for the
+// previous kernel, where each token is its slot's only one
+// (p.one_token_per_slot), the first pass's rows older than the token's own
+// (stored by earlier steps) are loaded; with `prefetch` (small grids), the
+// other rows are requested into L2.
 template <typename T, int kWarps, int kChunk, int kBlocksPerSm>
 __global__ void __launch_bounds__(kWarps * 32, AttentionMinBlocks<T, kChunk>(kBlocksPerSm))
     AttentionKernel(AttentionParams p, KvLayer cache, const float* __restrict__ q,
