@@ -35,6 +35,7 @@
 #include "common/model/model_config.h"
 #include "common/tensor/dtype.h"
 #include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/matmul_half_mma.h"
 #include "kernels/cuda/matmul_mma.h"
@@ -437,9 +438,8 @@ absl::Status ReadMicrobench(double copy_bandwidth) {
   ASSIGN_OR_RETURN(cuda::DeviceBuffer pool, cuda::DeviceBuffer::Allocate(pool_bytes));
   ASSIGN_OR_RETURN(cuda::DeviceBuffer sink, cuda::DeviceBuffer::Allocate(sizeof(uint32_t)));
   CHORD_CUDA_RETURN(cudaMemset(pool.data(), 0x35, pool_bytes));
-  int device = 0, sms = 0;
-  CHORD_CUDA_RETURN(cudaGetDevice(&device));
-  CHORD_CUDA_RETURN(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = cuda::MultiprocessorCount();
+  if (sms <= 0) return absl::UnavailableError("the device's SM count is unknown");
   std::printf(
       "read-only kernels (%% of the %.0f GB/s copy):\n| MB | blocks x threads | us | GB/s | of "
       "copy |\n|---|---|---|---|---|\n",

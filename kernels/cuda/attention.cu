@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/mma_order.cuh"
 #include "kernels/cuda/round_block.cuh"
 
@@ -312,16 +313,6 @@ __global__ void __launch_bounds__(kWarps * 32, AttentionMinBlocks<T, kChunk>(kBl
                  rounded.half_sums);
     }
   }
-}
-
-// The SMs of the current device (0 where it cannot be asked).
-int MultiprocessorCount() {
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    return 0;
-  }
-  return count;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/dependent_launch.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/matvec_common.cuh"
 #include "kernels/cuda/rms_scale.cuh"
 #include "kernels/cuda/rope_pair.cuh"
@@ -1045,16 +1046,6 @@ __global__ void __launch_bounds__(kGroupedSplitWarps * 32, 1)
   }
 }
 
-// The SMs of the current device (for grids capped per SM).
-int MultiprocessorCount() {
-  int device = 0, count = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-    return 0;
-  }
-  return count;
-}
-
 // The launch's matrices as one numbering of rows, outputs from token `first`.
 RowGroup MakeRowGroup(std::span<const DeviceMatrix> w, int64_t first, std::span<float* const> y) {
   RowGroup group{};
@@ -1225,17 +1216,6 @@ cudaError_t LaunchSplit(const DeviceMatrix& w, const Q8Activations& x, int64_t f
   }
   return LaunchSplitWith<kType, 4, S>(m, splits, rx, accumulate, overlap_previous, blocks_per_sm,
                                       stream);
-}
-
-// The dynamic shared memory a block of the current device may take.
-size_t MaxDynamicShared() {
-  int device = 0, bytes = 0;
-  if (cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) !=
-          cudaSuccess) {
-    return 0;
-  }
-  return static_cast<size_t>(bytes);
 }
 
 // True where MatVecQ8GroupedSplitKernel reads w: rows wider than
