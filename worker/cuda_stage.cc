@@ -545,11 +545,14 @@ absl::Status CudaStage::Impl::UploadBatch(std::span<const BatchToken> batch) {
     }
     host_tokens[t] = {static_cast<int32_t>(token.slot), static_cast<int32_t>(token.position)};
   }
-  std::vector<bool> seen(static_cast<size_t>(options.n_slots), false);
+  // One token (every decode step at batch 1) needs no bookkeeping.
   one_token_per_slot = true;
-  for (const cuda::TokenSlot& token : host_tokens) {
-    one_token_per_slot = one_token_per_slot && !seen[static_cast<size_t>(token.slot)];
-    seen[static_cast<size_t>(token.slot)] = true;
+  if (host_tokens.size() > 1) {
+    std::vector<bool> seen(static_cast<size_t>(options.n_slots), false);
+    for (const cuda::TokenSlot& token : host_tokens) {
+      one_token_per_slot = one_token_per_slot && !seen[static_cast<size_t>(token.slot)];
+      seen[static_cast<size_t>(token.slot)] = true;
+    }
   }
   RETURN_IF_ERROR(Reserve(static_cast<int64_t>(batch.size())));
   CHORD_CUDA_RETURN(cudaMemcpyAsync(tokens.data(), host_tokens.data(),
