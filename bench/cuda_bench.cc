@@ -440,30 +440,62 @@ absl::Status ReadMicrobench(double copy_bandwidth) {
   CHORD_CUDA_RETURN(cudaMemset(pool.data(), 0x35, pool_bytes));
   const int sms = cuda::MultiprocessorCount();
   if (sms <= 0) return absl::UnavailableError("the device's SM count is unknown");
+  // Microseconds a launch of `read` over `bytes` takes, each launch reading
+  // the next copy in the pool.
+  const auto time_reads = [&](size_t bytes, const auto& read) -> absl::StatusOr<double> {
+    const size_t stride = (bytes + 4095) / 4096 * 4096;
+    const size_t copies = pool_bytes / stride;
+    size_t next = 0;
+    return KernelMicroseconds(
+        [&] { return read(pool.as<uint8_t>() + (next++ % copies) * stride, sink.as<uint32_t>()); },
+        200);
+  };
   std::printf(
       "read-only kernels (%% of the %.0f GB/s copy):\n| MB | blocks x threads | us | GB/s | of "
       "copy |\n|---|---|---|---|---|\n",
       copy_bandwidth / 1e9);
   for (const size_t bytes : {size_t{9481368}, size_t{25422496}, size_t{28335120}, size_t{32683248},
                              size_t{37029968}, size_t{50748544}, size_t{107544832}}) {
-    const size_t stride = (bytes + 4095) / 4096 * 4096;
-    const size_t copies = pool_bytes / stride;
     for (const auto& [per_sm, threads] : std::vector<std::pair<int, int>>{{4, 512}, {2, 512}}) {
-      size_t next = 0;
       ASSIGN_OR_RETURN(
-          const double us,
-          KernelMicroseconds(
-              [&] {
-                return cuda::CudaStatus(
-                    bench::LaunchReadProbe(pool.as<uint8_t>() + (next++ % copies) * stride,
-                                           bytes / 16 * 16, sink.as<uint32_t>(), per_sm * sms,
-                                           threads, nullptr),
-                    "LaunchReadProbe");
-              },
-              200));
+          const double us, time_reads(bytes, [&](const uint8_t* data, uint32_t* out) {
+            return cuda::CudaStatus(
+                bench::LaunchReadProbe(data, bytes / 16 * 16, out, per_sm * sms, threads, nullptr),
+                "LaunchReadProbe");
+          }));
       const double gbs = static_cast<double>(bytes) / (us * 1e3);
       std::printf("| %.1f | %d x %d | %.1f | %.0f | %.1f%% |\n", static_cast<double>(bytes) / 1e6,
                   per_sm * sms, threads, us, gbs, 100.0 * gbs * 1e9 / copy_bandwidth);
+    }
+  }
+  // The same bytes read as the one-token products read them: whole rows of
+  // a 4096-wide Q4_K matrix (2304 bytes), each warp its own rows.
+  std::printf(
+      "\nrows of 2304 bytes, warp w of blocks of 8 reading rows w, w + warps, ...:\n| rows | MB | "
+      "read | us | GB/s | of copy |\n|---|---|---|---|---|---|\n");
+  constexpr int kRowBytes = 2304;
+  for (const int64_t rows : {int64_t{4096}, int64_t{12288}, int64_t{22016}}) {
+    const size_t bytes = static_cast<size_t>(rows) * kRowBytes;
+    struct Read {
+      bench::RowRead how;
+      int stages;
+      const char* name;
+    };
+    for (const Read& read : {Read{bench::RowRead::kCopies, 2, "16-byte copies, 2 buffers"},
+                             Read{bench::RowRead::kCopies, 3, "16-byte copies, 3 buffers"},
+                             Read{bench::RowRead::kBulk, 2, "bulk copies, 2 buffers"},
+                             Read{bench::RowRead::kBulk, 3, "bulk copies, 3 buffers"},
+                             Read{bench::RowRead::kLoads, 0, "loads, 2 rows"}}) {
+      ASSIGN_OR_RETURN(const double us, time_reads(bytes, [&](const uint8_t* data, uint32_t* out) {
+                         return cuda::CudaStatus(
+                             bench::LaunchReadRowsProbe(data, rows, kRowBytes, read.how,
+                                                        read.stages, 8, 0, out, nullptr),
+                             "LaunchReadRowsProbe");
+                       }));
+      const double gbs = static_cast<double>(bytes) / (us * 1e3);
+      std::printf("| %ld | %.1f | %s | %.1f | %.0f | %.1f%% |\n", static_cast<long>(rows),
+                  static_cast<double>(bytes) / 1e6, read.name, us, gbs,
+                  100.0 * gbs * 1e9 / copy_bandwidth);
     }
   }
   return absl::OkStatus();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "kernels/cuda/bulk_ring.cuh"
 #include "kernels/cuda/dependent_launch.cuh"
 #include "kernels/cuda/device_info.h"
 #include "kernels/cuda/matvec_common.cuh"
@@ -120,14 +121,48 @@ struct RoundedX {
 // The factor a row's sum takes: the deferred RMSNorm factor of x
 // (Q8Activations::rms_sum_squares), the same bits in every lane and every
 // warp (a fixed order of sums), or 1.
-__device__ __forceinline__ float RowSumFactor(const RoundedX& x, int lane) {
-  if (x.rms_sum_squares == nullptr) return 1.0f;
-  double sum = 0.0;
-  for (int64_t g = lane; g < x.cols / 32; g += 32) sum += x.rms_sum_squares[g];
+// The factor from each lane's sum of its groups (lane, lane + 32, ... in
+// that order): the warp's total in a fixed order, then the norm's formula.
+__device__ __forceinline__ float FactorOfLaneSums(double sum, const RoundedX& x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   return static_cast<float>(1.0 / sqrt(sum / static_cast<double>(x.cols) + x.rms_eps));
 }
+
+__device__ __forceinline__ float RowSumFactor(const RoundedX& x, int lane) {
+  if (x.rms_sum_squares == nullptr) return 1.0f;
+  double sum = 0.0;
+  for (int64_t g = lane; g < x.cols / 32; g += 32) sum += x.rms_sum_squares[g];
+  return FactorOfLaneSums(sum, x);
+}
+
+// RowSumFactor for rows up to 4096 wide (the staged kernels'), in two
+// halves: the constructor issues the lane's loads right after the wait for
+// the kernel that wrote them, and Value(), called once the first row's sum is
+// done, adds them in RowSumFactor's order (the same bits), so that their
+// latency hides behind the first row instead of holding up its start.
+struct PendingRowSumFactor {
+  static constexpr int kMaxLoads = 4;  // 4096 / 32 sums over 32 lanes
+  double part[kMaxLoads];
+  int loads;
+  const RoundedX& x;
+  __device__ PendingRowSumFactor(const RoundedX& rx, int lane) : x(rx) {
+    const int n = static_cast<int>(x.cols / 32);
+    loads = x.rms_sum_squares == nullptr ? 0 : (n - lane + 31) / 32;
+#pragma unroll
+    for (int j = 0; j < kMaxLoads; ++j)
+      part[j] = j < loads ? x.rms_sum_squares[lane + 32 * j] : 0.0;
+  }
+  __device__ float Value() const {
+    if (x.rms_sum_squares == nullptr) return 1.0f;
+    double sum = 0.0;
+#pragma unroll
+    for (int j = 0; j < kMaxLoads; ++j) {
+      if (j < loads) sum += part[j];
+    }
+    return FactorOfLaneSums(sum, x);
+  }
+};
 
 // Where a unit's weight bytes are read from: global memory through the
 // read-only path, or the shared memory a staged kernel copied them into.
@@ -537,10 +572,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
 // One token over rows of up to 32 * UPL units whose length is a multiple of
 // 16 bytes: each warp takes rows warp, warp + warps, ... (a grid of as many
 // blocks as fit on the SMs) and copies whole rows into its own ring of S row
-// buffers in shared memory with asynchronous copies, S - 1 rows ahead of the
-// row it multiplies. The copies hold no registers, so an SM keeps far more
-// weight bytes in flight than loads into registers could
-// (kernels/cuda/NOTES.md, v16); each lane keeps its activations in registers.
+// buffers in shared memory, S - 1 rows ahead of the row it multiplies, by
+// bulk copies (BulkRing: one instruction a row). The copies hold no
+// registers, so an SM keeps far more weight bytes in flight than loads into
+// registers could (kernels/cuda/NOTES.md, v16, v35); each lane keeps its
+// activations in registers.
 // Per row, each lane adds the same units in the same order as MatVecQ8Kernel
 // and the warp sums them alike: the same bits. The first rows are requested
 // before waiting for the previous kernel (weights are never written by
@@ -595,7 +631,7 @@ struct RowStore {
 template <uint32_t kType, int UPL, int S, typename Store>
 __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX& x,
                                            const Store& store, int64_t warp, int64_t warps,
-                                           uint8_t* ring, int slot_bytes) {
+                                           uint8_t* ring, int slot_bytes, uint64_t* barriers) {
   using U = Unit<kType>;
   const int lane = static_cast<int>(threadIdx.x % 32);
   // The warp's k-th row (pairs need an even number of rows in every member).
@@ -607,17 +643,13 @@ __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX
     }
   };
   if (row_of(0) >= group.total_rows) return;
-  const auto row_bytes = static_cast<int>(group.row_bytes);
-  // The k-th row into buffer b; a group is committed even without a row, so
-  // that "all but the newest S - 1 groups" is always this row's.
+  const auto row_bytes = static_cast<uint32_t>(group.row_bytes);
+  BulkRing<S> buffers(barriers, lane);
+  // The k-th row into buffer b.
   const auto copy_row = [&](int64_t k, int b) {
     const int64_t r = row_of(k);
-    if (r < group.total_rows) {
-      const uint8_t* source = Locate(group, r).weights;
-      uint8_t* target = ring + b * slot_bytes;
-      for (int c = lane * 16; c < row_bytes; c += 32 * 16) CopyAsync16(target + c, source + c);
-    }
-    CommitCopies();
+    if (r < group.total_rows && lane == 0)
+      buffers.Fill(b, ring + b * slot_bytes, Locate(group, r).weights, row_bytes, lane);
   };
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) copy_row(s, s);
@@ -626,14 +658,16 @@ __device__ __forceinline__ void StagedRows(const RowGroup& group, const RoundedX
   const int units = static_cast<int>(x.cols / U::kElements);
   typename U::Acts acts[UPL];
   LoadStagedActs<U, UPL>(x, 0, units, lane, acts);
-  const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
+  const PendingRowSumFactor pending(x, lane);
+  float factor = 1.0f;  // 1: the same bits as without
   float first_of_pair = 0.0f;
   int b = 0;
   for (int64_t k = 0; row_of(k) < group.total_rows; ++k, b = b + 1 == S ? 0 : b + 1) {
     copy_row(k + S - 1, b == 0 ? S - 1 : b - 1);
-    WaitForCopiesBut<S - 1>();
-    __syncwarp();
-    const float sum = StagedRowSum<U, UPL>(ring + b * slot_bytes, acts, units, lane) * factor;
+    buffers.Wait(b);
+    const float row_sum = StagedRowSum<U, UPL>(ring + b * slot_bytes, acts, units, lane);
+    if (k == 0) factor = pending.Value();
+    const float sum = row_sum * factor;
     if constexpr (Store::kPairs) {
       if (k & 1) {
         store(Locate(group, row_of(k - 1)), first_of_pair, Locate(group, row_of(k)), sum, lane);
@@ -669,12 +703,13 @@ template <uint32_t kType, int UPL, int S, typename Store>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     MatVecQ8StagedKernel(RowGroup group, RoundedX x, Store store) {
   extern __shared__ __align__(16) uint8_t staged[];
+  __shared__ uint64_t barriers[kWarpsPerBlock][S];
   const int warp = static_cast<int>(threadIdx.x / 32);
   const auto row_bytes = static_cast<int>(group.row_bytes);
-  StagedRows<kType, UPL, S>(group, x, store,
-                            static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp,
-                            static_cast<int64_t>(gridDim.x) * kWarpsPerBlock,
-                            staged + static_cast<size_t>(warp) * S * row_bytes, row_bytes);
+  StagedRows<kType, UPL, S>(
+      group, x, store, static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp,
+      static_cast<int64_t>(gridDim.x) * kWarpsPerBlock,
+      staged + static_cast<size_t>(warp) * S * row_bytes, row_bytes, barriers[warp]);
 }
 
 // The same over two groups of different weight types (Q/K in Q4_K, V in
@@ -687,15 +722,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     MatVecQ8StagedMixedKernel(RowGroup a, RowGroup b, int64_t warps_a, int slot_bytes, RoundedX x,
                               Store store) {
   extern __shared__ __align__(16) uint8_t staged[];
+  __shared__ uint64_t barriers[kWarpsPerBlock][S];
   const int warp = static_cast<int>(threadIdx.x / 32);
   const int64_t global = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   uint8_t* ring = staged + static_cast<size_t>(warp) * S * slot_bytes;
   if (global < warps_a) {
-    StagedRows<kTypeA, UPLA, S>(a, x, store, global, warps_a, ring, slot_bytes);
+    StagedRows<kTypeA, UPLA, S>(a, x, store, global, warps_a, ring, slot_bytes, barriers[warp]);
   } else {
     StagedRows<kTypeB, UPLB, S>(b, x, MembersAfter<Store>{store, a.count}, global - warps_a,
-                                warps - warps_a, ring, slot_bytes);
+                                warps - warps_a, ring, slot_bytes, barriers[warp]);
   }
 }
 
@@ -767,9 +803,11 @@ __global__ void __launch_bounds__(W * 32)
   // The group's sums, two sets so that the warps may start the next group's
   // before the first warp has read this one's.
   __shared__ float sums[2][kMaxGroup][32];
+  __shared__ uint64_t barriers[W][S];
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const auto row_bytes = static_cast<int>(group.row_bytes);
   uint8_t* ring = staged + static_cast<size_t>(warp) * S * row_bytes;
+  BulkRing<S> buffers(barriers[warp], lane);
   const int members = group.count;
   const auto row_at = [&](const GroupedCursor& c) {
     // The member's first row by selects, never an index into the parameters
@@ -780,12 +818,12 @@ __global__ void __launch_bounds__(W * 32)
   GroupedCursor ahead{blockIdx.x, 0, 0};
   const auto copy_next = [&](int b) {
     if (ahead.g < groups) {
-      const uint8_t* source = Locate(group, row_at(ahead)).weights;
-      uint8_t* target = ring + b * row_bytes;
-      for (int c = lane * 16; c < row_bytes; c += 32 * 16) CopyAsync16(target + c, source + c);
+      if (lane == 0) {
+        buffers.Fill(b, ring + b * row_bytes, Locate(group, row_at(ahead)).weights,
+                     static_cast<uint32_t>(row_bytes), lane);
+      }
       ahead.Advance(members, kSubs, gridDim.x);
     }
-    CommitCopies();
   };
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) copy_next(s);
@@ -794,15 +832,20 @@ __global__ void __launch_bounds__(W * 32)
   const int units = static_cast<int>(x.cols / U::kElements);
   typename U::Acts acts[UPL];
   LoadStagedActs<U, UPL>(x, 0, units, lane, acts);
-  const float factor = RowSumFactor(x, lane);
+  const PendingRowSumFactor pending(x, lane);
+  float factor = 1.0f;  // RowSumFactor, once the warp's first row is done
+  bool first_row = true;
   typename Finish::Ahead prepared{};
   int set = 0, b = 0;
   for (GroupedCursor at{blockIdx.x, 0, 0}; at.g < groups; at.Advance(members, kSubs, gridDim.x)) {
     if (warp == 0 && at.member == 0 && at.sub == 0) prepared = finish.Prepare(at.g, lane);
     copy_next(b == 0 ? S - 1 : b - 1);
-    WaitForCopiesBut<S - 1>();
-    __syncwarp();
+    buffers.Wait(b);
     const float sum = StagedRowSum<U, UPL>(ring + b * row_bytes, acts, units, lane);
+    if (first_row) {
+      factor = pending.Value();
+      first_row = false;
+    }
     if (lane == 0) sums[set][at.member][at.sub * W + warp] = sum * factor;
     if (at.member == members - 1 && at.sub == kSubs - 1) {
       __syncthreads();
@@ -898,21 +941,28 @@ struct SplitRange {
   __device__ const uint8_t* Begin(int64_t row) const {
     return m.w + row * static_cast<int64_t>(m.row_bytes) + first_block * kBlockBytes;
   }
-  // The range of `row` into `target` (a ring buffer) by the warp's lanes; the
-  // last chunk reads no byte past the range (the matrix may end there).
-  __device__ void CopyAsync(int64_t row, uint8_t* target, int lane) const {
+  // The range of `row` into buffer b of `buffers` at `target` by one bulk
+  // copy of whole 16-byte chunks from the boundary below it, so up to 15
+  // bytes past its end (the next range's or row's). Only the matrix's last
+  // row has nothing after it: there the chunks stop short and lane 0 copies
+  // the last few bytes itself. Every lane calls it.
+  template <int S>
+  __device__ void Fill(const BulkRing<S>& buffers, int b, int64_t row, uint8_t* target,
+                       int lane) const {
     const uint8_t* begin = Begin(row);
     const uint8_t* from =
         reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(begin) & ~uintptr_t{15});
-    const int chunks = static_cast<int>((begin + bytes - from + 15) / 16);
-    const auto last = static_cast<unsigned>(begin + bytes - from - 16 * (chunks - 1));
-    for (int c = lane; c < chunks; c += 32) {
-      if (c + 1 < chunks) {
-        CopyAsync16(target + 16 * c, from + 16 * c);
-      } else {
-        CopyAsync16Partial(target + 16 * c, from + 16 * c, last);
+    const auto length = static_cast<uint32_t>(begin + bytes - from);
+    uint32_t chunks = (length + 15) / 16 * 16;
+    if (row + 1 == m.rows && from + chunks > m.w + m.rows * static_cast<int64_t>(m.row_bytes)) {
+      chunks = length / 16 * 16;
+      if (lane == 0) {
+        // The rest: an even count of bytes (2-byte-aligned blocks) under 16.
+        for (uint32_t i = chunks; i < length; i += 2)
+          *reinterpret_cast<uint16_t*>(target + i) = FromGlobal::U16(from + i);
       }
     }
+    buffers.Fill(b, target, from, chunks, lane);
   }
   // Where the range of `row` starts in the buffer it was copied into.
   __device__ const uint8_t* In(const uint8_t* buffer, int64_t row) const {
@@ -925,7 +975,7 @@ struct SplitRange {
 // quantization blocks into blockDim.x / 32 contiguous ranges (SplitRange), and
 // each warp keeps its range's activations in registers and copies its range
 // of the block's rows (row, row + gridDim.x, ...) into its own ring of S
-// buffers with asynchronous copies, S - 1 rows ahead. The ranges' sums meet in
+// buffers by bulk copies, S - 1 rows ahead. The ranges' sums meet in
 // shared memory and the first warp adds them in range order: fixed bits,
 // though not those of one warp adding the whole row (MatVecQ8Kernel).
 template <uint32_t kType, int UPL, int S>
@@ -940,9 +990,10 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
   // so that a warp may write the next row's before the first warp has read this one's.
   float* sums = reinterpret_cast<float*>(shared);
   uint8_t* ring = shared + 2 * kMaxSplits * sizeof(float) + split * S * m.slot_bytes;
+  __shared__ uint64_t barriers[kMaxSplits][S];
+  BulkRing<S> buffers(barriers[split], lane);
   const auto copy_row = [&](int64_t r, int b) {
-    if (r < m.rows) range.CopyAsync(r, ring + b * m.slot_bytes, lane);
-    CommitCopies();
+    if (r < m.rows) range.Fill(buffers, b, r, ring + b * m.slot_bytes, lane);
   };
   int64_t row = blockIdx.x;
 #pragma unroll
@@ -954,8 +1005,8 @@ __global__ void __launch_bounds__(kMaxSplits * 32)
   const float factor = RowSumFactor(x, lane);  // 1: the same bits as without
   for (int b = 0, set = 0; row < m.rows; row += gridDim.x, b = b + 1 == S ? 0 : b + 1, set ^= 1) {
     copy_row(row + (S - 1) * static_cast<int64_t>(gridDim.x), b == 0 ? S - 1 : b - 1);
-    WaitForCopiesBut<S - 1>();
-    __syncwarp();
+    buffers.Wait(b);
+    __syncwarp();  // the bytes lane 0 copied at the matrix's end
     const float sum =
         StagedRowSum<U, UPL>(range.In(ring + b * m.slot_bytes, row), acts, range.units, lane);
     if (lane == 0) sums[set * kMaxSplits + split] = sum;
@@ -991,25 +1042,26 @@ __global__ void __launch_bounds__(kGroupedSplitWarps * 32, 1)
   // group's before the first warp has read this one's; the rows' totals.
   __shared__ float sums[2][kMaxSplits][32];
   __shared__ float totals[kMaxGroup][32];
+  __shared__ uint64_t barriers[kGroupedSplitWarps][S];
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const int sets = static_cast<int>(blockDim.x / 32) / splits;
   const int split = warp % splits, set = warp / splits;
   const int rows_in_group = (32 - set + sets - 1) / sets;  // rows set, set + sets, ... < 32
   const SplitRange<kType> range(m, split, splits);
   uint8_t* ring = staged + static_cast<size_t>(warp) * S * m.slot_bytes;
+  BulkRing<S> buffers(barriers[warp], lane);
   const int64_t groups = m.rows / 32;
   // The warp's rows in order: row i of group g is 32 g + set + i sets.
   int64_t ahead_g = blockIdx.x;
   int ahead_i = 0;
   const auto copy_next = [&](int b) {
     if (ahead_g < groups) {
-      range.CopyAsync(32 * ahead_g + set + ahead_i * sets, ring + b * m.slot_bytes, lane);
+      range.Fill(buffers, b, 32 * ahead_g + set + ahead_i * sets, ring + b * m.slot_bytes, lane);
       if (++ahead_i == rows_in_group) {
         ahead_i = 0;
         ahead_g += gridDim.x;
       }
     }
-    CommitCopies();
   };
 #pragma unroll
   for (int s = 0; s < S - 1; ++s) copy_next(s);
@@ -1023,8 +1075,8 @@ __global__ void __launch_bounds__(kGroupedSplitWarps * 32, 1)
   for (int64_t g = blockIdx.x; g < groups;) {
     if (warp == 0 && i == 0) prepared = finish.Prepare(g, lane);
     copy_next(b == 0 ? S - 1 : b - 1);
-    WaitForCopiesBut<S - 1>();
-    __syncwarp();
+    buffers.Wait(b);
+    __syncwarp();  // the bytes lane 0 copied at the matrix's end
     const int64_t row = 32 * g + set + i * sets;
     const float sum =
         StagedRowSum<U, UPL>(range.In(ring + b * m.slot_bytes, row), acts, range.units, lane);
