@@ -45,7 +45,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   for host in "${HOSTS[@]}" sw; do
     local ns="$TAG-$host"
-    if ip netns list | grep -qw "$ns"; then
+    if ip netns list | grep -w "$ns" >/dev/null; then
       for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
       ip netns del "$ns" 2>/dev/null || true
     fi
@@ -223,7 +223,7 @@ until grep -qF "refused CURVE peer $INTRUDER_KEY" "$WORK/coordinator.log"; do
   sleep 0.2
 done
 # The refusal line quotes the intruder's Z85 key, whose characters may spell "w9" by chance.
-if grep -vF "refused CURVE peer" "$WORK/coordinator.log" | grep -qw "w9"; then
+if grep -vF "refused CURVE peer" "$WORK/coordinator.log" | grep -w "w9" >/dev/null; then
   fail "the unknown worker w9 was registered"
 fi
 echo "netns_test: a worker with an unknown key is refused and logged"

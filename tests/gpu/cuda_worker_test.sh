@@ -13,10 +13,12 @@
 set -euo pipefail
 BIN=${1:?usage: cuda_worker_test.sh BIN_DIR MODEL}
 MODEL=${2:?usage: cuda_worker_test.sh BIN_DIR MODEL}
-if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
+# (grep reads all of its input here: with pipefail, a grep -q that stops at
+# the first match may leave the producer killed by SIGPIPE, failing the test.)
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L 2>/dev/null | grep GPU >/dev/null; then
   echo "SKIP: no NVIDIA GPU"; exit 77
 fi
-if ! ldd "$BIN/chord-worker" | grep -q libcublas; then
+if ! ldd "$BIN/chord-worker" | grep libcublas >/dev/null; then
   echo "SKIP: chord-worker was built without CUDA"; exit 77
 fi
 WORK=$(mktemp -d)
