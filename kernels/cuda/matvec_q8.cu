@@ -205,6 +205,13 @@ __device__ __forceinline__ int2 Load8Aligned2(const uint8_t* p) {
 template <uint32_t kType>
 struct Unit;
 
+// c + the dot product of a's four unsigned bytes with b's four signed ones.
+__device__ __forceinline__ int Dp4aUnsignedSigned(int a, int b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
 // Q4_K for passes of 1 or 2 tokens, unit u: sub-blocks 2i and 2i + 1 of
 // block blk (4 units a 256-element block), whose 32 bytes of nibbles hold
 // sub-block 2i in their low halves and 2i + 1 in their high halves.
@@ -248,7 +255,9 @@ struct Unit<kQ4_K> {
   }
 
   // A unit's weights ready for any number of tokens: the scales and the
-  // nibbles of each sub-block, four to a word.
+  // nibbles of each sub-block, four to a word; the high nibbles stay in
+  // place (16 times their values, unsigned bytes), and their dot products are
+  // divided by 16 once, exactly, instead of each word shifted.
   struct Decoded {
     SubBlockPair scales;
     int lo[8], hi[8];
@@ -260,7 +269,7 @@ struct Unit<kQ4_K> {
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       d.lo[c] = static_cast<int>(words[c] & 0x0F0F0F0F);
-      d.hi[c] = static_cast<int>((words[c] >> 4) & 0x0F0F0F0F);
+      d.hi[c] = static_cast<int>(words[c] & 0xF0F0F0F0);
     }
     return d;
   }
@@ -274,8 +283,9 @@ struct Unit<kQ4_K> {
 #pragma unroll
     for (int c = 0; c < 8; ++c) {
       s0 = __dp4a(w.lo[c], x0[c], s0);
-      s1 = __dp4a(w.hi[c], x1[c], s1);
+      s1 = Dp4aUnsignedSigned(w.hi[c], x1[c], s1);
     }
+    s1 >>= 4;  // a multiple of 16
     return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.sum0 +
            d2 * a.scale.y * static_cast<float>(s1) - m2 * a.sum1;
   }
@@ -330,7 +340,7 @@ struct Unit<kQ4_K32> {
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       d.lo[c] = static_cast<int>(words[c] & 0x0F0F0F0F);
-      d.hi[c] = static_cast<int>((words[c] >> 4) & 0x0F0F0F0F);
+      d.hi[c] = static_cast<int>(words[c] & 0xF0F0F0F0);  // as Unit<kQ4_K>'s
     }
     return d;
   }
@@ -341,8 +351,9 @@ struct Unit<kQ4_K32> {
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       s0 = __dp4a(w.lo[c], x0[c], s0);
-      s1 = __dp4a(w.hi[c], x1[c], s1);
+      s1 = Dp4aUnsignedSigned(w.hi[c], x1[c], s1);
     }
+    s1 >>= 4;
     return d1 * a.scale.x * static_cast<float>(s0) - m1 * a.hs0 +
            d2 * a.scale.y * static_cast<float>(s1) - m2 * a.hs1;
   }
