@@ -400,7 +400,9 @@ struct Unit<kQ6_K> {
   }
 
   // A unit's weights ready for any number of tokens: run r, word c holds
-  // four signed 6-bit values.
+  // four unsigned 6-bit values (the stored ones, 32 above the weights': Apply
+  // takes 32 times the activations' sum off each run's dot product, the same
+  // integer as subtracting 32 from every byte).
   struct Decoded {
     int v[4][2];
     int scales[4];
@@ -412,15 +414,10 @@ struct Unit<kQ6_K> {
     auto& v = out.v;
 #pragma unroll
     for (int c = 0; c < 2; ++c) {
-      const unsigned bias = 0x20202020u;
-      v[0][c] =
-          static_cast<int>(__vsub4((lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4), bias));
-      v[1][c] = static_cast<int>(
-          __vsub4((lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4), bias));
-      v[2][c] = static_cast<int>(
-          __vsub4(((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4), bias));
-      v[3][c] = static_cast<int>(
-          __vsub4(((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4), bias));
+      v[0][c] = (lo0[c] & 0x0F0F0F0F) | ((hb[c] & 0x03030303) << 4);
+      v[1][c] = (lo1[c] & 0x0F0F0F0F) | (((hb[c] >> 2) & 0x03030303) << 4);
+      v[2][c] = ((lo0[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 4) & 0x03030303) << 4);
+      v[3][c] = ((lo1[c] >> 4) & 0x0F0F0F0F) | (((hb[c] >> 6) & 0x03030303) << 4);
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) out.scales[r] = w.scales[r];
@@ -432,7 +429,11 @@ struct Unit<kQ6_K> {
     float sum = 0.0f;
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const int s = __dp4a(w.v[r][1], a.a[r].y, __dp4a(w.v[r][0], a.a[r].x, 0));
+      constexpr int kOnes = 0x01010101;
+      const int run =
+          __dp4a(kOnes, a.a[r].y, __dp4a(kOnes, a.a[r].x, 0));  // the same for every row
+      const int s = Dp4aUnsignedSigned(w.v[r][1], a.a[r].y,
+                                       Dp4aUnsignedSigned(w.v[r][0], a.a[r].x, -32 * run));
       sum += static_cast<float>(w.scales[r]) * steps[r] * static_cast<float>(s);
     }
     return w.d * sum;
