@@ -118,17 +118,18 @@ struct RoundedX {
   float rms_eps;
 };
 
-// The factor a row's sum takes: the deferred RMSNorm factor of x
-// (Q8Activations::rms_sum_squares), the same bits in every lane and every
-// warp (a fixed order of sums), or 1.
-// The factor from each lane's sum of its groups (lane, lane + 32, ... in
-// that order): the warp's total in a fixed order, then the norm's formula.
+// The deferred RMSNorm factor from each lane's sum of x's groups lane,
+// lane + 32, ... (in that order): the warp's total in a fixed order, then
+// the norm's formula.
 __device__ __forceinline__ float FactorOfLaneSums(double sum, const RoundedX& x) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
   return static_cast<float>(1.0 / sqrt(sum / static_cast<double>(x.cols) + x.rms_eps));
 }
 
+// The factor a row's sum takes: the deferred RMSNorm factor of x
+// (Q8Activations::rms_sum_squares), the same bits in every lane and every
+// warp (a fixed order of sums), or 1.
 __device__ __forceinline__ float RowSumFactor(const RoundedX& x, int lane) {
   if (x.rms_sum_squares == nullptr) return 1.0f;
   double sum = 0.0;
