@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/bulk_ring.cuh"
+#include "kernels/cuda/device_info.h"
 #include "kernels/cuda/matvec_common.cuh"
 
 namespace chord::bench {
@@ -110,11 +111,8 @@ cudaError_t LaunchResident(void (*kernel)(Params...), int threads, size_t shared
   error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, threads, shared);
   if (error != cudaSuccess) return error;
   if (blocks_per_sm > 0) fit = std::min(fit, blocks_per_sm);
-  int device = 0, sms = 0;
-  error = cudaGetDevice(&device);
-  if (error == cudaSuccess)
-    error = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (error != cudaSuccess) return error;
+  const int sms = cuda::MultiprocessorCount();
+  if (sms <= 0) return cudaErrorInvalidDevice;
   const int64_t blocks = std::min<int64_t>(needed, int64_t{std::max(1, fit)} * sms);
   kernel<<<static_cast<unsigned>(blocks), threads, shared, stream>>>(params...);
   return cudaGetLastError();
